@@ -1,0 +1,314 @@
+"""The reconcile loop against an in-memory backend: each test lists what the factory did."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from tests.fakes import FakeBackend, InlineExecutor, ManualClock
+from vacd.config import Config, Machinetype, Settings
+from vacd.errors import ConfigErrors, ConfigProblem
+from vacd.factory import Factory, FactoryHooks
+from vacd.paths import Paths
+from vacd.policing import EXCEEDED_WALLCLOCK, FAILED_TO_START, HEARTBEAT_NOT_CREATED
+from vacd.scheduler import MachinetypeReport
+from vacd.store import Store
+
+
+class StaticConfig:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.broken: Optional[ConfigErrors] = None
+
+    def current(self) -> Config:
+        if self.broken is not None:
+            raise self.broken
+        return self.config
+
+
+def make_machinetype(tmp_path: Path, name: str, **options: object) -> Machinetype:
+    kernel = tmp_path / "guest" / "vmlinuz"
+    kernel.parent.mkdir(exist_ok=True)
+    kernel.write_bytes(b"kernel")
+    fields = dict(
+        name=name,
+        machinegroup=name,
+        machinetype_path=tmp_path / "machinetypes" / name,
+        target_share=1.0,
+        machine_model="vm-raw",
+        root_kernel=str(kernel),
+        max_wallclock_seconds=3600,
+        min_wallclock_seconds=3600,
+        fizzle_seconds=60,
+    )
+    fields.update(options)
+    return Machinetype(**fields)  # type: ignore[arg-type]
+
+
+def make_settings(**options: object) -> Settings:
+    fields = dict(
+        vac_space="vac01.example.com",
+        factory_name="f1.example.com",
+        total_processors=4,
+        host_processors=4,
+        gocdb_sitename="example.com",
+        max_creations_per_cycle=4,
+        shutdown_grace_seconds=30,
+    )
+    fields.update(options)
+    return Settings(**fields)  # type: ignore[arg-type]
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, settings: Settings, *machinetypes: Machinetype) -> None:
+        self.paths = Paths(tmp_path / "root")
+        self.paths.ensure_state_dirs()
+        self.store = Store(self.paths)
+        self.backend = FakeBackend()
+        self.clock = ManualClock()
+        self.config = StaticConfig(Config(settings, {mt.name: mt for mt in machinetypes}))
+        self.heartbeat_mtimes: dict[str, float] = {}
+        self.peer_reports: list[MachinetypeReport] = []
+        self.factory = self.new_factory()
+
+    def new_factory(self) -> Factory:
+        hooks = FactoryHooks(
+            peer_reports=lambda settings, machinetypes, now: self.peer_reports,
+            heartbeat_file_mtime=lambda stored, name: self.heartbeat_mtimes.get(stored.record.name),
+        )
+        return Factory(
+            self.store,
+            self.backend,
+            self.config,
+            InlineExecutor(),
+            clock=self.clock,
+            load_average=lambda: 0.0,
+            host_cpu_count=4,
+            vacd_start_time=int(self.clock()),
+            hooks=hooks,
+            tie_break=random.Random(0),
+        )
+
+    def run_pass(self):  # type: ignore[no-untyped-def]
+        return self.factory.run_pass()
+
+
+def test_idle_factory_fills_every_slot_in_one_pass(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
+    report = harness.run_pass()
+    assert harness.backend.created_names() == [f"f1-0{n}.example.com" for n in range(4)]
+    assert [create.ordinal for create in report.decisions.creates] == [0, 1, 2, 3]
+    for n in range(4):
+        stored = harness.store.slot_binding(f"f1-0{n}.example.com")
+        assert stored is not None and stored.has_started
+
+
+def test_creations_per_pass_are_capped_by_max_creations_per_cycle(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(max_creations_per_cycle=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    assert harness.backend.created_names() == ["f1-00.example.com"]
+    harness.run_pass()
+    assert harness.backend.created_names() == ["f1-00.example.com", "f1-01.example.com"]
+
+
+def test_guest_power_off_is_finalised_with_its_message_and_slot_refilled(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "lhcb"))
+    harness.run_pass()
+    first = harness.store.slot_binding("f1-00.example.com")
+    assert first is not None
+    (first.directory / "joboutputs" / "shutdown_message").write_text("200 Success\n")
+    harness.clock.advance(120)
+    harness.backend.power_off("f1-00.example.com")
+    harness.run_pass()
+    finished = harness.store.load_machine(first.directory)
+    assert finished is not None and finished.finish is not None
+    assert finished.finish.shutdown_message == "200 Success"
+    second = harness.store.slot_binding("f1-00.example.com")
+    assert second is not None and second.record.uuid != first.record.uuid
+    assert harness.backend.created_names() == ["f1-00.example.com", "f1-00.example.com"]
+
+
+def test_short_silent_finish_is_reported_as_a_fizzle_and_backs_off(tmp_path: Path) -> None:
+    machinetype = make_machinetype(tmp_path, "cms", fizzle_seconds=600, backoff_seconds=300)
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), machinetype)
+    harness.run_pass()
+    harness.clock.advance(30)
+    harness.backend.power_off("f1-00.example.com")
+    report = harness.run_pass()
+    (record, finish) = report.finished[0]
+    assert finish.shutdown_message == "300 Vac detects fizzle after 0 seconds"
+    assert report.decisions.creates == ()
+    assert "cms" in report.decisions.outlook.backoff_until
+
+
+def test_machine_past_wallclock_gets_acpi_then_hard_destroy_after_grace(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    harness.clock.advance(3601)
+    harness.run_pass()
+    assert ("shutdown", "f1-00.example.com") in harness.backend.actions
+    assert ("destroy", "f1-00.example.com") not in harness.backend.actions
+    harness.clock.advance(31)
+    harness.run_pass()
+    assert ("destroy", "f1-00.example.com") in harness.backend.actions
+    report = harness.run_pass()
+    assert report.finished[0][1].shutdown_message == EXCEEDED_WALLCLOCK
+
+
+def test_guest_message_is_never_overwritten_by_the_factory(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None
+    (stored.directory / "joboutputs" / "shutdown_message").write_text("300 No more work\n")
+    harness.clock.advance(3601)
+    harness.run_pass()
+    assert harness.store.read_shutdown_message(stored.record) == "300 No more work"
+
+
+def test_heartbeat_file_never_written_kills_with_700(tmp_path: Path) -> None:
+    machinetype = make_machinetype(tmp_path, "lhcb", heartbeat_file="heartbeat", fizzle_seconds=600)
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), machinetype)
+    harness.run_pass()
+    harness.clock.advance(599)
+    harness.run_pass()
+    assert ("shutdown", "f1-00.example.com") not in harness.backend.actions
+    harness.clock.advance(2)
+    harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None
+    assert harness.store.read_shutdown_message(stored.record) == HEARTBEAT_NOT_CREATED
+
+
+def test_restart_adopts_running_machines_without_duplicates(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    uuids = {name: machine.uuid for name, machine in harness.backend.machines.items()}
+    harness.factory = harness.new_factory()
+    harness.clock.advance(10)
+    harness.run_pass()
+    assert harness.backend.created_names().count("f1-00.example.com") == 1
+    assert {name: machine.uuid for name, machine in harness.backend.machines.items()} == uuids
+    assert not any(action == "destroy" for action, _ in harness.backend.actions)
+
+
+def test_machine_created_but_not_marked_started_is_adopted_after_crash(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None
+    (stored.directory / "started").unlink()  # as if killed between create and the `started` write
+    harness.factory = harness.new_factory()
+    harness.run_pass()
+    adopted = harness.store.slot_binding("f1-00.example.com")
+    assert adopted is not None and adopted.has_started and not adopted.has_finished
+    assert harness.backend.created_names() == ["f1-00.example.com"]
+
+
+def test_record_without_machine_after_crash_is_finalised_as_failed_start(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None
+    (stored.directory / "started").unlink()
+    harness.backend.machines.clear()  # as if killed after the record was written, before create
+    report = harness.run_pass()
+    assert report.finished[0][1].shutdown_message == FAILED_TO_START
+
+
+def test_zombie_domain_in_a_slot_name_is_destroyed(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.config.config = dataclasses.replace(
+        harness.config.config, settings=make_settings(total_processors=1, host_processors=1, draining=True)
+    )
+    harness.backend.add_foreign("f1-00.example.com", "00000000-0000-0000-0000-000000000000")
+    harness.run_pass()
+    assert ("destroy", "f1-00.example.com") in harness.backend.actions
+    assert "f1-00.example.com" not in harness.backend.machines
+
+
+def test_domain_with_a_different_uuid_than_the_record_is_a_zombie(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    harness.backend.machines.clear()
+    harness.backend.add_foreign("f1-00.example.com", "00000000-0000-0000-0000-000000000000")
+    harness.run_pass()
+    assert harness.backend.actions[-1] == ("destroy", "f1-00.example.com")
+
+
+def test_paused_machine_is_destroyed_and_finalised(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    harness.backend.pause("f1-00.example.com")
+    harness.run_pass()
+    assert ("destroy", "f1-00.example.com") in harness.backend.actions
+    report = harness.run_pass()
+    assert report.finished and report.finished[0][0].name == "f1-00.example.com"
+
+
+def test_bad_configuration_touches_no_machine_and_creates_nothing(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    harness.config.broken = ConfigErrors([ConfigProblem("/etc/vac.conf", 3, "settings", "vac_space", "missing")])
+    harness.clock.advance(7200)  # far past the wallclock limit
+    report = harness.run_pass()
+    assert report.config_error is not None and "/etc/vac.conf:3" in report.config_error
+    assert harness.backend.actions == [("create", "f1-00.example.com")]
+
+
+def test_failed_listing_makes_no_destroy_or_create(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.backend.fail_listing = True
+    report = harness.run_pass()
+    assert report.observe_error is not None
+    assert harness.backend.actions == []
+
+
+def test_creation_failure_backs_off_the_machinetype(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.backend.fail_creates_of.add("vmlinuz")
+    harness.run_pass()
+    assert harness.paths.factory_error_file.exists()
+    report = harness.run_pass()  # finalises the failed slot, then backs off
+    assert report.finished[0][1].shutdown_message == FAILED_TO_START
+    assert report.decisions.creates == ()
+    assert "atlas" in report.decisions.outlook.backoff_until
+    harness.backend.fail_creates_of.clear()
+    harness.clock.advance(31)
+    harness.run_pass()
+    assert harness.backend.machines
+    assert not harness.paths.factory_error_file.exists()
+
+
+def test_peer_abort_backs_off_locally(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas", backoff_seconds=600))
+    now = int(harness.clock())
+    harness.peer_reports = [MachinetypeReport("f2.example.com", "atlas", 0.0, 0, "300 No work", now - 100)]
+    report = harness.run_pass()
+    assert report.decisions.creates == ()
+
+
+def test_site_shutdown_time_lowers_running_machines(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    now = int(harness.clock())
+    harness.config.config = dataclasses.replace(
+        harness.config.config, settings=make_settings(total_processors=1, host_processors=1, shutdown_time=now + 100)
+    )
+    harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None and stored.record.shutdown_time == now + 100
+
+
+@pytest.mark.parametrize("ordinal", [0, 3])
+def test_slot_record_names_follow_vac_layout(tmp_path: Path, ordinal: int) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    name = f"f1-0{ordinal}.example.com"
+    created, machinetype, model = (harness.paths.slots_dir / name).read_text().split()
+    assert machinetype == "atlas" and model == "vm-raw"
+    assert (harness.paths.machines_dir / f"{created}_atlas_{name}" / "machine.json").exists()

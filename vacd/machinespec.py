@@ -1,0 +1,84 @@
+"""Turn a machine record and its machinetype into the spec a backend creates.
+
+Kept from Vac 03 (§1.11): an image name starting with `/` is used as it is; any other name
+is `<machinetype_path>/files/<name>`; http(s) images come from the image cache. Memory is
+processors x mb_per_processor (acceptance 9). Container models are not built yet: asking
+for one is a clear creation error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from vacd.backends.base import MachineSpec
+from vacd.config import VM_MACHINE_MODELS, Machinetype, Settings
+from vacd.errors import VacError
+from vacd.slots import SlotIdentity
+from vacd.store import MachineRecord
+
+# Vac's default sparse root disk for cernvm3 machines: 40 GB per processor (Appendix C).
+DEFAULT_DISK_GB_PER_PROCESSOR = 40
+
+
+class UnsupportedMachineModel(VacError):
+    pass
+
+
+def resolve_machinetype_file(machinetype: Machinetype, name: str) -> Path:
+    """`/abs/path` as is; `name` under the machinetype's `files/` directory (§1.11)."""
+    if name.startswith("/"):
+        return Path(name)
+    return machinetype.machinetype_path / "files" / name
+
+
+def machine_spec(
+    settings: Settings,
+    machinetype: Machinetype,
+    record: MachineRecord,
+    identity: SlotIdentity,
+    machine_dir: Path,
+    fetch_image: Optional[Callable[[str], Path]] = None,
+) -> MachineSpec:
+    if machinetype.machine_model not in VM_MACHINE_MODELS:
+        raise UnsupportedMachineModel(
+            f"machinetype {machinetype.name}: machine_model {machinetype.machine_model} is not supported by this "
+            "vacd (VM models only: cernvm3, cernvm4, vm-raw)"
+        )
+
+    def locate(name: Optional[str]) -> Optional[Path]:
+        if name is None:
+            return None
+        if name.startswith(("http://", "https://")):
+            if fetch_image is None:
+                raise VacError(f"machinetype {machinetype.name}: {name}: no image cache to fetch it with")
+            return fetch_image(name)
+        return resolve_machinetype_file(machinetype, name)
+
+    root_kernel = locate(machinetype.root_kernel)
+    root_image = None if root_kernel is not None else locate(machinetype.root_image)
+    if root_kernel is None and root_image is None:
+        raise VacError(f"machinetype {machinetype.name}: neither root_image nor root_kernel is set")
+    for path in (root_kernel, root_image, locate(machinetype.root_initrd)):
+        if path is not None and not path.is_file():
+            raise VacError(f"machinetype {machinetype.name}: {path} does not exist")
+    disk_gb = machinetype.disk_gb_per_processor or settings.disk_gb_per_processor or DEFAULT_DISK_GB_PER_PROCESSOR
+    return MachineSpec(
+        name=record.name,
+        uuid=record.uuid,
+        ordinal=record.ordinal,
+        mac_address=identity.mac_address,
+        ip_address=identity.ip_address,
+        vnc_port=identity.vnc_port,
+        processors=record.processors,
+        memory_mib=record.mb,
+        machine_dir=machine_dir,
+        machine_model="cernvm3" if machinetype.machine_model == "cernvm4" else machinetype.machine_model,
+        root_image=root_image,
+        root_kernel=root_kernel,
+        root_initrd=locate(machinetype.root_initrd),
+        kernel_command_line=machinetype.kernel_command_line,
+        root_device=machinetype.root_device,
+        scratch_device=machinetype.scratch_device,
+        disk_bytes=disk_gb * record.processors * 10**9,
+    )

@@ -1,0 +1,307 @@
+"""Decide which machines to create: the pure core of the factory and of the site simulator.
+
+Rules (design.md rule 1): `decide()` takes the time, the configuration, this factory's
+slots, the peers' machinetype reports and the load, and returns `Create` decisions. It does
+no I/O and reads no clock; its only randomness is the tie-break source it is given.
+
+Behaviour kept from Vac 03 (behaviour reference §4, §5):
+- the gates of §4.1 (overload, shutdown_time passed, draining, capacity), in that order;
+- scores by machinegroup, then machinetype, of `running_hs06 / target_share` summed over
+  every factory's report (§4.2), lowest first, random tie-break (§4.5);
+- eligibility with abort backoff and fizzle (§4.3): a code >= 300 anywhere in the space
+  stops the machinetype for backoff_seconds, plus fizzle_seconds while a probe is young;
+- superslot packing (§5): complete the earliest-ending incomplete superslot first, with the
+  processors reserved for it unavailable to new superslots; else open a new one.
+
+Changes from Vac 03, each a fix or a documented improvement:
+- several creations per pass (`max_creations_per_cycle`), with the scores, the free
+  processors and the before-fizzle counts updated after each choice, so a second choice sees
+  the first (Vac created one machine per 60 s cycle, §11);
+- the probe rule: when a backoff ends, each factory waits a further stagger derived from a
+  hash of (factory, machinetype, abort time), spread over `probe_spread_seconds`, before it
+  may probe. Every factory computes the same order, so one factory probes first and the
+  others then see its machine before fizzle in their next census and wait the fizzle time.
+  Vac admitted that all factories could probe at the same instant (§4.3, §11). At most one
+  probe per machinetype is made per pass by one factory;
+- machinetypes whose creation failed locally are skipped until their failure backoff ends
+  (Vac retried a broken machinetype every cycle, §11).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Protocol, Sequence
+
+from vacd.config import Machinetype, Settings
+
+# Fraction of the machine's processors that may run before the load gate applies (§4.1).
+OVERLOAD_MIN_RUNNING_PROCESSORS = 4
+# How long after a backoff ends the last factory in the probe order may wait, at most.
+DEFAULT_PROBE_SPREAD_SECONDS = 60
+
+
+class RandomSource(Protocol):
+    def random(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """One slot of this factory as the scheduler needs it: free, or holding a live machine."""
+
+    ordinal: int
+    machinetype: Optional[str] = None
+    processors: int = 0
+    shutdown_time: Optional[int] = None
+    hs06: float = 0.0
+
+    @property
+    def is_free(self) -> bool:
+        return self.machinetype is None
+
+
+@dataclass(frozen=True)
+class MachinetypeReport:
+    """One factory's `machinetype_status` for one machinetype (§3.5), as the scheduler uses it."""
+
+    factory: str
+    machinetype: str
+    running_hs06: float
+    num_before_fizzle: int
+    shutdown_message: Optional[str] = None
+    shutdown_time: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create a machine of `machinetype` with `processors` in slot `ordinal`, ending at `shutdown_time`."""
+
+    ordinal: int
+    machinetype: str
+    processors: int
+    shutdown_time: int
+    is_probe: bool = False
+
+
+@dataclass(frozen=True)
+class Outlook:
+    """Why nothing more was created this pass, and each machinetype's score and backoff."""
+
+    gate: Optional[str]
+    scores: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    backoff_until: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decisions:
+    creates: tuple[Create, ...]
+    outlook: Outlook
+
+
+@dataclass(frozen=True)
+class SchedulerInput:
+    """Everything `decide` looks at, in one value so tests and the simulator build it alike."""
+
+    now: int
+    settings: Settings
+    machinetypes: Mapping[str, Machinetype]
+    slots: Sequence[SlotView]
+    reports: Sequence[MachinetypeReport]
+    load_average: float = 0.0
+    host_cpu_count: int = 1
+    draining: bool = False
+    creation_failure_until: Mapping[str, int] = field(default_factory=dict)
+    probe_spread_seconds: int = DEFAULT_PROBE_SPREAD_SECONDS
+
+
+def is_abort_message(shutdown_message: Optional[str]) -> bool:
+    """A 3-digit code >= 300 is an abort; anything else is not (§4.4, acceptance 21)."""
+    if not shutdown_message:
+        return False
+    prefix = shutdown_message.strip()[:3]
+    return len(prefix) == 3 and prefix.isdigit() and int(prefix) >= 300
+
+
+def last_abort_times(reports: Sequence[MachinetypeReport]) -> dict[str, int]:
+    """The latest abort time per machinetype anywhere in the space (§4.2)."""
+    last_abort: dict[str, int] = {}
+    for report in reports:
+        if report.shutdown_time is not None and is_abort_message(report.shutdown_message):
+            previous = last_abort.get(report.machinetype, report.shutdown_time)
+            last_abort[report.machinetype] = max(previous, report.shutdown_time)
+    return last_abort
+
+
+def probe_stagger_seconds(factory_name: str, machinetype: str, abort_time: int, spread_seconds: int) -> int:
+    """This factory's place in the probe order after an abort, as seconds of extra wait."""
+    if spread_seconds <= 0:
+        return 0
+    digest = hashlib.sha256(f"{factory_name}\0{machinetype}\0{abort_time}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % spread_seconds
+
+
+def backoff_end(
+    machinetype: Machinetype,
+    last_abort: Optional[int],
+    num_before_fizzle: int,
+    factory_name: str,
+    spread_seconds: int,
+) -> Optional[int]:
+    """When this factory may next create the machinetype after an abort, or None if no abort."""
+    if last_abort is None:
+        return None
+    end = last_abort + machinetype.backoff_seconds
+    if num_before_fizzle > 0:
+        # Someone is probing: give the probe fizzle_seconds to find work or abort (§4.3).
+        return end + machinetype.fizzle_seconds
+    return end + probe_stagger_seconds(factory_name, machinetype.name, last_abort, spread_seconds)
+
+
+def _is_probe(machinetype: Machinetype, last_abort: Optional[int], state: SchedulerInput) -> bool:
+    """A creation is a probe while the space has not yet seen the machinetype flow after an abort."""
+    if last_abort is None:
+        return False
+    settle_time = last_abort + machinetype.backoff_seconds + machinetype.fizzle_seconds + state.probe_spread_seconds
+    return state.now < settle_time
+
+
+def _gate(state: SchedulerInput, running_processors: int) -> Optional[str]:
+    """The first of Vac's gates (§4.1) that blocks creation, as a reason, or None."""
+    settings = state.settings
+    load = state.load_average
+    overload = settings.overload_per_processor
+    if running_processors > OVERLOAD_MIN_RUNNING_PROCESSORS and load > overload * running_processors:
+        return f"load {load:.2f} > {overload} x {running_processors} running processors"
+    if load > overload * state.host_cpu_count:
+        return f"load {load:.2f} > {overload} x {state.host_cpu_count} host processors"
+    if settings.shutdown_time is not None and state.now >= settings.shutdown_time:
+        return f"shutdown_time {settings.shutdown_time} has passed"
+    if settings.draining or state.draining:
+        return "draining"
+    if running_processors >= settings.total_processors:
+        return f"all {settings.total_processors} processors in use"
+    return None
+
+
+def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
+    """Return the machines to create now, in order, each in its own free slot."""
+    settings = state.settings
+    machinetypes = {name: mt for name, mt in state.machinetypes.items() if mt.target_share > 0}
+    running_processors = sum(slot.processors for slot in state.slots if not slot.is_free)
+    free_ordinals = sorted(slot.ordinal for slot in state.slots if slot.is_free)
+
+    type_score: dict[str, float] = {name: 0.0 for name in machinetypes}
+    before_fizzle: dict[str, int] = {name: 0 for name in machinetypes}
+    for report in state.reports:
+        if report.machinetype in machinetypes:
+            share = machinetypes[report.machinetype].target_share
+            type_score[report.machinetype] += report.running_hs06 / share
+            before_fizzle[report.machinetype] += report.num_before_fizzle
+    last_abort = last_abort_times(state.reports)
+
+    backoff_until: dict[str, int] = {}
+    for name, machinetype in machinetypes.items():
+        end = backoff_end(
+            machinetype, last_abort.get(name), before_fizzle[name], settings.factory_name, state.probe_spread_seconds
+        )
+        if end is not None and end >= state.now:
+            backoff_until[name] = end
+        failure_end = state.creation_failure_until.get(name)
+        if failure_end is not None and failure_end > state.now:
+            backoff_until[name] = max(backoff_until.get(name, 0), failure_end)
+
+    gate = _gate(state, running_processors)
+    if gate is not None or not free_ordinals:
+        return Decisions((), Outlook(gate or "no free slot", _scores(machinetypes, type_score), backoff_until))
+
+    superslots: dict[int, int] = {}
+    for slot in state.slots:
+        if not slot.is_free and slot.shutdown_time is not None:
+            superslots[slot.shutdown_time] = superslots.get(slot.shutdown_time, 0) + slot.processors
+
+    tie = {name: tie_break.random() for name in sorted(machinetypes)}
+    creates: list[Create] = []
+    probed: set[str] = set()
+    hs06_per_processor = settings.hs06_per_processor or 1.0
+    while len(creates) < settings.max_creations_per_cycle and free_ordinals:
+        eligible = _eligible_in_order(state, machinetypes, type_score, before_fizzle, backoff_until, probed, tie)
+        if not eligible:
+            break
+        free_processors = settings.total_processors - running_processors
+        choice = _choose_with_superslots(state, eligible, superslots, free_processors)
+        if choice is None:
+            break
+        name, processors, shutdown_time = choice
+        is_probe = _is_probe(machinetypes[name], last_abort.get(name), state)
+        creates.append(Create(free_ordinals.pop(0), name, processors, shutdown_time, is_probe))
+        running_processors += processors
+        superslots[shutdown_time] = superslots.get(shutdown_time, 0) + processors
+        type_score[name] += processors * hs06_per_processor / machinetypes[name].target_share
+        before_fizzle[name] += 1
+        if is_probe:
+            probed.add(name)
+        if _gate(state, running_processors) is not None:
+            break
+    gate_after = _gate(state, running_processors)
+    return Decisions(tuple(creates), Outlook(gate_after, _scores(machinetypes, type_score), backoff_until))
+
+
+def _scores(machinetypes: Mapping[str, Machinetype], type_score: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    group_score: dict[str, float] = {}
+    for name, machinetype in machinetypes.items():
+        group_score[machinetype.machinegroup] = group_score.get(machinetype.machinegroup, 0.0) + type_score[name]
+    return {name: (group_score[mt.machinegroup], type_score[name]) for name, mt in machinetypes.items()}
+
+
+def _eligible_in_order(
+    state: SchedulerInput,
+    machinetypes: Mapping[str, Machinetype],
+    type_score: Mapping[str, float],
+    before_fizzle: Mapping[str, int],
+    backoff_until: Mapping[str, int],
+    probed: set[str],
+    tie: Mapping[str, float],
+) -> list[Machinetype]:
+    """Eligible machinetypes (§4.3), most starved first by (group score, type score, tie) (§4.5)."""
+    scores = _scores(machinetypes, type_score)
+    eligible = []
+    for name, machinetype in machinetypes.items():
+        if name in backoff_until or name in probed:
+            continue
+        shutdown_time = state.settings.shutdown_time
+        if shutdown_time is not None and not state.now + machinetype.min_wallclock_seconds < shutdown_time:
+            continue
+        eligible.append(machinetype)
+    eligible.sort(key=lambda machinetype: (*scores[machinetype.name], tie[machinetype.name], machinetype.name))
+    return eligible
+
+
+def _choose_with_superslots(
+    state: SchedulerInput,
+    eligible: Sequence[Machinetype],
+    superslots: Mapping[int, int],
+    free_processors: int,
+) -> Optional[tuple[str, int, int]]:
+    """Vac's superslot procedure (§5): (machinetype, processors, shutdown_time) or None."""
+    per_superslot = state.settings.processors_per_superslot
+    free = free_processors
+    for end_time in sorted(superslots):
+        used = superslots[end_time] % per_superslot
+        if used == 0:
+            continue
+        need = min(free, per_superslot - used)
+        free -= need
+        remaining = end_time - state.now
+        for machinetype in eligible:
+            if (
+                need >= machinetype.min_processors
+                and machinetype.min_wallclock_seconds <= remaining <= machinetype.max_wallclock_seconds
+            ):
+                return machinetype.name, min(need, machinetype.max_processors, per_superslot), end_time
+    if free <= 0:
+        return None
+    for machinetype in eligible:
+        if min(free, per_superslot) >= machinetype.min_processors:
+            processors = min(free, machinetype.max_processors, per_superslot)
+            return machinetype.name, processors, state.now + machinetype.max_wallclock_seconds
+    return None

@@ -1,0 +1,80 @@
+"""Slot identity: what an ordinal fixes (name, address, MAC, VNC port), as Vac 03 did.
+
+Slot n of factory `short.domain` is `short-NN.domain`, 169.254.169.n, MAC 56:4D plus the
+four address octets in upper-case hex, VNC 5900+n (behaviour reference §1.5, acceptance 7).
+
+Fix of a Vac 03 weakness (§11): ordinals 253 and 254 collided with the factory's own
+service addresses and slots above 99 had no DHCP entry. Ordinals 0 to 249 keep Vac's
+addresses exactly; ordinal 250 and above continue in 169.254.170.0 and up, 250 per /24,
+so no slot ever takes .253 or .254 of 169.254.169.0/24.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+SLOTS_PER_SUBNET = 250
+FIRST_SLOT_THIRD_OCTET = 169
+MAX_SLOTS = SLOTS_PER_SUBNET * (254 - FIRST_SLOT_THIRD_OCTET)
+# The factory's own addresses on the guest network (§1.9).
+GATEWAY_ADDRESS = "169.254.169.253"
+METADATA_ADDRESS = "169.254.169.254"
+GUEST_NETWORK = "169.254.0.0/16"
+VNC_BASE_PORT = 5900
+
+
+@dataclass(frozen=True)
+class SlotIdentity:
+    """The fixed identity of one slot of one factory."""
+
+    ordinal: int
+    machine_name: str
+    ip_address: str
+    mac_address: str
+    vnc_port: int
+
+
+def machine_name_for(factory_name: str, ordinal: int) -> str:
+    """`f1.example.com`, 3 -> `f1-03.example.com` (a short name gets no domain part)."""
+    short, dot, domain = factory_name.partition(".")
+    return f"{short}-{ordinal:02d}{dot}{domain}"
+
+
+def ip_address_for(ordinal: int) -> str:
+    if not 0 <= ordinal < MAX_SLOTS:
+        raise ValueError(f"slot ordinal {ordinal} outside 0..{MAX_SLOTS - 1}")
+    third_octet = FIRST_SLOT_THIRD_OCTET + ordinal // SLOTS_PER_SUBNET
+    return f"169.254.{third_octet}.{ordinal % SLOTS_PER_SUBNET}"
+
+
+def mac_address_for(ip_address: str) -> str:
+    octets = ipaddress.IPv4Address(ip_address).packed
+    return "56:4D:" + ":".join(f"{octet:02X}" for octet in octets)
+
+
+def slot_identity(factory_name: str, ordinal: int) -> SlotIdentity:
+    ip_address = ip_address_for(ordinal)
+    return SlotIdentity(
+        ordinal=ordinal,
+        machine_name=machine_name_for(factory_name, ordinal),
+        ip_address=ip_address,
+        mac_address=mac_address_for(ip_address),
+        vnc_port=VNC_BASE_PORT + ordinal,
+    )
+
+
+def ordinal_for_ip_address(ip_address: str) -> "int | None":
+    """The slot ordinal a guest source address belongs to, or None if it is no slot's."""
+    try:
+        address = ipaddress.IPv4Address(ip_address)
+    except ValueError:
+        return None
+    octets = address.packed
+    if octets[0] != 169 or octets[1] != 254:
+        return None
+    subnet_index = octets[2] - FIRST_SLOT_THIRD_OCTET
+    if subnet_index < 0 or octets[3] >= SLOTS_PER_SUBNET:
+        return None
+    ordinal = subnet_index * SLOTS_PER_SUBNET + octets[3]
+    return ordinal if ordinal < MAX_SLOTS else None

@@ -1,0 +1,1 @@
+"""vacquery: the VacQuery peer protocol (messages, codec, census, responder) and the `vac` tool."""
