@@ -31,15 +31,14 @@ from vacd.backends.base import Backend, MachineSpec, ObservedMachine, ObservedSt
 from vacd.config import Config, Machinetype, Settings
 from vacd.errors import BackendError, ConfigErrors, VacError
 from vacd.machinespec import machine_spec
-from vacd.policing import FAILED_TO_START, RunningMachine, effective_shutdown_time, stop_reason
+from vacd.outcomes import FAILED_TO_START, effective_outcome
+from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide
 from vacd.slots import SlotIdentity, slot_identity
 from vacd.store import FinishRecord, Heartbeat, MachineRecord, Store, StoredMachine, lowered
 
 log = logging.getLogger(__name__)
 
-# Vac 03 counted a machine "running" in machinetype_status only if seen within an hour (§3.5).
-FIZZLE_MESSAGE_FORMAT = "300 Vac detects fizzle after {seconds} seconds"
 # Creation failures back off per machinetype: 30 s doubling to an hour (Vac retried every cycle).
 CREATION_FAILURE_FIRST_BACKOFF_SECONDS = 30
 CREATION_FAILURE_MAX_BACKOFF_SECONDS = 3600
@@ -333,14 +332,15 @@ class Factory:
         record = stored.record
         if factory_message is not None:
             self.store.request_destroy(record, now, factory_message)
-        message = self.store.read_shutdown_message(record)
         last_heartbeat = stored.heartbeat.time if stored.heartbeat else stored.started_time
         cpu_seconds = stored.heartbeat.cpu_seconds if stored.heartbeat else 0.0
-        if message is None and stored.started_time is not None and machinetype is not None:
-            ran_seconds = (last_heartbeat or now) - stored.started_time
-            if ran_seconds < machinetype.fizzle_seconds:
-                # Vac 03 meant to do this and never did (§3.5 [BUG], acceptance 22).
-                message = FIZZLE_MESSAGE_FORMAT.format(seconds=ran_seconds)
+        # A silent early end is a fizzle (acceptance 22; Vac 03's version never ran, §3.5).
+        message = effective_outcome(
+            self.store.read_shutdown_message(record),
+            stored.started_time,
+            last_heartbeat or now,
+            machinetype.fizzle_seconds if machinetype is not None else 0,
+        )
         finish = FinishRecord(
             finished_time=now,
             shutdown_message=message,
@@ -514,6 +514,7 @@ class Factory:
                     num_before_fizzle=before_fizzle[name],
                     shutdown_message=message,
                     shutdown_time=message_time,
+                    shutdown_machine=last.record.name if last is not None else None,
                 )
             )
         return reports

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 from vacd.config import Machinetype
-
-HEARTBEAT_NOT_CREATED = "700 Heartbeat file not created"
-HEARTBEAT_NOT_UPDATED = "700 Heartbeat file not updated"
-EXCEEDED_WALLCLOCK = "700 Exceeded max_wallclock_seconds"
-PASSED_SHUTDOWN_TIME = "700 Passed shutdowntime"
-FAILED_TO_START = "700 Failed to start"
+from vacd.outcomes import (
+    EXCEEDED_WALLCLOCK,
+    HEARTBEAT_NOT_CREATED,
+    HEARTBEAT_NOT_UPDATED,
+    PASSED_SHUTDOWN_TIME,
+)
 
 
 @dataclass(frozen=True)

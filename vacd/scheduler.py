@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Protocol, Sequence
 
 from vacd.config import Machinetype, Settings
+from vacd.outcomes import is_abort
 
 # Fraction of the machine's processors that may run before the load gate applies (§4.1).
 OVERLOAD_MIN_RUNNING_PROCESSORS = 4
@@ -70,6 +71,7 @@ class MachinetypeReport:
     num_before_fizzle: int
     shutdown_message: Optional[str] = None
     shutdown_time: Optional[int] = None
+    shutdown_machine: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -114,19 +116,11 @@ class SchedulerInput:
     probe_spread_seconds: int = DEFAULT_PROBE_SPREAD_SECONDS
 
 
-def is_abort_message(shutdown_message: Optional[str]) -> bool:
-    """A 3-digit code >= 300 is an abort; anything else is not (§4.4, acceptance 21)."""
-    if not shutdown_message:
-        return False
-    prefix = shutdown_message.strip()[:3]
-    return len(prefix) == 3 and prefix.isdigit() and int(prefix) >= 300
-
-
 def last_abort_times(reports: Sequence[MachinetypeReport]) -> dict[str, int]:
     """The latest abort time per machinetype anywhere in the space (§4.2)."""
     last_abort: dict[str, int] = {}
     for report in reports:
-        if report.shutdown_time is not None and is_abort_message(report.shutdown_message):
+        if report.shutdown_time is not None and is_abort(report.shutdown_message):
             previous = last_abort.get(report.machinetype, report.shutdown_time)
             last_abort[report.machinetype] = max(previous, report.shutdown_time)
     return last_abort

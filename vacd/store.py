@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 from vacd.atomicfile import read_text_or_none, write_atomic
 from vacd.errors import StoreError
+from vacd.outcomes import shutdown_code
 from vacd.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -127,16 +128,6 @@ class StoredMachine:
     @property
     def has_finished(self) -> bool:
         return self.finish is not None
-
-
-def shutdown_code(shutdown_message: Optional[str]) -> Optional[int]:
-    """`300 Nothing to do` -> 300; a message without a 3-digit numeric prefix -> None (§4.4)."""
-    if not shutdown_message:
-        return None
-    prefix = shutdown_message.strip()[:3]
-    if len(prefix) == 3 and prefix.isdigit():
-        return int(prefix)
-    return None
 
 
 class Store:

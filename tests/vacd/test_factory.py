@@ -14,7 +14,7 @@ from vacd.config import Config, Machinetype, Settings
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.factory import Factory, FactoryHooks
 from vacd.paths import Paths
-from vacd.policing import EXCEEDED_WALLCLOCK, FAILED_TO_START, HEARTBEAT_NOT_CREATED
+from vacd.outcomes import EXCEEDED_WALLCLOCK, FAILED_TO_START, HEARTBEAT_NOT_CREATED
 from vacd.scheduler import MachinetypeReport
 from vacd.store import Store
 

@@ -1,0 +1,302 @@
+"""`vacd`: wire the factory's parts together in one process and run them until told to stop.
+
+Rules (design.md rule 6): one process. The main thread runs the reconcile loop; blocking
+backend work runs on a bounded thread pool; the guest HTTP servers, the VacQuery responder
+and the metrics endpoint run on one asyncio event loop in a second thread. A stuck part
+does not stall the others, and each part stamps a heartbeat. Only this module configures
+logging and signal handlers; nothing runs at import time.
+
+Stopping vacd (SIGTERM, SIGINT) never stops machines: they keep running and the next start
+adopts them (§10.2). SIGHUP re-opens the log file and re-reads the configuration at once;
+SIGUSR1 only wakes the loop (`vac drain` uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+from vacd import MANAGER_VERSION
+from vacd.config import Config, effective_config_text, load_config
+from vacd.errors import ConfigErrors
+from vacd.factory import Factory, FactoryHooks, PassReport
+from vacd.paths import Paths
+from vacd.status import publish_status, status_document, write_heartbeat
+from vacd.store import Store
+
+log = logging.getLogger(__name__)
+
+# Budget of one pass before it is logged as slow (style.md, kubelet's housekeeping budget).
+PASS_BUDGET_SECONDS = 10.0
+
+
+class ReloadingConfig:
+    """Reads the configuration at every pass; a bad reading raises, the good one is remembered."""
+
+    def __init__(self, paths: Paths, initial: Config) -> None:
+        self.paths = paths
+        self.last_good = initial
+        self._reported_warnings: set[str] = set()
+        self._last_error_text: Optional[str] = None
+
+    def current(self) -> Config:
+        try:
+            config = load_config(self.paths)
+        except ConfigErrors:
+            raise
+        for warning in config.warnings:
+            if warning not in self._reported_warnings:
+                log.warning("configuration: %s", warning)
+                self._reported_warnings.add(warning)
+        if config != self.last_good:
+            log.info("configuration reloaded sources=%s", ",".join(str(path) for path in config.sources))
+        self.last_good = config
+        return config
+
+
+def load_average() -> float:
+    """The largest of the 1, 5 and 15 minute load averages (§4.1)."""
+    return max(os.getloadavg())
+
+
+class ServiceLoop:
+    """An asyncio event loop in its own thread, for the network services."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="vacd-services", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def call(self, coroutine: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+class PidFile:
+    """An flock'ed pid file: a second vacd on the same state directory refuses to start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle: Optional[TextIO] = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            other = handle.read().strip()
+            handle.close()
+            raise SystemExit(f"vacd: another vacd (pid {other or 'unknown'}) holds {self.path}")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            self.handle.close()
+            self.handle = None
+
+
+class Daemon:
+    """The running vacd: builds every part from the configuration and runs the loop."""
+
+    def __init__(self, paths: Paths, config: Config) -> None:
+        self.paths = paths
+        self.config = config
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.start_time = int(time.time())
+        self.factory: Optional[Factory] = None
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping.set()
+        if self.factory is not None:
+            self.factory.wake("stop")
+
+    def run(self) -> int:
+        from vacd.backends.libvirt import LibvirtBackend
+        from vacd.hypervisor import decide_domain_type
+        from vacd.network import NETWORK_NAME, ensure_network
+
+        settings = self.config.settings
+        self.paths.ensure_state_dirs()
+        store = Store(self.paths)
+        domain_type, reason = decide_domain_type(settings.hypervisor)
+        log.info("starting %s factory=%s space=%s slots=%d domain_type=%s (%s)", MANAGER_VERSION,
+                 settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
+        ensure_network(settings.libvirt_uri, self.paths, settings)
+        backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
+                                 tmp_dir=self.paths.tmp_dir)
+        config_source = ReloadingConfig(self.paths, self.config)
+        executor = ThreadPoolExecutor(max_workers=max(4, settings.max_creations_per_cycle * 2),
+                                      thread_name_prefix="vacd-act")
+        factory = Factory(
+            store,
+            backend,
+            config_source,
+            executor,
+            clock=time.time,
+            load_average=load_average,
+            host_cpu_count=os.cpu_count() or 1,
+            vacd_start_time=self.start_time,
+            hooks=self._hooks(),
+            is_draining=self.paths.drain_file.exists,
+        )
+        self.factory = factory
+        backend.watch(factory.wake)
+        services = ServiceLoop()
+        services.start()
+        try:
+            self._loop(factory, config_source)
+        finally:
+            log.info("stopping: machines keep running and will be adopted at the next start")
+            factory.wait_for_background_work()
+            executor.shutdown(wait=True)
+            services.stop()
+            backend.close()
+        return 0
+
+    def _hooks(self) -> FactoryHooks:
+        from vacd.guestapi.contextualise import prepare_machine_dir
+        from vacd.mjf import lower_shutdown_time
+
+        paths = self.paths
+
+        def contextualise(settings: Any, machinetype: Any, record: Any, now: int) -> None:
+            prepare_machine_dir(paths, settings, machinetype, record, Store(paths).machine_dir(record), now=now)
+
+        def heartbeat_file_mtime(stored: Any, name: str) -> Optional[float]:
+            try:
+                return (stored.directory / "joboutputs" / name).stat().st_mtime
+            except OSError:
+                return None
+
+        return FactoryHooks(
+            contextualise=contextualise,
+            lower_shutdown_time=lambda stored, shutdown_time, now: lower_shutdown_time(
+                stored.directory, shutdown_time, now
+            ) and None,
+            heartbeat_file_mtime=heartbeat_file_mtime,
+        )
+
+    def _loop(self, factory: Factory, config_source: ReloadingConfig) -> None:
+        while not self.stopping.is_set():
+            factory.wake_event.clear()
+            started = time.monotonic()
+            report = factory.run_pass()
+            self._publish(factory, report)
+            elapsed = time.monotonic() - started
+            if elapsed > PASS_BUDGET_SECONDS:
+                log.warning("slow pass budget=%.0fs actual=%.1fs", PASS_BUDGET_SECONDS, elapsed)
+            settings = report.settings or config_source.last_good.settings
+            wait_seconds = settings.cycle_seconds
+            if report.next_wake_seconds is not None:
+                wait_seconds = min(wait_seconds, report.next_wake_seconds)
+            factory.wake_event.wait(wait_seconds)
+
+    def _publish(self, factory: Factory, report: PassReport) -> None:
+        now = int(time.time())
+        write_heartbeat(self.paths, "factory", now)
+        if report.settings is None:
+            return
+        heartbeats = {"factory": now}
+        document = status_document(
+            report,
+            heartbeats=heartbeats,
+            census=None,
+            draining=self.paths.drain_file.exists(),
+            last_error=factory.last_error,
+        )
+        publish_status(self.paths, document)
+
+
+def check_config(paths: Paths) -> int:
+    """`vacd --check-config`: print the effective configuration and exit 0, or every error and exit 1."""
+    try:
+        config = load_config(paths)
+    except ConfigErrors as errors:
+        for problem in errors.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    sys.stdout.write(effective_config_text(config))
+    return 0
+
+
+def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vacd", description="The vac factory daemon.")
+    parser.add_argument("--prefix", help="re-root every path vacd reads or writes under this directory "
+                        "(default: $VAC_PREFIX or /)")
+    parser.add_argument("--check-config", "-t", action="store_true",
+                        help="print the effective configuration and exit 0, or the errors and exit 1")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--stderr", action="store_true", help="log to standard error instead of the configured log")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    arguments = parse_arguments(argv)
+    paths = Paths.from_prefix(arguments.prefix)
+    if arguments.check_config:
+        return check_config(paths)
+    try:
+        config = load_config(paths)
+    except ConfigErrors as errors:
+        for problem in errors.problems:
+            print(problem, file=sys.stderr)
+        print("vacd: not started: the configuration has errors", file=sys.stderr)
+        return 1
+    from vacd.logconfig import configure_logging, reopen_logs
+
+    paths.ensure_state_dirs()
+    destination = "stderr" if arguments.stderr else config.settings.log_destination
+    configure_logging(destination, paths.log_file, getattr(logging, arguments.log_level))
+    pid_file = PidFile(paths.pid_file)
+    pid_file.acquire()
+    daemon = Daemon(paths, config)
+
+    def on_hangup(*_: object) -> None:
+        reopen_logs()
+        if daemon.factory is not None:
+            daemon.factory.wake("SIGHUP")
+
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, on_hangup)
+    signal.signal(signal.SIGUSR1, lambda *_: daemon.factory.wake("SIGUSR1") if daemon.factory else None)
+    try:
+        return daemon.run()
+    finally:
+        pid_file.release()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Summarise a factory pass for admins: status.json, Vac's `counts` file and heartbeats.
+
+The status document is what `vac status`, `check-vacd` and the metrics read (its schema is
+in docs/status-json.md). `counts` keeps Vac 03's format for existing Nagios checks
+(§1.3 step 12, acceptance 41). Formatting is pure; `publish_status` is the only writer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Optional
+
+from vacd.atomicfile import write_atomic
+from vacd.factory import PassReport
+from vacd.paths import Paths
+
+
+def status_document(
+    report: PassReport,
+    *,
+    heartbeats: Mapping[str, int],
+    census: Optional[Mapping[str, Any]],
+    draining: bool,
+    last_error: Optional[str],
+) -> dict[str, Any]:
+    """The status.json content for one pass."""
+    settings = report.settings
+    slots = []
+    running_processors = 0
+    per_machinetype: dict[str, dict[str, Any]] = {
+        name: {
+            "target_share": machinetype.target_share,
+            "running_processors": 0,
+            "running_machines": 0,
+            "running_hs06": 0.0,
+            "backoff_until": None,
+            "last_outcome": None,
+        }
+        for name, machinetype in report.machinetypes.items()
+    }
+    for slot in report.slots:
+        stored = slot.machine
+        live = slot.state != "Shut down" and stored is not None
+        record = stored.record if stored is not None else None
+        if live and record is not None:
+            running_processors += record.processors
+            entry = per_machinetype.get(record.machinetype)
+            if entry is not None:
+                entry["running_processors"] += record.processors
+                entry["running_machines"] += 1
+                entry["running_hs06"] += record.hs06
+        slots.append(
+            {
+                "ordinal": slot.identity.ordinal,
+                "name": slot.identity.machine_name,
+                "state": slot.state,
+                "machinetype": record.machinetype if record else None,
+                "processors": record.processors if live and record else 0,
+                "uuid": record.uuid if record else None,
+                "created_time": record.created_time if record else None,
+                "started_time": stored.started_time if stored else None,
+                "shutdown_time": record.shutdown_time if record else None,
+                "cpu_seconds": slot.cpu_seconds,
+                "shutdown_message": slot.shutdown_message,
+            }
+        )
+    for local in report.local_reports:
+        entry = per_machinetype.get(local.machinetype)
+        if entry is not None and local.shutdown_message is not None:
+            entry["last_outcome"] = {
+                "machine": local.shutdown_machine,
+                "message": local.shutdown_message,
+                "time": local.shutdown_time,
+            }
+    if report.decisions is not None:
+        for name, until in report.decisions.outlook.backoff_until.items():
+            if name in per_machinetype:
+                per_machinetype[name]["backoff_until"] = until
+    gate = report.decisions.outlook.gate if report.decisions is not None else None
+    return {
+        "factory": settings.factory_name if settings else None,
+        "space": settings.vac_space if settings else None,
+        "time": report.now,
+        "draining": draining or bool(settings and settings.draining),
+        "gate": gate,
+        "config_error": report.config_error,
+        "observe_error": report.observe_error,
+        "slots": slots,
+        "machinetypes": per_machinetype,
+        "heartbeats": dict(heartbeats),
+        "census": dict(census) if census is not None else None,
+        "total_processors": settings.total_processors if settings else 0,
+        "running_processors": running_processors,
+        "last_error": last_error,
+    }
+
+
+def counts_line(document: Mapping[str, Any]) -> str:
+    """Vac's `counts`: running machines, slots, running processors, total processors, HS06."""
+    running = [slot for slot in document["slots"] if slot["state"] != "Shut down"]
+    hs06 = sum(entry["running_hs06"] for entry in document["machinetypes"].values())
+    return "%d %d %d %d %.2f\n" % (
+        len(running),
+        len(document["slots"]),
+        document["running_processors"],
+        document["total_processors"],
+        hs06,
+    )
+
+
+def publish_status(paths: Paths, document: Mapping[str, Any]) -> None:
+    write_atomic(paths.status_file, json.dumps(document, indent=1, sort_keys=True) + "\n")
+    if document.get("slots"):
+        write_atomic(paths.counts_file, counts_line(document))
+
+
+def write_heartbeat(paths: Paths, part: str, now: int) -> None:
+    """`<part>-heartbeat` holds the time itself, so no ctime is read (Vac anti-pattern 3)."""
+    write_atomic(paths.heartbeat_file(part), f"{now}\n")
