@@ -1,22 +1,55 @@
-"""Read Vac-03-compatible configuration into typed, validated Settings and Machinetypes.
+"""The typed configuration of one factory, how to load it, and how to show it.
 
-THIS FILE IS A CONTRACT STUB: the dataclasses below are the agreed interface; the parser
-(load_config / parse_config) is being written to fill it.
+Modules: this one holds the values (Settings, Machinetype, VacuumPipe, Config), the edge
+function `load_config` (reads files, asks the host its name and processor count) and
+`effective_config_text` (what `vacd --check-config` prints). The pure parser is
+`vacd.configparse.parse_config`, built on `vacd.configini`; vacuum pipe expansion is
+`vacd.pipes`. Rules:
+
+* Values are frozen; a reload builds a new Config and the daemon swaps it in whole.
+* Every default is Vac 03's (behaviour reference §2.2, §2.4, Appendix C) unless the
+  field is one of vacd's additions, which are documented in man/vac.conf.5.
+* Nothing at module level touches the host: the types are imported by core modules
+  (tests/test_layering.py forbids them socket), so `load_config` imports socket itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import os
+import pwd
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
+
+from vacd.configini import HOST_FACTS_PATH, Location, RawConfig
+from vacd.errors import ConfigErrors, ConfigProblem
+from vacd.paths import Paths
+
+log = logging.getLogger(__name__)
 
 MACHINE_MODELS = ("cernvm3", "cernvm4", "vm-raw", "docker", "singularity")
 VM_MACHINE_MODELS = ("cernvm3", "cernvm4", "vm-raw")
+HYPERVISORS = ("auto", "kvm", "qemu")
+# The destinations vacd/logconfig.py implements (journal: syslog socket read by journald;
+# stderr: running in the foreground).
+LOG_DESTINATIONS = ("file", "syslog", "journal", "stderr")
+VACQUERY_AUTH_MODES = ("required", "optional")
+MASK = "********"
+# Prefixes of options whose values may carry secrets (tokens, passwords, host keys) and
+# are masked wherever the effective configuration is shown (§11: Vac logged them).
+SECRET_OPTION_PREFIXES = ("user_data_option_",)
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class FactoryAddress:
-    """One entry of [settings] factories: a canonical FQDN and, optionally, a fixed address."""
+    """One entry of [settings] factories: a canonical FQDN and, optionally, a fixed address.
+
+    vacd addition: `name=address` gives the address (IPv4 or IPv6) to query instead of
+    resolving the name, for sites without reliable DNS and for tests on loopback.
+    """
 
     name: str
     address: Optional[str] = None
@@ -24,7 +57,13 @@ class FactoryAddress:
 
 @dataclass(frozen=True)
 class Machinetype:
-    """One [machinetype NAME] section with Vac 03's defaults (§2.4, acceptance 3)."""
+    """One [machinetype NAME] section with Vac 03's defaults (§2.4, acceptance 3).
+
+    `user_data_options` and `user_data_files` already include the [settings] defaults
+    (§2.2), overridden per name by the machinetype's own options of either kind.
+    vacd additions: `root_kernel`, `root_initrd` and `kernel_command_line` (direct kernel
+    boot, used by the test guest) and `vacuum_pipe` (the prefix of the pipe that made it).
+    """
 
     name: str
     machinegroup: str
@@ -36,7 +75,7 @@ class Machinetype:
     root_initrd: Optional[str] = None
     kernel_command_line: str = ""
     user_data: Optional[str] = None
-    user_data_options: Mapping[str, str] = field(default_factory=dict)
+    user_data_options: Mapping[str, str] = field(default_factory=dict, repr=False)  # secrets
     user_data_files: Mapping[str, str] = field(default_factory=dict)
     user_data_proxy: bool = False
     legacy_proxy: bool = False
@@ -57,11 +96,32 @@ class Machinetype:
     cvmfs_repositories: tuple[str, ...] = ()
     tmp_binds: tuple[str, ...] = ()
     container_command: str = "/user_data"
+    vacuum_pipe: Optional[str] = None
+
+    def resolve_file(self, name: str) -> str:
+        """Where a configured file is: URLs and absolute paths as given, else under files/.
+
+        Vac 03 resolved relative root_image, user_data and user_data_file_* names against
+        `<machinetype_path>/files/` (§1.11, §6.5); root_kernel and root_initrd do the same.
+        This also fixes Vac's cernvm3 bug that used `<root_image>/files/` instead (§1.11).
+        """
+        if name.startswith("/") or _URL.match(name):
+            return name
+        return str(self.machinetype_path / "files" / name)
+
+    @property
+    def is_vm(self) -> bool:
+        return self.machine_model in VM_MACHINE_MODELS
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The [settings] section with Vac 03's defaults (§2.2, Appendix C) and vacd's additions."""
+    """The [settings] section with Vac 03's defaults (§2.2, Appendix C) and vacd's additions.
+
+    `gocdb_sitename` is always filled (default: the space minus its first label);
+    `gocdb_sitename_is_set` says whether the admin set it, since APEL records go to
+    apel-outgoing only then (§7.1, acceptance 36).
+    """
 
     vac_space: str
     factory_name: str
@@ -88,21 +148,25 @@ class Settings:
     fix_networking: bool = True
     forward_dev: Optional[str] = None
     machinefeatures_options: Mapping[str, str] = field(default_factory=dict)
-    user_data_options: Mapping[str, str] = field(default_factory=dict)
+    user_data_options: Mapping[str, str] = field(default_factory=dict, repr=False)  # secrets
     user_data_files: Mapping[str, str] = field(default_factory=dict)
     # vacd additions (documented in vac.conf.5)
     hypervisor: str = "auto"
     libvirt_uri: str = "qemu:///system"
     max_creations_per_cycle: int = 4
     cycle_seconds: float = 30.0
+    # False replays Vac 03's loop (a pass only every cycle_seconds); for comparison benchmarks.
+    wake_on_events: bool = True
     shutdown_grace_seconds: int = 30
     vacquery_port: int = 995
     vacquery_bind_address: str = "0.0.0.0"
     vacquery_key_file: Optional[str] = None
+    vacquery_auth: str = "required"
     metrics_address: Optional[str] = None
     joboutputs_quota_bytes: int = 100 * 1024 * 1024
     metadata_port: int = 80
     log_destination: str = "file"
+    gocdb_sitename_is_set: bool = False
 
     @property
     def num_machine_slots(self) -> int:
@@ -111,10 +175,199 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class VacuumPipe:
+    """One [vacuum_pipe PREFIX] section (§2.3); its document is fetched elsewhere.
+
+    `options` are the section's other options, copied into every machinetype the pipe
+    generates unless that machinetype's own section sets them (§8 step 3).
+    """
+
+    prefix: str
+    url: str
+    target_share: float = 0.0
+    options: Mapping[str, str] = field(default_factory=dict, repr=False)  # may hold secrets
+
+
+@dataclass(frozen=True)
 class Config:
-    """One complete, valid reading of the configuration."""
+    """One complete, valid reading of the configuration.
+
+    `machinetypes` holds the [machinetype] sections; `vacd.pipes.apply_pipes` returns a
+    Config that also holds the machinetypes the pipes generate. `raw` keeps every option
+    with its file and line so that checks made later (a volume group that does not exist,
+    a pipe's bad value) can still point at the line to edit; it holds secrets: never log it.
+    """
 
     settings: Settings
     machinetypes: Mapping[str, Machinetype]
     warnings: tuple[str, ...] = ()
     sources: tuple[Path, ...] = ()
+    vacuum_pipes: tuple[VacuumPipe, ...] = ()
+    raw: RawConfig = field(default_factory=RawConfig, repr=False)
+    paths: Paths = field(default_factory=Paths)
+
+    def locate(self, section: str, option: Optional[str] = None) -> Location:
+        return self.raw.locate(section, option)
+
+    def problem_at(self, section: str, option: Optional[str], reason: str) -> ConfigProblem:
+        """A ConfigProblem located at the option's line (or its section's header)."""
+        where = self.locate(section, option)
+        return ConfigProblem(where.path, where.line, section, option, reason)
+
+
+def read_config_sources(paths: Paths) -> tuple[list[tuple[str, str]], list[ConfigProblem]]:
+    """The config files' texts in precedence order (§2.1, acceptance 1); missing ones skipped."""
+    candidates: list[Path] = []
+    if paths.config_dir.is_dir():
+        # Hidden files are skipped, as by the shell-style glob Vac 03 used.
+        candidates.extend(sorted(path for path in paths.config_dir.glob("*.conf") if not path.name.startswith(".")))
+    candidates.append(paths.config_file)
+    candidates.extend(paths.run_config_files)
+    sources: list[tuple[str, str]] = []
+    problems: list[ConfigProblem] = []
+    seen: set[Path] = set()
+    for candidate in candidates:
+        try:
+            # /var/run is usually a link to /run: read the same file once only.
+            resolved = candidate.resolve()
+            if resolved in seen or not candidate.is_file():
+                continue
+            seen.add(resolved)
+            sources.append((str(candidate), candidate.read_text(encoding="utf-8")))
+        except UnicodeDecodeError as error:
+            problems.append(ConfigProblem(str(candidate), None, None, None,
+                                          f"not UTF-8 text (byte {error.start})"))
+        except OSError as error:
+            problems.append(ConfigProblem(str(candidate), None, None, None,
+                                          f"cannot read: {error.strerror or error}"))
+    return sources, problems
+
+
+def load_config(paths: Paths, *, host_fqdn: Optional[str] = None,
+                host_cpu_count: Optional[int] = None) -> Config:
+    """Read and validate this factory's configuration files.
+
+    Host facts not given are read from the host (fully qualified name, processor count).
+    Raises ConfigErrors with every problem found.
+    """
+    # Imported here: vacd.configparse imports this module's types, and socket must stay out
+    # of the import graph of the core modules that use those types.
+    import socket
+
+    from vacd.configparse import parse_config
+
+    if host_fqdn is None:
+        host_fqdn = socket.getfqdn()
+    if host_cpu_count is None:
+        host_cpu_count = os.cpu_count() or 1
+    sources, problems = read_config_sources(paths)
+    try:
+        config = parse_config(sources, host_fqdn=host_fqdn, host_cpu_count=host_cpu_count, paths=paths)
+    except ConfigErrors as errors:
+        raise ConfigErrors(problems + list(errors.problems)) from None
+    problems.extend(_host_problems(config))
+    if problems:
+        raise ConfigErrors(problems)
+    log.debug("configuration read sources=%s machinetypes=%d warnings=%d",
+              ",".join(str(source) for source in config.sources), len(config.machinetypes),
+              len(config.warnings))
+    return config
+
+
+def _host_problems(config: Config) -> list[ConfigProblem]:
+    """Checks that need the host's user database (§2.1: singularity_user missing or root)."""
+    user = config.settings.singularity_user
+    if user is None:
+        return []
+    try:
+        uid = pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return [config.problem_at("settings", "singularity_user", f"no such user {user!r} on this host")]
+    if uid == 0:
+        return [config.problem_at("settings", "singularity_user", "must not be a user with uid 0")]
+    return []
+
+
+def _format_value(value: object) -> Optional[str]:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, tuple):
+        return " ".join(str(item) for item in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _shown(option: str, value: str) -> str:
+    if option.startswith(SECRET_OPTION_PREFIXES):
+        return MASK
+    # A multi-line value continues on indented lines, as it was written (§2.1).
+    return value.replace("\n", "\n    ")
+
+
+def _section_lines(header: str, options: Sequence[tuple[str, Optional[str]]]) -> list[str]:
+    lines = [f"[{header}]"]
+    # Unset and empty values are left out: reading them back gives the same defaults.
+    lines.extend(f"{option} = {_shown(option, value)}" for option, value in options if value)
+    lines.append("")
+    return lines
+
+
+# Fields shown differently from `option = value`.
+_SETTINGS_SPECIAL = ("factories", "machinefeatures_options", "user_data_options", "user_data_files",
+                     "gocdb_sitename", "gocdb_sitename_is_set")
+_MACHINETYPE_SPECIAL = ("name", "user_data_options", "user_data_files", "vacuum_pipe")
+
+
+def _prefixed(prefix: str, mapping: Mapping[str, str]) -> list[tuple[str, Optional[str]]]:
+    return [(prefix + name, value) for name, value in sorted(mapping.items())]
+
+
+def effective_config_text(config: Config) -> str:
+    """The effective configuration as vac.conf text, defaults included, secrets masked.
+
+    Values of user_data_option_* become `********` (Vac 03 logged them, §11). Reading the
+    text back gives the same Settings and Machinetypes apart from the masked values.
+    """
+    settings = config.settings
+    lines = ["# Effective vacd configuration; user_data_option_* values are masked.",
+             "# Read from: " + (" ".join(str(source) for source in config.sources) or "(nothing)"), ""]
+    options: list[tuple[str, Optional[str]]] = []
+    for settings_field in fields(settings):
+        if settings_field.name not in _SETTINGS_SPECIAL:
+            options.append((settings_field.name, _format_value(getattr(settings, settings_field.name))))
+    options.append(("factories", " ".join(
+        factory.name if factory.address is None else f"{factory.name}={factory.address}"
+        for factory in settings.factories)))
+    options.extend(_prefixed("machinefeatures_option_", settings.machinefeatures_options))
+    options.extend(_prefixed("user_data_option_", settings.user_data_options))
+    options.extend(_prefixed("user_data_file_", settings.user_data_files))
+    section = _section_lines("settings", options)
+    if settings.gocdb_sitename_is_set:
+        section.insert(-1, f"gocdb_sitename = {settings.gocdb_sitename}")
+    else:
+        section.insert(-1, f"# gocdb_sitename = {settings.gocdb_sitename} (derived from vac_space)")
+    lines.extend(section)
+    for pipe in config.vacuum_pipes:
+        pipe_options: list[tuple[str, Optional[str]]] = [
+            ("vacuum_pipe_url", pipe.url), ("target_share", _format_value(pipe.target_share))]
+        pipe_options.extend(sorted(pipe.options.items()))
+        lines.extend(_section_lines(f"vacuum_pipe {pipe.prefix}", pipe_options))
+    for machinetype in config.machinetypes.values():
+        if machinetype.vacuum_pipe is not None:
+            lines.append(f"# generated by [vacuum_pipe {machinetype.vacuum_pipe}]")
+        machinetype_options = [
+            (machinetype_field.name, _format_value(getattr(machinetype, machinetype_field.name)))
+            for machinetype_field in fields(machinetype) if machinetype_field.name not in _MACHINETYPE_SPECIAL]
+        machinetype_options.extend(_prefixed("user_data_option_", machinetype.user_data_options))
+        machinetype_options.extend(_prefixed("user_data_file_", machinetype.user_data_files))
+        lines.extend(_section_lines(f"machinetype {machinetype.name}", machinetype_options))
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+__all__ = [
+    "Config", "FactoryAddress", "HOST_FACTS_PATH", "Machinetype", "MACHINE_MODELS", "Settings",
+    "VM_MACHINE_MODELS", "VacuumPipe", "effective_config_text", "load_config", "read_config_sources",
+]

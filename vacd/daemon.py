@@ -19,6 +19,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -41,19 +42,20 @@ PASS_BUDGET_SECONDS = 10.0
 
 
 class ReloadingConfig:
-    """Reads the configuration at every pass; a bad reading raises, the good one is remembered."""
+    """Reads the configuration at every pass (as Vac 03 did, §2.1); a bad reading raises.
 
-    def __init__(self, paths: Paths, initial: Config) -> None:
+    The host's name and processor count are read once at start, not at every pass.
+    """
+
+    def __init__(self, paths: Paths, initial: Config, host_fqdn: str, host_cpu_count: int) -> None:
         self.paths = paths
         self.last_good = initial
+        self.host_fqdn = host_fqdn
+        self.host_cpu_count = host_cpu_count
         self._reported_warnings: set[str] = set()
-        self._last_error_text: Optional[str] = None
 
     def current(self) -> Config:
-        try:
-            config = load_config(self.paths)
-        except ConfigErrors:
-            raise
+        config = load_config(self.paths, host_fqdn=self.host_fqdn, host_cpu_count=self.host_cpu_count)
         for warning in config.warnings:
             if warning not in self._reported_warnings:
                 log.warning("configuration: %s", warning)
@@ -127,9 +129,11 @@ class PidFile:
 class Daemon:
     """The running vacd: builds every part from the configuration and runs the loop."""
 
-    def __init__(self, paths: Paths, config: Config) -> None:
+    def __init__(self, paths: Paths, config: Config, host_fqdn: str, host_cpu_count: int) -> None:
         self.paths = paths
         self.config = config
+        self.host_fqdn = host_fqdn
+        self.host_cpu_count = host_cpu_count
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.start_time = int(time.time())
@@ -154,7 +158,7 @@ class Daemon:
         ensure_network(settings.libvirt_uri, self.paths, settings)
         backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                                  tmp_dir=self.paths.tmp_dir)
-        config_source = ReloadingConfig(self.paths, self.config)
+        config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         executor = ThreadPoolExecutor(max_workers=max(4, settings.max_creations_per_cycle * 2),
                                       thread_name_prefix="vacd-act")
         factory = Factory(
@@ -164,13 +168,14 @@ class Daemon:
             executor,
             clock=time.time,
             load_average=load_average,
-            host_cpu_count=os.cpu_count() or 1,
+            host_cpu_count=self.host_cpu_count,
             vacd_start_time=self.start_time,
             hooks=self._hooks(),
             is_draining=self.paths.drain_file.exists,
         )
         self.factory = factory
-        backend.watch(factory.wake)
+        if settings.wake_on_events:
+            backend.watch(factory.wake)
         services = ServiceLoop()
         services.start()
         try:
@@ -216,6 +221,10 @@ class Daemon:
             if elapsed > PASS_BUDGET_SECONDS:
                 log.warning("slow pass budget=%.0fs actual=%.1fs", PASS_BUDGET_SECONDS, elapsed)
             settings = report.settings or config_source.last_good.settings
+            if not settings.wake_on_events:
+                # Vac 03's loop: a fixed wait after each pass, deaf to events (§1.3).
+                self.stopping.wait(settings.cycle_seconds)
+                continue
             wait_seconds = settings.cycle_seconds
             if report.next_wake_seconds is not None:
                 wait_seconds = min(wait_seconds, report.next_wake_seconds)
@@ -267,8 +276,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths = Paths.from_prefix(arguments.prefix)
     if arguments.check_config:
         return check_config(paths)
+    host_fqdn, host_cpu_count = socket.getfqdn(), os.cpu_count() or 1
     try:
-        config = load_config(paths)
+        config = load_config(paths, host_fqdn=host_fqdn, host_cpu_count=host_cpu_count)
     except ConfigErrors as errors:
         for problem in errors.problems:
             print(problem, file=sys.stderr)
@@ -281,7 +291,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     configure_logging(destination, paths.log_file, getattr(logging, arguments.log_level))
     pid_file = PidFile(paths.pid_file)
     pid_file.acquire()
-    daemon = Daemon(paths, config)
+    daemon = Daemon(paths, config, host_fqdn, host_cpu_count)
 
     def on_hangup(*_: object) -> None:
         reopen_logs()

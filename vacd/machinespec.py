@@ -25,13 +25,6 @@ class UnsupportedMachineModel(VacError):
     pass
 
 
-def resolve_machinetype_file(machinetype: Machinetype, name: str) -> Path:
-    """`/abs/path` as is; `name` under the machinetype's `files/` directory (§1.11)."""
-    if name.startswith("/"):
-        return Path(name)
-    return machinetype.machinetype_path / "files" / name
-
-
 def machine_spec(
     settings: Settings,
     machinetype: Machinetype,
@@ -53,7 +46,7 @@ def machine_spec(
             if fetch_image is None:
                 raise VacError(f"machinetype {machinetype.name}: {name}: no image cache to fetch it with")
             return fetch_image(name)
-        return resolve_machinetype_file(machinetype, name)
+        return Path(machinetype.resolve_file(name))
 
     root_kernel = locate(machinetype.root_kernel)
     root_image = None if root_kernel is not None else locate(machinetype.root_image)

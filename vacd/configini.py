@@ -1,0 +1,404 @@
+"""Turn vac.conf texts into located raw options, and option texts into typed values.
+
+This is the lowest layer of configuration reading; `vacd.configparse` builds Settings and
+Machinetypes on top of it. Rules:
+
+* Pure: texts in, values and `ConfigProblem`s out. No file, clock or host access.
+* Python 2 `RawConfigParser` semantics, as Vac 03 used (behaviour reference §2.1): option
+  names lower-cased, section names case-sensitive, indented continuation lines, `[DEFAULT]`
+  values propagated to every section, no interpolation, repeated sections and options
+  merged (later wins), and a `;` after whitespace starting a comment in a value.
+* Checked against Python 2.7's parser on generated files: the same values everywhere it
+  accepts a file. Python 3's parser also accepts indented headers and options, which
+  Python 2 rejected.
+* Sources are read in the order given and the later one wins per (section, option).
+* Every value remembers the file and line it came from, so a problem found later, even
+  one about an option's relation to another, names the file and line an admin must edit.
+* Converters never raise for bad input: they record a problem and fall back to a default,
+  so one reading reports every problem at once.
+"""
+
+from __future__ import annotations
+
+import configparser
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping, Optional, Sequence, TypeVar
+
+from vacd.errors import ConfigProblem
+
+DEFAULT_SECTION = "DEFAULT"
+
+T = TypeVar("T")
+
+# A ConfigProblem's path for facts that come from the host rather than from a file.
+HOST_FACTS_PATH = "<host>"
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_MAX_INTEGER_DIGITS = 30
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Words accepted for yes/no options. Vac 03 read "yes" (draining), "true" (user_data_proxy)
+# or "false" (fix_networking) and silently treated anything else as the other answer;
+# vacd accepts the usual spellings of both and rejects the rest (a typo must not drain).
+_TRUE_WORDS = frozenset({"yes", "true", "on", "1"})
+_FALSE_WORDS = frozenset({"no", "false", "off", "0"})
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where something was read: a file (or URL) and, when known, a line."""
+
+    path: str
+    line: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class OptionSource:
+    """One effective option value and where it came from."""
+
+    value: str
+    path: str
+    line: Optional[int] = None
+
+    @property
+    def location(self) -> Location:
+        return Location(self.path, self.line)
+
+
+@dataclass(frozen=True)
+class RawConfig:
+    """The merged INI: each section's own options (not [DEFAULT]'s), with their sources.
+
+    `headers` holds where each section header was first seen, to locate problems about
+    options that are missing or left at their default.
+    """
+
+    sections: Mapping[str, Mapping[str, OptionSource]] = field(default_factory=dict)
+    defaults: Mapping[str, OptionSource] = field(default_factory=dict)
+    headers: Mapping[str, Location] = field(default_factory=dict)
+
+    def options(self, section: str) -> dict[str, OptionSource]:
+        """The section's effective options: [DEFAULT]'s overlaid by its own (§2.1)."""
+        merged = dict(self.defaults)
+        merged.update(self.sections.get(section, {}))
+        return merged
+
+    def locate(self, section: str, option: Optional[str] = None) -> Location:
+        """The option's source if it was set, else the section header, else unknown."""
+        if option is not None:
+            source = self.options(section).get(option)
+            if source is not None:
+                return source.location
+        return self.headers.get(section, Location(HOST_FACTS_PATH))
+
+
+class _LineCountingReader:
+    """Yields a text's lines and remembers the number of the last line handed out."""
+
+    def __init__(self, text: str) -> None:
+        self._lines = io.StringIO(text)
+        self.line_number = 0
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = self._lines.readline()
+        if not line:
+            raise StopIteration
+        self.line_number += 1
+        return line
+
+
+class _LocatingDict(dict):  # type: ignore[type-arg]
+    """configparser's `dict_type`: notes the line being read when an option or section is set.
+
+    configparser reads lines lazily and stores each new option as `section[name] = [value]`
+    (continuation lines are appended to that list) and each new section as
+    `sections[name] = section_dict`, so the reader's current line number at that moment is
+    the option's or header's line. This uses only the public `dict_type` hook, no private
+    attribute; tests/vacd/test_config.py checks the line numbers on every Python we support.
+    """
+
+    def __init__(self, reader: _LineCountingReader, created: list[_LocatingDict]) -> None:
+        super().__init__()
+        self._reader = reader
+        self.option_lines: dict[str, int] = {}
+        self.section_name: Optional[str] = None
+        self.header_line: Optional[int] = None
+        created.append(self)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        if isinstance(value, list):
+            self.option_lines[key] = self._reader.line_number
+        elif isinstance(value, _LocatingDict) and value.section_name is None:
+            value.section_name = key
+            value.header_line = self._reader.line_number
+        super().__setitem__(key, value)
+
+
+@dataclass
+class _FileReading:
+    sections: dict[str, dict[str, OptionSource]] = field(default_factory=dict)
+    defaults: dict[str, OptionSource] = field(default_factory=dict)
+    headers: dict[str, Location] = field(default_factory=dict)
+    problems: list[ConfigProblem] = field(default_factory=list)
+
+
+def _joined(value: object) -> str:
+    # After a fatal parse error configparser has not joined continuation lines yet.
+    text = "\n".join(str(part) for part in value) if isinstance(value, list) else str(value or "")
+    # Python 2's parser, which Vac 03 used, dropped blank continuation lines (but kept an
+    # empty first line: "factories =" followed by indented names).
+    first, *rest = text.split("\n")
+    return "\n".join([first] + [line for line in rest if line.strip()])
+
+
+def _line_text(text: str, line_number: int) -> str:
+    lines = text.split("\n")
+    line = lines[line_number - 1] if 0 < line_number <= len(lines) else ""
+    return line if len(line) <= 60 else line[:57] + "..."
+
+
+def _read_one(path: str, text: str) -> _FileReading:
+    reading = _FileReading()
+    reader = _LineCountingReader(text)
+    created: list[_LocatingDict] = []
+    parser = configparser.RawConfigParser(  # type: ignore[call-overload]
+        dict_type=lambda: _LocatingDict(reader, created),
+        strict=False,
+        inline_comment_prefixes=(";",),
+        default_section=DEFAULT_SECTION,
+    )
+    try:
+        parser.read_file(reader, source=path)
+    except configparser.MissingSectionHeaderError as error:
+        reading.problems.append(
+            ConfigProblem(path, error.lineno, None, None,
+                          f"option outside any [section]: {_line_text(text, error.lineno)!r}"))
+    except configparser.ParsingError as error:
+        for line_number, _ in error.errors:
+            reading.problems.append(
+                ConfigProblem(path, line_number, None, None,
+                              f"cannot parse {_line_text(text, line_number)!r}: expected "
+                              "'option = value', '[section]', a comment or an indented continuation"))
+    except configparser.Error as error:
+        reading.problems.append(ConfigProblem(path, getattr(error, "lineno", None), None, None, str(error)))
+    for dictionary in created:
+        if dictionary.section_name is not None:
+            name = dictionary.section_name
+            reading.headers.setdefault(name, Location(path, dictionary.header_line))
+            target = reading.sections.setdefault(name, {})
+        elif dictionary.option_lines:
+            target = reading.defaults
+        else:
+            continue  # configparser's own bookkeeping dicts (all sections, proxies)
+        for option, line_number in dictionary.option_lines.items():
+            if option and option in dictionary:
+                target[option] = OptionSource(_joined(dictionary[option]), path, line_number)
+    return reading
+
+
+def read_sources(sources: Sequence[tuple[str, str]]) -> tuple[RawConfig, list[ConfigProblem]]:
+    """Read (path, text) pairs in precedence order into one merged RawConfig.
+
+    Returns the merged options and every syntax problem found (each with file and line);
+    what could be read around a bad line is still returned, so later checks can run.
+    """
+    sections: dict[str, dict[str, OptionSource]] = {}
+    defaults: dict[str, OptionSource] = {}
+    headers: dict[str, Location] = {}
+    problems: list[ConfigProblem] = []
+    for path, text in sources:
+        reading = _read_one(path, text)
+        problems.extend(reading.problems)
+        defaults.update(reading.defaults)
+        for name, options in reading.sections.items():
+            sections.setdefault(name, {}).update(options)
+        for name, location in reading.headers.items():
+            headers.setdefault(name, location)
+    return RawConfig(sections, defaults, headers), problems
+
+
+class InvalidValue(ValueError):
+    """A converter's complaint about one value; becomes a ConfigProblem's reason."""
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def to_integer(text: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    """Decimal integer within optional bounds (Python's int() would also take '1_0' and '٣')."""
+    stripped = text.strip()
+    if not _INTEGER.fullmatch(stripped):
+        raise InvalidValue(f"expected an integer, got {_shown(text)}")
+    if len(stripped) > _MAX_INTEGER_DIGITS:
+        # Python refuses int() of very long digit strings; no option needs such a number.
+        raise InvalidValue(f"integer too large, got {_shown(text)}")
+    value = int(stripped)
+    _check_bounds(value, minimum, maximum)
+    return value
+
+
+def to_number(text: str, minimum: Optional[float] = None, maximum: Optional[float] = None,
+              positive: bool = False) -> float:
+    """Finite decimal number within optional bounds."""
+    stripped = text.strip()
+    if not _NUMBER.fullmatch(stripped):
+        raise InvalidValue(f"expected a number, got {_shown(text)}")
+    value = float(stripped)
+    if not math.isfinite(value):
+        raise InvalidValue(f"expected a finite number, got {_shown(text)}")
+    if positive and value <= 0:
+        raise InvalidValue(f"must be > 0, got {stripped}")
+    _check_bounds(value, minimum, maximum)
+    return value
+
+
+def _check_bounds(value: float, minimum: Optional[float], maximum: Optional[float]) -> None:
+    if minimum is not None and value < minimum:
+        raise InvalidValue(f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise InvalidValue(f"must be <= {maximum}, got {value}")
+
+
+def to_boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise InvalidValue(f"expected yes or no (true/false, on/off, 1/0), got {_shown(text)}")
+
+
+def to_choice(text: str, choices: Sequence[str]) -> str:
+    word = text.strip()
+    if word not in choices:
+        raise InvalidValue(f"expected one of {', '.join(choices)}, got {_shown(text)}")
+    return word
+
+
+def to_matching(text: str, pattern: re.Pattern[str], what: str) -> str:
+    word = text.strip()
+    if not pattern.fullmatch(word):
+        raise InvalidValue(f"expected {what}, got {_shown(text)}")
+    return word
+
+
+def to_absolute_path(text: str) -> str:
+    word = text.strip()
+    if not word.startswith("/") or any(character.isspace() or not character.isprintable()
+                                       for character in word):
+        raise InvalidValue(f"expected an absolute path without spaces, got {_shown(text)}")
+    return word
+
+
+def to_words(text: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+    """A space-separated list whose every item must match `pattern`."""
+    words = tuple(text.split())
+    bad = [word for word in words if not pattern.fullmatch(word)]
+    if bad:
+        raise InvalidValue(f"expected {what}, got {_shown(bad[0])}")
+    return words
+
+
+@dataclass
+class Findings:
+    """Problems (fatal) and warnings (reported, not fatal) gathered during one reading."""
+
+    problems: list[ConfigProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class SectionReader:
+    """Typed access to one section's options that records problems instead of raising.
+
+    It remembers which options were asked for, so the rest can be reported as unknown.
+    `own` names the options set in the section itself: unknown options inherited from
+    [DEFAULT] are not the section's fault and are not reported.
+    """
+
+    def __init__(self, section: str, options: Mapping[str, OptionSource], own: frozenset[str],
+                 header: Location, findings: Findings) -> None:
+        self.section = section
+        self.options = options
+        self.own = own
+        self.header = header
+        self.findings = findings
+        self.used: set[str] = set()
+
+    def has(self, option: str) -> bool:
+        return option in self.options
+
+    def location(self, option: Optional[str]) -> Location:
+        source = self.options.get(option) if option is not None else None
+        return source.location if source is not None else self.header
+
+    def problem(self, option: Optional[str], reason: str) -> None:
+        where = self.location(option)
+        self.findings.problems.append(ConfigProblem(where.path, where.line, self.section, option, reason))
+
+    def warn(self, option: Optional[str], reason: str) -> None:
+        where = self.location(option)
+        self.findings.warnings.append(str(ConfigProblem(where.path, where.line, self.section, option, reason)))
+
+    def raw(self, option: str) -> Optional[str]:
+        self.used.add(option)
+        source = self.options.get(option)
+        return None if source is None else source.value
+
+    def get(self, option: str, default: T, convert: Callable[[str], T]) -> T:
+        """The converted value, or `default` when unset or invalid (then a problem is recorded)."""
+        text = self.raw(option)
+        if text is None:
+            return default
+        try:
+            return convert(text)
+        except InvalidValue as invalid:
+            self.problem(option, str(invalid))
+            return default
+
+    def renamed(self, option: str, legacy: Sequence[str], legacy_wins: bool = False) -> str:
+        """Which of `option` and its deprecated names to read; warns about each legacy one set.
+
+        The current name wins when both are given, except where Vac 03 documented the
+        opposite (`cpu_total` over `total_processors`, §2.2), which `legacy_wins` keeps.
+        """
+        chosen = option
+        for old in legacy:
+            self.used.add(old)
+            if old in self.options:
+                self.warn(old, f"deprecated name, use {option} instead")
+                if legacy_wins or (option not in self.options and chosen == option):
+                    chosen = old
+        self.used.add(option)
+        return chosen
+
+    def ignore(self, option: str, reason: str) -> None:
+        """An option Vac 03 accepted but no longer uses: warn, do not fail (§2.2, §2.4)."""
+        self.used.add(option)
+        if option in self.own:
+            self.warn(option, f"ignored: {reason}")
+
+    def prefixed(self, prefix: str, name_pattern: re.Pattern[str]) -> dict[str, str]:
+        """Options named `prefix` + NAME, keyed by NAME; NAMEs outside the pattern are errors (§2.1)."""
+        found: dict[str, str] = {}
+        for option, source in self.options.items():
+            if not option.startswith(prefix):
+                continue
+            self.used.add(option)
+            name = option[len(prefix):]
+            if name_pattern.fullmatch(name):
+                found[name] = source.value
+            else:
+                self.problem(option, f"the part after {prefix} must use only a-z, 0-9 and _, got {name!r}")
+        return found
+
+    def warn_unknown(self, what: str) -> None:
+        """Vac 03 silently ignored unknown options; a warning catches typos without failing."""
+        for option in self.options:
+            if option not in self.used and option in self.own:
+                self.warn(option, f"unknown option for {what}, ignored")

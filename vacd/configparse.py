@@ -1,0 +1,532 @@
+"""Validate vac.conf sources into one Config: Settings, Machinetypes and VacuumPipes.
+
+The pure half of configuration reading: (path, text) sources and the host's facts in;
+one Config, or one ConfigErrors listing every problem, out. Rules:
+
+* Pure: no file, host, clock or network access. Host facts and Paths are arguments.
+* Vac 03's option names, defaults and checks (behaviour reference §2.1 to §2.5); its
+  legacy names keep working with a warning; options it ignored give warnings, not errors.
+* Each problem names the file, line, section and option to edit (via vacd.configini).
+* vacd's additions (§2.2 of vac.conf.5: factory_name, host_processors, hypervisor, …) are
+  validated here like Vac's own options.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import partial
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+from vacd.config import (HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
+                         Config, FactoryAddress, Machinetype, Settings, VacuumPipe)
+from vacd.configini import (Findings, InvalidValue, Location, OptionSource, RawConfig, SectionReader,
+                            read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
+                            to_matching, to_number, to_words)
+from vacd.errors import ConfigErrors, ConfigProblem
+from vacd.paths import Paths
+
+MACHINETYPE_NAME = re.compile(r"[a-z0-9-]+")
+OPTION_NAME_SUFFIX = re.compile(r"[a-z0-9_]+")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_SPACE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_DEVICE = re.compile(r"[a-z0-9]+")
+_VACMON_HOSTPORT = re.compile(r"[a-z0-9.-]+:[0-9]+")
+CVMFS_REPOSITORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A file name inside $JOBOUTPUTS: no directory part, not "." or "..".
+JOBOUTPUTS_FILE_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")
+# Absolute path of safe characters with no "." or ".." component (becomes a bind mount).
+SAFE_ABSOLUTE_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._+-]+)+")
+# One argv word: printable ASCII, no spaces (Vac ran it through a shell, §11).
+_COMMAND = re.compile(r"[!-~]+")
+DOCKER_IMAGE = re.compile(r"docker://[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
+_VOLUME_GROUP = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?")
+_LIBVIRT_URI = re.compile(r"[a-z][a-z0-9+]*://[!-~]*")
+_PIPE_URL = re.compile(r"https?://[!-~]+")
+
+# Options Vac 03 accepted but no longer used: each gives a warning (§2.2, §2.4).
+_IGNORED_SETTINGS = (
+    ("domain_type", "Vac 03 no longer used it"),
+    ("total_machines", "Vac 03 no longer used it; the slots follow host_processors"),
+    ("delete_old_files", "Vac 03 no longer used it"),
+    ("mb_per_machine", "Vac 03 never read it either; set mb_per_processor"),
+)
+_IGNORED_MACHINETYPE = (
+    ("rootpublickey", "set root_public_key in [settings]"),
+    ("root_public_key", "moved to [settings] in Vac 03"),
+    ("log_machineoutputs", "Vac 03 no longer used it"),
+    ("user_data_proxy_cert", "user_data_proxy = yes uses <machinetype_path>/x509cert.pem"),
+    ("user_data_proxy_key", "user_data_proxy = yes uses <machinetype_path>/x509key.pem"),
+    ("vacuum_pipe_url", "since Vac 03.00 pipes are [vacuum_pipe PREFIX] sections"),
+)
+_LEGACY_SECTIONS = ("factories", "targetshares")
+
+
+def _reader(raw: RawConfig, section: str, findings: Findings) -> SectionReader:
+    return SectionReader(section, raw.options(section), frozenset(raw.sections.get(section, {})),
+                         raw.headers.get(section, Location("<unknown>")), findings)
+
+
+def _to_ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip().strip("[]")))
+    except ValueError:
+        raise InvalidValue(f"expected an IPv4 or IPv6 address, got {text.strip()!r}") from None
+
+
+def _to_port(text: str) -> int:
+    # Port 0 lets the kernel choose: only useful in tests (peers cannot find the port).
+    return to_integer(text, 0, 65535)
+
+
+def _to_host_port(text: str) -> Optional[str]:
+    """`host:port`, `[v6 address]:port` or `:port` (every IPv4 address), or empty for none."""
+    word = text.strip()
+    if not word:
+        return None
+    host, colon, port = word.rpartition(":")
+    if not colon:
+        raise InvalidValue(f"expected host:port (or [address]:port), got {word!r}")
+    if host.startswith("["):
+        _to_ip_address(host)
+    elif host and not HOSTNAME.fullmatch(host.lower()):  # ":port": every IPv4 address (vacd/metrics.py)
+        raise InvalidValue(f"expected host:port (or [address]:port), got {word!r}")
+    _to_port(port)
+    return word
+
+
+def _to_vacmon_hostports(text: str) -> tuple[str, ...]:
+    hostports = to_words(text.lower(), _VACMON_HOSTPORT, "host:port items")
+    for hostport in hostports:
+        to_integer(hostport.rpartition(":")[2], 1, 65535)
+    return hostports
+
+
+def _to_factories(text: str, factory_name: str) -> tuple[FactoryAddress, ...]:
+    """§2.2: lower-cased; `.` is this factory; a name without a dot gets this factory's domain."""
+    domain = factory_name.partition(".")[2]
+    factories: dict[str, FactoryAddress] = {}
+    for token in text.lower().split():
+        name, equals, address = token.partition("=")
+        if name == ".":
+            name = factory_name
+        elif "." not in name and domain:
+            name = f"{name}.{domain}"
+        if not HOSTNAME.fullmatch(name):
+            raise InvalidValue(f"expected host names (optionally name=address), got {token!r}")
+        factories.setdefault(name, FactoryAddress(name, _to_ip_address(address) if equals else None))
+    return tuple(factories.values())
+
+
+def _to_version_logger(text: str, reader: SectionReader) -> int:
+    word = text.strip().lower()
+    if word in ("true", "false"):
+        reader.warn("version_logger", f"{word} is deprecated, use a number of messages per day")
+        return 1 if word == "true" else 0
+    return to_integer(text, 0)
+
+
+def _to_regular_expression(text: str) -> str:
+    try:
+        re.compile(text)
+    except (re.error, OverflowError, RecursionError, ValueError) as error:
+        raise InvalidValue(f"expected a regular expression: {error}") from None
+    return text
+
+
+def _optional_text(reader: SectionReader, option: str) -> Optional[str]:
+    text = reader.raw(option)
+    return text.strip() or None if text is not None else None
+
+
+def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: Paths,
+                   findings: Findings, first_path: str) -> Optional[Settings]:
+    if "settings" not in raw.sections:
+        miscased = [section for section in raw.sections if section.strip().lower() == "settings"]
+        reason = "required section missing"
+        if miscased:
+            reason += f" (found [{miscased[0]}]: section names are case-sensitive)"
+        where = raw.headers[miscased[0]] if miscased else Location(first_path)
+        findings.problems.append(_problem(where, "settings", None, reason))
+        return None
+    reader = _reader(raw, "settings", findings)
+    before = len(findings.problems)
+    for option, reason in _IGNORED_SETTINGS:
+        reader.ignore(option, reason)
+
+    vac_space = reader.get("vac_space", "", partial(to_matching, pattern=_SPACE_NAME, what="a space name"))
+    if not reader.has("vac_space"):
+        reader.problem("vac_space", "required option missing")
+    configured_name = reader.raw("factory_name")
+    factory_name = (configured_name if configured_name is not None else host_fqdn).strip().lower().rstrip(".")
+    if configured_name is None and "." not in factory_name:
+        reader.problem("factory_name", f"this host's name {host_fqdn!r} has no dot: Vac needs a fully "
+                                       "qualified name; set factory_name")
+    elif not HOSTNAME.fullmatch(factory_name) or "." not in factory_name:
+        reader.problem("factory_name", f"expected a fully qualified host name, got {factory_name!r}")
+    if vac_space and vac_space.lower() == factory_name:
+        reader.problem("vac_space", "must differ from this factory's name (§1.1 of the Vac guide)")
+
+    host_processors = reader.get("host_processors", host_cpu_count, partial(to_integer, minimum=1))
+    if host_processors > host_cpu_count:
+        reader.warn("host_processors", f"{host_processors} is more than this host's {host_cpu_count} "
+                                       "processors: only for tests and demos")
+    total_option = reader.renamed("total_processors", ("cpu_total",), legacy_wins=True)
+    total_processors = reader.get(total_option, host_processors, partial(to_integer, minimum=1))
+    if total_processors > host_processors:
+        reader.problem(total_option, f"must be <= host_processors ({host_processors}), got {total_processors}")
+    superslot_option = reader.renamed("processors_per_superslot", ("vcpu_per_machine", "cpu_per_machine"))
+    processors_per_superslot = reader.get(superslot_option, 1, partial(to_integer, minimum=1))
+    if processors_per_superslot > total_processors:
+        reader.warn(superslot_option, f"{processors_per_superslot} is more than total_processors "
+                                      f"({total_processors}): no superslot can be filled")
+
+    gocdb_sitename = _optional_text(reader, "gocdb_sitename")
+    gocdb_cert_file = reader.get("gocdb_cert_file", None, to_absolute_path)
+    gocdb_key_file = reader.get("gocdb_key_file", None, to_absolute_path)
+    if (gocdb_cert_file is None) != (gocdb_key_file is None):
+        reader.warn("gocdb_cert_file" if gocdb_cert_file else "gocdb_key_file",
+                    "GOCDB updates need both gocdb_cert_file and gocdb_key_file")
+    singularity_user = reader.get("singularity_user", None,
+                                  partial(to_matching, pattern=_USER_NAME, what="a user name"))
+    if singularity_user == "root":
+        reader.problem("singularity_user", "must not be root (Vac kills this user's stray processes)")
+    no_factories: tuple[FactoryAddress, ...] = ()
+    factories = reader.get("factories", no_factories, partial(_to_factories, factory_name=factory_name))
+    if factories and factory_name not in {factory.name for factory in factories}:
+        reader.warn("factories", f"does not list this factory ({factory_name}): its own machines "
+                                 "will be missing from the space's shares")
+
+    settings = Settings(
+        vac_space=vac_space,
+        factory_name=factory_name,
+        total_processors=total_processors,
+        host_processors=host_processors,
+        gocdb_sitename=gocdb_sitename or vac_space.partition(".")[2],
+        gocdb_sitename_is_set=gocdb_sitename is not None,
+        description=reader.raw("description") or "",
+        factories=factories,
+        processors_per_superslot=processors_per_superslot,
+        mb_per_processor=reader.get(reader.renamed("mb_per_processor", ("mb_per_cpu",)), 2048,
+                                    partial(to_integer, minimum=1)),
+        hs06_per_processor=reader.get(reader.renamed("hs06_per_processor", ("hs06_per_cpu",)), None,
+                                      partial(to_number, positive=True)),
+        disk_gb_per_processor=reader.get(
+            reader.renamed("disk_gb_per_processor", ("disk_gb_per_cpu", "scratch_gb")), None,
+            partial(to_integer, minimum=0)),
+        volume_group=reader.get("volume_group", None,
+                                partial(to_matching, pattern=_VOLUME_GROUP, what="an LVM volume group name")),
+        overload_per_processor=reader.get(reader.renamed("overload_per_processor", ("overload_per_cpu",)),
+                                          1.25, partial(to_number, positive=True)),
+        shutdown_time=reader.get("shutdown_time", None, partial(to_integer, minimum=0)),
+        draining=reader.get("draining", False, to_boolean),
+        udp_timeout_seconds=reader.get("udp_timeout_seconds", 10.0, partial(to_number, positive=True)),
+        vacmon_hostport=reader.get("vacmon_hostport", (), _to_vacmon_hostports),
+        version_logger=reader.get("version_logger", 1, partial(_to_version_logger, reader=reader)),
+        gocdb_cert_file=gocdb_cert_file,
+        gocdb_key_file=gocdb_key_file,
+        root_public_key=reader.get("root_public_key", str(paths.under_prefix("/root/.ssh/id_rsa.pub")),
+                                   to_absolute_path),
+        singularity_user=singularity_user,
+        fix_networking=reader.get("fix_networking", True, to_boolean),
+        forward_dev=reader.get("forward_dev", None,
+                               partial(to_matching, pattern=_INTERFACE, what="a network interface name")),
+        machinefeatures_options=reader.prefixed("machinefeatures_option_", OPTION_NAME_SUFFIX),
+        user_data_options=reader.prefixed("user_data_option_", OPTION_NAME_SUFFIX),
+        user_data_files=reader.prefixed("user_data_file_", OPTION_NAME_SUFFIX),
+        hypervisor=reader.get("hypervisor", "auto", partial(to_choice, choices=HYPERVISORS)),
+        libvirt_uri=reader.get("libvirt_uri", "qemu:///system",
+                               partial(to_matching, pattern=_LIBVIRT_URI, what="a libvirt URI")),
+        max_creations_per_cycle=reader.get("max_creations_per_cycle", 4, partial(to_integer, minimum=1)),
+        cycle_seconds=reader.get("cycle_seconds", 30.0, partial(to_number, positive=True)),
+        wake_on_events=reader.get("wake_on_events", True, to_boolean),
+        shutdown_grace_seconds=reader.get("shutdown_grace_seconds", 30, partial(to_integer, minimum=0)),
+        vacquery_port=reader.get("vacquery_port", 995, _to_port),
+        vacquery_bind_address=reader.get("vacquery_bind_address", "0.0.0.0", _to_ip_address),
+        vacquery_key_file=reader.get("vacquery_key_file", None, to_absolute_path),
+        vacquery_auth=reader.get("vacquery_auth", "required", partial(to_choice, choices=VACQUERY_AUTH_MODES)),
+        metrics_address=reader.get("metrics_address", None, _to_host_port),
+        joboutputs_quota_bytes=reader.get("joboutputs_quota_bytes", 100 * 1024 * 1024,
+                                          partial(to_integer, minimum=0)),
+        metadata_port=reader.get("metadata_port", 80, _to_port),
+        log_destination=reader.get("log_destination", "file", partial(to_choice, choices=LOG_DESTINATIONS)),
+    )
+    reader.warn_unknown("[settings]")
+    return settings if len(findings.problems) == before else None
+
+
+def _problem(where: Location, section: Optional[str], option: Optional[str], reason: str) -> ConfigProblem:
+    return ConfigProblem(where.path, where.line, section, option, reason)
+
+
+def _user_data_mappings(reader: SectionReader, settings: Optional[Settings]) -> tuple[dict[str, str], dict[str, str]]:
+    """[settings] defaults overridden per NAME by the machinetype's own option or file (§2.2)."""
+    options = dict(settings.user_data_options) if settings else {}
+    files = dict(settings.user_data_files) if settings else {}
+    own_options = reader.prefixed("user_data_option_", OPTION_NAME_SUFFIX)
+    own_files = reader.prefixed("user_data_file_", OPTION_NAME_SUFFIX)
+    for name in own_options:
+        files.pop(name, None)
+    for name in own_files:
+        options.pop(name, None)
+    options.update(own_options)
+    files.update(own_files)
+    return options, files
+
+
+def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settings], paths: Paths,
+                     *, vacuum_pipe: Optional[str] = None, complete: bool = True) -> Optional[Machinetype]:
+    """One machinetype from its options (§2.4), or None if any of them is wrong.
+
+    `complete` is False when checking a [vacuum_pipe] section's options, which are only part
+    of a machinetype: checks relating two options, and advice, wait for the whole.
+    """
+    before = len(reader.findings.problems)
+    for option, reason in _IGNORED_MACHINETYPE:
+        reader.ignore(option, reason)
+    machine_model = reader.get(reader.renamed("machine_model", ("vm_model",)), "cernvm3",
+                               partial(to_choice, choices=MACHINE_MODELS))
+    accounting_fqan = _optional_text(reader, "accounting_fqan")
+    min_processors = reader.get("min_processors", 1, partial(to_integer, minimum=1))
+    max_processors = reader.get("max_processors", 1, to_integer)
+    max_wallclock_seconds = reader.get("max_wallclock_seconds", 86400, partial(to_integer, minimum=1))
+    # §2.4, acceptance 3: min_wallclock_seconds defaults to max_wallclock_seconds.
+    min_wallclock_seconds = reader.get("min_wallclock_seconds", max_wallclock_seconds,
+                                       partial(to_integer, minimum=0))
+    root_image = _optional_text(reader, "root_image")
+    user_data_options, user_data_files = _user_data_mappings(reader, settings)
+    machinetype = Machinetype(
+        name=name,
+        machinegroup=_optional_text(reader, "machinegroup") or accounting_fqan or name,
+        machinetype_path=reader.get("machinetype_path", paths.machinetypes_dir / name,
+                                    lambda text: Path(to_absolute_path(text))),
+        target_share=reader.get("target_share", 0.0, partial(to_number, minimum=0)),
+        machine_model=machine_model,
+        root_image=root_image,
+        root_kernel=_optional_text(reader, "root_kernel"),
+        root_initrd=_optional_text(reader, "root_initrd"),
+        kernel_command_line=(reader.raw("kernel_command_line") or "").strip(),
+        user_data=_optional_text(reader, "user_data"),
+        user_data_options=user_data_options,
+        user_data_files=user_data_files,
+        user_data_proxy=reader.get("user_data_proxy", False, to_boolean),
+        legacy_proxy=reader.get("legacy_proxy", False, to_boolean),
+        min_processors=min_processors,
+        max_processors=max_processors,
+        max_wallclock_seconds=max_wallclock_seconds,
+        min_wallclock_seconds=min_wallclock_seconds,
+        backoff_seconds=reader.get("backoff_seconds", 10, partial(to_integer, minimum=0)),
+        fizzle_seconds=reader.get("fizzle_seconds", 600, partial(to_integer, minimum=0)),
+        heartbeat_file=reader.get("heartbeat_file", None, partial(
+            to_matching, pattern=JOBOUTPUTS_FILE_NAME, what="a file name without a directory")),
+        heartbeat_seconds=reader.get("heartbeat_seconds", 0, partial(to_integer, minimum=0)),
+        accounting_fqan=accounting_fqan,
+        machines_dir_days=reader.get(reader.renamed("machines_dir_days", ("machineoutputs_days",)), 3.0,
+                                     partial(to_number, minimum=0)),
+        disk_gb_per_processor=reader.get("disk_gb_per_processor", None, partial(to_integer, minimum=0)),
+        root_device=reader.get("root_device", "vda", partial(to_matching, pattern=_DEVICE,
+                                                             what="a device name of a-z and 0-9")),
+        # Vac 03 never stored a valid scratch_device (§2.4 [BUG]); it is kept here.
+        scratch_device=reader.get("scratch_device", "vdb", partial(to_matching, pattern=_DEVICE,
+                                                                   what="a device name of a-z and 0-9")),
+        # Vac 03 enforced only the deprecated cernvm_signing_dn (§1.12 [BUG]); both names work here.
+        image_signing_dn=reader.get(reader.renamed("image_signing_dn", ("cernvm_signing_dn",)), None,
+                                    _to_regular_expression),
+        cvmfs_repositories=reader.get("cvmfs_repositories", (), partial(
+            to_words, pattern=CVMFS_REPOSITORY, what="cvmfs repository names")),
+        tmp_binds=reader.get("tmp_binds", (), partial(
+            to_words, pattern=SAFE_ABSOLUTE_PATH, what="absolute paths without . or .. parts")),
+        container_command=reader.get("container_command", "/user_data", partial(
+            to_matching, pattern=_COMMAND, what="one command without spaces or arguments")),
+        vacuum_pipe=vacuum_pipe,
+    )
+    if root_image is not None and root_image.startswith("docker://"):
+        if machine_model != "docker" and complete:
+            reader.problem("root_image", f"a docker:// image needs machine_model = docker, not {machine_model}")
+        elif not DOCKER_IMAGE.fullmatch(root_image):
+            reader.problem("root_image", f"expected docker://IMAGE, got {root_image!r}")
+    if complete:
+        _check_whole_machinetype(machinetype, reader, settings)
+    reader.warn_unknown("[machinetype]")
+    return machinetype if len(reader.findings.problems) == before else None
+
+
+def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, settings: Optional[Settings]) -> None:
+    if machinetype.max_processors < machinetype.min_processors:
+        reader.problem("max_processors", f"must be >= min_processors ({machinetype.min_processors}), "
+                                         f"got {machinetype.max_processors}")
+    if machinetype.min_wallclock_seconds > machinetype.max_wallclock_seconds:
+        reader.problem("min_wallclock_seconds", "must be <= max_wallclock_seconds "
+                       f"({machinetype.max_wallclock_seconds}), got {machinetype.min_wallclock_seconds}")
+    if machinetype.machine_model == "docker" and machinetype.root_image is not None \
+            and not machinetype.root_image.startswith("docker://"):
+        reader.problem("root_image", f"machine_model docker needs a docker:// image, got {machinetype.root_image!r}")
+    if machinetype.machine_model == "singularity" and settings is not None and settings.singularity_user is None:
+        reader.problem("machine_model", "singularity needs singularity_user in [settings]")
+    if machinetype.tmp_binds and machinetype.machine_model != "docker":
+        reader.warn("tmp_binds", f"only docker machinetypes use it, not {machinetype.machine_model}")
+    if machinetype.target_share > 0 and machinetype.root_image is None and machinetype.root_kernel is None:
+        reader.warn(None, "no root_image (or root_kernel): creating this machinetype will fail")
+    if machinetype.root_kernel is not None and machinetype.machine_model not in VM_MACHINE_MODELS:
+        reader.warn("root_kernel", f"only VM models boot a kernel, not {machinetype.machine_model}")
+    if settings is None:
+        return
+    if machinetype.min_processors > settings.processors_per_superslot:
+        reader.warn("min_processors", f"more than processors_per_superslot ({settings.processors_per_superslot}): "
+                                      "this machinetype is never created (§5)")
+    if (machinetype.disk_gb_per_processor is not None and settings.disk_gb_per_processor is not None
+            and machinetype.disk_gb_per_processor > settings.disk_gb_per_processor):
+        reader.warn("disk_gb_per_processor", f"more than [settings] disk_gb_per_processor "
+                                             f"({settings.disk_gb_per_processor}): the global value is used")
+
+
+def _machinetype_sections(raw: RawConfig, findings: Findings) -> dict[str, list[str]]:
+    """Machinetype name -> its sections, [vmtype NAME] (deprecated, §2.5) before [machinetype NAME]."""
+    by_name: dict[str, list[str]] = {}
+    for section in raw.sections:
+        kind, _, rest = section.partition(" ")
+        if kind not in ("machinetype", "vmtype"):
+            continue
+        name = rest.strip()
+        if kind == "vmtype":
+            findings.warnings.append(str(_problem(raw.headers[section], section, None,
+                                                  f"deprecated section name, use [machinetype {name}]")))
+            by_name.setdefault(name, []).insert(0, section)
+        else:
+            by_name.setdefault(name, []).append(section)
+    return by_name
+
+
+def _read_machinetypes(raw: RawConfig, settings: Optional[Settings], paths: Paths,
+                       findings: Findings) -> tuple[dict[str, Machinetype], dict[str, frozenset[str]]]:
+    """All machinetypes, and the options each section set itself (for the [targetshares] check)."""
+    machinetypes: dict[str, Machinetype] = {}
+    own_options: dict[str, frozenset[str]] = {}
+    pipe_prefixes = tuple(section.partition(" ")[2].strip() + "-" for section in raw.sections
+                          if section.partition(" ")[0] == "vacuum_pipe")
+    for name, sections in _machinetype_sections(raw, findings).items():
+        options: dict[str, OptionSource] = dict(raw.defaults)
+        own: set[str] = set()
+        for section in sections:
+            options.update(raw.sections[section])
+            own.update(raw.sections[section])
+        label = sections[-1]
+        reader = SectionReader(label, options, frozenset(own), raw.headers[label], findings)
+        own_options[name] = frozenset(own)
+        if not MACHINETYPE_NAME.fullmatch(name):
+            reader.problem(None, f"machinetype names may use only a-z, 0-9 and -, got {name!r}"
+                           if name else "needs a name: [machinetype NAME]")
+        if name.startswith(pipe_prefixes) and pipe_prefixes:
+            machinetype = _read_pipe_overlay(name, reader, settings, paths)
+        else:
+            machinetype = read_machinetype(name, reader, settings, paths)
+        if machinetype is not None and MACHINETYPE_NAME.fullmatch(name):
+            machinetypes[name] = machinetype
+    return machinetypes, own_options
+
+
+def _read_pipe_overlay(name: str, reader: SectionReader, settings: Optional[Settings],
+                       paths: Paths) -> Optional[Machinetype]:
+    """A [machinetype PREFIX-suffix] section, which overrides what a pipe says (§8 step 4).
+
+    Each option must be valid, but the section need not be a whole machinetype: it may
+    set min_processors = 4 and rely on the pipe's max_processors = 8. It is a machinetype
+    of its own (as in Vac 03) only if it is complete; vacd.pipes merges it with the pipe.
+    """
+    if read_machinetype(name, reader, settings, paths, complete=False) is None:
+        return None
+    alone = SectionReader(reader.section, reader.options, reader.own, reader.header, Findings())
+    machinetype = read_machinetype(name, alone, settings, paths)
+    if machinetype is None:
+        reader.warn(None, "only overrides what its vacuum pipe says: on its own "
+                          + "; ".join(f"{problem.option}: {problem.reason}" for problem in alone.findings.problems))
+    return machinetype
+
+
+def _read_pipe(section: str, prefix: str, raw: RawConfig, settings: Optional[Settings], paths: Paths,
+               findings: Findings) -> Optional[VacuumPipe]:
+    reader = _reader(raw, section, findings)
+    before = len(findings.problems)
+    if not MACHINETYPE_NAME.fullmatch(prefix):
+        reader.problem(None, f"pipe prefixes may use only a-z, 0-9 and -, got {prefix!r}"
+                       if prefix else "needs a prefix: [vacuum_pipe PREFIX]")
+    url = reader.get("vacuum_pipe_url", "", partial(to_matching, pattern=_PIPE_URL,
+                                                    what="an http:// or https:// URL"))
+    if not reader.has("vacuum_pipe_url"):
+        reader.problem("vacuum_pipe_url", "required option missing")
+    target_share = reader.get("target_share", 0.0, partial(to_number, minimum=0))
+    # The other options are copied into each generated machinetype (§2.3): check them as
+    # machinetype options now, so a typo is reported against this section's line.
+    copied = {option: source for option, source in reader.options.items()
+              if option in reader.own and option not in ("vacuum_pipe_url", "target_share")}
+    probe = SectionReader(section, copied, frozenset(copied), reader.header, findings)
+    read_machinetype(prefix or "pipe", probe, settings, paths, complete=False)
+    if len(findings.problems) != before:
+        return None
+    return VacuumPipe(prefix, url, target_share, {option: source.value for option, source in copied.items()})
+
+
+def _check_legacy_sections(raw: RawConfig, own_options: Mapping[str, frozenset[str]], findings: Findings) -> None:
+    """[factories] and [targetshares] (§2.5): errors where the setting would be lost, else warnings."""
+    if "names" in raw.sections.get("factories", {}):
+        reader = _reader(raw, "factories", findings)
+        if "factories" in raw.options("settings"):
+            reader.warn("names", "ignored: [settings] factories is used instead")
+        else:
+            reader.problem("names", "no longer read: move the list to [settings] factories")
+    if "targetshares" in raw.sections:
+        reader = _reader(raw, "targetshares", findings)
+        for name in raw.sections["targetshares"]:
+            if "target_share" in own_options.get(name, frozenset()):
+                reader.warn(name, f"ignored: [machinetype {name}] target_share is used instead")
+            else:
+                reader.problem(name, f"no longer read: set target_share in [machinetype {name}]")
+
+
+def _warn_unknown_sections(raw: RawConfig, findings: Findings) -> None:
+    known_kinds = ("machinetype", "vmtype", "vacuum_pipe")
+    for section in raw.sections:
+        if section == "settings" or section in _LEGACY_SECTIONS or section.partition(" ")[0] in known_kinds:
+            continue
+        if section.strip().lower() == "settings":
+            continue  # reported as the missing [settings]
+        findings.warnings.append(str(_problem(raw.headers[section], section, None, "unknown section, ignored")))
+
+
+def parse_config(sources: Sequence[tuple[str, str]], *, host_fqdn: str, host_cpu_count: int,
+                 paths: Paths) -> Config:
+    """Validate vac.conf texts into one Config.
+
+    Args:
+        sources: (path, text) pairs in precedence order; the later wins per (section, option).
+        host_fqdn: this host's fully qualified name (default of factory_name).
+        host_cpu_count: this host's processor count (default of host_processors).
+        paths: the file layout (default machinetype_path, root_public_key).
+    Returns:
+        The Config, with warnings for deprecated and ignored options.
+    Raises:
+        ConfigErrors: every problem found, each with its file, line, section and option.
+    """
+    raw, syntax_problems = read_sources(sources)
+    findings = Findings(problems=list(syntax_problems))
+    first_path = sources[0][0] if sources else str(paths.config_file)
+    settings = _read_settings(raw, host_fqdn, host_cpu_count, paths, findings, first_path)
+    machinetypes, own_options = _read_machinetypes(raw, settings, paths, findings)
+    pipes = []
+    for section in raw.sections:
+        kind, _, prefix = section.partition(" ")
+        if kind == "vacuum_pipe":
+            pipe = _read_pipe(section, prefix.strip(), raw, settings, paths, findings)
+            if pipe is not None:
+                pipes.append(pipe)
+    _check_legacy_sections(raw, own_options, findings)
+    _warn_unknown_sections(raw, findings)
+    if findings.problems or settings is None:
+        raise ConfigErrors(findings.problems)
+    return Config(settings=settings, machinetypes=machinetypes, warnings=tuple(findings.warnings),
+                  sources=tuple(Path(path) for path, _ in sources), vacuum_pipes=tuple(pipes),
+                  raw=raw, paths=paths)
