@@ -1,0 +1,252 @@
+"""The vac_* metrics, scraped over real HTTP on 127.0.0.1 and parsed with prometheus_client."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from vacd.metrics import FactoryMetrics, MetricsServer, parse_listen_address, serve_metrics
+
+STATUS_TIME = 1_700_000_000
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_status(**changes: Any) -> dict[str, Any]:
+    def slot(ordinal: int, state: str, machinetype: Any = None) -> dict[str, Any]:
+        return {"ordinal": ordinal, "name": f"f1-{ordinal:02d}.example.com", "state": state, "machinetype": machinetype}
+
+    status: dict[str, Any] = {
+        "factory": "f1.example.com",
+        "space": "vac01.example.com",
+        "time": STATUS_TIME,
+        "draining": False,
+        "gate": None,
+        "slots": [
+            slot(0, "Running", "lhcb"),
+            slot(1, "Running", "lhcb"),
+            slot(2, "Running", "atlas"),
+            slot(3, "Starting", "atlas"),
+            slot(4, "Shut down"),
+            slot(5, "Stopping", "lhcb"),
+        ],
+        "machinetypes": {
+            "lhcb": {
+                "target_share": 3.0,
+                "running_processors": 3,
+                "running_machines": 3,
+                "running_hs06": 30.0,
+                "backoff_until": None,
+                "last_outcome": None,
+            },
+            "atlas": {
+                "target_share": 1.0,
+                "running_processors": 2,
+                "running_machines": 2,
+                "running_hs06": 10.0,
+                "backoff_until": STATUS_TIME + 600,
+                "last_outcome": {"machine": "f1-07.example.com", "message": "300 Nothing to do", "time": STATUS_TIME - 5},
+            },
+        },
+        "heartbeats": {"factory": STATUS_TIME, "responder": STATUS_TIME - 30, "metadata": STATUS_TIME - 100, "mjf": 0},
+        "census": {"heard": 2, "expected": 3, "duration_seconds": 1.5},
+        "total_processors": 8,
+        "running_processors": 5,
+        "last_error": None,
+    }
+    status.update(changes)
+    return status
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(STATUS_TIME + 10)
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry, clock: FakeClock) -> FactoryMetrics:
+    return FactoryMetrics(registry, clock=clock)
+
+
+@pytest.fixture
+def server(registry: CollectorRegistry, metrics: FactoryMetrics) -> Iterator[MetricsServer]:
+    running = serve_metrics("127.0.0.1:0", registry, metrics.healthy_if_fresh(60.0))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def scrape(server: MetricsServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
+def healthz(server: MetricsServer) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_status_gauges_are_scraped_over_http(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    metrics.observe_status(make_status())
+    samples = scrape(server)
+
+    assert value(samples, "vac_slots", state="Running") == 3
+    assert value(samples, "vac_slots", state="Starting") == 1
+    assert value(samples, "vac_slots", state="Shut down") == 1
+    assert value(samples, "vac_slots", state="Paused") == 0
+    assert value(samples, "vac_processors_total") == 8
+    assert value(samples, "vac_processors_running") == 5
+    assert value(samples, "vac_draining") == 0
+    assert value(samples, "vac_status_timestamp_seconds") == STATUS_TIME
+    assert value(samples, "vac_factory_info", factory="f1.example.com", space="vac01.example.com") == 1
+    assert value(samples, "vac_machinetype_machines", machinetype="lhcb") == 3
+    assert value(samples, "vac_machinetype_processors", machinetype="atlas") == 2
+    assert value(samples, "vac_machinetype_target_share", machinetype="lhcb") == 0.75
+    assert value(samples, "vac_machinetype_achieved_share", machinetype="lhcb") == 0.75
+    assert value(samples, "vac_machinetype_achieved_share", machinetype="atlas") == 0.25
+    assert value(samples, "vac_machinetype_backoff", machinetype="atlas") == 1
+    assert value(samples, "vac_machinetype_backoff", machinetype="lhcb") == 0
+    assert value(samples, "vac_machinetype_backoff_until_timestamp_seconds", machinetype="atlas") == STATUS_TIME + 600
+    assert value(samples, "vac_machinetype_last_outcome_code", machinetype="atlas") == 300
+    assert value(samples, "vac_census_completeness_ratio") == pytest.approx(2 / 3)
+    assert value(samples, "vac_census_duration_seconds") == 1.5
+
+
+def test_heartbeat_ages_grow_at_scrape_time_without_new_status(
+    metrics: FactoryMetrics, server: MetricsServer, clock: FakeClock
+) -> None:
+    metrics.observe_status(make_status())
+    assert value(scrape(server), "vac_heartbeat_age_seconds", component="responder") == 40
+
+    clock.now += 1000
+    samples = scrape(server)
+
+    assert value(samples, "vac_heartbeat_age_seconds", component="factory") == 1010
+    assert value(samples, "vac_heartbeat_timestamp_seconds", component="metadata") == STATUS_TIME - 100
+    assert ("vac_heartbeat_age_seconds", frozenset({("component", "mjf")})) not in samples
+
+
+def test_event_counters_and_histograms(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    metrics.creation_finished("lhcb", 12.0, ok=True)
+    metrics.creation_finished("lhcb", 700.0, ok=False)
+    metrics.destruction_finished(0.3, ok=True)
+    metrics.datagram("machines_query", "accepted")
+    metrics.datagram("machines_query", "wrong_space")
+    metrics.guest_request("jobfeatures", 200)
+    metrics.guest_request("joboutputs", 403)
+    samples = scrape(server)
+
+    assert value(samples, "vac_creations_total", machinetype="lhcb", outcome="ok") == 1
+    assert value(samples, "vac_creations_total", machinetype="lhcb", outcome="failed") == 1
+    assert value(samples, "vac_creation_duration_seconds_count", machinetype="lhcb") == 2
+    assert value(samples, "vac_creation_duration_seconds_bucket", machinetype="lhcb", le="20.0") == 1
+    assert value(samples, "vac_destructions_total", outcome="ok") == 1
+    assert value(samples, "vac_destruction_duration_seconds_bucket", le="0.5") == 1
+    assert value(samples, "vac_datagrams_received_total", kind="machines_query") == 2
+    assert value(samples, "vac_datagrams_dropped_total", kind="machines_query", reason="wrong_space") == 1
+    assert value(samples, "vac_guest_requests_total", path_class="joboutputs", status="403") == 1
+
+
+def test_machinetype_removed_from_status_disappears_from_metrics(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    metrics.observe_status(make_status())
+    status = make_status()
+    del status["machinetypes"]["atlas"]
+    metrics.observe_status(status)
+    samples = scrape(server)
+
+    assert not [key for key in samples if ("machinetype", "atlas") in key[1]]
+    assert value(samples, "vac_machinetype_target_share", machinetype="lhcb") == 1.0
+
+
+def test_healthz_follows_the_factory_heartbeat(metrics: FactoryMetrics, server: MetricsServer, clock: FakeClock) -> None:
+    assert healthz(server) == 503  # nothing published yet
+    metrics.observe_status(make_status())
+    assert healthz(server) == 200
+    clock.now += 120
+    assert healthz(server) == 503
+
+
+def test_healthz_is_unhealthy_when_the_check_raises(registry: CollectorRegistry) -> None:
+    def broken() -> bool:
+        raise RuntimeError("boom")
+
+    running = serve_metrics("127.0.0.1:0", registry, broken)
+    try:
+        assert healthz(running) == 503
+    finally:
+        running.stop()
+
+
+def test_unknown_path_is_404(server: MetricsServer) -> None:
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/other", timeout=5)
+    assert caught.value.code == 404
+
+
+def test_two_factories_can_share_a_process_with_their_own_registries(clock: FakeClock) -> None:
+    first, second = CollectorRegistry(), CollectorRegistry()
+    FactoryMetrics(first, clock=clock).observe_status(make_status())
+    FactoryMetrics(second, clock=clock).observe_status(make_status(draining=True))
+    assert first.get_sample_value("vac_draining") == 0
+    assert second.get_sample_value("vac_draining") == 1
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("127.0.0.1:9100", ("127.0.0.1", 9100)), (":9100", ("0.0.0.0", 9100)), ("[::1]:9100", ("::1", 9100))],
+)
+def test_listen_address_forms(address: str, expected: tuple[str, int]) -> None:
+    assert parse_listen_address(address) == expected
+
+
+@pytest.mark.parametrize("address", ["9100", "host:", "host:70000", "[::1]9100"])
+def test_bad_listen_address_is_rejected(address: str) -> None:
+    with pytest.raises(ValueError, match="metrics_address"):
+        parse_listen_address(address)
+
+
+def test_grafana_dashboard_uses_only_metrics_that_exist(registry: CollectorRegistry, metrics: FactoryMetrics) -> None:
+    metrics.observe_status(make_status())
+    metrics.creation_finished("lhcb", 1.0, ok=True)
+    metrics.destruction_finished(1.0, ok=True)
+    metrics.datagram("factory_query", "malformed")
+    metrics.guest_request("metadata", 200)
+    exposed = {sample.name for family in registry.collect() for sample in family.samples}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "etc/grafana-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+    used = {name for expression in expressions for name in re.findall(r"\bvac_[a-z0-9_]+", expression)}
+    assert used and used <= exposed, used - exposed

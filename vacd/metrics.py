@@ -1,0 +1,363 @@
+"""Prometheus metrics of one factory, and the small HTTP server for /metrics and /healthz.
+
+Rules (issue 5; Vac 03 had no metrics endpoint, §11):
+- Every metric is named `vac_...`, is registered on the registry passed in (no global
+  registry, so tests and several factories in one process do not collide), and is fed by
+  the factory through the methods of `FactoryMetrics`; nothing here reads vacd's files.
+- `observe_status` takes the status.json dict the factory publishes each pass, so the
+  metrics and `vac status` always show the same numbers. Per-machinetype series of a
+  machinetype that has left the configuration are removed, not left frozen.
+- Heartbeat ages are computed at scrape time from the injected clock: a stuck factory stops
+  calling `observe_status`, and its ages must keep growing, which is the point of them.
+- Label values come from our own code (states, kinds, outcomes, path classes), never
+  from a peer or a guest, so the number of series stays bounded.
+- The HTTP server runs on its own daemon thread, answers GET/HEAD of `/metrics` and
+  `/healthz` (200 when `healthy()` is true, 503 otherwise or if it raises), 404 otherwise,
+  and stops with `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from vacd.outcomes import shutdown_code
+
+log = logging.getLogger(__name__)
+
+# The slot states of status.json (Vac's words plus "Stopping"), always exported, 0 if none.
+SLOT_STATES = ("Shut down", "Starting", "Running", "Paused", "Stopping")
+HEARTBEAT_COMPONENTS = ("factory", "responder", "metadata", "mjf")
+# A VM creation may download an image (Vac 03's fetch timeout was 120 s, Appendix C).
+CREATION_BUCKETS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+# A destroy is an ACPI request then, after shutdown_grace_seconds (30 s default), a hard one.
+DESTRUCTION_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class FactoryMetrics:
+    """The `vac_*` metrics of one factory, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._machinetypes: frozenset[str] = frozenset()
+        self._heartbeats: Mapping[str, float] = {}
+        self._status_time: Optional[float] = None
+
+        def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(name, documentation, list(labels), registry=registry)
+
+        self.info = Info("vac_factory", "Factory name, space and vacd version", registry=registry)
+        self.status_time = gauge("vac_status_timestamp_seconds", "Unix time of the last published factory pass")
+        self.slots = gauge("vac_slots", "Slots by state", ["state"])
+        self.draining = gauge("vac_draining", "1 while the factory is draining (no creations)")
+        self.total_processors = gauge("vac_processors_total", "Processors this factory may give to machines")
+        self.running_processors = gauge("vac_processors_running", "Processors of running machines")
+        self.factory_error = gauge("vac_factory_error", "1 while the factory reports an error (factory-error)")
+
+        per_machinetype = ["machinetype"]
+        self.machines = gauge("vac_machinetype_machines", "Running machines by machinetype", per_machinetype)
+        self.processors = gauge("vac_machinetype_processors", "Processors of running machines by machinetype", per_machinetype)
+        self.hs06 = gauge("vac_machinetype_hs06", "HS06 of running machines by machinetype", per_machinetype)
+        self.configured_share = gauge(
+            "vac_machinetype_configured_share", "target_share as configured (any scale)", per_machinetype
+        )
+        self.target_share = gauge(
+            "vac_machinetype_target_share", "target_share as a fraction of all machinetypes' shares", per_machinetype
+        )
+        self.achieved_share = gauge(
+            "vac_machinetype_achieved_share", "Fraction of this factory's running HS06 used by the machinetype", per_machinetype
+        )
+        self.backoff_until = gauge(
+            "vac_machinetype_backoff_until_timestamp_seconds", "End of the back-off in force, 0 if none", per_machinetype
+        )
+        self.backoff = gauge("vac_machinetype_backoff", "1 while the machinetype is backed off", per_machinetype)
+        self.last_outcome_time = gauge(
+            "vac_machinetype_last_outcome_timestamp_seconds", "Time of the last finished machine's outcome", per_machinetype
+        )
+        self.last_outcome_code = gauge(
+            "vac_machinetype_last_outcome_code", "3-digit code of the last shutdown message, 0 if it had none", per_machinetype
+        )
+        self._per_machinetype = (
+            self.machines,
+            self.processors,
+            self.hs06,
+            self.configured_share,
+            self.target_share,
+            self.achieved_share,
+            self.backoff_until,
+            self.backoff,
+            self.last_outcome_time,
+            self.last_outcome_code,
+        )
+
+        self.census_heard = gauge("vac_census_heard_factories", "Factories that answered the last census")
+        self.census_expected = gauge("vac_census_expected_factories", "Factories asked in the last census")
+        self.census_completeness = gauge("vac_census_completeness_ratio", "heard / expected of the last census")
+        self.census_duration = gauge("vac_census_duration_seconds", "How long the last census took")
+
+        self.datagrams_received = Counter(
+            "vac_datagrams_received", "VacQuery datagrams received, by kind", ["kind"], registry=registry
+        )
+        self.datagrams_dropped = Counter(
+            "vac_datagrams_dropped", "VacQuery datagrams dropped, by kind and reason", ["kind", "reason"], registry=registry
+        )
+        self.guest_requests = Counter(
+            "vac_guest_requests", "Guest HTTP requests, by path class and status", ["path_class", "status"], registry=registry
+        )
+        self.creations = Counter(
+            "vac_creations", "Machine creations finished, by outcome", ["machinetype", "outcome"], registry=registry
+        )
+        self.creation_seconds = Histogram(
+            "vac_creation_duration_seconds",
+            "Time from the creation decision to a running machine (or failure)",
+            ["machinetype"],
+            buckets=CREATION_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self.destructions = Counter("vac_destructions", "Machine destructions finished, by outcome", ["outcome"], registry=registry)
+        self.destruction_seconds = Histogram(
+            "vac_destruction_duration_seconds",
+            "Time to destroy a machine",
+            buckets=DESTRUCTION_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        registry.register(_HeartbeatCollector(self))
+        for state in SLOT_STATES:
+            self.slots.labels(state).set(0)
+
+    # ------------------------------------------------------------------ per pass
+    def observe_status(self, status: Mapping[str, Any]) -> None:
+        """Set the gauges from one status.json dict (the factory's published pass)."""
+        status_time = _number(status.get("time"))
+        self.info.info({"factory": str(status.get("factory") or ""), "space": str(status.get("space") or "")})
+        self.status_time.set(status_time)
+        self.draining.set(1 if status.get("draining") else 0)
+        self.total_processors.set(_number(status.get("total_processors")))
+        self.running_processors.set(_number(status.get("running_processors")))
+        self.factory_error.set(1 if status.get("last_error") else 0)
+
+        counts = dict.fromkeys(SLOT_STATES, 0)
+        for slot in status.get("slots") or ():
+            state = slot.get("state") if isinstance(slot, Mapping) else None
+            if state in counts:
+                counts[state] += 1
+        for state, count in counts.items():
+            self.slots.labels(state).set(count)
+
+        self._observe_machinetypes(status.get("machinetypes") or {}, status_time)
+        self._observe_census(status.get("census"))
+        heartbeats = status.get("heartbeats") or {}
+        with self._lock:
+            self._heartbeats = {
+                str(component): float(value)
+                for component, value in heartbeats.items()
+                if isinstance(value, (int, float)) and value > 0
+            }
+            self._status_time = status_time
+
+    def _observe_machinetypes(self, machinetypes: Mapping[str, Any], status_time: float) -> None:
+        shares = {name: max(0.0, _number(values.get("target_share"))) for name, values in machinetypes.items()}
+        share_total = sum(shares.values())
+        hs06 = {name: max(0.0, _number(values.get("running_hs06"))) for name, values in machinetypes.items()}
+        hs06_total = sum(hs06.values())
+        for name, values in machinetypes.items():
+            self.machines.labels(name).set(_number(values.get("running_machines")))
+            self.processors.labels(name).set(_number(values.get("running_processors")))
+            self.hs06.labels(name).set(hs06[name])
+            self.configured_share.labels(name).set(shares[name])
+            self.target_share.labels(name).set(shares[name] / share_total if share_total else 0.0)
+            self.achieved_share.labels(name).set(hs06[name] / hs06_total if hs06_total else 0.0)
+            until = _number(values.get("backoff_until"))
+            self.backoff_until.labels(name).set(until)
+            self.backoff.labels(name).set(1 if until > status_time else 0)
+            outcome = values.get("last_outcome")
+            if isinstance(outcome, Mapping):
+                self.last_outcome_time.labels(name).set(_number(outcome.get("time")))
+                message = outcome.get("message")
+                self.last_outcome_code.labels(name).set(shutdown_code(message if isinstance(message, str) else None) or 0)
+        current = frozenset(machinetypes)
+        for gone in self._machinetypes - current:
+            for metric in self._per_machinetype:
+                try:
+                    metric.remove(gone)
+                except KeyError:
+                    continue  # this series was never set (e.g. no outcome yet)
+        self._machinetypes = current
+
+    def _observe_census(self, census: Any) -> None:
+        if not isinstance(census, Mapping):
+            return
+        heard, expected = _number(census.get("heard")), _number(census.get("expected"))
+        self.census_heard.set(heard)
+        self.census_expected.set(expected)
+        self.census_completeness.set(heard / expected if expected else 1.0)
+        self.census_duration.set(_number(census.get("duration_seconds")))
+
+    # ------------------------------------------------------------------ events
+    def creation_finished(self, machinetype: str, seconds: float, ok: bool) -> None:
+        self.creations.labels(machinetype, "ok" if ok else "failed").inc()
+        self.creation_seconds.labels(machinetype).observe(max(0.0, seconds))
+
+    def destruction_finished(self, seconds: float, ok: bool) -> None:
+        self.destructions.labels("ok" if ok else "failed").inc()
+        self.destruction_seconds.observe(max(0.0, seconds))
+
+    def datagram(self, kind: str, outcome: str) -> None:
+        """Count one received datagram; any outcome but "accepted" is a drop for that reason."""
+        self.datagrams_received.labels(kind).inc()
+        if outcome != "accepted":
+            self.datagrams_dropped.labels(kind, outcome).inc()
+
+    def guest_request(self, path_class: str, status: int) -> None:
+        self.guest_requests.labels(path_class, str(status)).inc()
+
+    # ------------------------------------------------------------------ health
+    def heartbeat_ages(self) -> dict[str, float]:
+        """Seconds since each component's last heartbeat, as of now."""
+        now = self.clock()
+        with self._lock:
+            return {component: max(0.0, now - value) for component, value in self._heartbeats.items()}
+
+    def healthy_if_fresh(self, max_age_seconds: float, components: Iterable[str] = ("factory",)) -> Callable[[], bool]:
+        """A `healthy` callable for serve_metrics: every named heartbeat is younger than the limit."""
+        wanted = tuple(components)
+
+        def healthy() -> bool:
+            ages = self.heartbeat_ages()
+            return all(component in ages and ages[component] <= max_age_seconds for component in wanted)
+
+        return healthy
+
+
+class _HeartbeatCollector(Collector):
+    """vac_heartbeat_timestamp_seconds and vac_heartbeat_age_seconds, computed at scrape time."""
+
+    def __init__(self, metrics: FactoryMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        with self.metrics._lock:
+            heartbeats = dict(self.metrics._heartbeats)
+        timestamps = GaugeMetricFamily(
+            "vac_heartbeat_timestamp_seconds", "Unix time of each component's last heartbeat", labels=["component"]
+        )
+        ages = GaugeMetricFamily("vac_heartbeat_age_seconds", "Seconds since each component's last heartbeat", labels=["component"])
+        now = self.metrics.clock()
+        for component, value in sorted(heartbeats.items()):
+            timestamps.add_metric([component], value)
+            ages.add_metric([component], max(0.0, now - value))
+        return [timestamps, ages]
+
+    def describe(self) -> Iterable[Metric]:
+        # Describing without collecting keeps registration from calling the clock.
+        return [
+            GaugeMetricFamily("vac_heartbeat_timestamp_seconds", "", labels=["component"]),
+            GaugeMetricFamily("vac_heartbeat_age_seconds", "", labels=["component"]),
+        ]
+
+
+class MetricsServer:
+    """A running /metrics + /healthz server; `stop()` shuts it down and joins its thread."""
+
+    def __init__(self, server: ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all IPv4 addresses). Raises ValueError."""
+    text = address.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port_text = rest[1:] if bracket and rest.startswith(":") else ""
+    else:
+        host, colon, port_text = text.rpartition(":")
+        port_text = port_text if colon else ""
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"metrics_address {address!r}: expected host:port")
+    return (host or "0.0.0.0", int(port_text))
+
+
+def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[], bool]) -> MetricsServer:
+    """Serve `registry` on `/metrics` and `healthy()` on `/healthz` from a daemon thread.
+
+    Raises:
+        ValueError: `address` is not host:port.
+        OSError: the address cannot be bound.
+    """
+    host, port = parse_listen_address(address)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "vacd-metrics"
+
+        def do_GET(self) -> None:
+            self._answer(send_body=True)
+
+        def do_HEAD(self) -> None:
+            self._answer(send_body=False)
+
+        def _answer(self, send_body: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                status, content_type, body = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+            elif path == "/healthz":
+                try:
+                    is_healthy = bool(healthy())
+                except Exception:  # boundary: a failing health check is "unhealthy", not a crash
+                    log.exception("health check raised")
+                    is_healthy = False
+                status = 200 if is_healthy else 503
+                content_type, body = "text/plain; charset=utf-8", b"ok\n" if is_healthy else b"unhealthy\n"
+            else:
+                status, content_type, body = 404, "text/plain; charset=utf-8", b"not found\n"
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if send_body:
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("metrics request client=%s %s", self.client_address[0], format % args)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = _family_of(host)
+
+    server = Server((host, port), Handler)
+    # A short poll interval makes stop() prompt; an idle poll costs one select() call.
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="vacd-metrics", daemon=True)
+    thread.start()
+    log.info("metrics served address=%s:%d", host, server.server_address[1])
+    return MetricsServer(server, thread)
+
+
+def _family_of(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
