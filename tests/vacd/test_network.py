@@ -1,0 +1,212 @@
+"""Tests of vacd.network: the vac NAT network (libvirt test driver), hosts lines, bridge address."""
+
+from __future__ import annotations
+
+import os
+import uuid
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Iterator
+
+import libvirt
+import pytest
+
+from vacd.network import (
+    DNSMASQ_NAMESPACE,
+    NETWORK_NAME,
+    NetworkError,
+    ensure_hosts_entries,
+    ensure_interface_address,
+    ensure_libvirt_network,
+    hosts_lines,
+    network_differences,
+    network_xml,
+)
+from vacd.paths import Paths
+
+FACTORY = "f1.example.com"
+# libvirt's test driver has no dnsmasq and drops the dnsmasq namespace from network XML, so
+# networks there are wanted with dnsmasq_options=() (the real XML is checked separately).
+
+
+@pytest.fixture
+def connection(tmp_path: Path) -> Iterator[libvirt.virConnect]:
+    """A private libvirt test driver (its state is this connection's alone)."""
+    node = tmp_path / "node.xml"
+    node.write_text("<node/>")
+    libvirt.registerErrorHandler(lambda context, error: None, None)
+    opened = libvirt.open(f"test://{node}")
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_network_xml_has_nat_gateway_address_and_no_ping() -> None:
+    network = ElementTree.fromstring(network_xml(FACTORY, 4))
+    assert network.findtext("name") == "vac_169.254.0.0"
+    assert network.find("forward").attrib == {"mode": "nat"}  # type: ignore[union-attr]
+    address = network.find("ip")
+    assert address is not None
+    assert (address.get("address"), address.get("netmask")) == ("169.254.169.253", "255.255.0.0")
+    options = [o.get("value") for o in network.iter(f"{{{DNSMASQ_NAMESPACE}}}option")]
+    assert options == ["no-ping"]
+
+
+def test_network_xml_has_one_static_host_per_slot_and_no_range() -> None:
+    dhcp = ElementTree.fromstring(network_xml(FACTORY, 4)).find("ip/dhcp")
+    assert dhcp is not None
+    assert dhcp.find("range") is None
+    hosts = [host.attrib for host in dhcp.findall("host")]
+    assert len(hosts) == 4
+    assert hosts[3] == {"mac": "56:4D:A9:FE:A9:03", "name": "f1-03", "ip": "169.254.169.3"}
+
+
+def test_network_xml_names_its_bridge_without_stp() -> None:
+    bridge = ElementTree.fromstring(network_xml(FACTORY, 1)).find("bridge")
+    assert bridge is not None and bridge.attrib == {"name": "vacbr0", "stp": "off", "delay": "0"}
+
+
+def test_network_xml_forwards_through_forward_dev_when_set() -> None:
+    forward = ElementTree.fromstring(network_xml(FACTORY, 1, forward_dev="eth1")).find("forward")
+    assert forward is not None and forward.attrib == {"mode": "nat", "dev": "eth1"}
+
+
+def test_network_with_same_facts_needs_no_change() -> None:
+    assert network_differences(network_xml(FACTORY, 8), network_xml(FACTORY, 8)) == []
+
+
+def test_network_with_other_address_or_hosts_or_forward_dev_differs() -> None:
+    wanted = network_xml(FACTORY, 8)
+    other_address = wanted.replace("169.254.169.253", "192.168.122.1")
+    assert any("interface" in d for d in network_differences(other_address, wanted))
+    assert any("dhcp hosts" in d for d in network_differences(network_xml(FACTORY, 4), wanted))
+    assert any("dhcp hosts" in d for d in network_differences(network_xml("f2.example.com", 8), wanted))
+    assert any("forward_dev" in d for d in network_differences(network_xml(FACTORY, 8, "eth1"), wanted))
+    no_ping_missing = wanted.replace("no-ping", "log-dhcp")
+    assert any("dnsmasq_options" in d for d in network_differences(no_ping_missing, wanted))
+
+
+def test_libvirt_mac_case_and_prefix_form_do_not_count_as_differences() -> None:
+    wanted = network_xml(FACTORY, 2)
+    as_libvirt_prints = wanted.replace("56:4D:A9:FE:A9", "56:4d:a9:fe:a9").replace(
+        "netmask=\"255.255.0.0\"", "prefix=\"16\"")
+    assert network_differences(as_libvirt_prints, wanted) == []
+
+
+@pytest.mark.libvirt_test_driver
+def test_missing_network_is_defined_started_and_autostarted(connection: libvirt.virConnect) -> None:
+    result = ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=4, dnsmasq_options=())
+    network = connection.networkLookupByName(NETWORK_NAME)
+    assert result.name == NETWORK_NAME
+    assert result.bridge == network.bridgeName()
+    assert network.isActive() and network.isPersistent() and network.autostart()
+    assert network_differences(network.XMLDesc(0), network_xml(FACTORY, 4, dnsmasq_options=())) == []
+
+
+@pytest.mark.libvirt_test_driver
+def test_ensuring_twice_keeps_the_one_network(connection: libvirt.virConnect) -> None:
+    ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=4, dnsmasq_options=())
+    first_uuid = connection.networkLookupByName(NETWORK_NAME).UUIDString()
+    ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=4, dnsmasq_options=())
+    names = [n.name() for n in connection.listAllNetworks()]
+    assert names.count(NETWORK_NAME) == 1
+    assert connection.networkLookupByName(NETWORK_NAME).UUIDString() == first_uuid
+
+
+@pytest.mark.libvirt_test_driver
+def test_network_with_a_different_address_is_replaced(connection: libvirt.virConnect) -> None:
+    wrong = network_xml(FACTORY, 4, dnsmasq_options=()).replace("169.254.169.253", "10.99.0.1")
+    old = connection.networkDefineXML(wrong)
+    old.create()
+    old_uuid = old.UUIDString()
+    ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=4, dnsmasq_options=())
+    network = connection.networkLookupByName(NETWORK_NAME)
+    assert network.UUIDString() != old_uuid
+    assert network.isActive()
+    assert network_differences(network.XMLDesc(0), network_xml(FACTORY, 4, dnsmasq_options=())) == []
+
+
+@pytest.mark.libvirt_test_driver
+def test_network_missing_host_entries_is_replaced(connection: libvirt.virConnect) -> None:
+    connection.networkDefineXML(network_xml(FACTORY, 2, dnsmasq_options=()))
+    ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=6, dnsmasq_options=())
+    xml = connection.networkLookupByName(NETWORK_NAME).XMLDesc(0)
+    assert len(ElementTree.fromstring(xml).findall("ip/dhcp/host")) == 6
+
+
+@pytest.mark.libvirt_test_driver
+def test_inactive_network_is_started(connection: libvirt.virConnect) -> None:
+    connection.networkDefineXML(network_xml(FACTORY, 3, dnsmasq_options=()))
+    ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=3, dnsmasq_options=())
+    assert connection.networkLookupByName(NETWORK_NAME).isActive()
+
+
+@pytest.mark.libvirt_test_driver
+def test_libvirt_refusal_becomes_network_error(tmp_path: Path) -> None:
+    node = tmp_path / "node.xml"
+    node.write_text("<node/>")
+    connection = libvirt.open(f"test://{node}")
+    connection.close()
+    with pytest.raises(NetworkError, match=NETWORK_NAME):
+        ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=1)
+
+
+def test_hosts_lines_are_vacs() -> None:
+    assert hosts_lines(FACTORY, 2) == [
+        "169.254.169.0 f1-00 f1-00.example.com # added by Vac",
+        "169.254.169.1 f1-01 f1-01.example.com # added by Vac",
+    ]
+
+
+def test_hosts_file_gains_each_line_exactly_once_under_the_prefix(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    hosts = tmp_path / "etc" / "hosts"
+    hosts.parent.mkdir()
+    hosts.write_text("127.0.0.1 localhost")  # no final newline
+    assert ensure_hosts_entries(paths, FACTORY, 3) == 3
+    assert ensure_hosts_entries(paths, FACTORY, 3) == 0
+    assert ensure_hosts_entries(paths, FACTORY, 4) == 1
+    lines = hosts.read_text().splitlines()
+    assert lines[0] == "127.0.0.1 localhost"
+    assert lines[1:] == hosts_lines(FACTORY, 4)
+
+
+def test_hosts_file_is_created_under_a_fresh_prefix(tmp_path: Path) -> None:
+    assert ensure_hosts_entries(Paths(tmp_path), FACTORY, 1) == 1
+    assert (tmp_path / "etc" / "hosts").read_text() == hosts_lines(FACTORY, 1)[0] + "\n"
+
+
+@pytest.fixture
+def bridge_in_namespace() -> Iterator[tuple[str, str]]:
+    """A bridge inside a network namespace made for this test (removed afterwards)."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    from pyroute2 import NetNS, netns
+
+    namespace = f"vactest-{uuid.uuid4().hex[:8]}"
+    netns.create(namespace)
+    try:
+        with NetNS(namespace) as handle:
+            handle.link("add", ifname="vacbr0", kind="bridge")
+        yield namespace, "vacbr0"
+    finally:
+        netns.remove(namespace)
+
+
+def test_metadata_address_is_added_to_the_bridge_once(bridge_in_namespace: tuple[str, str]) -> None:
+    from pyroute2 import NetNS
+
+    namespace, bridge = bridge_in_namespace
+    assert ensure_interface_address(bridge, "169.254.169.254/32", netns=namespace) is True
+    assert ensure_interface_address(bridge, "169.254.169.254/32", netns=namespace) is False
+    with NetNS(namespace) as handle:
+        index = handle.link_lookup(ifname=bridge)[0]
+        addresses = [(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in handle.get_addr(index=index)]
+    assert addresses.count(("169.254.169.254", 32)) == 1
+
+
+def test_address_on_missing_interface_is_a_network_error(bridge_in_namespace: tuple[str, str]) -> None:
+    namespace, _ = bridge_in_namespace
+    with pytest.raises(NetworkError, match="no interface"):
+        ensure_interface_address("vacnothere0", "169.254.169.254/32", netns=namespace)
