@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Optional, TextIO
 
 from vacd import MANAGER_VERSION
-from vacd.config import Config, effective_config_text, load_config
-from vacd.errors import ConfigErrors
+from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
+from vacd.errors import ConfigErrors, VacError
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.paths import Paths
 from vacd.status import publish_status, status_document, write_heartbeat
@@ -138,6 +138,10 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.start_time = int(time.time())
         self.factory: Optional[Factory] = None
+        self.guest_api: Optional[Any] = None
+        self.metrics: Optional[Any] = None
+        self.metrics_server: Optional[Any] = None
+        self._guest_counts_seen: dict[tuple[str, str, int], int] = {}
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
@@ -146,8 +150,9 @@ class Daemon:
 
     def run(self) -> int:
         from vacd.backends.libvirt import LibvirtBackend
+        from vacd.guestapi.server import GuestApiServer
         from vacd.hypervisor import decide_domain_type
-        from vacd.network import NETWORK_NAME, ensure_network
+        from vacd.network import NETWORK_NAME
 
         settings = self.config.settings
         self.paths.ensure_state_dirs()
@@ -155,12 +160,13 @@ class Daemon:
         domain_type, reason = decide_domain_type(settings.hypervisor)
         log.info("starting %s factory=%s space=%s slots=%d domain_type=%s (%s)", MANAGER_VERSION,
                  settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
-        ensure_network(settings.libvirt_uri, self.paths, settings)
+        self._ensure_network(settings)
         backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                                  tmp_dir=self.paths.tmp_dir)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         executor = ThreadPoolExecutor(max_workers=max(4, settings.max_creations_per_cycle * 2),
                                       thread_name_prefix="vacd-act")
+        self._start_metrics(settings)
         factory = Factory(
             store,
             backend,
@@ -178,17 +184,48 @@ class Daemon:
             backend.watch(factory.wake)
         services = ServiceLoop()
         services.start()
+        self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
+                                        port=settings.metadata_port)
+        services.call(self.guest_api.start())
         try:
             self._loop(factory, config_source)
         finally:
             log.info("stopping: machines keep running and will be adopted at the next start")
             factory.wait_for_background_work()
             executor.shutdown(wait=True)
+            services.call(self.guest_api.stop())
             services.stop()
             backend.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
         return 0
 
+    def _ensure_network(self, settings: Settings) -> bool:
+        """Check the guest network as Vac did each cycle (§1.3 step 8); False if it is unusable."""
+        from vacd.network import ensure_network
+
+        try:
+            ensure_network(settings.libvirt_uri, self.paths, settings)
+        except VacError as error:
+            log.error("guest network unusable, no machine created this pass error=%s", error)
+            return False
+        return True
+
+    def _start_metrics(self, settings: Settings) -> None:
+        if not settings.metrics_address:
+            return
+        from prometheus_client import CollectorRegistry
+
+        from vacd.metrics import FactoryMetrics, serve_metrics
+
+        registry = CollectorRegistry()
+        self.metrics = FactoryMetrics(registry)
+        healthy = self.metrics.healthy_if_fresh(max(120.0, 4 * settings.cycle_seconds))
+        self.metrics_server = serve_metrics(settings.metrics_address, registry, healthy)
+        log.info("serving metrics address=%s", settings.metrics_address)
+
     def _hooks(self) -> FactoryHooks:
+        from vacd.accounting import write_apel_record
         from vacd.guestapi.contextualise import prepare_machine_dir
         from vacd.mjf import lower_shutdown_time
 
@@ -203,7 +240,16 @@ class Daemon:
             except OSError:
                 return None
 
+        def account(settings: Settings, machinetype: Optional[Machinetype], record: Any, finish: Any) -> None:
+            write_apel_record(paths, settings, machinetype, record, finish)
+
+        def count_creation(record: Any, seconds: float, ok: bool) -> None:
+            if self.metrics is not None:
+                self.metrics.creation_finished(record.machinetype, seconds, ok)
+
         return FactoryHooks(
+            on_finished=[account],
+            on_created=[count_creation],
             contextualise=contextualise,
             lower_shutdown_time=lambda stored, shutdown_time, now: lower_shutdown_time(
                 stored.directory, shutdown_time, now
@@ -215,6 +261,10 @@ class Daemon:
         while not self.stopping.is_set():
             factory.wake_event.clear()
             started = time.monotonic()
+            if not self._ensure_network(config_source.last_good.settings):
+                write_heartbeat(self.paths, "factory", int(time.time()))
+                self.stopping.wait(config_source.last_good.settings.cycle_seconds)
+                continue
             report = factory.run_pass()
             self._publish(factory, report)
             elapsed = time.monotonic() - started
@@ -236,6 +286,10 @@ class Daemon:
         if report.settings is None:
             return
         heartbeats = {"factory": now}
+        if self.guest_api is not None:
+            for part, last in self.guest_api.heartbeats.items():
+                heartbeats[part] = int(last)
+                write_heartbeat(self.paths, part, int(last))
         document = status_document(
             report,
             heartbeats=heartbeats,
@@ -244,6 +298,13 @@ class Daemon:
             last_error=factory.last_error,
         )
         publish_status(self.paths, document)
+        if self.metrics is not None:
+            self.metrics.observe_status(document)
+            if self.guest_api is not None:
+                for key, count in list(self.guest_api.counters.items()):
+                    for _ in range(count - self._guest_counts_seen.get(key, 0)):
+                        self.metrics.guest_request(key[1], key[2])
+                    self._guest_counts_seen[key] = count
 
 
 def check_config(paths: Paths) -> int:
