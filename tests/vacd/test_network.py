@@ -194,6 +194,7 @@ def bridge_in_namespace() -> Iterator[tuple[str, str]]:
         netns.remove(namespace)
 
 
+@pytest.mark.allow_commands("ldconfig")  # pyroute2 runs ldconfig -p to find libc
 def test_metadata_address_is_added_to_the_bridge_once(bridge_in_namespace: tuple[str, str]) -> None:
     from pyroute2 import NetNS
 
@@ -206,6 +207,7 @@ def test_metadata_address_is_added_to_the_bridge_once(bridge_in_namespace: tuple
     assert addresses.count(("169.254.169.254", 32)) == 1
 
 
+@pytest.mark.allow_commands("ldconfig")  # pyroute2 runs ldconfig -p to find libc
 def test_address_on_missing_interface_is_a_network_error(bridge_in_namespace: tuple[str, str]) -> None:
     namespace, _ = bridge_in_namespace
     with pytest.raises(NetworkError, match="no interface"):
