@@ -33,7 +33,7 @@ from vacd.errors import ConfigErrors, VacError
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.paths import Paths
 from vacd.status import publish_status, status_document, write_heartbeat
-from vacd.store import Store
+from vacd.store import MachineRecord, Store, StoredMachine
 
 log = logging.getLogger(__name__)
 
@@ -231,14 +231,17 @@ class Daemon:
 
         paths = self.paths
 
-        def contextualise(settings: Any, machinetype: Any, record: Any, now: int) -> None:
+        def contextualise(settings: Settings, machinetype: Machinetype, record: MachineRecord, now: int) -> None:
             prepare_machine_dir(paths, settings, machinetype, record, Store(paths).machine_dir(record), now=now)
 
-        def heartbeat_file_mtime(stored: Any, name: str) -> Optional[float]:
+        def heartbeat_file_mtime(stored: StoredMachine, name: str) -> Optional[float]:
             try:
                 return (stored.directory / "joboutputs" / name).stat().st_mtime
             except OSError:
                 return None
+
+        def lower_features_shutdown_time(stored: StoredMachine, shutdown_time: int, now: int) -> None:
+            lower_shutdown_time(stored.directory, shutdown_time, now)
 
         def account(settings: Settings, machinetype: Optional[Machinetype], record: Any, finish: Any) -> None:
             write_apel_record(paths, settings, machinetype, record, finish)
@@ -251,9 +254,7 @@ class Daemon:
             on_finished=[account],
             on_created=[count_creation],
             contextualise=contextualise,
-            lower_shutdown_time=lambda stored, shutdown_time, now: lower_shutdown_time(
-                stored.directory, shutdown_time, now
-            ) and None,
+            lower_shutdown_time=lower_features_shutdown_time,
             heartbeat_file_mtime=heartbeat_file_mtime,
         )
 
