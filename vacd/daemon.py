@@ -227,6 +227,7 @@ class Daemon:
     def _hooks(self) -> FactoryHooks:
         from vacd.accounting import write_apel_record
         from vacd.guestapi.contextualise import prepare_machine_dir
+        from vacd.guestapi.joboutputs import received_times, shutdown_message_time
         from vacd.mjf import lower_shutdown_time
 
         paths = self.paths
@@ -235,7 +236,11 @@ class Daemon:
             prepare_machine_dir(paths, settings, machinetype, record, Store(paths).machine_dir(record), now=now)
 
         def heartbeat_file_mtime(stored: StoredMachine, name: str) -> Optional[float]:
-            try:
+            """When the guest last PUT its heartbeat file (recorded at receipt; no mtime needed)."""
+            received = received_times(stored.directory / "joboutputs").get(name)
+            if received is not None:
+                return float(received.last)
+            try:  # containers write the file directly into the bind mount
                 return (stored.directory / "joboutputs" / name).stat().st_mtime
             except OSError:
                 return None
@@ -256,6 +261,7 @@ class Daemon:
             contextualise=contextualise,
             lower_shutdown_time=lower_features_shutdown_time,
             heartbeat_file_mtime=heartbeat_file_mtime,
+            shutdown_message_time=lambda stored: shutdown_message_time(stored.directory / "joboutputs"),
         )
 
     def _loop(self, factory: Factory, config_source: ReloadingConfig) -> None:

@@ -98,6 +98,7 @@ class FactoryHooks:
     on_created: list[Callable[[MachineRecord, float, bool], None]] = field(default_factory=list)
     lower_shutdown_time: Optional[Callable[[StoredMachine, int, int], None]] = None
     heartbeat_file_mtime: Optional[Callable[[StoredMachine, str], Optional[float]]] = None
+    shutdown_message_time: Optional[Callable[[StoredMachine], Optional[int]]] = None
 
 
 class Factory:
@@ -344,7 +345,7 @@ class Factory:
         finish = FinishRecord(
             finished_time=now,
             shutdown_message=message,
-            shutdown_message_time=now if message is not None else None,
+            shutdown_message_time=self._message_time(stored, message, now),
             started_time=stored.started_time,
             last_heartbeat_time=last_heartbeat,
             cpu_seconds=cpu_seconds,
@@ -364,6 +365,18 @@ class Factory:
             message,
         )
         return finish
+
+    def _message_time(self, stored: StoredMachine, message: Optional[str], now: int) -> Optional[int]:
+        """When the outcome was said: the guest's receipt time, the factory's decision, or now."""
+        if message is None:
+            return None
+        if self.hooks.shutdown_message_time is not None:
+            received = self.hooks.shutdown_message_time(stored)
+            if received is not None:
+                return received
+        if stored.destroy_request is not None and stored.destroy_request.shutdown_message == message:
+            return stored.destroy_request.requested_time
+        return now
 
     # ------------------------------------------------------------------ creating and destroying
     def _start_creation(self, settings: Settings, machinetype: Machinetype, create: Create, now: int) -> None:

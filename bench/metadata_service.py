@@ -1,0 +1,561 @@
+"""Benchmark: vacd's asyncio guest metadata server against a Vac-style forking HTTP/1.0 server.
+
+Both servers answer the same requests with the same bytes from the same machine
+directories: 64 machines made with the real Store and prepare_machine_dir under a
+temporary prefix. The baseline is what Vac 03 ran (§1.2): socketserver.ForkingMixIn with
+BaseHTTPRequestHandler, HTTP/1.0, one fork per request, the slot looked up on disk every
+time. vacd's server runs GuestApiServer unchanged, in its own process and event loop.
+
+Load: `--clients` concurrent clients (default 200) spread over `--processes` load
+processes, each client bound to one of 64 loopback source addresses 127.0.0.1-64, which
+both servers map to slots 1-64. Clients alternate GET /openstack/latest/meta_data.json and
+GET /latest/user-data in a closed loop (no think time). Each request is timed from
+connect (or send, on a kept-alive connection) to the last byte. The first `--warmup`
+seconds are not counted.
+
+Runs, one after the other against fresh server processes:
+- the forking server, a connection per request (all it can do);
+- vacd, a connection per request (what cloud-init's readurl does);
+- vacd, HTTP/1.1 keep-alive (what a payload polling MJF with one session does);
+- vacd, a connection per request, paced: the clients offer a fixed total rate (default
+  20 x the forking server's measured throughput) with exponential think times, and
+  latency counts from each request's scheduled start (no coordinated omission).
+
+Run as root or not (loopback only):
+    .venv/bin/python bench/metadata_service.py --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.server
+import heapq
+import json
+import random
+import select
+import multiprocessing
+import os
+import signal
+import socket
+import socketserver
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Only what the forking baseline needs is imported here, so its process stays as small as
+# Vac's was; the factory side (contextualise, cryptography, requests) and vacd's server are
+# imported where they are used.
+from vacd.config import Machinetype, Settings  # noqa: E402
+from vacd.guestapi.guest import GuestMachine  # noqa: E402
+from vacd.guestapi.metadata import metadata_response  # noqa: E402
+from vacd.guestapi.requestpath import normalise_path  # noqa: E402
+from vacd.paths import Paths  # noqa: E402
+from vacd.slots import slot_identity  # noqa: E402
+from vacd.store import MachineRecord, Store  # noqa: E402
+
+SLOTS = 64
+SERVER_ADDRESS = "127.0.0.254"
+PATHS_REQUESTED = ("/openstack/latest/meta_data.json", "/latest/user-data")
+# A realistic template: a cloud-config of about 3 KiB with the usual substitutions.
+TEMPLATE = (
+    "#cloud-config\n"
+    "hostname: ##user_data_machine_hostname##\n"
+    "write_files:\n"
+    "  - path: /etc/vac-machine\n"
+    "    content: |\n"
+    "      space=##user_data_space## machinetype=##user_data_machinetype## uuid=##user_data_uuid##\n"
+    "      machinefeatures=##user_data_machinefeatures_url## jobfeatures=##user_data_jobfeatures_url##\n"
+    "      joboutputs=##user_data_joboutputs_url## manager=##user_data_manager_version##\n"
+    + "".join(f"  - path: /etc/payload/option{index}\n    content: ##user_data_option_payload##\n" for index in range(40))
+)
+
+
+def source_to_ordinal(source: str) -> Optional[int]:
+    """127.0.0.n -> slot n, for n in 1..SLOTS (the benchmark's stand-in for 169.254.169.n)."""
+    if not source.startswith("127.0.0."):
+        return None
+    last = int(source.rsplit(".", 1)[1])
+    return last if 1 <= last <= SLOTS else None
+
+
+def make_site(prefix: Path) -> tuple[Paths, Settings]:
+    from vacd.guestapi.contextualise import prepare_machine_dir
+
+    paths = Paths(prefix)
+    paths.ensure_state_dirs()
+    settings = Settings(
+        vac_space="vac01.example.com",
+        factory_name="f1.example.com",
+        total_processors=SLOTS,
+        host_processors=SLOTS,
+        gocdb_sitename="UKI-BENCH",
+        hs06_per_processor=10.0,
+    )
+    machinetype_path = paths.machinetypes_dir / "bench"
+    (machinetype_path / "files").mkdir(parents=True, exist_ok=True)
+    (machinetype_path / "files" / "user_data").write_text(TEMPLATE)
+    machinetype = Machinetype(
+        name="bench",
+        machinegroup="bench",
+        machinetype_path=machinetype_path,
+        user_data="user_data",
+        user_data_options={"payload": "x" * 40},
+    )
+    key_path = paths.under_prefix(settings.root_public_key)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    key_path.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchmarkKeyBenchmarkKeyBenchmarkKey root@f1\n")
+    store = Store(paths)
+    # Old enough that the stat cache trusts the files (machines.RACY_SECONDS).
+    created = int(time.time()) - 600
+    for ordinal in range(1, SLOTS + 1):
+        identity = slot_identity(settings.factory_name, ordinal)
+        record = MachineRecord(
+            name=identity.machine_name,
+            ordinal=ordinal,
+            uuid=f"00000000-0000-4000-8000-{ordinal:012d}",
+            machinetype="bench",
+            machine_model="vm-raw",
+            processors=1,
+            created_time=created,
+            shutdown_time=created + 86400,
+            ip_address=identity.ip_address,
+            hs06=10.0,
+            mb=2048,
+        )
+        directory = store.begin_creation(record)
+        prepare_machine_dir(paths, settings, machinetype, record, directory, now=created)
+    old = time.time() - 60
+    for root, directories, files in os.walk(paths.state_dir):
+        for name in directories + files:
+            os.utime(os.path.join(root, name), (old, old))
+    return paths, settings
+
+
+# Servers
+def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]") -> None:
+    from vacd.guestapi.server import GuestApiServer
+
+    paths = Paths(Path(prefix))
+    settings = make_settings_only()
+
+    async def main() -> None:
+        server = GuestApiServer(
+            paths,
+            Store(paths),
+            lambda: settings,
+            metadata_addresses=(SERVER_ADDRESS,),
+            mjf_addresses=(),
+            port=0,
+            source_to_ordinal=source_to_ordinal,
+        )
+        await server.start()
+        port_queue.put(server.listening[0].port)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def make_settings_only() -> Settings:
+    return Settings(
+        vac_space="vac01.example.com",
+        factory_name="f1.example.com",
+        total_processors=SLOTS,
+        host_processors=SLOTS,
+        gocdb_sitename="UKI-BENCH",
+        hs06_per_processor=10.0,
+    )
+
+
+class UncachedFiles:
+    """What Vac did: read every file from disk on every request."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def read(self, relative_path: str) -> Optional[bytes]:
+        try:
+            return (self.directory / relative_path).read_bytes()
+        except OSError:
+            return None
+
+    def list(self, subdirectory: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.directory / subdirectory))
+        except OSError:
+            return []
+
+
+def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[int]") -> None:
+    paths = Paths(Path(prefix))
+    settings = make_settings_only()
+    store = Store(paths)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+            ordinal = source_to_ordinal(self.client_address[0])
+            stored = None
+            if ordinal is not None:
+                stored = store.slot_binding(slot_identity(settings.factory_name, ordinal).machine_name)
+            path = normalise_path(self.path)
+            if stored is None or stored.has_finished or path is None:
+                self.send_response(404)
+                self.end_headers()
+                return
+            machine = GuestMachine(
+                record=stored.record,
+                directory=stored.directory,
+                mac_address=slot_identity(settings.factory_name, ordinal or 0).mac_address,
+                factory_name=settings.factory_name,
+                vac_space=settings.vac_space,
+                files=UncachedFiles(stored.directory),
+            )
+            response = metadata_response(path, machine)
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.end_headers()
+            self.wfile.write(response.body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+            return None
+
+    class ForkingServer(socketserver.ForkingMixIn, http.server.HTTPServer):
+        request_queue_size = 256  # Vac's listen backlog (§1.2)
+        max_children = 10000  # do not let the mixin's default of 40 throttle the baseline
+
+    server = ForkingServer((SERVER_ADDRESS, 0), Handler)
+    port_queue.put(server.server_address[1])
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        server.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        pass
+    server.server_close()
+
+
+# Load
+# Linux <netinet/in.h>: choose the source port at connect(), against the whole 4-tuple, so
+# a port whose previous connection is still in TIME_WAIT is not reused (that costs a 1 s
+# SYN retransmission and would be charged to the server).
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+class _Client:
+    """One closed-loop client: a request, its response, the next request; raw sockets."""
+
+    __slots__ = ("source", "connection", "buffer", "began", "count", "connecting", "done", "scheduled")
+
+    def __init__(self, index: int) -> None:
+        self.source = f"127.0.0.{1 + index % SLOTS}"
+        self.connection: Optional[socket.socket] = None
+        self.buffer = b""
+        self.began = 0.0
+        self.count = index
+        self.connecting = False
+        self.done = False
+        self.scheduled = 0.0
+
+
+def run_load_process(
+    first_client: int,
+    clients: int,
+    port: int,
+    keepalive: bool,
+    warmup: float,
+    duration: float,
+    out: Any,
+    interval: Optional[float] = None,
+) -> None:
+    """Drive `clients` clients with one epoll loop (cheaper per request than asyncio).
+
+    Without `interval` each client sends its next request as soon as it has a response.
+    With it, each client waits an exponentially distributed time of that mean after its
+    previous *scheduled* start, and latency runs from the scheduled start, so a slow server
+    is charged for the queueing it causes (no coordinated omission).
+    """
+    pacing = random.Random(first_client)
+    waiting: list[tuple[float, int, _Client]] = []
+    version = "HTTP/1.1" if keepalive else "HTTP/1.0"
+    requests = [f"GET {path} {version}\r\nHost: 169.254.169.254\r\n\r\n".encode() for path in PATHS_REQUESTED]
+    poller = select.epoll()
+    by_descriptor: dict[int, _Client] = {}
+    latencies: list[float] = []
+    errors = 0
+    start_at = time.perf_counter() + warmup
+    stop_at = start_at + duration
+
+    def drop(client: _Client) -> None:
+        if client.connection is not None:
+            descriptor = client.connection.fileno()
+            poller.unregister(descriptor)
+            del by_descriptor[descriptor]
+            client.connection.close()
+            client.connection = None
+        client.buffer = b""
+
+    def send(client: _Client) -> None:
+        assert client.connection is not None
+        client.connection.send(requests[client.count % 2])
+        client.count += 1
+        poller.modify(client.connection.fileno(), select.EPOLLIN)
+
+    def start(client: _Client) -> None:
+        now = time.perf_counter()
+        if now >= stop_at:
+            drop(client)
+            client.done = True
+            return
+        client.began = client.scheduled if interval is not None else now
+        if client.connection is not None:
+            send(client)
+            return
+        connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        connection.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        connection.bind((client.source, 0))
+        connection.setblocking(False)
+        connection.connect_ex((SERVER_ADDRESS, port))
+        client.connection = connection
+        client.connecting = True
+        by_descriptor[connection.fileno()] = client
+        poller.register(connection.fileno(), select.EPOLLOUT)
+
+    def finish(client: _Client, ok: bool, reuse: bool) -> None:
+        nonlocal errors
+        ended = time.perf_counter()
+        if client.began >= start_at and ended <= stop_at:
+            if ok:
+                latencies.append(ended - client.began)
+            else:
+                errors += 1
+        if not reuse:
+            drop(client)
+        if interval is None:
+            start(client)
+            return
+        client.scheduled += pacing.expovariate(1.0 / interval)
+        if client.scheduled <= ended:
+            start(client)
+        else:
+            heapq.heappush(waiting, (client.scheduled, id(client), client))
+
+    def readable(client: _Client) -> None:
+        assert client.connection is not None
+        try:
+            data = client.connection.recv(65536)
+        except OSError:
+            finish(client, False, False)
+            return
+        client.buffer += data
+        head_end = client.buffer.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = client.buffer[:head_end].lower()
+            marker = head.find(b"content-length:")
+            if marker >= 0:
+                length = int(head[marker + 15 :].split(b"\r\n", 1)[0])
+                if len(client.buffer) >= head_end + 4 + length:
+                    ok = client.buffer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))
+                    reuse = keepalive and b"connection: close" not in head
+                    client.buffer = b""
+                    finish(client, ok, reuse)
+                    return
+        if not data:
+            finish(client, False, False)
+
+    everyone = [_Client(first_client + index) for index in range(clients)]
+    for client in everyone:
+        if interval is None:
+            start(client)
+        else:
+            client.scheduled = time.perf_counter() + pacing.uniform(0, interval)
+            heapq.heappush(waiting, (client.scheduled, id(client), client))
+    while not all(client.done for client in everyone):
+        timeout = 0.1
+        if waiting:
+            timeout = min(timeout, max(0.0, waiting[0][0] - time.perf_counter()))
+        for descriptor, events in poller.poll(timeout):
+            found = by_descriptor.get(descriptor)
+            if found is None:
+                continue
+            client = found
+            if client.connecting:
+                client.connecting = False
+                assert client.connection is not None
+                if client.connection.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+                    finish(client, False, False)
+                else:
+                    send(client)
+            else:
+                readable(client)
+        now = time.perf_counter()
+        while waiting and waiting[0][0] <= now:
+            start(heapq.heappop(waiting)[2])
+        if now > stop_at + 5:
+            break
+    for client in everyone:
+        drop(client)
+    out.send((latencies, errors))
+    out.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children (forked handlers)."""
+    with open(f"/proc/{pid}/stat") as stat_file:
+        fields = stat_file.read().rsplit(")", 1)[1].split()
+    ticks = sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    port: int,
+    server_pid: int,
+    clients: int,
+    processes: int,
+    keepalive: bool,
+    warmup: float,
+    duration: float,
+    rate: Optional[float] = None,
+) -> dict[str, Any]:
+    context = multiprocessing.get_context("fork")
+    pipes = []
+    workers = []
+    per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    first = 0
+    for count in per_process:
+        receiver, sender = context.Pipe(duplex=False)
+        interval = clients / rate if rate else None
+        worker = context.Process(
+            target=run_load_process, args=(first, count, port, keepalive, warmup, duration, sender, interval)
+        )
+        worker.start()
+        sender.close()
+        pipes.append(receiver)
+        workers.append(worker)
+        first += count
+    time.sleep(warmup)
+    server_cpu_before = cpu_seconds(server_pid)
+    load_cpu_before = sum(cpu_seconds(worker.pid or 0) for worker in workers)
+    wall_before = time.perf_counter()
+    latencies: list[float] = []
+    errors = 0
+    for receiver in pipes:
+        process_latencies, process_errors = receiver.recv()
+        latencies += process_latencies
+        errors += process_errors
+    wall = time.perf_counter() - wall_before
+    server_cpu = cpu_seconds(server_pid) - server_cpu_before
+    load_cpu = sum(cpu_seconds(worker.pid or 0) for worker in workers) - load_cpu_before
+    for worker in workers:
+        worker.join()
+    latencies.sort()
+    count = len(latencies)
+
+    def percentile(fraction: float) -> float:
+        return latencies[min(count - 1, int(fraction * count))] * 1000 if count else float("nan")
+
+    return {
+        "requests": count,
+        "errors": errors,
+        "requests_per_second": count / duration,
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "max_ms": latencies[-1] * 1000 if count else float("nan"),
+        "mean_ms": statistics.fmean(latencies) * 1000 if count else float("nan"),
+        "server_cpu_percent": 100 * server_cpu / wall,
+        "server_cpu_us_per_request": 1e6 * server_cpu / count if count else float("nan"),
+        "load_cpu_percent": 100 * load_cpu / wall,
+    }
+
+
+def start_server(target: Any, prefix: str) -> tuple[multiprocessing.process.BaseProcess, int]:
+    # A fresh interpreter, not a fork of this one (which has imported the factory side).
+    context = multiprocessing.get_context("spawn")
+    port_queue: "multiprocessing.Queue[int]" = context.Queue()
+    process = context.Process(target=target, args=(prefix, port_queue))
+    process.start()
+    return process, port_queue.get(timeout=30)
+
+
+def stop_server(process: multiprocessing.process.BaseProcess) -> None:
+    if process.pid is not None and process.is_alive():
+        os.kill(process.pid, signal.SIGTERM)
+    process.join(timeout=10)
+    if process.is_alive() and process.pid is not None:
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--processes", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument(
+        "--paced-rate",
+        type=float,
+        default=None,
+        help="offered requests/s of the paced run (default: 20 x the forking server's throughput)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    arguments = parser.parse_args()
+
+    results: dict[str, dict[str, Any]] = {}
+    forking = "forking HTTP/1.0 (Vac 03)"
+    with tempfile.TemporaryDirectory(prefix="vac-bench-") as prefix:
+        make_site(Path(prefix))
+        runs: list[tuple[str, Any, bool, Optional[float]]] = [
+            (forking, run_forking_server, False, None),
+            ("vacd asyncio, connection per request", run_vacd_server, False, None),
+            ("vacd asyncio, HTTP/1.1 keep-alive", run_vacd_server, True, None),
+            ("vacd asyncio, conn/request, paced", run_vacd_server, False, -1.0),
+        ]
+        for name, target, keepalive, rate in runs:
+            if rate is not None:
+                rate = arguments.paced_rate or 20 * results[forking]["requests_per_second"]
+                name = f"{name} {rate:.0f}/s"
+            process, port = start_server(target, prefix)
+            try:
+                assert process.pid is not None
+                results[name] = measure(
+                    port,
+                    process.pid,
+                    arguments.clients,
+                    arguments.processes,
+                    keepalive,
+                    arguments.warmup,
+                    arguments.duration,
+                    rate,
+                )
+            finally:
+                stop_server(process)
+    if arguments.json:
+        print(json.dumps(results, indent=1))
+        return
+    baseline = results[forking]["requests_per_second"]
+    print(f"{arguments.clients} clients, {SLOTS} slots, {arguments.processes} load processes, {arguments.duration:.0f} s each, {os.cpu_count()} CPUs")
+    print(
+        f"{'server':40} {'req/s':>9} {'x fork':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
+        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9}"
+    )
+    for name, result in results.items():
+        print(
+            f"{name:40} {result['requests_per_second']:9.0f} {result['requests_per_second'] / baseline:7.1f}"
+            f" {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} {result['max_ms']:8.1f} {result['errors']:7d}"
+            f" {result['server_cpu_percent']:8.0f} {result['server_cpu_us_per_request']:10.0f}"
+            f" {result['load_cpu_percent']:9.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

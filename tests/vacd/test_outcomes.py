@@ -1,0 +1,90 @@
+"""Shutdown message codes, the factory's own messages and silent fizzles (§4.4, §3.5)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vacd.outcomes import (
+    EXCEEDED_WALLCLOCK,
+    FAILED_TO_START,
+    HEARTBEAT_NOT_CREATED,
+    HEARTBEAT_NOT_UPDATED,
+    PASSED_SHUTDOWN_TIME,
+    effective_outcome,
+    fizzle_message,
+    is_abort,
+    shutdown_code,
+)
+
+
+@pytest.mark.parametrize(
+    "message, abort",
+    [
+        ("100 Shutdown as requested", False),
+        ("200 Intended work completed ok", False),
+        ("300 Nothing to do", True),
+        ("400 Banned", True),
+        ("500 Site problem", True),
+        ("600 Grid-wide problem", True),
+        ("700 Transient problem", True),
+        ("900 Something new", True),
+        ("  300 padded", True),
+        ("299 Almost", False),
+        ("OK no code", False),
+        ("30 short", False),
+        ("3a0 letters", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_codes_of_300_and_above_are_aborts(message: Optional[str], abort: bool) -> None:
+    assert is_abort(message) is abort
+
+
+def test_factory_messages_are_700_aborts() -> None:
+    for message in (HEARTBEAT_NOT_CREATED, HEARTBEAT_NOT_UPDATED, EXCEEDED_WALLCLOCK, PASSED_SHUTDOWN_TIME, FAILED_TO_START):
+        assert shutdown_code(message) == 700 and is_abort(message)
+    assert HEARTBEAT_NOT_CREATED == "700 Heartbeat file not created"
+    assert HEARTBEAT_NOT_UPDATED == "700 Heartbeat file not updated"
+    assert EXCEEDED_WALLCLOCK == "700 Exceeded max_wallclock_seconds"
+    assert PASSED_SHUTDOWN_TIME == "700 Passed shutdowntime"
+    assert FAILED_TO_START == "700 Failed to start"
+
+
+def test_fizzle_message_is_vacs_text() -> None:
+    assert fizzle_message(42) == "300 Vac detects fizzle after 42 seconds"
+    assert is_abort(fizzle_message(42))
+
+
+def test_silent_machine_that_ends_before_fizzle_seconds_fizzled() -> None:
+    assert effective_outcome(None, 1000, 1100, 600) == "300 Vac detects fizzle after 100 seconds"
+    assert effective_outcome("", 1000, 1100, 600) == "300 Vac detects fizzle after 100 seconds"
+
+
+def test_silent_machine_that_ran_long_enough_has_no_outcome() -> None:
+    assert effective_outcome(None, 1000, 1600, 600) is None
+    assert effective_outcome(None, 1000, 5000, 600) is None
+
+
+def test_a_written_message_wins_over_fizzle() -> None:
+    assert effective_outcome("200 Done\n", 1000, 1010, 600) == "200 Done"
+
+
+def test_never_started_or_unknown_finish_has_no_fizzle() -> None:
+    assert effective_outcome(None, None, 1100, 600) is None
+    assert effective_outcome(None, 1000, None, 600) is None
+
+
+def test_finish_before_start_counts_as_zero_seconds() -> None:
+    assert effective_outcome(None, 1000, 990, 600) == "300 Vac detects fizzle after 0 seconds"
+
+
+@given(st.text(max_size=20))
+def test_shutdown_code_is_none_or_three_digits(message: str) -> None:
+    code = shutdown_code(message)
+    assert code is None or 0 <= code <= 999
+    assert is_abort(message) == (code is not None and code >= 300)

@@ -1,0 +1,398 @@
+"""One guest HTTP connection: bounded reads, keep-alive, uploads, and a deadline for each wait.
+
+Rules:
+- Every wait has a deadline, so a stuck or hostile guest holds at most one connection slot
+  for a bounded time and never blocks anyone else: the first request head within
+  `head_timeout_seconds` of its first byte, the next request within
+  `idle_timeout_seconds`, a body with progress at least every `body_idle_timeout_seconds`
+  and complete within `body_total_timeout_seconds`, and a stalled reader is dropped after
+  `write_stall_timeout_seconds`.
+- HTTP/1.1 keep-alive is allowed for at most `max_requests_per_connection` requests;
+  `Connection: close` and HTTP/1.0 close after the response. A request whose body is not
+  read (a refused PUT) also closes the connection, so the stream never desynchronises.
+- When the client may still be sending (a refused request body), the last response is
+  followed by FIN and what arrives is read and dropped for up to LINGER_SECONDS before
+  closing, so a reset cannot destroy the response ("lingering close", as nginx does).
+- Pipelined requests are answered in order; while the transport's write buffer is full no
+  further request is parsed (asyncio flow control), so a client that does not read cannot
+  make us buffer without bound.
+- The handler decides; this class only moves bytes. It is told a request head and answers
+  a Response, or an Upload: then the body is read and the upload's `complete` awaited
+  while reading is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Optional, Protocol, Union
+
+from vacd.guestapi.wire import (
+    CONTINUE,
+    MAX_HEAD_BYTES,
+    GuestRequestRejected,
+    HeadCache,
+    RequestHead,
+    Response,
+    find_head_end,
+    serialise_response,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """The bounds on every connection; the defaults suit guests booting under load."""
+
+    # cloud-init's metadata client gives up after 5 s per try (peers-and-specs §7); a guest
+    # that has not sent its head in 10 s is not a working client.
+    head_timeout_seconds: float = 10.0
+    idle_timeout_seconds: float = 15.0
+    body_idle_timeout_seconds: float = 30.0
+    body_total_timeout_seconds: float = 600.0
+    write_stall_timeout_seconds: float = 30.0
+    # nginx's keepalive_requests default.
+    max_requests_per_connection: int = 1000
+    max_connections: int = 4096
+    max_connections_per_source: int = 64
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The handler accepts a request body of `length` bytes.
+
+    `complete(body)` is awaited once the body is in; `release()` is called exactly once
+    afterwards, or when the body never arrives.
+    """
+
+    length: int
+    complete: Callable[[bytes], Awaitable[Response]]
+    release: Callable[[], None]
+
+
+class ConnectionHandler(Protocol):
+    def admit(self, source: str) -> bool:
+        """Whether a new connection from `source` may be served (connection limits)."""
+
+    def connection_closed(self, source: str) -> None:
+        """A connection `admit` let in has ended."""
+
+    def on_head(self, part: str, source: str, head: RequestHead) -> Union[Response, Upload]:
+        """Answer a request, or accept its body."""
+
+    def on_rejected(self, part: str, source: str, status: int, reason: str) -> None:
+        """A request was refused before it reached on_head (malformed, too large, timed out)."""
+
+    def date(self) -> str:
+        """The current HTTP Date header value."""
+
+
+_HEAD, _BODY, _BUSY, _DRAINING, _CLOSED = "head", "body", "busy", "draining", "closed"
+# After our last response we send FIN and read (and discard) what the client still sends
+# for a while before closing, so a response is not lost to a reset when the client had
+# sent more than we read (a refused PUT body). nginx does the same ("lingering close").
+LINGER_SECONDS = 2.0
+LINGER_MAX_BYTES = 1024 * 1024
+# Unanswered pipelined requests held before reading stops (flow control, not a refusal).
+MAX_PIPELINED_BYTES = 4 * MAX_HEAD_BYTES
+
+
+class GuestConnection(asyncio.Protocol):
+    """The protocol object asyncio creates for each accepted guest connection."""
+
+    def __init__(self, part: str, handler: ConnectionHandler, limits: ConnectionLimits, head_cache: HeadCache) -> None:
+        self.part = part
+        self.handler = handler
+        self.limits = limits
+        self.head_cache = head_cache
+        self.loop = asyncio.get_running_loop()
+        self.transport: Optional[asyncio.Transport] = None
+        self.source = ""
+        self._admitted = False
+        self._state = _HEAD
+        self._buffer = bytearray()
+        self._requests = 0
+        self._head_started = False
+        self._write_paused = False
+        self._peer_closed = False
+        self._upload: Optional[Upload] = None
+        self._upload_head: Optional[RequestHead] = None
+        self._body = bytearray()
+        self._body_deadline = 0.0
+        self._task: Optional[asyncio.Task[None]] = None
+        self._deadline: Optional[float] = None
+        self._deadline_reason = ""
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._timer_when = 0.0
+        self._drained_bytes = 0
+
+    @property
+    def pending_task(self) -> "Optional[asyncio.Task[None]]":
+        """The upload being written for this connection, if any."""
+        return self._task
+
+    def close_now(self) -> None:
+        """Close at once (the server is stopping); an upload being written is left to finish."""
+        if self._state != _CLOSED:
+            self._close_now()
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.source = str(peer[0]) if peer else ""
+        if not self.handler.admit(self.source):
+            self._state = _CLOSED
+            self.handler.on_rejected(self.part, self.source, 503, "connection limit")
+            transport.abort()
+            return
+        self._admitted = True
+        self._set_deadline(self.limits.head_timeout_seconds, "head")
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _HEAD:
+            self._buffer += data
+            self._process()
+            if self._state == _HEAD and self._buffer:
+                if not self._head_started:
+                    # The head deadline runs from its first byte (slow heads cannot last).
+                    self._head_started = True
+                    self._set_deadline(self.limits.head_timeout_seconds, "head")
+                if len(self._buffer) > MAX_PIPELINED_BYTES and self.transport is not None:
+                    # Requests we cannot answer yet (the client is not reading): stop reading.
+                    self.transport.pause_reading()
+        elif self._state == _BODY:
+            self._take_body(data)
+        elif self._state == _BUSY:
+            # Reading is paused; bytes already in flight wait for the next request.
+            self._buffer += data
+            if len(self._buffer) > MAX_HEAD_BYTES * 4:
+                self._abort("buffered too much while busy")
+        elif self._state == _DRAINING:
+            self._drained_bytes += len(data)
+            if self._drained_bytes > LINGER_MAX_BYTES:
+                self._abort("kept sending after the last response")
+
+    def eof_received(self) -> bool:
+        self._peer_closed = True
+        if self._state == _DRAINING:
+            self._close_now()
+        elif self._state == _HEAD and not self._buffer:
+            self._close()
+        elif self._state == _BODY:
+            self._reject(400, "connection closed before the body was complete")
+        # Keep the transport open so a response still in preparation can be written.
+        return True
+
+    def connection_lost(self, exc: Optional[Exception]) -> None:
+        self._cancel_timer()
+        self._state = _CLOSED
+        if self._upload is not None and self._task is None:
+            self._release_upload()
+        if self._admitted:
+            self._admitted = False
+            self.handler.connection_closed(self.source)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._set_deadline(self.limits.write_stall_timeout_seconds, "write")
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._state == _HEAD:
+            self._await_next_request()
+            self._process()
+            if self.transport is not None and len(self._buffer) <= MAX_PIPELINED_BYTES:
+                self.transport.resume_reading()
+
+    # Requests
+    def _process(self) -> None:
+        while self._state == _HEAD and not self._write_paused and self._buffer:
+            if self._buffer.startswith((b"\r", b"\n")):
+                # RFC 9112 §2.2: ignore empty lines before a request line.
+                stripped = self._buffer.lstrip(b"\r\n")
+                self._buffer = bytearray(stripped)
+            end = find_head_end(self._buffer)
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD_BYTES:
+                    self._reject(404, f"request head over {MAX_HEAD_BYTES} bytes")
+                return
+            raw_head = bytes(self._buffer[:end])
+            del self._buffer[:end]
+            self._requests += 1
+            try:
+                head = self.head_cache.parse(raw_head)
+            except GuestRequestRejected as rejection:
+                self._reject(rejection.status, rejection.reason)
+                return
+            try:
+                result = self.handler.on_head(self.part, self.source, head)
+            except Exception:
+                log.exception("guest request failed part=%s source=%s", self.part, self.source)
+                self._respond(Response(500, b"", close=True), head)
+                return
+            if isinstance(result, Upload):
+                self._start_upload(head, result)
+                return
+            self._respond(result, head)
+
+    def _respond(self, response: Response, head: Optional[RequestHead]) -> None:
+        if self._state == _CLOSED or self.transport is None:
+            return
+        keep_alive = (
+            head is not None
+            and head.keep_alive
+            and not response.close
+            and not (head.has_body and self._upload_head is not head)
+            and not (self._peer_closed and not self._buffer)
+            and self._requests < self.limits.max_requests_per_connection
+        )
+        include_body = head is None or head.method != "HEAD"
+        self.transport.write(serialise_response(response, keep_alive=keep_alive, date=self.handler.date(), include_body=include_body))
+        if not keep_alive:
+            # Linger only if the client may still be sending: a body we did not read, bytes
+            # after the request, or a request we refused without knowing where it ended.
+            unread = head is None or (head.has_body and self._upload_head is not head) or bool(self._buffer)
+            self._close(linger=unread)
+            return
+        self._state = _HEAD
+        self._await_next_request()
+
+    def _await_next_request(self) -> None:
+        self._head_started = bool(self._buffer)
+        if self._head_started:
+            self._set_deadline(self.limits.head_timeout_seconds, "head")
+        else:
+            self._set_deadline(self.limits.idle_timeout_seconds, "idle")
+
+    def _reject(self, status: int, reason: str) -> None:
+        self.handler.on_rejected(self.part, self.source, status, reason)
+        self._respond(Response(status, b"", close=True), None)
+
+    # Uploads
+    def _start_upload(self, head: RequestHead, upload: Upload) -> None:
+        self._upload = upload
+        self._upload_head = head
+        self._body = bytearray()
+        self._state = _BODY
+        self._body_deadline = self.loop.time() + self.limits.body_total_timeout_seconds
+        if head.expects_continue and upload.length > 0 and self.transport is not None:
+            self.transport.write(CONTINUE)
+        already_read = bytes(self._buffer)
+        self._buffer.clear()
+        self._take_body(already_read)
+
+    def _take_body(self, data: bytes) -> None:
+        upload = self._upload
+        assert upload is not None
+        needed = upload.length - len(self._body)
+        self._body += data[:needed]
+        if len(data) > needed:
+            self._buffer += data[needed:]
+        if len(self._body) < upload.length:
+            if self.loop.time() > self._body_deadline:
+                self._reject(408, "request body took too long")
+                return
+            self._set_deadline(min(self.limits.body_idle_timeout_seconds, self._body_deadline - self.loop.time()), "body")
+            return
+        self._state = _BUSY
+        self._clear_deadline()
+        if self.transport is not None:
+            self.transport.pause_reading()
+        body = bytes(self._body)
+        self._body = bytearray()
+        self._task = self.loop.create_task(self._finish_upload(upload, body))
+
+    async def _finish_upload(self, upload: Upload, body: bytes) -> None:
+        head = self._upload_head
+        try:
+            response = await upload.complete(body)
+        except Exception:
+            log.exception("guest upload failed part=%s source=%s", self.part, self.source)
+            response = Response(500, b"", close=True)
+        finally:
+            self._release_upload()
+            self._task = None
+        if self._state == _CLOSED:
+            return
+        self._state = _HEAD
+        self._respond(response, head)
+        self._upload_head = None
+        if self._state == _HEAD and self.transport is not None:
+            self.transport.resume_reading()
+            self._process()
+
+    def _release_upload(self) -> None:
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            upload.release()
+
+    # Deadlines: one timer per connection, moved only when a deadline comes earlier.
+    def _set_deadline(self, seconds: float, reason: str) -> None:
+        deadline = self.loop.time() + max(0.0, seconds)
+        self._deadline = deadline
+        self._deadline_reason = reason
+        if self._timer is not None and self._timer_when <= deadline:
+            return
+        self._cancel_timer()
+        self._timer_when = deadline
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _clear_deadline(self) -> None:
+        self._deadline = None
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._state == _CLOSED or self._deadline is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer_when = self._deadline
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        reason = self._deadline_reason
+        if self._state == _DRAINING:
+            self._close_now()
+        elif reason == "write":
+            self._abort("client stopped reading")
+        elif reason == "idle" or (reason == "head" and not self._buffer and self._state == _HEAD):
+            self._close()
+        elif self._state in (_HEAD, _BODY):
+            self._reject(408, f"{reason} timed out")
+        else:
+            self._close()
+
+    def _close(self, linger: bool = False) -> None:
+        """Close after what is written; with `linger`, FIN first and drain (LINGER_SECONDS)."""
+        if self._state in (_CLOSED, _DRAINING):
+            return
+        transport = self.transport
+        if not linger or transport is None or self._peer_closed or not transport.can_write_eof():
+            self._close_now()
+            return
+        transport.write_eof()
+        self._state = _DRAINING
+        self._buffer.clear()
+        self._drained_bytes = 0
+        transport.resume_reading()
+        self._set_deadline(LINGER_SECONDS, "linger")
+
+    def _close_now(self) -> None:
+        self._state = _CLOSED
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _abort(self, reason: str) -> None:
+        log.debug("aborting guest connection part=%s source=%s reason=%s", self.part, self.source, reason)
+        self._state = _CLOSED
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.abort()

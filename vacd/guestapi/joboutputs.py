@@ -1,0 +1,128 @@
+"""A guest's $JOBOUTPUTS uploads: quota, atomic write, and when each file was received.
+
+Rules (behaviour reference §6.3, §6.7, §11; design anti-pattern 3):
+- An upload replaces MD/joboutputs/NAME atomically (vacd.atomicfile.write_atomic); the
+  name was checked by vacd.guestapi.features.upload_name, and only that directory is written.
+- A machine may keep at most `quota_bytes` in the directory (the sum of its regular
+  files, the one being replaced not counted) and at most MAX_FILES files; Vac had no limit,
+  so one guest could fill /var/lib/vac.
+- The times a name was first and last received go to the sidecar `.received.json`, so
+  the factory never reads a ctime: `shutdown_message`'s first receipt is its outcome time,
+  the heartbeat file's last receipt is its liveness. Dot files are ours: they are not
+  counted in the quota and a guest cannot write them.
+- These functions block (fsync); the server runs them on a thread pool, one at a time
+  per machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from vacd.atomicfile import read_text_or_none, write_atomic
+from vacd.errors import VacError
+from vacd.store import SHUTDOWN_MESSAGE_FILE
+
+log = logging.getLogger(__name__)
+
+RECEIVED_FILE = ".received.json"
+# Far more than any payload writes (a message, a heartbeat and a few logs).
+MAX_FILES = 1000
+
+
+class QuotaExceeded(VacError):
+    """An upload would take the machine's joboutputs past its quota."""
+
+
+@dataclass(frozen=True)
+class ReceivedTimes:
+    """When a joboutputs file was first and last received from the guest."""
+
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    total_bytes: int
+    file_count: int
+    sizes: dict[str, int]
+
+
+def usage(joboutputs_dir: Path) -> Usage:
+    """Bytes and files the guest holds in its joboutputs directory (dot files excluded)."""
+    sizes: dict[str, int] = {}
+    try:
+        with os.scandir(joboutputs_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+    except FileNotFoundError:
+        pass
+    return Usage(sum(sizes.values()), len(sizes), sizes)
+
+
+def quota_problem(joboutputs_dir: Path, name: str, length: int, quota_bytes: int) -> Optional[str]:
+    """Why writing `length` bytes to NAME would break the quota, or None if it would not."""
+    current = usage(joboutputs_dir)
+    replaced = current.sizes.get(name)
+    after = current.total_bytes - (replaced or 0) + length
+    if after > quota_bytes:
+        return f"joboutputs would hold {after} bytes, quota {quota_bytes}"
+    if replaced is None and current.file_count + 1 > MAX_FILES:
+        return f"joboutputs would hold more than {MAX_FILES} files"
+    return None
+
+
+def store_upload(joboutputs_dir: Path, name: str, content: bytes, now: int, quota_bytes: int) -> None:
+    """Write NAME atomically and record when it was received.
+
+    Raises:
+        QuotaExceeded: the write would break the quota; nothing is written.
+        OSError: the write failed; the old file, if any, is unchanged.
+    """
+    problem = quota_problem(joboutputs_dir, name, len(content), quota_bytes)
+    if problem is not None:
+        raise QuotaExceeded(problem)
+    write_atomic(joboutputs_dir / name, content)
+    times = received_times(joboutputs_dir)
+    previous = times.get(name)
+    times[name] = ReceivedTimes(first=previous.first if previous else now, last=now)
+    write_atomic(
+        joboutputs_dir / RECEIVED_FILE,
+        json.dumps({key: [value.first, value.last] for key, value in sorted(times.items())}) + "\n",
+    )
+
+
+def received_times(joboutputs_dir: Path) -> dict[str, ReceivedTimes]:
+    """Name -> when the guest first and last sent it; {} if nothing was received."""
+    raw_text = read_text_or_none(joboutputs_dir / RECEIVED_FILE)
+    if raw_text is None:
+        return {}
+    try:
+        fields = json.loads(raw_text)
+    except ValueError:
+        log.warning("unreadable joboutputs receipt file path=%s", joboutputs_dir / RECEIVED_FILE)
+        return {}
+    times: dict[str, ReceivedTimes] = {}
+    if isinstance(fields, dict):
+        for key, value in fields.items():
+            if (
+                isinstance(key, str)
+                and isinstance(value, list)
+                and len(value) == 2
+                and all(isinstance(item, int) for item in value)
+            ):
+                times[key] = ReceivedTimes(first=value[0], last=value[1])
+    return times
+
+
+def shutdown_message_time(joboutputs_dir: Path) -> Optional[int]:
+    """When the guest first sent its shutdown_message (§6.7 ctime replaced), or None."""
+    times = received_times(joboutputs_dir).get(SHUTDOWN_MESSAGE_FILE)
+    return times.first if times is not None else None

@@ -1,0 +1,341 @@
+"""The guest HTTP servers: metadata on 169.254.169.254:80, MJF and $JOBOUTPUTS on .253:80.
+
+Rules (behaviour reference §1.2, §6; design rule 6):
+- Both run as asyncio servers inside the daemon's event loop; each connection is a
+  GuestConnection, so timeouts and limits are per connection and a stuck guest blocks
+  no one. Blocking upload writes (fsync) run on a thread pool, one at a time per machine.
+- Every request is answered for the one machine whose slot owns the source address
+  (vacd.guestapi.machines). No machine, a finished one or one being destroyed: 404 and
+  nothing changes. A method the server does not offer: 405.
+- Listeners bind with IP_FREEBIND, so the servers may start before the bridge has its
+  addresses; an address that cannot be bound (an IPv6 link-local address whose interface
+  does not exist yet, a port in use) is retried every BIND_RETRY_SECONDS, as Vac restarted
+  its servers after 10 s (§1.2).
+- `heartbeats[part]` is the last time that part served a request or, while it is
+  listening, the last tick of its supervisor, so a quiet server is not mistaken for a dead
+  one (§11: Vac's HTTP heartbeats went stale without traffic). `counters` counts
+  responses by (part, path class, status).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import socket
+import time
+import weakref
+from collections import Counter
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Optional, Sequence, Union
+
+from vacd.config import Settings
+from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
+from vacd.guestapi.features import features_response, upload_name
+from vacd.guestapi.guest import GuestMachine
+from vacd.guestapi.joboutputs import QuotaExceeded, quota_problem, store_upload
+from vacd.guestapi.machines import MachineResolver, default_source_to_ordinal
+from vacd.guestapi.metadata import metadata_response
+from vacd.guestapi.requestpath import normalise_path
+from vacd.guestapi.wire import HeadCache, RequestHead, Response
+from vacd.paths import Paths
+from vacd.slots import GATEWAY_ADDRESS, METADATA_ADDRESS
+from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
+
+log = logging.getLogger(__name__)
+
+METADATA = "metadata"
+MJF = "mjf"
+PARTS = (METADATA, MJF)
+BIND_RETRY_SECONDS = 10.0
+HEARTBEAT_SECONDS = 10.0
+LISTEN_BACKLOG = 1024
+# Upload bodies are held in memory until written; this bounds them across all guests.
+MAX_UPLOAD_BYTES_IN_FLIGHT = 256 * 1024 * 1024
+MAX_CACHED_SOURCES = 4096
+# Linux <netinet/in.h>; the socket module gained the name only in Python 3.12.
+IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+
+
+@dataclass(frozen=True)
+class Listening:
+    part: str
+    host: str
+    port: int
+
+
+class GuestApiServer:
+    """The metadata and MJF servers of one factory."""
+
+    def __init__(
+        self,
+        paths: Paths,
+        store: Store,
+        settings_provider: Callable[[], Settings],
+        *,
+        metadata_addresses: Sequence[str] = (METADATA_ADDRESS,),
+        mjf_addresses: Sequence[str] = (GATEWAY_ADDRESS,),
+        port: int = 80,
+        source_to_ordinal: Optional[Callable[[str], Optional[int]]] = None,
+        limits: ConnectionLimits = ConnectionLimits(),
+        executor: Optional[Executor] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.paths = paths
+        self.store = store
+        self.settings_provider = settings_provider
+        self.port = port
+        self.limits = limits
+        self.executor = executor
+        self.clock = clock
+        self.source_to_ordinal = source_to_ordinal or default_source_to_ordinal
+        self.resolver = MachineResolver(paths, store, clock)
+        self.heartbeats: dict[str, float] = {}
+        self.counters: Counter[tuple[str, str, int]] = Counter()
+        self.listening: list[Listening] = []
+        self._wanted = [(METADATA, address) for address in metadata_addresses] + [
+            (MJF, address) for address in mjf_addresses
+        ]
+        self._servers: dict[tuple[str, str], asyncio.AbstractServer] = {}
+        self._connections: "weakref.WeakSet[GuestConnection]" = weakref.WeakSet()
+        self._connections_by_source: Counter[str] = Counter()
+        self._connection_count = 0
+        self._ordinals: dict[str, Optional[int]] = {}
+        self._upload_bytes_in_flight = 0
+        self._upload_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._supervisor: Optional[asyncio.Task[None]] = None
+        self._head_cache = HeadCache()
+        self._date_second = -1
+        self._date_text = ""
+
+    # Lifecycle
+    async def start(self) -> None:
+        """Bind every address that can be bound now; keep retrying the others."""
+        for part, address in self._wanted:
+            await self._try_bind(part, address)
+        now = self.clock()
+        for part in self._listening_parts():
+            self.heartbeats[part] = now
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection and wait for uploads being written."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            try:
+                await self._supervisor
+            except asyncio.CancelledError:
+                pass
+            self._supervisor = None
+        servers = list(self._servers.values())
+        self._servers.clear()
+        self.listening = []
+        for server in servers:
+            server.close()
+        pending = [connection.pending_task for connection in list(self._connections) if connection.pending_task]
+        if pending:
+            await asyncio.wait(pending, timeout=30.0)
+        for connection in list(self._connections):
+            connection.close_now()
+        for server in servers:
+            await server.wait_closed()
+
+    # ConnectionHandler
+    def admit(self, source: str) -> bool:
+        if self._connection_count >= self.limits.max_connections:
+            return False
+        if self._connections_by_source[source] >= self.limits.max_connections_per_source:
+            return False
+        self._connection_count += 1
+        self._connections_by_source[source] += 1
+        return True
+
+    def connection_closed(self, source: str) -> None:
+        self._connection_count -= 1
+        self._connections_by_source[source] -= 1
+        if self._connections_by_source[source] <= 0:
+            del self._connections_by_source[source]
+
+    def on_rejected(self, part: str, source: str, status: int, reason: str) -> None:
+        self.counters[(part, "rejected", status)] += 1
+        log.debug("guest request refused part=%s source=%s status=%s reason=%s", part, source, status, reason)
+
+    def date(self) -> str:
+        second = int(self.clock())
+        if second != self._date_second:
+            self._date_second = second
+            self._date_text = email.utils.formatdate(second, usegmt=True)
+        return self._date_text
+
+    def on_head(self, part: str, source: str, head: RequestHead) -> Union[Response, Upload]:
+        self.heartbeats[part] = self.clock()
+        machine = self._machine_of(source)
+        if machine is None:
+            log.debug("guest request from no live machine part=%s source=%s", part, source)
+            # Not a guest we serve: answer and drop the connection rather than keep it.
+            return self._counted(part, Response(404, path_class="identity", close=True))
+        method = head.method
+        if method not in ("GET", "HEAD", "PUT") or (part == METADATA and method == "PUT"):
+            allowed = "GET, HEAD" if part == METADATA else "GET, HEAD, PUT"
+            return self._counted(part, Response(405, path_class="method", close=True, headers=(("Allow", allowed),)))
+        path = normalise_path(head.target)
+        if method == "PUT":
+            return self._accept_upload(part, source, machine, head, path)
+        if path is None:
+            return self._counted(part, Response(404, path_class="refused_path"))
+        if part == METADATA:
+            response = metadata_response(path, machine)
+        else:
+            response = features_response(path, machine)
+        log.debug(
+            "guest request part=%s machine=%s path=%s status=%s", part, machine.record.name, path, response.status
+        )
+        return self._counted(part, response)
+
+    # Uploads ($JOBOUTPUTS, §6.3, §6.7)
+    def _accept_upload(
+        self, part: str, source: str, machine: GuestMachine, head: RequestHead, path: Optional[str]
+    ) -> Union[Response, Upload]:
+        name = upload_name(path)
+        if name is None:
+            return self._counted(part, Response(403, path_class="refused_path", close=True))
+        length = head.content_length
+        if length is None:
+            return self._counted(part, Response(411, path_class="joboutputs", close=True))
+        quota_bytes = self.settings_provider().joboutputs_quota_bytes
+        problem = quota_problem(machine.directory / "joboutputs", name, length, quota_bytes)
+        if problem is not None:
+            log.warning("joboutputs upload refused machine=%s name=%s reason=%s", machine.record.name, name, problem)
+            return self._counted(part, Response(413, path_class="joboutputs", close=True))
+        if self._upload_bytes_in_flight + length > MAX_UPLOAD_BYTES_IN_FLIGHT:
+            log.warning("joboutputs upload deferred machine=%s name=%s bytes=%s", machine.record.name, name, length)
+            return self._counted(part, Response(503, path_class="joboutputs", close=True, headers=(("Retry-After", "10"),)))
+        self._upload_bytes_in_flight += length
+        return Upload(
+            length=length,
+            complete=partial(self._complete_upload, part, source, machine, name),
+            release=partial(self._release_upload_bytes, length),
+        )
+
+    def _release_upload_bytes(self, length: int) -> None:
+        self._upload_bytes_in_flight -= length
+
+    async def _complete_upload(self, part: str, source: str, machine: GuestMachine, name: str, body: bytes) -> Response:
+        current = self._machine_of(source)
+        if current is None or current.record.uuid != machine.record.uuid:
+            return self._counted(part, Response(404, path_class="identity"))
+        key = str(machine.directory)
+        lock, users = self._upload_locks.get(key, (asyncio.Lock(), 0))
+        self._upload_locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                quota_bytes = self.settings_provider().joboutputs_quota_bytes
+                now = int(self.clock())
+                await asyncio.get_running_loop().run_in_executor(
+                    self.executor, store_upload, machine.directory / "joboutputs", name, body, now, quota_bytes
+                )
+        except QuotaExceeded as error:
+            log.warning("joboutputs upload refused machine=%s name=%s reason=%s", machine.record.name, name, error)
+            return self._counted(part, Response(413, path_class="joboutputs", close=True))
+        except OSError as error:
+            log.error("joboutputs write failed machine=%s name=%s error=%s", machine.record.name, name, error)
+            return self._counted(part, Response(500, path_class="joboutputs", close=True))
+        finally:
+            lock, users = self._upload_locks[key]
+            if users <= 1:
+                del self._upload_locks[key]
+            else:
+                self._upload_locks[key] = (lock, users - 1)
+        if name == SHUTDOWN_MESSAGE_FILE:
+            # Not a secret: the outcome code the whole space will see (§4.4).
+            first_line = body.decode("utf-8", errors="replace").strip().splitlines()[:1]
+            log.info(
+                "shutdown message received machine=%s message=%r", machine.record.name, (first_line or [""])[0][:200]
+            )
+        else:
+            log.debug("joboutputs received machine=%s name=%s bytes=%s", machine.record.name, name, len(body))
+        return self._counted(part, Response(201, path_class="joboutputs"))
+
+    # Identity
+    def _machine_of(self, source: str) -> Optional[GuestMachine]:
+        if source in self._ordinals:
+            ordinal = self._ordinals[source]
+        else:
+            ordinal = self.source_to_ordinal(source)
+            if len(self._ordinals) >= MAX_CACHED_SOURCES:
+                self._ordinals.clear()
+            self._ordinals[source] = ordinal
+        if ordinal is None:
+            return None
+        return self.resolver.machine_for(ordinal, self.settings_provider())
+
+    def _counted(self, part: str, response: Response) -> Response:
+        self.counters[(part, response.path_class, response.status)] += 1
+        return response
+
+    # Listeners
+    async def _try_bind(self, part: str, address: str) -> bool:
+        try:
+            listening_socket = _listening_socket(address, self.port)
+        except OSError as error:
+            log.error(
+                "guest server cannot listen part=%s address=%s port=%s error=%s retry_in=%ss",
+                part,
+                address,
+                self.port,
+                error,
+                BIND_RETRY_SECONDS,
+            )
+            return False
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: self._new_connection(part), sock=listening_socket, backlog=LISTEN_BACKLOG
+        )
+        self._servers[(part, address)] = server
+        host, port = listening_socket.getsockname()[:2]
+        self.listening.append(Listening(part, str(host), int(port)))
+        log.info("guest server listening part=%s address=%s port=%s", part, host, port)
+        return True
+
+    def _new_connection(self, part: str) -> GuestConnection:
+        connection = GuestConnection(part, self, self.limits, self._head_cache)
+        self._connections.add(connection)
+        return connection
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(min(BIND_RETRY_SECONDS, HEARTBEAT_SECONDS))
+            for part, address in self._wanted:
+                if (part, address) not in self._servers:
+                    await self._try_bind(part, address)
+            now = self.clock()
+            for part in self._listening_parts():
+                self.heartbeats[part] = max(self.heartbeats.get(part, 0.0), now)
+
+    def _listening_parts(self) -> set[str]:
+        return {part for part, _address in self._servers}
+
+
+def _listening_socket(address: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on `address` (`fe80::a9fe:a9fe%br0` for link-local)."""
+    family, socket_type, protocol, _name, socket_address = socket.getaddrinfo(
+        address, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+    )[0]
+    listening_socket = socket.socket(family, socket_type, protocol)
+    try:
+        listening_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            listening_socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            listening_socket.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        except OSError as error:
+            log.debug("IP_FREEBIND unavailable address=%s error=%s", address, error)
+        listening_socket.bind(socket_address)
+        listening_socket.listen(LISTEN_BACKLOG)
+        listening_socket.setblocking(False)
+    except BaseException:
+        listening_socket.close()
+        raise
+    return listening_socket
