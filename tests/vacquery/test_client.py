@@ -1,0 +1,251 @@
+"""vacquery.client: the census state machine against real responders on an in-memory network."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from typing import Callable, Iterator, Optional
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.vacquery.sample_statuses import SPACE, snapshot
+from vacquery.client import Census, RetransmitPolicy, cookie_for
+from vacquery.codec import EncodedSnapshot, encode, encode_snapshot
+from vacquery.messages import MachinetypesQuery, MessageType
+from vacquery.responder import respond
+
+FACTORIES = ("f1.example.com", "f2.example.com", "f3.example.com")
+SNAPSHOTS = {name: encode_snapshot(snapshot(name, slots=4, machinetypes=("lhcb", "atlas", "cms")))
+             for name in FACTORIES}
+ONE_WAY = 0.0005  # seconds
+
+# (copies delivered, delay of each) for one datagram
+Fate = Callable[[str, bytes], list[float]]
+
+
+def lossless(_direction: str, _datagram: bytes) -> list[float]:
+    return [ONE_WAY]
+
+
+class InMemoryNetwork:
+    """Census on one side, real `respond()` per factory on the other; time only advances here."""
+
+    def __init__(self, fate: Fate = lossless, snapshots: Optional[dict[str, EncodedSnapshot]] = None,
+                 tamper: Optional[Callable[[bytes], list[bytes]]] = None) -> None:
+        self.fate = fate
+        self.snapshots = SNAPSHOTS if snapshots is None else snapshots
+        self.tamper = tamper
+        self.sent: list[tuple[float, str]] = []
+        self._queue: list[tuple[float, int, str, str, bytes]] = []
+        self._sequence = 0
+
+    def _schedule(self, when: float, kind: str, peer: str, datagram: bytes) -> None:
+        self._sequence += 1
+        heapq.heappush(self._queue, (when, self._sequence, kind, peer, datagram))
+
+    def run(self, census: Census, start: float = 0.0, max_steps: int = 100_000) -> float:
+        now = start
+        for _ in range(max_steps):
+            for name, datagram in census.datagrams_to_send(now):
+                self.sent.append((now, name))
+                for delay in self.fate("query", datagram):
+                    self._schedule(now + delay, "query", name, datagram)
+            if census.done:
+                return now
+            wake = census.next_wakeup
+            if self._queue and self._queue[0][0] <= wake:
+                now, _, kind, peer, datagram = heapq.heappop(self._queue)
+                if kind == "query":
+                    for reply in self._answers(peer, datagram, now):
+                        for delay in self.fate("reply", reply):
+                            self._schedule(now + delay, "reply", peer, reply)
+                else:
+                    census.receive(datagram, peer, now)
+            else:
+                now = max(now, wake)
+        raise AssertionError("census never finished")
+
+    def _answers(self, peer: str, datagram: bytes, now: float) -> Iterator[bytes]:
+        if peer not in self.snapshots:
+            return
+        for reply in respond(datagram, "client", self.snapshots[peer], now, trusted_sources=frozenset(["client"])):
+            yield from (self.tamper(reply) if self.tamper else [reply])
+
+
+def new_census(kind: MessageType = MessageType.MACHINETYPES_QUERY, factories: tuple[str, ...] = FACTORIES,
+               deadline: float = 2.0, **options: object) -> Census:
+    return Census(kind, SPACE, factories, 0.0, deadline_seconds=deadline, salt="salt", **options)  # type: ignore[arg-type]
+
+
+def test_loss_free_census_finishes_after_one_round_trip() -> None:
+    census = new_census()
+    finished = InMemoryNetwork().run(census)
+    result = census.result
+    assert finished == pytest.approx(2 * ONE_WAY)
+    assert result.complete == set(FACTORIES) and result.completeness == 1.0
+    assert result.datagrams_sent == 3 and result.statuses_heard == 9
+    assert result.smoothed_rtt_seconds == pytest.approx(2 * ONE_WAY)
+
+
+@pytest.mark.parametrize("kind, per_factory", [(MessageType.MACHINES_QUERY, 4), (MessageType.FACTORY_QUERY, 1)])
+def test_every_kind_counts_its_own_replies(kind: MessageType, per_factory: int) -> None:
+    census = new_census(kind)
+    InMemoryNetwork().run(census)
+    assert census.result.statuses_heard == 3 * per_factory and census.result.complete == set(FACTORIES)
+
+
+def test_factory_that_answered_two_of_three_machinetypes_is_asked_again() -> None:
+    dropped: list[bytes] = []
+
+    def lose_one_cms_reply(direction: str, datagram: bytes) -> list[float]:
+        if direction == "reply" and not dropped and b'"factory": "f2.example.com"' in datagram \
+                and b'"machinetype": "cms"' in datagram:
+            dropped.append(datagram)
+            return []
+        return [ONE_WAY]
+
+    network = InMemoryNetwork(lose_one_cms_reply)
+    census = new_census()
+    network.run(census)
+    assert [name for _, name in network.sent].count("f2.example.com") == 2
+    assert all([name for _, name in network.sent].count(name) == 1 for name in ("f1.example.com", "f3.example.com"))
+    assert census.result.complete == set(FACTORIES)
+
+
+def _rewrite(change: dict[str, object], remove: Optional[str] = None) -> Callable[[bytes], list[bytes]]:
+    def tamper(reply: bytes) -> list[bytes]:
+        document = json.loads(reply)
+        if document["factory"] != "f2.example.com":
+            return [reply]
+        document.update(change)
+        if remove:
+            del document[remove]
+        return [json.dumps(document).encode()]
+    return tamper
+
+
+@pytest.mark.parametrize(
+    "tamper, drop_reason",
+    [
+        (_rewrite({"cookie": "0" * 64}), "wrong_cookie"),
+        (_rewrite({"space": "other.example.com"}), "wrong_space"),
+        (_rewrite({}, remove="num_before_fizzle"), "malformed"),
+        # f2 answers under another name: Vac's "factory differs from the name queried" (§3.7).
+        (_rewrite({"factory": "f2.other.example.com"}), "unknown_factory"),
+        (_rewrite({"factory": "f3.example.com"}), "wrong_cookie"),
+        (_rewrite({"message_type": "machine_status", "machine": "x", "state": "Running"}), "malformed"),
+    ],
+)
+def test_replies_failing_vac_acceptance_are_discarded(tamper: Callable[[bytes], list[bytes]], drop_reason: str) -> None:
+    census = new_census()
+    InMemoryNetwork(tamper=tamper).run(census)
+    result = census.result
+    assert "f2.example.com" in result.silent
+    assert result.complete == {"f1.example.com", "f3.example.com"}
+    assert result.drops[drop_reason] >= 3
+    assert {status.factory for name in result.replies for status in result.statuses(name)} == {
+        "f1.example.com", "f3.example.com"}
+
+
+def test_census_gives_up_on_silent_peer_at_deadline() -> None:
+    snapshots = {name: SNAPSHOTS[name] for name in FACTORIES[:2]}
+    network = InMemoryNetwork(snapshots=snapshots)
+    census = new_census(deadline=1.5)
+    finished = network.run(census)
+    assert finished == 1.5 and census.done
+    assert census.result.silent == ("f3.example.com",) and census.result.finished == 1.5
+    assert census.result.completeness == pytest.approx(6 / 9)
+
+
+def test_retransmissions_back_off_from_measured_rtt_to_a_cap() -> None:
+    policy = RetransmitPolicy()
+    snapshots = {name: SNAPSHOTS[name] for name in FACTORIES[:2]}
+    network = InMemoryNetwork(snapshots=snapshots)
+    network.run(new_census(deadline=1.0))
+    times = [when for when, name in network.sent if name == "f3.example.com"]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert gaps[0] == pytest.approx(policy.min_timeout_seconds)  # 4 x 1 ms RTT is under the floor
+    assert gaps[1] == pytest.approx(policy.min_timeout_seconds * policy.backoff)
+    assert max(gaps) == pytest.approx(policy.max_timeout_seconds)
+    assert all(later >= earlier - 1e-12 for earlier, later in zip(gaps, gaps[1:]))
+
+
+def test_slow_network_retransmits_after_four_smoothed_rtts() -> None:
+    snapshots = {name: SNAPSHOTS[name] for name in FACTORIES[:2]}
+    network = InMemoryNetwork(fate=lambda direction, datagram: [0.05], snapshots=snapshots)
+    network.run(new_census(deadline=2.0))
+    times = [when for when, name in network.sent if name == "f3.example.com"]
+    assert times[1] - times[0] == pytest.approx(4 * 0.1)
+
+
+def test_carried_rtt_sets_the_first_retransmission() -> None:
+    network = InMemoryNetwork(snapshots={})
+    network.run(new_census(factories=("f9.example.com",), deadline=1.0, initial_rtt_seconds=0.05))
+    assert network.sent[1][0] - network.sent[0][0] == pytest.approx(0.2)
+
+
+def test_duplicated_replies_are_counted_once() -> None:
+    census = new_census()
+    InMemoryNetwork(fate=lambda direction, datagram: [ONE_WAY, 2 * ONE_WAY]).run(census)
+    assert census.result.statuses_heard == 9 and census.result.datagrams_sent == 3
+
+
+def test_factory_names_are_compared_in_lower_case() -> None:
+    census = new_census(factories=("F1.Example.COM",))
+    InMemoryNetwork().run(census)
+    assert census.result.complete == {"f1.example.com"}
+
+
+def test_cookie_is_vac_sha256_of_salt_and_factory() -> None:
+    assert cookie_for("c2FsdA==", "f1.example.com") == hashlib.sha256(b"c2FsdA==f1.example.com").hexdigest()
+
+
+def test_empty_census_is_done_at_once() -> None:
+    census = new_census(factories=())
+    assert census.done and census.datagrams_to_send(0.0) == [] and census.result.completeness == 1.0
+
+
+def test_late_datagrams_after_the_deadline_are_dropped() -> None:
+    census = new_census(deadline=0.1)
+    census.datagrams_to_send(0.0)
+    census.datagrams_to_send(0.2)
+    query = encode(MachinetypesQuery(SPACE, cookie_for("salt", "f1.example.com")))
+    reply = respond(query, "client", SNAPSHOTS["f1.example.com"], 0.2, trusted_sources=frozenset(["client"]))[0]
+    census.receive(reply, "f1.example.com", 0.2)
+    assert census.result.statuses_heard == 0 and census.result.drops == {"late": 1}
+
+
+fates = st.lists(st.tuples(st.integers(min_value=0, max_value=2), st.floats(min_value=0.0, max_value=0.3)),
+                 min_size=1, max_size=64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fate_table=fates, forged=st.booleans(), deadline=st.floats(min_value=0.05, max_value=3.0))
+def test_census_under_loss_duplication_and_reordering_keeps_its_promises(
+    fate_table: list[tuple[int, float]], forged: bool, deadline: float
+) -> None:
+    position = [0]
+
+    def fate(_direction: str, _datagram: bytes) -> list[float]:
+        copies, delay = fate_table[position[0] % len(fate_table)]
+        position[0] += 1
+        return [delay + index * 0.001 for index in range(copies)]
+
+    def forge(reply: bytes) -> list[bytes]:
+        # An off-path attacker's copy with a guessed cookie and poisoned numbers.
+        document = json.loads(reply)
+        document.update(cookie="f" * 64, running_hs06=999999.0)
+        return [json.dumps(document).encode(), reply] if forged else [reply]
+
+    census = new_census(deadline=deadline)
+    finished = InMemoryNetwork(fate, tamper=forge).run(census)
+    result = census.result
+    assert finished <= deadline and result.finished is not None and result.finished <= deadline
+    assert all(reply.cookie == cookie_for("salt", name) for name in result.replies for reply in result.replies[name])
+    assert all(status.running_hs06 == 20.0 for name in result.replies for status in result.statuses(name))  # type: ignore[union-attr]
+    assert result.statuses_heard <= 9
+    if result.complete == set(FACTORIES):
+        assert result.completeness == 1.0

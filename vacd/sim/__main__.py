@@ -1,0 +1,105 @@
+"""Run a site scenario from the command line: `python -m vacd.sim --factories 100 --loss 0.5`.
+
+Prints one summary line per policy and can write the time series (fill, share error,
+workless fraction, census completeness, creations, aborts, backoff events, busy
+processors per machinetype) as CSV and the summaries and series as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict
+from typing import Optional, Sequence, TextIO
+
+from vacd.sim.events import NetworkConditions
+from vacd.sim.scenario import CENSUS_MODES, POLICIES, Scenario, SiteRun, standard_machinetypes
+from vacd.sim.site import run_scenario
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vacd.sim", description=__doc__)
+    parser.add_argument("--factories", type=int, default=10)
+    parser.add_argument("--processors", type=int, default=32, help="per factory")
+    parser.add_argument("--hours", type=float, default=1.0, help="simulated site time")
+    parser.add_argument("--policy", choices=[*POLICIES, "both"], default="both")
+    parser.add_argument("--loss", type=float, default=0.0, help="probability each datagram is lost")
+    parser.add_argument("--duplication", type=float, default=0.0)
+    parser.add_argument("--delay-min", type=float, default=0.0002, help="one-way delay, seconds")
+    parser.add_argument("--delay-max", type=float, default=0.001)
+    parser.add_argument("--census", choices=CENSUS_MODES, default="auto")
+    parser.add_argument("--census-deadline", type=float, default=2.0)
+    parser.add_argument("--cycle-seconds", type=float, default=30.0)
+    parser.add_argument("--creation-seconds", type=float, default=5.0)
+    parser.add_argument("--max-creations", type=int, default=4, help="per pass (vacd policy)")
+    parser.add_argument("--workless", default="vo-a", help="machinetype whose payloads find no work (300)")
+    parser.add_argument("--failure-rate", type=float, default=0.0, help="fraction of working payloads ending 700")
+    parser.add_argument("--sample-seconds", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--csv", help="write the time series here")
+    parser.add_argument("--json", help="write summaries and time series here")
+    return parser
+
+
+def _write_csv(runs: Sequence[SiteRun], out: TextIO) -> None:
+    names = [machinetype.name for machinetype in runs[0].scenario.machinetypes]
+    writer = csv.writer(out)
+    writer.writerow(["policy", "time", "fill", "useful_fill", "share_error", "workless_fraction",
+                     "census_completeness", "censuses", "creations", "aborts", "backoff_events",
+                     *[f"busy_{name}" for name in names]])
+    for run in runs:
+        for sample in run.samples:
+            writer.writerow([run.scenario.policy, f"{sample.time:.0f}", f"{sample.fill:.4f}",
+                             f"{sample.useful_fill:.4f}", f"{sample.share_error:.4f}",
+                             f"{sample.workless_fraction:.4f}",
+                             "" if sample.census_completeness is None else f"{sample.census_completeness:.5f}",
+                             sample.censuses, sample.creations, sample.aborts, sample.backoff_events,
+                             *[sample.busy_processors[name] for name in names]])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    options = _parser().parse_args(argv)
+    policies = POLICIES if options.policy == "both" else (options.policy,)
+    runs = []
+    for policy in policies:
+        scenario = Scenario(
+            machinetypes=standard_machinetypes(options.workless, options.failure_rate),
+            factories=options.factories,
+            processors=options.processors,
+            duration_seconds=options.hours * 3600,
+            policy=policy,
+            network=NetworkConditions(options.loss, options.duplication, options.delay_min, options.delay_max),
+            census=options.census,
+            census_deadline_seconds=options.census_deadline,
+            cycle_seconds=options.cycle_seconds,
+            creation_seconds=options.creation_seconds,
+            max_creations_per_cycle=options.max_creations,
+            sample_seconds=options.sample_seconds,
+            seed=options.seed,
+        )
+        started = time.monotonic()
+        run = run_scenario(scenario)
+        summary = {**run.summary(), "wall_seconds": round(time.monotonic() - started, 1)}
+        print(" ".join(f"{key}={_show(value)}" for key, value in summary.items()))
+        runs.append((run, summary))
+    if options.csv:
+        with open(options.csv, "w", newline="") as out:
+            _write_csv([run for run, _ in runs], out)
+    if options.json:
+        with open(options.json, "w") as out:
+            json.dump([{"summary": summary, "samples": [asdict(sample) for sample in run.samples]}
+                       for run, summary in runs], out, indent=1)
+    return 0
+
+
+def _show(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""What a simulated site is made of and what a run measured: scenarios, samples, summaries.
+
+Rules: values only (frozen dataclasses); the run itself is in site.py. Shares are
+judged on machinetypes that have work: their target fraction of capacity is their share
+over the sum of the working shares. "Fill" is busy processors / capacity, whatever runs
+on them; "useful fill" counts only machinetypes that have work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from vacd.config import Machinetype
+from vacd.outcomes import is_abort
+from vacd.sim.events import NetworkConditions
+
+POLICIES = ("vacd", "vac03")
+CENSUS_MODES = ("auto", "real", "model")
+# Above this many factories "auto" uses the census model (see model.py for why).
+AUTO_MODEL_FACTORIES = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One way a payload can end: with this probability, after [min, max] seconds, with this message."""
+
+    probability: float
+    shutdown_message: Optional[str]
+    min_seconds: float
+    max_seconds: float
+
+
+@dataclass(frozen=True)
+class MachinetypeScenario:
+    name: str
+    target_share: float
+    outcomes: tuple[Outcome, ...]
+    backoff_seconds: int = 10
+    fizzle_seconds: int = 600
+    max_wallclock_seconds: int = 86400
+
+    def __post_init__(self) -> None:
+        if abs(sum(outcome.probability for outcome in self.outcomes) - 1.0) > 1e-9:
+            raise ValueError(f"outcome probabilities of {self.name} must sum to 1")
+
+    @property
+    def has_work(self) -> bool:
+        return any(not is_abort(outcome.shutdown_message) for outcome in self.outcomes)
+
+    def machinetype(self) -> Machinetype:
+        return Machinetype(
+            name=self.name,
+            machinegroup=self.name,
+            machinetype_path=Path("/var/lib/vac/machinetypes") / self.name,
+            target_share=self.target_share,
+            backoff_seconds=self.backoff_seconds,
+            fizzle_seconds=self.fizzle_seconds,
+            max_wallclock_seconds=self.max_wallclock_seconds,
+            min_wallclock_seconds=self.max_wallclock_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    machinetypes: tuple[MachinetypeScenario, ...]
+    factories: int = 10
+    processors: int = 32
+    duration_seconds: float = 3600.0
+    policy: str = "vacd"
+    network: NetworkConditions = NetworkConditions()
+    census: str = "auto"
+    census_deadline_seconds: float = 2.0
+    cycle_seconds: float = 30.0
+    creation_seconds: float = 5.0
+    max_creations_per_cycle: int = 4
+    probe_spread_seconds: int = 60
+    sample_seconds: float = 10.0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}")
+        if self.census not in CENSUS_MODES:
+            raise ValueError(f"census must be one of {CENSUS_MODES}")
+
+    @property
+    def uses_census_model(self) -> bool:
+        return self.census == "model" or (self.census == "auto" and self.factories > AUTO_MODEL_FACTORIES)
+
+
+def standard_machinetypes(workless: str = "vo-a", failure_rate: float = 0.0) -> tuple[MachinetypeScenario, ...]:
+    """Shares 4:3:2:1; `workless` only ever finds no work (300 after 1-3 min), the others
+    work 1-3 h and end with 200, or with `700` after 10-60 min at `failure_rate`."""
+    work: tuple[Outcome, ...] = (Outcome(1.0, "200 Success", 3600, 10800),)
+    if failure_rate > 0:
+        work = (Outcome(1.0 - failure_rate, "200 Success", 3600, 10800),
+                Outcome(failure_rate, "700 Payload failed", 600, 3600))
+    no_work = (Outcome(1.0, "300 No more work", 60, 180),)
+    shares = (("vo-a", 4.0), ("vo-b", 3.0), ("vo-c", 2.0), ("vo-d", 1.0))
+    return tuple(MachinetypeScenario(name, share, no_work if name == workless else work) for name, share in shares)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The site at one instant, and what happened since the previous sample."""
+
+    time: float
+    busy_processors: dict[str, int]
+    fill: float  # busy processors / capacity, whatever runs on them
+    useful_fill: float  # processors busy with machinetypes that have work / capacity
+    share_error: float  # max over working machinetypes of |fraction of capacity - target|
+    workless_fraction: float
+    census_completeness: Optional[float]
+    censuses: int
+    creations: int
+    aborts: int
+    backoff_events: int
+
+
+@dataclass(frozen=True)
+class SiteRun:
+    scenario: Scenario
+    samples: tuple[Sample, ...]
+    datagrams_sent: int
+    events_run: int
+    censuses: int
+
+    @property
+    def capacity(self) -> int:
+        return self.scenario.factories * self.scenario.processors
+
+    def time_to_fill(self, threshold: float = 0.98) -> Optional[float]:
+        """When busy processors first reached `threshold` of capacity (any machinetype)."""
+        return next((sample.time for sample in self.samples if sample.fill >= threshold), None)
+
+    def time_to_useful_fill(self, threshold: float = 0.98) -> Optional[float]:
+        """When processors busy with machinetypes that have work first reached `threshold`."""
+        return next((sample.time for sample in self.samples if sample.useful_fill >= threshold), None)
+
+    def _after_useful_fill(self) -> list[Sample]:
+        filled = self.time_to_useful_fill()
+        return [] if filled is None else [sample for sample in self.samples if sample.time >= filled]
+
+    def mean_share_error_after_fill(self) -> Optional[float]:
+        after = self._after_useful_fill()
+        return sum(sample.share_error for sample in after) / len(after) if after else None
+
+    def max_share_error_after_fill(self) -> Optional[float]:
+        after = self._after_useful_fill()
+        return max(sample.share_error for sample in after) if after else None
+
+    def mean_workless_fraction_after_fill(self) -> Optional[float]:
+        after = self._after_useful_fill()
+        return sum(sample.workless_fraction for sample in after) / len(after) if after else None
+
+    def mean_workless_fraction(self) -> float:
+        return sum(sample.workless_fraction for sample in self.samples) / max(1, len(self.samples))
+
+    def mean_census_completeness(self) -> Optional[float]:
+        weighted = [(s.census_completeness, s.censuses) for s in self.samples if s.census_completeness is not None]
+        total = sum(count for _, count in weighted)
+        return sum(value * count for value, count in weighted) / total if total else None
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "policy": self.scenario.policy,
+            "factories": self.scenario.factories,
+            "processors": self.scenario.processors,
+            "loss": self.scenario.network.loss,
+            "census": "model" if self.scenario.uses_census_model else "real",
+            "time_to_fill_seconds": self.time_to_fill(),
+            "time_to_useful_fill_seconds": self.time_to_useful_fill(),
+            "mean_share_error_after_fill": self.mean_share_error_after_fill(),
+            "max_share_error_after_fill": self.max_share_error_after_fill(),
+            "mean_workless_fraction": self.mean_workless_fraction(),
+            "mean_workless_fraction_after_fill": self.mean_workless_fraction_after_fill(),
+            "mean_census_completeness": self.mean_census_completeness(),
+            "censuses": self.censuses,
+            "creations": sum(sample.creations for sample in self.samples),
+            "aborts": sum(sample.aborts for sample in self.samples),
+            "backoff_events": sum(sample.backoff_events for sample in self.samples),
+            "datagrams_sent": self.datagrams_sent,
+            "events_run": self.events_run,
+        }

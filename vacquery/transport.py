@@ -1,0 +1,281 @@
+"""Carry VacQuery datagrams over UDP: the only vacquery module that touches sockets or clocks.
+
+Two drivers around the sans-I/O core:
+- `run_census(census, sockets, addresses, port=...)`: a blocking loop (selectors) for the
+  factory's pass (run it in a worker thread) and for the `vac` command. It signs what it
+  sends and verifies what it receives when given an `Authenticator`, so the census
+  itself never sees auth trailers.
+- `ResponderProtocol`: an asyncio DatagramProtocol answering with `responder.respond`
+  from the last published snapshot, bound by `start_responder` to
+  `[settings] vacquery_bind_address`:`vacquery_port` (`::` listens on IPv6 and IPv4).
+
+Rules: IPv4 and IPv6 alike; every datagram dropped is counted by reason; a failure to
+handle one datagram is logged and counted, never raised into the event loop. Socket
+buffers are asked for 16 MiB as Vac did (§3.1); the kernel caps them at
+net.core.{r,w}mem_max, which we do not raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import selectors
+import socket
+import time
+from collections import Counter
+from typing import Any, AbstractSet, Callable, Mapping, Optional, Sequence
+
+from vacquery.auth import AuthRejected, Authenticator
+from vacquery.client import Census, CensusResult
+from vacquery.codec import MAX_DATAGRAM_BYTES, EncodedSnapshot, encode_snapshot
+from vacquery.messages import Snapshot
+from vacquery.responder import ReplyBudget, respond
+
+log = logging.getLogger(__name__)
+
+VACQUERY_PORT = 995
+SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
+
+
+def source_host(address: Any) -> str:
+    """The host part of a socket address, with IPv4-mapped IPv6 turned back into IPv4."""
+    host = str(address[0])
+    if host.startswith("::ffff:"):
+        try:
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped
+        except ValueError:
+            return host
+        if mapped is not None:
+            return str(mapped)
+    return host
+
+
+def _family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+def _ask_for_big_buffers(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        except OSError as error:
+            log.debug("cannot size socket buffer option=%s error=%s", option, error)
+
+
+class CensusSockets:
+    """One non-blocking ephemeral UDP socket per address family, opened when first needed."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[socket.AddressFamily, socket.socket] = {}
+
+    def for_family(self, family: socket.AddressFamily) -> socket.socket:
+        sock = self._sockets.get(family)
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            _ask_for_big_buffers(sock)
+            sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+            self._sockets[family] = sock
+        return sock
+
+    @property
+    def open_sockets(self) -> tuple[socket.socket, ...]:
+        return tuple(self._sockets.values())
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+    def __enter__(self) -> "CensusSockets":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def run_census(
+    census: Census,
+    sockets: CensusSockets,
+    addresses: Mapping[str, Sequence[str]],
+    *,
+    port: int = VACQUERY_PORT,
+    authenticator: Optional[Authenticator] = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    counters: Optional[Counter[str]] = None,
+) -> CensusResult:
+    """Drive `census` to completion or its deadline; `census` must run on `monotonic` time.
+
+    `addresses` maps each factory name to its IP addresses; successive queries to one
+    factory go to its addresses in turn, so a dead IPv6 path does not silence an IPv4 one.
+    """
+    tally: Counter[str] = counters if counters is not None else Counter()
+    sent_per_factory: Counter[str] = Counter()
+    addresses = {name.lower(): hosts for name, hosts in addresses.items()}  # the census lower-cases names
+    for family in {_family_of(host) for hosts in addresses.values() for host in hosts}:
+        sockets.for_family(family)
+    selector = selectors.DefaultSelector()
+    try:
+        for sock in sockets.open_sockets:
+            selector.register(sock, selectors.EVENT_READ)
+        while True:
+            now = monotonic()
+            for name, datagram in census.datagrams_to_send(now):
+                _send(name, datagram, sockets, addresses, port, authenticator, wall_clock, sent_per_factory, tally)
+            if census.done:
+                break
+            timeout = max(0.0, census.next_wakeup - monotonic())
+            for key, _ in selector.select(timeout):
+                _drain(key.fileobj, census, authenticator, monotonic, wall_clock, tally)  # type: ignore[arg-type]
+    finally:
+        selector.close()
+    return census.result
+
+
+def _send(
+    name: str,
+    datagram: bytes,
+    sockets: CensusSockets,
+    addresses: Mapping[str, Sequence[str]],
+    port: int,
+    authenticator: Optional[Authenticator],
+    wall_clock: Callable[[], float],
+    sent_per_factory: Counter[str],
+    tally: Counter[str],
+) -> None:
+    hosts = addresses.get(name, ())
+    if not hosts:
+        tally["no_address"] += 1
+        return
+    host = hosts[sent_per_factory[name] % len(hosts)]
+    sent_per_factory[name] += 1
+    if authenticator is not None:
+        datagram = authenticator.sign(datagram, wall_clock())
+    try:
+        sockets.for_family(_family_of(host)).sendto(datagram, (host, port))
+    except OSError as error:
+        tally["send_error"] += 1
+        log.debug("cannot send query factory=%s address=%s error=%s", name, host, error)
+
+
+def _drain(
+    sock: socket.socket,
+    census: Census,
+    authenticator: Optional[Authenticator],
+    monotonic: Callable[[], float],
+    wall_clock: Callable[[], float],
+    tally: Counter[str],
+) -> None:
+    """Read every datagram waiting on `sock` into the census."""
+    while True:
+        try:
+            data, address = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            # ICMP port unreachable from a dead peer surfaces here on Linux.
+            tally["receive_error"] += 1
+            log.debug("receive error error=%s", error)
+            return
+        host = source_host(address)
+        if authenticator is not None:
+            try:
+                data = authenticator.verify(data, wall_clock(), host).body
+            except AuthRejected as rejection:
+                tally[f"auth_{rejection.reason}"] += 1
+                continue
+        census.receive(data, host, monotonic())
+
+
+class ResponderProtocol(asyncio.DatagramProtocol):
+    """Answers VacQuery requests from the snapshot the factory last published."""
+
+    def __init__(
+        self,
+        *,
+        authenticator: Optional[Authenticator] = None,
+        budget: Optional[ReplyBudget] = None,
+        trusted_sources: AbstractSet[str] = frozenset(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.authenticator = authenticator
+        self.budget = budget if budget is not None else ReplyBudget()
+        self.trusted_sources: AbstractSet[str] = frozenset(trusted_sources)
+        self.counters: Counter[str] = Counter()
+        self.last_datagram_time: Optional[float] = None
+        self._clock = clock
+        self._encoded: Optional[EncodedSnapshot] = None
+        self._transport: Optional[asyncio.DatagramTransport] = None
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Answer from `snapshot` from now on (encoded once here).
+
+        Safe to call from the factory's thread: the encoded snapshot is swapped in by one
+        attribute assignment, which the event loop thread sees whole or not at all.
+        """
+        self._encoded = encode_snapshot(snapshot)
+
+    def set_trusted_sources(self, hosts: AbstractSet[str]) -> None:
+        """The addresses of the space's factories (amplification rule 3b of responder.py)."""
+        self.trusted_sources = frozenset(hosts)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        now = self._clock()
+        self.last_datagram_time = now
+        if self._encoded is None or self._transport is None:
+            self.counters["no_snapshot"] += 1
+            return
+        host = source_host(addr)
+        try:
+            replies = respond(
+                data,
+                host,
+                self._encoded,
+                now,
+                authenticator=self.authenticator,
+                budget=self.budget,
+                trusted_sources=self.trusted_sources,
+                counters=self.counters,
+            )
+        except Exception:  # boundary: one datagram must never stop the responder
+            self.counters["error"] += 1
+            log.exception("failed to answer datagram peer=%s", host)
+            return
+        for reply in replies:
+            self._transport.sendto(reply, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        self.counters["socket_error"] += 1
+        log.debug("responder socket error error=%s", exc)
+
+
+def open_responder_socket(bind_address: str, port: int) -> socket.socket:
+    """A bound, non-blocking UDP socket; `::` also accepts IPv4 (dual stack)."""
+    family = _family_of(bind_address)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind_address == "::" else 1)
+        _ask_for_big_buffers(sock)
+        sock.bind((bind_address, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def start_responder(
+    bind_address: str, port: int, protocol: ResponderProtocol
+) -> asyncio.DatagramTransport:
+    """Serve `protocol` on bind_address:port; close the returned transport to stop."""
+    sock = open_responder_socket(bind_address, port)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+    log.info("VacQuery responder listening address=%s port=%s", bind_address, sock.getsockname()[1])
+    return transport
