@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
@@ -66,6 +67,22 @@ class ReloadingConfig:
         return config
 
 
+LOSS_ENVIRONMENT_VARIABLE = "VAC_TEST_DATAGRAM_LOSS"
+
+
+def injected_datagram_loss() -> Optional[Any]:
+    """Tests only: drop this fraction of outgoing VacQuery datagrams ($VAC_TEST_DATAGRAM_LOSS)."""
+    from vacquery.transport import InjectedLoss
+
+    raw_text = os.environ.get(LOSS_ENVIRONMENT_VARIABLE)
+    if not raw_text:
+        return None
+    loss = InjectedLoss(float(raw_text))
+    log.warning("dropping %.0f%% of outgoing VacQuery datagrams (%s is set: tests only)",
+                100 * loss.probability, LOSS_ENVIRONMENT_VARIABLE)
+    return loss
+
+
 def load_average() -> float:
     """The largest of the 1, 5 and 15 minute load averages (§4.1)."""
     return max(os.getloadavg())
@@ -87,6 +104,17 @@ class ServiceLoop:
 
     def call(self, coroutine: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def is_responsive(self, timeout_seconds: float = 5.0) -> bool:
+        """Whether the event loop runs a trivial task within the timeout (a stuck part would not)."""
+
+        async def ping() -> bool:
+            return True
+
+        try:
+            return bool(self.call(ping(), timeout_seconds))
+        except Exception:  # boundary: a stuck or dead loop is what this detects
+            return False
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -142,6 +170,12 @@ class Daemon:
         self.metrics: Optional[Any] = None
         self.metrics_server: Optional[Any] = None
         self._guest_counts_seen: dict[tuple[str, str, int], int] = {}
+        self._responder_counts_seen: dict[str, int] = {}
+        self.responder: Optional[Any] = None
+        self.responder_transport: Optional[Any] = None
+        self.peer_census: Optional[Any] = None
+        self.vacmon: Optional[Any] = None
+        self.services: Optional[ServiceLoop] = None
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
@@ -152,7 +186,7 @@ class Daemon:
         from vacd.backends.libvirt import LibvirtBackend
         from vacd.guestapi.server import GuestApiServer
         from vacd.hypervisor import decide_domain_type
-        from vacd.network import NETWORK_NAME
+        from vacd.network import NETWORK_NAME, uses_test_driver
 
         settings = self.config.settings
         self.paths.ensure_state_dirs()
@@ -184,17 +218,29 @@ class Daemon:
             backend.watch(factory.wake)
         services = ServiceLoop()
         services.start()
-        self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
-                                        port=settings.metadata_port)
-        services.call(self.guest_api.start())
+        if uses_test_driver(settings.libvirt_uri):
+            log.info("libvirt test driver: its machines are not real guests, so no guest API is served")
+        else:
+            self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
+                                            port=settings.metadata_port)
+            services.call(self.guest_api.start())
+        self._start_peer_protocol(settings, services)
+        if self.peer_census is not None and factory.hooks is not None:
+            factory.hooks.peer_reports = self.peer_census.peer_reports
+        self.services = services
         try:
             self._loop(factory, config_source)
         finally:
             log.info("stopping: machines keep running and will be adopted at the next start")
             factory.wait_for_background_work()
             executor.shutdown(wait=True)
-            services.call(self.guest_api.stop())
+            if self.guest_api is not None:
+                services.call(self.guest_api.stop())
+            if self.responder_transport is not None:
+                self.responder_transport.close()
             services.stop()
+            if self.vacmon is not None:
+                self.vacmon.close()
             backend.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
@@ -210,6 +256,24 @@ class Daemon:
             log.error("guest network unusable, no machine created this pass error=%s", error)
             return False
         return True
+
+    def _start_peer_protocol(self, settings: Settings, services: "ServiceLoop") -> None:
+        """The VacQuery responder, the census of peers, and VacMon (§3, §7.2)."""
+        from vacd.peers import PeerCensus, PeerResolver
+        from vacd.vacmon import VacmonSender
+        from vacquery.auth import authenticator_from_settings
+        from vacquery.transport import ResponderProtocol, start_responder
+
+        loss = injected_datagram_loss()
+        # Two authenticators: each keeps its own replay state and is used from one thread.
+        self.responder = ResponderProtocol(authenticator=authenticator_from_settings(settings), loss=loss)
+        self.responder_transport = services.call(
+            start_responder(settings.vacquery_bind_address, settings.vacquery_port, self.responder)
+        )
+        if settings.factories:
+            self.peer_census = PeerCensus(PeerResolver(), authenticator_from_settings(settings), loss=loss)
+        if settings.vacmon_hostport:
+            self.vacmon = VacmonSender(settings.vacmon_hostport)
 
     def _start_metrics(self, settings: Settings) -> None:
         if not settings.metrics_address:
@@ -288,23 +352,59 @@ class Daemon:
             factory.wake_event.wait(wait_seconds)
 
     def _publish(self, factory: Factory, report: PassReport) -> None:
+        """Status file, heartbeats, the responder's snapshot, VacMon and metrics, after each pass."""
+        from vacd.snapshot import build_snapshot, machine_status, read_host_facts
+        from vacquery.codec import encode_reply
+        from vacquery.messages import Reply
+
         now = int(time.time())
         write_heartbeat(self.paths, "factory", now)
-        if report.settings is None:
-            return
         heartbeats = {"factory": now}
+        if self.services is not None and self.services.is_responsive():
+            # The responder and guest servers share this event loop: it answered just now.
+            heartbeats["responder"] = now
+            write_heartbeat(self.paths, "responder", now)
         if self.guest_api is not None:
             for part, last in self.guest_api.heartbeats.items():
                 heartbeats[part] = int(last)
                 write_heartbeat(self.paths, part, int(last))
+        if report.settings is None:
+            return
+        census = None
+        if self.peer_census is not None and self.peer_census.last_outcome is not None:
+            result = self.peer_census.last_outcome.result
+            census = {
+                "heard": len(result.factories) - len(result.silent),
+                "expected": len(result.factories),
+                "complete": len(result.complete),
+                "silent": list(result.silent),
+                "duration_seconds": round((result.finished or result.started) - result.started, 4),
+            }
         document = status_document(
             report,
             heartbeats=heartbeats,
-            census=None,
+            census=census,
             draining=self.paths.drain_file.exists(),
             last_error=factory.last_error,
         )
         publish_status(self.paths, document)
+        snapshot = build_snapshot(report, read_host_facts(self.paths), heartbeats)
+        if self.responder is not None:
+            self.responder.publish(snapshot)
+            if self.peer_census is not None:
+                self.responder.set_trusted_sources(self.peer_census.trusted_hosts)
+        if self.vacmon is not None:
+            # Cookie "0" marks unsolicited statuses (§7.2); a finished machine is reported
+            # as it really ended, "Shut down" with its message (Vac sent "Running", [BUG]).
+            self.vacmon.send_pass(
+                encode_reply(Reply("0", now, snapshot.factory)),
+                [encode_reply(Reply("0", now, status)) for status in snapshot.machinetypes],
+            )
+            finished_names = {record.name for record, _ in report.finished}
+            for slot in report.slots:
+                if slot.identity.machine_name in finished_names:
+                    status = machine_status(report, slot, snapshot.factory.daemon_version or "")
+                    self.vacmon.send_machine_finished(encode_reply(Reply("0", now, status)))
         if self.metrics is not None:
             self.metrics.observe_status(document)
             if self.guest_api is not None:
@@ -312,6 +412,11 @@ class Daemon:
                     for _ in range(count - self._guest_counts_seen.get(key, 0)):
                         self.metrics.guest_request(key[1], key[2])
                     self._guest_counts_seen[key] = count
+            if self.responder is not None:
+                for outcome, count in list(self.responder.counters.items()):
+                    for _ in range(count - self._responder_counts_seen.get(outcome, 0)):
+                        self.metrics.datagram("query", outcome)
+                    self._responder_counts_seen[outcome] = count
 
 
 def check_config(paths: Paths) -> int:

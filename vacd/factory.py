@@ -18,6 +18,7 @@ Rules (design.md rule 3, style.md §3):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -33,7 +34,7 @@ from vacd.errors import BackendError, ConfigErrors, VacError
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
-from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide
+from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
 from vacd.slots import SlotIdentity, slot_identity
 from vacd.store import FinishRecord, Heartbeat, MachineRecord, Store, StoredMachine, lowered
 
@@ -172,8 +173,22 @@ class Factory:
                 wake_times.append(wake_at)
 
         report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
+        local_state = SchedulerInput(
+            now=now,
+            settings=settings,
+            machinetypes=machinetypes,
+            slots=slot_views,
+            reports=report.local_reports,
+            load_average=self.load_average(),
+            host_cpu_count=self.host_cpu_count,
+            draining=self.is_draining(),
+            creation_failure_until={name: until for name, (_, until) in self._creation_failures.items()},
+        )
         peer_reports: Sequence[MachinetypeReport] = ()
-        if self.hooks.peer_reports is not None:
+        running_processors = sum(view.processors for view in slot_views if not view.is_free)
+        could_create = gate(local_state, running_processors) is None and any(view.is_free for view in slot_views)
+        # No query is sent when a gate blocks creation (acceptance 28): the census would be wasted.
+        if could_create and self.hooks.peer_reports is not None:
             try:
                 peer_reports = [
                     peer for peer in self.hooks.peer_reports(settings, machinetypes, now) if peer.factory != settings.factory_name
@@ -182,17 +197,7 @@ class Factory:
                 log.exception("census failed; scheduling on local knowledge only")
         now = int(self.clock())
         decisions = decide(
-            SchedulerInput(
-                now=now,
-                settings=settings,
-                machinetypes=machinetypes,
-                slots=slot_views,
-                reports=[*report.local_reports, *peer_reports],
-                load_average=self.load_average(),
-                host_cpu_count=self.host_cpu_count,
-                draining=self.is_draining(),
-                creation_failure_until={name: until for name, (_, until) in self._creation_failures.items()},
-            ),
+            dataclasses.replace(local_state, now=now, reports=[*report.local_reports, *peer_reports]),
             self.tie_break,
         )
         report.decisions = decisions

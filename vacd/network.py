@@ -332,13 +332,25 @@ def ensure_guest_network(
         raise NetworkError(f"connect {libvirt_uri}", str(error)) from error
     try:
         guest_network = ensure_libvirt_network(
-            connection, factory_name=factory_name, num_slots=num_slots, forward_dev=forward_dev
+            connection,
+            factory_name=factory_name,
+            num_slots=num_slots,
+            forward_dev=forward_dev,
+            # The test driver keeps no dnsmasq options: asking for them would replace its network each pass.
+            dnsmasq_options=() if uses_test_driver(libvirt_uri) else DNSMASQ_OPTIONS,
         )
     finally:
         connection.close()
-    ensure_interface_address(guest_network.bridge, f"{METADATA_ADDRESS}/32")
+    if not uses_test_driver(libvirt_uri):
+        # The test driver's bridge exists only inside libvirt's memory: nothing to address.
+        ensure_interface_address(guest_network.bridge, f"{METADATA_ADDRESS}/32")
     ensure_hosts_entries(paths, factory_name, num_slots)
     return guest_network
+
+
+def uses_test_driver(libvirt_uri: str) -> bool:
+    """libvirt's in-memory `test:///` driver: no real guests, bridges or QEMU behind it."""
+    return libvirt_uri.startswith("test:")
 
 
 def _ignore_libvirt_error(context: object, error: object) -> None:

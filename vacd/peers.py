@@ -38,7 +38,7 @@ from vacd.scheduler import MachinetypeReport
 from vacquery.auth import Authenticator
 from vacquery.client import Census, CensusResult
 from vacquery.messages import MachinetypeStatus, MessageType
-from vacquery.transport import CensusSockets, run_census
+from vacquery.transport import InjectedLoss, CensusSockets, run_census
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +243,10 @@ class PeerCensus:
         monotonic: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         client_name: str = "vacd-factory",
+        loss: Optional[InjectedLoss] = None,
     ) -> None:
         self.resolver = resolver
+        self.loss = loss
         self.authenticator = authenticator
         self._salt_source = salt_source
         self._monotonic = monotonic
@@ -293,6 +295,7 @@ class PeerCensus:
                 authenticator=self.authenticator,
                 monotonic=self._monotonic,
                 wall_clock=self._wall_clock,
+                loss=self.loss,
             )
         if result.smoothed_rtt_seconds is not None:
             self._smoothed_rtt = result.smoothed_rtt_seconds

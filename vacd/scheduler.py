@@ -30,6 +30,7 @@ Changes from Vac 03, each a fix or a documented improvement:
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Protocol, Sequence
 
@@ -159,7 +160,7 @@ def _is_probe(machinetype: Machinetype, last_abort: Optional[int], state: Schedu
     return state.now < settle_time
 
 
-def _gate(state: SchedulerInput, running_processors: int) -> Optional[str]:
+def gate(state: SchedulerInput, running_processors: int) -> Optional[str]:
     """The first of Vac's gates (§4.1) that blocks creation, as a reason, or None."""
     settings = state.settings
     load = state.load_average
@@ -184,13 +185,16 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
     running_processors = sum(slot.processors for slot in state.slots if not slot.is_free)
     free_ordinals = sorted(slot.ordinal for slot in state.slots if slot.is_free)
 
-    type_score: dict[str, float] = {name: 0.0 for name in machinetypes}
+    # Scores are summed with math.fsum so that the order of the peers' reports cannot change a
+    # tie by float rounding (the same reports must give the same decision in any order).
+    score_terms: dict[str, list[float]] = {name: [] for name in machinetypes}
     before_fizzle: dict[str, int] = {name: 0 for name in machinetypes}
     for report in state.reports:
         if report.machinetype in machinetypes:
             share = machinetypes[report.machinetype].target_share
-            type_score[report.machinetype] += report.running_hs06 / share
+            score_terms[report.machinetype].append(report.running_hs06 / share)
             before_fizzle[report.machinetype] += report.num_before_fizzle
+    type_score = {name: math.fsum(terms) for name, terms in score_terms.items()}
     last_abort = last_abort_times(state.reports)
 
     backoff_until: dict[str, int] = {}
@@ -204,9 +208,9 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         if failure_end is not None and failure_end > state.now:
             backoff_until[name] = max(backoff_until.get(name, 0), failure_end)
 
-    gate = _gate(state, running_processors)
-    if gate is not None or not free_ordinals:
-        return Decisions((), Outlook(gate or "no free slot", _scores(machinetypes, type_score), backoff_until))
+    blocked_by = gate(state, running_processors)
+    if blocked_by is not None or not free_ordinals:
+        return Decisions((), Outlook(blocked_by or "no free slot", _scores(machinetypes, type_score), backoff_until))
 
     superslots: dict[int, int] = {}
     for slot in state.slots:
@@ -230,20 +234,22 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         creates.append(Create(free_ordinals.pop(0), name, processors, shutdown_time, is_probe))
         running_processors += processors
         superslots[shutdown_time] = superslots.get(shutdown_time, 0) + processors
-        type_score[name] += processors * hs06_per_processor / machinetypes[name].target_share
+        score_terms[name].append(processors * hs06_per_processor / machinetypes[name].target_share)
+        type_score[name] = math.fsum(score_terms[name])
         before_fizzle[name] += 1
         if is_probe:
             probed.add(name)
-        if _gate(state, running_processors) is not None:
+        if gate(state, running_processors) is not None:
             break
-    gate_after = _gate(state, running_processors)
+    gate_after = gate(state, running_processors)
     return Decisions(tuple(creates), Outlook(gate_after, _scores(machinetypes, type_score), backoff_until))
 
 
 def _scores(machinetypes: Mapping[str, Machinetype], type_score: Mapping[str, float]) -> dict[str, tuple[float, float]]:
-    group_score: dict[str, float] = {}
+    group_terms: dict[str, list[float]] = {}
     for name, machinetype in machinetypes.items():
-        group_score[machinetype.machinegroup] = group_score.get(machinetype.machinegroup, 0.0) + type_score[name]
+        group_terms.setdefault(machinetype.machinegroup, []).append(type_score[name])
+    group_score = {group: math.fsum(terms) for group, terms in group_terms.items()}
     return {name: (group_score[mt.machinegroup], type_score[name]) for name, mt in machinetypes.items()}
 
 

@@ -441,9 +441,8 @@ def _authenticator(settings: Settings, paths: Paths, err: TextIO) -> Optional[Au
     """Sign queries with the site key if one is configured and readable by this user."""
     if not settings.vacquery_key_file:
         return None
-    key_file = str(paths.under_prefix(settings.vacquery_key_file))
     try:
-        return authenticator_from_settings(dataclasses.replace(settings, vacquery_key_file=key_file))
+        return authenticator_from_settings(settings)
     except KeyFileError as error:
         print(f"warning: sending unsigned queries: {error}", file=err)
         return None

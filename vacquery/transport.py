@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import random
 import selectors
 import socket
 import time
@@ -95,6 +96,27 @@ class CensusSockets:
         self.close()
 
 
+class InjectedLoss:
+    """Drops outgoing datagrams with a fixed probability: for tests of a lossy network only.
+
+    vacd enables it only when the environment variable VAC_TEST_DATAGRAM_LOSS is set, so
+    that real factory processes can be tested over real sockets at, say, 50 % loss.
+    """
+
+    def __init__(self, probability: float, seed: Optional[int] = None) -> None:
+        if not 0.0 <= probability < 1.0:
+            raise ValueError(f"loss probability must be in [0, 1), got {probability}")
+        self.probability = probability
+        self._random = random.Random(seed)
+        self.dropped = 0
+
+    def drops(self) -> bool:
+        if self._random.random() < self.probability:
+            self.dropped += 1
+            return True
+        return False
+
+
 def run_census(
     census: Census,
     sockets: CensusSockets,
@@ -105,6 +127,7 @@ def run_census(
     monotonic: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     counters: Optional[Counter[str]] = None,
+    loss: Optional[InjectedLoss] = None,
 ) -> CensusResult:
     """Drive `census` to completion or its deadline; `census` must run on `monotonic` time.
 
@@ -123,6 +146,9 @@ def run_census(
         while True:
             now = monotonic()
             for name, datagram in census.datagrams_to_send(now):
+                if loss is not None and loss.drops():
+                    sent_per_factory[name] += 1
+                    continue
                 _send(name, datagram, sockets, addresses, port, authenticator, wall_clock, sent_per_factory, tally)
             if census.done:
                 break
@@ -199,8 +225,10 @@ class ResponderProtocol(asyncio.DatagramProtocol):
         budget: Optional[ReplyBudget] = None,
         trusted_sources: AbstractSet[str] = frozenset(),
         clock: Callable[[], float] = time.time,
+        loss: Optional[InjectedLoss] = None,
     ) -> None:
         self.authenticator = authenticator
+        self.loss = loss
         self.budget = budget if budget is not None else ReplyBudget()
         self.trusted_sources: AbstractSet[str] = frozenset(trusted_sources)
         self.counters: Counter[str] = Counter()
@@ -247,6 +275,8 @@ class ResponderProtocol(asyncio.DatagramProtocol):
             log.exception("failed to answer datagram peer=%s", host)
             return
         for reply in replies:
+            if self.loss is not None and self.loss.drops():
+                continue
             self._transport.sendto(reply, addr)
 
     def error_received(self, exc: Exception) -> None:

@@ -345,8 +345,6 @@ def test_decide_is_a_pure_function_of_its_input(state: SchedulerInput) -> None:
     assert decide(state, FixedTieBreak((0.3, 0.7))) == decide(state, FixedTieBreak((0.3, 0.7)))
 
 
-@pytest.mark.xfail(strict=True, reason="vacd.scheduler.decide sums running_hs06/share in report order; "
-                                       "math.fsum per machinetype would make the sum order-independent")
 def test_float_rounding_in_report_sums_does_not_change_the_choice() -> None:
     # a: 0.1 + 0.2 + 0.3 in one order is 0.6000000000000001, in the other 0.6; b is 0.6.
     # The scores are equal, so the tie-break must decide, whatever the order of the reports.

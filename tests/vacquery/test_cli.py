@@ -251,8 +251,8 @@ def test_queries_are_signed_with_the_site_key_under_the_prefix(tmp_path: Path) -
         loopback.serve(
             "127.0.0.1", snapshot_of("f1.example.com", 2), Authenticator(key, AuthMode.REQUIRED, nonce_source=os.urandom)
         )
-        write_config(tmp_path, loopback.port, [("f1.example.com", "127.0.0.1")], extra="vacquery_key_file = /etc/vac-vacquery.key\n")
         key_file = tmp_path / "etc/vac-vacquery.key"
+        write_config(tmp_path, loopback.port, [("f1.example.com", "127.0.0.1")], extra=f"vacquery_key_file = {key_file}\n")
         key_file.write_bytes(key + b"\n")
         key_file.chmod(0o600)
 

@@ -89,7 +89,8 @@ def read_root_public_key(paths: Paths, settings: Settings) -> Optional[str]:
     """The factory's root public key if the configured file is readable (§1.6 step 5)."""
     if not settings.root_public_key:
         return None
-    key_path = paths.under_prefix(settings.root_public_key)
+    # The parser put the default under --prefix; a path written in vac.conf is used as written.
+    key_path = Path(settings.root_public_key)
     try:
         return key_path.read_text()
     except (OSError, UnicodeDecodeError) as error:
@@ -189,7 +190,7 @@ def _resolve_local(paths: Paths, machinetype: Machinetype, file_name: str, optio
     if not file_name or ".." in PurePosixPath(file_name).parts:
         raise ContextualisationError(f"machinetype {machinetype.name}: {option} {file_name!r}: not an allowed file name")
     if file_name.startswith("/"):
-        return paths.under_prefix(file_name)
+        return Path(file_name)  # as written in vac.conf, like every configured path
     return machinetype.machinetype_path / "files" / file_name
 
 

@@ -94,6 +94,8 @@ def make_site(prefix: Path, *, with_root_public_key: bool = True, **settings_cha
         host_processors=8,
         gocdb_sitename="UKI-TEST",
         hs06_per_processor=10.0,
+        # As the parser does: the default key path is under the prefix.
+        root_public_key=str(paths.under_prefix("/root/.ssh/id_rsa.pub")),
     )
     settings = replace(settings, **settings_changes)
     machinetype_path = paths.machinetypes_dir / "example"
@@ -107,7 +109,7 @@ def make_site(prefix: Path, *, with_root_public_key: bool = True, **settings_cha
         accounting_fqan="/example/Role=NULL/Capability=NULL",
     )
     if with_root_public_key:
-        key_path = paths.under_prefix(settings.root_public_key)
+        key_path = Path(settings.root_public_key)
         key_path.parent.mkdir(parents=True)
         key_path.write_text(ROOT_PUBLIC_KEY)
     return Site(paths, Store(paths), settings, machinetype)

@@ -71,7 +71,7 @@ def test_every_substitution_is_made(site: Site) -> None:
     site.machinetype = replace(
         site.machinetype,
         user_data_options={"queue": "long"},
-        user_data_files={"motd": "/etc/motd"},
+        user_data_files={"motd": str(site.paths.prefix / "etc" / "motd")},
         root_image="https://images.example.org/root.img",
     )
     directory = prepare(site)
@@ -126,10 +126,10 @@ def test_machinetype_without_user_data_gets_none(site: Site) -> None:
     assert not (directory / "accounting_fqan").exists()
 
 
-def test_absolute_template_is_read_under_the_prefix(site: Site) -> None:
+def test_absolute_template_is_read_where_vac_conf_says(site: Site) -> None:
     (site.paths.prefix / "srv").mkdir()
     (site.paths.prefix / "srv" / "template").write_text("abs ##user_data_machinetype##")
-    site.machinetype = replace(site.machinetype, user_data="/srv/template")
+    site.machinetype = replace(site.machinetype, user_data=str(site.paths.prefix / "srv" / "template"))
     assert (prepare(site) / "user_data").read_text() == "abs example"
 
 
