@@ -31,6 +31,7 @@ from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend, MachineSpec, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
 from vacd.errors import BackendError, ConfigErrors, VacError
+from vacd.housekeeping import MachineDirectory, expired
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 # Creation failures back off per machinetype: 30 s doubling to an hour (Vac retried every cycle).
 CREATION_FAILURE_FIRST_BACKOFF_SECONDS = 30
 CREATION_FAILURE_MAX_BACKOFF_SECONDS = 3600
+# Old machine directories are looked at hourly; Vac looked every cycle (§1.8), needlessly.
+HOUSEKEEPING_SECONDS = 3600
 
 
 class ConfigSource(Protocol):
@@ -139,6 +142,7 @@ class Factory:
         self._creation_failures: dict[str, tuple[int, int]] = {}  # machinetype -> (failures, until)
         self._previous_cpu: dict[str, tuple[float, float]] = {}  # name -> (time, cpu seconds)
         self.last_error: Optional[str] = None
+        self._next_housekeeping = 0
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
@@ -173,6 +177,7 @@ class Factory:
                 wake_times.append(wake_at)
 
         report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
+        self._housekeeping(machinetypes, now)
         local_state = SchedulerInput(
             now=now,
             settings=settings,
@@ -493,6 +498,26 @@ class Factory:
                     return
             self.wake_event.wait(0.05)
             self.wake_event.clear()
+
+    # ------------------------------------------------------------------ housekeeping
+    def _housekeeping(self, machinetypes: Mapping[str, Machinetype], now: int) -> None:
+        """Delete old machine directories (§1.8), at most once per HOUSEKEEPING_SECONDS."""
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_SECONDS
+        directories = []
+        for directory in self.store.all_machine_dirs():
+            try:
+                stored = self.store.load_machine(directory)
+            except VacError:
+                continue
+            if stored is None:
+                continue
+            heartbeat = stored.heartbeat.time if stored.heartbeat else None
+            directories.append(MachineDirectory(directory.name, heartbeat, stored.has_finished))
+        for name in expired(directories, machinetypes, now):
+            log.info("deleting old machine directory name=%s", name)
+            self.store.remove_machine_dir(self.store.paths.machines_dir / name)
 
     # ------------------------------------------------------------------ reporting
     def _status_from_store(self, settings: Settings, ordinal: int) -> SlotStatus:

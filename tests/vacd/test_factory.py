@@ -312,3 +312,32 @@ def test_slot_record_names_follow_vac_layout(tmp_path: Path, ordinal: int) -> No
     created, machinetype, model = (harness.paths.slots_dir / name).read_text().split()
     assert machinetype == "atlas" and model == "vm-raw"
     assert (harness.paths.machines_dir / f"{created}_atlas_{name}" / "machine.json").exists()
+
+
+def test_finished_machine_directory_is_deleted_after_machines_dir_days(tmp_path: Path) -> None:
+    machinetype = make_machinetype(tmp_path, "atlas", machines_dir_days=1.0)
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1, draining=False), machinetype)
+    harness.run_pass()
+    first = harness.store.slot_binding("f1-00.example.com")
+    assert first is not None
+    (first.directory / "joboutputs" / "shutdown_message").write_text("200 Success\n")
+    harness.clock.advance(120)
+    harness.run_pass()  # heartbeat
+    harness.backend.power_off("f1-00.example.com")
+    harness.run_pass()  # finalised, slot refilled
+    harness.clock.advance(86400 + 3600)
+    harness.factory._next_housekeeping = 0
+    harness.run_pass()
+    assert not first.directory.exists()
+    current = harness.store.slot_binding("f1-00.example.com")
+    assert current is not None and current.directory.exists()
+
+
+def test_no_census_is_run_while_every_processor_is_busy(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    asked: list[int] = []
+    harness.factory.hooks.peer_reports = lambda settings, machinetypes, now: asked.append(now) or []
+    harness.run_pass()
+    assert len(asked) == 1
+    harness.run_pass()
+    assert len(asked) == 1  # acceptance 28: capacity full, no query sent
