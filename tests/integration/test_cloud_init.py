@@ -104,7 +104,8 @@ def make_machine(prefix: Path) -> Settings:
     paths = Paths(prefix)
     paths.ensure_state_dirs()
     settings = Settings(
-        vac_space=SPACE, factory_name=FACTORY_NAME, total_processors=4, host_processors=4, gocdb_sitename="UKI-TEST"
+        vac_space=SPACE, factory_name=FACTORY_NAME, total_processors=4, host_processors=4, gocdb_sitename="UKI-TEST",
+        root_public_key=str(paths.under_prefix("/root/.ssh/id_rsa.pub")),  # the parser's default under --prefix
     )
     machinetype_path = paths.machinetypes_dir / "example"
     (machinetype_path / "files").mkdir(parents=True)
@@ -112,7 +113,7 @@ def make_machine(prefix: Path) -> Settings:
     machinetype = Machinetype(
         name="example", machinegroup="example", machinetype_path=machinetype_path, user_data="user_data"
     )
-    key_path = paths.under_prefix(settings.root_public_key)
+    key_path = Path(settings.root_public_key)
     key_path.parent.mkdir(parents=True)
     key_path.write_text(PUBLIC_KEY + "\n")
     now = int(time.time())
