@@ -24,7 +24,9 @@ import argparse
 import base64
 import dataclasses
 import json
+import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -467,10 +469,26 @@ def run_status(arguments: argparse.Namespace, paths: Paths, now: float, out: Tex
     return 0
 
 
+def wake_factory(paths: Paths) -> bool:
+    """Ask a running vacd for a pass now (SIGUSR1 to the pid in its pid file); False if none runs.
+
+    vacd reads the drain file at every pass, so creation stops or resumes at once.
+    """
+    raw_text = read_text_or_none(paths.pid_file)
+    if raw_text is None or not raw_text.strip().isdigit():
+        return False
+    try:
+        os.kill(int(raw_text.strip()), signal.SIGUSR1)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def run_drain(arguments: argparse.Namespace, paths: Paths, now: float, out: TextIO, err: TextIO) -> int:
     if not paths.state_dir.is_dir():
         raise CommandError(f"{paths.state_dir} does not exist: is vac installed here?")
     write_atomic(paths.drain_file, f"{int(now)}\n")
+    wake_factory(paths)
     print("draining: no new machines will be created; running ones finish normally (vac undrain ends it)", file=out)
     return 0
 
@@ -478,6 +496,7 @@ def run_drain(arguments: argparse.Namespace, paths: Paths, now: float, out: Text
 def run_undrain(arguments: argparse.Namespace, paths: Paths, now: float, out: TextIO, err: TextIO) -> int:
     try:
         paths.drain_file.unlink()
+        wake_factory(paths)
         print("not draining: machines will be created again", file=out)
     except FileNotFoundError:
         print("was not draining (a `draining` option in vac.conf still applies)", file=out)

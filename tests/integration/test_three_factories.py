@@ -175,3 +175,23 @@ def test_space_reaches_shares_and_honours_an_abort_everywhere_at_50_percent_loss
     # And the space is busy: on average at least three quarters of its processors run work.
     mean_busy = (work_a + work_b) / len(settled)
     assert mean_busy >= 0.75 * PROCESSORS * len(space), mean_busy
+
+    # What an admin sees (issue 5): the backoff, with its end time, in `vac status` ...
+    status = vac(first, "status")
+    nowork_row = next(line for line in status.splitlines() if line.startswith("nowork "))
+    assert nowork_row.split()[-1] != "-", status
+    status_document = json.loads((first.prefix / "var/lib/vac/status.json").read_text())
+    backoff_until = status_document["machinetypes"]["nowork"]["backoff_until"]
+    assert backoff_until is not None and backoff_until > status_document["time"]
+    # ... and every slot of every factory in `vac machines`, over the same lossy space.
+    listing = vac(first, "machines", "-t", "10")
+    listed = {line.split()[0] for line in listing.splitlines()[1:] if line.strip()}
+    assert listed == {f"f{n}-{slot:02d}" for n in (1, 2, 3) for slot in range(PROCESSORS)}, listing
+
+
+def vac(factory: Factory, *arguments: str) -> str:
+    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    result = subprocess.run([sys.executable, "-m", "vacquery.cli", "--prefix", str(factory.prefix), *arguments],
+                            capture_output=True, text=True, env=environment, cwd=REPOSITORY, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import os
 import socket
 import threading
@@ -624,3 +626,26 @@ def test_options_may_come_after_the_command(space: LoopbackSpace, tmp_path: Path
     code, out, _ = run_vac("factories", "--prefix", str(tmp_path), "-J", "-t", "1")
     assert code == 0
     assert sorted(status["factory"] for status in json.loads(out)) == ["f1.example.com", "f2.example.com"]
+
+
+@pytest.mark.allow_commands(sys.executable)
+def test_drain_wakes_the_running_factory_at_once(tmp_path: Path) -> None:
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", "import signal, sys, time\n"
+         "signal.signal(signal.SIGUSR1, lambda *_: (print('woken', flush=True), sys.exit(0)))\n"
+         "print('ready', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert waiting.stdout is not None and waiting.stdout.readline().strip() == "ready"
+        paths = Paths(tmp_path)
+        paths.ensure_state_dirs()
+        paths.pid_file.write_text(f"{waiting.pid}\n")
+        code, out, err = run_vac("--prefix", str(tmp_path), "drain")
+        assert code == 0, err
+        assert waiting.wait(timeout=10) == 0
+        assert waiting.stdout.read().strip() == "woken"
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
