@@ -19,8 +19,10 @@ Amplification bound (fixing §11: a 200-byte spoofable request drew numMachineSl
       bytes are at most UNAUTHENTICATED_AMPLIFICATION_RATIO (10) x the request's bytes,
       cut at whole datagrams (a 224-byte Vac query draws at most 2,240 bytes; a client
       that pads its request to 1,024 bytes may draw 10,240);
-   b. from a factory of the space (`trusted_sources`): answered in full, so Vac 03
-      peers keep working during a migration (acceptance 38 holds for them);
+   b. from a factory of the space (`trusted_sources`), or from a loopback address (which
+      only this host can send from: the kernel drops loopback sources arriving from a
+      network): answered in full, so Vac 03 peers keep working during a migration
+      (acceptance 38 holds for them) and `vac` on the factory itself sees every slot;
    c. in both cases the bytes are charged to a per-source token bucket and a responder-wide
       one (`ReplyBudget`, defaults: 256 KiB burst and 32 KiB/s per source, 8 MiB burst
       and 2 MiB/s in total); what the buckets cannot cover is not sent.
@@ -30,6 +32,7 @@ burst) bytes, and one source never more than its refill rate, from one responder
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -137,7 +140,7 @@ def respond(
     if not is_authenticated:
         # In required mode verify() has already refused unauthenticated requests (rule 2).
         limit = float(sum(len(reply) for reply in replies))
-        if source not in trusted_sources:
+        if source not in trusted_sources and not is_loopback(source):
             limit = min(limit, UNAUTHENTICATED_AMPLIFICATION_RATIO * len(request))
         if budget is not None:
             limit = min(limit, budget.grant(source, int(limit), now))
@@ -148,6 +151,16 @@ def respond(
             budget.charge(source, sum(len(reply) for reply in replies), now)
     tally["answered"] += 1
     return replies
+
+
+def is_loopback(source: str) -> bool:
+    """127.0.0.0/8 or ::1 (an IPv4-mapped loopback too): traffic that cannot come from elsewhere."""
+    try:
+        address = ipaddress.ip_address(source.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _within(replies: list[bytes], limit: float) -> list[bytes]:

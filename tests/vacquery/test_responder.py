@@ -180,3 +180,11 @@ def test_replayed_authenticated_request_gets_no_second_answer() -> None:
     assert len(respond(request, PEER, ENCODED, NOW, authenticator=server, counters=counters)) == 1
     assert respond(request, PEER, ENCODED, NOW + 1, authenticator=server, counters=counters) == []
     assert counters["auth_replayed"] == 1
+
+
+def test_loopback_sources_are_answered_in_full_as_only_this_host_can_send_from_them() -> None:
+    request = encode(MachinesQuery(SPACE, COOKIE))
+    full = respond(request, PEER, ENCODED, NOW, trusted_sources=frozenset([PEER]))
+    for loopback in ("127.0.0.1", "127.0.0.23", "::1", "::ffff:127.0.0.1"):
+        assert len(respond(request, loopback, ENCODED, NOW, trusted_sources=frozenset())) == len(full)
+    assert len(respond(request, "198.51.100.7", ENCODED, NOW, trusted_sources=frozenset())) < len(full)
