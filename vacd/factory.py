@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Creation failures back off per machinetype: 30 s doubling to an hour (Vac retried every cycle).
 CREATION_FAILURE_FIRST_BACKOFF_SECONDS = 30
 CREATION_FAILURE_MAX_BACKOFF_SECONDS = 3600
+# A machine seen paused within this time of its start is still starting, not stuck (§1.5 step 4).
+PAUSED_GRACE_SECONDS = 30
 # Old machine directories are looked at hourly; Vac looked every cycle (§1.8), needlessly.
 HOUSEKEEPING_SECONDS = 3600
 
@@ -143,6 +145,7 @@ class Factory:
         self._previous_cpu: dict[str, tuple[float, float]] = {}  # name -> (time, cpu seconds)
         self.last_error: Optional[str] = None
         self._next_housekeeping = 0
+        self._busy_at_observation: set[str] = set()
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
@@ -158,6 +161,10 @@ class Factory:
             return PassReport(now, None, {}, config_error=str(errors))
         settings, machinetypes = config.settings, config.machinetypes
         report = PassReport(now, settings, machinetypes)
+        # Taken before listing: a creation that ends while the list is made must not be judged
+        # on a listing that saw it half-made (QEMU starts paused until libvirt resumes it).
+        with self._lock:
+            self._busy_at_observation = set(self._in_flight)
         try:
             observed = {machine.name: machine for machine in self.backend.list_machines()}
         except BackendError as error:
@@ -228,7 +235,7 @@ class Factory:
         free_view = SlotView(identity.ordinal)
         domain = observed.get(name)
         with self._lock:
-            busy = name in self._in_flight
+            busy = name in self._in_flight or name in self._busy_at_observation
         stored = self.store.slot_binding(name)
 
         if stored is None or stored.has_finished:
@@ -262,6 +269,9 @@ class Factory:
             self.store.mark_started(record, now)
             stored = self.store.slot_binding(name) or stored
 
+        if domain.state == ObservedState.PAUSED and now < (stored.started_time or now) + PAUSED_GRACE_SECONDS:
+            # Just created: libvirt may not have resumed its vCPUs yet. Look again next pass.
+            return SlotStatus(identity, "Starting", stored, cpu_seconds), live_view, now + PAUSED_GRACE_SECONDS
         if domain.state == ObservedState.PAUSED:
             log.warning("machine paused, destroying name=%s", name)
             self.store.request_destroy(record, now, None)

@@ -240,10 +240,20 @@ def test_domain_with_a_different_uuid_than_the_record_is_a_zombie(tmp_path: Path
     assert harness.backend.actions[-1] == ("destroy", "f1-00.example.com")
 
 
+def test_machine_seen_paused_just_after_creation_is_still_starting(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    harness.backend.pause("f1-00.example.com")  # as QEMU is until libvirt resumes its vCPUs
+    report = harness.run_pass()
+    assert report.slots[0].state == "Starting"
+    assert ("destroy", "f1-00.example.com") not in harness.backend.actions
+
+
 def test_paused_machine_is_destroyed_and_finalised(tmp_path: Path) -> None:
     harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
     harness.run_pass()
     harness.backend.pause("f1-00.example.com")
+    harness.clock.advance(31)
     harness.run_pass()
     assert ("destroy", "f1-00.example.com") in harness.backend.actions
     report = harness.run_pass()

@@ -95,7 +95,7 @@ def read_root_public_key(paths: Paths, settings: Settings) -> Optional[str]:
         return key_path.read_text()
     except (OSError, UnicodeDecodeError) as error:
         # Vac only logged a missing key file; machines simply get no key.
-        log.info("no root public key for machines path=%s reason=%s", key_path, error)
+        log.debug("no root public key for machines path=%s reason=%s", key_path, error)
         return None
 
 
