@@ -111,7 +111,8 @@ def machine_status(report: PassReport, slot: SlotStatus, daemon_version: str) ->
         uuid=record.uuid if record is not None else None,
         created_time=record.created_time if record is not None else None,
         started_time=stored.started_time if stored is not None else None,
-        heartbeat_time=heartbeat.time if heartbeat is not None else None,
+        # A live slot's CPU time was observed in this pass; the stored heartbeat is one pass older.
+        heartbeat_time=report.now if not is_shut_down and stored is not None else (heartbeat.time if heartbeat else None),
         cpu_seconds=slot.cpu_seconds if not is_shut_down else (heartbeat.cpu_seconds if heartbeat else 0.0),
         cpu_percentage=(heartbeat.cpu_percentage if heartbeat is not None else None) if not is_shut_down else 0.0,
         hs06=record.hs06 if record is not None and not is_shut_down else 0.0,
