@@ -392,7 +392,7 @@ def _day_of_message(message: str) -> Optional[str]:
     if not records:
         return None
     end_time = records[0].get("EndTime")
-    return utc_day(int(end_time)) if end_time and end_time.isdigit() else None
+    return utc_day(int(end_time)) if end_time and (end_time.isascii() and end_time.isdigit()) else None
 
 
 def _int_or_zero(value: Optional[str]) -> int:

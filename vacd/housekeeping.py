@@ -31,7 +31,7 @@ class MachineDirectory:
 def machinetype_of(directory_name: str) -> Optional[str]:
     """`1700000000_atlas_f1-03.example.com` -> `atlas`; None if the name is not of that shape."""
     parts = directory_name.split("_", 2)
-    if len(parts) != 3 or not parts[0].isdigit():
+    if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()):
         return None
     return parts[1]
 

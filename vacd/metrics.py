@@ -296,7 +296,7 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     else:
         host, colon, port_text = text.rpartition(":")
         port_text = port_text if colon else ""
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ValueError(f"metrics_address {address!r}: expected host:port")
     return (host or "0.0.0.0", int(port_text))
 

@@ -32,7 +32,7 @@ def shutdown_code(shutdown_message: Optional[str]) -> Optional[int]:
     if not shutdown_message:
         return None
     prefix = shutdown_message.strip()[:3]
-    if len(prefix) == 3 and prefix.isdigit():
+    if len(prefix) == 3 and (prefix.isascii() and prefix.isdigit()):
         return int(prefix)
     return None
 

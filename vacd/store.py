@@ -223,7 +223,7 @@ class Store:
         if raw_text is None:
             return None
         parts = raw_text.split()
-        if len(parts) < 2 or not parts[0].isdigit():
+        if len(parts) < 2 or not (parts[0].isascii() and parts[0].isdigit()):
             log.warning("unreadable slot binding name=%s content=%r", machine_name, raw_text[:80])
             return None
         directory = self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
@@ -275,7 +275,7 @@ def _created_time_of_finishes_line(raw_text: Optional[str]) -> Optional[int]:
     if raw_text is None:
         return None
     first = raw_text.split()[:1]
-    return int(first[0]) if first and first[0].isdigit() else None
+    return int(first[0]) if first and (first[0].isascii() and first[0].isdigit()) else None
 
 
 def _read_int(path: Path) -> Optional[int]:

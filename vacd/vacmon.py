@@ -47,7 +47,7 @@ class Hostport:
             host, colon, port_text = text.rpartition(":")
             if not colon or not host:
                 raise ValueError(f"vacmon_hostport {raw_text!r}: expected host:port")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise ValueError(f"vacmon_hostport {raw_text!r}: port must be 1..65535")
         return cls(host, int(port_text))
 

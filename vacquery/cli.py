@@ -475,7 +475,7 @@ def wake_factory(paths: Paths) -> bool:
     vacd reads the drain file at every pass, so creation stops or resumes at once.
     """
     raw_text = read_text_or_none(paths.pid_file)
-    if raw_text is None or not raw_text.strip().isdigit():
+    if raw_text is None or not (raw_text.strip().isascii() and raw_text.strip().isdigit()):
         return False
     try:
         os.kill(int(raw_text.strip()), signal.SIGUSR1)

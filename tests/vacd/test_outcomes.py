@@ -88,3 +88,10 @@ def test_shutdown_code_is_none_or_three_digits(message: str) -> None:
     code = shutdown_code(message)
     assert code is None or 0 <= code <= 999
     assert is_abort(message) == (code is not None and code >= 300)
+
+
+def test_non_ascii_digits_are_not_a_shutdown_code() -> None:
+    # '²' and '٣' are str.isdigit() but not codes; found by Hypothesis.
+    assert shutdown_code("00² x") is None
+    assert shutdown_code("٣٠٠ No work") is None
+    assert not is_abort("٣٠٠ No work")

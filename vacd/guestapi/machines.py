@@ -267,7 +267,7 @@ class MachineResolver:
         except OSError:
             return None
         parts = raw_text.split()
-        if len(parts) < 2 or not parts[0].isdigit():
+        if len(parts) < 2 or not (parts[0].isascii() and parts[0].isdigit()):
             return None
         return self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
 
