@@ -9,10 +9,18 @@ fails the test at the call, naming what it tried to run, so a forgotten mock or 
 
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Any, Iterator
 
 import pytest
+from hypothesis import settings
+
+# CI runs the property tests derandomized, so a green run stays green when nothing changed;
+# developers' runs explore new examples each time (and keep failures in .hypothesis/).
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 class UnexpectedCommand(AssertionError):
