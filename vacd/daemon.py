@@ -49,7 +49,10 @@ class ReloadingConfig:
     """
 
     def __init__(self, paths: Paths, initial: Config, host_fqdn: str, host_cpu_count: int) -> None:
+        from vacd.pipefetch import PipeFetcher
+
         self.paths = paths
+        self.pipes = PipeFetcher(paths)
         self.last_good = initial
         self.host_fqdn = host_fqdn
         self.host_cpu_count = host_cpu_count
@@ -57,6 +60,8 @@ class ReloadingConfig:
 
     def current(self) -> Config:
         config = load_config(self.paths, host_fqdn=self.host_fqdn, host_cpu_count=self.host_cpu_count)
+        # Vacuum pipes are refreshed here, by the factory only (§8), at most once per cache_seconds.
+        config = self.pipes.apply(config, may_fetch=True)
         for warning in config.warnings:
             if warning not in self._reported_warnings:
                 log.warning("configuration: %s", warning)
@@ -427,6 +432,10 @@ def check_config(paths: Paths) -> int:
         for problem in errors.problems:
             print(problem, file=sys.stderr)
         return 1
+    from vacd.pipefetch import PipeFetcher
+
+    # Pipe machinetypes as the factory last cached them; --check-config never fetches.
+    config = PipeFetcher(paths).apply(config, may_fetch=False)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(effective_config_text(config))
