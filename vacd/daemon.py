@@ -295,6 +295,7 @@ class Daemon:
 
     def _hooks(self) -> FactoryHooks:
         from vacd.accounting import write_apel_record
+        from vacd.imagecache import ImageCache
         from vacd.guestapi.contextualise import prepare_machine_dir
         from vacd.guestapi.joboutputs import received_times, shutdown_message_time
         from vacd.mjf import lower_shutdown_time
@@ -324,7 +325,10 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.creation_finished(record.machinetype, seconds, ok)
 
+        images = ImageCache(paths)
+
         return FactoryHooks(
+            fetch_image=images.fetch,
             on_finished=[account],
             on_created=[count_creation],
             contextualise=contextualise,

@@ -25,10 +25,11 @@ import threading
 import uuid as uuid_module
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 from vacd.atomicfile import write_atomic
-from vacd.backends.base import Backend, MachineSpec, ObservedMachine, ObservedState
+from vacd.backends.base import Backend, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
 from vacd.errors import BackendError, ConfigErrors, VacError
 from vacd.housekeeping import MachineDirectory, expired
@@ -105,6 +106,7 @@ class FactoryHooks:
     lower_shutdown_time: Optional[Callable[[StoredMachine, int, int], None]] = None
     heartbeat_file_mtime: Optional[Callable[[StoredMachine, str], Optional[float]]] = None
     shutdown_message_time: Optional[Callable[[StoredMachine], Optional[int]]] = None
+    fetch_image: Optional[Callable[[str], Path]] = None
 
 
 class Factory:
@@ -421,7 +423,6 @@ class Factory:
             self.store.begin_creation(record)
             if self.hooks.contextualise is not None:
                 self.hooks.contextualise(settings, machinetype, record, now)
-            spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record))
         except (VacError, OSError) as error:
             self._creation_failed(record, now, error)
             return
@@ -434,12 +435,18 @@ class Factory:
             record.shutdown_time,
             " probe=yes" if create.is_probe else "",
         )
-        self.executor.submit(self._create_in_background, record, spec)
+        self.executor.submit(self._create_in_background, record, settings, machinetype, identity)
 
-    def _create_in_background(self, record: MachineRecord, spec: MachineSpec) -> None:
+    def _create_in_background(
+        self, record: MachineRecord, settings: Settings, machinetype: Machinetype, identity: SlotIdentity
+    ) -> None:
+        """Build the spec (fetching a remote image if need be) and create the machine, off the loop."""
         started = self.clock()
         ok = False
         try:
+            spec = machine_spec(
+                settings, machinetype, record, identity, self.store.machine_dir(record), self.hooks.fetch_image
+            )
             self.backend.create(spec)
             self.store.mark_started(record, int(self.clock()))
             self._creation_failures.pop(record.machinetype, None)
