@@ -32,6 +32,7 @@ CORE_MODULES = (
     "vacquery.codec",
     "vacquery.client",
     "vacquery.responder",
+    "vacquery.tables",
 )
 
 

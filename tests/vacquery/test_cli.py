@@ -18,9 +18,8 @@ import pytest
 
 from vacd.config import FactoryAddress, Settings
 from vacd.paths import Paths
-from vacquery.cli import (
-    canonical_factory_name,
-    gather,
+from vacquery.cli import canonical_factory_name, gather, main
+from vacquery.tables import (
     Span,
     factories_table,
     format_table,
@@ -28,7 +27,6 @@ from vacquery.cli import (
     human_kilobytes,
     machines_table,
     machinetypes_table,
-    main,
     status_report,
 )
 from vacquery.auth import AuthMode, Authenticator
