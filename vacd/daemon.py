@@ -126,6 +126,10 @@ class ServiceLoop:
         self.thread.join(timeout=10)
 
 
+class StartupError(VacError):
+    """vacd cannot start: the message says what to fix."""
+
+
 class PidFile:
     """An flock'ed pid file: a second vacd on the same state directory refuses to start."""
 
@@ -168,7 +172,6 @@ class Daemon:
         self.host_fqdn = host_fqdn
         self.host_cpu_count = host_cpu_count
         self.stopping = threading.Event()
-        self.reload_requested = threading.Event()
         self.start_time = int(time.time())
         self.factory: Optional[Factory] = None
         self.guest_api: Optional[Any] = None
@@ -272,9 +275,15 @@ class Daemon:
         loss = injected_datagram_loss()
         # Two authenticators: each keeps its own replay state and is used from one thread.
         self.responder = ResponderProtocol(authenticator=authenticator_from_settings(settings), loss=loss)
-        self.responder_transport = services.call(
-            start_responder(settings.vacquery_bind_address, settings.vacquery_port, self.responder)
-        )
+        try:
+            self.responder_transport = services.call(
+                start_responder(settings.vacquery_bind_address, settings.vacquery_port, self.responder)
+            )
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen for VacQuery on {settings.vacquery_bind_address} port {settings.vacquery_port}: "
+                f"{error.strerror or error} (vacquery_bind_address, vacquery_port in [settings])"
+            ) from error
         if settings.factories:
             self.peer_census = PeerCensus(PeerResolver(), authenticator_from_settings(settings), loss=loss)
         if settings.vacmon_hostport:
@@ -490,6 +499,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGUSR1, lambda *_: daemon.factory.wake("SIGUSR1") if daemon.factory else None)
     try:
         return daemon.run()
+    except VacError as error:
+        log.error("vacd stopped: %s", error)
+        print(f"vacd: {error}", file=sys.stderr)
+        return 1
     finally:
         pid_file.release()
 

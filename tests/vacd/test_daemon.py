@@ -69,3 +69,21 @@ def test_a_second_vacd_on_the_same_state_directory_refuses_to_start(tmp_path: Pa
     second = PidFile(tmp_path / "vacd.pid")
     second.acquire()
     second.release()
+
+
+@pytest.mark.allow_commands(sys.executable)
+def test_vacd_says_which_setting_to_fix_when_its_vacquery_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    try:
+        port = holder.getsockname()[1]
+        write(tmp_path, "etc/vac.conf", GOOD_SETTINGS + f"libvirt_uri = test:///default\nvacquery_port = {port}\n"
+                                                        "vacquery_bind_address = 127.0.0.1\n")
+        result = vacd(tmp_path, "--stderr")
+    finally:
+        holder.close()
+    assert result.returncode == 1
+    assert f"cannot listen for VacQuery on 127.0.0.1 port {port}" in result.stderr
+    assert "vacquery_port" in result.stderr
