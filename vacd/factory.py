@@ -148,6 +148,7 @@ class Factory:
         self.last_error: Optional[str] = None
         self._next_housekeeping = 0
         self._busy_at_observation: set[str] = set()
+        self._backoffs: dict[str, int] = {}
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
@@ -215,6 +216,7 @@ class Factory:
             self.tie_break,
         )
         report.decisions = decisions
+        self._log_backoff_changes(decisions.outlook.backoff_until, now)
         for create in decisions.creates:
             self._start_creation(settings, machinetypes[create.machinetype], create, now)
         for until in decisions.outlook.backoff_until.values():
@@ -222,6 +224,15 @@ class Factory:
         if wake_times:
             report.next_wake_seconds = max(1.0, min(wake_times) - now)
         return report
+
+    def _log_backoff_changes(self, backoff_until: Mapping[str, int], now: int) -> None:
+        """One line when a machinetype's backoff starts or moves, and one when it ends."""
+        for name, until in sorted(backoff_until.items()):
+            if self._backoffs.get(name) != until:
+                log.info("backoff machinetype=%s until=%d (in %ds)", name, until, until - now)
+        for name in sorted(set(self._backoffs) - set(backoff_until)):
+            log.info("backoff ended machinetype=%s", name)
+        self._backoffs = dict(backoff_until)
 
     # ------------------------------------------------------------------ per slot
     def _reconcile_slot(

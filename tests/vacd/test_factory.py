@@ -351,3 +351,18 @@ def test_no_census_is_run_while_every_processor_is_busy(tmp_path: Path) -> None:
     assert len(asked) == 1
     harness.run_pass()
     assert len(asked) == 1  # acceptance 28: capacity full, no query sent
+
+
+def test_backoff_start_and_end_are_logged_once_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas", backoff_seconds=600))
+    now = int(harness.clock())
+    harness.peer_reports = [MachinetypeReport("f2.example.com", "atlas", 0.0, 0, "300 No work", now - 100)]
+    with caplog.at_level("INFO", logger="vacd.factory"):
+        harness.run_pass()
+        harness.run_pass()
+        harness.clock.advance(10_000)
+        harness.run_pass()
+    lines = [record.getMessage() for record in caplog.records if "backoff" in record.getMessage()]
+    assert len(lines) == 2
+    assert lines[0].startswith("backoff machinetype=atlas until=")
+    assert lines[1] == "backoff ended machinetype=atlas"
