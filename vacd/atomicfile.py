@@ -6,25 +6,33 @@ over the target, fsync the directory. The temp file is removed if anything fails
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> None:
-    """Replace `path` with `content` atomically and durably."""
+@contextlib.contextmanager
+def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = None) -> Iterator[BinaryIO]:
+    """Yield a temp file beside `path`; on a clean exit it replaces `path`, durably.
+
+    `mtime`, if given, is set on the file before the rename (the image cache keeps the
+    server's Last-Modified there). On an exception the temp file is removed and `path`
+    is untouched.
+    """
     target = Path(path)
-    data = content.encode() if isinstance(content, str) else content
     descriptor, temp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as temp_file:
-            temp_file.write(data)
+            yield temp_file
             temp_file.flush()
             os.fchmod(temp_file.fileno(), mode)
             os.fsync(temp_file.fileno())
+        if mtime is not None:
+            os.utime(temp_name, (mtime, mtime))
         os.replace(temp_name, target)
     except BaseException:
         try:
@@ -33,6 +41,12 @@ def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644) 
             pass
         raise
     fsync_directory(target.parent)
+
+
+def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> None:
+    """Replace `path` with `content` atomically and durably."""
+    with atomic_replace(path, mode) as temp_file:
+        temp_file.write(content.encode() if isinstance(content, str) else content)
 
 
 def fsync_directory(directory: PathLike) -> None:

@@ -427,13 +427,15 @@ class Daemon:
             self.metrics.observe_status(document)
             if self.guest_api is not None:
                 for key, count in list(self.guest_api.counters.items()):
-                    for _ in range(count - self._guest_counts_seen.get(key, 0)):
-                        self.metrics.guest_request(key[1], key[2])
+                    new = count - self._guest_counts_seen.get(key, 0)
+                    if new > 0:
+                        self.metrics.guest_request(key[1], key[2], new)
                     self._guest_counts_seen[key] = count
             if self.responder is not None:
                 for outcome, count in list(self.responder.counters.items()):
-                    for _ in range(count - self._responder_counts_seen.get(outcome, 0)):
-                        self.metrics.datagram("query", outcome)
+                    new = count - self._responder_counts_seen.get(outcome, 0)
+                    if new > 0:
+                        self.metrics.datagram("query", outcome, new)
                     self._responder_counts_seen[outcome] = count
 
 

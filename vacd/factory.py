@@ -92,6 +92,26 @@ class PassReport:
     finished: list[tuple[MachineRecord, FinishRecord]] = field(default_factory=list)
     next_wake_seconds: Optional[float] = None
 
+    def running_by_machinetype(self) -> dict[str, "RunningTotals"]:
+        """Machines, processors and HS06 of the live slots, per machinetype (configured or not)."""
+        totals: dict[str, RunningTotals] = {}
+        for slot in self.slots:
+            if slot.state == "Shut down" or slot.machine is None:
+                continue
+            record = slot.machine.record
+            entry = totals.setdefault(record.machinetype, RunningTotals())
+            entry.machines += 1
+            entry.processors += record.processors
+            entry.hs06 += record.hs06
+        return totals
+
+
+@dataclass
+class RunningTotals:
+    machines: int = 0
+    processors: int = 0
+    hs06: float = 0.0
+
 
 @dataclass
 class FactoryHooks:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import os
-import tempfile
 import threading
 import urllib.parse
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import Optional
 import requests
 
 from vacd import MANAGER_VERSION
-from vacd.atomicfile import fsync_directory
+from vacd.atomicfile import atomic_replace
 from vacd.errors import VacError
 from vacd.paths import Paths
 
@@ -93,24 +91,11 @@ class ImageCache:
 
     def _download(self, url: str, response: requests.Response, target: Path, modified_time: float) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp_name = tempfile.mkstemp(prefix=".download.", dir=target.parent)
-        try:
-            size = 0
-            with os.fdopen(descriptor, "wb") as temp_file:
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    temp_file.write(chunk)
-                    size += len(chunk)
-                temp_file.flush()
-                os.fsync(temp_file.fileno())
-            os.utime(temp_name, (modified_time, modified_time))
-            os.replace(temp_name, target)
-        except BaseException:
-            try:
-                os.unlink(temp_name)
-            except FileNotFoundError:
-                pass
-            raise
-        fsync_directory(target.parent)
+        size = 0
+        with atomic_replace(target, mtime=modified_time) as temp_file:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                temp_file.write(chunk)
+                size += len(chunk)
         log.info("image downloaded url=%s bytes=%d", url, size)
 
 

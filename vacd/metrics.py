@@ -212,14 +212,14 @@ class FactoryMetrics:
         self.destructions.labels("ok" if ok else "failed").inc()
         self.destruction_seconds.observe(max(0.0, seconds))
 
-    def datagram(self, kind: str, outcome: str) -> None:
-        """Count one received datagram; any outcome but "accepted" is a drop for that reason."""
-        self.datagrams_received.labels(kind).inc()
+    def datagram(self, kind: str, outcome: str, count: int = 1) -> None:
+        """Count received datagrams; any outcome but "accepted" is a drop for that reason."""
+        self.datagrams_received.labels(kind).inc(count)
         if outcome != "accepted":
-            self.datagrams_dropped.labels(kind, outcome).inc()
+            self.datagrams_dropped.labels(kind, outcome).inc(count)
 
-    def guest_request(self, path_class: str, status: int) -> None:
-        self.guest_requests.labels(path_class, str(status)).inc()
+    def guest_request(self, path_class: str, status: int, count: int = 1) -> None:
+        self.guest_requests.labels(path_class, str(status)).inc(count)
 
     # ------------------------------------------------------------------ health
     def heartbeat_ages(self) -> dict[str, float]:

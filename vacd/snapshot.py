@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 import psutil
 
 from vacd import MANAGER_VERSION
-from vacd.factory import PassReport, SlotStatus
+from vacd.factory import PassReport, RunningTotals, SlotStatus
 from vacd.paths import Paths
 from vacquery.messages import FactoryStatus, MachineState, MachineStatus, MachinetypeStatus, Snapshot
 
@@ -134,13 +134,8 @@ def build_snapshot(report: PassReport, host: HostFacts, heartbeats: Mapping[str,
     assert settings is not None, "a pass without a valid configuration has nothing to publish"
     daemon_version = f"{MANAGER_VERSION} {client_name}"
     machines = tuple(machine_status(report, slot, daemon_version) for slot in report.slots)
-    running_machines: dict[str, int] = {}
-    running_processors: dict[str, int] = {}
-    for slot in report.slots:
-        if slot.state != "Shut down" and slot.machine is not None:
-            name = slot.machine.record.machinetype
-            running_machines[name] = running_machines.get(name, 0) + 1
-            running_processors[name] = running_processors.get(name, 0) + slot.machine.record.processors
+    running = report.running_by_machinetype()
+    idle = RunningTotals()
     machinetypes = tuple(
         MachinetypeStatus(
             space=settings.vac_space,
@@ -154,8 +149,8 @@ def build_snapshot(report: PassReport, host: HostFacts, heartbeats: Mapping[str,
             shutdown_message=_first_line(local.shutdown_message),
             shutdown_time=local.shutdown_time,
             shutdown_machine=local.shutdown_machine,
-            running_machines=running_machines.get(local.machinetype, 0),
-            running_processors=float(running_processors.get(local.machinetype, 0)),
+            running_machines=running.get(local.machinetype, idle).machines,
+            running_processors=float(running.get(local.machinetype, idle).processors),
             bytes_per_processor=settings.mb_per_processor * 1048576,
             max_wallclock_seconds=report.machinetypes[local.machinetype].max_wallclock_seconds,
             max_processors=report.machinetypes[local.machinetype].max_processors,
@@ -169,8 +164,8 @@ def build_snapshot(report: PassReport, host: HostFacts, heartbeats: Mapping[str,
         factory=settings.factory_name,
         site=settings.gocdb_sitename,
         daemon_version=daemon_version,
-        running_processors=sum(running_processors.values()),
-        running_machines=sum(running_machines.values()),
+        running_processors=sum(totals.processors for totals in running.values()),
+        running_machines=sum(totals.machines for totals in running.values()),
         running_hs06=sum(local.running_hs06 for local in report.local_reports),
         max_processors=total_processors,
         max_machines=total_processors,

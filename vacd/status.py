@@ -11,7 +11,7 @@ import json
 from typing import Any, Mapping, Optional
 
 from vacd.atomicfile import write_atomic
-from vacd.factory import PassReport
+from vacd.factory import PassReport, RunningTotals
 from vacd.paths import Paths
 
 
@@ -25,30 +25,23 @@ def status_document(
 ) -> dict[str, Any]:
     """The status.json content for one pass."""
     settings = report.settings
-    slots = []
-    running_processors = 0
-    per_machinetype: dict[str, dict[str, Any]] = {
-        name: {
+    running = report.running_by_machinetype()
+    per_machinetype: dict[str, dict[str, Any]] = {}
+    for name, machinetype in report.machinetypes.items():
+        totals = running.get(name, RunningTotals())
+        per_machinetype[name] = {
             "target_share": machinetype.target_share,
-            "running_processors": 0,
-            "running_machines": 0,
-            "running_hs06": 0.0,
+            "running_processors": totals.processors,
+            "running_machines": totals.machines,
+            "running_hs06": totals.hs06,
             "backoff_until": None,
             "last_outcome": None,
         }
-        for name, machinetype in report.machinetypes.items()
-    }
+    slots = []
     for slot in report.slots:
         stored = slot.machine
         live = slot.state != "Shut down" and stored is not None
         record = stored.record if stored is not None else None
-        if live and record is not None:
-            running_processors += record.processors
-            entry = per_machinetype.get(record.machinetype)
-            if entry is not None:
-                entry["running_processors"] += record.processors
-                entry["running_machines"] += 1
-                entry["running_hs06"] += record.hs06
         slots.append(
             {
                 "ordinal": slot.identity.ordinal,
@@ -90,7 +83,7 @@ def status_document(
         "heartbeats": dict(heartbeats),
         "census": dict(census) if census is not None else None,
         "total_processors": settings.total_processors if settings else 0,
-        "running_processors": running_processors,
+        "running_processors": sum(totals.processors for totals in running.values()),
         "last_error": last_error,
     }
 
