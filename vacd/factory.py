@@ -77,6 +77,32 @@ class SlotStatus:
     shutdown_message: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class SlotError:
+    """A per-slot step that raised: contained to its slot, shown to the admin, retried later."""
+
+    ordinal: int
+    machine_name: str
+    step: str  # one of SLOT_STEPS
+    error: str
+    since: int  # when this slot first failed this way, in the current run of failures
+    count: int  # consecutive failed attempts
+    retry_at: int  # the slot is left alone until then (per-slot backoff)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A factory-wide fault that stops creation or observation: what, and since when."""
+
+    kind: str  # "config", "listing", "disk", "network"
+    message: str
+    since: int
+
+
+# The per-slot steps of a pass, each inside its own error boundary (the metric's label values).
+SLOT_STEPS = ("observe", "finalise", "police", "account", "housekeeping", "create", "destroy")
+
+
 @dataclass
 class PassReport:
     """What one pass saw and did; published by the caller."""
@@ -91,6 +117,9 @@ class PassReport:
     observe_error: Optional[str] = None
     finished: list[tuple[MachineRecord, FinishRecord]] = field(default_factory=list)
     next_wake_seconds: Optional[float] = None
+    # Contained faults: per-slot errors and factory-wide faults, each with its since-time.
+    slot_errors: list[SlotError] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
 
     def running_by_machinetype(self) -> dict[str, "RunningTotals"]:
         """Machines, processors and HS06 of the live slots, per machinetype (configured or not)."""
@@ -169,6 +198,8 @@ class Factory:
         self._next_housekeeping = 0
         self._busy_at_observation: set[str] = set()
         self._backoffs: dict[str, int] = {}
+        # Cumulative count of contained per-slot errors by step (vac_slot_errors_total{step}).
+        self.slot_error_totals: dict[str, int] = {step: 0 for step in SLOT_STEPS}
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
