@@ -75,6 +75,48 @@ class FakeBackend:
         return [name for action, name in self.actions if action == "create"]
 
 
+class SlowBackend(FakeBackend):
+    """A FakeBackend whose creates and destroys take real time, as libvirt's do (about 2 s).
+
+    Each call waits on its gate (`hold_destroys`, `hold_creates`) until the test opens it, so a
+    test decides exactly where the pool's work stands while the loop runs a pass.
+    """
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.creates_may_finish = threading.Event()
+        self.destroys_may_finish = threading.Event()
+        self.creates_may_finish.set()
+        self.destroys_may_finish.set()
+        self.in_progress: list[tuple[str, str]] = []
+
+    def hold_creates(self) -> None:
+        self.creates_may_finish.clear()
+
+    def hold_destroys(self) -> None:
+        self.destroys_may_finish.clear()
+
+    def create(self, spec: MachineSpec) -> None:
+        self._take_time("create", spec.name, self.creates_may_finish)
+        super().create(spec)
+
+    def destroy(self, name: str, uuid: Optional[str] = None) -> None:
+        self._take_time("destroy", name, self.destroys_may_finish)
+        super().destroy(name, uuid)
+
+    def _take_time(self, action: str, name: str, gate: threading.Event) -> None:
+        with self._lock:
+            self.in_progress.append((action, name))
+        # Bounded, so a test that forgets to open a gate fails instead of hanging CI.
+        if not gate.wait(30.0):
+            raise BackendError(action, name, "test gate never opened")
+        if self.seconds:
+            threading.Event().wait(self.seconds)
+        with self._lock:
+            self.in_progress.remove((action, name))
+
+
 class InlineExecutor(Executor):
     """Runs submitted work at once, in the caller's thread, so a factory pass is deterministic."""
 

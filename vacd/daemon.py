@@ -31,6 +31,7 @@ from typing import Any, Optional, TextIO
 from vacd import MANAGER_VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
 from vacd.errors import ConfigErrors, VacError
+from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.paths import Paths
 from vacd.status import publish_status, status_document, write_heartbeat
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 
 # Budget of one pass before it is logged as slow (style.md, kubelet's housekeeping budget).
 PASS_BUDGET_SECONDS = 10.0
+# After a pass that raised, the loop waits this long, doubling up to the cap (the kubelet's
+# runtime-error backoff, 100 ms to 5 s, stretched: a pass here touches disks and libvirt).
+PASS_ERROR_FIRST_BACKOFF_SECONDS = 1.0
+PASS_ERROR_MAX_BACKOFF_SECONDS = 60.0
+# Where vacd remembers the factory name it last ran as (a rename strands machines, item 7).
+FACTORY_NAME_FILE = "factory-name"
 
 
 class ReloadingConfig:
@@ -172,7 +179,11 @@ class Daemon:
         self.host_fqdn = host_fqdn
         self.host_cpu_count = host_cpu_count
         self.stopping = threading.Event()
-        self.start_time = int(time.time())
+        # Intervals are measured on the steady clock: a wall-clock jump moves none (item 11).
+        self.clock = SteadyClock()
+        self.clock_watch = ClockJumpWatch(self.clock, self._log_clock_jump)
+        self.start_time = int(self.clock())
+        self.pass_errors_in_a_row = 0
         self.factory: Optional[Factory] = None
         self.guest_api: Optional[Any] = None
         self.metrics: Optional[Any] = None
@@ -203,6 +214,7 @@ class Daemon:
         log.info("starting %s factory=%s space=%s slots=%d domain_type=%s (%s)", MANAGER_VERSION,
                  settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
         self._ensure_network(settings)
+        warn_if_factory_renamed(self.paths, settings.factory_name)
         backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                                  tmp_dir=self.paths.tmp_dir)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
@@ -214,12 +226,13 @@ class Daemon:
             backend,
             config_source,
             executor,
-            clock=time.time,
+            clock=self.clock,
             load_average=load_average,
             host_cpu_count=self.host_cpu_count,
             vacd_start_time=self.start_time,
             hooks=self._hooks(),
             is_draining=self.paths.drain_file.exists,
+            initial_config=self.config,
         )
         self.factory = factory
         if settings.wake_on_events:
@@ -230,7 +243,7 @@ class Daemon:
             log.info("libvirt test driver: its machines are not real guests, so no guest API is served")
         else:
             self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
-                                            port=settings.metadata_port)
+                                            port=settings.metadata_port, clock=self.clock)
             services.call(self.guest_api.start())
         self._start_peer_protocol(settings, services)
         if self.peer_census is not None and factory.hooks is not None:
@@ -256,14 +269,18 @@ class Daemon:
 
     def _ensure_network(self, settings: Settings) -> bool:
         """Check the guest network as Vac did each cycle (§1.3 step 8); False if it is unusable."""
+        return self._network_problem(settings) is None
+
+    def _network_problem(self, settings: Settings) -> Optional[str]:
+        """Why the guest network is unusable (after trying to make it so), or None."""
         from vacd.network import ensure_network
 
         try:
             ensure_network(settings.libvirt_uri, self.paths, settings)
         except VacError as error:
             log.error("guest network unusable, no machine created this pass error=%s", error)
-            return False
-        return True
+            return f"guest network unusable: {error}"
+        return None
 
     def _start_peer_protocol(self, settings: Settings, services: "ServiceLoop") -> None:
         """The VacQuery responder, the census of peers, and VacMon (§3, §7.2)."""
@@ -346,28 +363,47 @@ class Daemon:
             shutdown_message_time=lambda stored: shutdown_message_time(stored.directory / "joboutputs"),
         )
 
+    def _log_clock_jump(self, skew: float) -> None:
+        log.warning("wall clock is %+.0fs from vacd's steady clock (a jump?); machines are policed on the "
+                    "steady clock until vacd restarts", skew)
+
     def _loop(self, factory: Factory, config_source: ReloadingConfig) -> None:
         while not self.stopping.is_set():
             factory.wake_event.clear()
-            started = time.monotonic()
-            if not self._ensure_network(config_source.last_good.settings):
-                write_heartbeat(self.paths, "factory", int(time.time()))
-                self.stopping.wait(config_source.last_good.settings.cycle_seconds)
-                continue
-            report = factory.run_pass()
-            self._publish(factory, report)
-            elapsed = time.monotonic() - started
-            if elapsed > PASS_BUDGET_SECONDS:
-                log.warning("slow pass budget=%.0fs actual=%.1fs", PASS_BUDGET_SECONDS, elapsed)
-            settings = report.settings or config_source.last_good.settings
-            if not settings.wake_on_events:
-                # Vac 03's loop: a fixed wait after each pass, deaf to events (§1.3).
-                self.stopping.wait(settings.cycle_seconds)
-                continue
-            wait_seconds = settings.cycle_seconds
-            if report.next_wake_seconds is not None:
-                wait_seconds = min(wait_seconds, report.next_wake_seconds)
-            factory.wake_event.wait(wait_seconds)
+            try:
+                self._one_iteration(factory, config_source)
+                self.pass_errors_in_a_row = 0
+            except Exception:  # boundary: the loop never dies from an exception (item 1)
+                self.pass_errors_in_a_row += 1
+                delay = min(PASS_ERROR_MAX_BACKOFF_SECONDS,
+                            PASS_ERROR_FIRST_BACKOFF_SECONDS * 2 ** min(self.pass_errors_in_a_row - 1, 10))
+                log.exception("pass failed (%d in a row); next pass in %.0fs", self.pass_errors_in_a_row, delay)
+                self.stopping.wait(delay)
+
+    def _one_iteration(self, factory: Factory, config_source: ReloadingConfig) -> None:
+        """One pass, its publication, and the wait for the next: all inside the loop's boundary."""
+        started = time.monotonic()
+        self.clock_watch.check()
+        network_problem = self._network_problem(config_source.last_good.settings)
+        if network_problem is None:
+            factory.clear_fault("network")
+        else:
+            # Creation waits for the network; policing, finalising and accounting do not.
+            factory.note_fault("network", network_problem)
+        report = factory.run_pass()
+        self._publish(factory, report)
+        elapsed = time.monotonic() - started
+        if elapsed > PASS_BUDGET_SECONDS:
+            log.warning("slow pass budget=%.0fs actual=%.1fs", PASS_BUDGET_SECONDS, elapsed)
+        settings = report.settings or config_source.last_good.settings
+        if not settings.wake_on_events:
+            # Vac 03's loop: a fixed wait after each pass, deaf to events (§1.3).
+            self.stopping.wait(settings.cycle_seconds)
+            return
+        wait_seconds = settings.cycle_seconds
+        if report.next_wake_seconds is not None:
+            wait_seconds = min(wait_seconds, report.next_wake_seconds)
+        factory.wake_event.wait(wait_seconds)
 
     def _publish(self, factory: Factory, report: PassReport) -> None:
         """Status file, heartbeats, the responder's snapshot, VacMon and metrics, after each pass."""
@@ -437,6 +473,23 @@ class Daemon:
                     if new > 0:
                         self.metrics.datagram("query", outcome, new)
                     self._responder_counts_seen[outcome] = count
+
+
+def warn_if_factory_renamed(paths: Paths, factory_name: str) -> None:
+    """A factory name that differs from last start is a loud warning (item 7), then remembered."""
+    from vacd.atomicfile import read_text_or_none, write_atomic
+
+    remembered = paths.state_dir / FACTORY_NAME_FILE
+    try:
+        previous = (read_text_or_none(remembered) or "").strip()
+        if previous and previous != factory_name:
+            log.warning("factory name changed from %s to %s since the last start: machines named for %s are "
+                        "policed, finalised and accounted until they are gone, and their slots are not refilled",
+                        previous, factory_name, previous)
+        if previous != factory_name:
+            write_atomic(remembered, factory_name + "\n")
+    except OSError as error:
+        log.warning("cannot remember the factory name in %s error=%s", remembered, error)
 
 
 def check_config(paths: Paths) -> int:

@@ -23,10 +23,10 @@ import logging
 import random
 import threading
 import uuid as uuid_module
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 
 from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend, ObservedMachine, ObservedState
@@ -37,7 +37,7 @@ from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
-from vacd.slots import SlotIdentity, slot_identity
+from vacd.slots import MAX_SLOTS, VNC_BASE_PORT, SlotIdentity, mac_address_for, machine_name_for, slot_identity
 from vacd.store import FinishRecord, Heartbeat, MachineRecord, Store, StoredMachine, lowered
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,10 @@ CREATION_FAILURE_MAX_BACKOFF_SECONDS = 3600
 PAUSED_GRACE_SECONDS = 30
 # Old machine directories are looked at hourly; Vac looked every cycle (§1.8), needlessly.
 HOUSEKEEPING_SECONDS = 3600
+# A slot whose step raised is left alone for this long, doubling per repeat up to the cap, so a
+# slot that fails the same way pass after pass is not retried hot (the kubelet's per-pod backoff).
+SLOT_ERROR_FIRST_BACKOFF_SECONDS = 10
+SLOT_ERROR_MAX_BACKOFF_SECONDS = 900
 
 
 class ConfigSource(Protocol):
@@ -75,6 +79,9 @@ class SlotStatus:
     machine: Optional[StoredMachine]
     cpu_seconds: float = 0.0
     shutdown_message: Optional[str] = None
+    # A slot the configuration no longer covers (host_processors lowered, factory renamed):
+    # its machine is still policed, finalised and accounted until it is gone (issue 8 item 7).
+    beyond_range: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,7 @@ class Factory:
         hooks: Optional[FactoryHooks] = None,
         tie_break: Optional[RandomSource] = None,
         is_draining: Callable[[], bool] = lambda: False,
+        initial_config: Optional[Config] = None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -189,8 +197,13 @@ class Factory:
         # The pure scheduler is given its randomness; this edge module owns the source.
         self.tie_break: RandomSource = tie_break or random.Random()
         self.wake_event = threading.Event()
+        # Guards everything pool threads touch: _in_flight, _futures, _creation_failures, last_error.
         self._lock = threading.Lock()
-        self._in_flight: set[str] = set()
+        # Machine name -> the action running for it on the pool ("create" or "destroy"). A slot
+        # with anything in flight is neither free nor judged, so a zombie's destroy finishes
+        # before its slot can be created into (issue 8 item 5).
+        self._in_flight: dict[str, str] = {}
+        self._futures: set[Future[None]] = set()
         self._shutdown_sent: set[str] = set()
         self._creation_failures: dict[str, tuple[int, int]] = {}  # machinetype -> (failures, until)
         self._previous_cpu: dict[str, tuple[float, float]] = {}  # name -> (time, cpu seconds)
@@ -200,6 +213,12 @@ class Factory:
         self._backoffs: dict[str, int] = {}
         # Cumulative count of contained per-slot errors by step (vac_slot_errors_total{step}).
         self.slot_error_totals: dict[str, int] = {step: 0 for step in SLOT_STEPS}
+        self._slot_errors: dict[str, SlotError] = {}  # machine name -> its current error
+        self._faults: dict[str, Fault] = {}  # kind -> the factory-wide fault holding now
+        # Policing, finalising and accounting go on under this after a bad reload (item 9).
+        self._last_good_config: Optional[Config] = initial_config
+        self._configured_slots: Optional[int] = None
+        self._reported_config_errors: Optional[str] = None
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
@@ -207,14 +226,12 @@ class Factory:
 
     def run_pass(self) -> PassReport:
         now = int(self.clock())
-        try:
-            config = self.config_source.current()
-        except ConfigErrors as errors:
-            for problem in errors.problems:
-                log.error("configuration error, no machine touched or created this pass: %s", problem)
-            return PassReport(now, None, {}, config_error=str(errors))
+        config, config_error = self._config_for_pass(now)
+        if config is None:
+            return PassReport(now, None, {}, config_error=config_error, faults=self._fault_list())
         settings, machinetypes = config.settings, config.machinetypes
-        report = PassReport(now, settings, machinetypes)
+        report = PassReport(now, settings, machinetypes, config_error=config_error)
+        self._note_slot_range(settings)
         # Taken before listing: a creation that ends while the list is made must not be judged
         # on a listing that saw it half-made (QEMU starts paused until libvirt resumes it).
         with self._lock:
@@ -223,22 +240,47 @@ class Factory:
             observed = {machine.name: machine for machine in self.backend.list_machines()}
         except BackendError as error:
             log.error("cannot list machines, no action this pass error=%s", error)
+            self._set_fault("listing", f"cannot list machines: {error}", now)
             report.observe_error = str(error)
-            report.slots = [self._status_from_store(settings, ordinal) for ordinal in range(settings.num_machine_slots)]
+            report.slots = [self._status_from_store_contained(settings, ordinal) for ordinal in range(settings.num_machine_slots)]
+            report.faults = self._fault_list()
+            report.slot_errors = list(self._slot_errors.values())
             return report
+        self._clear_fault("listing")
 
         slot_views: list[SlotView] = []
         wake_times: list[int] = []
-        for ordinal in range(settings.num_machine_slots):
-            identity = slot_identity(settings.factory_name, ordinal)
-            status, view, wake_at = self._reconcile_slot(settings, machinetypes, identity, observed, now, report)
+        beyond = self._identities_beyond_range(settings, observed)
+        held_ordinals = {identity.ordinal for identity in beyond}
+        for identity in [*self._identities_in_range(settings), *beyond]:
+            is_beyond = identity.ordinal >= settings.num_machine_slots or identity in beyond
+            result = self._reconcile_slot_contained(settings, machinetypes, identity, observed, now, report)
+            if result is None:
+                continue
+            status, view, wake_at = result
+            if is_beyond:
+                status = dataclasses.replace(status, beyond_range=True)
+                if status.state == "Shut down" and status.machine is not None:
+                    self._release_beyond_range(status)
             report.slots.append(status)
-            slot_views.append(view)
+            # A free slot beyond the range is not the scheduler's to fill; an in-range slot whose
+            # address a renamed factory's machine still holds is not free either.
+            if is_beyond and not view.is_free:
+                slot_views.append(view)
+            elif not is_beyond and not (view.is_free and identity.ordinal in held_ordinals):
+                slot_views.append(view)
             if wake_at is not None:
                 wake_times.append(wake_at)
+        self._destroy_unbound_zombies(settings, observed, report)
 
         report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
-        self._housekeeping(machinetypes, now)
+        try:
+            self._housekeeping(machinetypes, now)
+        except Exception:  # boundary: old directories wait for the next round, the pass goes on
+            self.slot_error_totals["housekeeping"] += 1
+            log.exception("housekeeping failed; retried in %ds", HOUSEKEEPING_SECONDS)
+        with self._lock:
+            creation_failure_until = {name: until for name, (_, until) in self._creation_failures.items()}
         local_state = SchedulerInput(
             now=now,
             settings=settings,
@@ -248,7 +290,8 @@ class Factory:
             load_average=self.load_average(),
             host_cpu_count=self.host_cpu_count,
             draining=self.is_draining(),
-            creation_failure_until={name: until for name, (_, until) in self._creation_failures.items()},
+            creation_failure_until=creation_failure_until,
+            blocked_by=self._creation_blocked_by(),
         )
         peer_reports: Sequence[MachinetypeReport] = ()
         running_processors = sum(view.processors for view in slot_views if not view.is_free)
@@ -272,8 +315,11 @@ class Factory:
             self._start_creation(settings, machinetypes[create.machinetype], create, now)
         for until in decisions.outlook.backoff_until.values():
             wake_times.append(until + 1)
+        wake_times.extend(error.retry_at for error in self._slot_errors.values())
         if wake_times:
             report.next_wake_seconds = max(1.0, min(wake_times) - now)
+        report.faults = self._fault_list()
+        report.slot_errors = list(self._slot_errors.values())
         return report
 
     def _log_backoff_changes(self, backoff_until: Mapping[str, int], now: int) -> None:
@@ -285,6 +331,201 @@ class Factory:
             log.info("backoff ended machinetype=%s", name)
         self._backoffs = dict(backoff_until)
 
+    # ------------------------------------------------------------------ configuration and faults
+    def _config_for_pass(self, now: int) -> tuple[Optional[Config], Optional[str]]:
+        """This pass's configuration, and the error of a bad reading.
+
+        After a bad reload the last good configuration goes on being used for policing,
+        finalising and accounting; only creation stops (item 9). With none, nothing is touched.
+        """
+        try:
+            config = self.config_source.current()
+        except ConfigErrors as errors:
+            text = str(errors)
+            if text != self._reported_config_errors:
+                self._reported_config_errors = text
+                for problem in errors.problems:
+                    if self._last_good_config is None:
+                        log.error("configuration error, no machine touched or created: %s", problem)
+                    else:
+                        log.error("configuration error, creating nothing; policing under the last good "
+                                  "configuration: %s", problem)
+            self._set_fault("config", text, now)
+            return self._last_good_config, text
+        if self._reported_config_errors is not None:
+            log.info("configuration is good again; creating resumes")
+            self._reported_config_errors = None
+        self._clear_fault("config")
+        self._last_good_config = config
+        return config, None
+
+    def note_fault(self, kind: str, message: str) -> None:
+        """A fault found outside the pass (the guest network): creation stops until it clears."""
+        self._set_fault(kind, message, int(self.clock()))
+
+    def clear_fault(self, kind: str) -> None:
+        self._clear_fault(kind)
+
+    def _creation_blocked_by(self) -> Optional[str]:
+        """A factory-wide fault that stops creation, as the gate reason (config, disk, network)."""
+        for kind in ("config", "disk", "network"):
+            fault = self._faults.get(kind)
+            if fault is not None:
+                first_line = fault.message.splitlines()[0] if fault.message else ""
+                return f"{kind}: {first_line}"
+        return None
+
+    def _set_fault(self, kind: str, message: str, now: int) -> None:
+        current = self._faults.get(kind)
+        self._faults[kind] = Fault(kind, message, current.since if current is not None else now)
+
+    def _clear_fault(self, kind: str) -> None:
+        if self._faults.pop(kind, None) is not None:
+            log.info("fault cleared kind=%s", kind)
+
+    def _fault_list(self) -> list[Fault]:
+        return [self._faults[kind] for kind in sorted(self._faults)]
+
+    # ------------------------------------------------------------------ slots in and beyond the range
+    def _identities_in_range(self, settings: Settings) -> list[SlotIdentity]:
+        return [slot_identity(settings.factory_name, ordinal) for ordinal in range(settings.num_machine_slots)]
+
+    def _note_slot_range(self, settings: Settings) -> None:
+        if self._configured_slots is not None and self._configured_slots != settings.num_machine_slots:
+            log.warning(
+                "slot count changed from %d to %d; machines in slots beyond the range are policed, "
+                "finalised and accounted until they are gone",
+                self._configured_slots,
+                settings.num_machine_slots,
+            )
+        self._configured_slots = settings.num_machine_slots
+
+    def _identities_beyond_range(
+        self, settings: Settings, observed: Mapping[str, ObservedMachine]
+    ) -> list[SlotIdentity]:
+        """Slots bound to a live machine that the configured range does not cover (item 7).
+
+        They come from a lowered host_processors or a changed factory_name: the slots/
+        directory still binds them, so they are managed until their machine is gone.
+        """
+        in_range = {identity.machine_name for identity in self._identities_in_range(settings)}
+        identities = []
+        for machine_name in self.store.bound_machine_names():
+            if machine_name in in_range:
+                continue
+            try:
+                stored = self.store.slot_binding(machine_name)
+            except (VacError, OSError) as error:
+                log.warning("unreadable slot binding beyond the range name=%s error=%s", machine_name, error)
+                continue
+            if stored is None:
+                continue
+            if stored.has_finished and machine_name not in observed:
+                continue
+            identities.append(_identity_of_record(stored.record))
+        return identities
+
+    def _release_beyond_range(self, status: SlotStatus) -> None:
+        """A beyond-range slot whose machine is finalised and gone: unbind it, once."""
+        assert status.machine is not None
+        if status.machine.record.name in self._in_flight:
+            return
+        log.info("slot beyond the configured range released name=%s", status.identity.machine_name)
+        self.store.free_slot(status.machine.record)
+
+    def _destroy_unbound_zombies(
+        self, settings: Settings, observed: Mapping[str, ObservedMachine], report: PassReport
+    ) -> None:
+        """A domain named as this factory names slots, outside the range and bound to nothing."""
+        known = {slot.identity.machine_name for slot in report.slots}
+        for name, machine in observed.items():
+            if name in known or _ordinal_of_machine_name(settings.factory_name, name) is None:
+                continue
+            with self._lock:
+                busy = name in self._in_flight
+            if busy:
+                continue
+            log.warning("zombie machine beyond the slot range name=%s uuid=%s: no live record, destroying",
+                        name, machine.uuid)
+            self._destroy_in_background(name, machine.uuid)
+
+    # ------------------------------------------------------------------ per-slot error boundary
+    def _reconcile_slot_contained(
+        self,
+        settings: Settings,
+        machinetypes: Mapping[str, Machinetype],
+        identity: SlotIdentity,
+        observed: Mapping[str, ObservedMachine],
+        now: int,
+        report: PassReport,
+    ) -> Optional[tuple[SlotStatus, SlotView, Optional[int]]]:
+        """Reconcile one slot inside its error boundary: its trouble stays in it (item 1).
+
+        A slot that raised is shown as busy (never free: nobody knows what runs there) and is
+        left alone until its retry time; the other slots go on.
+        """
+        name = identity.machine_name
+        current = self._slot_errors.get(name)
+        if current is not None and now < current.retry_at:
+            return self._slot_in_error(settings, identity, current)
+        progress = _StepProgress()
+        try:
+            result = self._reconcile_slot(settings, machinetypes, identity, observed, now, report, progress)
+        except Exception as error:  # boundary: one slot's fault must not stop the pass
+            slot_error = self._record_slot_error(identity, progress.step, error, now, current)
+            return self._slot_in_error(settings, identity, slot_error)
+        if current is not None:
+            log.info("slot recovered name=%s after %d failed attempts (last step=%s)", name, current.count, current.step)
+            del self._slot_errors[name]
+        return result
+
+    def _record_slot_error(
+        self, identity: SlotIdentity, step: str, error: Exception, now: int, previous: Optional[SlotError]
+    ) -> SlotError:
+        count = previous.count + 1 if previous is not None else 1
+        delay = min(SLOT_ERROR_MAX_BACKOFF_SECONDS, SLOT_ERROR_FIRST_BACKOFF_SECONDS * 2 ** min(count - 1, 20))
+        text = f"{type(error).__name__}: {error}"
+        same = previous is not None and previous.step == step and previous.error == text
+        slot_error = SlotError(
+            ordinal=identity.ordinal,
+            machine_name=identity.machine_name,
+            step=step,
+            error=text,
+            since=previous.since if same and previous is not None else now,
+            count=count,
+            retry_at=now + delay,
+        )
+        self._slot_errors[identity.machine_name] = slot_error
+        self.slot_error_totals[step] = self.slot_error_totals.get(step, 0) + 1
+        if same:
+            # Logged in full once; a repeat is one line, and it comes at the backoff's pace.
+            log.error("slot error again name=%s step=%s count=%d error=%s retry_in=%ds",
+                      identity.machine_name, step, count, text, delay)
+        else:
+            log.exception("slot error name=%s slot=%d step=%s retry_in=%ds; other slots go on",
+                          identity.machine_name, identity.ordinal, step, delay)
+        return slot_error
+
+    def _slot_in_error(
+        self, settings: Settings, identity: SlotIdentity, slot_error: SlotError
+    ) -> tuple[SlotStatus, SlotView, Optional[int]]:
+        stored: Optional[StoredMachine]
+        try:
+            stored = self.store.slot_binding(identity.machine_name)
+        except Exception:  # boundary: the status of a slot in error is best-effort
+            stored = None
+        record = stored.record if stored is not None else None
+        # Not free, whatever the store says: a creation over an unknown state could run twice.
+        view = SlotView(
+            identity.ordinal,
+            record.machinetype if record is not None else "(slot error)",
+            record.processors if record is not None else 0,
+            record.shutdown_time if record is not None else None,
+            record.hs06 if record is not None else 0.0,
+        )
+        status = SlotStatus(identity, "Error", stored)
+        return status, view, slot_error.retry_at
+
     # ------------------------------------------------------------------ per slot
     def _reconcile_slot(
         self,
@@ -294,33 +535,49 @@ class Factory:
         observed: Mapping[str, ObservedMachine],
         now: int,
         report: PassReport,
+        progress: Optional["_StepProgress"] = None,
     ) -> tuple[SlotStatus, SlotView, Optional[int]]:
+        progress = progress or _StepProgress()
+        progress.step = "observe"
         name = identity.machine_name
         free_view = SlotView(identity.ordinal)
         domain = observed.get(name)
         with self._lock:
-            busy = name in self._in_flight or name in self._busy_at_observation
+            action = self._in_flight.get(name)
+            busy = action is not None or name in self._busy_at_observation
         stored = self.store.slot_binding(name)
 
         if stored is None or stored.has_finished:
-            if domain is not None and not busy:
+            message = stored.finish.shutdown_message if stored and stored.finish else None
+            if busy:
+                # A destroy (of a zombie, or after finalising) is still running: the slot is
+                # not free until it has finished (item 5: no create over a running destroy).
+                return SlotStatus(identity, "Stopping", stored, shutdown_message=message), SlotView(
+                    identity.ordinal, "(stopping)"
+                ), None
+            if domain is not None:
+                progress.step = "destroy"
                 log.warning("zombie machine name=%s uuid=%s: no live record, destroying", name, domain.uuid)
                 self._destroy_in_background(name, domain.uuid)
-            message = stored.finish.shutdown_message if stored and stored.finish else None
+                return SlotStatus(identity, "Stopping", stored, shutdown_message=message), SlotView(
+                    identity.ordinal, "(stopping)"
+                ), None
             return SlotStatus(identity, "Shut down", stored, shutdown_message=message), free_view, None
 
         record = stored.record
         live_view = SlotView(identity.ordinal, record.machinetype, record.processors, record.shutdown_time, record.hs06)
         if busy:
-            state = "Starting" if not stored.has_started else "Stopping"
+            state = "Starting" if action == "create" or not stored.has_started else "Stopping"
             return SlotStatus(identity, state, stored), live_view, None
 
         if domain is not None and domain.uuid != record.uuid:
+            progress.step = "destroy"
             log.warning("zombie machine name=%s uuid=%s: slot record says uuid=%s", name, domain.uuid, record.uuid)
             self._destroy_in_background(name, domain.uuid)
             return SlotStatus(identity, "Stopping", stored), live_view, None
 
         if domain is None:
+            progress.step = "finalise"
             message = None if stored.has_started else FAILED_TO_START
             finish = self._finalise(settings, machinetypes.get(record.machinetype), stored, now, message)
             report.finished.append((record, finish))
@@ -333,6 +590,7 @@ class Factory:
             self.store.mark_started(record, now)
             stored = self.store.slot_binding(name) or stored
 
+        progress.step = "police"
         if domain.state == ObservedState.PAUSED and now < (stored.started_time or now) + PAUSED_GRACE_SECONDS:
             # Just created: libvirt may not have resumed its vCPUs yet. Look again next pass.
             return SlotStatus(identity, "Starting", stored, cpu_seconds), live_view, now + PAUSED_GRACE_SECONDS
@@ -342,7 +600,11 @@ class Factory:
             self._destroy_in_background(name, record.uuid)
             return SlotStatus(identity, "Paused", stored, cpu_seconds), live_view, None
 
-        self._write_heartbeat(record, cpu_seconds, now)
+        try:
+            self._write_heartbeat(record, cpu_seconds, now)
+        except OSError as error:
+            # A full or failing disk costs the heartbeat, never the policing below (item 4).
+            log.warning("cannot write heartbeat name=%s error=%s; policing goes on", name, error)
         if stored.destroy_request is not None:
             return self._continue_stopping(settings, identity, stored, cpu_seconds, now), live_view, (
                 stored.destroy_request.requested_time + settings.shutdown_grace_seconds
@@ -372,7 +634,14 @@ class Factory:
         )
         if reason is not None:
             log.info("stopping machine name=%s reason=%r", name, reason)
-            self.store.request_destroy(record, now, reason)
+            try:
+                self.store.request_destroy(record, now, reason)
+            except OSError as error:
+                # The decision cannot be recorded (disk full?): stop the machine anyway; the
+                # finalising pass retries the record once the disk allows (item 4).
+                log.error("cannot record the stop, destroying at once name=%s error=%s", name, error)
+                self._destroy_in_background(name, record.uuid)
+                return SlotStatus(identity, "Stopping", stored, cpu_seconds), live_view, None
             stored = self.store.slot_binding(name) or stored
             return self._continue_stopping(settings, identity, stored, cpu_seconds, now), live_view, (
                 now + settings.shutdown_grace_seconds
@@ -480,12 +749,18 @@ class Factory:
             mb=settings.mb_per_processor * create.processors,
         )
         with self._lock:
-            self._in_flight.add(record.name)
+            running = self._in_flight.get(record.name)
+            if running is None:
+                self._in_flight[record.name] = "create"
+        if running is not None:
+            # The scheduler never sees such a slot as free; this guards the invariant (item 5).
+            log.error("not creating name=%s: a %s is still in flight for it", record.name, running)
+            return
         try:
             self.store.begin_creation(record)
             if self.hooks.contextualise is not None:
                 self.hooks.contextualise(settings, machinetype, record, now)
-        except (VacError, OSError) as error:
+        except Exception as error:  # boundary (step "create"): one machine's failure stays its own
             self._creation_failed(record, now, error)
             return
         log.info(
@@ -497,7 +772,18 @@ class Factory:
             record.shutdown_time,
             " probe=yes" if create.is_probe else "",
         )
-        self.executor.submit(self._create_in_background, record, settings, machinetype, identity)
+        self._submit(self._create_in_background, record, settings, machinetype, identity)
+
+    def _submit(self, function: Callable[..., None], *arguments: object) -> None:
+        """Run `function` on the pool, tracked so wait_for_background_work waits for all of it."""
+        future: Future[None] = self.executor.submit(function, *arguments)
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget_future)
+
+    def _forget_future(self, future: "Future[None]") -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def _create_in_background(
         self, record: MachineRecord, settings: Settings, machinetype: Machinetype, identity: SlotIdentity
@@ -511,7 +797,8 @@ class Factory:
             )
             self.backend.create(spec)
             self.store.mark_started(record, int(self.clock()))
-            self._creation_failures.pop(record.machinetype, None)
+            with self._lock:
+                self._creation_failures.pop(record.machinetype, None)
             self._clear_error()
             ok = True
             log.info("created machine name=%s uuid=%s seconds=%.1f", record.name, record.uuid, self.clock() - started)
@@ -524,59 +811,80 @@ class Factory:
                 except Exception:
                     log.exception("creation hook failed name=%s", record.name)
             with self._lock:
-                self._in_flight.discard(record.name)
+                self._in_flight.pop(record.name, None)
             self.wake("created")
 
     def _creation_failed(self, record: MachineRecord, now: int, error: BaseException) -> None:
-        failures, _ = self._creation_failures.get(record.machinetype, (0, 0))
-        delay = min(CREATION_FAILURE_MAX_BACKOFF_SECONDS, CREATION_FAILURE_FIRST_BACKOFF_SECONDS * 2**failures)
-        self._creation_failures[record.machinetype] = (failures + 1, now + delay)
-        self.last_error = f"{record.name} ({record.machinetype}): {error}"
+        """Back the machinetype off locally, record why, and leave the slot to be finalised."""
+        with self._lock:
+            failures, _ = self._creation_failures.get(record.machinetype, (0, 0))
+            delay = min(CREATION_FAILURE_MAX_BACKOFF_SECONDS, CREATION_FAILURE_FIRST_BACKOFF_SECONDS * 2**min(failures, 20))
+            self._creation_failures[record.machinetype] = (failures + 1, now + delay)
+            self.last_error = f"{record.name} ({record.machinetype}): {error}"
+            last_error = self.last_error
+            self.slot_error_totals["create"] = self.slot_error_totals.get("create", 0) + 1
         log.error(
             "creation failed name=%s machinetype=%s error=%s retry_in=%ds", record.name, record.machinetype, error, delay
         )
         try:
             self.store.request_destroy(record, now, FAILED_TO_START)
             self.store.paths.factory_error_file.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.store.paths.factory_error_file, self.last_error + "\n")
-        except OSError:
-            log.exception("cannot record creation failure name=%s", record.name)
+            write_atomic(self.store.paths.factory_error_file, last_error + "\n")
+        except OSError as write_error:
+            log.error("cannot record creation failure name=%s error=%s", record.name, write_error)
         with self._lock:
-            self._in_flight.discard(record.name)
+            self._in_flight.pop(record.name, None)
 
     def _clear_error(self) -> None:
-        self.last_error = None
+        with self._lock:
+            self.last_error = None
         try:
             self.store.paths.factory_error_file.unlink()
         except FileNotFoundError:
             pass
+        except OSError as error:
+            log.warning("cannot remove %s error=%s", self.store.paths.factory_error_file, error)
 
     def _destroy_in_background(self, name: str, uuid: Optional[str]) -> None:
         with self._lock:
             if name in self._in_flight:
                 return
-            self._in_flight.add(name)
-        self.executor.submit(self._destroy, name, uuid)
+            self._in_flight[name] = "destroy"
+        self._submit(self._destroy, name, uuid)
 
     def _destroy(self, name: str, uuid: Optional[str]) -> None:
         try:
             self.backend.destroy(name, uuid)
             log.info("destroyed machine name=%s uuid=%s", name, uuid)
         except Exception as error:  # boundary: retried by the next pass
+            with self._lock:
+                self.slot_error_totals["destroy"] = self.slot_error_totals.get("destroy", 0) + 1
             log.error("destroy failed name=%s error=%s retry=next pass", name, error)
         finally:
             with self._lock:
-                self._in_flight.discard(name)
+                self._in_flight.pop(name, None)
             self.wake("destroyed")
 
-    def wait_for_background_work(self) -> None:
-        """Block until no creation or destroy is in flight (for orderly stops and tests)."""
+    def in_flight(self) -> dict[str, str]:
+        """Machine name -> the action running for it on the pool, as of now."""
+        with self._lock:
+            return dict(self._in_flight)
+
+    def wait_for_background_work(self, timeout_seconds: Optional[float] = None) -> bool:
+        """Block until every creation and destroy submitted has finished; False on timeout."""
         while True:
             with self._lock:
-                if not self._in_flight:
-                    return
-            self.wake_event.wait(0.05)
-            self.wake_event.clear()
+                pending = set(self._futures)
+                idle = not pending and not self._in_flight
+            if idle:
+                return True
+            if pending:
+                _, not_done = wait(pending, timeout=timeout_seconds)
+                if not_done:
+                    return False
+            else:
+                # In flight but not yet submitted (between the mark and the submit): moments.
+                self.wake_event.wait(0.01)
 
     # ------------------------------------------------------------------ housekeeping
     def _housekeeping(self, machinetypes: Mapping[str, Machinetype], now: int) -> None:
@@ -599,6 +907,13 @@ class Factory:
             self.store.remove_machine_dir(self.store.paths.machines_dir / name)
 
     # ------------------------------------------------------------------ reporting
+    def _status_from_store_contained(self, settings: Settings, ordinal: int) -> SlotStatus:
+        try:
+            return self._status_from_store(settings, ordinal)
+        except Exception as error:  # boundary: a status line is not worth a pass
+            log.warning("cannot read slot %d for the status error=%s", ordinal, error)
+            return SlotStatus(slot_identity(settings.factory_name, ordinal), "Error", None)
+
     def _status_from_store(self, settings: Settings, ordinal: int) -> SlotStatus:
         identity = slot_identity(settings.factory_name, ordinal)
         stored = self.store.slot_binding(identity.machine_name)
@@ -623,7 +938,11 @@ class Factory:
                 before_fizzle[record.machinetype] += 1
         reports = []
         for name in machinetypes:
-            last = self.store.last_finished(name)
+            try:
+                last = self.store.last_finished(name)
+            except Exception as error:  # boundary: a bad finishes/ pointer loses the outcome, not the pass
+                log.warning("cannot read the last finished machine machinetype=%s error=%s", name, error)
+                last = None
             message = last.finish.shutdown_message if last and last.finish else None
             message_time = None
             if last is not None and last.finish is not None:
@@ -641,3 +960,37 @@ class Factory:
             )
         return reports
 
+
+
+class _StepProgress:
+    """Which step of a slot's reconcile is running, so a contained error names it."""
+
+    def __init__(self) -> None:
+        self.step = "observe"
+
+
+def _identity_of_record(record: MachineRecord) -> SlotIdentity:
+    """The identity a machine was created with (its slot may be beyond today's range or name)."""
+    return SlotIdentity(
+        ordinal=record.ordinal,
+        machine_name=record.name,
+        ip_address=record.ip_address,
+        mac_address=mac_address_for(record.ip_address),
+        vnc_port=VNC_BASE_PORT + record.ordinal,
+    )
+
+
+def _ordinal_of_machine_name(factory_name: str, machine_name: str) -> Optional[int]:
+    """The ordinal if `machine_name` is how this factory names a slot, else None."""
+    short, dot, domain = factory_name.partition(".")
+    head = f"{short}-"
+    tail = f"{dot}{domain}"
+    if not (machine_name.startswith(head) and machine_name.endswith(tail)):
+        return None
+    digits = machine_name[len(head): len(machine_name) - len(tail)]
+    if not (digits.isascii() and digits.isdigit() and len(digits) >= 2):
+        return None
+    ordinal = int(digits)
+    if ordinal >= MAX_SLOTS or machine_name_for(factory_name, ordinal) != machine_name:
+        return None
+    return ordinal

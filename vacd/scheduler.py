@@ -115,6 +115,8 @@ class SchedulerInput:
     draining: bool = False
     creation_failure_until: Mapping[str, int] = field(default_factory=dict)
     probe_spread_seconds: int = DEFAULT_PROBE_SPREAD_SECONDS
+    # A factory-wide fault that stops creation (a bad reload, a full disk), as the gate reason.
+    blocked_by: Optional[str] = None
 
 
 def last_abort_times(reports: Sequence[MachinetypeReport]) -> dict[str, int]:
@@ -162,6 +164,8 @@ def _is_probe(machinetype: Machinetype, last_abort: Optional[int], state: Schedu
 
 def gate(state: SchedulerInput, running_processors: int) -> Optional[str]:
     """The first of Vac's gates (§4.1) that blocks creation, as a reason, or None."""
+    if state.blocked_by is not None:
+        return state.blocked_by
     settings = state.settings
     load = state.load_average
     overload = settings.overload_per_processor

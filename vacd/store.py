@@ -256,6 +256,14 @@ class Store:
             return None
         return self.load_machine(self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{parts[2]}")
 
+    def bound_machine_names(self) -> list[str]:
+        """The machine names that slots/ binds, in any range (sorted; dot files are temp files)."""
+        try:
+            entries = sorted(self.paths.slots_dir.iterdir())
+        except FileNotFoundError:
+            return []
+        return [entry.name for entry in entries if not entry.name.startswith(".") and entry.is_file()]
+
     def all_machine_dirs(self) -> Iterator[Path]:
         if not self.paths.machines_dir.is_dir():
             return iter(())

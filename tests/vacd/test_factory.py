@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Optional
 
@@ -64,11 +65,19 @@ def make_settings(**options: object) -> Settings:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, settings: Settings, *machinetypes: Machinetype) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        settings: Settings,
+        *machinetypes: Machinetype,
+        backend: Optional[FakeBackend] = None,
+        executor: Optional[Executor] = None,
+    ) -> None:
         self.paths = Paths(tmp_path / "root")
         self.paths.ensure_state_dirs()
         self.store = Store(self.paths)
-        self.backend = FakeBackend()
+        self.backend = backend or FakeBackend()
+        self.executor: Executor = executor or InlineExecutor()
         self.clock = ManualClock()
         self.config = StaticConfig(Config(settings, {mt.name: mt for mt in machinetypes}))
         self.heartbeat_mtimes: dict[str, float] = {}
@@ -84,7 +93,7 @@ class Harness:
             self.store,
             self.backend,
             self.config,
-            InlineExecutor(),
+            self.executor,
             clock=self.clock,
             load_average=lambda: 0.0,
             host_cpu_count=4,
@@ -260,14 +269,13 @@ def test_paused_machine_is_destroyed_and_finalised(tmp_path: Path) -> None:
     assert report.finished and report.finished[0][0].name == "f1-00.example.com"
 
 
-def test_bad_configuration_touches_no_machine_and_creates_nothing(tmp_path: Path) -> None:
+def test_bad_configuration_at_first_pass_touches_no_machine_and_creates_nothing(tmp_path: Path) -> None:
     harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), make_machinetype(tmp_path, "atlas"))
-    harness.run_pass()
     harness.config.broken = ConfigErrors([ConfigProblem("/etc/vac.conf", 3, "settings", "vac_space", "missing")])
-    harness.clock.advance(7200)  # far past the wallclock limit
     report = harness.run_pass()
     assert report.config_error is not None and "/etc/vac.conf:3" in report.config_error
-    assert harness.backend.actions == [("create", "f1-00.example.com")]
+    assert [fault.kind for fault in report.faults] == ["config"]
+    assert harness.backend.actions == []
 
 
 def test_failed_listing_makes_no_destroy_or_create(tmp_path: Path) -> None:
