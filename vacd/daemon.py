@@ -34,7 +34,7 @@ from vacd.errors import ConfigErrors, VacError
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.paths import Paths
-from vacd.status import publish_status, status_document, write_heartbeat
+from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
 from vacd.store import MachineRecord, Store, StoredMachine
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,8 @@ class Daemon:
         self.peer_census: Optional[Any] = None
         self.vacmon: Optional[Any] = None
         self.services: Optional[ServiceLoop] = None
+        # When a pass last completed (status.json `last_pass_completed`, the factory heartbeat).
+        self.last_pass_completed: Optional[int] = None
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
@@ -383,6 +385,11 @@ class Daemon:
     def _one_iteration(self, factory: Factory, config_source: ReloadingConfig) -> None:
         """One pass, its publication, and the wait for the next: all inside the loop's boundary."""
         started = time.monotonic()
+        # The loop beats every iteration; the factory heartbeat only after a completed pass.
+        try:
+            write_heartbeat(self.paths, "loop", int(time.time()))
+        except OSError as error:  # a full disk costs the heartbeat, not the pass (item 4)
+            log.warning("cannot write the loop heartbeat error=%s", error)
         self.clock_watch.check()
         network_problem = self._network_problem(config_source.last_good.settings)
         if network_problem is None:
@@ -412,8 +419,14 @@ class Daemon:
         from vacquery.messages import Reply
 
         now = int(time.time())
-        write_heartbeat(self.paths, "factory", now)
-        heartbeats = {"factory": now}
+        if pass_completed(report):
+            # Written only now (issue 8 item 8): a pass under a bad configuration or without a
+            # listing of the machines is not the factory at work, and check-vacd must see that.
+            self.last_pass_completed = now
+            write_heartbeat(self.paths, "factory", now)
+        heartbeats = {"loop": now}
+        if self.last_pass_completed is not None:
+            heartbeats["factory"] = self.last_pass_completed
         if self.services is not None and self.services.is_responsive():
             # The responder and guest servers share this event loop: it answered just now.
             heartbeats["responder"] = now
@@ -422,8 +435,6 @@ class Daemon:
             for part, last in self.guest_api.heartbeats.items():
                 heartbeats[part] = int(last)
                 write_heartbeat(self.paths, part, int(last))
-        if report.settings is None:
-            return
         census = None
         if self.peer_census is not None and self.peer_census.last_outcome is not None:
             result = self.peer_census.last_outcome.result
@@ -440,8 +451,15 @@ class Daemon:
             census=census,
             draining=self.paths.drain_file.exists(),
             last_error=factory.last_error,
+            last_pass_completed=self.last_pass_completed,
+            slot_error_totals=factory.slot_error_totals,
         )
+        # Written with a bad configuration too: status.json is where the admin sees the fault.
         publish_status(self.paths, document)
+        if self.metrics is not None:
+            self.metrics.observe_status(document)
+        if report.settings is None:
+            return  # no configuration ever known to this pass: nothing to tell peers or VacMon
         snapshot = build_snapshot(report, read_host_facts(self.paths), heartbeats)
         if self.responder is not None:
             self.responder.publish(snapshot)
@@ -460,7 +478,6 @@ class Daemon:
                     status = machine_status(report, slot, snapshot.factory.daemon_version or "")
                     self.vacmon.send_machine_finished(encode_reply(Reply("0", now, status)))
         if self.metrics is not None:
-            self.metrics.observe_status(document)
             if self.guest_api is not None:
                 for key, count in list(self.guest_api.counters.items()):
                     new = count - self._guest_counts_seen.get(key, 0)

@@ -11,9 +11,13 @@ Rules (issue 5; Vac 03 had no metrics endpoint, §11):
   calling `observe_status`, and its ages must keep growing, which is the point of them.
 - Label values come from our own code (states, kinds, outcomes, path classes), never
   from a peer or a guest, so the number of series stays bounded.
+- Faults are metrics too (issue 8 item 8): `vac_fault{kind}` and its since-time for every
+  fault kind, `vac_config_error`, and `vac_slot_errors_total{step}` fed from the factory's
+  cumulative totals in status.json (`slot_error_totals`), so a counter never goes back.
 - The HTTP server runs on its own daemon thread, answers GET/HEAD of `/metrics` and
-  `/healthz` (200 when `healthy()` is true, 503 otherwise or if it raises), 404 otherwise,
-  and stops with `stop()`.
+  `/healthz` (200 when `healthy()` is true, 503 otherwise or if it raises, with the reasons
+  in the body), 404 otherwise, and stops with `stop()`. The factory's check is unhealthy
+  while the configuration is bad or no pass has completed within the age limit.
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from vacd.factory import SLOT_STEPS
 from vacd.outcomes import shutdown_code
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,18 @@ HEARTBEAT_COMPONENTS = ("factory", "responder", "metadata", "mjf")
 CREATION_BUCKETS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 # A destroy is an ACPI request then, after shutdown_grace_seconds (30 s default), a hard one.
 DESTRUCTION_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# The factory-wide fault kinds (vacd.factory.Fault), always exported so an alert can test for 1.
+FAULT_KINDS = ("config", "listing", "disk", "network")
+
+
+@dataclass(frozen=True)
+class Health:
+    """The /healthz verdict: healthy, or the reasons it is not (the body of the 503)."""
+
+    problems: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return not self.problems
 
 
 class FactoryMetrics:
@@ -52,6 +70,9 @@ class FactoryMetrics:
         self._machinetypes: frozenset[str] = frozenset()
         self._heartbeats: Mapping[str, float] = {}
         self._status_time: Optional[float] = None
+        self._config_problem: Optional[str] = None
+        self._fault_kinds: set[str] = set(FAULT_KINDS)
+        self._slot_error_totals_seen: dict[str, int] = {}
 
         def gauge(name: str, documentation: str, labels: Iterable[str] = ()) -> Gauge:
             return Gauge(name, documentation, list(labels), registry=registry)
@@ -63,6 +84,14 @@ class FactoryMetrics:
         self.total_processors = gauge("vac_processors_total", "Processors this factory may give to machines")
         self.running_processors = gauge("vac_processors_running", "Processors of running machines")
         self.factory_error = gauge("vac_factory_error", "1 while the factory reports an error (factory-error)")
+        self.config_error = gauge("vac_config_error", "1 while the configuration is bad (creation stopped)")
+        self.fault = gauge("vac_fault", "1 while the factory-wide fault of this kind is present", ["kind"])
+        self.fault_since = gauge(
+            "vac_fault_since_seconds", "Unix time since which the fault of this kind is present, 0 if none", ["kind"]
+        )
+        self.slot_errors = Counter(
+            "vac_slot_errors", "Contained per-slot errors, by step of the pass", ["step"], registry=registry
+        )
 
         per_machinetype = ["machinetype"]
         self.machines = gauge("vac_machinetype_machines", "Running machines by machinetype", per_machinetype)
@@ -134,6 +163,11 @@ class FactoryMetrics:
         registry.register(_HeartbeatCollector(self))
         for state in SLOT_STATES:
             self.slots.labels(state).set(0)
+        for kind in FAULT_KINDS:
+            self.fault.labels(kind).set(0)
+            self.fault_since.labels(kind).set(0)
+        for step in SLOT_STEPS:
+            self.slot_errors.labels(step)
 
     # ------------------------------------------------------------------ per pass
     def observe_status(self, status: Mapping[str, Any]) -> None:
@@ -156,6 +190,8 @@ class FactoryMetrics:
 
         self._observe_machinetypes(status.get("machinetypes") or {}, status_time)
         self._observe_census(status.get("census"))
+        config_problem = self._observe_faults(status)
+        self._observe_slot_error_totals(status.get("slot_error_totals"))
         heartbeats = status.get("heartbeats") or {}
         with self._lock:
             self._heartbeats = {
@@ -164,6 +200,43 @@ class FactoryMetrics:
                 if isinstance(value, (int, float)) and value > 0
             }
             self._status_time = status_time
+            self._config_problem = config_problem
+
+    def _observe_faults(self, status: Mapping[str, Any]) -> Optional[str]:
+        """Set vac_fault and vac_config_error; return the configuration problem for /healthz, if any."""
+        present: dict[str, float] = {}
+        config_problem = None
+        for fault in status.get("faults") or ():
+            if not isinstance(fault, Mapping) or not isinstance(fault.get("kind"), str):
+                continue
+            kind = fault["kind"]
+            present.setdefault(kind, _number(fault.get("since")))
+            if kind == "config" and config_problem is None:
+                config_problem = _first_line(fault.get("message"))
+                if present[kind]:
+                    config_problem += f" (since {time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime(present[kind]))})"
+        if config_problem is None and status.get("config_error"):
+            # A factory that sets only the older key still has a bad configuration.
+            config_problem = _first_line(status.get("config_error"))
+            present.setdefault("config", 0.0)
+        self._fault_kinds |= set(present)
+        for kind in sorted(self._fault_kinds):
+            self.fault.labels(kind).set(1 if kind in present else 0)
+            self.fault_since.labels(kind).set(present.get(kind, 0.0))
+        self.config_error.set(1 if config_problem is not None else 0)
+        return config_problem
+
+    def _observe_slot_error_totals(self, totals: Any) -> None:
+        """Add what each step's cumulative total grew by since the last status (never negative)."""
+        if not isinstance(totals, Mapping):
+            return
+        for step, total in totals.items():
+            if not isinstance(total, int) or isinstance(total, bool):
+                continue
+            grown = total - self._slot_error_totals_seen.get(str(step), 0)
+            if grown > 0:
+                self.slot_errors.labels(str(step)).inc(grown)
+            self._slot_error_totals_seen[str(step)] = total
 
     def _observe_machinetypes(self, machinetypes: Mapping[str, Any], status_time: float) -> None:
         shares = {name: max(0.0, _number(values.get("target_share"))) for name, values in machinetypes.items()}
@@ -228,13 +301,24 @@ class FactoryMetrics:
         with self._lock:
             return {component: max(0.0, now - value) for component, value in self._heartbeats.items()}
 
-    def healthy_if_fresh(self, max_age_seconds: float, components: Iterable[str] = ("factory",)) -> Callable[[], bool]:
-        """A `healthy` callable for serve_metrics: every named heartbeat is younger than the limit."""
+    def healthy_if_fresh(self, max_age_seconds: float, components: Iterable[str] = ("factory",)) -> Callable[[], Health]:
+        """A `healthy` callable for serve_metrics: every named heartbeat is younger than the limit
+        and the configuration is good (the factory heartbeat beats only per completed pass)."""
         wanted = tuple(components)
 
-        def healthy() -> bool:
+        def healthy() -> Health:
             ages = self.heartbeat_ages()
-            return all(component in ages and ages[component] <= max_age_seconds for component in wanted)
+            with self._lock:
+                config_problem = self._config_problem
+            problems = []
+            if config_problem is not None:
+                problems.append(f"configuration error: {config_problem}")
+            for component in wanted:
+                if component not in ages:
+                    problems.append(f"no {component} heartbeat yet")
+                elif ages[component] > max_age_seconds:
+                    problems.append(f"{component} heartbeat {ages[component]:.0f}s old (limit {max_age_seconds:.0f}s)")
+            return Health(tuple(problems))
 
         return healthy
 
@@ -301,8 +385,10 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return (host or "0.0.0.0", int(port_text))
 
 
-def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[], bool]) -> MetricsServer:
+def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[], Union[bool, Health]]) -> MetricsServer:
     """Serve `registry` on `/metrics` and `healthy()` on `/healthz` from a daemon thread.
+
+    A `Health` verdict's problems are the body of the 503, one per line.
 
     Raises:
         ValueError: `address` is not host:port.
@@ -324,13 +410,19 @@ def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[
             if path == "/metrics":
                 status, content_type, body = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
             elif path == "/healthz":
+                problems: tuple[str, ...]
                 try:
-                    is_healthy = bool(healthy())
+                    verdict = healthy()
+                    if isinstance(verdict, Health):
+                        problems = verdict.problems
+                    else:
+                        problems = () if verdict else ("unhealthy",)
                 except Exception:  # boundary: a failing health check is "unhealthy", not a crash
                     log.exception("health check raised")
-                    is_healthy = False
-                status = 200 if is_healthy else 503
-                content_type, body = "text/plain; charset=utf-8", b"ok\n" if is_healthy else b"unhealthy\n"
+                    problems = ("health check failed",)
+                status = 503 if problems else 200
+                text = "".join(f"unhealthy: {problem}\n" for problem in problems) or "ok\n"
+                content_type, body = "text/plain; charset=utf-8", text.encode()
             else:
                 status, content_type, body = 404, "text/plain; charset=utf-8", b"not found\n"
             self.send_response(status)
@@ -357,6 +449,11 @@ def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[
 
 def _family_of(host: str) -> int:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _first_line(value: Any) -> str:
+    lines = str(value or "").strip().splitlines()
+    return lines[0] if lines else "(no message)"
 
 
 def _number(value: Any) -> float:

@@ -13,17 +13,26 @@ Rules (behaviour reference §7.4, acceptance 41; Vac 03 never warned, §11):
   text is Vac's `Factory + responder ok`; every message ends with Vac's
   ` (running/slots runningProcs/totalProcs)` from `counts` when it is readable.
 - A heartbeat file holds the Unix time of the beat; a file that does not parse is judged
-  by its mtime (Vac 03 used ctimes, anti-pattern 3).
+  by its mtime (Vac 03 used ctimes, anti-pattern 3). The factory heartbeat is stamped only
+  by a pass that completed (a usable configuration and a listing of the machines), so its
+  age is "no pass completed for so long"; the `loop` heartbeat (every iteration) only
+  tells a stuck loop from one whose passes fail.
+- Faults in status.json (issue 8 item 8): a configuration fault is CRITICAL at once (the
+  factory creates nothing until it is fixed); a listing fault is WARNING, CRITICAL once it
+  is older than the critical age (nothing is policed without a listing); a disk fault, any
+  other fault and per-slot errors are WARNING (the rest of the factory works). Each message
+  names the problem's first line and since when (UTC).
 - The judgement is a pure function of what was read and `now`; `main` does the reading.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 from vacd.atomicfile import read_text_or_none
 from vacd.paths import Paths
@@ -61,13 +70,79 @@ class Counts:
 
 
 @dataclass(frozen=True)
+class FaultSeen:
+    """A factory-wide fault as status.json gives it (`since` None when it gives none)."""
+
+    kind: str
+    message: str
+    since: Optional[float]
+
+
+@dataclass(frozen=True)
+class SlotErrorSeen:
+    """A per-slot error as status.json gives it."""
+
+    name: str
+    step: str
+    error: str
+    since: Optional[float]
+    count: int
+    retry_at: Optional[float]
+
+
+@dataclass(frozen=True)
+class StatusFaults:
+    """What status.json says is wrong; `unreadable` says why it could not be read, if so."""
+
+    faults: tuple[FaultSeen, ...] = ()
+    slot_errors: tuple[SlotErrorSeen, ...] = ()
+    unreadable: Optional[str] = None
+
+    @classmethod
+    def parse(cls, raw_text: Optional[str]) -> Optional["StatusFaults"]:
+        """The faults of a status.json text; None when there is no file (older vacd, not started)."""
+        if raw_text is None:
+            return None
+        try:
+            document = json.loads(raw_text)
+        except ValueError as error:
+            return cls(unreadable=f"not JSON: {error}")
+        if not isinstance(document, dict):
+            return cls(unreadable="not a JSON object")
+        faults = [
+            FaultSeen(str(entry.get("kind") or "unknown"), str(entry.get("message") or ""), _time_or_none(entry.get("since")))
+            for entry in _objects(document.get("faults"))
+        ]
+        kinds = {fault.kind for fault in faults}
+        # The older keys, from a factory that sets them without a Fault (kept for compatibility).
+        if document.get("config_error") and "config" not in kinds:
+            faults.insert(0, FaultSeen("config", str(document["config_error"]), None))
+        if document.get("observe_error") and "listing" not in kinds:
+            faults.append(FaultSeen("listing", str(document["observe_error"]), None))
+        slot_errors = [
+            SlotErrorSeen(
+                name=str(entry.get("name") or entry.get("ordinal", "?")),
+                step=str(entry.get("step") or "?"),
+                error=str(entry.get("error") or ""),
+                since=_time_or_none(entry.get("since")),
+                count=int(entry["count"]) if isinstance(entry.get("count"), int) else 1,
+                retry_at=_time_or_none(entry.get("retry_at")),
+            )
+            for entry in _objects(document.get("slot_errors"))
+        ]
+        return cls(tuple(faults), tuple(slot_errors))
+
+
+@dataclass(frozen=True)
 class FactoryFiles:
-    """What check-vacd read: heartbeat times by part (None = missing), error, counts."""
+    """What check-vacd read: heartbeat times by part (None = missing), error, counts, status.json."""
 
     heartbeats: dict[str, Optional[float]]
     factory_error: Optional[str]
     counts: Optional[Counts]
     state_dir_exists: bool
+    status: Optional[StatusFaults] = None
+    loop_heartbeat: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -79,24 +154,31 @@ class CheckResult:
 def judge(files: FactoryFiles, now: float, warning_seconds: float, critical_seconds: float) -> CheckResult:
     """The plugin's verdict and output line for what was read at `now`."""
     if not files.state_dir_exists or (
-        all(value is None for value in files.heartbeats.values()) and files.counts is None and files.factory_error is None
+        all(value is None for value in files.heartbeats.values())
+        and files.counts is None
+        and files.factory_error is None
+        and files.status is None
     ):
         return CheckResult(UNKNOWN, "UNKNOWN: no vacd state to check (is vacd installed and started?)")
 
     problems: list[tuple[int, str]] = []
+    if files.status is not None:
+        problems += status_problems(files.status, now, critical_seconds)
     if files.factory_error is not None:
-        first_line = (files.factory_error.strip().splitlines() or ["(empty)"])[0]
-        problems.append((CRITICAL, f"factory-error: {first_line}"))
+        problems.append((CRITICAL, f"factory-error: {first_line(files.factory_error)}"))
+    loop_is_fresh = files.loop_heartbeat is not None and now - files.loop_heartbeat <= warning_seconds
     for part, beat_time in files.heartbeats.items():
         if beat_time is None:
             status = CRITICAL if part in ESSENTIAL_PARTS else WARNING
             problems.append((status, f"{PART_NAMES.get(part, part)} heartbeat missing"))
             continue
         age = now - beat_time
+        # The factory heartbeat beats per completed pass: a fresh loop beside it means passes fail.
+        because = " (the loop runs, but no pass completes)" if part == "factory" and loop_is_fresh else ""
         if age > critical_seconds:
-            problems.append((CRITICAL, f"{PART_NAMES.get(part, part)} heartbeat {age / 3600:.2f} hours old"))
+            problems.append((CRITICAL, f"{PART_NAMES.get(part, part)} heartbeat {age / 3600:.2f} hours old{because}"))
         elif age > warning_seconds:
-            problems.append((WARNING, f"{PART_NAMES.get(part, part)} heartbeat {age:.0f} seconds old"))
+            problems.append((WARNING, f"{PART_NAMES.get(part, part)} heartbeat {age:.0f} seconds old{because}"))
 
     status = max((problem_status for problem_status, _ in problems), default=OK)
     if status == OK:
@@ -110,6 +192,52 @@ def judge(files: FactoryFiles, now: float, warning_seconds: float, critical_seco
         counts = files.counts
         message += f" ({counts.running}/{counts.slots} {counts.running_processors}/{counts.total_processors})"
     return CheckResult(status, message + " | " + performance_data(files, now, warning_seconds, critical_seconds))
+
+
+def status_problems(status: StatusFaults, now: float, critical_seconds: float) -> list[tuple[int, str]]:
+    """The Nagios status and text of each fault and of the slot errors status.json reports."""
+    problems: list[tuple[int, str]] = []
+    if status.unreadable is not None:
+        problems.append((WARNING, f"status.json unreadable: {status.unreadable}"))
+    for fault in status.faults:
+        since = f" since {utc_time(fault.since)}" if fault.since is not None else ""
+        if fault.kind == "config":
+            problems.append((CRITICAL, f"configuration error{since}: {first_line(fault.message, count_others=True)}"))
+        elif fault.kind == "listing":
+            too_old = fault.since is not None and now - fault.since > critical_seconds
+            problems.append((CRITICAL if too_old else WARNING, f"cannot list machines{since}: {first_line(fault.message)}"))
+        else:
+            problems.append((WARNING, f"{fault.kind} fault{since}: {first_line(fault.message)}"))
+    if status.slot_errors:
+        first = status.slot_errors[0]
+        since = f" since {utc_time(first.since)}" if first.since is not None else ""
+        retry = f", retry at {utc_time(first.retry_at)}" if first.retry_at is not None else ""
+        others = len(status.slot_errors) - 1
+        problems.append(
+            (
+                WARNING,
+                f"slot error: {first.name} {first.step} failed {times(first.count)}{since}{retry}: {first_line(first.error)}"
+                + (f" (and {others} more slots)" if others > 1 else " (and 1 more slot)" if others == 1 else ""),
+            )
+        )
+    return problems
+
+
+def times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def first_line(text: str, count_others: bool = False) -> str:
+    """The first line of a message (a Nagios status is one line), and how many lines it left out."""
+    lines = [line for line in text.strip().splitlines() if line.strip()] or ["(empty)"]
+    if count_others and len(lines) > 1:
+        return f"{lines[0]} (and {len(lines) - 1} more)"
+    return lines[0]
+
+
+def utc_time(epoch_seconds: float) -> str:
+    """`2026-12-02 06:10:00Z`: UTC, as a monitoring host may be in another time zone."""
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(epoch_seconds))
 
 
 def performance_data(files: FactoryFiles, now: float, warning_seconds: float, critical_seconds: float) -> str:
@@ -134,7 +262,16 @@ def read_files(paths: Paths) -> FactoryFiles:
         factory_error=read_text_or_none(paths.factory_error_file),
         counts=Counts.parse(read_text_or_none(paths.counts_file)),
         state_dir_exists=paths.state_dir.is_dir(),
+        status=read_status_faults(paths),
+        loop_heartbeat=read_heartbeat(paths, "loop"),
     )
+
+
+def read_status_faults(paths: Paths) -> Optional[StatusFaults]:
+    try:
+        return StatusFaults.parse(read_text_or_none(paths.status_file))
+    except UnicodeDecodeError as error:
+        return StatusFaults(unreadable=f"not UTF-8: {error}")
 
 
 def read_heartbeat(paths: Paths, part: str) -> Optional[float]:
@@ -186,6 +323,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     result = judge(files, time.time(), arguments.warning, arguments.critical)
     print(result.text)
     return result.status
+
+
+def _objects(value: Any) -> list[dict[str, Any]]:
+    return [entry for entry in value if isinstance(entry, dict)] if isinstance(value, list) else []
+
+
+def _time_or_none(value: Any) -> Optional[float]:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 if __name__ == "__main__":

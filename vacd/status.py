@@ -3,6 +3,12 @@
 The status document is what `vac status`, `check-vacd` and the metrics read (its schema is
 in docs/status-json.md). `counts` keeps Vac 03's format for existing Nagios checks
 (§1.3 step 12, acceptance 41). Formatting is pure; `publish_status` is the only writer.
+
+Faults are shown, not hidden (issue 8 item 8): the document is written after every pass,
+with a bad configuration too (then `settings` may be None), and carries the factory-wide
+faults and per-slot errors with their since-times. A pass "completed" only when it ran
+under a usable configuration and could list the machines (`pass_completed`); only then is
+the `factory` heartbeat stamped, so a factory that idles on a bad reload goes stale.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import json
 from typing import Any, Mapping, Optional
 
 from vacd.atomicfile import write_atomic
-from vacd.factory import PassReport, RunningTotals
+from vacd.factory import Fault, PassReport, RunningTotals, SlotError
 from vacd.paths import Paths
 
 
@@ -22,8 +28,10 @@ def status_document(
     census: Optional[Mapping[str, Any]],
     draining: bool,
     last_error: Optional[str],
+    last_pass_completed: Optional[int] = None,
+    slot_error_totals: Optional[Mapping[str, int]] = None,
 ) -> dict[str, Any]:
-    """The status.json content for one pass."""
+    """The status.json content for one pass (`report.settings` may be None: no good config yet)."""
     settings = report.settings
     running = report.running_by_machinetype()
     per_machinetype: dict[str, dict[str, Any]] = {}
@@ -85,6 +93,43 @@ def status_document(
         "total_processors": settings.total_processors if settings else 0,
         "running_processors": sum(totals.processors for totals in running.values()),
         "last_error": last_error,
+        "faults": [fault_entry(fault) for fault in report.faults],
+        "slot_errors": [slot_error_entry(error) for error in report.slot_errors],
+        "slot_error_totals": dict(slot_error_totals or {}),
+        "last_pass_completed": last_pass_completed,
+    }
+
+
+def pass_completed(report: PassReport) -> bool:
+    """Whether this pass did its whole job: a usable configuration and a listing of the machines.
+
+    Only such a pass stamps the `factory` heartbeat (issue 8 item 8: it was stamped before the
+    config-error return, so Nagios stayed green while the factory idled). Slot errors and a disk
+    gate do not make a pass incomplete: the other slots were policed and the loop is sound.
+    """
+    if report.settings is None or report.config_error is not None or report.observe_error is not None:
+        return False
+    return not any(fault.kind in INCOMPLETE_PASS_FAULTS for fault in report.faults)
+
+
+# Faults under which a pass does not police every machine (a bad reload stops creation only,
+# but it is the admin's to fix at once; without a listing nothing is policed at all).
+INCOMPLETE_PASS_FAULTS = frozenset({"config", "listing"})
+
+
+def fault_entry(fault: Fault) -> dict[str, Any]:
+    return {"kind": fault.kind, "message": fault.message, "since": fault.since}
+
+
+def slot_error_entry(error: SlotError) -> dict[str, Any]:
+    return {
+        "ordinal": error.ordinal,
+        "name": error.machine_name,
+        "step": error.step,
+        "error": error.error,
+        "since": error.since,
+        "count": error.count,
+        "retry_at": error.retry_at,
     }
 
 

@@ -199,9 +199,32 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
             f"Census: heard {_count(census.get('heard'))} of {_count(census.get('expected'))} factories"
             f" in {_number(census.get('duration_seconds')) or 0.0:.2f}s"
         )
-    for key, label in (("last_error", "Last error"), ("config_error", "Configuration error"), ("observe_error", "Observe error")):
-        if document.get(key):
+    faults = [fault for fault in document.get("faults") or () if isinstance(fault, Mapping)]
+    fault_kinds = {fault.get("kind") for fault in faults}
+    for key, label, kind in (
+        ("last_error", "Last error", None),
+        ("config_error", "Configuration error", "config"),
+        ("observe_error", "Observe error", "listing"),
+    ):
+        # A fault of the same kind says it with its since-time (issue 8 item 8); older keys otherwise.
+        if document.get(key) and kind not in fault_kinds:
             lines.append(f"{label}: {str(document[key]).splitlines()[0]}")
+    if "last_pass_completed" in document:
+        completed = _number(document.get("last_pass_completed"))
+        if completed is None:
+            lines.append("No pass has completed since vacd started")
+        elif status_time is not None and completed < status_time:
+            lines.append(
+                f"No pass completed since {local_time(completed, with_seconds=True)} ({human_duration(now - completed)} ago)"
+            )
+    if faults:
+        lines.append("Faults:")
+        for fault in faults:
+            message_lines = str(fault.get("message") or "").strip().splitlines() or [""]
+            since = _number(fault.get("since"))
+            when = f" since {local_time(since, with_seconds=True)}" if since else ""
+            lines.append(f"  {fault.get('kind') or '-'}{when}: {message_lines[0]}")
+            lines += [f"    {line}" for line in message_lines[1:]]
 
     slot_rows = []
     for slot in document.get("slots") or ():
@@ -249,9 +272,30 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
             [component, local_time(beat_time, with_seconds=True), human_duration(now - beat_time) if beat_time else "never"]
         )
 
+    slot_error_rows = []
+    for error in document.get("slot_errors") or ():
+        if not isinstance(error, Mapping):
+            continue
+        slot_error_rows.append(
+            [
+                short_name(error.get("name")),
+                str(error.get("step") or "-"),
+                _count(error.get("count")),
+                local_time(_number(error.get("since"))),
+                local_time(_number(error.get("retry_at"))),
+                Span((str(error.get("error") or "").strip().splitlines() or [""])[0]),
+            ]
+        )
+
     sections = [
         "\n".join(lines) + "\n",
         format_table(["SLOT", "MACHINE", "MACHINETYPE", "STATE", "PROCS", "UP", "CPU"], slot_rows, right=(0, 4, 5, 6)),
+    ]
+    if slot_error_rows:
+        sections.append(
+            format_table(["SLOT ERROR", "STEP", "COUNT", "SINCE", "RETRY AT", "ERROR"], slot_error_rows, right=(2,))
+        )
+    sections += [
         format_table(
             ["MACHINETYPE", "SHARE", "MACHINES", "PROCS", "HS06", "BACKED OFF UNTIL"], machinetype_rows, right=(1, 2, 3, 4)
         ),

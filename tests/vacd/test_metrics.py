@@ -250,3 +250,75 @@ def test_grafana_dashboard_uses_only_metrics_that_exist(registry: CollectorRegis
 
     used = {name for expression in expressions for name in re.findall(r"\bvac_[a-z0-9_]+", expression)}
     assert used and used <= exposed, used - exposed
+
+
+# ---------------------------------------------------------------- faults (issue 8 item 8)
+
+CONFIG_ERROR = "/etc/vac.conf:12: [settings] cycle_seconds: not a number: 'soon'"
+
+
+def healthz_body(server: MetricsServer) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return int(error.code), error.read().decode()
+
+
+def test_faults_and_config_error_are_gauges_with_their_since_time(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    metrics.observe_status(make_status())
+    samples = scrape(server)
+    assert value(samples, "vac_config_error") == 0
+    assert value(samples, "vac_fault", kind="config") == 0 and value(samples, "vac_fault", kind="disk") == 0
+
+    metrics.observe_status(make_status(
+        config_error=CONFIG_ERROR,
+        faults=[{"kind": "config", "message": CONFIG_ERROR, "since": STATUS_TIME - 300},
+                {"kind": "disk", "message": "disk: /var/lib/vac has 312 MiB free, needs 1024 MiB", "since": STATUS_TIME - 60}],
+    ))
+    samples = scrape(server)
+    assert value(samples, "vac_config_error") == 1
+    assert value(samples, "vac_fault", kind="config") == 1
+    assert value(samples, "vac_fault_since_seconds", kind="config") == STATUS_TIME - 300
+    assert value(samples, "vac_fault", kind="disk") == 1
+    assert value(samples, "vac_fault", kind="listing") == 0
+    assert value(samples, "vac_fault_since_seconds", kind="listing") == 0
+
+    metrics.observe_status(make_status(faults=[]))
+    samples = scrape(server)
+    assert value(samples, "vac_config_error") == 0 and value(samples, "vac_fault", kind="config") == 0
+    assert value(samples, "vac_fault_since_seconds", kind="disk") == 0
+
+
+def test_slot_errors_total_follows_the_factory_totals_and_never_goes_back(
+    metrics: FactoryMetrics, server: MetricsServer
+) -> None:
+    assert value(scrape(server), "vac_slot_errors_total", step="police") == 0  # every step exported from the start
+    metrics.observe_status(make_status(slot_error_totals={"police": 2, "account": 0}))
+    metrics.observe_status(make_status(slot_error_totals={"police": 5, "account": 1}))
+    metrics.observe_status(make_status(slot_error_totals={"police": 5, "account": 1}))
+    samples = scrape(server)
+    assert value(samples, "vac_slot_errors_total", step="police") == 5
+    assert value(samples, "vac_slot_errors_total", step="account") == 1
+    assert value(samples, "vac_slot_errors_total", step="observe") == 0
+
+
+def test_healthz_is_503_naming_the_config_fault_while_heartbeats_are_fresh(
+    metrics: FactoryMetrics, server: MetricsServer
+) -> None:
+    metrics.observe_status(make_status(
+        config_error=CONFIG_ERROR, faults=[{"kind": "config", "message": CONFIG_ERROR, "since": STATUS_TIME - 300}]
+    ))
+    status, body = healthz_body(server)
+    assert status == 503
+    assert body == f"unhealthy: configuration error: {CONFIG_ERROR} (since 2023-11-14 22:08:20Z)\n"
+
+    metrics.observe_status(make_status())
+    assert healthz_body(server) == (200, "ok\n")
+
+
+def test_healthz_names_a_stale_factory_heartbeat(metrics: FactoryMetrics, server: MetricsServer, clock: FakeClock) -> None:
+    assert healthz_body(server) == (503, "unhealthy: no factory heartbeat yet\n")
+    metrics.observe_status(make_status())
+    clock.now += 120
+    assert healthz_body(server) == (503, "unhealthy: factory heartbeat 130s old (limit 60s)\n")

@@ -1,7 +1,9 @@
-"""check-vacd: exit codes and messages for fresh, stale, missing and error states."""
+"""check-vacd: exit codes and messages for fresh, stale, missing and error states, and status.json faults."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +13,7 @@ from typing import Mapping, Optional
 
 import pytest
 
-from vacd.nagios import CRITICAL, OK, UNKNOWN, WARNING, Counts, FactoryFiles, judge
+from vacd.nagios import CRITICAL, OK, UNKNOWN, WARNING, Counts, FactoryFiles, StatusFaults, judge, main, utc_time
 from vacd.paths import Paths
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -143,3 +145,97 @@ def test_command_exits_3_without_state_or_with_bad_arguments(tmp_path: Path) -> 
     assert check_vacd("--prefix", str(tmp_path / "nowhere")).returncode == UNKNOWN
     assert check_vacd("--prefix", str(tmp_path), "-w", "900", "-c", "600").returncode == UNKNOWN
     assert check_vacd("--prefix", str(tmp_path), "soon").returncode == UNKNOWN
+
+
+# ---------------------------------------------------------------- faults in status.json (issue 8 item 8)
+
+SINCE = NOW - 1200  # 2023-11-14 21:53:20Z
+CONFIG_ERROR = "/etc/vac.conf:12: [settings] cycle_seconds: not a number: 'soon'\n/etc/vac.conf:14: [settings] x: unknown"
+
+
+def status_json(**document: object) -> StatusFaults:
+    faults = StatusFaults.parse(json.dumps(document))
+    assert faults is not None
+    return faults
+
+
+def with_status(status: StatusFaults, **changes: object) -> FactoryFiles:
+    return dataclasses.replace(files(), status=status, **changes)
+
+
+def test_config_fault_is_critical_at_once_naming_the_first_problem_and_since_when() -> None:
+    status = status_json(config_error=CONFIG_ERROR, faults=[{"kind": "config", "message": CONFIG_ERROR, "since": SINCE}])
+    result = judge(with_status(status), NOW, 300, 600)
+    assert result.status == CRITICAL
+    assert result.text.startswith(
+        "configuration error since 2023-11-14 21:53:20Z: /etc/vac.conf:12: [settings] cycle_seconds: "
+        "not a number: 'soon' (and 1 more) (3/8 5/8) | running=3;;;0;8"
+    )
+
+
+def test_config_error_without_a_fault_entry_is_still_critical() -> None:
+    result = judge(with_status(status_json(config_error=CONFIG_ERROR)), NOW, 300, 600)
+    assert result.status == CRITICAL
+    assert result.text.startswith("configuration error: /etc/vac.conf:12:")
+
+
+def test_slot_errors_warn_with_slot_step_count_and_retry_time() -> None:
+    status = status_json(slot_errors=[
+        {"ordinal": 3, "name": "f1-03.example.com", "step": "police", "error": "KeyError: 'uuid'\nTraceback",
+         "since": SINCE, "count": 3, "retry_at": NOW + 60},
+        {"ordinal": 5, "name": "f1-05.example.com", "step": "account", "error": "OSError", "since": SINCE,
+         "count": 1, "retry_at": NOW + 30},
+    ])
+    result = judge(with_status(status), NOW, 300, 600)
+    assert result.status == WARNING
+    assert result.text.startswith(
+        "slot error: f1-03.example.com police failed 3 times since 2023-11-14 21:53:20Z, "
+        "retry at 2023-11-14 22:14:20Z: KeyError: 'uuid' (and 1 more slot) (3/8 5/8) |"
+    )
+
+
+def test_disk_fault_warns_and_a_listing_fault_turns_critical_once_older_than_the_critical_age() -> None:
+    disk = status_json(faults=[{"kind": "disk", "message": "disk: /var/lib/vac has 312 MiB free, needs 1024 MiB",
+                                "since": NOW - 7200}])
+    assert judge(with_status(disk), NOW, 300, 600).text.startswith(
+        "disk fault since 2023-11-14 20:13:20Z: disk: /var/lib/vac has 312 MiB free, needs 1024 MiB")
+    assert judge(with_status(disk), NOW, 300, 600).status == WARNING
+
+    young = status_json(faults=[{"kind": "listing", "message": "list machines: libvirtd gone", "since": NOW - 100}])
+    old = status_json(faults=[{"kind": "listing", "message": "list machines: libvirtd gone", "since": NOW - 601}])
+    assert judge(with_status(young), NOW, 300, 600).status == WARNING
+    assert judge(with_status(old), NOW, 300, 600).status == CRITICAL
+    assert judge(with_status(old), NOW, 300, 600).text.startswith("cannot list machines since 2023-11-14 22:03:19Z")
+
+
+def test_status_json_without_faults_keeps_the_factory_ok() -> None:
+    result = judge(with_status(status_json(faults=[], slot_errors=[], config_error=None)), NOW, 300, 600)
+    assert result.status == OK and result.text.startswith("Factory + responder ok (3/8 5/8) |")
+
+
+def test_unreadable_status_json_warns() -> None:
+    status = StatusFaults.parse("{truncated")
+    assert status is not None
+    result = judge(with_status(status), NOW, 300, 600)
+    assert result.status == WARNING and result.text.startswith("status.json unreadable: not JSON")
+
+
+def test_stale_factory_heartbeat_beside_a_live_loop_says_the_passes_do_not_complete() -> None:
+    result = judge(dataclasses.replace(files(factory=NOW - 3600), loop_heartbeat=NOW - 5), NOW, 300, 600)
+    assert result.status == CRITICAL
+    assert result.text.startswith("Factory heartbeat 1.00 hours old (the loop runs, but no pass completes)")
+
+
+def test_main_reads_the_config_fault_from_status_json_under_the_prefix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = Paths(tmp_path)
+    write_state(paths, FRESH)
+    since = int(time.time()) - 60
+    paths.status_file.write_text(json.dumps({
+        "config_error": CONFIG_ERROR, "faults": [{"kind": "config", "message": CONFIG_ERROR, "since": since}],
+        "slot_errors": [], "last_pass_completed": since - 30,
+    }))
+    assert main(["--prefix", str(tmp_path)]) == CRITICAL
+    out = capsys.readouterr().out
+    assert out.startswith(f"configuration error since {utc_time(since)}: /etc/vac.conf:12: [settings] cycle_seconds")

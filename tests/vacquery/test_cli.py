@@ -647,3 +647,67 @@ def test_drain_wakes_the_running_factory_at_once(tmp_path: Path) -> None:
         if waiting.poll() is None:
             waiting.kill()
             waiting.wait()
+
+
+# ---------------------------------------------------------------------- faults in `vac status` (issue 8 item 8)
+
+CONFIG_PROBLEMS = "/etc/vac.conf:12: [settings] cycle_seconds: not a number: 'soon'\n/etc/vac.conf:14: [settings] x: unknown"
+
+
+def faulty_status_document() -> dict[str, Any]:
+    document = status_document()
+    document.update(
+        last_error=None,
+        config_error=CONFIG_PROBLEMS,
+        observe_error=None,
+        faults=[
+            {"kind": "config", "message": CONFIG_PROBLEMS, "since": NOW - 600},
+            {"kind": "disk", "message": "disk: /var/lib/vac has 312 MiB free, needs 1024 MiB", "since": NOW - 60},
+        ],
+        slot_errors=[
+            {"ordinal": 1, "name": "f1-01.example.com", "step": "police", "error": "KeyError: 'uuid'\nTraceback",
+             "since": NOW - 300, "count": 3, "retry_at": NOW + 120},
+        ],
+        slot_error_totals={"police": 3},
+        last_pass_completed=NOW - 900,
+    )
+    return document
+
+
+def test_status_shows_faults_with_since_times_and_a_slot_error_table() -> None:
+    report = status_report(faulty_status_document(), NOW)
+    lines = report.splitlines()
+
+    assert lines[3:9] == [
+        "No pass completed since Nov 14 21:58:20 (15m ago)",
+        "Faults:",
+        "  config since Nov 14 22:03:20: /etc/vac.conf:12: [settings] cycle_seconds: not a number: 'soon'",
+        "    /etc/vac.conf:14: [settings] x: unknown",
+        "  disk since Nov 14 22:12:20: disk: /var/lib/vac has 312 MiB free, needs 1024 MiB",
+        "",
+    ]
+    # The config fault says it all: the older one-line "Configuration error:" is not repeated.
+    assert not any(line.startswith("Configuration error:") for line in lines)
+    table = report.split("\n\n")[2].splitlines()
+    assert table == [
+        "SLOT ERROR  STEP    COUNT  SINCE         RETRY AT      ERROR",
+        "f1-01       police      3  Nov 14 22:08  Nov 14 22:15  KeyError: 'uuid'",
+    ]
+
+
+def test_status_of_a_factory_that_never_completed_a_pass_says_so() -> None:
+    document = faulty_status_document()
+    document.update(last_pass_completed=None, factory=None, faults=[], slot_errors=[])
+    lines = status_report(document, NOW).splitlines()
+    assert "No pass has completed since vacd started" in lines
+    assert "Configuration error: /etc/vac.conf:12: [settings] cycle_seconds: not a number: 'soon'" in lines
+
+
+def test_status_json_mode_keeps_the_fault_keys(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    paths.ensure_state_dirs()
+    paths.status_file.write_text(json.dumps(faulty_status_document()))
+    code, out, _ = run_vac("--prefix", str(tmp_path), "status", "-J")
+    assert code == 0 and json.loads(out) == faulty_status_document()
+    code, out, _ = run_vac("--prefix", str(tmp_path), "status")
+    assert code == 0 and "Faults:" in out and "SLOT ERROR" in out
