@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 from vacd import MANAGER_VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
@@ -52,14 +52,18 @@ FACTORY_NAME_FILE = "factory-name"
 class ReloadingConfig:
     """Reads the configuration at every pass (as Vac 03 did, §2.1); a bad reading raises.
 
-    The host's name and processor count are read once at start, not at every pass.
+    The host's name and processor count are read once at start, not at every pass. Vacuum
+    pipes come from their cache: `current()` never waits for the network (issue 8 item 6);
+    refreshes that are due run on the pipe fetcher's thread, and each one that completes
+    calls `on_pipes_refreshed` (the factory's wake) so the new machinetypes are seen at once.
     """
 
-    def __init__(self, paths: Paths, initial: Config, host_fqdn: str, host_cpu_count: int) -> None:
+    def __init__(self, paths: Paths, initial: Config, host_fqdn: str, host_cpu_count: int, *,
+                 on_pipes_refreshed: Optional[Callable[[], None]] = None) -> None:
         from vacd.pipefetch import PipeFetcher
 
         self.paths = paths
-        self.pipes = PipeFetcher(paths)
+        self.pipes = PipeFetcher(paths, on_refreshed=on_pipes_refreshed)
         self.last_good = initial
         self.host_fqdn = host_fqdn
         self.host_cpu_count = host_cpu_count
@@ -67,7 +71,7 @@ class ReloadingConfig:
 
     def current(self) -> Config:
         config = load_config(self.paths, host_fqdn=self.host_fqdn, host_cpu_count=self.host_cpu_count)
-        # Vacuum pipes are refreshed here, by the factory only (§8), at most once per cache_seconds.
+        # Only the factory refreshes pipes (§8), at most once per cache_seconds, in the background.
         config = self.pipes.apply(config, may_fetch=True)
         for warning in config.warnings:
             if warning not in self._reported_warnings:
@@ -77,6 +81,10 @@ class ReloadingConfig:
             log.info("configuration reloaded sources=%s", ",".join(str(path) for path in config.sources))
         self.last_good = config
         return config
+
+    def close(self) -> None:
+        """Stop refreshing pipes (a fetch in progress is cut); for an orderly stop."""
+        self.pipes.close()
 
 
 LOSS_ENVIRONMENT_VARIABLE = "VAC_TEST_DATAGRAM_LOSS"
@@ -237,6 +245,7 @@ class Daemon:
             initial_config=self.config,
         )
         self.factory = factory
+        config_source.pipes.on_refreshed = lambda: factory.wake("vacuum pipe refreshed")
         if settings.wake_on_events:
             backend.watch(factory.wake)
         services = ServiceLoop()

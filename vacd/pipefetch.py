@@ -1,15 +1,23 @@
-"""Fetch vacuum pipe documents into the pipes cache and read them back (§8, acceptance 6).
+"""Fetch vacuum pipe documents into the pipes cache, in the background, and read them back (§8).
 
 Rules kept from Vac 03 (behaviour reference §8):
 - Each `[vacuum_pipe PREFIX]` document is cached as `pipescache/PREFIX.pipe`.
 - Only the factory fetches (`may_fetch`); other readers use the cache.
-- A fetch happens when the cached copy is older than the document's `cache_seconds`
-  (default 3600; 0 fetches at every pass) and the URL is http(s): 30 s timeout, redirects
-  followed, TLS verified against /etc/grid-security/certificates when that exists, user
-  agent `Vac <version>`.
-Improvement (acceptance 6): a failed fetch keeps using the cached copy; Vac 03 dropped the
-pipe's machinetypes until the next good fetch. A document that is not a JSON object, or
-is larger than MAX_PIPE_BYTES, is a failed fetch and never replaces a good cache.
+- A fetch is due when the cached copy is older than the document's `cache_seconds`
+  (default 3600; 0 means at every pass) and the URL is http(s). Redirects are followed,
+  TLS is verified against /etc/grid-security/certificates when that exists, the user agent
+  is `Vac <version>` (vacd.fetch).
+Improvements:
+- A failed fetch keeps using the cached copy (acceptance 6); Vac 03 dropped the pipe's
+  machinetypes until the next good fetch. A document that is not a JSON object, or is
+  larger than PIPE_LIMITS.max_bytes, is a failed fetch and never replaces a good cache.
+- Nothing here blocks the caller on the network (issue 8 item 6): the reconcile loop only
+  reads the cache; a due fetch runs on the fetcher's own thread with a total deadline
+  (PIPE_LIMITS), and a completed refresh calls `on_refreshed` (the factory's wake) so the
+  next pass sees the new machinetypes at once. Vac 03 fetched inline, so a pipe server
+  that never answered cost the timeout on every cycle.
+- A failed fetch backs off per pipe (60 s doubling to 30 min) instead of being retried at
+  every pass; a good fetch, or a changed URL, starts again from no backoff.
 The cache's age is its modification time: vacd writes the file itself, atomically.
 """
 
@@ -17,56 +25,105 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-import requests
-
-from vacd import MANAGER_VERSION
 from vacd.atomicfile import write_atomic
 from vacd.config import Config, VacuumPipe
+from vacd.errors import VacError
+from vacd.fetch import PIPE_LIMITS, Fetcher, FetchLimits
 from vacd.paths import Paths
 from vacd.pipes import apply_pipes, pipe_cache_seconds
 
 log = logging.getLogger(__name__)
 
-FETCH_TIMEOUT_SECONDS = 30
-# Real pipes are a few kilobytes; this bounds what a misbehaving server can make us parse.
-MAX_PIPE_BYTES = 1024 * 1024
+# A failed pipe is retried after 60 s, then 120 s, ... up to 30 min: quick to recover from a
+# brief outage, gentle on a VO's server that is down for hours (the cached copy serves meanwhile).
+RETRY_FIRST_SECONDS = 60.0
+RETRY_MAX_SECONDS = 1800.0
+
+
+class BadPipeDocument(VacError):
+    """The server answered, but not with a JSON object."""
+
+
+@dataclass(frozen=True)
+class PipeRetry:
+    """When a pipe that failed `failures` times in a row may be fetched again (monotonic seconds)."""
+
+    failures: int
+    retry_time: float
 
 
 class PipeFetcher:
-    """Keeps each pipe's document fresh in the cache, fetching no more often than it asks."""
+    """Keeps each pipe's document fresh in the cache from a background thread, no more often than it asks.
+
+    Thread-safe: `documents`/`apply` run on the reconcile loop (or any reader) and only read the
+    cache and start refreshes; the refreshes run on one thread owned by this object.
+    """
 
     def __init__(self, paths: Paths, *, clock: Callable[[], float] = time.time,
-                 session: Optional[requests.Session] = None) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, fetcher: Optional[Fetcher] = None,
+                 limits: FetchLimits = PIPE_LIMITS, on_refreshed: Optional[Callable[[], None]] = None) -> None:
         self.paths = paths
-        self.clock = clock
-        self.session = session or requests.Session()
-        self.session.headers["User-Agent"] = MANAGER_VERSION
+        self.clock = clock  # wall clock, compared with the cache file's mtime
+        self.monotonic = monotonic  # for backoff, immune to wall-clock jumps (issue 8 item 11)
+        self.fetcher = fetcher or Fetcher(paths.certificates_dir)
+        self.limits = limits
+        self.on_refreshed = on_refreshed
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight: set[tuple[str, str]] = set()
+        self._retries: dict[tuple[str, str], PipeRetry] = {}
+        self._worker: Optional[ThreadPoolExecutor] = None  # started at the first refresh
+        self._closed = False
 
     def cache_file(self, pipe: VacuumPipe) -> Path:
         return self.paths.pipescache_dir / f"{pipe.prefix}.pipe"
 
     def documents(self, config: Config, *, may_fetch: bool) -> dict[str, Mapping[str, Any]]:
-        """Prefix -> pipe document, for every pipe with a fresh fetch or a usable cache."""
+        """Prefix -> cached pipe document, for every pipe with a usable cache; never waits for the network.
+
+        With `may_fetch`, a refresh is started in the background for each pipe that is due and
+        not backing off; its result is in the cache for a later call.
+        """
         found: dict[str, Mapping[str, Any]] = {}
         for pipe in config.vacuum_pipes:
             cached = self._read_cache(pipe)
             if may_fetch and self._is_due(pipe, cached):
-                fetched = self._fetch(pipe)
-                if fetched is not None:
-                    cached = fetched
+                self._start_refresh(pipe)
             if cached is not None:
                 found[pipe.prefix] = cached
         return found
 
     def apply(self, config: Config, *, may_fetch: bool) -> Config:
-        """The configuration with every pipe's machinetypes added."""
+        """The configuration with every cached pipe's machinetypes added."""
         if not config.vacuum_pipes:
             return config
         return apply_pipes(config, self.documents(config, may_fetch=may_fetch))
+
+    def retry_state(self, pipe: VacuumPipe) -> Optional[PipeRetry]:
+        """The backoff of a pipe whose last fetch failed, or None."""
+        with self._lock:
+            return self._retries.get((pipe.prefix, pipe.url))
+
+    def wait_for_refreshes(self, timeout_seconds: float = 60.0) -> bool:
+        """Block until no refresh is running (tests, orderly stops); False if the timeout passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._in_flight, timeout_seconds)
+
+    def close(self) -> None:
+        """Stop refreshing: a fetch in progress is cut, none is started again."""
+        with self._lock:
+            self._closed = True
+            worker = self._worker
+        if worker is not None:
+            worker.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.abort_all()
 
     def _is_due(self, pipe: VacuumPipe, cached: Optional[Mapping[str, Any]]) -> bool:
         if not pipe.url.startswith(("http://", "https://")):
@@ -79,36 +136,60 @@ class PipeFetcher:
             return True
         return age >= pipe_cache_seconds(cached)
 
+    def _start_refresh(self, pipe: VacuumPipe) -> None:
+        key = (pipe.prefix, pipe.url)
+        with self._lock:
+            if self._closed or key in self._in_flight:
+                return
+            retry = self._retries.get(key)
+            if retry is not None and self.monotonic() < retry.retry_time:
+                return
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vacd-pipes")
+            self._in_flight.add(key)
+            self._worker.submit(self._refresh, pipe)
+
+    def _refresh(self, pipe: VacuumPipe) -> None:
+        key = (pipe.prefix, pipe.url)
+        try:
+            document = self._fetch(pipe)
+        except Exception as error:  # boundary: FetchError, BadPipeDocument, or OSError writing the cache
+            with self._lock:
+                previous = self._retries.get(key)
+                failures = 1 if previous is None else previous.failures + 1
+                delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (failures - 1))
+                self._retries[key] = PipeRetry(failures, self.monotonic() + delay)
+                self._in_flight.discard(key)
+                self._idle.notify_all()
+            log.warning("vacuum pipe fetch failed prefix=%s url=%s error=%s failures=%d retry_in=%ds; "
+                        "using the cached copy if any", pipe.prefix, pipe.url, error, failures, delay)
+            return
+        with self._lock:
+            self._retries.pop(key, None)
+            self._in_flight.discard(key)
+            self._idle.notify_all()
+        log.info("vacuum pipe fetched prefix=%s url=%s machinetypes=%d", pipe.prefix, pipe.url,
+                 len(document.get("machinetypes") or []))
+        if self.on_refreshed is not None:
+            try:
+                self.on_refreshed()
+            except Exception:  # boundary: a failing wake must not stop later refreshes
+                log.exception("vacuum pipe refreshed, but waking the factory failed prefix=%s", pipe.prefix)
+
     def _read_cache(self, pipe: VacuumPipe) -> Optional[Mapping[str, Any]]:
         try:
-            raw_text = self.cache_file(pipe).read_text()
+            raw_text = self.cache_file(pipe).read_text(errors="replace")
         except OSError:
             return None
         return _parse(raw_text)
 
-    def _fetch(self, pipe: VacuumPipe) -> Optional[Mapping[str, Any]]:
-        verify: "bool | str" = True
-        if self.paths.certificates_dir.is_dir():
-            verify = str(self.paths.certificates_dir)
-        try:
-            response = self.session.get(pipe.url, timeout=FETCH_TIMEOUT_SECONDS, verify=verify, stream=True)
-            response.raise_for_status()
-            body = response.raw.read(MAX_PIPE_BYTES + 1, decode_content=True)
-        except (requests.RequestException, OSError) as error:
-            log.warning("vacuum pipe fetch failed prefix=%s url=%s error=%s; using the cached copy if any",
-                        pipe.prefix, pipe.url, error)
-            return None
-        if len(body) > MAX_PIPE_BYTES:
-            log.warning("vacuum pipe too large prefix=%s url=%s limit=%d bytes", pipe.prefix, pipe.url, MAX_PIPE_BYTES)
-            return None
+    def _fetch(self, pipe: VacuumPipe) -> Mapping[str, Any]:
+        body = self.fetcher.fetch_bytes(pipe.url, self.limits)
         document = _parse(body.decode("utf-8", errors="replace"))
         if document is None:
-            log.warning("vacuum pipe is not a JSON object prefix=%s url=%s", pipe.prefix, pipe.url)
-            return None
+            raise BadPipeDocument(f"{pipe.url}: not a JSON object")
         self.paths.pipescache_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.cache_file(pipe), json.dumps(document, indent=1, sort_keys=True) + "\n")
-        log.info("vacuum pipe fetched prefix=%s url=%s machinetypes=%d", pipe.prefix, pipe.url,
-                 len(document.get("machinetypes") or []))
         return document
 
 

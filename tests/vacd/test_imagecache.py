@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import email.utils
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
 
-from vacd.imagecache import ImageCache, ImageFetchError
+from vacd.fetch import FetchError
+from vacd.imagecache import ImageCache, remote_image_urls
+from tests.vacd.loopback_http import Hold, LoopbackServer, ScriptedRequest, answer
+from vacd.config import Machinetype
 from vacd.paths import Paths
 
 IMAGE_TIME = 1_700_000_000
@@ -88,7 +93,7 @@ def test_newer_image_on_the_server_replaces_the_cached_one(tmp_path: Path, image
 
 def test_answer_without_last_modified_is_refused(tmp_path: Path, image_server: ImageServer) -> None:
     image_server.last_modified = None
-    with pytest.raises(ImageFetchError, match="Last-Modified"):
+    with pytest.raises(FetchError, match="Last-Modified"):
         ImageCache(Paths(tmp_path)).fetch(image_server.url)
 
 
@@ -99,5 +104,89 @@ def test_unreachable_server_uses_the_cached_image_or_fails_clearly(tmp_path: Pat
     image_server.http.shutdown()
     image_server.http.server_close()
     assert cache.fetch(url).read_bytes().startswith(b"\x00qcow2")
-    with pytest.raises(ImageFetchError, match="never.qcow2"):
+    with pytest.raises(FetchError, match="never.qcow2"):
         cache.fetch(url.replace("root.qcow2", "never.qcow2"))
+
+
+def test_an_answer_without_last_modified_keeps_the_cached_image(tmp_path: Path, image_server: ImageServer) -> None:
+    cache = ImageCache(Paths(tmp_path))
+    url = image_server.url
+    cache.fetch(url)
+    image_server.body = b"newer"
+    image_server.last_modified = None  # a 200 the cache must refuse
+    assert cache.fetch(url).read_bytes().startswith(b"\x00qcow2")
+
+
+def image_answer(request: ScriptedRequest) -> None:
+    answer(request, b"image " + request.path.encode(), headers={"Last-Modified": email.utils.formatdate(IMAGE_TIME,
+                                                                                                     usegmt=True)})
+
+
+def test_image_fetch_while_two_slow_downloads_hold_the_image_pool_takes_no_action_worker(tmp_path: Path) -> None:
+    hold = Hold(image_answer)
+    server = LoopbackServer(hold)
+    images = ImageCache(Paths(tmp_path), workers=2)
+    action_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-act")
+    try:
+        slow = [images.prefetch([server.url(f"/slow-{number}.img")]) for number in (1, 2)]
+        assert hold.wait_for_arrivals(2)
+        created: Future[dict[str, Path]] = Future()
+        # The factory's wiring: the creation goes to the action pool only once its images are here.
+        third = images.prefetch([server.url("/third.img")])
+        third.add_done_callback(lambda done: action_pool.submit(lambda: created.set_result(done.result())))
+        destroyed = action_pool.submit(lambda: "hard destroy done")
+        assert destroyed.result(timeout=10) == "hard destroy done"
+        assert hold.held == 2 and not third.done()  # the destroy ran while both downloads were held
+        assert "/third.img" not in server.paths  # queued behind them on the image pool, not on the action pool
+        hold.release()
+        paths = created.result(timeout=10)
+        assert paths[server.url("/third.img")].read_bytes() == b"image /third.img"
+        assert [download.result(timeout=10)[server.url(f"/slow-{number}.img")].read_bytes()
+                for number, download in zip((1, 2), slow)] == [b"image /slow-1.img", b"image /slow-2.img"]
+    finally:
+        hold.release()
+        action_pool.shutdown(wait=True)
+        images.close()
+        server.stop()
+
+
+def test_two_creations_needing_one_image_share_one_download(tmp_path: Path) -> None:
+    hold = Hold(image_answer)
+    server = LoopbackServer(hold)
+    images = ImageCache(Paths(tmp_path))
+    try:
+        first = images.prefetch([server.url("/root.img")])
+        assert hold.wait_for_arrivals(1)
+        second = images.prefetch([server.url("/root.img")])
+        hold.release()
+        assert first.result(timeout=10) == second.result(timeout=10)
+        assert server.paths == ["/root.img"]
+    finally:
+        hold.release()
+        images.close()
+        server.stop()
+
+
+def test_close_cuts_a_download_in_progress_and_leaves_no_partial_image(tmp_path: Path) -> None:
+    hold = Hold(image_answer)
+    server = LoopbackServer(hold)
+    images = ImageCache(Paths(tmp_path))
+    try:
+        download = images.prefetch([server.url("/root.img")])
+        assert hold.wait_for_arrivals(1)
+        images.close()
+        with pytest.raises(FetchError, match="vacd is stopping"):
+            download.result(timeout=10)
+        assert not Paths(tmp_path).imagecache_dir.exists() or list(Paths(tmp_path).imagecache_dir.iterdir()) == []
+    finally:
+        hold.release()
+        server.stop()
+
+
+def test_remote_image_urls_are_the_files_a_creation_uses(tmp_path: Path) -> None:
+    machinetype = Machinetype(name="remote", machinegroup="remote", machinetype_path=tmp_path,
+                              root_image="https://images.example.org/root.img")
+    assert remote_image_urls(machinetype) == ("https://images.example.org/root.img",)
+    kernel_boot = replace(machinetype, root_kernel="https://images.example.org/vmlinuz", root_initrd="initrd.img")
+    assert remote_image_urls(kernel_boot) == ("https://images.example.org/vmlinuz",)  # root_image is not used then
+    assert remote_image_urls(replace(machinetype, root_image="/var/lib/vac/root.img")) == ()

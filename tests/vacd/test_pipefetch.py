@@ -1,4 +1,4 @@
-"""Vacuum pipes fetched over real HTTP on loopback, cached, and expanded (§8, acceptance 4, 6)."""
+"""Vacuum pipes fetched over real HTTP on loopback, off the loop, cached, and expanded (§8, issue 8 item 6)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.vacd.loopback_http import Hold, LoopbackServer, ScriptedRequest, answer
 from vacd.config import Config, load_config
+from vacd.daemon import ReloadingConfig
 from vacd.paths import Paths
-from vacd.pipefetch import PipeFetcher
+from vacd.pipefetch import RETRY_FIRST_SECONDS, PipeFetcher
 
 
 class PipeServer:
@@ -75,10 +77,17 @@ fizzle_seconds = 1234
     return load_config(Paths(tmp_path), host_fqdn="f1.example.com", host_cpu_count=4)
 
 
+def refreshed(fetcher: PipeFetcher, config: Config) -> Config:
+    """A pass that starts due refreshes, then (once they are done) what the next pass reads."""
+    fetcher.apply(config, may_fetch=True)
+    assert fetcher.wait_for_refreshes(timeout_seconds=30)
+    return fetcher.apply(config, may_fetch=False)
+
+
 def test_pipe_is_fetched_split_by_share_and_cached(tmp_path: Path, pipe_server: PipeServer) -> None:
     config = site_config(tmp_path, pipe_server.url)
     fetcher = PipeFetcher(Paths(tmp_path), clock=lambda: 1e10)
-    expanded = fetcher.apply(config, may_fetch=True)
+    expanded = refreshed(fetcher, config)
     assert expanded.machinetypes["ex-a"].target_share == pytest.approx(2.5)
     assert expanded.machinetypes["ex-b"].target_share == pytest.approx(7.5)
     assert expanded.machinetypes["ex-a"].fizzle_seconds == 1234  # copied from [vacuum_pipe ex]
@@ -91,16 +100,16 @@ def test_young_cache_is_not_refetched_and_readers_never_fetch(tmp_path: Path, pi
     config = site_config(tmp_path, pipe_server.url)
     now = [2_000_000_000.0]
     fetcher = PipeFetcher(Paths(tmp_path), clock=lambda: now[0])
-    fetcher.apply(config, may_fetch=True)
+    refreshed(fetcher, config)
     cache = tmp_path / "var/lib/vac/pipescache/ex.pipe"
     os.utime(cache, (now[0], now[0]))
     now[0] += 3599
-    fetcher.apply(config, may_fetch=True)
+    refreshed(fetcher, config)
     assert pipe_server.requests == 1
     now[0] += 2
     assert "ex-a" in PipeFetcher(Paths(tmp_path), clock=lambda: now[0]).apply(config, may_fetch=False).machinetypes
     assert pipe_server.requests == 1
-    fetcher.apply(config, may_fetch=True)
+    refreshed(fetcher, config)
     assert pipe_server.requests == 2
 
 
@@ -110,6 +119,7 @@ def test_cache_seconds_0_fetches_every_pass(tmp_path: Path, pipe_server: PipeSer
     fetcher = PipeFetcher(Paths(tmp_path))
     for _ in range(3):
         fetcher.apply(config, may_fetch=True)
+        assert fetcher.wait_for_refreshes(timeout_seconds=30)
     assert pipe_server.requests == 3
 
 
@@ -118,19 +128,92 @@ def test_failed_fetch_keeps_the_cached_pipe(tmp_path: Path, pipe_server: PipeSer
     pipe_server.document = dict(pipe_server.document, cache_seconds=0)
     config = site_config(tmp_path, pipe_server.url)
     fetcher = PipeFetcher(Paths(tmp_path))
-    fetcher.apply(config, may_fetch=True)
+    refreshed(fetcher, config)
     if failure == "status":
         pipe_server.status = 500
     elif failure == "not-json":
         pipe_server.document = b"<html>maintenance</html>"
     else:
         pipe_server.document = ["a", "list"]
-    expanded = fetcher.apply(config, may_fetch=True)
+    expanded = refreshed(fetcher, config)
+    assert pipe_server.requests == 2
     assert {"ex-a", "ex-b"} <= set(expanded.machinetypes)
     assert json.loads((tmp_path / "var/lib/vac/pipescache/ex.pipe").read_text())["machinetypes"]
 
 
 def test_pipe_that_never_answered_adds_nothing(tmp_path: Path) -> None:
     config = site_config(tmp_path, "http://127.0.0.1:9/never.pipe")
-    expanded = PipeFetcher(Paths(tmp_path)).apply(config, may_fetch=True)
+    expanded = refreshed(PipeFetcher(Paths(tmp_path)), config)
     assert not any(name.startswith("ex-") for name in expanded.machinetypes)
+
+
+def pipe_document(request: ScriptedRequest) -> None:
+    answer(request, json.dumps({"cache_seconds": 3600, "machinetypes": [
+        {"suffix": "a", "target_share": 1, "max_wallclock_seconds": 3600}]}).encode())
+
+
+def test_config_source_does_not_wait_for_a_pipe_server_that_holds_the_request(tmp_path: Path) -> None:
+    hold = Hold(pipe_document)
+    server = LoopbackServer(hold)
+    try:
+        initial = site_config(tmp_path, server.url("/ex.pipe"))
+        woken: list[str] = []
+        source = ReloadingConfig(Paths(tmp_path), initial, "f1.example.com", 4)
+        source.pipes.on_refreshed = lambda: woken.append("factory woken")
+        first = source.current()
+        assert hold.wait_for_arrivals(1)
+        second = source.current()  # the loop's next pass, while the server still sits on the request
+        assert hold.held == 1 and not hold.released.is_set()
+        assert not any(name.startswith("ex-") for name in first.machinetypes | second.machinetypes)
+        assert server.paths == ["/ex.pipe"]  # one refresh in flight, not one per pass
+        hold.release()
+        assert source.pipes.wait_for_refreshes(timeout_seconds=30)
+        assert woken == ["factory woken"]
+        assert "ex-a" in source.current().machinetypes
+    finally:
+        hold.release()
+        server.stop()
+
+
+def test_failed_pipe_backs_off_instead_of_being_fetched_every_pass(tmp_path: Path, pipe_server: PipeServer) -> None:
+    pipe_server.status = 500
+    config = site_config(tmp_path, pipe_server.url)
+    now = [1000.0]
+    fetcher = PipeFetcher(Paths(tmp_path), monotonic=lambda: now[0])
+
+    def passes(count: int) -> None:
+        for _ in range(count):
+            fetcher.apply(config, may_fetch=True)
+            assert fetcher.wait_for_refreshes(timeout_seconds=30)
+
+    passes(5)
+    assert pipe_server.requests == 1
+    now[0] += RETRY_FIRST_SECONDS - 1
+    passes(5)
+    assert pipe_server.requests == 1
+    now[0] += 1
+    passes(5)
+    assert pipe_server.requests == 2  # retried once, then waits twice as long
+    now[0] += 2 * RETRY_FIRST_SECONDS - 1
+    passes(5)
+    assert pipe_server.requests == 2
+    pipe_server.status = 200
+    now[0] += 1
+    passes(1)
+    assert pipe_server.requests == 3
+    assert fetcher.retry_state(config.vacuum_pipes[0]) is None  # a good fetch ends the backoff
+    assert "ex-a" in fetcher.apply(config, may_fetch=False).machinetypes
+
+
+def test_oversized_pipe_is_refused_and_never_replaces_the_cache(tmp_path: Path, pipe_server: PipeServer) -> None:
+    config = site_config(tmp_path, pipe_server.url)
+    fetcher = PipeFetcher(Paths(tmp_path))
+    refreshed(fetcher, config)
+    cache = tmp_path / "var/lib/vac/pipescache/ex.pipe"
+    before = cache.read_text()
+    pipe_server.document = b"{" + b" " * (1024 * 1024) + b"}"
+    os.utime(cache, (0, 0))  # make the cached copy due again
+    refreshed(fetcher, config)
+    assert cache.read_text() == before
+    retry = fetcher.retry_state(config.vacuum_pipes[0])
+    assert retry is not None and retry.failures == 1

@@ -1,11 +1,13 @@
 """Prepare a new machine's directory: user_data, machine/job features, keys, accounting FQAN.
 
 Rules (behaviour reference §1.6 steps 2-5, §6.2, §6.5, §6.6):
-- Called by the factory right after Store.begin_creation and before the machine starts,
-  so everything the guest reads exists at its first request.
-- The user_data template comes from an http(s) URL (fetched at every creation: 30 s
-  timeout, redirects followed, TLS verified against /etc/grid-security/certificates when
-  that directory exists, User-Agent `Vac <version>`), an absolute file, or
+- Called by the factory after Store.begin_creation and before the machine starts, so
+  everything the guest reads exists at its first request. It may wait on the network (a
+  user_data URL, up to the deadline), so it belongs on a creation thread, not the loop.
+- The user_data template comes from an http(s) URL (fetched at every creation through
+  vacd.fetch: a total deadline of 30 s and a 1 MiB cap (USER_DATA_LIMITS), redirects
+  followed, TLS verified against /etc/grid-security/certificates when that directory
+  exists, User-Agent `Vac <version>`), an absolute file, or
   `<machinetype_path>/files/<name>`. `user_data_file_*` names resolve the same way. A
   name that climbs out of its directory (`..`) is refused.
 - Configured absolute file names are re-rooted under the prefix (vacd.paths), so tests and
@@ -20,14 +22,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path, PurePosixPath
-from typing import Optional, Union
-
-import requests
+from typing import Optional
 
 from vacd import MANAGER_VERSION
 from vacd.atomicfile import write_atomic
 from vacd.config import Machinetype, Settings
 from vacd.errors import VacError
+from vacd.fetch import USER_DATA_LIMITS, FetchError, Fetcher
 from vacd.mjf import FeatureKeyError, write_features
 from vacd.paths import Paths
 from vacd.proxy import ProxyError, load_issuer_files, make_proxy
@@ -36,8 +37,8 @@ from vacd.userdata import OPTION_NAME_PATTERN, UserDataContext, feature_location
 
 log = logging.getLogger(__name__)
 
-USER_DATA_FETCH_TIMEOUT_SECONDS = 30  # Appendix C
-# Far above any real template (Nova refuses user_data over 64 KiB).
+# Far above any real template (Nova refuses user_data over 64 KiB); a fetched template has the
+# tighter USER_DATA_LIMITS cap of vacd.fetch.
 MAX_TEMPLATE_BYTES = 16 * 1024 * 1024
 USER_DATA_FILE = "user_data"
 ROOT_PUBLIC_KEY_FILE = "root_public_key"
@@ -150,28 +151,12 @@ def load_template(paths: Paths, machinetype: Machinetype, source: str) -> tuple[
 
 
 def fetch_template(paths: Paths, url: str) -> str:
-    """GET a user_data template, TLS verified against the grid CA directory if present."""
-    verify: Union[bool, str] = str(paths.certificates_dir) if paths.certificates_dir.is_dir() else True
+    """GET a user_data template within USER_DATA_LIMITS, TLS verified against the grid CA directory if present."""
     try:
-        with requests.get(
-            url,
-            timeout=USER_DATA_FETCH_TIMEOUT_SECONDS,
-            verify=verify,
-            headers={"User-Agent": MANAGER_VERSION},
-            stream=True,
-            allow_redirects=True,
-        ) as response:
-            response.raise_for_status()
-            chunks = []
-            received = 0
-            for chunk in response.iter_content(chunk_size=65536):
-                received += len(chunk)
-                if received > MAX_TEMPLATE_BYTES:
-                    raise ContextualisationError(f"user_data {url}: larger than {MAX_TEMPLATE_BYTES} bytes")
-                chunks.append(chunk)
-    except requests.RequestException as error:
-        raise ContextualisationError(f"user_data {url}: fetch failed: {error}") from error
-    return b"".join(chunks).decode("utf-8", errors="surrogateescape")
+        body = Fetcher(paths.certificates_dir).fetch_bytes(url, USER_DATA_LIMITS)
+    except FetchError as error:
+        raise ContextualisationError(f"user_data fetch failed: {error}") from error
+    return body.decode("utf-8", errors="surrogateescape")
 
 
 def _read_local(paths: Paths, machinetype: Machinetype, file_name: str, option: str) -> str:

@@ -217,10 +217,13 @@ class TemplateHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
         TemplateHandler.user_agents.append(self.headers.get("User-Agent"))
-        if self.path != "/template":
+        if self.path == "/huge":
+            body = b"#" * (1024 * 1024 + 1)
+        elif self.path == "/template":
+            body = b"from ##user_data_url## for ##user_data_machine_hostname##"
+        else:
             self.send_error(404)
             return
-        body = b"from ##user_data_url## for ##user_data_machine_hostname##"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -254,6 +257,15 @@ def test_failed_fetch_names_the_url(site: Site, template_server: http.server.HTT
     url = f"http://127.0.0.1:{template_server.server_address[1]}/missing"
     site.machinetype = replace(site.machinetype, user_data=url)
     with pytest.raises(ContextualisationError, match="missing.*404"):
+        prepare(site)
+
+
+def test_template_over_the_user_data_cap_is_refused_naming_the_cap(
+    site: Site, template_server: http.server.HTTPServer
+) -> None:
+    url = f"http://127.0.0.1:{template_server.server_address[1]}/huge"
+    site.machinetype = replace(site.machinetype, user_data=url)
+    with pytest.raises(ContextualisationError, match=r"huge: .*larger than the cap of 1048576 bytes"):
         prepare(site)
 
 
