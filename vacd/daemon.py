@@ -203,6 +203,7 @@ class Daemon:
         self.peer_census: Optional[Any] = None
         self.vacmon: Optional[Any] = None
         self.services: Optional[ServiceLoop] = None
+        self.images: Optional[Any] = None
         # When a pass last completed (status.json `last_pass_completed`, the factory heartbeat).
         self.last_pass_completed: Optional[int] = None
 
@@ -264,6 +265,10 @@ class Daemon:
             self._loop(factory, config_source)
         finally:
             log.info("stopping: machines keep running and will be adopted at the next start")
+            # Downloads and pipe fetches are cut, not waited for: the next start fetches again.
+            if self.images is not None:
+                self.images.close()
+            config_source.close()
             factory.wait_for_background_work()
             executor.shutdown(wait=True)
             if self.guest_api is not None:
@@ -363,9 +368,11 @@ class Daemon:
                 self.metrics.creation_finished(record.machinetype, seconds, ok)
 
         images = ImageCache(paths)
+        self.images = images
 
         return FactoryHooks(
             fetch_image=images.fetch,
+            prefetch_images=images.prefetch,
             on_finished=[account],
             on_created=[count_creation],
             contextualise=contextualise,

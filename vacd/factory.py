@@ -33,6 +33,7 @@ from vacd.backends.base import Backend, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
 from vacd.errors import BackendError, ConfigErrors, VacError
 from vacd.housekeeping import MachineDirectory, expired
+from vacd.imagecache import remote_image_urls
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
@@ -163,6 +164,9 @@ class FactoryHooks:
     heartbeat_file_mtime: Optional[Callable[[StoredMachine, str], Optional[float]]] = None
     shutdown_message_time: Optional[Callable[[StoredMachine], Optional[int]]] = None
     fetch_image: Optional[Callable[[str], Path]] = None
+    # Downloads a creation's http(s) images on the image cache's own pool (item 6): the action
+    # pool's workers stay free for destroys while a slow image server drips.
+    prefetch_images: Optional[Callable[[Sequence[str]], "Future[dict[str, Path]]"]] = None
 
 
 class Factory:
@@ -758,8 +762,6 @@ class Factory:
             return
         try:
             self.store.begin_creation(record)
-            if self.hooks.contextualise is not None:
-                self.hooks.contextualise(settings, machinetype, record, now)
         except Exception as error:  # boundary (step "create"): one machine's failure stays its own
             self._creation_failed(record, now, error)
             return
@@ -772,7 +774,15 @@ class Factory:
             record.shutdown_time,
             " probe=yes" if create.is_probe else "",
         )
-        self._submit(self._create_in_background, record, settings, machinetype, identity)
+        urls = remote_image_urls(machinetype)
+        if urls and self.hooks.prefetch_images is not None:
+            # The record stays in flight while its images download, so its slot is not reused.
+            images = self.hooks.prefetch_images(urls)
+            images.add_done_callback(
+                lambda done: self._submit(self._create_in_background, record, settings, machinetype, identity, done)
+            )
+        else:
+            self._submit(self._create_in_background, record, settings, machinetype, identity, None)
 
     def _submit(self, function: Callable[..., None], *arguments: object) -> None:
         """Run `function` on the pool, tracked so wait_for_background_work waits for all of it."""
@@ -786,15 +796,21 @@ class Factory:
             self._futures.discard(future)
 
     def _create_in_background(
-        self, record: MachineRecord, settings: Settings, machinetype: Machinetype, identity: SlotIdentity
+        self,
+        record: MachineRecord,
+        settings: Settings,
+        machinetype: Machinetype,
+        identity: SlotIdentity,
+        images: "Optional[Future[dict[str, Path]]]",
     ) -> None:
-        """Build the spec (fetching a remote image if need be) and create the machine, off the loop."""
+        """Contextualise (a user_data URL may be slow), build the spec and create the machine, off the loop."""
         started = self.clock()
         ok = False
         try:
-            spec = machine_spec(
-                settings, machinetype, record, identity, self.store.machine_dir(record), self.hooks.fetch_image
-            )
+            if self.hooks.contextualise is not None:
+                self.hooks.contextualise(settings, machinetype, record, record.created_time)
+            fetch_image = images.result().__getitem__ if images is not None else self.hooks.fetch_image
+            spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record), fetch_image)
             self.backend.create(spec)
             self.store.mark_started(record, int(self.clock()))
             with self._lock:

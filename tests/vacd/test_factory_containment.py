@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import pytest
 
@@ -358,3 +359,56 @@ def test_steady_clock_follows_the_monotonic_clock_from_the_wall_time_it_started_
     assert steady() == start + 10
     assert steady.wall_skew() == -3610
 
+
+
+# ---------------------------------------------------------------- item 6: nothing slow on the loop
+def test_slow_user_data_fetch_runs_on_the_pool_not_the_loop(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1),
+                      make_machinetype(tmp_path, "atlas"), executor=pool)
+    template_server_answers = threading.Event()
+    contextualising = threading.Event()
+
+    def contextualise(settings: object, machinetype: object, record: object, now: int) -> None:
+        contextualising.set()
+        template_server_answers.wait(30)  # a user_data URL that takes its time
+
+    harness.factory.hooks.contextualise = contextualise
+    report = harness.run_pass()  # returns although the fetch has not finished
+    assert report.decisions is not None and [create.ordinal for create in report.decisions.creates] == [0]
+    assert contextualising.wait(30) and not template_server_answers.is_set()
+    assert harness.backend.created_names() == []
+    template_server_answers.set()
+    assert harness.factory.wait_for_background_work(timeout_seconds=30)
+    assert harness.backend.created_names() == ["f1-00.example.com"]
+
+
+def test_image_download_holds_no_action_worker_and_keeps_its_slot_in_flight(tmp_path: Path) -> None:
+    one_worker = ThreadPoolExecutor(max_workers=1)
+    try:
+        harness = Harness(tmp_path, make_settings(total_processors=2, host_processors=2),
+                          make_machinetype(tmp_path, "atlas", root_kernel="https://images.invalid/vmlinuz"),
+                          executor=one_worker)
+        downloads: list["Future[dict[str, Path]]"] = []
+
+        def prefetch(urls: Sequence[str]) -> "Future[dict[str, Path]]":
+            downloads.append(Future())
+            return downloads[-1]
+
+        harness.factory.hooks.prefetch_images = prefetch
+        harness.backend.add_foreign("f1-05.example.com", "00000000-0000-0000-0000-000000000005")
+        report = harness.run_pass()
+        assert report.decisions is not None and len(report.decisions.creates) == 2 and len(downloads) == 2
+        # Both images are still downloading, yet the one action worker destroys the zombie.
+        one_worker.submit(lambda: None).result(timeout=30)
+        assert "f1-05.example.com" not in harness.backend.machines
+        harness.clock.advance(1)
+        report = harness.run_pass()
+        assert [slot.state for slot in report.slots] == ["Starting", "Starting"] and report.finished == []
+        kernel = tmp_path / "guest" / "vmlinuz"
+        for download in downloads:
+            download.set_result({"https://images.invalid/vmlinuz": kernel})
+        assert harness.factory.wait_for_background_work(timeout_seconds=30)
+        assert sorted(harness.backend.created_names()) == names(2)
+        assert harness.backend.specs["f1-00.example.com"].root_kernel == kernel
+    finally:
+        one_worker.shutdown(wait=True)
