@@ -184,6 +184,8 @@ class Daemon:
         self.peer_census: Optional[Any] = None
         self.vacmon: Optional[Any] = None
         self.services: Optional[ServiceLoop] = None
+        self.image_cache: Optional[Any] = None
+        self.image_eviction: Optional[Any] = None
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
@@ -192,13 +194,18 @@ class Daemon:
 
     def run(self) -> int:
         from vacd.backends.libvirt import LibvirtBackend
+        from vacd.diskspace import check_disk
         from vacd.guestapi.server import GuestApiServer
+        from vacd.imageeviction import ImageEviction
+        from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
         from vacd.hypervisor import decide_domain_type
         from vacd.network import NETWORK_NAME, uses_test_driver
 
         settings = self.config.settings
         self.paths.ensure_state_dirs()
         store = Store(self.paths)
+        # Before any pass, so no temp or disk file can belong to work in flight (issue 8 item 4).
+        remove_leftovers(self.paths, live_machine_uuids(store))
         domain_type, reason = decide_domain_type(settings.hypervisor)
         log.info("starting %s factory=%s space=%s slots=%d domain_type=%s (%s)", MANAGER_VERSION,
                  settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
@@ -220,8 +227,11 @@ class Daemon:
             vacd_start_time=self.start_time,
             hooks=self._hooks(),
             is_draining=self.paths.drain_file.exists,
+            disk_problem=lambda settings: check_disk(self.paths, settings),
         )
         self.factory = factory
+        if self.image_cache is not None:
+            self.image_eviction = ImageEviction(store, self.image_cache.path_for)
         if settings.wake_on_events:
             backend.watch(factory.wake)
         services = ServiceLoop()
@@ -305,6 +315,7 @@ class Daemon:
     def _hooks(self) -> FactoryHooks:
         from vacd.accounting import write_apel_record
         from vacd.imagecache import ImageCache
+        from vacd.imageeviction import mark_image_used
         from vacd.guestapi.contextualise import prepare_machine_dir
         from vacd.guestapi.joboutputs import received_times, shutdown_message_time
         from vacd.mjf import lower_shutdown_time
@@ -335,9 +346,16 @@ class Daemon:
                 self.metrics.creation_finished(record.machinetype, seconds, ok)
 
         images = ImageCache(paths)
+        self.image_cache = images
+
+        def fetch_image(url: str) -> Path:
+            """The cached image, stamped as used now for the eviction rule (vacd/imageeviction.py)."""
+            path = images.fetch(url)
+            mark_image_used(path, time.time())
+            return path
 
         return FactoryHooks(
-            fetch_image=images.fetch,
+            fetch_image=fetch_image,
             on_finished=[account],
             on_created=[count_creation],
             contextualise=contextualise,
@@ -354,6 +372,9 @@ class Daemon:
                 write_heartbeat(self.paths, "factory", int(time.time()))
                 self.stopping.wait(config_source.last_good.settings.cycle_seconds)
                 continue
+            if self.image_eviction is not None:
+                last_good = config_source.last_good
+                self.image_eviction.run_if_due(last_good.settings, last_good.machinetypes, time.time())
             report = factory.run_pass()
             self._publish(factory, report)
             elapsed = time.monotonic() - started

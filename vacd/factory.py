@@ -175,6 +175,7 @@ class Factory:
         hooks: Optional[FactoryHooks] = None,
         tie_break: Optional[RandomSource] = None,
         is_draining: Callable[[], bool] = lambda: False,
+        disk_problem: Callable[[Settings], Optional[str]] = lambda settings: None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -186,6 +187,9 @@ class Factory:
         self.vacd_start_time = vacd_start_time
         self.hooks = hooks or FactoryHooks()
         self.is_draining = is_draining
+        # The disk gate (vacd.diskspace.check_disk): a reason while creation must stop.
+        self.disk_problem = disk_problem
+        self._disk_fault_since: Optional[int] = None
         # The pure scheduler is given its randomness; this edge module owns the source.
         self.tie_break: RandomSource = tie_break or random.Random()
         self.wake_event = threading.Event()
@@ -239,6 +243,15 @@ class Factory:
 
         report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
         self._housekeeping(machinetypes, now)
+        disk_problem = self.disk_problem(settings)
+        if disk_problem is not None:
+            if self._disk_fault_since is None:
+                self._disk_fault_since = now
+                log.warning("creation stopped: %s", disk_problem)
+            report.faults.append(Fault("disk", disk_problem, self._disk_fault_since))
+        elif self._disk_fault_since is not None:
+            log.info("disk has room again, creation resumes")
+            self._disk_fault_since = None
         local_state = SchedulerInput(
             now=now,
             settings=settings,
@@ -249,6 +262,7 @@ class Factory:
             host_cpu_count=self.host_cpu_count,
             draining=self.is_draining(),
             creation_failure_until={name: until for name, (_, until) in self._creation_failures.items()},
+            disk_problem=disk_problem,
         )
         peer_reports: Sequence[MachinetypeReport] = ()
         running_processors = sum(view.processors for view in slot_views if not view.is_free)
