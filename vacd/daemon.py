@@ -196,10 +196,10 @@ class Daemon:
         from vacd.backends.libvirt import LibvirtBackend
         from vacd.diskspace import check_disk
         from vacd.guestapi.server import GuestApiServer
-        from vacd.imageeviction import ImageEviction
-        from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
         from vacd.hypervisor import decide_domain_type
+        from vacd.imageeviction import ImageEviction
         from vacd.network import NETWORK_NAME, uses_test_driver
+        from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
 
         settings = self.config.settings
         self.paths.ensure_state_dirs()
