@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+TEMP_SUFFIX = ".tmp"
+# The name `atomic_replace` gives its temp file: "." + target name + "." + mkstemp's eight
+# random characters + ".tmp". vacd.startup_cleanup removes such files left by a kill -9.
+TEMP_FILE_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
+def is_temp_file_name(name: str) -> bool:
+    """Whether `name` is the name of an `atomic_replace` temp file."""
+    return TEMP_FILE_NAME.fullmatch(name) is not None
 
 
 @contextlib.contextmanager
@@ -24,7 +35,7 @@ def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = N
     is untouched.
     """
     target = Path(path)
-    descriptor, temp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".tmp", dir=target.parent)
+    descriptor, temp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=TEMP_SUFFIX, dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as temp_file:
             yield temp_file

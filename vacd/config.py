@@ -166,6 +166,14 @@ class Settings:
     joboutputs_quota_bytes: int = 100 * 1024 * 1024
     metadata_port: int = 80
     log_destination: str = "file"
+    # Free space the state, tmp and imagecache directories must keep for creations to go on
+    # (issue 8 item 4): the larger of the two; 0 turns either off.
+    min_free_disk_mb: int = 1024
+    min_free_disk_percent: float = 5.0
+    # Image cache eviction (vacd/imageeviction.py): unused images go after imagecache_days;
+    # imagecache_max_gb caps the cache (0: no cap).
+    imagecache_days: float = 14.0
+    imagecache_max_gb: int = 0
     gocdb_sitename_is_set: bool = False
 
     @property

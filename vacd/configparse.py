@@ -48,6 +48,11 @@ _USER_NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?")
 _LIBVIRT_URI = re.compile(r"[a-z][a-z0-9+]*://[!-~]*")
 _PIPE_URL = re.compile(r"https?://[!-~]+")
 
+# Upper bounds of the disk options: an exbibyte, and a century (a larger day count would
+# overflow the seconds arithmetic of the eviction rule, issue 8 item 9).
+MAX_DISK_MB = 2**40
+MAX_IMAGECACHE_DAYS = 36500
+
 # Options Vac 03 accepted but no longer used: each gives a warning (§2.2, §2.4).
 _IGNORED_SETTINGS = (
     ("domain_type", "Vac 03 no longer used it"),
@@ -254,6 +259,12 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                           partial(to_integer, minimum=0)),
         metadata_port=reader.get("metadata_port", 80, _to_port),
         log_destination=reader.get("log_destination", "file", partial(to_choice, choices=LOG_DESTINATIONS)),
+        min_free_disk_mb=reader.get("min_free_disk_mb", 1024, partial(to_integer, minimum=0,
+                                                                      maximum=MAX_DISK_MB)),
+        min_free_disk_percent=reader.get("min_free_disk_percent", 5.0, partial(to_number, minimum=0, maximum=100)),
+        imagecache_days=reader.get("imagecache_days", 14.0, partial(to_number, positive=True,
+                                                                    maximum=MAX_IMAGECACHE_DAYS)),
+        imagecache_max_gb=reader.get("imagecache_max_gb", 0, partial(to_integer, minimum=0, maximum=MAX_DISK_MB)),
     )
     reader.warn_unknown("[settings]")
     return settings if len(findings.problems) == before else None

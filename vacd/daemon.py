@@ -24,9 +24,9 @@ import socket
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, TextIO
+from typing import Any, Callable, Optional, Sequence, TextIO
 
 from vacd import MANAGER_VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
@@ -192,6 +192,7 @@ class Daemon:
         self.clock_watch = ClockJumpWatch(self.clock, self._log_clock_jump)
         self.start_time = int(self.clock())
         self.pass_errors_in_a_row = 0
+        self._publish_failing = False
         self.factory: Optional[Factory] = None
         self.guest_api: Optional[Any] = None
         self.metrics: Optional[Any] = None
@@ -206,6 +207,7 @@ class Daemon:
         self.images: Optional[Any] = None
         # When a pass last completed (status.json `last_pass_completed`, the factory heartbeat).
         self.last_pass_completed: Optional[int] = None
+        self.image_eviction: Optional[Any] = None
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
@@ -214,13 +216,18 @@ class Daemon:
 
     def run(self) -> int:
         from vacd.backends.libvirt import LibvirtBackend
+        from vacd.diskspace import check_disk
         from vacd.guestapi.server import GuestApiServer
         from vacd.hypervisor import decide_domain_type
+        from vacd.imageeviction import ImageEviction
         from vacd.network import NETWORK_NAME, uses_test_driver
+        from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
 
         settings = self.config.settings
         self.paths.ensure_state_dirs()
         store = Store(self.paths)
+        # Before any pass, so no temp or disk file can belong to work in flight (issue 8 item 4).
+        remove_leftovers(self.paths, live_machine_uuids(store))
         domain_type, reason = decide_domain_type(settings.hypervisor)
         log.info("starting %s factory=%s space=%s slots=%d domain_type=%s (%s)", MANAGER_VERSION,
                  settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
@@ -244,9 +251,12 @@ class Daemon:
             hooks=self._hooks(),
             is_draining=self.paths.drain_file.exists,
             initial_config=self.config,
+            disk_problem=lambda settings: check_disk(self.paths, settings),
         )
         self.factory = factory
         config_source.pipes.on_refreshed = lambda: factory.wake("vacuum pipe refreshed")
+        if self.images is not None:
+            self.image_eviction = ImageEviction(store, self.images.path_for)
         if settings.wake_on_events:
             backend.watch(factory.wake)
         services = ServiceLoop()
@@ -338,6 +348,7 @@ class Daemon:
     def _hooks(self) -> FactoryHooks:
         from vacd.accounting import write_apel_record
         from vacd.imagecache import ImageCache
+        from vacd.imageeviction import mark_image_used
         from vacd.guestapi.contextualise import prepare_machine_dir
         from vacd.guestapi.joboutputs import received_times, shutdown_message_time
         from vacd.mjf import lower_shutdown_time
@@ -370,9 +381,27 @@ class Daemon:
         images = ImageCache(paths)
         self.images = images
 
+        def fetch_image(url: str) -> Path:
+            """The cached image, stamped as used now for the eviction rule (vacd/imageeviction.py)."""
+            path = images.fetch(url)
+            mark_image_used(path, time.time())
+            return path
+
+        def prefetch_images(urls: Sequence[str]) -> "Future[dict[str, Path]]":
+            """Downloads on the image pool; each image is stamped as used when it is there."""
+            downloads = images.prefetch(urls)
+
+            def stamp(done: "Future[dict[str, Path]]") -> None:
+                if not done.cancelled() and done.exception() is None:
+                    for path in done.result().values():
+                        mark_image_used(path, time.time())
+
+            downloads.add_done_callback(stamp)
+            return downloads
+
         return FactoryHooks(
-            fetch_image=images.fetch,
-            prefetch_images=images.prefetch,
+            fetch_image=fetch_image,
+            prefetch_images=prefetch_images,
             on_finished=[account],
             on_created=[count_creation],
             contextualise=contextualise,
@@ -413,8 +442,19 @@ class Daemon:
         else:
             # Creation waits for the network; policing, finalising and accounting do not.
             factory.note_fault("network", network_problem)
+        if self.image_eviction is not None:
+            last_good = config_source.last_good
+            self.image_eviction.run_if_due(last_good.settings, last_good.machinetypes, time.time())
         report = factory.run_pass()
-        self._publish(factory, report)
+        try:
+            self._publish(factory, report)
+            self._publish_failing = False
+        except Exception:  # boundary: a status that cannot be written must not slow the policing
+            if not self._publish_failing:
+                log.exception("cannot publish the pass (status, heartbeats, snapshot); the loop goes on")
+            else:
+                log.error("cannot publish the pass, again")
+            self._publish_failing = True
         elapsed = time.monotonic() - started
         if elapsed > PASS_BUDGET_SECONDS:
             log.warning("slow pass budget=%.0fs actual=%.1fs", PASS_BUDGET_SECONDS, elapsed)

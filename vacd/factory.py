@@ -187,6 +187,7 @@ class Factory:
         tie_break: Optional[RandomSource] = None,
         is_draining: Callable[[], bool] = lambda: False,
         initial_config: Optional[Config] = None,
+        disk_problem: Callable[[Settings], Optional[str]] = lambda settings: None,
     ) -> None:
         self.store = store
         self.backend = backend
@@ -198,6 +199,8 @@ class Factory:
         self.vacd_start_time = vacd_start_time
         self.hooks = hooks or FactoryHooks()
         self.is_draining = is_draining
+        # The disk gate (vacd.diskspace.check_disk): a reason while creation must stop.
+        self.disk_problem = disk_problem
         # The pure scheduler is given its randomness; this edge module owns the source.
         self.tie_break: RandomSource = tie_break or random.Random()
         self.wake_event = threading.Event()
@@ -283,6 +286,14 @@ class Factory:
         except Exception:  # boundary: old directories wait for the next round, the pass goes on
             self.slot_error_totals["housekeeping"] += 1
             log.exception("housekeeping failed; retried in %ds", HOUSEKEEPING_SECONDS)
+        disk_problem = self._disk_problem_contained(settings)
+        if disk_problem is not None:
+            if "disk" not in self._faults:
+                log.warning("creation stopped: %s", disk_problem)
+            self._set_fault("disk", disk_problem, now)
+        elif "disk" in self._faults:
+            log.info("disk has room again, creation resumes")
+            self._clear_fault("disk")
         with self._lock:
             creation_failure_until = {name: until for name, (_, until) in self._creation_failures.items()}
         local_state = SchedulerInput(
@@ -295,6 +306,7 @@ class Factory:
             host_cpu_count=self.host_cpu_count,
             draining=self.is_draining(),
             creation_failure_until=creation_failure_until,
+            disk_problem=disk_problem,
             blocked_by=self._creation_blocked_by(),
         )
         peer_reports: Sequence[MachinetypeReport] = ()
@@ -363,6 +375,13 @@ class Factory:
         self._last_good_config = config
         return config, None
 
+    def _disk_problem_contained(self, settings: Settings) -> Optional[str]:
+        try:
+            return self.disk_problem(settings)
+        except Exception as error:  # boundary: a disk we cannot examine is treated as too full
+            log.exception("cannot check free disk space")
+            return f"disk: cannot check free space: {error}"
+
     def note_fault(self, kind: str, message: str) -> None:
         """A fault found outside the pass (the guest network): creation stops until it clears."""
         self._set_fault(kind, message, int(self.clock()))
@@ -371,8 +390,11 @@ class Factory:
         self._clear_fault(kind)
 
     def _creation_blocked_by(self) -> Optional[str]:
-        """A factory-wide fault that stops creation, as the gate reason (config, disk, network)."""
-        for kind in ("config", "disk", "network"):
+        """A factory-wide fault that stops creation, as the gate reason (config, network).
+
+        The disk fault has its own scheduler input (`disk_problem`), whose words already say "disk: ".
+        """
+        for kind in ("config", "network"):
             fault = self._faults.get(kind)
             if fault is not None:
                 first_line = fault.message.splitlines()[0] if fault.message else ""

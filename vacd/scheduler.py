@@ -5,7 +5,8 @@ slots, the peers' machinetype reports and the load, and returns `Create` decisio
 no I/O and reads no clock; its only randomness is the tie-break source it is given.
 
 Behaviour kept from Vac 03 (behaviour reference §4, §5):
-- the gates of §4.1 (overload, shutdown_time passed, draining, capacity), in that order;
+- the gates of §4.1 (overload, shutdown_time passed, draining, capacity), in that order,
+  after vacd's disk gate (the reason the factory's disk check gives, issue 8 item 4);
 - scores by machinegroup, then machinetype, of `running_hs06 / target_share` summed over
   every factory's report (§4.2), lowest first, random tie-break (§4.5);
 - eligibility with abort backoff and fizzle (§4.3): a code >= 300 anywhere in the space
@@ -117,6 +118,8 @@ class SchedulerInput:
     probe_spread_seconds: int = DEFAULT_PROBE_SPREAD_SECONDS
     # A factory-wide fault that stops creation (a bad reload, a full disk), as the gate reason.
     blocked_by: Optional[str] = None
+    # Why the disk cannot take a new machine (vacd.diskspace), or None (issue 8 item 4).
+    disk_problem: Optional[str] = None
 
 
 def last_abort_times(reports: Sequence[MachinetypeReport]) -> dict[str, int]:
@@ -163,7 +166,13 @@ def _is_probe(machinetype: Machinetype, last_abort: Optional[int], state: Schedu
 
 
 def gate(state: SchedulerInput, running_processors: int) -> Optional[str]:
-    """The first of Vac's gates (§4.1) that blocks creation, as a reason, or None."""
+    """The first of the gates that blocks creation, as a reason, or None.
+
+    A full disk comes first (a vacd addition, issue 8 item 4): it is a fault the admin
+    must see even on a loaded or busy factory. Then Vac's gates (§4.1) in their order.
+    """
+    if state.disk_problem is not None:
+        return state.disk_problem
     if state.blocked_by is not None:
         return state.blocked_by
     settings = state.settings

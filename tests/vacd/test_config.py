@@ -269,6 +269,26 @@ def test_unknown_options_and_sections_warn_but_do_not_fail() -> None:
     )
 
 
+def test_disk_options_are_read_and_have_node_defaults() -> None:
+    defaults = parse(SETTINGS).settings
+    assert (defaults.min_free_disk_mb, defaults.min_free_disk_percent, defaults.imagecache_days,
+            defaults.imagecache_max_gb) == (1024, 5.0, 14.0, 0)
+    chosen = parse(SETTINGS + "min_free_disk_mb = 0\nmin_free_disk_percent = 2.5\nimagecache_days = 0.5\n"
+                   "imagecache_max_gb = 200\n").settings
+    assert (chosen.min_free_disk_mb, chosen.min_free_disk_percent, chosen.imagecache_days,
+            chosen.imagecache_max_gb) == (0, 2.5, 0.5, 200)
+
+
+@pytest.mark.parametrize("line", ["min_free_disk_mb = -1", "min_free_disk_mb = 1e3", f"min_free_disk_mb = {2**40 + 1}",
+                                  "min_free_disk_percent = 101", "min_free_disk_percent = -0.5",
+                                  "min_free_disk_percent = nan", "imagecache_days = 0", "imagecache_days = 1e300",
+                                  "imagecache_max_gb = -3"])
+def test_out_of_range_disk_options_are_errors_at_their_line(line: str) -> None:
+    problem = only_problem("\n" + SETTINGS + line + "\n")
+    assert (problem.path, problem.line, problem.section, problem.option) == (
+        "/etc/vac.d/00.conf", 4, "settings", line.partition(" =")[0])
+
+
 # --- defaults (§2.2, §2.4, acceptance 3) ----------------------------------------------------
 
 def test_machinetype_with_only_target_share_gets_vac_defaults_acceptance_3() -> None:

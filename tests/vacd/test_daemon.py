@@ -227,3 +227,28 @@ def test_a_broken_reload_shows_the_config_fault_with_its_since_time_in_status_js
     assert "host_processors" in config_faults[0]["message"]
     assert before <= config_faults[0]["since"] <= seen.status["time"]
     assert f"configuration error since {nagios.utc_time(config_faults[0]['since'])}" in seen.check_vacd_text
+
+
+@pytest.mark.allow_commands(sys.executable)
+def test_vacd_removes_what_a_kill_9_left_before_its_first_pass(tmp_path: Path) -> None:
+    temp_file = tmp_path / "var/lib/vac/slots/.f1-00.example.com.k3j9x_2a.tmp"
+    partial_image = tmp_path / "var/lib/vac/imagecache/.https%3A%2F%2Fimages.example.org%2Fa.img.abcdefgh.tmp"
+    orphan_disk = tmp_path / "var/lib/vac/tmp/0b8a9d3e-7a41-4b61-a0f6-2c9d5e4f3b21.vda.qcow2"
+    for path in (temp_file, partial_image, orphan_disk):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"left by a kill -9")
+    import socket
+
+    # The taken VacQuery port stops vacd right after start-up, with no loop run.
+    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    holder.bind(("127.0.0.1", 0))
+    try:
+        port = holder.getsockname()[1]
+        write(tmp_path, "etc/vac.conf", GOOD_SETTINGS + f"libvirt_uri = test:///default\nvacquery_port = {port}\n"
+                                                        "vacquery_bind_address = 127.0.0.1\n")
+        result = vacd(tmp_path, "--stderr")
+    finally:
+        holder.close()
+    assert not temp_file.exists() and not partial_image.exists() and not orphan_disk.exists()
+    assert f"removed temp file left by a stopped vacd path={temp_file}" in result.stderr
+    assert f"removed orphan disk file path={orphan_disk}" in result.stderr

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vacd.config import Machinetype, Settings
-from vacd.scheduler import Decisions, MachinetypeReport, SchedulerInput, SlotView, decide
+from vacd.scheduler import Decisions, MachinetypeReport, SchedulerInput, SlotView, decide, gate
 
 NOW = 1_700_000_000
 
@@ -191,6 +191,24 @@ def test_draining_stops_creation() -> None:
     assert run([machinetype("a")], draining=True).creates == ()  # `vac drain`
     configured = SchedulerInput(NOW, site_settings(draining=True), {"a": machinetype("a")}, free_slots(8), ())
     assert decide(configured, FixedTieBreak()).creates == ()  # [settings] draining = yes
+
+
+DISK_REASON = "disk: /var/lib/vac has 312 MiB free, needs 1024 MiB"
+
+
+def test_a_disk_problem_stops_creation_and_is_the_gate_reason() -> None:
+    state = SchedulerInput(NOW, site_settings(), {"a": machinetype("a")}, free_slots(8), (),
+                           disk_problem=DISK_REASON)
+    decisions = decide(state, FixedTieBreak())
+    assert decisions.creates == () and decisions.outlook.gate == DISK_REASON
+    assert created(decide(replace(state, disk_problem=None), FixedTieBreak())) == ["a"]
+
+
+def test_the_disk_gate_is_shown_before_vacs_gates() -> None:
+    state = SchedulerInput(NOW, site_settings(draining=True), {"a": machinetype("a")}, busy_slots(8, 8), (),
+                           load_average=100.0, disk_problem=DISK_REASON)
+    assert gate(state, running_processors=8) == DISK_REASON
+    assert gate(replace(state, disk_problem=None), running_processors=8) != DISK_REASON
 
 
 def busy_slots(running: int, total: int, shutdown_time: int = NOW + 3600) -> list[SlotView]:

@@ -218,6 +218,9 @@ def _devices(
     filterref = ElementTree.SubElement(interface, "filterref", filter="clean-traffic")
     ElementTree.SubElement(filterref, "parameter", name="IP", value=spec.ip_address)
 
+    # A `file` chardev: with libvirt's default stdio_handler = "logd" (qemu.conf) virtlogd,
+    # not QEMU, writes it and rolls it over at max_size (2 MiB, 3 kept), so a chatty guest
+    # cannot fill the state directory (issue 8 item 4; tests/integration/test_console_log.py).
     serial = ElementTree.SubElement(devices, "serial", type="file")
     ElementTree.SubElement(serial, "source", path=str(spec.machine_dir / "console.log"))
     # Port 0 is the guest's ttyS0, where console=ttyS0 kernels write.
