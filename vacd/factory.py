@@ -31,14 +31,23 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence
 from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
-from vacd.errors import BackendError, ConfigErrors, VacError
+from vacd.errors import AccountingDeferred, BackendError, ConfigErrors, VacError
 from vacd.housekeeping import MachineDirectory, expired
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
 from vacd.slots import SlotIdentity, slot_identity
-from vacd.store import FinishRecord, Heartbeat, MachineRecord, Store, StoredMachine, lowered
+from vacd.store import (
+    MAX_DIRECTORY_NAME_TRIES,
+    FinishRecord,
+    Heartbeat,
+    MachineDirectoryExists,
+    MachineRecord,
+    Store,
+    StoredMachine,
+    lowered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +157,10 @@ class FactoryHooks:
 
     contextualise: Optional[Contextualiser] = None
     peer_reports: Optional[PeerReports] = None
+    # Writes the machine's APEL record; must succeed before the machine is marked finished
+    # (exactly once, issue 8 item 10), so it must be idempotent (vacd.accounting is).
+    account: Optional[Callable[[Settings, Optional[Machinetype], MachineRecord, FinishRecord], None]] = None
+    # Best effort (monitoring): a failure is logged and the machine is finished anyway.
     on_finished: list[Callable[[Settings, Optional[Machinetype], MachineRecord, FinishRecord], None]] = field(
         default_factory=list
     )
@@ -414,14 +427,25 @@ class Factory:
         now: int,
         factory_message: Optional[str],
     ) -> FinishRecord:
+        """Account the machine, tell monitoring, then mark it finished.
+
+        Raises:
+            AccountingDeferred: its APEL record could not be written. Nothing is marked, so
+                the next pass finalises it again (issue 8 item 10: exactly once, not at most).
+        """
         record = stored.record
         if factory_message is not None:
             self.store.request_destroy(record, now, factory_message)
         last_heartbeat = stored.heartbeat.time if stored.heartbeat else stored.started_time
         cpu_seconds = stored.heartbeat.cpu_seconds if stored.heartbeat else 0.0
+        # The factory's reason is also in destroy_requested, for when the guest left
+        # something unusable where its message goes and the reason could not be written there.
+        said = self.store.read_shutdown_message(record)
+        if said is None and stored.destroy_request is not None:
+            said = stored.destroy_request.shutdown_message
         # A silent early end is a fizzle (acceptance 22; Vac 03's version never ran, §3.5).
         message = effective_outcome(
-            self.store.read_shutdown_message(record),
+            said or factory_message,
             stored.started_time,
             last_heartbeat or now,
             machinetype.fizzle_seconds if machinetype is not None else 0,
@@ -434,10 +458,16 @@ class Factory:
             last_heartbeat_time=last_heartbeat,
             cpu_seconds=cpu_seconds,
         )
+        if self.hooks.account is not None:
+            try:
+                self.hooks.account(settings, machinetype, record, finish)
+            except Exception as error:  # any failure: the record is owed, so the machine is not finished
+                log.error("accounting failed name=%s uuid=%s error=%s retry=next pass", record.name, record.uuid, error)
+                raise AccountingDeferred(record.name, str(error)) from error
         for hook in self.hooks.on_finished:
             try:
                 hook(settings, machinetype, record, finish)
-            except Exception:  # boundary: accounting or monitoring must not stop finalisation
+            except Exception:  # boundary: monitoring must not stop finalisation
                 log.exception("finish hook failed name=%s", record.name)
         self.store.finish(record, finish)
         self._shutdown_sent.discard(record.name)
@@ -482,7 +512,16 @@ class Factory:
         with self._lock:
             self._in_flight.add(record.name)
         try:
-            self.store.begin_creation(record)
+            # A machine directory is never reused (issue 8 item 10): a slot re-created within
+            # the second of its last creation takes the next second in Vac's name (§1.4).
+            for tries_left in reversed(range(MAX_DIRECTORY_NAME_TRIES)):
+                try:
+                    self.store.begin_creation(record)
+                    break
+                except MachineDirectoryExists:
+                    if tries_left == 0:
+                        raise
+                    record = dataclasses.replace(record, created_time=record.created_time + 1)
             if self.hooks.contextualise is not None:
                 self.hooks.contextualise(settings, machinetype, record, now)
         except (VacError, OSError) as error:
@@ -584,16 +623,14 @@ class Factory:
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_SECONDS
+        bound = {directory.name for directory in self.store.bound_directories()}
         directories = []
         for directory in self.store.all_machine_dirs():
-            try:
-                stored = self.store.load_machine(directory)
-            except VacError:
-                continue
-            if stored is None:
-                continue
-            heartbeat = stored.heartbeat.time if stored.heartbeat else None
-            directories.append(MachineDirectory(directory.name, heartbeat, stored.has_finished))
+            # None: no readable record (a creation killed early, or quarantined): judged by its age.
+            stored = self.store.load_machine(directory)
+            heartbeat = stored.heartbeat.time if stored is not None and stored.heartbeat else None
+            has_finished = stored is not None and stored.has_finished
+            directories.append(MachineDirectory(directory.name, heartbeat, has_finished, directory.name in bound))
         for name in expired(directories, machinetypes, now):
             log.info("deleting old machine directory name=%s", name)
             self.store.remove_machine_dir(self.store.paths.machines_dir / name)
