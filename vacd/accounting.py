@@ -206,7 +206,7 @@ def write_apel_record(
     """
     name = record_file_name(record.uuid)
     staging = paths.tmp_dir / f"{STAGING_PREFIX}{name}"
-    staged_text = read_text_or_none(staging)
+    staged_text = _staged_record(staging, record)
     likely_end = finish.last_heartbeat_time if finish.last_heartbeat_time is not None else finish.finished_time
     archived = find_archived_record(paths, name, likely_day=utc_day(likely_end))
     if archived is not None and staged_text is None:
@@ -241,6 +241,29 @@ def write_apel_record(
     else:
         log.info("APEL record archived name=%s uuid=%s file=%s", record.name, record.uuid, archived)
     return archived
+
+
+def _staged_record(staging: Path, record: MachineRecord) -> Optional[str]:
+    """The staged message for this machine, or None if there is none or it is unusable.
+
+    A staging file holds only what can be rebuilt from the machine's records, so a
+    damaged one (not UTF-8, or not this machine's record) is removed and rebuilt rather
+    than deferring the machine's accounting for ever (issue 8 item 3).
+    """
+    try:
+        raw = staging.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        staged_text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        staged_text = ""
+    records = parse_message(staged_text)
+    if records and records[0].get("LocalJobId") == record.uuid:
+        return staged_text
+    log.warning("damaged APEL staging file removed, record rebuilt name=%s path=%s", record.name, staging)
+    staging.unlink()
+    return None
 
 
 def find_archived_record(paths: Paths, name: str, likely_day: Optional[str] = None) -> Optional[Path]:

@@ -143,6 +143,11 @@ def _to_regular_expression(text: str) -> str:
     return text
 
 
+def _to_optional_regular_expression(text: str) -> Optional[str]:
+    """An empty value means no pattern (as the option left out), so it reads back the same."""
+    return _to_regular_expression(text) if text.strip() else None
+
+
 def _optional_text(reader: SectionReader, option: str) -> Optional[str]:
     text = reader.raw(option)
     return text.strip() or None if text is not None else None
@@ -346,7 +351,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
                                                                    what="a device name of a-z and 0-9")),
         # Vac 03 enforced only the deprecated cernvm_signing_dn (§1.12 [BUG]); both names work here.
         image_signing_dn=reader.get(reader.renamed("image_signing_dn", ("cernvm_signing_dn",)), None,
-                                    _to_regular_expression),
+                                    _to_optional_regular_expression),
         cvmfs_repositories=reader.get("cvmfs_repositories", (), partial(
             to_words, pattern=CVMFS_REPOSITORY, what="cvmfs repository names")),
         tmp_binds=reader.get("tmp_binds", (), partial(

@@ -346,6 +346,8 @@ class Daemon:
         log.info("serving metrics address=%s", settings.metrics_address)
 
     def _hooks(self) -> FactoryHooks:
+        import stat
+
         from vacd.accounting import write_apel_record
         from vacd.imagecache import ImageCache
         from vacd.imageeviction import mark_image_used
@@ -363,10 +365,13 @@ class Daemon:
             received = received_times(stored.directory / "joboutputs").get(name)
             if received is not None:
                 return float(received.last)
-            try:  # containers write the file directly into the bind mount
-                return (stored.directory / "joboutputs" / name).stat().st_mtime
+            # Containers write the file directly into the bind mount. Only a regular file is
+            # a heartbeat: a symlink's or a FIFO's time is not the guest saying it is alive.
+            try:
+                status = os.lstat(stored.directory / "joboutputs" / name)
             except OSError:
                 return None
+            return status.st_mtime if stat.S_ISREG(status.st_mode) else None
 
         def lower_features_shutdown_time(stored: StoredMachine, shutdown_time: int, now: int) -> None:
             lower_shutdown_time(stored.directory, shutdown_time, now)
@@ -402,7 +407,7 @@ class Daemon:
         return FactoryHooks(
             fetch_image=fetch_image,
             prefetch_images=prefetch_images,
-            on_finished=[account],
+            account=account,
             on_created=[count_creation],
             contextualise=contextualise,
             lower_shutdown_time=lower_features_shutdown_time,

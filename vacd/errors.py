@@ -68,3 +68,16 @@ class CommandFailed(VacError):
 
 class StoreError(VacError):
     """A record on disk could not be read or written."""
+
+
+class AccountingDeferred(VacError):
+    """A finished machine's APEL record could not be written; it stays unfinished and is retried.
+
+    Exactly once (issue 8 item 10): a machine is marked finished only after its record is
+    written, so a failure (ENOSPC, a broken apel-archive) delays, and never loses, it.
+    """
+
+    def __init__(self, machine_name: str, reason: str) -> None:
+        self.machine_name = machine_name
+        self.reason = reason
+        super().__init__(f"accounting {machine_name}: {reason}")

@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
-from vacd.errors import BackendError, ConfigErrors, VacError
+from vacd.errors import AccountingDeferred, BackendError, ConfigErrors, StoreError, VacError
 from vacd.housekeeping import MachineDirectory, expired
 from vacd.imagecache import remote_image_urls
 from vacd.machinespec import machine_spec
@@ -39,7 +39,17 @@ from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
 from vacd.slots import MAX_SLOTS, VNC_BASE_PORT, SlotIdentity, mac_address_for, machine_name_for, slot_identity
-from vacd.store import FinishRecord, Heartbeat, MachineRecord, Store, StoredMachine, lowered
+from vacd.store import (
+    MAX_DIRECTORY_NAME_TRIES,
+    FinishRecord,
+    Heartbeat,
+    MachineDirectoryExists,
+    MachineRecord,
+    SlotCondition,
+    Store,
+    StoredMachine,
+    lowered,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +166,10 @@ class FactoryHooks:
 
     contextualise: Optional[Contextualiser] = None
     peer_reports: Optional[PeerReports] = None
+    # Writes the machine's APEL record; must succeed before the machine is marked finished
+    # (exactly once, issue 8 item 10), so it must be idempotent (vacd.accounting is).
+    account: Optional[Callable[[Settings, Optional[Machinetype], MachineRecord, FinishRecord], None]] = None
+    # Best effort (monitoring): a failure is logged and the machine is finished anyway.
     on_finished: list[Callable[[Settings, Optional[Machinetype], MachineRecord, FinishRecord], None]] = field(
         default_factory=list
     )
@@ -498,7 +512,8 @@ class Factory:
         try:
             result = self._reconcile_slot(settings, machinetypes, identity, observed, now, report, progress)
         except Exception as error:  # boundary: one slot's fault must not stop the pass
-            slot_error = self._record_slot_error(identity, progress.step, error, now, current)
+            step = "account" if isinstance(error, AccountingDeferred) else progress.step
+            slot_error = self._record_slot_error(identity, step, error, now, current)
             return self._slot_in_error(settings, identity, slot_error)
         if current is not None:
             log.info("slot recovered name=%s after %d failed attempts (last step=%s)", name, current.count, current.step)
@@ -523,8 +538,9 @@ class Factory:
         )
         self._slot_errors[identity.machine_name] = slot_error
         self.slot_error_totals[step] = self.slot_error_totals.get(step, 0) + 1
-        if same:
-            # Logged in full once; a repeat is one line, and it comes at the backoff's pace.
+        if same or isinstance(error, (AccountingDeferred, StoreError)):
+            # Logged in full once (these two were logged where they arose); a repeat is one
+            # line, and it comes at the backoff's pace.
             log.error("slot error again name=%s step=%s count=%d error=%s retry_in=%ds",
                       identity.machine_name, step, count, text, delay)
         else:
@@ -571,7 +587,17 @@ class Factory:
         with self._lock:
             action = self._in_flight.get(name)
             busy = action is not None or name in self._busy_at_observation
-        stored = self.store.slot_binding(name)
+        lookup = self.store.lookup_slot(name)
+        if lookup.condition == SlotCondition.CORRUPT:
+            # The store has set the record aside. Whatever runs under the name is not adopted
+            # but destroyed, and the slot waits in error (never free) until it is retried.
+            if domain is not None and not busy:
+                progress.step = "destroy"
+                log.warning("destroying machine whose record is corrupt name=%s uuid=%s", name, domain.uuid)
+                self._destroy_in_background(name, domain.uuid)
+                progress.step = "observe"
+            raise StoreError(f"slot record set aside as corrupt: {lookup.problem}")
+        stored = lookup.machine
 
         if stored is None or stored.has_finished:
             message = stored.finish.shutdown_message if stored and stored.finish else None
@@ -709,14 +735,25 @@ class Factory:
         now: int,
         factory_message: Optional[str],
     ) -> FinishRecord:
+        """Account the machine, tell monitoring, then mark it finished.
+
+        Raises:
+            AccountingDeferred: its APEL record could not be written. Nothing is marked, so
+                the next pass finalises it again (issue 8 item 10: exactly once, not at most).
+        """
         record = stored.record
         if factory_message is not None:
             self.store.request_destroy(record, now, factory_message)
         last_heartbeat = stored.heartbeat.time if stored.heartbeat else stored.started_time
         cpu_seconds = stored.heartbeat.cpu_seconds if stored.heartbeat else 0.0
+        # The factory's reason is also in destroy_requested, for when the guest left
+        # something unusable where its message goes and the reason could not be written there.
+        said = self.store.read_shutdown_message(record)
+        if said is None and stored.destroy_request is not None:
+            said = stored.destroy_request.shutdown_message
         # A silent early end is a fizzle (acceptance 22; Vac 03's version never ran, §3.5).
         message = effective_outcome(
-            self.store.read_shutdown_message(record),
+            said or factory_message,
             stored.started_time,
             last_heartbeat or now,
             machinetype.fizzle_seconds if machinetype is not None else 0,
@@ -729,10 +766,16 @@ class Factory:
             last_heartbeat_time=last_heartbeat,
             cpu_seconds=cpu_seconds,
         )
+        if self.hooks.account is not None:
+            try:
+                self.hooks.account(settings, machinetype, record, finish)
+            except Exception as error:  # any failure: the record is owed, so the machine is not finished
+                log.error("accounting failed name=%s uuid=%s error=%s retry=next pass", record.name, record.uuid, error)
+                raise AccountingDeferred(record.name, str(error)) from error
         for hook in self.hooks.on_finished:
             try:
                 hook(settings, machinetype, record, finish)
-            except Exception:  # boundary: accounting or monitoring must not stop finalisation
+            except Exception:  # boundary: monitoring must not stop finalisation
                 log.exception("finish hook failed name=%s", record.name)
         self.store.finish(record, finish)
         self._shutdown_sent.discard(record.name)
@@ -783,7 +826,16 @@ class Factory:
             log.error("not creating name=%s: a %s is still in flight for it", record.name, running)
             return
         try:
-            self.store.begin_creation(record)
+            # A machine directory is never reused (issue 8 item 10): a slot re-created within
+            # the second of its last creation takes the next second in Vac's name (§1.4).
+            for tries_left in reversed(range(MAX_DIRECTORY_NAME_TRIES)):
+                try:
+                    self.store.begin_creation(record)
+                    break
+                except MachineDirectoryExists:
+                    if tries_left == 0:
+                        raise
+                    record = dataclasses.replace(record, created_time=record.created_time + 1)
         except Exception as error:  # boundary (step "create"): one machine's failure stays its own
             self._creation_failed(record, now, error)
             return
@@ -930,16 +982,14 @@ class Factory:
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + HOUSEKEEPING_SECONDS
+        bound = {directory.name for directory in self.store.bound_directories()}
         directories = []
         for directory in self.store.all_machine_dirs():
-            try:
-                stored = self.store.load_machine(directory)
-            except VacError:
-                continue
-            if stored is None:
-                continue
-            heartbeat = stored.heartbeat.time if stored.heartbeat else None
-            directories.append(MachineDirectory(directory.name, heartbeat, stored.has_finished))
+            # None: no readable record (a creation killed early, or quarantined): judged by its age.
+            stored = self.store.load_machine(directory)
+            heartbeat = stored.heartbeat.time if stored is not None and stored.heartbeat else None
+            has_finished = stored is not None and stored.has_finished
+            directories.append(MachineDirectory(directory.name, heartbeat, has_finished, directory.name in bound))
         for name in expired(directories, machinetypes, now):
             log.info("deleting old machine directory name=%s", name)
             self.store.remove_machine_dir(self.store.paths.machines_dir / name)

@@ -2,9 +2,15 @@
 
 Kept from Vac 03: a machine directory `<created>_<machinetype>_<name>` is deleted once its
 last heartbeat is older than the machinetype's `machines_dir_days` (3 days if the
-machinetype is no longer configured); 0 or less keeps it for ever; a directory with no
-heartbeat at all is never deleted. Added safety: a directory that still holds an
-unfinished machine is never deleted, whatever its heartbeat says.
+machinetype is no longer configured); 0 or less keeps it for ever. Added safety: a
+directory that still holds an unfinished machine is never deleted, whatever its heartbeat
+says, and neither is the directory a slot is bound to.
+
+Changed (issue 8 item 10): Vac 03 never deleted a directory with no heartbeat, so every
+machine that never started kept its user_data (mode 0600, it may hold tokens) for ever.
+Such a directory (no heartbeat, or no readable record), if no slot is bound to it, is
+deleted once its creation time (the first part of its name) is older than
+`machines_dir_days`.
 
 Pure: the caller lists the directories and reads their heartbeats.
 """
@@ -24,8 +30,9 @@ SECONDS_PER_DAY = 86400
 @dataclass(frozen=True)
 class MachineDirectory:
     name: str
-    last_heartbeat_time: Optional[int]
+    last_heartbeat_time: Optional[int]  # None: the machine never started (or has no readable record)
     has_finished: bool
+    is_bound: bool = False  # a slot's binding names this directory: its current machine
 
 
 def machinetype_of(directory_name: str) -> Optional[str]:
@@ -36,17 +43,29 @@ def machinetype_of(directory_name: str) -> Optional[str]:
     return parts[1]
 
 
+def created_time_of(directory_name: str) -> Optional[int]:
+    """`1700000000_atlas_f1-03.example.com` -> 1700000000; None if the name is not of that shape."""
+    if machinetype_of(directory_name) is None:
+        return None
+    return int(directory_name.split("_", 1)[0])
+
+
 def expired(directories: Iterable[MachineDirectory], machinetypes: Mapping[str, Machinetype], now: int) -> list[str]:
     """Names of the directories to delete now."""
     doomed = []
     for directory in directories:
         machinetype_name = machinetype_of(directory.name)
-        if machinetype_name is None or directory.last_heartbeat_time is None or not directory.has_finished:
+        created_time = created_time_of(directory.name)
+        if machinetype_name is None or created_time is None or directory.is_bound:
             continue
         machinetype = machinetypes.get(machinetype_name)
         days = machinetype.machines_dir_days if machinetype is not None else DEFAULT_MACHINES_DIR_DAYS
         if days <= 0:
             continue
-        if directory.last_heartbeat_time < now - days * SECONDS_PER_DAY:
+        cutoff = now - days * SECONDS_PER_DAY
+        if directory.last_heartbeat_time is None:
+            if created_time < cutoff:
+                doomed.append(directory.name)
+        elif directory.has_finished and directory.last_heartbeat_time < cutoff:
             doomed.append(directory.name)
     return doomed

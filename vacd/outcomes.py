@@ -9,12 +9,17 @@ Rules (behaviour reference §4.4, §3.5):
   off (acceptance 22). Vac 03 meant to do this but its code never ran (§3.5 [BUG]).
 - The factory's own messages are the 700 texts below: Vac's two heartbeat messages and
   Vcycle's three others (Appendix B), so every machine the factory stops says why.
+- What a guest writes to `joboutputs/shutdown_message` is bytes until
+  `parse_shutdown_message` has made it a `ShutdownMessage`; that is the one place the rule
+  lives (issue 8 item 2, docs/guest-interface.md "Outcomes").
 
 Pure functions: no clock, no I/O.
 """
 
 from __future__ import annotations
 
+import unicodedata
+from dataclasses import dataclass
 from typing import Optional
 
 HEARTBEAT_NOT_CREATED = "700 Heartbeat file not created"
@@ -25,16 +30,91 @@ FAILED_TO_START = "700 Failed to start"
 
 # The lowest code that makes the space back off (§4.4).
 FIRST_ABORT_CODE = 300
+# Vac 03 kept the first 200 characters of the message's first line (§3.4, §3.5).
+MAX_SHUTDOWN_MESSAGE_CHARS = 200
+# At most this much of the file is read: 200 characters are at most 800 bytes of UTF-8,
+# which leaves room for leading blank lines, and one guest cannot make the factory read
+# (or hold in memory) more than this per pass, whatever it puts in the file.
+MAX_SHUTDOWN_MESSAGE_BYTES = 4096
+# Unicode "Cc" (C0, DEL, C1: terminal escapes, NUL) and "Cf" (bidi overrides, zero-width
+# marks): a message is shown in logs, `vac status`, status.json and peers' reports, so it
+# must not be able to move a cursor or reorder the text around it.
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf"})
+# What str.splitlines() breaks at; these end the first line rather than becoming spaces.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+@dataclass(frozen=True)
+class ShutdownMessage:
+    """A guest's (or the factory's) outcome: one clean line and its 3-digit code, if any.
+
+    `text` is the whole line as Vac 03 reports it, code included (`300 Nothing to do`);
+    `code` is its numeric prefix, or None when the line has none (Vac 03 keeps such a
+    text, and it is no abort, §4.4).
+    """
+
+    code: Optional[int]
+    text: str
+
+    def __post_init__(self) -> None:
+        if not self.text or self.text != self.text.strip():
+            raise ValueError(f"shutdown message must be non-empty and stripped: {self.text!r}")
+        if len(self.text) > MAX_SHUTDOWN_MESSAGE_CHARS:
+            raise ValueError(f"shutdown message longer than {MAX_SHUTDOWN_MESSAGE_CHARS} characters")
+        if any(_is_control(character) for character in self.text) or len(self.text.splitlines()) != 1:
+            raise ValueError(f"shutdown message holds control characters or line breaks: {self.text!r}")
+        if self.code != _code_of(self.text):
+            raise ValueError(f"code {self.code} does not match the text {self.text!r}")
+
+    @property
+    def is_abort(self) -> bool:
+        return self.code is not None and self.code >= FIRST_ABORT_CODE
+
+
+def parse_shutdown_message(raw: bytes) -> Optional[ShutdownMessage]:
+    """The message in the bytes of a `shutdown_message` file, or None if they hold none.
+
+    The rule, applied in this order:
+    1. Only the first MAX_SHUTDOWN_MESSAGE_BYTES bytes count.
+    2. They are decoded as UTF-8, each invalid byte becoming U+FFFD (so `\xff\xfe300 bad`
+       is the message `\ufffd\ufffd300 bad`, with no code, as Vac 03 would not parse it).
+    3. Control and format characters other than line breaks (Unicode Cc, Cf: escapes, NUL,
+       tabs, bidi overrides) become spaces.
+    4. Leading whitespace and blank lines are skipped; the first line is the message, the
+       rest is ignored. It is stripped and cut to MAX_SHUTDOWN_MESSAGE_CHARS characters.
+    5. Nothing left (an empty file, only whitespace or control characters) is no message.
+    6. The code is the first three characters if they are ASCII digits, else None.
+    """
+    decoded = raw[:MAX_SHUTDOWN_MESSAGE_BYTES].decode("utf-8", errors="replace")
+    cleaned = "".join(
+        " " if _is_control(character) and character not in _LINE_BREAKS else character for character in decoded
+    )
+    lines = cleaned.strip().splitlines()
+    if not lines:
+        return None
+    text = lines[0].strip()[:MAX_SHUTDOWN_MESSAGE_CHARS].rstrip()
+    if not text:
+        return None
+    return ShutdownMessage(_code_of(text), text)
 
 
 def shutdown_code(shutdown_message: Optional[str]) -> Optional[int]:
     """`300 Nothing to do` -> 300; None, empty or a non-numeric prefix -> None."""
     if not shutdown_message:
         return None
-    prefix = shutdown_message.strip()[:3]
+    return _code_of(shutdown_message.strip())
+
+
+def _code_of(text: str) -> Optional[int]:
+    # ASCII only: '²' and '٣' are str.isdigit() but no code (found by Hypothesis).
+    prefix = text[:3]
     if len(prefix) == 3 and (prefix.isascii() and prefix.isdigit()):
         return int(prefix)
     return None
+
+
+def _is_control(character: str) -> bool:
+    return unicodedata.category(character) in _CONTROL_CATEGORIES
 
 
 def is_abort(shutdown_message: Optional[str]) -> bool:

@@ -11,20 +11,48 @@ Rules (design.md rule 4):
   the factory decided to stop a machine.
 - Every write is temp + fsync + rename, so a kill -9 at any instant leaves each file old
   or new, and the next start reconciles from what is there.
+- A machine directory is never reused (issue 8 item 10): `begin_creation` creates it
+  exclusively and refuses one that exists, and the factory then tries the next second.
+- Guest-written files (everything in `joboutputs/`) are bytes until validated: read with a
+  cap, never through a link, never blocking (vacd.cappedread); a shutdown message is
+  parsed only by vacd.outcomes.parse_shutdown_message. Nothing a guest writes raises out
+  of the store (issue 8 item 2).
+- A record that cannot be read is quarantined, never fatal (issue 8 item 3): it is renamed
+  to `<file>.corrupt-<unix time>` beside where it was (kept for the admin until the
+  directory expires), logged at WARNING with its path and counted (`quarantined_total`).
+  What the slot then means:
+  * `machine.json` (or `slots/<name>` itself): the slot is CORRUPT for this lookup and
+    unbound on disk. Whatever runs under its name is not ours to adopt: the factory
+    destroys it (any UUID) and creates nothing into the slot until that destroy is done.
+    Later lookups see the slot free (level-triggered: a free slot with a domain under its
+    name is a zombie). The machine's accounting is lost, as its record is.
+  * `finished`: the machine stays finished (a `finished` record with the file's mtime as
+    the finish time replaces it), so it is never finalised or accounted twice.
+  * `started`, `destroy_requested`: replaced by a record with the file's mtime as the
+    start or request time (Vac 03 read these times from the files' ctimes, §1.4).
+  * `heartbeat`: renamed aside; the factory writes a new one at its next sight.
+  A record is corrupt if it is not a regular file, is over MAX_RECORD_BYTES, is not UTF-8,
+  does not parse, or (machine.json) does not name the directory it is in.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import shutil
+import stat
+import threading
 from dataclasses import asdict, dataclass, replace
+from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
-from vacd.atomicfile import read_text_or_none, write_atomic
+from vacd.atomicfile import write_atomic
+from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import StoreError
-from vacd.outcomes import shutdown_code
+from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message, shutdown_code
 from vacd.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -35,6 +63,24 @@ STARTED_FILE = "started"
 HEARTBEAT_FILE = "heartbeat"
 DESTROY_REQUESTED_FILE = "destroy_requested"
 SHUTDOWN_MESSAGE_FILE = "shutdown_message"
+CORRUPT_MARK = ".corrupt-"
+# Our records are well under 1 KiB; anything near this is not one of ours.
+MAX_RECORD_BYTES = 64 * 1024
+# Vac 03's layout puts the creation time first in a directory name; never look more than
+# this many seconds ahead for a free one (each slot creates at most once a pass).
+MAX_DIRECTORY_NAME_TRIES = 10
+
+
+class MachineDirectoryExists(StoreError):
+    """The directory a new machine would use already exists: it is never reused (issue 8 item 10)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        super().__init__(f"{directory}: machine directory exists; a machine directory is never reused")
+
+
+class CorruptRecord(StoreError):
+    """A record file that exists but cannot be read back (internal: always quarantined)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +108,19 @@ class MachineRecord:
 
     @classmethod
     def from_json(cls, raw_text: str) -> "MachineRecord":
-        fields: dict[str, Any] = json.loads(raw_text)
+        """Parse machine.json; any malformed content raises ValueError."""
+        try:
+            fields = json.loads(raw_text)
+            if not isinstance(fields, dict):
+                raise ValueError("not a JSON object")
+            return cls._from_fields(fields)
+        except (KeyError, TypeError, OverflowError, RecursionError) as error:
+            raise ValueError(f"{type(error).__name__}: {error}") from error
+
+    @classmethod
+    def _from_fields(cls, fields: Mapping[str, Any]) -> "MachineRecord":
+        if not math.isfinite(float(fields["hs06"])):
+            raise ValueError("hs06 is not a finite number")
         return cls(
             name=str(fields["name"]),
             ordinal=int(fields["ordinal"]),
@@ -130,11 +188,45 @@ class StoredMachine:
         return self.finish is not None
 
 
+class SlotCondition(Enum):
+    """What a slot's binding turned out to be when it was looked up."""
+
+    FREE = "free"  # no binding, or it names a directory without a machine record
+    BOUND = "bound"  # bound to a readable machine (finished or not)
+    CORRUPT = "corrupt"  # the binding or the machine record was unreadable, and is quarantined now
+
+
+@dataclass(frozen=True)
+class SlotLookup:
+    """A slot's binding: free, a machine, or corrupt (quarantined by this lookup)."""
+
+    machine_name: str
+    condition: SlotCondition
+    machine: Optional[StoredMachine] = None
+    problem: Optional[str] = None  # for CORRUPT: which file and why
+
+    def __post_init__(self) -> None:
+        if (self.machine is not None) != (self.condition is SlotCondition.BOUND):
+            raise ValueError("a machine is given exactly when the slot is bound")
+        if (self.problem is not None) != (self.condition is SlotCondition.CORRUPT):
+            raise ValueError("a problem is given exactly when the slot is corrupt")
+
+
 class Store:
     """Reads and writes machine records under a state directory."""
 
-    def __init__(self, paths: Paths) -> None:
+    def __init__(self, paths: Paths, clock: Optional[Callable[[], float]] = None) -> None:
         self.paths = paths
+        # Only for the `.corrupt-<unix time>` names of quarantined records.
+        self.clock = clock or _wall_clock
+        self._quarantine_lock = threading.Lock()
+        self._quarantined_total = 0
+
+    @property
+    def quarantined_total(self) -> int:
+        """How many corrupt records this store has renamed aside since it was made."""
+        with self._quarantine_lock:
+            return self._quarantined_total
 
     # Paths
     def machine_dir(self, record: MachineRecord) -> Path:
@@ -145,9 +237,19 @@ class Store:
 
     # Writing
     def begin_creation(self, record: MachineRecord) -> Path:
-        """Create MD and bind the slot to it; called before any backend action."""
+        """Create MD and bind the slot to it; called before any backend action.
+
+        Raises:
+            MachineDirectoryExists: MD exists already (a machine of this slot was created in
+                the same second); nothing was written. Try again with a later created_time.
+            OSError: MD or a record could not be written.
+        """
         directory = self.machine_dir(record)
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self.paths.machines_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o755)
+        except FileExistsError as error:
+            raise MachineDirectoryExists(directory) from error
         for subdirectory in ("machinefeatures", "jobfeatures", "joboutputs"):
             (directory / subdirectory).mkdir(mode=0o755, exist_ok=True)
         write_atomic(directory / RECORD_FILE, record.to_json())
@@ -179,80 +281,100 @@ class Store:
         """Record that the factory stops this machine, and why.
 
         The message goes to joboutputs/shutdown_message only if the guest has not written one:
-        a guest's own outcome is never overwritten (§1.7, acceptance 23).
+        a guest's own outcome is never overwritten (§1.7, acceptance 23). Whatever the guest
+        put there (a directory, say) never makes this fail: the message is in
+        `destroy_requested` anyway.
         """
         directory = self.machine_dir(record)
-        if read_text_or_none(directory / DESTROY_REQUESTED_FILE) is None:
-            write_atomic(
-                directory / DESTROY_REQUESTED_FILE,
-                json.dumps({"requested_time": now, "shutdown_message": shutdown_message}) + "\n",
-            )
+        if not os.path.lexists(directory / DESTROY_REQUESTED_FILE):
+            write_atomic(directory / DESTROY_REQUESTED_FILE, _destroy_request_json(now, shutdown_message))
         if shutdown_message and self.read_shutdown_message(record) is None:
-            (directory / "joboutputs").mkdir(exist_ok=True)
-            write_atomic(directory / "joboutputs" / SHUTDOWN_MESSAGE_FILE, shutdown_message + "\n")
+            target = directory / "joboutputs" / SHUTDOWN_MESSAGE_FILE
+            try:
+                target.parent.mkdir(exist_ok=True)
+                write_atomic(target, shutdown_message + "\n")
+            except OSError as error:
+                log.warning("cannot write the factory's shutdown message path=%s error=%s", target, error)
 
     def finish(self, record: MachineRecord, finish: FinishRecord) -> None:
         """Mark the machine finalised and point finishes/<machinetype> at it if it is the newest."""
         directory = self.machine_dir(record)
-        write_atomic(directory / FINISHED_FILE, json.dumps(asdict(finish), sort_keys=True) + "\n")
+        write_atomic(directory / FINISHED_FILE, _finish_json(finish))
         self.paths.finishes_dir.mkdir(parents=True, exist_ok=True)
         finishes_file = self.paths.finishes_dir / record.machinetype
-        current = read_text_or_none(finishes_file)
-        current_created = _created_time_of_finishes_line(current)
+        current_created = _created_time_of_finishes_line(_read_line(finishes_file))
         if current_created is None or record.created_time >= current_created:
             write_atomic(finishes_file, f"{record.created_time} {record.machinetype} {record.name}\n")
 
     def free_slot(self, record: MachineRecord) -> None:
         """Unbind the slot if it still points at this machine (the MD stays for machines_dir_days)."""
-        slot_file = self.paths.slots_dir / record.name
-        binding = read_text_or_none(slot_file)
-        if binding is not None and binding.split()[:1] == [str(record.created_time)]:
-            slot_file.unlink()
+        self._unbind_if_bound_to(record.name, self.machine_dir(record))
 
     # Reading
-    def read_shutdown_message(self, record: MachineRecord) -> Optional[str]:
-        raw_text = read_text_or_none(self.joboutputs_dir(record) / SHUTDOWN_MESSAGE_FILE)
-        if raw_text is None:
+    def shutdown_message(self, record: MachineRecord) -> Optional[ShutdownMessage]:
+        """The guest's (or the factory's) message in joboutputs/shutdown_message, parsed; None if none.
+
+        The file is the guest's: anything there that is not a regular file is no message.
+        """
+        path = self.joboutputs_dir(record) / SHUTDOWN_MESSAGE_FILE
+        try:
+            raw = read_capped(path, MAX_SHUTDOWN_MESSAGE_BYTES)
+        except UnreadableFile as error:
+            log.info("no usable shutdown message name=%s path=%s reason=%s", record.name, path, error.reason)
             return None
-        first_line = raw_text.strip().splitlines()[:1]
-        return first_line[0].strip()[:200] if first_line else None
+        return parse_shutdown_message(raw) if raw is not None else None
+
+    def read_shutdown_message(self, record: MachineRecord) -> Optional[str]:
+        """The text of `shutdown_message(record)`, code included, or None."""
+        message = self.shutdown_message(record)
+        return message.text if message is not None else None
+
+    def bound_directory(self, machine_name: str) -> Optional[Path]:
+        """The MD that slots/<name> names, or None if the slot is unbound or the binding unreadable.
+
+        Reads only; quarantining a bad binding is `lookup_slot`'s job.
+        """
+        try:
+            return self._bound_directory(machine_name)
+        except CorruptRecord:
+            return None
+
+    def lookup_slot(self, machine_name: str) -> SlotLookup:
+        """What the slot is bound to; a corrupt binding or record is quarantined and reported once."""
+        slot_file = self.paths.slots_dir / machine_name
+        try:
+            directory = self._bound_directory(machine_name)
+        except CorruptRecord as error:
+            self._quarantine(slot_file, str(error))
+            return SlotLookup(machine_name, SlotCondition.CORRUPT, problem=str(error))
+        if directory is None:
+            return SlotLookup(machine_name, SlotCondition.FREE)
+        try:
+            stored = self._load(directory)
+        except CorruptRecord as error:
+            return SlotLookup(machine_name, SlotCondition.CORRUPT, problem=str(error))
+        if stored is None:
+            return SlotLookup(machine_name, SlotCondition.FREE)
+        return SlotLookup(machine_name, SlotCondition.BOUND, machine=stored)
 
     def slot_binding(self, machine_name: str) -> Optional[StoredMachine]:
-        """The machine a slot is bound to, or None if the slot is free or its binding is broken."""
-        raw_text = read_text_or_none(self.paths.slots_dir / machine_name)
-        if raw_text is None:
-            return None
-        parts = raw_text.split()
-        if len(parts) < 2 or not (parts[0].isascii() and parts[0].isdigit()):
-            log.warning("unreadable slot binding name=%s content=%r", machine_name, raw_text[:80])
-            return None
-        directory = self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
-        return self.load_machine(directory)
+        """The machine a slot is bound to, or None if the slot is free or was corrupt (see lookup_slot)."""
+        return self.lookup_slot(machine_name).machine
 
     def load_machine(self, directory: Path) -> Optional[StoredMachine]:
-        raw_record = read_text_or_none(directory / RECORD_FILE)
-        if raw_record is None:
-            return None
+        """Everything about the machine in `directory`, or None if it holds no (readable) record.
+
+        Never raises for what is in the files: corrupt records are quarantined (module docstring).
+        """
         try:
-            record = MachineRecord.from_json(raw_record)
-        except (ValueError, KeyError, TypeError) as error:
-            raise StoreError(f"{directory / RECORD_FILE}: unreadable machine record: {error}") from error
-        return StoredMachine(
-            record=record,
-            directory=directory,
-            started_time=_read_int(directory / STARTED_FILE),
-            heartbeat=_read_heartbeat(directory / HEARTBEAT_FILE),
-            finish=_read_finish(directory / FINISHED_FILE),
-            destroy_request=_read_destroy_request(directory / DESTROY_REQUESTED_FILE),
-        )
+            return self._load(directory)
+        except CorruptRecord:
+            return None
 
     def last_finished(self, machinetype: str) -> Optional[StoredMachine]:
         """The most recently created finished machine of a machinetype (finishes/<mt>, §1.4)."""
-        raw_text = read_text_or_none(self.paths.finishes_dir / machinetype)
-        if raw_text is None:
-            return None
-        parts = raw_text.split()
-        if len(parts) != 3:
+        parts = (_read_line(self.paths.finishes_dir / machinetype) or "").split()
+        if len(parts) != 3 or not _is_directory_part(parts[0], parts[1], parts[2]):
             return None
         return self.load_machine(self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{parts[2]}")
 
@@ -267,16 +389,224 @@ class Store:
     def all_machine_dirs(self) -> Iterator[Path]:
         if not self.paths.machines_dir.is_dir():
             return iter(())
-        return (entry for entry in sorted(self.paths.machines_dir.iterdir()) if entry.is_dir())
+        return (
+            entry
+            for entry in sorted(self.paths.machines_dir.iterdir())
+            if entry.is_dir() and not entry.is_symlink()
+        )
+
+    def bound_directories(self) -> set[Path]:
+        """Every MD a slot binding names, for slots in or beyond the configured range."""
+        bound: set[Path] = set()
+        try:
+            names = os.listdir(self.paths.slots_dir)
+        except OSError:
+            return bound
+        for name in names:
+            if name.startswith(".") or CORRUPT_MARK in name:
+                continue
+            directory = self.bound_directory(name)
+            if directory is not None:
+                bound.add(directory)
+        return bound
 
     def remove_machine_dir(self, directory: Path) -> None:
         if directory.parent != self.paths.machines_dir:
             raise StoreError(f"refusing to remove {directory}: not a machine directory")
         shutil.rmtree(directory, ignore_errors=True)
 
+    # Reading records, quarantining the unreadable
+    def _bound_directory(self, machine_name: str) -> Optional[Path]:
+        slot_file = self.paths.slots_dir / machine_name
+        raw_text = self._read_record_text(slot_file)
+        if raw_text is None:
+            return None
+        parts = raw_text.split()
+        if len(parts) < 2 or not _is_directory_part(parts[0], parts[1], machine_name):
+            raise CorruptRecord(f"{slot_file}: unreadable slot binding {raw_text[:80]!r}")
+        return self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
+
+    def _load(self, directory: Path) -> Optional[StoredMachine]:
+        """The machine in `directory`; raises CorruptRecord (after quarantining) if machine.json is bad."""
+        record_path = directory / RECORD_FILE
+        try:
+            raw_record = self._read_record_text(record_path)
+            if raw_record is None:
+                return None
+            try:
+                record = MachineRecord.from_json(raw_record)
+            except ValueError as error:
+                raise CorruptRecord(f"{record_path}: unreadable machine record: {error}") from error
+            if record.directory_name != directory.name:
+                raise CorruptRecord(f"{record_path}: record of {record.directory_name} found in {directory.name}")
+        except CorruptRecord as error:
+            self._quarantine(record_path, str(error))
+            # The slot must not stay bound to a machine nobody can read: it is free once
+            # whatever runs under its name is destroyed (module docstring).
+            self._unbind_if_bound_to(_machine_name_of(directory.name), directory)
+            raise
+        return StoredMachine(
+            record=record,
+            directory=directory,
+            started_time=self._read_started(directory / STARTED_FILE),
+            heartbeat=self._read_heartbeat(directory / HEARTBEAT_FILE),
+            finish=self._read_finish(directory / FINISHED_FILE),
+            destroy_request=self._read_destroy_request(directory / DESTROY_REQUESTED_FILE),
+        )
+
+    def _read_record_text(self, path: Path) -> Optional[str]:
+        """A record's text, None if absent; CorruptRecord if it is unusable as one of ours."""
+        try:
+            raw = read_capped(path, MAX_RECORD_BYTES)
+        except UnreadableFile as error:
+            raise CorruptRecord(str(error)) from error
+        if raw is None:
+            return None
+        if len(raw) >= MAX_RECORD_BYTES:
+            raise CorruptRecord(f"{path}: {MAX_RECORD_BYTES} bytes or more, not a record of ours")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise CorruptRecord(f"{path}: not UTF-8: {error}") from error
+
+    def _read_started(self, path: Path) -> Optional[int]:
+        try:
+            raw_text = self._read_record_text(path)
+            if raw_text is None:
+                return None
+            return _parse_time(raw_text)
+        except CorruptRecord as error:
+            started_time = self._mtime(path)
+            self._quarantine(path, str(error), replacement=f"{started_time}\n")
+            return started_time
+
+    def _read_heartbeat(self, path: Path) -> Optional[Heartbeat]:
+        try:
+            raw_text = self._read_record_text(path)
+            if raw_text is None:
+                return None
+            return _parse_heartbeat(raw_text, path, self._mtime)
+        except CorruptRecord as error:
+            self._quarantine(path, str(error))
+            return None
+
+    def _read_finish(self, path: Path) -> Optional[FinishRecord]:
+        try:
+            raw_text = self._read_record_text(path)
+            if raw_text is None:
+                return None
+            return _parse_finish(raw_text, path, self._mtime)
+        except CorruptRecord as error:
+            # Still finished: never finalised, accounted or reported twice.
+            finish = FinishRecord(self._mtime(path), None, None, None, None, 0.0)
+            self._quarantine(path, str(error), replacement=_finish_json(finish))
+            return finish
+
+    def _read_destroy_request(self, path: Path) -> Optional[DestroyRequest]:
+        try:
+            raw_text = self._read_record_text(path)
+            if raw_text is None:
+                return None
+            return _parse_destroy_request(raw_text, path)
+        except CorruptRecord as error:
+            # Still being stopped, as from when the file was written.
+            request = DestroyRequest(self._mtime(path), None)
+            self._quarantine(path, str(error), replacement=_destroy_request_json(request.requested_time, None))
+            return request
+
+    def _mtime(self, path: Path) -> int:
+        try:
+            return int(os.lstat(path).st_mtime)
+        except (OSError, OverflowError, ValueError):
+            return int(self.clock())
+
+    def _quarantine(self, path: Path, reason: str, replacement: Optional[str] = None) -> None:
+        """Rename a corrupt record to `<name>.corrupt-<unix time>`; put `replacement` in its place.
+
+        With a replacement, a regular file is hard-linked aside before the replacement is
+        renamed over it, so there is no instant without the record (a kill -9 between the
+        two steps leaves the corrupt file, quarantined again next time). A failure here is
+        logged and leaves things as they were: the caller's in-memory answer stands.
+        """
+        aside = self._aside_name(path)
+        try:
+            if replacement is not None and _is_regular(path):
+                os.link(path, aside, follow_symlinks=False)
+                try:
+                    write_atomic(path, replacement)
+                except OSError:
+                    os.unlink(aside)
+                    raise
+            else:
+                os.rename(path, aside)
+                if replacement is not None:
+                    write_atomic(path, replacement)
+        except FileNotFoundError:
+            return  # another thread (the guest API shares this store) got there first
+        except OSError as error:
+            log.warning("corrupt record left in place path=%s reason=%s error=%s", path, reason, error)
+            return
+        with self._quarantine_lock:
+            self._quarantined_total += 1
+        log.warning("quarantined corrupt record path=%s moved_to=%s reason=%s", path, aside.name, reason)
+
+    def _aside_name(self, path: Path) -> Path:
+        base = f"{path.name}{CORRUPT_MARK}{int(self.clock())}"
+        candidate = path.with_name(base)
+        number = 1
+        while os.path.lexists(candidate):
+            candidate = path.with_name(f"{base}.{number}")
+            number += 1
+        return candidate
+
+    def _unbind_if_bound_to(self, machine_name: str, directory: Path) -> None:
+        if machine_name and self.bound_directory(machine_name) == directory:
+            try:
+                (self.paths.slots_dir / machine_name).unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _wall_clock() -> float:
+    # Imported here: core modules import this module's record types, and must not reach `time`.
+    import time
+
+    return time.time()
+
 
 def lowered(record: MachineRecord, shutdown_time: int) -> MachineRecord:
     return replace(record, shutdown_time=min(record.shutdown_time, shutdown_time))
+
+
+def _is_directory_part(created: str, machinetype: str, machine_name: str) -> bool:
+    """True if `<created>_<machinetype>_<name>` is one safe directory name of Vac's shape (§1.4)."""
+    return (
+        created.isascii()
+        and created.isdigit()
+        and all(part and "/" not in part and "\0" not in part and part not in (".", "..")
+                for part in (machinetype, machine_name))
+    )
+
+
+def _machine_name_of(directory_name: str) -> str:
+    parts = directory_name.split("_", 2)
+    return parts[2] if len(parts) == 3 else ""
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_line(path: Path) -> Optional[str]:
+    """A small file of ours that is rewritten whole (finishes/<mt>): its text, or None if unusable."""
+    try:
+        raw = read_capped(path, MAX_RECORD_BYTES)
+    except UnreadableFile:
+        return None
+    return raw.decode("utf-8", errors="replace") if raw is not None else None
 
 
 def _created_time_of_finishes_line(raw_text: Optional[str]) -> Optional[int]:
@@ -286,69 +616,87 @@ def _created_time_of_finishes_line(raw_text: Optional[str]) -> Optional[int]:
     return int(first[0]) if first and (first[0].isascii() and first[0].isdigit()) else None
 
 
-def _read_int(path: Path) -> Optional[int]:
-    raw_text = read_text_or_none(path)
-    if raw_text is None:
-        return None
+def _finish_json(finish: FinishRecord) -> str:
+    return json.dumps(asdict(finish), sort_keys=True) + "\n"
+
+
+def _destroy_request_json(requested_time: int, shutdown_message: Optional[str]) -> str:
+    return json.dumps({"requested_time": requested_time, "shutdown_message": shutdown_message}) + "\n"
+
+
+def _parse_time(raw_text: str) -> int:
+    """`1700000000\\n` (Vac 03 and ours) -> 1700000000; CorruptRecord otherwise."""
+    parts = raw_text.split()
     try:
-        return int(float(raw_text.split()[0]))
-    except (ValueError, IndexError):
-        return None
+        return int(float(parts[0]))
+    except (ValueError, IndexError, OverflowError) as error:
+        raise CorruptRecord(f"unreadable time {raw_text[:40]!r}") from error
 
 
-def _read_heartbeat(path: Path) -> Optional[Heartbeat]:
-    raw_text = read_text_or_none(path)
-    if raw_text is None:
-        return None
+def _parse_heartbeat(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> Heartbeat:
     parts = raw_text.split()
     try:
         cpu_seconds = float(parts[0])
         cpu_percentage = float(parts[1]) if len(parts) > 1 else None
-        heartbeat_time = int(parts[2]) if len(parts) > 2 else int(path.stat().st_mtime)
-    except (ValueError, IndexError, OSError):
-        return None
+        # Vac 03 wrote no time: its heartbeat's time was the file's ctime (§1.4).
+        heartbeat_time = int(parts[2]) if len(parts) > 2 else mtime(path)
+    except (ValueError, IndexError, OverflowError) as error:
+        raise CorruptRecord(f"{path}: unreadable heartbeat {raw_text[:40]!r}") from error
+    # NaN or infinite CPU time would break the APEL record made from it.
+    if not math.isfinite(cpu_seconds) or not (cpu_percentage is None or math.isfinite(cpu_percentage)):
+        raise CorruptRecord(f"{path}: heartbeat with a non-finite number {raw_text[:40]!r}")
     return Heartbeat(heartbeat_time, cpu_seconds, cpu_percentage)
 
 
-def _read_json(path: Path) -> Optional[Mapping[str, Any]]:
-    raw_text = read_text_or_none(path)
-    if raw_text is None:
-        return None
+def _parse_json_object(raw_text: str, path: Path) -> Mapping[str, Any]:
     try:
         value = json.loads(raw_text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+    except (ValueError, RecursionError) as error:
+        raise CorruptRecord(f"{path}: not JSON: {type(error).__name__}") from error
+    if not isinstance(value, dict):
+        raise CorruptRecord(f"{path}: not a JSON object")
+    return value
 
 
-def _read_finish(path: Path) -> Optional[FinishRecord]:
-    fields = _read_json(path)
-    if fields is None:
+def _optional_int(fields: Mapping[str, Any], key: str) -> Optional[int]:
+    value = fields.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    # A `finished` file Vac 03 wrote is empty: it still means finished.
-    def optional_int(key: str) -> Optional[int]:
-        value = fields.get(key) if fields else None
-        return int(value) if isinstance(value, (int, float)) else None
+    try:
+        return int(value)
+    except (ValueError, OverflowError):  # NaN, infinity
+        return None
 
-    message = fields.get("shutdown_message") if fields else None
-    cpu = fields.get("cpu_seconds", 0.0) if fields else 0.0
+
+def _finite_float(value: Any) -> float:
+    """A finite number, else 0.0 (NaN or infinite CPU time would break the APEL record)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        number = float(value)
+    except OverflowError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _parse_finish(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> FinishRecord:
+    # A `finished` file Vac 03 wrote is empty: it still means finished, at its ctime (§1.4).
+    fields = _parse_json_object(raw_text, path) if raw_text.strip() else {}
+    message = fields.get("shutdown_message")
     return FinishRecord(
-        finished_time=optional_int("finished_time") or int(path.stat().st_mtime),
+        finished_time=_optional_int(fields, "finished_time") or mtime(path),
         shutdown_message=message if isinstance(message, str) else None,
-        shutdown_message_time=optional_int("shutdown_message_time"),
-        started_time=optional_int("started_time"),
-        last_heartbeat_time=optional_int("last_heartbeat_time"),
-        cpu_seconds=float(cpu) if isinstance(cpu, (int, float)) else 0.0,
+        shutdown_message_time=_optional_int(fields, "shutdown_message_time"),
+        started_time=_optional_int(fields, "started_time"),
+        last_heartbeat_time=_optional_int(fields, "last_heartbeat_time"),
+        cpu_seconds=_finite_float(fields.get("cpu_seconds")),
     )
 
 
-def _read_destroy_request(path: Path) -> Optional[DestroyRequest]:
-    fields = _read_json(path)
-    if fields is None:
-        return None
-    requested = fields.get("requested_time")
+def _parse_destroy_request(raw_text: str, path: Path) -> DestroyRequest:
+    fields = _parse_json_object(raw_text, path)
     message = fields.get("shutdown_message")
     return DestroyRequest(
-        requested_time=int(requested) if isinstance(requested, (int, float)) else 0,
+        requested_time=_optional_int(fields, "requested_time") or 0,
         shutdown_message=message if isinstance(message, str) else None,
     )

@@ -336,3 +336,48 @@ def test_state_tree_has_no_files_outside_the_apel_dirs(paths: Paths) -> None:
         "apel-outgoing",
     }
     assert os.listdir(paths.tmp_dir) == []
+
+
+# ---------------------------------------------------------------- a failed write is retried, never lost (issue 8 item 10)
+
+
+def block_directory(directory: Path) -> None:
+    """A regular file where the directory should be: every write below it fails with an OSError."""
+    for entry in directory.iterdir():
+        raise AssertionError(f"{directory} is not empty: {entry}")
+    directory.rmdir()
+    directory.write_text("in the way\n")
+
+
+def unblock_directory(directory: Path) -> None:
+    directory.unlink()
+    directory.mkdir()
+
+
+@pytest.mark.parametrize("blocked", ["archive", "outgoing"])
+def test_failed_write_raises_and_the_retry_writes_exactly_one_record(paths: Paths, blocked: str) -> None:
+    directory = paths.apel_archive_dir if blocked == "archive" else paths.apel_outgoing_dir
+    block_directory(directory)
+    with pytest.raises(OSError):
+        write_apel_record(paths, make_settings(), make_machinetype(), make_record(), make_finish())
+    unblock_directory(directory)
+
+    first = write_apel_record(paths, make_settings(), make_machinetype(), make_record(), make_finish())
+    again = write_apel_record(paths, make_settings(), make_machinetype(), make_record(), make_finish())
+
+    assert first is not None and again == first
+    assert len(files_under(paths.apel_archive_dir)) == 1
+    [outgoing] = files_under(paths.apel_outgoing_dir)
+    assert outgoing.read_text() == first.read_text()
+    assert list(paths.tmp_dir.iterdir()) == []
+
+
+def test_damaged_staging_file_is_rebuilt_into_one_record(paths: Paths) -> None:
+    staging = paths.tmp_dir / f"apel-{record_file_name(UUID)}"
+    staging.write_bytes(b"\xff\xfe not a record")
+    written = write_apel_record(paths, make_settings(), make_machinetype(), make_record(), make_finish())
+    assert written is not None
+    [fields] = parse_message(written.read_text())
+    assert fields["LocalJobId"] == UUID
+    assert len(files_under(paths.apel_outgoing_dir)) == 1
+    assert not staging.exists()

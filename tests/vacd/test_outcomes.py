@@ -13,10 +13,14 @@ from vacd.outcomes import (
     FAILED_TO_START,
     HEARTBEAT_NOT_CREATED,
     HEARTBEAT_NOT_UPDATED,
+    MAX_SHUTDOWN_MESSAGE_BYTES,
+    MAX_SHUTDOWN_MESSAGE_CHARS,
     PASSED_SHUTDOWN_TIME,
+    ShutdownMessage,
     effective_outcome,
     fizzle_message,
     is_abort,
+    parse_shutdown_message,
     shutdown_code,
 )
 
@@ -95,3 +99,60 @@ def test_non_ascii_digits_are_not_a_shutdown_code() -> None:
     assert shutdown_code("00² x") is None
     assert shutdown_code("٣٠٠ No work") is None
     assert not is_abort("٣٠٠ No work")
+
+
+# ---------------------------------------------------------------- what a shutdown_message file says (issue 8 item 2)
+
+
+def test_binary_shutdown_message_is_decoded_with_replacement() -> None:
+    message = parse_shutdown_message(b"\xff\xfe300 bad")
+    assert message == ShutdownMessage(None, "\ufffd\ufffd300 bad")
+    assert not message.is_abort  # Vac 03 could not parse its first three bytes as a code either
+
+
+@pytest.mark.parametrize("raw", [b"", b"   ", b"\n\n\t\r\n", b"\x00\x1b\x07\x7f", b"\xe2\x80\xae\n"])
+def test_empty_blank_or_control_only_content_is_no_message(raw: bytes) -> None:
+    assert parse_shutdown_message(raw) is None
+
+
+def test_first_line_after_blank_lines_is_the_message() -> None:
+    assert parse_shutdown_message(b"\n  \n  300 No more work  \r\nsecond line\n") == ShutdownMessage(300, "300 No more work")
+
+
+def test_control_and_format_characters_become_spaces() -> None:
+    message = parse_shutdown_message(b"300\tNo work\x1b[2J\xe2\x80\xae here")
+    assert message is not None
+    assert message.text == "300 No work [2J  here"
+    assert message.code == 300
+
+
+def test_message_is_cut_to_vacs_200_characters() -> None:
+    message = parse_shutdown_message(b"200 " + b"x" * 500)
+    assert message is not None
+    assert len(message.text) == MAX_SHUTDOWN_MESSAGE_CHARS == 200
+    assert message.code == 200
+
+
+def test_message_without_a_code_keeps_its_text() -> None:
+    assert parse_shutdown_message(b"Payload said goodbye\n") == ShutdownMessage(None, "Payload said goodbye")
+
+
+def test_bytes_beyond_the_cap_are_not_read() -> None:
+    late = b"\n" * MAX_SHUTDOWN_MESSAGE_BYTES + b"300 Too late"
+    assert parse_shutdown_message(late) is None
+
+
+def test_an_invalid_shutdown_message_cannot_be_made() -> None:
+    for code, text in [(None, ""), (None, " padded"), (None, "two\nlines"), (None, "bell\x07"), (300, "200 Wrong"),
+                       (None, "300 No code"), (None, "x" * 201)]:
+        with pytest.raises(ValueError):
+            ShutdownMessage(code, text)
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes_are_no_message_or_a_valid_one(raw: bytes) -> None:
+    message = parse_shutdown_message(raw)
+    if message is not None:
+        assert message == ShutdownMessage(message.code, message.text)  # re-validates
+        assert message.code == shutdown_code(message.text)
+        assert message.is_abort == is_abort(message.text)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vacd.paths import Paths
-from vacd.store import FinishRecord, Heartbeat, MachineRecord, Store
+from vacd.store import CORRUPT_MARK, FinishRecord, Heartbeat, MachineDirectoryExists, MachineRecord, SlotCondition, Store
 
 
 def record(created: int = 1000, name: str = "f1-03.example.com", machinetype: str = "atlas") -> MachineRecord:
@@ -123,3 +126,218 @@ def test_crash_at_any_write_step_reloads_to_a_consistent_state(tmp_path_factory:
     assert leftovers == []
     for path in root.rglob("*.json"):
         json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- guest-written data (issue 8 item 2)
+NOW = 1_700_000_000
+
+
+def fixed_clock() -> float:
+    return float(NOW)
+
+
+def test_binary_shutdown_message_is_read_with_replacement(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    (directory / "joboutputs" / "shutdown_message").write_bytes(b"\xff\xfe300 bad\n")
+    assert store.read_shutdown_message(record()) == "\ufffd\ufffd300 bad"
+    message = store.shutdown_message(record())
+    assert message is not None and message.code is None
+
+
+def make_directory(path: Path) -> None:
+    path.mkdir()
+
+
+def make_symlink_to_dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)  # no writer: a blocking open or read would wait for ever
+
+
+@pytest.mark.parametrize("make", [make_directory, make_symlink_to_dev_zero, make_fifo], ids=["directory", "symlink", "fifo"])
+def test_a_shutdown_message_that_is_not_a_regular_file_is_no_message(tmp_path: Path, make: Callable[[Path], None]) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    make(directory / "joboutputs" / "shutdown_message")
+    assert store.read_shutdown_message(record()) is None
+
+
+def test_a_10_gb_shutdown_message_is_read_only_up_to_its_cap(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    path = directory / "joboutputs" / "shutdown_message"
+    with path.open("wb") as huge:
+        huge.write(b"300 Big file\n")
+        huge.truncate(10 * 1024**3)  # sparse: costs no disk
+    assert store.read_shutdown_message(record()) == "300 Big file"
+
+
+def test_factory_reason_survives_a_guest_directory_where_the_message_goes(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    (directory / "joboutputs" / "shutdown_message").mkdir()
+    store.request_destroy(record(), 2000, "700 Exceeded max_wallclock_seconds")
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.destroy_request is not None
+    assert loaded.destroy_request.shutdown_message == "700 Exceeded max_wallclock_seconds"
+    assert (directory / "joboutputs" / "shutdown_message").is_dir()
+
+
+# ---------------------------------------------------------------- corrupt records are quarantined (issue 8 item 3)
+
+
+def corrupt_copies(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(path.name + CORRUPT_MARK + "*"))
+
+
+def test_corrupt_machine_record_is_quarantined_and_the_slot_reported_corrupt_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    (directory / "machine.json").write_bytes(b"\x00{not json")
+    with caplog.at_level(logging.WARNING, logger="vacd.store"):
+        lookup = store.lookup_slot(record().name)
+    assert lookup.condition is SlotCondition.CORRUPT and lookup.machine is None
+    assert lookup.problem is not None and "machine.json" in lookup.problem
+    assert corrupt_copies(directory / "machine.json") == [directory / f"machine.json.corrupt-{NOW}"]
+    assert (directory / f"machine.json.corrupt-{NOW}").read_bytes() == b"\x00{not json"
+    assert store.quarantined_total == 1
+    assert any(str(directory / "machine.json") in line.getMessage() for line in caplog.records)
+    # Unbound on disk: later lookups see a free slot (whatever runs there is a zombie).
+    assert not (tmp_path / "var/lib/vac/slots" / record().name).exists()
+    assert store.lookup_slot(record().name).condition is SlotCondition.FREE
+    assert store.quarantined_total == 1
+
+
+def test_machine_record_of_another_directory_is_corrupt(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    (directory / "machine.json").write_text(record(created=999).to_json())
+    assert store.lookup_slot(record().name).condition is SlotCondition.CORRUPT
+
+
+def test_corrupt_slot_binding_is_quarantined(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    store.begin_creation(record())
+    slot_file = tmp_path / "var/lib/vac/slots" / record().name
+    slot_file.write_bytes(b"\xff\xff atlas vm-raw\n")
+    lookup = store.lookup_slot(record().name)
+    assert lookup.condition is SlotCondition.CORRUPT
+    assert corrupt_copies(slot_file) == [slot_file.with_name(f"{record().name}.corrupt-{NOW}")]
+    assert store.bound_directories() == set()
+    assert store.slot_binding(record().name) is None
+
+
+def test_corrupt_finished_file_keeps_the_machine_finished(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    (directory / "finished").write_bytes(b"\xde\xad\xbe\xef")
+    os.utime(directory / "finished", (1800, 1800))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.has_finished and loaded.finish is not None
+    assert loaded.finish.finished_time == 1800
+    assert len(corrupt_copies(directory / "finished")) == 1
+    # The replacement is a readable record: still finished, nothing quarantined again.
+    again = store.slot_binding(record().name)
+    assert again is not None and again.finish == loaded.finish
+    assert store.quarantined_total == 1
+
+
+def test_corrupt_started_file_keeps_the_start_time_of_its_mtime(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    (directory / "started").write_bytes(b"garbage")
+    os.utime(directory / "started", (1001, 1001))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.started_time == 1001
+    assert (directory / "started").read_text() == "1001\n"
+    assert len(corrupt_copies(directory / "started")) == 1
+
+
+def test_corrupt_destroy_request_still_stops_the_machine_from_its_mtime(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    (directory / "destroy_requested").write_bytes(b"[" * 100_000)  # deeper than Python's recursion limit
+    os.utime(directory / "destroy_requested", (1500, 1500))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.destroy_request is not None
+    assert loaded.destroy_request.requested_time == 1500
+
+
+def test_corrupt_heartbeat_is_set_aside_until_the_next_one(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    (directory / "heartbeat").write_text("nan nan 1500\n")
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.heartbeat is None and loaded.started_time == 1001
+    assert not (directory / "heartbeat").exists() and len(corrupt_copies(directory / "heartbeat")) == 1
+    store.write_heartbeat(record(), Heartbeat(1600, 1.0, None))
+    reloaded = store.slot_binding(record().name)
+    assert reloaded is not None and reloaded.heartbeat == Heartbeat(1600, 1.0, 0.0)
+
+
+def test_two_quarantines_in_one_second_keep_both_copies(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    for content in (b"first", b"second"):
+        (directory / "heartbeat").write_bytes(content)
+        store.slot_binding(record().name)
+    assert sorted(path.read_bytes() for path in corrupt_copies(directory / "heartbeat")) == [b"first", b"second"]
+
+
+RECORD_FILES = ["machine.json", "finished", "started", "heartbeat", "destroy_requested", "slot"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(target=st.sampled_from(RECORD_FILES), content=st.binary(max_size=300), finished_before=st.booleans())
+def test_random_bytes_in_any_record_file_never_raise(
+    tmp_path_factory: pytest.TempPathFactory, target: str, content: bytes, finished_before: bool
+) -> None:
+    root = tmp_path_factory.mktemp("corrupt")
+    store = Store(Paths(root), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    store.request_destroy(record(), 1500, "700 Exceeded max_wallclock_seconds")
+    if finished_before:
+        store.finish(record(), finish(1700))
+    path = root / "var/lib/vac/slots" / record().name if target == "slot" else directory / target
+    path.write_bytes(content)
+    for _ in range(2):  # the quarantining lookup, then the one after it
+        lookup = store.lookup_slot(record().name)
+        store.load_machine(directory)
+        store.slot_binding(record().name)
+        store.last_finished("atlas")
+        if finished_before and target not in ("machine.json", "slot") and lookup.machine is not None:
+            assert lookup.machine.has_finished  # never finalised twice
+    leftovers = [entry for entry in root.rglob("*.tmp")]
+    assert leftovers == []
+
+
+# ---------------------------------------------------------------- no directory reuse (issue 8 item 10)
+
+
+def test_begin_creation_refuses_an_existing_directory(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.finish(record(), finish(1001))
+    with pytest.raises(MachineDirectoryExists):
+        store.begin_creation(record())
+    loaded = store.load_machine(directory)
+    assert loaded is not None and loaded.has_finished
+
+
+def test_bound_directories_are_the_slots_current_machines(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    old = store.begin_creation(record(1000))
+    new = store.begin_creation(record(2000))
+    other = store.begin_creation(record(1500, name="f1-04.example.com"))
+    assert store.bound_directories() == {new, other}
+    assert old not in store.bound_directories()
+    assert stat.S_ISDIR(os.stat(old).st_mode)

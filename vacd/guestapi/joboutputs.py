@@ -12,6 +12,9 @@ Rules (behaviour reference §6.3, §6.7, §11; design anti-pattern 3):
   counted in the quota and a guest cannot write them.
 - These functions block (fsync); the server runs them on a thread pool, one at a time
   per machine.
+- Everything in the directory is read as guest data (issue 8 item 2): a container writes
+  there directly, `.received.json` included. Reads are capped, never follow a link, never
+  block (vacd.cappedread), and bad content means "nothing received", never an exception.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vacd.atomicfile import read_text_or_none, write_atomic
+from vacd.atomicfile import write_atomic
+from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import VacError
 from vacd.store import SHUTDOWN_MESSAGE_FILE
 
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 RECEIVED_FILE = ".received.json"
 # Far more than any payload writes (a message, a heartbeat and a few logs).
 MAX_FILES = 1000
+# MAX_FILES entries of a 255-character name and two times are under 300 KB.
+MAX_RECEIPTS_BYTES = 1024 * 1024
 
 
 class QuotaExceeded(VacError):
@@ -101,13 +107,18 @@ def store_upload(joboutputs_dir: Path, name: str, content: bytes, now: int, quot
 
 def received_times(joboutputs_dir: Path) -> dict[str, ReceivedTimes]:
     """Name -> when the guest first and last sent it; {} if nothing was received."""
-    raw_text = read_text_or_none(joboutputs_dir / RECEIVED_FILE)
-    if raw_text is None:
+    path = joboutputs_dir / RECEIVED_FILE
+    try:
+        raw = read_capped(path, MAX_RECEIPTS_BYTES)
+    except UnreadableFile as error:
+        log.warning("unreadable joboutputs receipt file path=%s reason=%s", path, error.reason)
+        return {}
+    if raw is None:
         return {}
     try:
-        fields = json.loads(raw_text)
-    except ValueError:
-        log.warning("unreadable joboutputs receipt file path=%s", joboutputs_dir / RECEIVED_FILE)
+        fields = json.loads(raw.decode("utf-8", errors="replace"))
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested deeper than Python's stack
+        log.warning("unreadable joboutputs receipt file path=%s", path)
         return {}
     times: dict[str, ReceivedTimes] = {}
     if isinstance(fields, dict):

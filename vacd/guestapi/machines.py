@@ -261,13 +261,6 @@ class MachineResolver:
         return _Binding(slot_signature, _signature(directory_status), machine, str(stored.directory), cacheable)
 
     def _directory_of(self, machine_name: str) -> Optional[Path]:
-        # The same reading of slots/<name> as Store.slot_binding (§1.4), to stat MD first.
-        try:
-            raw_text = (self.paths.slots_dir / machine_name).read_text()
-        except OSError:
-            return None
-        parts = raw_text.split()
-        if len(parts) < 2 or not (parts[0].isascii() and parts[0].isdigit()):
-            return None
-        return self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
+        # The store's own reading of slots/<name> (§1.4), to stat MD first; never raises.
+        return self.store.bound_directory(machine_name)
 

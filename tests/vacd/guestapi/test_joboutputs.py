@@ -73,3 +73,22 @@ def test_damaged_receipt_file_reads_as_no_receipts(outputs: Path) -> None:
 def test_missing_directory_has_no_usage(tmp_path: Path) -> None:
     assert usage(tmp_path / "missing").total_bytes == 0
     assert received_times(tmp_path / "missing") == {}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe{}", b"[" * 100_000, b" " * joboutputs.MAX_RECEIPTS_BYTES + b'{"a": [1, 2]}'],
+    ids=["binary", "nested-deeper-than-the-stack", "over-the-cap"],
+)
+def test_hostile_receipt_file_reads_as_no_receipts(outputs: Path, content: bytes) -> None:
+    # A container writes into joboutputs/ directly: this file is guest data too (issue 8 item 2).
+    (outputs / RECEIVED_FILE).write_bytes(content)
+    assert received_times(outputs) == {}
+    assert shutdown_message_time(outputs) is None
+
+
+def test_receipt_file_that_is_a_fifo_does_not_block(outputs: Path) -> None:
+    import os
+
+    os.mkfifo(outputs / RECEIVED_FILE)
+    assert received_times(outputs) == {}
