@@ -514,6 +514,7 @@ class Daemon:
             last_error=factory.last_error,
             last_pass_completed=self.last_pass_completed,
             slot_error_totals=factory.slot_error_totals,
+            records_quarantined_total=factory.store.quarantined_total,
         )
         # Written with a bad configuration too: status.json is where the admin sees the fault.
         publish_status(self.paths, document)

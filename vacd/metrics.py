@@ -41,7 +41,7 @@ from vacd.outcomes import shutdown_code
 log = logging.getLogger(__name__)
 
 # The slot states of status.json (Vac's words plus "Stopping"), always exported, 0 if none.
-SLOT_STATES = ("Shut down", "Starting", "Running", "Paused", "Stopping")
+SLOT_STATES = ("Shut down", "Starting", "Running", "Paused", "Stopping", "Error")
 HEARTBEAT_COMPONENTS = ("factory", "responder", "metadata", "mjf")
 # A VM creation may download an image (Vac 03's fetch timeout was 120 s, Appendix C).
 CREATION_BUCKETS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
@@ -92,6 +92,10 @@ class FactoryMetrics:
         self.slot_errors = Counter(
             "vac_slot_errors", "Contained per-slot errors, by step of the pass", ["step"], registry=registry
         )
+        self.records_quarantined = Counter(
+            "vac_records_quarantined", "Unreadable records renamed aside as *.corrupt-<time>", registry=registry
+        )
+        self._records_quarantined_seen = 0
 
         per_machinetype = ["machinetype"]
         self.machines = gauge("vac_machinetype_machines", "Running machines by machinetype", per_machinetype)
@@ -192,6 +196,11 @@ class FactoryMetrics:
         self._observe_census(status.get("census"))
         config_problem = self._observe_faults(status)
         self._observe_slot_error_totals(status.get("slot_error_totals"))
+        quarantined = status.get("records_quarantined_total")
+        if isinstance(quarantined, int) and not isinstance(quarantined, bool):
+            if quarantined > self._records_quarantined_seen:
+                self.records_quarantined.inc(quarantined - self._records_quarantined_seen)
+            self._records_quarantined_seen = quarantined
         heartbeats = status.get("heartbeats") or {}
         with self._lock:
             self._heartbeats = {

@@ -30,6 +30,7 @@ def status_document(
     last_error: Optional[str],
     last_pass_completed: Optional[int] = None,
     slot_error_totals: Optional[Mapping[str, int]] = None,
+    records_quarantined_total: int = 0,
 ) -> dict[str, Any]:
     """The status.json content for one pass (`report.settings` may be None: no good config yet)."""
     settings = report.settings
@@ -96,6 +97,7 @@ def status_document(
         "faults": [fault_entry(fault) for fault in report.faults],
         "slot_errors": [slot_error_entry(error) for error in report.slot_errors],
         "slot_error_totals": dict(slot_error_totals or {}),
+        "records_quarantined_total": records_quarantined_total,
         "last_pass_completed": last_pass_completed,
     }
 

@@ -322,3 +322,11 @@ def test_healthz_names_a_stale_factory_heartbeat(metrics: FactoryMetrics, server
     metrics.observe_status(make_status())
     clock.now += 120
     assert healthz_body(server) == (503, "unhealthy: factory heartbeat 130s old (limit 60s)\n")
+
+
+def test_quarantined_records_are_counted_from_the_status_totals() -> None:
+    registry = CollectorRegistry()
+    metrics = FactoryMetrics(registry, clock=lambda: 1_700_000_000.0)
+    for total in (0, 2, 2, 5):
+        metrics.observe_status({**make_status(), "records_quarantined_total": total})
+    assert registry.get_sample_value("vac_records_quarantined_total") == 5
