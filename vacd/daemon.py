@@ -32,6 +32,7 @@ from vacd import MANAGER_VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
 from vacd.errors import ConfigErrors, VacError
 from vacd.factory import Factory, FactoryHooks, PassReport
+from vacd.fdlimit import raise_fd_limit
 from vacd.paths import Paths
 from vacd.status import publish_status, status_document, write_heartbeat
 from vacd.store import MachineRecord, Store, StoredMachine
@@ -486,6 +487,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths.ensure_state_dirs()
     destination = "stderr" if arguments.stderr else config.settings.log_destination
     configure_logging(destination, paths.log_file, getattr(logging, arguments.log_level))
+    # Before any part opens sockets: the guest API's connection cap is derived from the
+    # limit (issue 8 item 11: 1,100 idle guests exhausted 1,024 descriptors).
+    raise_fd_limit()
     pid_file = PidFile(paths.pid_file)
     pid_file.acquire()
     daemon = Daemon(paths, config, host_fqdn, host_cpu_count)
