@@ -309,6 +309,7 @@ class Daemon:
         from vacd.guestapi.contextualise import prepare_machine_dir
         from vacd.guestapi.joboutputs import received_times, shutdown_message_time
         from vacd.mjf import lower_shutdown_time
+        from vacd.qemuaccess import check_readable_by_qemu, host_qemu_identity
 
         paths = self.paths
 
@@ -336,9 +337,17 @@ class Daemon:
                 self.metrics.creation_finished(record.machinetype, seconds, ok)
 
         images = ImageCache(paths)
+        # Who QEMU runs as is read once: machine_spec checks each file against it under
+        # qemu:///system (issue 8 item 12).
+        qemu_identity = host_qemu_identity()
+
+        def qemu_access(path: Path) -> None:
+            if qemu_identity is not None:
+                check_readable_by_qemu(path, qemu_identity)
 
         return FactoryHooks(
             fetch_image=images.fetch,
+            qemu_access=qemu_access,
             on_finished=[account],
             on_created=[count_creation],
             contextualise=contextualise,
@@ -453,6 +462,12 @@ def check_config(paths: Paths) -> int:
     # Pipe machinetypes as the factory last cached them; --check-config never fetches.
     config = PipeFetcher(paths).apply(config, may_fetch=False)
     for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    from vacd.qemuaccess import config_access_warnings, host_qemu_identity
+
+    # A file QEMU cannot open fails every creation of its machinetype (issue 8 item 12).
+    identity = host_qemu_identity()
+    for warning in config_access_warnings(config, identity) if identity is not None else []:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(effective_config_text(config))
     return 0

@@ -156,6 +156,8 @@ class FactoryHooks:
     heartbeat_file_mtime: Optional[Callable[[StoredMachine, str], Optional[float]]] = None
     shutdown_message_time: Optional[Callable[[StoredMachine], Optional[int]]] = None
     fetch_image: Optional[Callable[[str], Path]] = None
+    # Raises VacError if QEMU could not open the file (vacd.qemuaccess, issue 8 item 12).
+    qemu_access: Optional[Callable[[Path], None]] = None
 
 
 class Factory:
@@ -507,7 +509,8 @@ class Factory:
         ok = False
         try:
             spec = machine_spec(
-                settings, machinetype, record, identity, self.store.machine_dir(record), self.hooks.fetch_image
+                settings, machinetype, record, identity, self.store.machine_dir(record), self.hooks.fetch_image,
+                self.hooks.qemu_access,
             )
             self.backend.create(spec)
             self.store.mark_started(record, int(self.clock()))
