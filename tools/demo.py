@@ -6,6 +6,10 @@ machinetypes share the factory 3:1: `work` runs a payload for a while and report
 backs it off. Everything the demo makes is removed on exit: the vacd process (by PID),
 every domain it created (by UUID from the slot records), the vac network if the demo made
 it, and the scratch prefix.
+
+The demo exits non-zero, with the reason, when no machine reached Running (issue 8 item
+12: from a clone under /root it printed four `700 Failed to start` machines and exited 0).
+The scratch prefix is in /var/tmp, traversable by the user QEMU runs as, never in the clone.
 """
 
 from __future__ import annotations
@@ -97,6 +101,25 @@ backoff_seconds = 40
         (files / f"{machinetype}.sh").write_text(payload)
 
 
+def machines_that_ran(prefix: Path) -> set[str]:
+    """Names of the machines libvirt started: vacd writes `started` once create succeeded."""
+    return {started.parent.name for started in (prefix / "var/lib/vac/machines").glob("*/started")}
+
+
+def last_creation_error(prefix: Path, log_file: Path) -> str:
+    """Why creations failed, from the factory's error file or else its log."""
+    error_file = prefix / "var/lib/vac/factory-error"
+    try:
+        return error_file.read_text().strip()
+    except OSError:
+        pass
+    try:
+        failures = [line for line in log_file.read_text().splitlines() if "creation failed" in line]
+    except OSError:
+        failures = []
+    return failures[-1] if failures else "no creation was attempted (see the log above)"
+
+
 def network_exists() -> bool:
     return subprocess.run(["virsh", "-c", "qemu:///system", "net-info", NETWORK_NAME],
                           capture_output=True).returncode == 0
@@ -136,7 +159,10 @@ def main() -> int:
 
     print("demo: building the test guest (cached after the first run)")
     guest = build_guest()
-    prefix = Path(tempfile.mkdtemp(prefix="vac-demo-"))
+    # Not under the clone, and traversable (0711, not listable): QEMU runs as libvirt-qemu
+    # and opens overlays and consoles below the prefix.
+    prefix = Path(tempfile.mkdtemp(prefix=f"vac-demo-{os.getpid()}-", dir="/var/tmp"))
+    prefix.chmod(0o711)
     network_was_there = network_exists()
     write_configuration(prefix, guest)
     print(f"demo: factory {FACTORY_NAME} re-rooted in {prefix}; configuration:")
@@ -145,6 +171,7 @@ def main() -> int:
     vacd = subprocess.Popen([str(VENV_BIN / "vacd"), "--prefix", str(prefix)], stdin=subprocess.DEVNULL)
     print(f"demo: vacd started, pid {vacd.pid}; Ctrl-C stops the demo and cleans up\n")
     interrupted = False
+    failure = ""
 
     def stop(*_: object) -> None:
         nonlocal interrupted
@@ -171,6 +198,9 @@ def main() -> int:
             time.sleep(1)
         if vacd.poll() is not None:
             print(f"demo: vacd exited with status {vacd.returncode}", file=sys.stderr)
+        ran = machines_that_ran(prefix)
+        if not ran:
+            failure = f"no machine reached Running: {last_creation_error(prefix, log_file)}"
     finally:
         print("\ndemo: stopping vacd and cleaning up")
         if vacd.poll() is None:
@@ -188,6 +218,9 @@ def main() -> int:
             print(f"demo: prefix kept at {prefix}")
         else:
             shutil.rmtree(prefix, ignore_errors=True)
+    if failure:
+        print(f"demo: FAILED: {failure}", file=sys.stderr)
+        return 1
     return 0 if vacd.returncode in (0, None, -signal.SIGTERM) else 1
 
 

@@ -15,10 +15,12 @@ function `load_config` (reads files, asks the host its name and processor count)
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pwd
 import re
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -223,31 +225,79 @@ class Config:
         return ConfigProblem(where.path, where.line, section, option, reason)
 
 
+# A vac.conf is a few kilobytes; a bigger file is a mistake (a log or an image linked by
+# accident) and must not be read into memory whole.
+MAX_CONFIG_FILE_BYTES = 16 * 1024 * 1024
+
+
+def _reason(error: OSError) -> str:
+    """`cannot read: too many levels of symbolic links`: strerror, lower-cased as in our messages."""
+    text = error.strerror or str(error)
+    return "cannot read: " + text[:1].lower() + text[1:]
+
+
+def _config_dir_candidates(config_dir: Path, problems: list[ConfigProblem]) -> list[Path]:
+    try:
+        names = os.listdir(config_dir)
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        # A loop, a file where the directory should be, no permission: the admin must know,
+        # since the options in it would be silently missing (issue 8 item 9).
+        problems.append(ConfigProblem(str(config_dir), None, None, None, _reason(error)))
+        return []
+    # Hidden files are skipped, as by the shell-style glob Vac 03 used.
+    return [config_dir / name for name in sorted(names) if name.endswith(".conf") and not name.startswith(".")]
+
+
+def _read_config_file(path: Path) -> Optional[tuple[tuple[int, int], bytes]]:
+    """The file's (device, inode) and bytes, None if it does not exist; OSError or ValueError if unusable."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise OSError(errno.ENOENT, "symbolic link to a missing file") from None
+        return None
+    if stat.S_ISDIR(status.st_mode):
+        raise OSError(errno.EISDIR, "is a directory, not a file")
+    if not stat.S_ISREG(status.st_mode):
+        # A FIFO or device would block the reader or never end.
+        raise OSError(errno.EINVAL, "not a regular file")
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_CONFIG_FILE_BYTES + 1)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise OSError(errno.EFBIG, f"larger than {MAX_CONFIG_FILE_BYTES // (1024 * 1024)} MiB")
+    return (status.st_dev, status.st_ino), data
+
+
 def read_config_sources(paths: Paths) -> tuple[list[tuple[str, str]], list[ConfigProblem]]:
-    """The config files' texts in precedence order (§2.1, acceptance 1); missing ones skipped."""
-    candidates: list[Path] = []
-    if paths.config_dir.is_dir():
-        # Hidden files are skipped, as by the shell-style glob Vac 03 used.
-        candidates.extend(sorted(path for path in paths.config_dir.glob("*.conf") if not path.name.startswith(".")))
+    """The config files' texts in precedence order (§2.1, acceptance 1); missing ones skipped.
+
+    Every other way a file can fail (a symlink loop, a directory, no permission, bytes that
+    are not UTF-8, a FIFO) is a ConfigProblem naming the file, never an exception.
+    """
+    problems: list[ConfigProblem] = []
+    candidates = _config_dir_candidates(paths.config_dir, problems)
     candidates.append(paths.config_file)
     candidates.extend(paths.run_config_files)
     sources: list[tuple[str, str]] = []
-    problems: list[ConfigProblem] = []
-    seen: set[Path] = set()
+    seen: set[tuple[int, int]] = set()
     for candidate in candidates:
         try:
-            # /var/run is usually a link to /run: read the same file once only.
-            resolved = candidate.resolve()
-            if resolved in seen or not candidate.is_file():
+            found = _read_config_file(candidate)
+            if found is None:
                 continue
-            seen.add(resolved)
-            sources.append((str(candidate), candidate.read_text(encoding="utf-8")))
+            identity, data = found
+            # /var/run is usually a link to /run: read the same file once only.
+            if identity in seen:
+                continue
+            seen.add(identity)
+            sources.append((str(candidate), data.decode("utf-8")))
         except UnicodeDecodeError as error:
             problems.append(ConfigProblem(str(candidate), None, None, None,
                                           f"not UTF-8 text (byte {error.start})"))
         except OSError as error:
-            problems.append(ConfigProblem(str(candidate), None, None, None,
-                                          f"cannot read: {error.strerror or error}"))
+            problems.append(ConfigProblem(str(candidate), None, None, None, _reason(error)))
     return sources, problems
 
 

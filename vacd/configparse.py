@@ -26,6 +26,37 @@ from vacd.configini import (Findings, InvalidValue, Location, OptionSource, RawC
                             to_matching, to_number, to_words)
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.paths import Paths
+from vacd.slots import MAX_SLOTS
+
+# Ranges the daemon can run with (issue 8 item 9: `cycle_seconds = 1e300` raised
+# OverflowError in Event.wait at the first idle pass, `host_processors = 30000` a
+# ValueError from the slot address scheme at start). Every numeric option has both bounds;
+# the limits are far beyond any real site's values, and exist so that no accepted value
+# overflows a timeout, a date, a libvirt size or the slot scheme.
+# One slot per host processor (§1.5): vacd.slots can address MAX_SLOTS of them.
+MAX_PROCESSORS = MAX_SLOTS
+# Durations: 10 years, far below threading.TIMEOUT_MAX (292 years) and datetime's year 9999.
+MAX_DURATION_SECONDS = 10 * 366 * 86400
+MAX_DAYS = MAX_DURATION_SECONDS / 86400
+# The loop waits at most cycle_seconds between passes: below 0.1 s it would spin, and above
+# a day nothing would be policed in time.
+MIN_CYCLE_SECONDS = 0.1
+MAX_CYCLE_SECONDS = 86400.0
+# A census round is udp_timeout_seconds / 5 and runs inside a pass.
+MAX_UDP_TIMEOUT_SECONDS = 3600.0
+MAX_SHUTDOWN_GRACE_SECONDS = 86400
+# 9999-12-31T23:59:59Z: the last second datetime (APEL records, status) can represent.
+MAX_EPOCH_SECONDS = 253402300799
+# 1 TiB of memory and 100 TB of scratch disk per processor: times MAX_PROCESSORS this
+# still fits the 64-bit sizes libvirt and qemu-img take.
+MAX_MB_PER_PROCESSOR = 1024 * 1024
+MAX_DISK_GB_PER_PROCESSOR = 100_000
+MAX_HS06_PER_PROCESSOR = 100_000.0
+MAX_OVERLOAD_PER_PROCESSOR = 1000.0
+# Shares are summed over every machinetype and pipe: this keeps the sum finite.
+MAX_TARGET_SHARE = 1e12
+MAX_VERSION_LOGGER = 86400
+MAX_JOBOUTPUTS_QUOTA_BYTES = 1 << 40
 
 MACHINETYPE_NAME = re.compile(r"[a-z0-9-]+")
 OPTION_NAME_SUFFIX = re.compile(r"[a-z0-9_]+")
@@ -132,7 +163,7 @@ def _to_version_logger(text: str, reader: SectionReader) -> int:
     if word in ("true", "false"):
         reader.warn("version_logger", f"{word} is deprecated, use a number of messages per day")
         return 1 if word == "true" else 0
-    return to_integer(text, 0)
+    return to_integer(text, 0, MAX_VERSION_LOGGER)
 
 
 def _to_regular_expression(text: str) -> str:
@@ -146,6 +177,11 @@ def _to_regular_expression(text: str) -> str:
 def _to_optional_regular_expression(text: str) -> Optional[str]:
     """An empty value means no pattern (as the option left out), so it reads back the same."""
     return _to_regular_expression(text) if text.strip() else None
+
+
+_to_duration = partial(to_integer, minimum=0, maximum=MAX_DURATION_SECONDS)
+_to_duration_from_one = partial(to_integer, minimum=1, maximum=MAX_DURATION_SECONDS)
+_to_share = partial(to_number, minimum=0, maximum=MAX_TARGET_SHARE)
 
 
 def _optional_text(reader: SectionReader, option: str) -> Optional[str]:
@@ -181,16 +217,19 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
     if vac_space and vac_space.lower() == factory_name:
         reader.problem("vac_space", "must differ from this factory's name (§1.1 of the Vac guide)")
 
-    host_processors = reader.get("host_processors", host_cpu_count, partial(to_integer, minimum=1))
+    host_processors = reader.get("host_processors", min(host_cpu_count, MAX_PROCESSORS),
+                                 partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     if host_processors > host_cpu_count:
         reader.warn("host_processors", f"{host_processors} is more than this host's {host_cpu_count} "
                                        "processors: only for tests and demos")
     total_option = reader.renamed("total_processors", ("cpu_total",), legacy_wins=True)
-    total_processors = reader.get(total_option, host_processors, partial(to_integer, minimum=1))
+    total_processors = reader.get(total_option, host_processors,
+                                  partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     if total_processors > host_processors:
         reader.problem(total_option, f"must be <= host_processors ({host_processors}), got {total_processors}")
     superslot_option = reader.renamed("processors_per_superslot", ("vcpu_per_machine", "cpu_per_machine"))
-    processors_per_superslot = reader.get(superslot_option, 1, partial(to_integer, minimum=1))
+    processors_per_superslot = reader.get(superslot_option, 1,
+                                          partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     if processors_per_superslot > total_processors:
         reader.warn(superslot_option, f"{processors_per_superslot} is more than total_processors "
                                       f"({total_processors}): no superslot can be filled")
@@ -222,19 +261,20 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         factories=factories,
         processors_per_superslot=processors_per_superslot,
         mb_per_processor=reader.get(reader.renamed("mb_per_processor", ("mb_per_cpu",)), 2048,
-                                    partial(to_integer, minimum=1)),
+                                    partial(to_integer, minimum=1, maximum=MAX_MB_PER_PROCESSOR)),
         hs06_per_processor=reader.get(reader.renamed("hs06_per_processor", ("hs06_per_cpu",)), None,
-                                      partial(to_number, positive=True)),
+                                      partial(to_number, positive=True, maximum=MAX_HS06_PER_PROCESSOR)),
         disk_gb_per_processor=reader.get(
             reader.renamed("disk_gb_per_processor", ("disk_gb_per_cpu", "scratch_gb")), None,
-            partial(to_integer, minimum=0)),
+            partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
         volume_group=reader.get("volume_group", None,
                                 partial(to_matching, pattern=_VOLUME_GROUP, what="an LVM volume group name")),
         overload_per_processor=reader.get(reader.renamed("overload_per_processor", ("overload_per_cpu",)),
-                                          1.25, partial(to_number, positive=True)),
-        shutdown_time=reader.get("shutdown_time", None, partial(to_integer, minimum=0)),
+                                          1.25, partial(to_number, positive=True, maximum=MAX_OVERLOAD_PER_PROCESSOR)),
+        shutdown_time=reader.get("shutdown_time", None, partial(to_integer, minimum=0, maximum=MAX_EPOCH_SECONDS)),
         draining=reader.get("draining", False, to_boolean),
-        udp_timeout_seconds=reader.get("udp_timeout_seconds", 10.0, partial(to_number, positive=True)),
+        udp_timeout_seconds=reader.get("udp_timeout_seconds", 10.0,
+                                       partial(to_number, positive=True, maximum=MAX_UDP_TIMEOUT_SECONDS)),
         vacmon_hostport=reader.get("vacmon_hostport", (), _to_vacmon_hostports),
         version_logger=reader.get("version_logger", 1, partial(_to_version_logger, reader=reader)),
         gocdb_cert_file=gocdb_cert_file,
@@ -251,17 +291,20 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         hypervisor=reader.get("hypervisor", "auto", partial(to_choice, choices=HYPERVISORS)),
         libvirt_uri=reader.get("libvirt_uri", "qemu:///system",
                                partial(to_matching, pattern=_LIBVIRT_URI, what="a libvirt URI")),
-        max_creations_per_cycle=reader.get("max_creations_per_cycle", 4, partial(to_integer, minimum=1)),
-        cycle_seconds=reader.get("cycle_seconds", 30.0, partial(to_number, positive=True)),
+        max_creations_per_cycle=reader.get("max_creations_per_cycle", 4,
+                                           partial(to_integer, minimum=1, maximum=MAX_PROCESSORS)),
+        cycle_seconds=reader.get("cycle_seconds", 30.0, partial(to_number, minimum=MIN_CYCLE_SECONDS,
+                                                                maximum=MAX_CYCLE_SECONDS)),
         wake_on_events=reader.get("wake_on_events", True, to_boolean),
-        shutdown_grace_seconds=reader.get("shutdown_grace_seconds", 30, partial(to_integer, minimum=0)),
+        shutdown_grace_seconds=reader.get("shutdown_grace_seconds", 30,
+                                          partial(to_integer, minimum=0, maximum=MAX_SHUTDOWN_GRACE_SECONDS)),
         vacquery_port=reader.get("vacquery_port", 995, _to_port),
         vacquery_bind_address=reader.get("vacquery_bind_address", "0.0.0.0", _to_ip_address),
         vacquery_key_file=reader.get("vacquery_key_file", None, to_absolute_path),
         vacquery_auth=reader.get("vacquery_auth", "required", partial(to_choice, choices=VACQUERY_AUTH_MODES)),
         metrics_address=reader.get("metrics_address", None, _to_host_port),
         joboutputs_quota_bytes=reader.get("joboutputs_quota_bytes", 100 * 1024 * 1024,
-                                          partial(to_integer, minimum=0)),
+                                          partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_QUOTA_BYTES)),
         metadata_port=reader.get("metadata_port", 80, _to_port),
         log_destination=reader.get("log_destination", "file", partial(to_choice, choices=LOG_DESTINATIONS)),
         min_free_disk_mb=reader.get("min_free_disk_mb", 1024, partial(to_integer, minimum=0,
@@ -307,12 +350,11 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
     machine_model = reader.get(reader.renamed("machine_model", ("vm_model",)), "cernvm3",
                                partial(to_choice, choices=MACHINE_MODELS))
     accounting_fqan = _optional_text(reader, "accounting_fqan")
-    min_processors = reader.get("min_processors", 1, partial(to_integer, minimum=1))
-    max_processors = reader.get("max_processors", 1, to_integer)
-    max_wallclock_seconds = reader.get("max_wallclock_seconds", 86400, partial(to_integer, minimum=1))
+    min_processors = reader.get("min_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
+    max_processors = reader.get("max_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
+    max_wallclock_seconds = reader.get("max_wallclock_seconds", 86400, _to_duration_from_one)
     # §2.4, acceptance 3: min_wallclock_seconds defaults to max_wallclock_seconds.
-    min_wallclock_seconds = reader.get("min_wallclock_seconds", max_wallclock_seconds,
-                                       partial(to_integer, minimum=0))
+    min_wallclock_seconds = reader.get("min_wallclock_seconds", max_wallclock_seconds, _to_duration)
     root_image = _optional_text(reader, "root_image")
     user_data_options, user_data_files = _user_data_mappings(reader, settings)
     machinetype = Machinetype(
@@ -320,7 +362,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         machinegroup=_optional_text(reader, "machinegroup") or accounting_fqan or name,
         machinetype_path=reader.get("machinetype_path", paths.machinetypes_dir / name,
                                     lambda text: Path(to_absolute_path(text))),
-        target_share=reader.get("target_share", 0.0, partial(to_number, minimum=0)),
+        target_share=reader.get("target_share", 0.0, _to_share),
         machine_model=machine_model,
         root_image=root_image,
         root_kernel=_optional_text(reader, "root_kernel"),
@@ -335,15 +377,16 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         max_processors=max_processors,
         max_wallclock_seconds=max_wallclock_seconds,
         min_wallclock_seconds=min_wallclock_seconds,
-        backoff_seconds=reader.get("backoff_seconds", 10, partial(to_integer, minimum=0)),
-        fizzle_seconds=reader.get("fizzle_seconds", 600, partial(to_integer, minimum=0)),
+        backoff_seconds=reader.get("backoff_seconds", 10, _to_duration),
+        fizzle_seconds=reader.get("fizzle_seconds", 600, _to_duration),
         heartbeat_file=reader.get("heartbeat_file", None, partial(
             to_matching, pattern=JOBOUTPUTS_FILE_NAME, what="a file name without a directory")),
-        heartbeat_seconds=reader.get("heartbeat_seconds", 0, partial(to_integer, minimum=0)),
+        heartbeat_seconds=reader.get("heartbeat_seconds", 0, _to_duration),
         accounting_fqan=accounting_fqan,
         machines_dir_days=reader.get(reader.renamed("machines_dir_days", ("machineoutputs_days",)), 3.0,
-                                     partial(to_number, minimum=0)),
-        disk_gb_per_processor=reader.get("disk_gb_per_processor", None, partial(to_integer, minimum=0)),
+                                     partial(to_number, minimum=0, maximum=MAX_DAYS)),
+        disk_gb_per_processor=reader.get("disk_gb_per_processor", None,
+                                         partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
         root_device=reader.get("root_device", "vda", partial(to_matching, pattern=_DEVICE,
                                                              what="a device name of a-z and 0-9")),
         # Vac 03 never stored a valid scratch_device (§2.4 [BUG]); it is kept here.
@@ -474,7 +517,7 @@ def _read_pipe(section: str, prefix: str, raw: RawConfig, settings: Optional[Set
                                                     what="an http:// or https:// URL"))
     if not reader.has("vacuum_pipe_url"):
         reader.problem("vacuum_pipe_url", "required option missing")
-    target_share = reader.get("target_share", 0.0, partial(to_number, minimum=0))
+    target_share = reader.get("target_share", 0.0, _to_share)
     # The other options are copied into each generated machinetype (§2.3): check them as
     # machinetype options now, so a typo is reported against this section's line.
     copied = {option: source for option, source in reader.options.items()

@@ -33,6 +33,7 @@ from vacd.config import Config, Machinetype, Settings, effective_config_text, lo
 from vacd.errors import ConfigErrors, VacError
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
+from vacd.fdlimit import raise_fd_limit
 from vacd.paths import Paths
 from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
 from vacd.store import MachineRecord, Store, StoredMachine
@@ -354,6 +355,7 @@ class Daemon:
         from vacd.guestapi.contextualise import prepare_machine_dir
         from vacd.guestapi.joboutputs import received_times, shutdown_message_time
         from vacd.mjf import lower_shutdown_time
+        from vacd.qemuaccess import check_readable_by_qemu, host_qemu_identity
 
         paths = self.paths
 
@@ -404,9 +406,18 @@ class Daemon:
             downloads.add_done_callback(stamp)
             return downloads
 
+        # Who QEMU runs as is read once: machine_spec checks each file against it under
+        # qemu:///system (issue 8 item 12).
+        qemu_identity = host_qemu_identity()
+
+        def qemu_access(path: Path) -> None:
+            if qemu_identity is not None:
+                check_readable_by_qemu(path, qemu_identity)
+
         return FactoryHooks(
             fetch_image=fetch_image,
             prefetch_images=prefetch_images,
+            qemu_access=qemu_access,
             account=account,
             on_created=[count_creation],
             contextualise=contextualise,
@@ -585,6 +596,12 @@ def check_config(paths: Paths) -> int:
     config = PipeFetcher(paths).apply(config, may_fetch=False)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    from vacd.qemuaccess import config_access_warnings, host_qemu_identity
+
+    # A file QEMU cannot open fails every creation of its machinetype (issue 8 item 12).
+    identity = host_qemu_identity()
+    for warning in config_access_warnings(config, identity) if identity is not None else []:
+        print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(effective_config_text(config))
     return 0
 
@@ -618,6 +635,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     paths.ensure_state_dirs()
     destination = "stderr" if arguments.stderr else config.settings.log_destination
     configure_logging(destination, paths.log_file, getattr(logging, arguments.log_level))
+    # Before any part opens sockets: the guest API's connection cap is derived from the
+    # limit (issue 8 item 11: 1,100 idle guests exhausted 1,024 descriptors).
+    raise_fd_limit()
     pid_file = PidFile(paths.pid_file)
     pid_file.acquire()
     daemon = Daemon(paths, config, host_fqdn, host_cpu_count)

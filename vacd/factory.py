@@ -181,6 +181,8 @@ class FactoryHooks:
     # Downloads a creation's http(s) images on the image cache's own pool (item 6): the action
     # pool's workers stay free for destroys while a slow image server drips.
     prefetch_images: Optional[Callable[[Sequence[str]], "Future[dict[str, Path]]"]] = None
+    # Raises VacError if QEMU could not open the file (vacd.qemuaccess, issue 8 item 12).
+    qemu_access: Optional[Callable[[Path], None]] = None
 
 
 class Factory:
@@ -884,7 +886,8 @@ class Factory:
             if self.hooks.contextualise is not None:
                 self.hooks.contextualise(settings, machinetype, record, record.created_time)
             fetch_image = images.result().__getitem__ if images is not None else self.hooks.fetch_image
-            spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record), fetch_image)
+            spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record), fetch_image,
+                                self.hooks.qemu_access)
             self.backend.create(spec)
             self.store.mark_started(record, int(self.clock()))
             with self._lock:

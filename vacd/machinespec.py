@@ -4,6 +4,11 @@ Kept from Vac 03 (§1.11): an image name starting with `/` is used as it is; any
 is `<machinetype_path>/files/<name>`; http(s) images come from the image cache. Memory is
 processors x mb_per_processor (acceptance 9). Container models are not built yet: asking
 for one is a clear creation error, not a silent no-op.
+
+Under qemu:///system every file handed to QEMU (root image, kernel, initrd) is checked
+with `qemu_access` first (vacd.qemuaccess, issue 8 item 12), so a file QEMU cannot open
+is a creation failure naming the path, the user and the directory in the way, with the
+usual backoff, rather than "Permission denied" from deep inside libvirt.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Callable, Optional
 from vacd.backends.base import MachineSpec
 from vacd.config import VM_MACHINE_MODELS, Machinetype, Settings
 from vacd.errors import VacError
+from vacd.qemuaccess import SYSTEM_URI
 from vacd.slots import SlotIdentity
 from vacd.store import MachineRecord
 
@@ -32,7 +38,9 @@ def machine_spec(
     identity: SlotIdentity,
     machine_dir: Path,
     fetch_image: Optional[Callable[[str], Path]] = None,
+    qemu_access: Optional[Callable[[Path], None]] = None,
 ) -> MachineSpec:
+    """The spec for `record`; raises VacError if a file is missing or QEMU could not open it."""
     if machinetype.machine_model not in VM_MACHINE_MODELS:
         raise UnsupportedMachineModel(
             f"machinetype {machinetype.name}: machine_model {machinetype.machine_model} is not supported by this "
@@ -52,9 +60,14 @@ def machine_spec(
     root_image = None if root_kernel is not None else locate(machinetype.root_image)
     if root_kernel is None and root_image is None:
         raise VacError(f"machinetype {machinetype.name}: neither root_image nor root_kernel is set")
-    for path in (root_kernel, root_image, locate(machinetype.root_initrd)):
+    root_initrd = locate(machinetype.root_initrd)
+    for path in (root_kernel, root_image, root_initrd):
         if path is not None and not path.is_file():
             raise VacError(f"machinetype {machinetype.name}: {path} does not exist")
+    if qemu_access is not None and SYSTEM_URI.fullmatch(settings.libvirt_uri):
+        for path in (root_kernel, root_image, root_initrd):
+            if path is not None:
+                qemu_access(path)
     disk_gb = machinetype.disk_gb_per_processor or settings.disk_gb_per_processor or DEFAULT_DISK_GB_PER_PROCESSOR
     return MachineSpec(
         name=record.name,
@@ -69,7 +82,7 @@ def machine_spec(
         machine_model="cernvm3" if machinetype.machine_model == "cernvm4" else machinetype.machine_model,
         root_image=root_image,
         root_kernel=root_kernel,
-        root_initrd=locate(machinetype.root_initrd),
+        root_initrd=root_initrd,
         kernel_command_line=machinetype.kernel_command_line,
         root_device=machinetype.root_device,
         scratch_device=machinetype.scratch_device,

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Optional
 
 from vacd.config import Config, Machinetype, VacuumPipe
 from vacd.configini import Findings, InvalidValue, Location, OptionSource, SectionReader, to_number
-from vacd.configparse import MACHINETYPE_NAME, OPTION_NAME_SUFFIX, read_machinetype
+from vacd.configparse import MACHINETYPE_NAME, MAX_TARGET_SHARE, OPTION_NAME_SUFFIX, read_machinetype
 from vacd.errors import ConfigProblem
 
 DEFAULT_CACHE_SECONDS = 3600
@@ -68,7 +68,8 @@ def _entry_share(entry: Mapping[str, Any]) -> Optional[float]:
         share = float(value) if isinstance(value, (int, float)) else to_number(str(value))
     except (InvalidValue, OverflowError):
         return None
-    return share if math.isfinite(share) and share >= 0 else None
+    # Bounded as [machinetype] target_share is: the shares are summed (issue 8 item 9).
+    return share if math.isfinite(share) and 0 <= share <= MAX_TARGET_SHARE else None
 
 
 def _as_text(value: Any) -> Optional[str]:

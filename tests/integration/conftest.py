@@ -4,7 +4,8 @@ Rules:
 - libvirtd is started if needed (tools/libvirtd-up). If it cannot be reached the tests FAIL,
   unless VAC_ALLOW_VM_SKIP=1 is set (a developer machine without libvirt): CI must never
   skip VM tests silently.
-- The test guest is built once and cached (tests/guest/build-guest).
+- The test guest is built once and cached (tests/guest/build-guest) where QEMU can read it;
+  the session fails naming the path and the user if QEMU could not.
 - Every test factory on the host shares the one `vac_169.254.0.0` network, made for
   TEST_FACTORY_NAME with TEST_NUM_SLOTS slots so that all tests want the same network and
   none replaces it under another's guests. A network this session created is removed at
@@ -31,6 +32,7 @@ from vacd.backends.libvirt import LibvirtBackend
 from vacd.hypervisor import DomainTypeChoice, decide_domain_type
 from vacd.network import NETWORK_NAME, ensure_guest_network
 from vacd.paths import Paths
+from vacd.qemuaccess import NotReadableByQemu, check_readable_by_qemu, host_qemu_identity
 from vacd.slots import slot_identity
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -99,7 +101,17 @@ def test_guest() -> TestGuest:
     if completed.returncode != 0:
         pytest.fail(f"tests/guest/build-guest failed: {completed.stderr.strip()}", pytrace=False)
     built = json.loads(completed.stdout)
-    return TestGuest(Path(built["kernel"]), Path(built["initrd"]), built["cmdline"])
+    guest = TestGuest(Path(built["kernel"]), Path(built["initrd"]), built["cmdline"])
+    # As vacd does before each creation (issue 8 item 12): a guest QEMU cannot open (a
+    # VAC_GUEST_CACHE under a mode-700 home) fails here by name, not as 7 "Failed to start".
+    identity = host_qemu_identity()
+    if identity is not None:
+        for path in (guest.kernel, guest.initrd):
+            try:
+                check_readable_by_qemu(path, identity)
+            except NotReadableByQemu as error:
+                pytest.fail(f"the test guest is not usable: {error}", pytrace=False)
+    return guest
 
 
 @pytest.fixture(scope="session")

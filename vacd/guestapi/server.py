@@ -15,12 +15,19 @@ Rules (behaviour reference §1.2, §6; design rule 6):
   listening, the last tick of its supervisor, so a quiet server is not mistaken for a dead
   one (§11: Vac's HTTP heartbeats went stale without traffic). `counters` counts
   responses by (part, path class, status).
+- File descriptors (issue 8 item 11): unless told otherwise, the server holds at most
+  `vacd.fdlimit.guest_connection_cap` connections, which leaves the factory its share of
+  the process's limit. If accept() still fails for want of descriptors (EMFILE, ENFILE),
+  asyncio stops accepting on that socket for a second and retries; the server logs that
+  once per RESOURCE_LOG_SECONDS with the count of failures in between, not once per
+  failure with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
 import logging
 import socket
 import time
@@ -32,6 +39,7 @@ from functools import partial
 from typing import Callable, Optional, Sequence, Union
 
 from vacd.config import Settings
+from vacd.fdlimit import current_fd_limit, guest_connection_cap
 from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
 from vacd.guestapi.features import features_response, upload_name
 from vacd.guestapi.guest import GuestMachine
@@ -55,6 +63,11 @@ LISTEN_BACKLOG = 1024
 # Upload bodies are held in memory until written; this bounds them across all guests.
 MAX_UPLOAD_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 MAX_CACHED_SOURCES = 4096
+# The message asyncio's accept loop reports EMFILE, ENFILE, ENOBUFS and ENOMEM with (then it
+# pauses that listener for a second, asyncio.constants.ACCEPT_RETRY_DELAY).
+ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+RESOURCE_LOG_SECONDS = 60.0
 # Linux <netinet/in.h>; the socket module gained the name only in Python 3.12.
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 
@@ -79,7 +92,7 @@ class GuestApiServer:
         mjf_addresses: Sequence[str] = (GATEWAY_ADDRESS,),
         port: int = 80,
         source_to_ordinal: Optional[Callable[[str], Optional[int]]] = None,
-        limits: ConnectionLimits = ConnectionLimits(),
+        limits: Optional[ConnectionLimits] = None,
         executor: Optional[Executor] = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -87,7 +100,9 @@ class GuestApiServer:
         self.store = store
         self.settings_provider = settings_provider
         self.port = port
-        self.limits = limits
+        self.fd_limit = current_fd_limit()
+        # Derived from the limit when the server is built, after vacd raised it at start.
+        self.limits = limits or ConnectionLimits(max_connections=guest_connection_cap(self.fd_limit))
         self.executor = executor
         self.clock = clock
         self.source_to_ordinal = source_to_ordinal or default_source_to_ordinal
@@ -109,10 +124,20 @@ class GuestApiServer:
         self._head_cache = HeadCache()
         self._date_second = -1
         self._date_text = ""
+        self._previous_exception_handler: Optional[Callable[..., object]] = None
+        self._exception_handler_installed = False
+        self.accept_resource_failures = 0
+        self._resource_failures_unlogged = 0
+        self._next_resource_log = 0.0
 
     # Lifecycle
     async def start(self) -> None:
         """Bind every address that can be bound now; keep retrying the others."""
+        loop = asyncio.get_running_loop()
+        self._previous_exception_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_exception)
+        self._exception_handler_installed = True
+        log.info("guest server connection cap=%s fd_limit=%s", self.limits.max_connections, self.fd_limit)
         for part, address in self._wanted:
             await self._try_bind(part, address)
         now = self.clock()
@@ -141,6 +166,30 @@ class GuestApiServer:
             connection.close_now()
         for server in servers:
             await server.wait_closed()
+        if self._exception_handler_installed:
+            asyncio.get_running_loop().set_exception_handler(self._previous_exception_handler)
+            self._exception_handler_installed = False
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        """Rate-limit asyncio's accept() resource failures; hand everything else on."""
+        error = context.get("exception")
+        if context.get("message") == ACCEPT_OUT_OF_RESOURCES and isinstance(error, OSError) \
+                and error.errno in _RESOURCE_ERRNOS:
+            self.accept_resource_failures += 1
+            self._resource_failures_unlogged += 1
+            now = time.monotonic()
+            if now >= self._next_resource_log:
+                log.warning("guest server cannot accept, out of resources: accepting paused for 1s "
+                            "error=%s failures=%s connections=%s cap=%s fd_limit=%s next_report_in=%.0fs",
+                            error.strerror or error, self._resource_failures_unlogged, self._connection_count,
+                            self.limits.max_connections, self.fd_limit, RESOURCE_LOG_SECONDS)
+                self._resource_failures_unlogged = 0
+                self._next_resource_log = now + RESOURCE_LOG_SECONDS
+            return
+        if self._previous_exception_handler is not None:
+            self._previous_exception_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     # ConnectionHandler
     def admit(self, source: str) -> bool:
