@@ -239,6 +239,12 @@ class Store:
     def begin_creation(self, record: MachineRecord) -> Path:
         """Create MD and bind the slot to it; called before any backend action.
 
+        The slot is bound before machine.json is written: a kill between the two then leaves
+        a binding to a directory without a record, which reads as a free slot. The other
+        order left a record that no slot pointed at, so no pass ever finalised it and
+        housekeeping (which keeps unfinished machines) never removed it (found by
+        tests/vacd/test_crash_restart.py, issue 8).
+
         Raises:
             MachineDirectoryExists: MD exists already (a machine of this slot was created in
                 the same second); nothing was written. Try again with a later created_time.
@@ -252,12 +258,12 @@ class Store:
             raise MachineDirectoryExists(directory) from error
         for subdirectory in ("machinefeatures", "jobfeatures", "joboutputs"):
             (directory / subdirectory).mkdir(mode=0o755, exist_ok=True)
-        write_atomic(directory / RECORD_FILE, record.to_json())
         self.paths.slots_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(
             self.paths.slots_dir / record.name,
             f"{record.created_time} {record.machinetype} {record.machine_model}\n",
         )
+        write_atomic(directory / RECORD_FILE, record.to_json())
         return directory
 
     def mark_started(self, record: MachineRecord, now: int) -> None:

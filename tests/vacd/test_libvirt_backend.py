@@ -273,3 +273,31 @@ def test_command_runner_reports_argv_exit_code_and_stderr() -> None:
     assert raised.value.argv[:2] == ("qemu-img", "info")
     assert raised.value.returncode != 0
     assert "nonexistent" in raised.value.stderr_tail
+
+
+def test_connection_closed_by_libvirt_is_replaced_and_events_are_registered_again(
+    backend: LibvirtBackend, tmp_path: Path
+) -> None:
+    """A libvirtd restart closes the connection (issue 8): the next call reconnects, and events flow again."""
+    woken: list[str] = []
+    event = threading.Event()
+
+    def wake(name: str) -> None:
+        woken.append(name)
+        event.set()
+
+    backend.watch(wake)
+    first = make_spec(tmp_path, ordinal=1)
+    backend.create(first)
+    assert event.wait(EVENT_WAIT_SECONDS)
+    # libvirt calls this from its event thread when libvirtd goes away (VIR_CONNECT_CLOSE_REASON_EOF);
+    # the test driver never closes on its own, so the test says it did.
+    backend._on_connection_closed(backend._connection, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)
+    # A private test driver's machines belong to its connection: a new connection starts empty.
+    assert names(backend) == []
+    event.clear()
+    woken.clear()
+    second = make_spec(tmp_path, ordinal=2)
+    backend.create(second)
+    assert event.wait(EVENT_WAIT_SECONDS)
+    assert set(woken) == {second.name}

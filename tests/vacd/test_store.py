@@ -341,3 +341,37 @@ def test_bound_directories_are_the_slots_current_machines(tmp_path: Path) -> Non
     assert store.bound_directories() == {new, other}
     assert old not in store.bound_directories()
     assert stat.S_ISDIR(os.stat(old).st_mode)
+
+
+class KilledHere(BaseException):
+    """Stands for a SIGKILL at one write: nothing after it runs."""
+
+
+@pytest.mark.parametrize("killed_at_write", [0, 1])
+def test_a_kill_inside_begin_creation_leaves_no_record_that_its_slot_does_not_point_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_at_write: int
+) -> None:
+    # Patched in vacd.store: the one seam through which begin_creation writes its two files.
+    import vacd.store
+
+    real_write_atomic = vacd.store.write_atomic
+    writes: list[Path] = []
+
+    def write_until_killed(path: Path, content: object, mode: int = 0o644) -> None:
+        if len(writes) == killed_at_write:
+            raise KilledHere()
+        writes.append(Path(path))
+        real_write_atomic(path, content, mode)  # type: ignore[arg-type]
+
+    store = Store(Paths(tmp_path))
+    store.begin_creation(record(created=900))
+    store.finish(record(created=900), finish(950))
+    monkeypatch.setattr(vacd.store, "write_atomic", write_until_killed)
+    with pytest.raises(KilledHere):
+        store.begin_creation(record(created=1000))
+    monkeypatch.undo()
+    bound = store.slot_binding("f1-03.example.com")
+    for directory in store.all_machine_dirs():
+        stored = store.load_machine(directory)
+        if stored is not None and not stored.has_finished:
+            assert bound is not None and bound.directory == directory, f"{directory.name} is a record no slot holds"
