@@ -9,6 +9,11 @@ Rules (behaviour reference §4.4, §3.5):
   off (acceptance 22). Vac 03 meant to do this but its code never ran (§3.5 [BUG]).
 - The factory's own messages are the 700 texts below: Vac's two heartbeat messages and
   Vcycle's three others (Appendix B), so every machine the factory stops says why.
+- Only the payload's verdict is an abort (issue 9 item 2). The endings the factory itself
+  causes, `FACTORY_ENDINGS` (the wallclock limit, the site's shutdown_time, a creation that
+  failed or that vacd's own death cut short), keep their text for the admin but never back
+  the space off: Vac 03 wrote no message for them, and Vcycle counts only 300-699. A
+  stale or missing heartbeat stays an abort: it is the payload's failure, as in Vac 03.
 - What a guest writes to `joboutputs/shutdown_message` is bytes until
   `parse_shutdown_message` has made it a `ShutdownMessage`; that is the one place the rule
   lives (issue 8 item 2, docs/guest-interface.md "Outcomes").
@@ -30,6 +35,8 @@ FAILED_TO_START = "700 Failed to start"
 
 # The lowest code that makes the space back off (§4.4).
 FIRST_ABORT_CODE = 300
+# The factory's verdicts on machines that were not the payload's to judge (issue 9 item 2).
+FACTORY_ENDINGS = frozenset({EXCEEDED_WALLCLOCK, PASSED_SHUTDOWN_TIME, FAILED_TO_START})
 # Vac 03 kept the first 200 characters of the message's first line (§3.4, §3.5).
 MAX_SHUTDOWN_MESSAGE_CHARS = 200
 # At most this much of the file is read: 200 characters are at most 800 bytes of UTF-8,
@@ -68,7 +75,7 @@ class ShutdownMessage:
 
     @property
     def is_abort(self) -> bool:
-        return self.code is not None and self.code >= FIRST_ABORT_CODE
+        return self.code is not None and self.code >= FIRST_ABORT_CODE and self.text not in FACTORY_ENDINGS
 
 
 def parse_shutdown_message(raw: bytes) -> Optional[ShutdownMessage]:
@@ -118,9 +125,14 @@ def _is_control(character: str) -> bool:
 
 
 def is_abort(shutdown_message: Optional[str]) -> bool:
-    """True if the message's code is 300 or more (acceptance 21)."""
+    """True if the message's code is 300 or more (acceptance 21) and it is the payload's verdict."""
     code = shutdown_code(shutdown_message)
-    return code is not None and code >= FIRST_ABORT_CODE
+    return code is not None and code >= FIRST_ABORT_CODE and not is_factory_ending(shutdown_message)
+
+
+def is_factory_ending(shutdown_message: Optional[str]) -> bool:
+    """True for the endings the factory causes itself, which never back the space off."""
+    return shutdown_message is not None and shutdown_message.strip() in FACTORY_ENDINGS
 
 
 def fizzle_message(seconds: int) -> str:

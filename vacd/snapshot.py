@@ -18,6 +18,7 @@ import psutil
 
 from vacd import MANAGER_VERSION
 from vacd.factory import PassReport, RunningTotals, SlotStatus
+from vacd.outcomes import is_factory_ending
 from vacd.paths import Paths
 from vacquery.messages import FactoryStatus, MachineState, MachineStatus, MachinetypeStatus, Snapshot
 
@@ -146,7 +147,9 @@ def build_snapshot(report: PassReport, host: HostFacts, heartbeats: Mapping[str,
             machinetype=local.machinetype,
             running_hs06=local.running_hs06,
             num_before_fizzle=local.num_before_fizzle,
-            shutdown_message=_first_line(local.shutdown_message),
+            # Peers running Vac 03 back off on any code >= 300: an ending the factory caused is
+            # published as Vac 03 published it, with no message (issue 9 item 2).
+            shutdown_message=None if is_factory_ending(local.shutdown_message) else _first_line(local.shutdown_message),
             shutdown_time=local.shutdown_time,
             shutdown_machine=local.shutdown_machine,
             running_machines=running.get(local.machinetype, idle).machines,

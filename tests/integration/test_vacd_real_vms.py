@@ -95,7 +95,11 @@ backoff_seconds = 5
         machines = self.prefix / "var/lib/vac/machines"
         found = []
         for directory in sorted(machines.glob("*")):
-            record = json.loads((directory / "machine.json").read_text())
+            try:
+                record = json.loads((directory / "machine.json").read_text())
+            except FileNotFoundError:
+                continue  # being created: the directory and the slot binding come first
+
             finished = directory / "finished"
             record["finished"] = json.loads(finished.read_text()) if finished.exists() else None
             found.append(record)
