@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MACHINE_MODELS = ("cernvm3", "cernvm4", "vm-raw", "docker", "singularity")
 VM_MACHINE_MODELS = ("cernvm3", "cernvm4", "vm-raw")
 HYPERVISORS = ("auto", "kvm", "qemu")
+# How a payload's verdicts back a machinetype off (vacd.scheduler.last_abort_times, issue 9 item 3).
+ABORT_RULES = ("failure_rate", "vac03")
 # The destinations vacd/logconfig.py implements (journal: syslog socket read by journald;
 # stderr: running in the foreground).
 LOG_DESTINATIONS = ("file", "syslog", "journal", "stderr")
@@ -159,6 +161,9 @@ class Settings:
     cycle_seconds: float = 30.0
     # False replays Vac 03's loop (a pass only every cycle_seconds); for comparison benchmarks.
     wake_on_events: bool = True
+    # "failure_rate": 300-699 back off at once, 700 and more only when they are most outcomes;
+    # "vac03": any payload verdict of 300 or more backs off at once (Vac 03's rule, §4.4).
+    abort_rule: str = "failure_rate"
     shutdown_grace_seconds: int = 30
     vacquery_port: int = 995
     vacquery_bind_address: str = "0.0.0.0"

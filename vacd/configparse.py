@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from vacd.config import (HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
+from vacd.config import (ABORT_RULES, HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
                          Config, FactoryAddress, Machinetype, Settings, VacuumPipe)
 from vacd.configini import (Findings, InvalidValue, Location, OptionSource, RawConfig, SectionReader,
                             read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
@@ -296,6 +296,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         cycle_seconds=reader.get("cycle_seconds", 30.0, partial(to_number, minimum=MIN_CYCLE_SECONDS,
                                                                 maximum=MAX_CYCLE_SECONDS)),
         wake_on_events=reader.get("wake_on_events", True, to_boolean),
+        abort_rule=reader.get("abort_rule", "failure_rate", partial(to_choice, choices=ABORT_RULES)),
         shutdown_grace_seconds=reader.get("shutdown_grace_seconds", 30,
                                           partial(to_integer, minimum=0, maximum=MAX_SHUTDOWN_GRACE_SECONDS)),
         vacquery_port=reader.get("vacquery_port", 995, _to_port),

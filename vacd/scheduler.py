@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Protocol, Sequence
 
 from vacd.config import Machinetype, Settings
-from vacd.outcomes import is_abort
+from vacd.outcomes import is_abort, shutdown_code
 
 # Fraction of the machine's processors that may run before the load gate applies (§4.1).
 OVERLOAD_MIN_RUNNING_PROCESSORS = 4
@@ -122,13 +122,45 @@ class SchedulerInput:
     disk_problem: Optional[str] = None
 
 
-def last_abort_times(reports: Sequence[MachinetypeReport]) -> dict[str, int]:
-    """The latest abort time per machinetype anywhere in the space (§4.2)."""
+# A payload's verdict of 700 or more says it failed, not that there is no work: Vcycle counts
+# only 300-699 as "no work". Alone such failures back off no one; once they are at least half
+# of a machinetype's recent outcomes across the space, it has no usable work and backs off
+# (issue 9 item 3; 5 % of payloads failing skewed shares by 7.7 % under Vac 03's rule).
+FIRST_FAILURE_CODE = 700
+FAILURE_RATE_WINDOW_SECONDS = 3600
+FAILURE_RATE_THRESHOLD = 0.5
+
+
+def last_abort_times(
+    reports: Sequence[MachinetypeReport], now: Optional[int] = None, rule: str = "vac03"
+) -> dict[str, int]:
+    """The latest abort time per machinetype anywhere in the space (§4.2), under `rule`.
+
+    "vac03": every payload verdict of 300 or more is an abort at once (§4.4). "failure_rate":
+    300-699 are aborts at once; 700 and more count only while they are at least
+    FAILURE_RATE_THRESHOLD of the machinetype's outcomes (each factory's latest) of the last
+    FAILURE_RATE_WINDOW_SECONDS, and then from the latest of them.
+    """
     last_abort: dict[str, int] = {}
+    outcomes: dict[str, int] = {}
+    failures: dict[str, list[int]] = {}
     for report in reports:
-        if report.shutdown_time is not None and is_abort(report.shutdown_message):
-            previous = last_abort.get(report.machinetype, report.shutdown_time)
-            last_abort[report.machinetype] = max(previous, report.shutdown_time)
+        if report.shutdown_time is None:
+            continue
+        if rule == "failure_rate" and now is not None and report.shutdown_time >= now - FAILURE_RATE_WINDOW_SECONDS:
+            outcomes[report.machinetype] = outcomes.get(report.machinetype, 0) + 1
+        if not is_abort(report.shutdown_message):
+            continue
+        code = shutdown_code(report.shutdown_message)
+        if rule == "failure_rate" and code is not None and code >= FIRST_FAILURE_CODE:
+            if now is None or report.shutdown_time >= now - FAILURE_RATE_WINDOW_SECONDS:
+                failures.setdefault(report.machinetype, []).append(report.shutdown_time)
+            continue
+        previous = last_abort.get(report.machinetype, report.shutdown_time)
+        last_abort[report.machinetype] = max(previous, report.shutdown_time)
+    for machinetype, times in failures.items():
+        if len(times) >= FAILURE_RATE_THRESHOLD * max(1, outcomes.get(machinetype, 0)):
+            last_abort[machinetype] = max(last_abort.get(machinetype, max(times)), max(times))
     return last_abort
 
 
@@ -208,7 +240,7 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
             score_terms[report.machinetype].append(report.running_hs06 / share)
             before_fizzle[report.machinetype] += report.num_before_fizzle
     type_score = {name: math.fsum(terms) for name, terms in score_terms.items()}
-    last_abort = last_abort_times(state.reports)
+    last_abort = last_abort_times(state.reports, state.now, settings.abort_rule)
 
     backoff_until: dict[str, int] = {}
     for name, machinetype in machinetypes.items():
