@@ -18,8 +18,10 @@ Rules (design.md rule 3, style.md §3):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import math
 import random
 import threading
 import uuid as uuid_module
@@ -242,6 +244,8 @@ class Factory:
         self._last_good_config: Optional[Config] = initial_config
         self._configured_slots: Optional[int] = None
         self._reported_config_errors: Optional[str] = None
+        self._last_local_reports: list[MachinetypeReport] = []
+        self._recent_creations: collections.deque[int] = collections.deque()
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
@@ -266,6 +270,9 @@ class Factory:
             self._set_fault("listing", f"cannot list machines: {error}", now)
             report.observe_error = str(error)
             report.slots = [self._status_from_store_contained(settings, ordinal) for ordinal in range(settings.num_machine_slots)]
+            # Peers get the last good report, not an empty one; its age shows in the factory
+            # heartbeat time, which only a completed pass moves (issue 9 item 4).
+            report.local_reports = list(self._last_local_reports)
             report.faults = self._fault_list()
             report.slot_errors = list(self._slot_errors.values())
             return report
@@ -297,6 +304,7 @@ class Factory:
         self._destroy_unbound_zombies(settings, observed, report)
 
         report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
+        self._last_local_reports = list(report.local_reports)
         try:
             self._housekeeping(machinetypes, now)
         except Exception:  # boundary: old directories wait for the next round, the pass goes on
@@ -312,9 +320,13 @@ class Factory:
             self._clear_fault("disk")
         with self._lock:
             creation_failure_until = {name: until for name, (_, until) in self._creation_failures.items()}
+        creations_allowed, next_creation_time = self._creations_allowed(settings, now)
+        if next_creation_time is not None:
+            wake_times.append(next_creation_time)
         local_state = SchedulerInput(
             now=now,
-            settings=settings,
+            # max_creations_per_cycle holds per cycle_seconds, not per event-woken pass (item 4).
+            settings=dataclasses.replace(settings, max_creations_per_cycle=max(1, creations_allowed)),
             machinetypes=machinetypes,
             slots=slot_views,
             reports=report.local_reports,
@@ -323,7 +335,11 @@ class Factory:
             draining=self.is_draining(),
             creation_failure_until=creation_failure_until,
             disk_problem=disk_problem,
-            blocked_by=self._creation_blocked_by(),
+            blocked_by=self._creation_blocked_by() or (
+                None if creations_allowed > 0 else
+                f"max_creations_per_cycle ({settings.max_creations_per_cycle}) reached in the last "
+                f"{settings.cycle_seconds:g}s; next at {next_creation_time}"
+            ),
         )
         peer_reports: Sequence[MachinetypeReport] = ()
         running_processors = sum(view.processors for view in slot_views if not view.is_free)
@@ -344,7 +360,14 @@ class Factory:
         report.decisions = decisions
         self._log_backoff_changes(decisions.outlook.backoff_until, now)
         for create in decisions.creates:
-            self._start_creation(settings, machinetypes[create.machinetype], create, now)
+            started = self._start_creation(settings, machinetypes[create.machinetype], create, now)
+            if started is not None:
+                self._recent_creations.append(now)
+                self._show_creation(report, started)
+        if decisions.creates:
+            # Peers learn of this pass's creations (and probes) from this pass's report (item 4).
+            report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
+            self._last_local_reports = list(report.local_reports)
         for until in decisions.outlook.backoff_until.values():
             wake_times.append(until + 1)
         wake_times.extend(error.retry_at for error in self._slot_errors.values())
@@ -353,6 +376,26 @@ class Factory:
         report.faults = self._fault_list()
         report.slot_errors = list(self._slot_errors.values())
         return report
+
+    def _creations_allowed(self, settings: Settings, now: int) -> tuple[int, Optional[int]]:
+        """How many creations the last cycle_seconds leave, and when the next one frees up."""
+        window_start = now - settings.cycle_seconds
+        while self._recent_creations and self._recent_creations[0] <= window_start:
+            self._recent_creations.popleft()
+        allowed = settings.max_creations_per_cycle - len(self._recent_creations)
+        if allowed > 0 or not self._recent_creations:
+            return max(0, allowed), None
+        return 0, int(math.ceil(self._recent_creations[0] + settings.cycle_seconds))
+
+    def _show_creation(self, report: PassReport, record: MachineRecord) -> None:
+        """The slot of a machine this pass started creating, as Starting, in the published report."""
+        stored = self.store.slot_binding(record.name)
+        if stored is None:
+            return
+        for index, slot in enumerate(report.slots):
+            if slot.identity.machine_name == record.name:
+                report.slots[index] = SlotStatus(slot.identity, "Starting", stored)
+                return
 
     def _log_backoff_changes(self, backoff_until: Mapping[str, int], now: int) -> None:
         """One line when a machinetype's backoff starts or moves, and one when it ends."""
@@ -803,7 +846,10 @@ class Factory:
         return now
 
     # ------------------------------------------------------------------ creating and destroying
-    def _start_creation(self, settings: Settings, machinetype: Machinetype, create: Create, now: int) -> None:
+    def _start_creation(
+        self, settings: Settings, machinetype: Machinetype, create: Create, now: int
+    ) -> Optional[MachineRecord]:
+        """Write the record and hand the creation to the pool; the record, or None if it failed at once."""
         identity = slot_identity(settings.factory_name, create.ordinal)
         hs06_per_processor = settings.hs06_per_processor or 1.0
         record = MachineRecord(
@@ -826,7 +872,7 @@ class Factory:
         if running is not None:
             # The scheduler never sees such a slot as free; this guards the invariant (item 5).
             log.error("not creating name=%s: a %s is still in flight for it", record.name, running)
-            return
+            return None
         try:
             # A machine directory is never reused (issue 8 item 10): a slot re-created within
             # the second of its last creation takes the next second in Vac's name (§1.4).
@@ -840,7 +886,7 @@ class Factory:
                     record = dataclasses.replace(record, created_time=record.created_time + 1)
         except Exception as error:  # boundary (step "create"): one machine's failure stays its own
             self._creation_failed(record, now, error)
-            return
+            return None
         log.info(
             "creating machine name=%s slot=%d machinetype=%s processors=%d shutdown_time=%d%s",
             record.name,
@@ -859,6 +905,7 @@ class Factory:
             )
         else:
             self._submit(self._create_in_background, record, settings, machinetype, identity, None)
+        return record
 
     def _submit(self, function: Callable[..., None], *arguments: object) -> None:
         """Run `function` on the pool, tracked so wait_for_background_work waits for all of it."""

@@ -116,10 +116,17 @@ def test_idle_factory_fills_every_slot_in_one_pass(tmp_path: Path) -> None:
         assert stored is not None and stored.has_started
 
 
-def test_creations_per_pass_are_capped_by_max_creations_per_cycle(tmp_path: Path) -> None:
+def test_creations_are_capped_by_max_creations_per_cycle_seconds_not_per_pass(tmp_path: Path) -> None:
     harness = Harness(tmp_path, make_settings(max_creations_per_cycle=1), make_machinetype(tmp_path, "atlas"))
     harness.run_pass()
     assert harness.backend.created_names() == ["f1-00.example.com"]
+    harness.clock.advance(1)
+    report = harness.run_pass()  # woken early (an event): the cycle's one creation is spent
+    assert harness.backend.created_names() == ["f1-00.example.com"]
+    assert report.decisions is not None and report.decisions.outlook.gate is not None
+    assert report.decisions.outlook.gate.startswith("max_creations_per_cycle (1) reached")
+    assert report.next_wake_seconds == 29
+    harness.clock.advance(29)
     harness.run_pass()
     assert harness.backend.created_names() == ["f1-00.example.com", "f1-01.example.com"]
 

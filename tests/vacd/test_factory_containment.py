@@ -264,9 +264,7 @@ def test_bad_reload_keeps_policing_finalising_and_accounting_under_the_last_good
     harness.config.broken = None
     report = harness.run_pass()
     assert report.faults == [] and report.config_error is None
-    assert report.decisions is not None and report.decisions.outlook.gate is None
-    harness.clock.advance(3600)  # past the backoff that the 700 endings started
-    report = harness.run_pass()
+    # The wallclock endings were the factory's, not aborts: the slots refill at once.
     assert report.decisions is not None and len(report.decisions.creates) == 4
 
 
