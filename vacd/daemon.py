@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence, TextIO
 
 from vacd import MANAGER_VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
-from vacd.errors import ConfigErrors, VacError
+from vacd.errors import ConfigErrors, VacError, VacqueryError
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.fdlimit import raise_fd_limit
@@ -653,7 +653,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGUSR1, lambda *_: daemon.factory.wake("SIGUSR1") if daemon.factory else None)
     try:
         return daemon.run()
-    except VacError as error:
+    except (VacError, VacqueryError) as error:  # VacqueryError: an unreadable vacquery_key_file
         log.error("vacd stopped: %s", error)
         print(f"vacd: {error}", file=sys.stderr)
         return 1

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+# vacquery has its own base (it imports nothing from vacd, issue 9 item 1): code here that
+# calls into vacquery catches `VacqueryError` beside `VacError` (a bad site key file at start).
+from vacquery.errors import VacqueryError as VacqueryError
+
 
 class VacError(Exception):
     """Base of every error vacd raises on purpose."""

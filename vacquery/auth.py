@@ -39,7 +39,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from vacd.errors import VacError
+from vacquery.errors import AuthRejected as AuthRejected  # re-exported, as before the split
+from vacquery.errors import KeyFileError as KeyFileError
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +66,6 @@ class AuthMode(str, Enum):
 
     REQUIRED = "required"
     OPTIONAL = "optional"
-
-
-class AuthRejected(VacError):
-    """A datagram failed authentication; `reason` is the counter name."""
-
-    def __init__(self, peer: str, reason: str) -> None:
-        self.peer = peer
-        self.reason = reason
-        super().__init__(f"datagram from {peer} rejected: {reason}")
-
-
-class KeyFileError(VacError):
-    """The site key file is missing, unreadable or too short."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from vacd.errors import VacError
+from vacquery.errors import MalformedDatagram as MalformedDatagram  # re-exported: callers catch it from here
 from vacquery.messages import (
     QUERY_CLASSES,
     STATUS_CLASSES,
@@ -55,15 +55,6 @@ MAX_COOKIE_CHARS = 128
 _MAX_INT = 2**63
 # What `stamp` adds to a status body: message_type, the longest cookie, time_sent, braces.
 _STAMP_OVERHEAD_BYTES = 100 + MAX_COOKIE_CHARS
-
-
-class MalformedDatagram(VacError):
-    """A peer sent bytes that are not a valid VacQuery message: log, count and drop."""
-
-    def __init__(self, peer: str, reason: str) -> None:
-        self.peer = peer
-        self.reason = reason
-        super().__init__(f"malformed datagram from {peer}: {reason}")
 
 
 # Field kinds. Each converter takes a JSON value (never None) and returns the Python value

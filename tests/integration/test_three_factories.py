@@ -191,7 +191,7 @@ def test_space_reaches_shares_and_honours_an_abort_everywhere_at_50_percent_loss
 
 def vac(factory: Factory, *arguments: str) -> str:
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))
-    result = subprocess.run([sys.executable, "-m", "vacquery.cli", "--prefix", str(factory.prefix), *arguments],
+    result = subprocess.run([sys.executable, "-m", "vacd.cli", "--prefix", str(factory.prefix), *arguments],
                             capture_output=True, text=True, env=environment, cwd=REPOSITORY, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout

@@ -537,6 +537,9 @@ def test_rpmbuild_makes_vac_and_vac_command_from_the_source_tarball(built_packag
         assert any(line == path or line.startswith(path + ".") for line in command), path
     assert any(line.endswith("/site-packages/vacd/daemon.py") for line in command)
     assert any(line.endswith("/site-packages/vacquery/cli.py") for line in command)
+    # The `vac` entry point and its local verbs are vacd's since issue 9 item 1.
+    assert any(line.endswith("/site-packages/vacd/cli.py") for line in command)
+    assert any(line.endswith("/site-packages/vacd/localcommands.py") for line in command)
     assert not vac & command - {"/usr/share/doc"}
 
 
