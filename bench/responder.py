@@ -26,7 +26,7 @@ from typing import Optional, Union
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vacquery.auth import AuthMode, Authenticator  # noqa: E402
+from vacquery.auth import AuthMode, Authenticator, Scope  # noqa: E402
 from vacquery.codec import encode, encode_snapshot  # noqa: E402
 from vacquery.messages import (  # noqa: E402
     FactoryQuery,
@@ -85,7 +85,7 @@ def pure_rate(kind: str, seconds: float, with_auth: bool) -> tuple[float, int]:
         server = Authenticator(KEY, AuthMode.REQUIRED, nonce_source=os.urandom)
         client = Authenticator(KEY, AuthMode.REQUIRED, nonce_source=os.urandom)
         # Distinct nonces: the replay cache would refuse a repeated request.
-        requests = [client.sign(request, time.time()) for _ in range(200_000)]
+        requests = [client.sign(request, time.time(), Scope.query_to(FACTORY, SPACE)) for _ in range(200_000)]
     trusted = frozenset(["127.0.0.1"])
     answered, replies = 0, 0
     started = time.perf_counter()

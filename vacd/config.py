@@ -167,7 +167,8 @@ class Settings:
     shutdown_grace_seconds: int = 30
     vacquery_port: int = 995
     vacquery_bind_address: str = "0.0.0.0"
-    vacquery_key_file: Optional[str] = None
+    # One or more key files: the first signs, all are accepted (a key rotation, issue 9 item 6).
+    vacquery_key_file: tuple[str, ...] = ()
     vacquery_auth: str = "required"
     metrics_address: Optional[str] = None
     joboutputs_quota_bytes: int = 100 * 1024 * 1024

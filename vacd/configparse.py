@@ -57,6 +57,9 @@ MAX_OVERLOAD_PER_PROCESSOR = 1000.0
 MAX_TARGET_SHARE = 1e12
 MAX_VERSION_LOGGER = 86400
 MAX_JOBOUTPUTS_QUOTA_BYTES = 1 << 40
+# A rotation needs the current key and the one before it; each more key is one more HMAC
+# per unrecognised datagram.
+MAX_VACQUERY_KEYS = 2
 
 MACHINETYPE_NAME = re.compile(r"[a-z0-9-]+")
 OPTION_NAME_SUFFIX = re.compile(r"[a-z0-9_]+")
@@ -133,6 +136,15 @@ def _to_host_port(text: str) -> Optional[str]:
         raise InvalidValue(f"expected host:port (or [address]:port), got {word!r}")
     _to_port(port)
     return word
+
+
+def _to_key_files(text: str) -> tuple[str, ...]:
+    """One or more absolute paths, the current key's first (a rotation holds two, issue 9 item 6)."""
+    key_files = tuple(dict.fromkeys(to_absolute_path(word) for word in text.split()))
+    if len(key_files) > MAX_VACQUERY_KEYS:
+        raise InvalidValue(f"expected at most {MAX_VACQUERY_KEYS} key files (the current key and the previous "
+                           f"one), got {len(key_files)}")
+    return key_files
 
 
 def _to_vacmon_hostports(text: str) -> tuple[str, ...]:
@@ -301,7 +313,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                           partial(to_integer, minimum=0, maximum=MAX_SHUTDOWN_GRACE_SECONDS)),
         vacquery_port=reader.get("vacquery_port", 995, _to_port),
         vacquery_bind_address=reader.get("vacquery_bind_address", "0.0.0.0", _to_ip_address),
-        vacquery_key_file=reader.get("vacquery_key_file", None, to_absolute_path),
+        vacquery_key_file=reader.get("vacquery_key_file", (), _to_key_files),
         vacquery_auth=reader.get("vacquery_auth", "required", partial(to_choice, choices=VACQUERY_AUTH_MODES)),
         metrics_address=reader.get("metrics_address", None, _to_host_port),
         joboutputs_quota_bytes=reader.get("joboutputs_quota_bytes", 100 * 1024 * 1024,

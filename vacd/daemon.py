@@ -203,6 +203,8 @@ class Daemon:
         self.responder: Optional[Any] = None
         self.responder_transport: Optional[Any] = None
         self.peer_census: Optional[Any] = None
+        self.responder_auth: Optional[Any] = None  # ReloadableAuthenticators (vacquery.auth)
+        self.census_auth: Optional[Any] = None
         self.vacmon: Optional[Any] = None
         self.services: Optional[ServiceLoop] = None
         self.images: Optional[Any] = None
@@ -313,12 +315,15 @@ class Daemon:
         """The VacQuery responder, the census of peers, and VacMon (§3, §7.2)."""
         from vacd.peers import PeerCensus, PeerResolver
         from vacd.vacmon import VacmonSender
-        from vacquery.auth import authenticator_from_settings
+        from vacquery.auth import ReloadableAuthenticator
         from vacquery.transport import ResponderProtocol, start_responder
 
         loss = injected_datagram_loss()
         # Two authenticators: each keeps its own replay state and is used from one thread.
-        self.responder = ResponderProtocol(authenticator=authenticator_from_settings(settings), loss=loss)
+        # Each pass rebuilds them if the key or vacquery_auth changed (_follow_auth_settings).
+        self.responder_auth = ReloadableAuthenticator(settings)
+        self.census_auth = ReloadableAuthenticator(settings)
+        self.responder = ResponderProtocol(authenticator=self.responder_auth.current, loss=loss)
         try:
             self.responder_transport = services.call(
                 start_responder(settings.vacquery_bind_address, settings.vacquery_port, self.responder)
@@ -329,7 +334,7 @@ class Daemon:
                 f"{error.strerror or error} (vacquery_bind_address, vacquery_port in [settings])"
             ) from error
         if settings.factories:
-            self.peer_census = PeerCensus(PeerResolver(), authenticator_from_settings(settings), loss=loss)
+            self.peer_census = PeerCensus(PeerResolver(), self.census_auth.current, loss=loss)
         if settings.vacmon_hostport:
             self.vacmon = VacmonSender(settings.vacmon_hostport)
 
@@ -484,6 +489,11 @@ class Daemon:
             wait_seconds = min(wait_seconds, report.next_wake_seconds)
         factory.wake_event.wait(wait_seconds)
 
+    def _follow_auth_settings(self, settings: Settings) -> None:
+        """The key and vacquery_auth follow a reload, as vacd(8) says every edit does (issue 9 item 6)."""
+        _swap_authenticator(self.responder_auth, self.responder, settings)
+        _swap_authenticator(self.census_auth, self.peer_census, settings)
+
     def _publish(self, factory: Factory, report: PassReport) -> None:
         """Status file, heartbeats, the responder's snapshot, VacMon and metrics, after each pass."""
         from vacd.snapshot import build_snapshot, machine_status, read_host_facts
@@ -534,6 +544,7 @@ class Daemon:
         if report.settings is None:
             return  # no configuration ever known to this pass: nothing to tell peers or VacMon
         snapshot = build_snapshot(report, read_host_facts(self.paths), heartbeats)
+        self._follow_auth_settings(report.settings)
         if self.responder is not None:
             self.responder.publish(snapshot)
             if self.peer_census is not None:
@@ -563,6 +574,12 @@ class Daemon:
                     if new > 0:
                         self.metrics.datagram("query", outcome, new)
                     self._responder_counts_seen[outcome] = count
+
+
+def _swap_authenticator(follower: Optional[Any], user: Optional[Any], settings: Settings) -> None:
+    """Give `user` (responder or census) the Authenticator `follower` rebuilt, if the settings changed it."""
+    if follower is not None and user is not None and follower.follow(settings):
+        user.authenticator = follower.current
 
 
 def warn_if_factory_renamed(paths: Paths, factory_name: str) -> None:

@@ -310,6 +310,11 @@ class EncodedSnapshot:
     def space(self) -> str:
         return self.snapshot.space
 
+    @property
+    def factory(self) -> str:
+        """The factory's own name: what a signed query must be addressed to (vacquery.auth.Scope)."""
+        return self.snapshot.factory.factory
+
 
 def encode_snapshot(snapshot: Snapshot) -> EncodedSnapshot:
     """Encode a published snapshot once; the responder stamps cookie and time per reply."""

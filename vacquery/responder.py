@@ -12,7 +12,14 @@ request carry the same time_sent; an unknown message type is ignored.
 
 Amplification bound (fixing §11: a 200-byte spoofable request drew numMachineSlots x
 ~900 bytes). The rule, per request, by who is asking:
-1. Authenticated (valid site-key tag, see `vacquery.auth`): answered in full.
+1. Authenticated (a valid site-key tag made for this factory and space, see
+   `vacquery.auth`): answered in full up to AUTHENTICATED_MAX_REPLY_BYTES_PER_REQUEST
+   (4 MiB, all a census can use: it reads at most 4,096 statuses of under 1 KiB from one
+   factory), charged to a per-source bucket of its own (`ReplyBudget.authenticated`,
+   default 8 MiB burst and 512 KiB/s). A key holder is a site factory, but a looping or
+   misconfigured one must not draw without limit either (issue 9 item 6); the bucket is
+   apart from the unauthenticated ones, so a flood of unsigned requests cannot starve the
+   site's own census.
 2. `vacquery_auth = required` and unauthenticated: no reply at all (0 bytes).
 3. Otherwise unauthenticated (no key configured, or `optional`):
    a. from a stranger (an address that is not one of the space's factories): the reply
@@ -27,7 +34,8 @@ Amplification bound (fixing §11: a 200-byte spoofable request drew numMachineSl
       one (`ReplyBudget`, defaults: 256 KiB burst and 32 KiB/s per source, 8 MiB burst
       and 2 MiB/s in total); what the buckets cannot cover is not sent.
 So one unauthenticated request never draws more than max(10 x its size, the per-source
-burst) bytes, and one source never more than its refill rate, from one responder.
+burst) bytes, one authenticated request never more than 4 MiB, and one source never more
+than its refill rate, from one responder.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import AbstractSet, Optional, Union
 
-from vacquery.auth import AuthRejected, Authenticator
+from vacquery.auth import AuthRejected, Authenticator, Scope
 from vacquery.codec import EncodedSnapshot, MalformedDatagram, decode_query, encode_snapshot, stamp_all
 from vacquery.messages import REPLY_TYPE, Snapshot
 
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 # client may pad to 1024. Twice that leaves room without inviting large requests.
 MAX_REQUEST_BYTES = 2048
 UNAUTHENTICATED_AMPLIFICATION_RATIO = 10
+# Rule 1 of the docstring: what a census can read from one factory (client.py's
+# MAX_EXPECTED_PER_FACTORY statuses, each well under 1 KiB).
+AUTHENTICATED_MAX_REPLY_BYTES_PER_REQUEST = 4 * 1024 * 1024
 
 
 class TokenBuckets:
@@ -78,18 +89,29 @@ class TokenBuckets:
 
 @dataclass
 class ReplyBudget:
-    """The bytes unauthenticated requests may draw: per source and responder-wide."""
+    """The bytes requests may draw: unauthenticated per source and responder-wide, authenticated per source."""
 
     per_source: TokenBuckets = field(default_factory=lambda: TokenBuckets(32 * 1024, 256 * 1024))
     total: TokenBuckets = field(default_factory=lambda: TokenBuckets(2 * 1024 * 1024, 8 * 1024 * 1024))
+    # A census asks each peer once per pass for a few KB; `vac machines` draws a 64-slot
+    # factory's 53 KB: 512 KiB/s leaves room for both many times over.
+    authenticated: TokenBuckets = field(default_factory=lambda: TokenBuckets(512 * 1024, 8 * 1024 * 1024))
+    authenticated_per_request_bytes: int = AUTHENTICATED_MAX_REPLY_BYTES_PER_REQUEST
 
     def grant(self, source: str, wanted: int, now: float) -> float:
-        """How many of `wanted` bytes may be sent now (not yet charged)."""
+        """How many of `wanted` bytes an unauthenticated request may be sent now (not yet charged)."""
         return max(0.0, min(wanted, self.per_source.available(source, now), self.total.available("*", now)))
 
     def charge(self, source: str, spent: int, now: float) -> None:
         self.per_source.take(source, spent, now)
         self.total.take("*", spent, now)
+
+    def grant_authenticated(self, source: str, wanted: int, now: float) -> float:
+        """How many of `wanted` bytes an authenticated request may be sent now (not yet charged)."""
+        return max(0.0, min(wanted, self.authenticated_per_request_bytes, self.authenticated.available(source, now)))
+
+    def charge_authenticated(self, source: str, spent: int, now: float) -> None:
+        self.authenticated.take(source, spent, now)
 
 
 def respond(
@@ -113,9 +135,11 @@ def respond(
         tally["oversized_request"] += 1
         return []
     is_authenticated = False
+    encoded = snapshot if isinstance(snapshot, EncodedSnapshot) else encode_snapshot(snapshot)
     if authenticator is not None:
         try:
-            verified = authenticator.verify(request, now, source)
+            # A tag counts only if it was made for this factory and space (issue 9 item 6).
+            verified = authenticator.verify(request, now, Scope.query_to(encoded.factory, encoded.space), source)
         except AuthRejected as rejection:
             tally[f"auth_{rejection.reason}"] += 1
             return []
@@ -126,7 +150,6 @@ def respond(
         tally["malformed"] += 1
         log.debug("dropped request peer=%s reason=%s", source, error.reason)
         return []
-    encoded = snapshot if isinstance(snapshot, EncodedSnapshot) else encode_snapshot(snapshot)
     if query.space != encoded.space:
         tally["wrong_space"] += 1
         return []
@@ -135,9 +158,18 @@ def respond(
     reply_type = REPLY_TYPE[query.message_type]
     replies = stamp_all(reply_type, encoded.bodies[query.message_type], query.cookie, time_sent)
     if authenticator is not None:
-        replies = authenticator.sign_all(replies, now)
+        replies = authenticator.sign_all(replies, now, Scope.reply_in(encoded.space))
 
-    if not is_authenticated:
+    if is_authenticated:
+        limit = float(min(sum(len(reply) for reply in replies), AUTHENTICATED_MAX_REPLY_BYTES_PER_REQUEST))
+        if budget is not None:
+            limit = budget.grant_authenticated(source, int(limit), now)
+        replies = _within(replies, limit)
+        if len(replies) < len(encoded.bodies[query.message_type]):
+            tally["replies_capped"] += 1
+        if budget is not None and replies:
+            budget.charge_authenticated(source, sum(len(reply) for reply in replies), now)
+    else:
         # In required mode verify() has already refused unauthenticated requests (rule 2).
         limit = float(sum(len(reply) for reply in replies))
         if source not in trusted_sources and not is_loopback(source):

@@ -3,8 +3,8 @@
 Two drivers around the sans-I/O core:
 - `run_census(census, sockets, addresses, port=...)`: a blocking loop (selectors) for the
   factory's pass (run it in a worker thread) and for the `vac` command. It signs what it
-  sends and verifies what it receives when given an `Authenticator`, so the census
-  itself never sees auth trailers.
+  sends (each query for the factory it is sent to) and verifies what it receives when
+  given an `Authenticator`, so the census itself never sees auth trailers.
 - `ResponderProtocol`: an asyncio DatagramProtocol answering with `responder.respond`
   from the last published snapshot, bound by `start_responder` to
   `[settings] vacquery_bind_address`:`vacquery_port` (`::` listens on IPv6 and IPv4).
@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from typing import Any, AbstractSet, Callable, Mapping, Optional, Sequence
 
-from vacquery.auth import AuthRejected, Authenticator
+from vacquery.auth import AuthRejected, Authenticator, Scope
 from vacquery.client import Census, CensusResult
 from vacquery.codec import MAX_DATAGRAM_BYTES, EncodedSnapshot, encode_snapshot
 from vacquery.messages import Snapshot
@@ -149,7 +149,8 @@ def run_census(
                 if loss is not None and loss.drops():
                     sent_per_factory[name] += 1
                     continue
-                _send(name, datagram, sockets, addresses, port, authenticator, wall_clock, sent_per_factory, tally)
+                _send(name, datagram, census.space, sockets, addresses, port, authenticator, wall_clock,
+                      sent_per_factory, tally)
             if census.done:
                 break
             timeout = max(0.0, census.next_wakeup - monotonic())
@@ -163,6 +164,7 @@ def run_census(
 def _send(
     name: str,
     datagram: bytes,
+    space: str,
     sockets: CensusSockets,
     addresses: Mapping[str, Sequence[str]],
     port: int,
@@ -178,7 +180,8 @@ def _send(
     host = hosts[sent_per_factory[name] % len(hosts)]
     sent_per_factory[name] += 1
     if authenticator is not None:
-        datagram = authenticator.sign(datagram, wall_clock())
+        # Bound to the factory it is for: captured, it draws nothing from the others (issue 9 item 6).
+        datagram = authenticator.sign(datagram, wall_clock(), Scope.query_to(name, space))
     try:
         sockets.for_family(_family_of(host)).sendto(datagram, (host, port))
     except OSError as error:
@@ -208,7 +211,7 @@ def _drain(
         host = source_host(address)
         if authenticator is not None:
             try:
-                data = authenticator.verify(data, wall_clock(), host).body
+                data = authenticator.verify(data, wall_clock(), Scope.reply_in(census.space), host).body
             except AuthRejected as rejection:
                 tally[f"auth_{rejection.reason}"] += 1
                 continue
@@ -216,7 +219,11 @@ def _drain(
 
 
 class ResponderProtocol(asyncio.DatagramProtocol):
-    """Answers VacQuery requests from the snapshot the factory last published."""
+    """Answers VacQuery requests from the snapshot the factory last published.
+
+    `authenticator` may be replaced from another thread when a reload changes the key or
+    the mode (vacd's `_follow_auth_settings`): one attribute assignment, as for `publish`.
+    """
 
     def __init__(
         self,

@@ -360,7 +360,7 @@ def test_new_settings_options_are_parsed() -> None:
             settings.shutdown_grace_seconds, settings.vacquery_port, settings.vacquery_bind_address,
             settings.vacquery_key_file, settings.metrics_address, settings.joboutputs_quota_bytes,
             settings.metadata_port, settings.log_destination, settings.vacquery_auth) == (
-        "qemu", "test:///default", 2, 2.5, 0, 0, "127.0.0.1", "/etc/vac/key", "[::1]:9100", 0, 8080, "syslog",
+        "qemu", "test:///default", 2, 2.5, 0, 0, "127.0.0.1", ("/etc/vac/key",), "[::1]:9100", 0, 8080, "syslog",
         "optional")
     assert parse(SETTINGS + "metrics_address =\n").settings.metrics_address is None
     assert parse(SETTINGS + "metrics_address = :9100\n").settings.metrics_address == ":9100"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.vacquery.sample_statuses import SPACE, factory_status, machine_status, machinetype_status
-from vacquery.auth import Authenticator
+from vacquery.auth import Authenticator, Scope
 from vacquery.codec import (
     MAX_DATAGRAM_BYTES,
     QUERY_PAD_BYTES,
@@ -102,7 +102,7 @@ def test_padded_queries_decode_to_the_same_query(query: Any, pad_to: int) -> Non
 def test_our_padded_and_signed_query_fits_what_a_vac03_responder_reads() -> None:
     signer = Authenticator(b"k" * 32, nonce_source=lambda size: b"\x01" * size)
     query = encode_query(MachinetypesQuery(SPACE, "ab" * 32, "Vac 04.00.00a1 vacd-factory"), QUERY_PAD_BYTES)
-    assert len(query) == QUERY_PAD_BYTES and len(signer.sign(query, 1_700_000_000)) <= 1024
+    assert len(query) == QUERY_PAD_BYTES and len(signer.sign(query, 1_700_000_000, Scope.query_to("f1.example.com", SPACE))) <= 1024
 
 
 @given(garbage=st.binary(max_size=2048))

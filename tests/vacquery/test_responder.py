@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.vacquery.sample_statuses import SPACE, snapshot
-from vacquery.auth import AuthMode, Authenticator
+from vacquery.auth import AuthMode, Authenticator, Scope
 from vacquery.codec import QUERY_PAD_BYTES, decode_reply, encode, encode_query, encode_snapshot
 from vacquery.messages import FactoryQuery, MachinesQuery, MachinetypesQuery, MachineStatus
 from vacquery.responder import (
@@ -29,6 +29,8 @@ SNAPSHOT = snapshot(FACTORY, slots=8, machinetypes=("lhcb", "atlas", "cms"))
 ENCODED = encode_snapshot(SNAPSHOT)
 COOKIE = "ab" * 32
 KEY = b"0123456789abcdef0123456789abcdef"
+TO_FACTORY = Scope.query_to(FACTORY, SPACE)
+REPLY = Scope.reply_in(SPACE)
 
 
 def ask(request: bytes, **options: Any) -> list[bytes]:
@@ -158,10 +160,10 @@ def test_required_auth_gives_unauthenticated_requests_nothing() -> None:
 def test_authenticated_stranger_gets_every_reply_signed() -> None:
     client = authenticator(AuthMode.REQUIRED, 1)
     server = authenticator(AuthMode.REQUIRED, 2)
-    request = client.sign(encode(MachinesQuery(SPACE, COOKIE)), NOW)
+    request = client.sign(encode(MachinesQuery(SPACE, COOKIE)), NOW, TO_FACTORY)
     replies = respond(request, "203.0.113.9", ENCODED, NOW, authenticator=server)
     assert len(replies) == 8
-    verified = [client.verify(reply, NOW) for reply in replies]
+    verified = [client.verify(reply, NOW, REPLY) for reply in replies]
     assert all(item.is_authenticated for item in verified)
     assert {decode_reply(item.body).cookie for item in verified} == {COOKIE}
 
@@ -170,12 +172,12 @@ def test_optional_auth_answers_vac03_peers_and_signs_the_replies() -> None:
     server = authenticator(AuthMode.OPTIONAL, 2)
     replies = ask(encode(MachinetypesQuery(SPACE, COOKIE)), authenticator=server)
     assert len(replies) == 3
-    assert all(json.loads(reply)["vacquery_auth"].startswith("1.") for reply in replies)
+    assert all(json.loads(reply)["vacquery_auth"].startswith("2.") for reply in replies)
 
 
 def test_replayed_authenticated_request_gets_no_second_answer() -> None:
     client, server = authenticator(AuthMode.REQUIRED, 1), authenticator(AuthMode.REQUIRED, 2)
-    request = client.sign(encode(FactoryQuery(SPACE, COOKIE)), NOW)
+    request = client.sign(encode(FactoryQuery(SPACE, COOKIE)), NOW, TO_FACTORY)
     counters: Counter[str] = Counter()
     assert len(respond(request, PEER, ENCODED, NOW, authenticator=server, counters=counters)) == 1
     assert respond(request, PEER, ENCODED, NOW + 1, authenticator=server, counters=counters) == []
