@@ -571,9 +571,11 @@ class Daemon:
             if self.responder is not None:
                 for outcome, count in list(self.responder.counters.items()):
                     new = count - self._responder_counts_seen.get(outcome, 0)
-                    if new > 0:
-                        self.metrics.datagram("query", outcome, new)
                     self._responder_counts_seen[outcome] = count
+                    # The responder's tally holds the answered beside the refused: only a
+                    # refusal is a drop; a capped answer was still answered.
+                    if new > 0 and outcome != "replies_capped":
+                        self.metrics.datagram("query", "accepted" if outcome == "answered" else outcome, new)
 
 
 def _swap_authenticator(follower: Optional[Any], user: Optional[Any], settings: Settings) -> None:
