@@ -15,6 +15,9 @@ Rules:
   pass spends at most `budget_seconds` resolving, so a dead DNS server cannot stall passes.
 - The census deadline defaults to udp_timeout_seconds / 5 (2 s): the census never
   takes longer than one of Vac's silent rounds (§3.7), where Vac took at least that.
+- Peers the last censuses heard answer fast are remembered (`next_fast_peers`); every
+  other peer, slow, silent or new, is asked at most Vac's 6 times per census (issue 9
+  item 5), so a Vac 03 responder that forks per datagram is not flooded.
 - `factories` entries must be the peers' own FQDNs (as in Vac, §3.7): a reply whose
   `factory` differs from the name asked is discarded by the census.
 """
@@ -36,7 +39,7 @@ from vacd import MANAGER_VERSION
 from vacd.config import FactoryAddress, Machinetype, Settings
 from vacd.scheduler import MachinetypeReport
 from vacquery.auth import Authenticator
-from vacquery.client import Census, CensusResult
+from vacquery.client import Census, CensusResult, next_fast_peers
 from vacquery.messages import MachinetypeStatus, MessageType
 from vacquery.transport import InjectedLoss, CensusSockets, run_census
 
@@ -254,6 +257,9 @@ class PeerCensus:
         self._daemon_version = f"{MANAGER_VERSION} {client_name}"
         self._smoothed_rtt: Optional[float] = None
         self._silent: frozenset[str] = frozenset()
+        # Peers heard answering within the retransmission ceiling: only they get more than
+        # Vac's 6 queries a census (vacquery/client.py; issue 9 item 5).
+        self._fast_peers: frozenset[str] = frozenset()
         self.last_outcome: Optional[PeerCensusOutcome] = None
         # Addresses of the space's factories, for the responder's amplification rule 3b.
         self.trusted_hosts: frozenset[str] = frozenset()
@@ -285,6 +291,7 @@ class PeerCensus:
             salt=self._salt_source(),
             daemon_version=self._daemon_version,
             initial_rtt_seconds=self._smoothed_rtt,
+            fast_peers=self._fast_peers,
         )
         with CensusSockets() as sockets:
             result = run_census(
@@ -300,6 +307,7 @@ class PeerCensus:
         if result.smoothed_rtt_seconds is not None:
             self._smoothed_rtt = result.smoothed_rtt_seconds
         silent = frozenset(result.silent)
+        self._fast_peers = next_fast_peers(self._fast_peers, result)
         if silent != self._silent:
             # Logged on change only: an idle pass logs nothing (style guide, Logging).
             log.info("census silent peers changed silent=%s of=%s names=%s", len(silent), len(peers),
