@@ -20,6 +20,11 @@ Rules:
   item 5), so a Vac 03 responder that forks per datagram is not flooded.
 - `factories` entries must be the peers' own FQDNs (as in Vac, §3.7): a reply whose
   `factory` differs from the name asked is discarded by the census.
+- The responder's trusted sources (the space's factory addresses, amplification rule 3b
+  of vacquery/responder.py) come from `trusted_hosts_for(settings)`, which re-resolves
+  every TRUSTED_REFRESH_SECONDS and when `factories` changes, census or not: a full or
+  draining factory runs no census, yet must answer its Vac 03 peers in full (issue 9
+  item 4; they were given 3 of 6 statuses, forever).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ RETRY_AFTER_FAILURE_SECONDS = 30
 STALE_GRACE_SECONDS = 6 * 3600
 LOOKUP_LIFETIME_SECONDS = 2.0
 RESOLVE_BUDGET_SECONDS = 3.0
+# How often the responder's trusted sources are re-resolved when no census does it.
+TRUSTED_REFRESH_SECONDS = 300.0
 
 
 class LookupFailed(Exception):
@@ -247,8 +254,10 @@ class PeerCensus:
         wall_clock: Callable[[], float] = time.time,
         client_name: str = "vacd-factory",
         loss: Optional[InjectedLoss] = None,
+        trusted_refresh_seconds: float = TRUSTED_REFRESH_SECONDS,
     ) -> None:
         self.resolver = resolver
+        self.trusted_refresh_seconds = trusted_refresh_seconds
         self.loss = loss
         self.authenticator = authenticator
         self._salt_source = salt_source
@@ -263,6 +272,32 @@ class PeerCensus:
         self.last_outcome: Optional[PeerCensusOutcome] = None
         # Addresses of the space's factories, for the responder's amplification rule 3b.
         self.trusted_hosts: frozenset[str] = frozenset()
+        self._trusted_resolved_at: Optional[float] = None
+        self._trusted_for: tuple[FactoryAddress, ...] = ()
+
+    def trusted_hosts_for(self, settings: Settings) -> frozenset[str]:
+        """The space's factory addresses, resolved afresh when due (call it after each pass).
+
+        Due at the first call, `trusted_refresh_seconds` after the last resolution (by this
+        or by a census), and whenever `factories` changed; otherwise the last set, at no cost.
+        """
+        now = self._monotonic()
+        factories = tuple(settings.factories)
+        if (self._trusted_resolved_at is not None and factories == self._trusted_for
+                and now - self._trusted_resolved_at < self.trusted_refresh_seconds):
+            return self.trusted_hosts
+        self._set_trusted(self.resolver.resolve(settings.factories), factories, now)
+        return self.trusted_hosts
+
+    def _set_trusted(self, resolved: Sequence[ResolvedPeer], factories: tuple[FactoryAddress, ...], now: float) -> None:
+        trusted = frozenset(address for peer in resolved for address in peer.addresses)
+        if trusted != self.trusted_hosts:
+            log.info("trusted factory addresses changed count=%d added=%s removed=%s", len(trusted),
+                     ",".join(sorted(trusted - self.trusted_hosts)[:10]),
+                     ",".join(sorted(self.trusted_hosts - trusted)[:10]))
+        self.trusted_hosts = trusted
+        self._trusted_resolved_at = now
+        self._trusted_for = factories
 
     def peer_reports(
         self, settings: Settings, machinetypes: Mapping[str, Machinetype], now: int
@@ -313,7 +348,7 @@ class PeerCensus:
             log.info("census silent peers changed silent=%s of=%s names=%s", len(silent), len(peers),
                      ",".join(sorted(silent)[:10]))
             self._silent = silent
-        self.trusted_hosts = frozenset(address for peer in resolved for address in peer.addresses)
+        self._set_trusted(resolved, tuple(settings.factories), self._monotonic())
         outcome = PeerCensusOutcome(result, tuple(reports_from(result)), unresolved, stale, self.trusted_hosts)
         self.last_outcome = outcome
         return outcome
