@@ -23,6 +23,7 @@ SYSCONFDIR      ?= /etc
 LOCALSTATEDIR   ?= /var
 UNITDIR         ?= $(PREFIX)/lib/systemd/system
 INITDIR         ?= $(SYSCONFDIR)/rc.d/init.d
+SYSCTLDIR       ?= $(PREFIX)/lib/sysctl.d
 STATEDIR        ?= $(LOCALSTATEDIR)/lib/vac
 # Where the vacd and vacquery packages go; RPM builds pass %{python3_sitelib}.
 PYTHON_SITELIB  ?= $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("purelib", "posix_prefix", {"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))')
@@ -106,6 +107,8 @@ else
 endif
 	install -D -m 0644 etc/sysconfig/vacd "$(DESTDIR)$(SYSCONFDIR)/sysconfig/vacd"
 	install -D -m 0644 etc/logrotate.d/vacd "$(DESTDIR)$(SYSCONFDIR)/logrotate.d/vacd"
+	# Read by systemd-sysctl at boot and by %post; an admin overrides it in /etc/sysctl.d.
+	install -D -m 0644 etc/sysctl.d/90-vac-vacquery.conf "$(DESTDIR)$(SYSCTLDIR)/90-vac-vacquery.conf"
 	install -D -m 0644 etc/vac-ssmsend-prod.cfg "$(DESTDIR)$(SYSCONFDIR)/apel/vac-ssmsend-prod.cfg"
 	install -D -m 0644 etc/squid.conf.vac "$(DESTDIR)$(SYSCONFDIR)/squid/squid.conf.vac"
 	install -d -m 0755 "$(DESTDIR)$(SYSCONFDIR)/vac.d"

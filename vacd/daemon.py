@@ -548,7 +548,9 @@ class Daemon:
         if self.responder is not None:
             self.responder.publish(snapshot)
             if self.peer_census is not None:
-                self.responder.set_trusted_sources(self.peer_census.trusted_hosts)
+                # On its own timer, not the census's: a full or draining factory runs no
+                # census and must still answer its peers in full (issue 9 item 4).
+                self.responder.set_trusted_sources(self.peer_census.trusted_hosts_for(report.settings))
         if self.vacmon is not None:
             # Cookie "0" marks unsolicited statuses (§7.2); a finished machine is reported
             # as it really ended, "Shut down" with its message (Vac sent "Running", [BUG]).

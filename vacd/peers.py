@@ -15,8 +15,16 @@ Rules:
   pass spends at most `budget_seconds` resolving, so a dead DNS server cannot stall passes.
 - The census deadline defaults to udp_timeout_seconds / 5 (2 s): the census never
   takes longer than one of Vac's silent rounds (§3.7), where Vac took at least that.
+- Peers the last censuses heard answer fast are remembered (`next_fast_peers`); every
+  other peer, slow, silent or new, is asked at most Vac's 6 times per census (issue 9
+  item 5), so a Vac 03 responder that forks per datagram is not flooded.
 - `factories` entries must be the peers' own FQDNs (as in Vac, §3.7): a reply whose
   `factory` differs from the name asked is discarded by the census.
+- The responder's trusted sources (the space's factory addresses, amplification rule 3b
+  of vacquery/responder.py) come from `trusted_hosts_for(settings)`, which re-resolves
+  every TRUSTED_REFRESH_SECONDS and when `factories` changes, census or not: a full or
+  draining factory runs no census, yet must answer its Vac 03 peers in full (issue 9
+  item 4; they were given 3 of 6 statuses, forever).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from vacd import MANAGER_VERSION
 from vacd.config import FactoryAddress, Machinetype, Settings
 from vacd.scheduler import MachinetypeReport
 from vacquery.auth import Authenticator
-from vacquery.client import Census, CensusResult
+from vacquery.client import Census, CensusResult, next_fast_peers
 from vacquery.messages import MachinetypeStatus, MessageType
 from vacquery.transport import InjectedLoss, CensusSockets, run_census
 
@@ -48,6 +56,8 @@ RETRY_AFTER_FAILURE_SECONDS = 30
 STALE_GRACE_SECONDS = 6 * 3600
 LOOKUP_LIFETIME_SECONDS = 2.0
 RESOLVE_BUDGET_SECONDS = 3.0
+# How often the responder's trusted sources are re-resolved when no census does it.
+TRUSTED_REFRESH_SECONDS = 300.0
 
 
 class LookupFailed(Exception):
@@ -244,8 +254,10 @@ class PeerCensus:
         wall_clock: Callable[[], float] = time.time,
         client_name: str = "vacd-factory",
         loss: Optional[InjectedLoss] = None,
+        trusted_refresh_seconds: float = TRUSTED_REFRESH_SECONDS,
     ) -> None:
         self.resolver = resolver
+        self.trusted_refresh_seconds = trusted_refresh_seconds
         self.loss = loss
         self.authenticator = authenticator
         self._salt_source = salt_source
@@ -254,9 +266,38 @@ class PeerCensus:
         self._daemon_version = f"{MANAGER_VERSION} {client_name}"
         self._smoothed_rtt: Optional[float] = None
         self._silent: frozenset[str] = frozenset()
+        # Peers heard answering within the retransmission ceiling: only they get more than
+        # Vac's 6 queries a census (vacquery/client.py; issue 9 item 5).
+        self._fast_peers: frozenset[str] = frozenset()
         self.last_outcome: Optional[PeerCensusOutcome] = None
         # Addresses of the space's factories, for the responder's amplification rule 3b.
         self.trusted_hosts: frozenset[str] = frozenset()
+        self._trusted_resolved_at: Optional[float] = None
+        self._trusted_for: tuple[FactoryAddress, ...] = ()
+
+    def trusted_hosts_for(self, settings: Settings) -> frozenset[str]:
+        """The space's factory addresses, resolved afresh when due (call it after each pass).
+
+        Due at the first call, `trusted_refresh_seconds` after the last resolution (by this
+        or by a census), and whenever `factories` changed; otherwise the last set, at no cost.
+        """
+        now = self._monotonic()
+        factories = tuple(settings.factories)
+        if (self._trusted_resolved_at is not None and factories == self._trusted_for
+                and now - self._trusted_resolved_at < self.trusted_refresh_seconds):
+            return self.trusted_hosts
+        self._set_trusted(self.resolver.resolve(settings.factories), factories, now)
+        return self.trusted_hosts
+
+    def _set_trusted(self, resolved: Sequence[ResolvedPeer], factories: tuple[FactoryAddress, ...], now: float) -> None:
+        trusted = frozenset(address for peer in resolved for address in peer.addresses)
+        if trusted != self.trusted_hosts:
+            log.info("trusted factory addresses changed count=%d added=%s removed=%s", len(trusted),
+                     ",".join(sorted(trusted - self.trusted_hosts)[:10]),
+                     ",".join(sorted(self.trusted_hosts - trusted)[:10]))
+        self.trusted_hosts = trusted
+        self._trusted_resolved_at = now
+        self._trusted_for = factories
 
     def peer_reports(
         self, settings: Settings, machinetypes: Mapping[str, Machinetype], now: int
@@ -285,6 +326,7 @@ class PeerCensus:
             salt=self._salt_source(),
             daemon_version=self._daemon_version,
             initial_rtt_seconds=self._smoothed_rtt,
+            fast_peers=self._fast_peers,
         )
         with CensusSockets() as sockets:
             result = run_census(
@@ -300,12 +342,13 @@ class PeerCensus:
         if result.smoothed_rtt_seconds is not None:
             self._smoothed_rtt = result.smoothed_rtt_seconds
         silent = frozenset(result.silent)
+        self._fast_peers = next_fast_peers(self._fast_peers, result)
         if silent != self._silent:
             # Logged on change only: an idle pass logs nothing (style guide, Logging).
             log.info("census silent peers changed silent=%s of=%s names=%s", len(silent), len(peers),
                      ",".join(sorted(silent)[:10]))
             self._silent = silent
-        self.trusted_hosts = frozenset(address for peer in resolved for address in peer.addresses)
+        self._set_trusted(resolved, tuple(settings.factories), self._monotonic())
         outcome = PeerCensusOutcome(result, tuple(reports_from(result)), unresolved, stale, self.trusted_hosts)
         self.last_outcome = outcome
         return outcome

@@ -27,6 +27,15 @@ Changed from Vac 03:
   The smoothed RTT uses only replies to a factory asked once (Karn's rule: a reply to a
   repeated query cannot say which query it answers) and can be carried from the previous
   census (`initial_rtt_seconds`);
+- retransmissions stay within Vac's own rounds for a peer not known to be fast: the
+  driver passes `fast_peers`, the factories an earlier census heard answer within the
+  retransmission ceiling (60 ms), and every other factory (never heard, silent last
+  time, or measured slow, like a Vac 03 responder that forks and re-reads its
+  configuration per datagram) is asked at most VAC_ROUNDS (6) times per census, as Vac
+  asked it (issue 9 item 5). Only known-fast peers get the extra retransmissions that
+  carry a census through 50 % loss; a dead or slow peer costs at most what Vac sent it.
+  `fast_peers=None` (a one-shot census that knows nothing: the `vac` command, benches)
+  treats every factory as fast;
 - queries are padded to 880 bytes, so that a responder that does not know us (no site
   key, not one of its factories) may still answer them in full: it lets an
   unauthenticated request draw 10 x its size (vacquery/responder.py).
@@ -41,13 +50,15 @@ import hashlib
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import AbstractSet, Mapping, Optional, Sequence
 
 from vacquery.codec import QUERY_PAD_BYTES, MalformedDatagram, decode_reply, encode_query
 from vacquery.messages import QUERY_CLASSES, REPLY_TYPE, MachineStatus, MachinetypeStatus, MessageType, Reply, Status
 
 # A peer claiming more slots or machinetypes than this is lying (Vac slots = processors).
 MAX_EXPECTED_PER_FACTORY = 4096
+# Vac 03 asked an incomplete factory at most 6 times per census (§3.7, acceptance 39).
+VAC_ROUNDS = 6
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class RetransmitPolicy:
     backoff: float = 1.5
     max_timeout_seconds: float = 0.06
     smoothing: float = 0.125  # RFC 6298 alpha
+    # Queries per census to a factory not known to answer within max_timeout_seconds.
+    max_attempts_unless_fast: int = VAC_ROUNDS
 
     def timeout(self, smoothed_rtt: float, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th query before sending the next."""
@@ -111,6 +124,11 @@ class CensusResult:
     datagrams_sent: int
     smoothed_rtt_seconds: Optional[float]
     drops: Mapping[str, int] = field(default_factory=dict)
+    # Factories whose first reply came within the retransmission ceiling of the first
+    # query (fast), or later than that after the last query sent before it (slow, for
+    # certain). Neither: not heard, or not telling (a late reply just after a resend).
+    answered_fast: frozenset[str] = frozenset()
+    answered_slow: frozenset[str] = frozenset()
 
     @property
     def factories(self) -> tuple[str, ...]:
@@ -141,20 +159,36 @@ class CensusResult:
         return 1.0 if expected == 0 else self.statuses_heard / expected
 
 
+def next_fast_peers(previous: AbstractSet[str], result: CensusResult) -> frozenset[str]:
+    """The `fast_peers` for the next census, from the last one and what this one measured.
+
+    A peer stays fast until a census finds it silent or certainly slow; a reply that
+    cannot tell (it came just after a resend) changes nothing.
+    """
+    asked = set(result.factories)
+    kept = {name.lower() for name in previous} & asked
+    return frozenset((kept | result.answered_fast) - result.answered_slow - set(result.silent))
+
+
 class _FactoryState:
     """The census's bookkeeping for one factory (mutable, private)."""
 
-    __slots__ = ("name", "cookie", "query", "expected", "replies", "attempts", "last_sent", "is_complete")
+    __slots__ = ("name", "cookie", "query", "expected", "replies", "attempts", "first_sent", "last_sent",
+                 "is_complete", "is_known_fast", "first_reply_bounds")
 
-    def __init__(self, name: str, cookie: str, query: bytes) -> None:
+    def __init__(self, name: str, cookie: str, query: bytes, is_known_fast: bool) -> None:
         self.name = name
         self.cookie = cookie
         self.query = query
         self.expected: Optional[int] = None
         self.replies: dict[str, Reply] = {}
         self.attempts = 0
+        self.first_sent = 0.0
         self.last_sent = 0.0
         self.is_complete = False
+        self.is_known_fast = is_known_fast
+        # (since the last query before it, since the first query): bounds of its response time.
+        self.first_reply_bounds: Optional[tuple[float, float]] = None
 
 
 class Census:
@@ -173,6 +207,7 @@ class Census:
         policy: RetransmitPolicy = RetransmitPolicy(),
         initial_rtt_seconds: Optional[float] = None,
         pad_queries_to: int = QUERY_PAD_BYTES,
+        fast_peers: Optional[AbstractSet[str]] = None,
     ) -> None:
         if kind not in QUERY_CLASSES:
             raise ValueError(f"{kind} is not a query type")
@@ -190,13 +225,15 @@ class Census:
         self._finished: Optional[float] = None
         self._factories: dict[str, _FactoryState] = {}
         query_class = QUERY_CLASSES[kind]
+        fast = None if fast_peers is None else {name.lower() for name in fast_peers}
         for name in factories:
             canonical = name.lower()
             if canonical in self._factories:
                 continue
             cookie = cookie_for(salt, canonical)
             query = query_class(space=space, cookie=cookie, daemon_version=daemon_version)
-            self._factories[canonical] = _FactoryState(canonical, cookie, encode_query(query, pad_queries_to))
+            self._factories[canonical] = _FactoryState(canonical, cookie, encode_query(query, pad_queries_to),
+                                                       is_known_fast=fast is None or canonical in fast)
         self._incomplete = len(self._factories)
         # (due time, sequence, factory); an entry may be early or stale, and is re-checked.
         self._timers: list[tuple[float, int, str]] = [(now, index, name) for index, name in enumerate(self._factories)]
@@ -235,12 +272,16 @@ class Census:
             state = self._factories[name]
             if state.is_complete:
                 continue
+            if not state.is_known_fast and state.attempts >= self.policy.max_attempts_unless_fast:
+                continue  # Vac's rounds are spent: wait for late replies until the deadline
             if state.attempts:
                 actual_due = state.last_sent + self.policy.timeout(rtt, state.attempts)
                 if actual_due > now:
                     self._schedule(actual_due, name)
                     continue
             state.attempts += 1
+            if state.attempts == 1:
+                state.first_sent = now
             state.last_sent = now
             due.append((name, state.query))
             self._schedule(now + self.policy.earliest_timeout(state.attempts), name)
@@ -281,8 +322,10 @@ class Census:
         if key not in state.replies and len(state.replies) >= MAX_EXPECTED_PER_FACTORY:
             self.drops["too_many"] += 1
             return
-        if not state.replies and state.attempts == 1:
-            self._sample_rtt(now - state.last_sent)
+        if not state.replies:
+            state.first_reply_bounds = (now - state.last_sent, now - state.first_sent)
+            if state.attempts == 1:
+                self._sample_rtt(now - state.last_sent)
         state.replies[key] = reply
         state.expected = expected_count(status)
         if not state.is_complete and len(state.replies) >= state.expected:
@@ -316,5 +359,11 @@ class Census:
             datagrams_sent=self.datagrams_sent,
             smoothed_rtt_seconds=self._smoothed_rtt,
             drops=dict(self.drops),
+            answered_fast=frozenset(name for name, state in self._factories.items()
+                                    if state.first_reply_bounds is not None
+                                    and state.first_reply_bounds[1] <= self.policy.max_timeout_seconds),
+            answered_slow=frozenset(name for name, state in self._factories.items()
+                                    if state.first_reply_bounds is not None
+                                    and state.first_reply_bounds[0] > self.policy.max_timeout_seconds),
         )
 

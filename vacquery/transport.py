@@ -10,9 +10,15 @@ Two drivers around the sans-I/O core:
   `[settings] vacquery_bind_address`:`vacquery_port` (`::` listens on IPv6 and IPv4).
 
 Rules: IPv4 and IPv6 alike; every datagram dropped is counted by reason; a failure to
-handle one datagram is logged and counted, never raised into the event loop. Socket
-buffers are asked for 16 MiB as Vac did (§3.1); the kernel caps them at
-net.core.{r,w}mem_max, which we do not raise.
+handle one datagram is logged and counted, never raised into the event loop.
+
+Socket buffers are asked for 16 MiB, the figure Vac used (§3.1): 400 factories answering
+one census at once with 6 statuses each overflow EL9's default 208 KiB receive buffer
+(issue 9 item 5; docs/benchmarks.md, "Census on loopback"). The kernel caps the request
+at net.core.rmem_max / wmem_max. Vac raised those itself; vacd does not change host-wide
+settings behind the admin's back: the packages ship etc/sysctl.d/90-vac-vacquery.conf
+(the RPM's %post and the Puppet module apply it), and what the kernel granted is read
+back and logged, with a warning naming the drop-in when it is less than asked.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import logging
 import random
 import selectors
 import socket
+import sys
 import time
 from collections import Counter
 from typing import Any, AbstractSet, Callable, Mapping, Optional, Sequence
@@ -56,26 +63,58 @@ def _family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
-def _ask_for_big_buffers(sock: socket.socket) -> None:
+# Linux doubles what setsockopt asks for (the other half is its bookkeeping) and reports
+# the doubled figure through getsockopt; socket(7).
+_KERNEL_BUFFER_FACTOR = 2 if sys.platform.startswith("linux") else 1
+_short_buffer_warned: set[str] = set()
+
+
+def size_socket_buffers(sock: socket.socket, role: str, asked: int = SOCKET_BUFFER_BYTES) -> int:
+    """Ask for `asked` bytes of send and receive buffer; return the receive buffer granted.
+
+    The granted size is what getsockopt(SO_RCVBUF) reads back. A grant short of the
+    request is logged as a warning once per `role` (census, responder) and process, then
+    at debug level: the census opens its sockets every pass.
+    """
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+            sock.setsockopt(socket.SOL_SOCKET, option, asked)
         except OSError as error:
             log.debug("cannot size socket buffer option=%s error=%s", option, error)
+    granted = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    if granted < asked * _KERNEL_BUFFER_FACTOR:
+        level = logging.DEBUG if role in _short_buffer_warned else logging.WARNING
+        _short_buffer_warned.add(role)
+        log.log(level, "VacQuery %s socket got a smaller receive buffer than asked asked=%d granted=%d "
+                "(raise net.core.rmem_max, see /usr/lib/sysctl.d/90-vac-vacquery.conf); a census of many "
+                "factories may lose replies", role, asked, granted)
+    else:
+        log.debug("VacQuery %s socket receive buffer asked=%d granted=%d", role, asked, granted)
+    return granted
 
 
 class CensusSockets:
-    """One non-blocking ephemeral UDP socket per address family, opened when first needed."""
+    """One non-blocking ephemeral UDP socket per address family, opened when first needed.
 
-    def __init__(self) -> None:
+    `buffer_bytes` is the send and receive buffer asked for; None leaves the kernel's
+    default (net.core.rmem_default), for benchmarks that compare the two.
+    """
+
+    def __init__(self, buffer_bytes: Optional[int] = SOCKET_BUFFER_BYTES) -> None:
         self._sockets: dict[socket.AddressFamily, socket.socket] = {}
+        self._buffer_bytes = buffer_bytes
+        # What the kernel granted each socket (getsockopt SO_RCVBUF), for logs and benches.
+        self.receive_buffer_bytes: dict[socket.AddressFamily, int] = {}
 
     def for_family(self, family: socket.AddressFamily) -> socket.socket:
         sock = self._sockets.get(family)
         if sock is None:
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
-            _ask_for_big_buffers(sock)
+            if self._buffer_bytes is None:
+                self.receive_buffer_bytes[family] = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+            else:
+                self.receive_buffer_bytes[family] = size_socket_buffers(sock, "census", self._buffer_bytes)
             sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
             self._sockets[family] = sock
         return sock
@@ -291,14 +330,20 @@ class ResponderProtocol(asyncio.DatagramProtocol):
         log.debug("responder socket error error=%s", exc)
 
 
-def open_responder_socket(bind_address: str, port: int) -> socket.socket:
-    """A bound, non-blocking UDP socket; `::` also accepts IPv4 (dual stack)."""
+def open_responder_socket(
+    bind_address: str, port: int, buffer_bytes: Optional[int] = SOCKET_BUFFER_BYTES
+) -> socket.socket:
+    """A bound, non-blocking UDP socket; `::` also accepts IPv4 (dual stack).
+
+    `buffer_bytes` as for `CensusSockets` (None: the kernel's default).
+    """
     family = _family_of(bind_address)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind_address == "::" else 1)
-        _ask_for_big_buffers(sock)
+        if buffer_bytes is not None:
+            size_socket_buffers(sock, "responder", buffer_bytes)
         sock.bind((bind_address, port))
         sock.setblocking(False)
     except OSError:
@@ -308,11 +353,12 @@ def open_responder_socket(bind_address: str, port: int) -> socket.socket:
 
 
 async def start_responder(
-    bind_address: str, port: int, protocol: ResponderProtocol
+    bind_address: str, port: int, protocol: ResponderProtocol, buffer_bytes: Optional[int] = SOCKET_BUFFER_BYTES
 ) -> asyncio.DatagramTransport:
     """Serve `protocol` on bind_address:port; close the returned transport to stop."""
-    sock = open_responder_socket(bind_address, port)
+    sock = open_responder_socket(bind_address, port, buffer_bytes)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-    log.info("VacQuery responder listening address=%s port=%s", bind_address, sock.getsockname()[1])
+    log.info("VacQuery responder listening address=%s port=%s receive_buffer=%d", bind_address,
+             sock.getsockname()[1], sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
     return transport

@@ -11,7 +11,8 @@
 # * A change in either tree reloads vacd (SIGHUP), never restarts it; vacd also re-reads
 #   its configuration on every pass.
 # * Package `vac`; services `libvirtd` and `vacd` (and `ksm`, `ksmtuned` with Vac's KSM
-#   tuning), `vm.overcommit_memory = 1`, a root SSH key pair for `root_public_key`.
+#   tuning), `vm.overcommit_memory = 1`, VacQuery's 16 MiB socket buffer maxima
+#   (`net.core.rmem_max`, `wmem_max`), a root SSH key pair for `root_public_key`.
 # * Optionally: an NRPE command running check-vacd, the APEL certificate and key for
 #   ssmsend, and a local Squid made by `vac squid-conf` with the space's factories as
 #   siblings.
@@ -139,13 +140,19 @@ class vac (
     require      => Package['vac'],
   }
 
-  # Virtual machines get all the memory their processors allow (§10.4).
+  # Virtual machines get all the memory their processors allow (§10.4), and VacQuery
+  # sockets the 16 MiB buffers vacd asks for (§3.1). Applied at once when the file changes.
   file { '/etc/sysctl.d/90-vac.conf':
     ensure  => file,
     owner   => 'root',
     group   => 'root',
     mode    => '0644',
     content => epp('vac/sysctl-vac.conf.epp'),
+  }
+  exec { 'vac-sysctl':
+    command     => '/usr/sbin/sysctl -p /etc/sysctl.d/90-vac.conf',
+    refreshonly => true,
+    subscribe   => File['/etc/sysctl.d/90-vac.conf'],
   }
   exec { 'vac-vm-overcommit-memory':
     command => '/usr/sbin/sysctl -w vm.overcommit_memory=1',
@@ -189,7 +196,7 @@ class vac (
     ensure    => running,
     enable    => true,
     restart   => '/usr/bin/systemctl reload vacd.service',
-    require   => [Package['vac'], Service['libvirtd'], Exec['vac-vm-overcommit-memory']],
+    require   => [Package['vac'], Service['libvirtd'], Exec['vac-vm-overcommit-memory'], Exec['vac-sysctl']],
     subscribe => [File['/etc/vac.d'], File['/var/lib/vac/machinetypes']],
   }
 

@@ -40,8 +40,15 @@ EL9_MACROS = {
     "_localstatedir": "/var",
     "_unitdir": "/usr/lib/systemd/system",
     "_initddir": "/etc/rc.d/init.d",
+    "_sysctldir": "/usr/lib/sysctl.d",
     "python3_sitelib": SITELIB,
 }
+# Parametric macros the scriptlets use, with EL9's definitions (systemd-rpm-macros).
+SYSTEMD_SYSCTL = "/usr/lib/systemd/systemd-sysctl"
+EL9_SCRIPTLET_MACROS = {
+    "sysctl_apply": f"[ -x {SYSTEMD_SYSCTL} ] && {SYSTEMD_SYSCTL} {{arguments}} || :",
+}
+SYSCTL_DROP_IN = REPOSITORY / "etc/sysctl.d/90-vac-vacquery.conf"
 SECTION = re.compile(r"%(package|description|prep|build|install|check|post|preun|postun|files|changelog)\b")
 
 
@@ -242,7 +249,13 @@ def test_state_tree_and_version_file_follow_paths(tmp_path: Path) -> None:
 
 def scriptlet(name: str, with_systemd: bool = True, sysconfdir: str = "/etc") -> str:
     macros = dict(EL9_MACROS, _sysconfdir=sysconfdir)
-    return expand("\n".join(spec_sections(with_systemd)[name]), macros)
+    lines = []
+    for line in spec_sections(with_systemd)[name]:
+        call = re.fullmatch(r"\s*%(\w+)\s+(.*)", line)
+        if call is not None and call.group(1) in EL9_SCRIPTLET_MACROS:
+            line = EL9_SCRIPTLET_MACROS[call.group(1)].format(arguments=call.group(2))
+        lines.append(line)
+    return expand("\n".join(lines), macros)
 
 
 def run_scriptlet(body: str, argument: int, tmp_path: Path) -> list[str]:
@@ -309,6 +322,46 @@ def test_preun_removes_the_cron_file_on_erase_only(tmp_path: Path) -> None:
     calls = run_scriptlet(body, 0, tmp_path)
     assert not cron.exists()
     assert calls == ["--no-reload disable --now vacd.service"]
+
+
+def sysctl_settings(text: str) -> dict[str, str]:
+    settings = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, value = (part.strip() for part in line.split("=", 1))
+            settings[key] = value
+    return settings
+
+
+def test_sysctl_drop_in_allows_the_socket_buffers_vacd_asks_for() -> None:
+    from vacquery.transport import SOCKET_BUFFER_BYTES
+
+    settings = sysctl_settings(SYSCTL_DROP_IN.read_text())
+    assert int(settings["net.core.rmem_max"]) >= SOCKET_BUFFER_BYTES
+    assert int(settings["net.core.wmem_max"]) >= SOCKET_BUFFER_BYTES
+    packaged = [entry.path for entries in files_entries().values() for entry in entries]
+    assert "/usr/lib/sysctl.d/90-vac-vacquery.conf" in packaged
+
+
+@pytest.mark.allow_commands("sh")
+@pytest.mark.parametrize("with_systemd", [True, False], ids=["systemd", "sysv"])
+def test_post_applies_the_socket_buffer_drop_in_at_once(tmp_path: Path, with_systemd: bool) -> None:
+    etc = tmp_path / "etc"
+    (etc / "cron.d").mkdir(parents=True)
+    applied = tmp_path / "sysctl-calls"
+    fake = tmp_path / "fake-sysctl"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {applied}\n')
+    fake.chmod(0o755)
+    (tmp_path / "fake-bin").mkdir()
+    (tmp_path / "fake-bin/sysctl").symlink_to(fake)
+    body = scriptlet("%post", with_systemd=with_systemd, sysconfdir=str(etc)).replace(SYSTEMD_SYSCTL, str(fake))
+    # Install and upgrade alike (the SysV install runs /sbin/chkconfig, absent here: upgrade only).
+    runs = (1, 2) if with_systemd else (2,)
+    for argument in runs:
+        run_scriptlet(body, argument, tmp_path)
+    expected = "90-vac-vacquery.conf" if with_systemd else "-q -p /usr/lib/sysctl.d/90-vac-vacquery.conf"
+    assert applied.read_text().splitlines() == [expected] * len(runs)
 
 
 # ------------------------------------------------------------------ man pages
@@ -529,6 +582,7 @@ def test_rpmbuild_makes_vac_and_vac_command_from_the_source_tarball(built_packag
     for path in ("/usr/sbin/vacd", "/usr/sbin/check-vacd", "/usr/lib/systemd/system/vacd.service",
                  "/etc/logrotate.d/vacd", "/etc/sysconfig/vacd", "/etc/apel/vac-ssmsend-prod.cfg",
                  "/etc/squid/squid.conf.vac", "/etc/cron.d/vac-ssmsend", "/usr/share/man/man8/vacd.8",
+                 "/usr/lib/sysctl.d/90-vac-vacquery.conf",
                  "/usr/share/man/man8/check-vacd.8", "/var/lib/vac/machines", "/var/lib/vac/apel-outgoing",
                  "/usr/share/vac/kickstart/viab-generate", "/usr/share/vac/puppet/vac/manifests/init.pp"):
         assert any(line == path or line.startswith(path + ".") for line in vac), path

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.vacquery.sample_statuses import SPACE, snapshot
-from vacquery.client import Census, RetransmitPolicy, cookie_for
+from vacquery.client import Census, RetransmitPolicy, cookie_for, next_fast_peers
 from vacquery.codec import EncodedSnapshot, encode, encode_snapshot
 from vacquery.messages import MachinetypesQuery, MessageType
 from vacquery.responder import respond
@@ -249,3 +249,98 @@ def test_census_under_loss_duplication_and_reordering_keeps_its_promises(
     assert result.statuses_heard <= 9
     if result.complete == set(FACTORIES):
         assert result.completeness == 1.0
+
+
+# ------------------------------------------------------------------ a peer that answers as Vac 03 does
+
+SLOW_PEER = "f3.example.com"
+VAC03_SECONDS_PER_QUERY = 0.3  # forks and re-reads its configuration for every datagram
+
+
+class SlowPeerNetwork(InMemoryNetwork):
+    """`SLOW_PEER` answers as Vac 03's responder: one query at a time, 300 ms each, every one
+    of them answered in full, however many are queued (behaviour reference §1.2, §3.3)."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)  # type: ignore[arg-type]
+        self.busy_until = 0.0
+
+    def _answers(self, peer: str, datagram: bytes, now: float) -> Iterator[bytes]:
+        if peer != SLOW_PEER:
+            yield from super()._answers(peer, datagram, now)
+            return
+        self.busy_until = max(now, self.busy_until) + VAC03_SECONDS_PER_QUERY
+        for reply in super()._answers(peer, datagram, now):
+            self._schedule(self.busy_until + ONE_WAY, "reply", peer, reply)
+
+    def sent_to(self, name: str) -> int:
+        return [peer for _, peer in self.sent].count(name)
+
+
+def test_a_peer_answering_as_vac03_does_gets_no_more_queries_than_vac03_would_send() -> None:
+    from vacquery.client import VAC_ROUNDS
+
+    # The previous census measured 1 ms to the others and heard them fast.
+    fast = frozenset(name for name in FACTORIES if name != SLOW_PEER)
+    network = SlowPeerNetwork()
+    census = new_census(initial_rtt_seconds=0.001, fast_peers=fast)
+    network.run(census)
+    assert network.sent_to(SLOW_PEER) <= VAC_ROUNDS
+    assert census.result.complete == set(FACTORIES)  # heard in full all the same
+    assert census.result.answered_slow == {SLOW_PEER} and census.result.answered_fast == fast
+    # The next census knows it is slow: still within Vac's rounds.
+    again = SlowPeerNetwork()
+    follow_up = new_census(initial_rtt_seconds=0.001, fast_peers=next_fast_peers(fast, census.result))
+    again.run(follow_up)
+    assert again.sent_to(SLOW_PEER) <= VAC_ROUNDS and follow_up.result.complete == set(FACTORIES)
+    # A census told nothing treats every peer as fast and floods the slow one, as vacd did.
+    flooded = SlowPeerNetwork()
+    flooded.run(new_census(initial_rtt_seconds=0.001))
+    assert flooded.sent_to(SLOW_PEER) > VAC_ROUNDS
+
+
+def test_a_silent_peer_not_known_fast_costs_vac03s_six_queries_and_waits_to_the_deadline() -> None:
+    network = InMemoryNetwork(snapshots={name: SNAPSHOTS[name] for name in FACTORIES[:2]})
+    census = new_census(fast_peers=frozenset(FACTORIES))
+    network.run(census)
+    assert [name for _, name in network.sent].count("f3.example.com") > 6  # known fast: keeps asking
+    fresh = InMemoryNetwork(snapshots={name: SNAPSHOTS[name] for name in FACTORIES[:2]})
+    census = new_census(fast_peers=frozenset(FACTORIES[:2]))
+    finished = fresh.run(census)
+    assert [name for _, name in fresh.sent].count("f3.example.com") == 6
+    assert finished == 2.0 and census.result.silent == ("f3.example.com",)
+    assert next_fast_peers(frozenset(FACTORIES), census.result) == set(FACTORIES[:2])
+
+
+def test_known_fast_peer_keeps_the_retransmissions_that_carry_a_census_through_loss() -> None:
+    lost: list[bytes] = []
+
+    def lose_the_first_ten_queries_to_f2(direction: str, datagram: bytes) -> list[float]:
+        cookie = cookie_for("salt", "f2.example.com").encode()
+        if direction == "query" and cookie in datagram and len(lost) < 10:
+            lost.append(datagram)
+            return []
+        return [ONE_WAY]
+
+    known = new_census(fast_peers=frozenset(FACTORIES))
+    InMemoryNetwork(lose_the_first_ten_queries_to_f2).run(known)
+    assert known.result.complete == set(FACTORIES)
+    lost.clear()
+    unknown = new_census(fast_peers=frozenset())
+    InMemoryNetwork(lose_the_first_ten_queries_to_f2).run(unknown)
+    assert unknown.result.silent == ("f2.example.com",)
+
+
+def test_a_reply_just_after_a_resend_neither_makes_nor_unmakes_a_fast_peer() -> None:
+    census = new_census(factories=("f2.example.com",), fast_peers=frozenset())
+    census.datagrams_to_send(0.0)
+    census.datagrams_to_send(0.1)  # the resend
+    query = encode(MachinetypesQuery(space=SPACE, cookie=cookie_for("salt", "f2.example.com")))
+    reply = respond(query, "client", SNAPSHOTS["f2.example.com"], 0.0, trusted_sources=frozenset(["client"]))[0]
+    # 120 ms after the first query (too late to call it fast), 20 ms after the resend
+    # (too soon to call it slow): it may answer either.
+    census.receive(reply, "f2.example.com", 0.12)
+    result = census.result
+    assert "f2.example.com" not in result.answered_fast | result.answered_slow
+    assert next_fast_peers(frozenset(["f2.example.com"]), result) == {"f2.example.com"}
+    assert next_fast_peers(frozenset(), result) == frozenset()

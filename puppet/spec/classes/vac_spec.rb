@@ -62,6 +62,17 @@ describe 'vac' do
       is_expected.to contain_exec('vac-vm-overcommit-memory').with_command('/usr/sbin/sysctl -w vm.overcommit_memory=1')
     end
 
+    it 'allows the 16 MiB VacQuery socket buffers vacd asks for, applied when the file changes' do
+      is_expected.to contain_file('/etc/sysctl.d/90-vac.conf')
+        .with_content(/^net\.core\.rmem_max = 16777216$/)
+        .with_content(/^net\.core\.wmem_max = 16777216$/)
+      is_expected.to contain_exec('vac-sysctl').with(
+        command: '/usr/sbin/sysctl -p /etc/sysctl.d/90-vac.conf',
+        refreshonly: true,
+      ).that_subscribes_to('File[/etc/sysctl.d/90-vac.conf]')
+      is_expected.to contain_service('vacd').that_requires('Exec[vac-sysctl]')
+    end
+
     it 'creates the root key pair that root_public_key names by default' do
       is_expected.to contain_exec('vac-root-ssh-key').with_creates('/root/.ssh/id_rsa.pub')
     end
