@@ -333,8 +333,8 @@ class Daemon:
                 f"cannot listen for VacQuery on {settings.vacquery_bind_address} port {settings.vacquery_port}: "
                 f"{error.strerror or error} (vacquery_bind_address, vacquery_port in [settings])"
             ) from error
-        if settings.factories:
-            self.peer_census = PeerCensus(PeerResolver(), self.census_auth.current, loss=loss)
+        # Made even with no factories yet: a reload that adds some is followed without a restart.
+        self.peer_census = PeerCensus(PeerResolver(), self.census_auth.current, loss=loss)
         if settings.vacmon_hostport:
             self.vacmon = VacmonSender(settings.vacmon_hostport)
 

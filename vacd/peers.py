@@ -303,6 +303,8 @@ class PeerCensus:
         self, settings: Settings, machinetypes: Mapping[str, Machinetype], now: int
     ) -> Sequence[MachinetypeReport]:
         """The factory's `PeerReports` hook: one census, its reports (local factory excluded)."""
+        if not settings.factories:
+            return ()  # a lone factory: nobody to ask, no sockets opened
         return self.run(settings).reports
 
     def run(

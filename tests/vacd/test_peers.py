@@ -214,3 +214,18 @@ def test_peer_census_with_all_peers_silent_ends_at_its_deadline() -> None:
 
 def test_census_deadline_is_one_vac_round() -> None:
     assert census_deadline_seconds(settings_for(995, ())) == 2.0
+
+
+def test_lone_factory_asks_nobody_and_a_reload_that_adds_peers_is_followed() -> None:
+    peer_census = PeerCensus(PeerResolver())
+    assert peer_census.peer_reports(settings_for(995, ()), {}, 0) == ()
+    assert peer_census.last_outcome is None  # no census ran, no socket was opened
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.2", 0))
+    try:
+        port = silent.getsockname()[1]
+        reloaded = settings_for(port, (FactoryAddress("f2.example.com", "127.0.0.2"),), timeout=1.0)
+        assert peer_census.peer_reports(reloaded, {}, 0) == ()
+    finally:
+        silent.close()
+    assert peer_census.last_outcome is not None and peer_census.last_outcome.result.silent == ("f2.example.com",)
