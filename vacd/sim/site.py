@@ -371,6 +371,8 @@ class SimFactory:
             return
         now = int(self.site.clock())
         snapshot = build_snapshot(report, HOST_FACTS, {"factory": now, "responder": now})
+        if not self.published:
+            self.site.note_first_publication()
         self.published = tuple(
             MachinetypeReport(status.factory, status.machinetype, status.running_hs06, status.num_before_fizzle,
                               status.shutdown_message, status.shutdown_time, status.shutdown_machine)
@@ -428,6 +430,8 @@ class Site:
         self.tally = _Tally()
         self.samples: list[Sample] = []
         self.censuses = 0
+        self.everyone_published_at = float("inf")
+        self._unpublished = scenario.factories
         images = state_dir / "images"
         images.mkdir(parents=True, exist_ok=True)
         self.payloads: dict[Path, MachinetypeScenario] = {}
@@ -481,6 +485,11 @@ class Site:
                 factory.turns.stop()
         return SiteRun(self.scenario, tuple(self.samples), self.network.sent, self.loop.events_run, self.censuses)
 
+    def note_first_publication(self) -> None:
+        self._unpublished -= 1
+        if self._unpublished == 0:
+            self.everyone_published_at = self.loop.now
+
     # The census, for a factory's hook
     def start_census(self, factory: SimFactory, request: _CensusRequest) -> None:
         own = request.settings.factory_name.lower()
@@ -529,7 +538,7 @@ class Site:
         result = run.census.result
         if result.smoothed_rtt_seconds is not None:
             run.factory.smoothed_rtt = result.smoothed_rtt_seconds
-        self._count_census(result.completeness)
+        self._count_census(result.completeness, result.started)
         run.factory.census_done(reports_from(result))
 
     def _model_census(self, factory: SimFactory, peers: Sequence[str], now: float) -> None:
@@ -537,12 +546,16 @@ class Site:
         statuses = [report for name in peers for report in self.by_name[name].published]
         lost = set(bernoulli_positions(len(statuses), self.model.miss_probability, self.rng))
         heard = [report for position, report in enumerate(statuses) if position not in lost]
-        self._count_census(1.0 - len(lost) / len(statuses) if statuses else 1.0)
+        self._count_census(1.0 - len(lost) / len(statuses) if statuses else 1.0, now)
         duration = self.model.sample_duration(len(statuses), bool(lost), self.rng)
         self.loop.at(now + duration, factory.census_done, heard)
 
-    def _count_census(self, completeness: float) -> None:
+    def _count_census(self, completeness: float, started: float) -> None:
         self.censuses += 1
+        if started < self.everyone_published_at:
+            # A peer that has not run its first pass publishes nothing: that is the site
+            # starting, not the census losing statuses, so completeness counts from then.
+            return
         self.tally.censuses += 1
         self.tally.completeness_sum += completeness
 
