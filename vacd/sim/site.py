@@ -217,6 +217,10 @@ class _CensusRequest:
     now: float
 
 
+class _SiteClosed(BaseException):
+    """The site stopped while this pass waited for its census."""
+
+
 class _PassTurns:
     """Runs one factory's passes on a thread of its own, strictly in turn with the event loop.
 
@@ -242,7 +246,9 @@ class _PassTurns:
     def wait_for_loop(self, request: _CensusRequest) -> Any:
         """On the pass thread: hand `request` to the loop; return what the loop resumes with."""
         self._to_loop.put(("census", request))
-        _, value = self._to_pass.get()
+        kind, value = self._to_pass.get()
+        if kind == "stop":
+            raise _SiteClosed()  # not an Exception: no boundary of the factory catches it
         return value
 
     def stop(self) -> None:
@@ -262,6 +268,8 @@ class _PassTurns:
                 return
             try:
                 self._to_loop.put(("done", run_pass()))
+            except _SiteClosed:
+                return
             except BaseException as error:  # re-raised on the loop thread
                 self._to_loop.put(("error", error))
 
@@ -473,16 +481,24 @@ class Site:
             self.factories.append(factory)
             self.by_name[name] = factory
 
+    def start(self) -> None:
+        """Schedule every factory's first pass (spread over a cycle) and the sampling."""
+        # A factory publishes nothing before its first pass, as a starting vacd.
+        for factory in self.factories:
+            factory.schedule_pass(self.rng.random() * self.scenario.cycle_seconds)
+        self.loop.at(0.0, self._sample)
+
+    def close(self) -> None:
+        """End the factories' pass threads (a pass waiting for its census is abandoned)."""
+        for factory in self.factories:
+            factory.turns.stop()
+
     def run(self) -> SiteRun:
+        self.start()
         try:
-            # A factory publishes nothing before its first pass, as a starting vacd.
-            for factory in self.factories:
-                factory.schedule_pass(self.rng.random() * self.scenario.cycle_seconds)
-            self.loop.at(0.0, self._sample)
             self.loop.run_until(self.scenario.duration_seconds)
         finally:
-            for factory in self.factories:
-                factory.turns.stop()
+            self.close()
         return SiteRun(self.scenario, tuple(self.samples), self.network.sent, self.loop.events_run, self.censuses)
 
     def note_first_publication(self) -> None:
