@@ -59,7 +59,7 @@ from vacd.snapshot import HostFacts, build_snapshot
 from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
 from vacquery.client import Census
 from vacquery.codec import EncodedSnapshot, encode_snapshot
-from vacquery.messages import MachinetypeStatus, MessageType
+from vacquery.messages import MessageType
 from vacquery.responder import respond
 
 # Virtual time 0 is this Unix time: records, heartbeats and MJF files hold Unix times.

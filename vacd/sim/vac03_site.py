@@ -23,7 +23,7 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+from typing import Optional, Union
 
 from vacd.config import Settings
 from vacd.outcomes import is_abort
@@ -68,10 +68,8 @@ class _Factory:
         self.published: dict[str, MachinetypeReport] = {}
         self.backoff: frozenset[str] = frozenset()
         self.census_generation = 0
-        self.in_pass = False
         self.pass_token = 0
         self.next_pass_at = 0.0
-        self.wake_pending: Optional[float] = None
 
 
 @dataclass
@@ -107,7 +105,6 @@ class Vac03Site:
         self.names = [f"f{index:04d}.{SPACE}" for index in range(scenario.factories)]
         self.by_name: dict[str, _Factory] = {}
         self.factories: list[_Factory] = []
-        is_vac = scenario.policy == "vac03"
         for index, name in enumerate(self.names):
             settings = Settings(
                 vac_space=SPACE,
@@ -115,8 +112,8 @@ class Vac03Site:
                 total_processors=scenario.processors,
                 host_processors=scenario.processors,
                 gocdb_sitename="sim",
-                max_creations_per_cycle=VAC_CREATIONS_PER_CYCLE if is_vac else scenario.max_creations_per_cycle,
-                cycle_seconds=VAC_SLEEP_SECONDS if is_vac else scenario.cycle_seconds,
+                max_creations_per_cycle=VAC_CREATIONS_PER_CYCLE,
+                cycle_seconds=VAC_SLEEP_SECONDS,
             )
             factory = _Factory(index, settings, scenario.processors)
             self.factories.append(factory)
@@ -126,7 +123,7 @@ class Vac03Site:
         self.tally = _Tally()
         self.samples: list[Sample] = []
         self.censuses = 0
-        self.model = CensusModel(scenario.network, scenario.policy, scenario.census_deadline_seconds)
+        self.model = CensusModel(scenario.network, "vac03", scenario.census_deadline_seconds)
         # Census model state: the sum of published reports per machinetype, and the
         # published abort times per machinetype in order, (shutdown_time, factory index).
         self.total_hs06: dict[str, float] = {name: 0.0 for name in self.machinetypes}
@@ -134,12 +131,12 @@ class Vac03Site:
         self.total_hs06_sq: dict[str, float] = {name: 0.0 for name in self.machinetypes}
         self.total_before_fizzle_sq: dict[str, int] = {name: 0 for name in self.machinetypes}
         self.aborts_by_time: dict[str, list[tuple[int, int]]] = {name: [] for name in self.machinetypes}
-        self.probe_spread = 0 if is_vac else scenario.probe_spread_seconds
+        self.probe_spread = 0  # Vac 03 had no probe stagger (§4.3)
 
     # Running
 
     def run(self) -> SiteRun:
-        first_pass_spread = VAC_SLEEP_SECONDS if self.scenario.policy == "vac03" else self.scenario.cycle_seconds
+        first_pass_spread = VAC_SLEEP_SECONDS
         for factory in self.factories:
             self._publish(factory, 0.0)
             self._schedule_pass(factory, self.rng.random() * first_pass_spread)
@@ -152,50 +149,27 @@ class Vac03Site:
         factory.next_pass_at = when
         self.loop.at(when, self._pass, factory, factory.pass_token)
 
-    def _wake(self, factory: _Factory, when: float) -> None:
-        """An event asks for an early pass (vacd only: Vac 03 just slept, §1.3)."""
-        if self.scenario.policy == "vac03":
-            return
-        if factory.in_pass:
-            factory.wake_pending = when if factory.wake_pending is None else min(factory.wake_pending, when)
-        elif when < factory.next_pass_at:
-            self._schedule_pass(factory, when)
-
     def _pass(self, factory: _Factory, token: int) -> None:
         if token != factory.pass_token:
             return
         now = self.loop.now
-        factory.in_pass = True
         self._observe(factory, now)
         running = sum(machine.processors for machine in factory.slots if machine is not None)
         if running >= factory.settings.total_processors or all(factory.slots):
             # A gate of §4.1 blocks creation: no census is sent (acceptance 28).
             self._publish(factory, now)
-            self._end_pass(factory, now, created=False, backoff_until=None)
+            self._end_pass(factory, created=False)
             return
         if self.scenario.uses_census_model:
             self._model_census(factory, now)
         else:
             self._start_census(factory, now)
 
-    def _end_pass(self, factory: _Factory, started: float, created: bool,
-                  backoff_until: Optional[Mapping[str, int]]) -> None:
+    def _end_pass(self, factory: _Factory, created: bool) -> None:
         now = self.loop.now
-        factory.in_pass = False
-        if self.scenario.policy == "vac03":
-            # Vac created synchronously inside the cycle, then slept 60 s (§1.3).
-            busy = self.scenario.creation_seconds if created else 0.0
-            self._schedule_pass(factory, now + busy + VAC_SLEEP_SECONDS)
-            return
-        next_pass = max(started + self.scenario.cycle_seconds, now)
-        if created:
-            next_pass = min(next_pass, now + self.scenario.creation_seconds)
-        if backoff_until:
-            next_pass = min(next_pass, max(now + 1.0, min(backoff_until.values()) + 1.0))
-        if factory.wake_pending is not None:
-            next_pass = min(next_pass, max(now, factory.wake_pending))
-            factory.wake_pending = None
-        self._schedule_pass(factory, next_pass)
+        # Vac created synchronously inside the cycle, then slept 60 s, deaf to events (§1.3).
+        busy = self.scenario.creation_seconds if created else 0.0
+        self._schedule_pass(factory, now + busy + VAC_SLEEP_SECONDS)
 
     def _observe(self, factory: _Factory, now: float) -> None:
         for ordinal, machine in enumerate(factory.slots):
@@ -233,11 +207,7 @@ class Vac03Site:
         peers = [name for name in self.names if name != factory.name]
         salt = f"{self.rng.getrandbits(128):032x}"
         census: Union[Census, VacCensus]
-        if self.scenario.policy == "vac03":
-            census = VacCensus(MessageType.MACHINETYPES_QUERY, SPACE, peers, now, salt=salt)
-        else:
-            census = Census(MessageType.MACHINETYPES_QUERY, SPACE, peers, now,
-                            deadline_seconds=self.scenario.census_deadline_seconds, salt=salt)
+        census = VacCensus(MessageType.MACHINETYPES_QUERY, SPACE, peers, now, salt=salt)
         factory.census_generation += 1
         run = _CensusRun(factory, census, now, factory.census_generation)
         self._pump(run)
@@ -367,7 +337,7 @@ class Vac03Site:
         for create in decisions.creates:
             self._create(factory, create.ordinal, create.machinetype, create.processors, create.shutdown_time, now)
         self._publish(factory, now)
-        self._end_pass(factory, started, bool(decisions.creates), decisions.outlook.backoff_until)
+        self._end_pass(factory, bool(decisions.creates))
 
     def _create(self, factory: _Factory, ordinal: int, machinetype: str, processors: int, shutdown_time: int,
                 now: float) -> None:
@@ -385,7 +355,6 @@ class Vac03Site:
         self.busy[machine.machinetype] -= machine.processors
         if is_abort(machine.shutdown_message):
             self.tally.aborts += 1
-        self._wake(machine.factory, self.loop.now)  # the backend reports the machine stopped
 
     def _publish(self, factory: _Factory, now: float) -> None:
         """What the factory's responder answers from until its next pass."""
