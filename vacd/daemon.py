@@ -36,7 +36,7 @@ from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.fdlimit import raise_fd_limit
 from vacd.paths import Paths
 from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
-from vacd.store import MachineRecord, Store, StoredMachine
+from vacd.store import MachineRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -352,36 +352,17 @@ class Daemon:
         log.info("serving metrics address=%s", settings.metrics_address)
 
     def _hooks(self) -> FactoryHooks:
-        import stat
-
         from vacd.accounting import write_apel_record
         from vacd.imagecache import ImageCache
         from vacd.imageeviction import mark_image_used
         from vacd.guestapi.contextualise import prepare_machine_dir
-        from vacd.guestapi.joboutputs import received_times, shutdown_message_time
-        from vacd.mjf import lower_shutdown_time
+        from vacd.observations import GuestObservations
         from vacd.qemuaccess import check_readable_by_qemu, host_qemu_identity
 
         paths = self.paths
 
         def contextualise(settings: Settings, machinetype: Machinetype, record: MachineRecord, now: int) -> None:
             prepare_machine_dir(paths, settings, machinetype, record, Store(paths).machine_dir(record), now=now)
-
-        def heartbeat_file_mtime(stored: StoredMachine, name: str) -> Optional[float]:
-            """When the guest last PUT its heartbeat file (recorded at receipt; no mtime needed)."""
-            received = received_times(stored.directory / "joboutputs").get(name)
-            if received is not None:
-                return float(received.last)
-            # Containers write the file directly into the bind mount. Only a regular file is
-            # a heartbeat: a symlink's or a FIFO's time is not the guest saying it is alive.
-            try:
-                status = os.lstat(stored.directory / "joboutputs" / name)
-            except OSError:
-                return None
-            return status.st_mtime if stat.S_ISREG(status.st_mode) else None
-
-        def lower_features_shutdown_time(stored: StoredMachine, shutdown_time: int, now: int) -> None:
-            lower_shutdown_time(stored.directory, shutdown_time, now)
 
         def account(settings: Settings, machinetype: Optional[Machinetype], record: Any, finish: Any) -> None:
             write_apel_record(paths, settings, machinetype, record, finish)
@@ -419,17 +400,16 @@ class Daemon:
             if qemu_identity is not None:
                 check_readable_by_qemu(path, qemu_identity)
 
-        return FactoryHooks(
+        # Heartbeat-file and outcome times, and lowered MJF shutdown times: the one collaborator
+        # the simulator and the tests wire too (issue 9 item 1).
+        return GuestObservations().install(FactoryHooks(
             fetch_image=fetch_image,
             prefetch_images=prefetch_images,
             qemu_access=qemu_access,
             account=account,
             on_created=[count_creation],
             contextualise=contextualise,
-            lower_shutdown_time=lower_features_shutdown_time,
-            heartbeat_file_mtime=heartbeat_file_mtime,
-            shutdown_message_time=lambda stored: shutdown_message_time(stored.directory / "joboutputs"),
-        )
+        ))
 
     def _log_clock_jump(self, skew: float) -> None:
         log.warning("wall clock is %+.0fs from vacd's steady clock (a jump?); machines are policed on the "

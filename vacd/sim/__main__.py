@@ -1,6 +1,7 @@
 """Run a site scenario from the command line: `python -m vacd.sim --factories 100 --loss 0.5`.
 
-Prints one summary line per policy and can write the time series (fill, share error,
+Policy "vacd" runs the real vacd.factory.Factory on every simulated factory (vacd/sim/site.py);
+"vac03" replays Vac 03's loop (vacd/sim/vac03_site.py). Prints one summary line per policy and can write the time series (fill, share error,
 workless fraction, census completeness, creations, aborts, backoff events, busy
 processors per machinetype) as CSV and the summaries and series as JSON.
 """
@@ -13,6 +14,7 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
 from vacd.sim.events import NetworkConditions
@@ -34,9 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--census-deadline", type=float, default=2.0)
     parser.add_argument("--cycle-seconds", type=float, default=30.0)
     parser.add_argument("--creation-seconds", type=float, default=5.0)
-    parser.add_argument("--max-creations", type=int, default=4, help="per pass (vacd policy)")
+    parser.add_argument("--max-creations", type=int, default=4, help="max_creations_per_cycle (vacd policy)")
     parser.add_argument("--workless", default="vo-a", help="machinetype whose payloads find no work (300)")
     parser.add_argument("--failure-rate", type=float, default=0.0, help="fraction of working payloads ending 700")
+    parser.add_argument("--max-wallclock-seconds", type=int, default=86400,
+                        help="machinetypes' max_wallclock_seconds; under 10800 some payloads (1-3 h) reach it "
+                             "and the factory stops them")
+    parser.add_argument("--step-seconds", type=float, default=None,
+                        help="a step change in demand: the --workless type gets work from this site time on")
+    parser.add_argument("--state-dir", help="where the factories' stores go (default: a fresh directory on "
+                        "/dev/shm, removed after the run)")
     parser.add_argument("--sample-seconds", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--csv", help="write the time series here")
@@ -66,7 +75,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs = []
     for policy in policies:
         scenario = Scenario(
-            machinetypes=standard_machinetypes(options.workless, options.failure_rate),
+            machinetypes=standard_machinetypes(options.workless, options.failure_rate,
+                                               max_wallclock_seconds=options.max_wallclock_seconds,
+                                               step_seconds=options.step_seconds),
             factories=options.factories,
             processors=options.processors,
             duration_seconds=options.hours * 3600,
@@ -79,6 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             max_creations_per_cycle=options.max_creations,
             sample_seconds=options.sample_seconds,
             seed=options.seed,
+            state_dir=Path(options.state_dir) / policy if options.state_dir else None,
         )
         started = time.monotonic()
         run = run_scenario(scenario)

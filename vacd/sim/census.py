@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 from vacd.sim.events import EventLoop, NetworkConditions, SimNetwork
-from vacd.sim.site import SPACE
+from vacd.sim.scenario import SPACE
 from vacd.sim.vac03 import VacCensus
 from vacquery.client import Census, CensusResult
 from vacquery.codec import EncodedSnapshot, encode_snapshot

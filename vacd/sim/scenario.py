@@ -1,14 +1,16 @@
 """What a simulated site is made of and what a run measured: scenarios, samples, summaries.
 
-Rules: values only (frozen dataclasses); the run itself is in site.py. Shares are
-judged on machinetypes that have work: their target fraction of capacity is their share
-over the sum of the working shares. "Fill" is busy processors / capacity, whatever runs
+Rules: values only (frozen dataclasses); the run itself is in site.py (the real factory) or
+vac03_site.py (Vac 03's loop, the baseline). Shares are judged on machinetypes that have
+work at that instant: their target fraction of capacity is their share over the sum of the
+working shares (a demand step changes which types have work). "Fill" is busy processors / capacity, whatever runs
 on them; "useful fill" counts only machinetypes that have work.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import random
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +18,7 @@ from vacd.config import Machinetype
 from vacd.outcomes import is_abort
 from vacd.sim.events import NetworkConditions
 
+SPACE = "site.sim"
 POLICIES = ("vacd", "vac03")
 CENSUS_MODES = ("auto", "real", "model")
 # Above this many factories "auto" uses the census model (see model.py for why).
@@ -40,14 +43,40 @@ class MachinetypeScenario:
     backoff_seconds: int = 10
     fizzle_seconds: int = 600
     max_wallclock_seconds: int = 86400
+    # A step change in demand: from `step_seconds` of site time on, payloads draw these outcomes.
+    step_seconds: Optional[float] = None
+    outcomes_after_step: tuple[Outcome, ...] = ()
 
     def __post_init__(self) -> None:
-        if abs(sum(outcome.probability for outcome in self.outcomes) - 1.0) > 1e-9:
-            raise ValueError(f"outcome probabilities of {self.name} must sum to 1")
+        for outcomes in (self.outcomes, self.outcomes_after_step):
+            if outcomes and abs(sum(outcome.probability for outcome in outcomes) - 1.0) > 1e-9:
+                raise ValueError(f"outcome probabilities of {self.name} must sum to 1")
+        if (self.step_seconds is None) != (not self.outcomes_after_step):
+            raise ValueError(f"{self.name}: a demand step needs both step_seconds and outcomes_after_step")
+
+    def outcomes_at(self, time: float) -> tuple[Outcome, ...]:
+        """The payload outcomes of a machine created at `time` of site time."""
+        if self.step_seconds is not None and time >= self.step_seconds:
+            return self.outcomes_after_step
+        return self.outcomes
+
+    def draw(self, time: float, rng: random.Random) -> tuple[Optional[str], float]:
+        """One payload created at `time`: its shutdown message and how long it runs."""
+        outcomes = self.outcomes_at(time)
+        draw, chosen = rng.random(), outcomes[-1]
+        for outcome in outcomes:
+            if draw < outcome.probability:
+                chosen = outcome
+                break
+            draw -= outcome.probability
+        return chosen.shutdown_message, chosen.min_seconds + (chosen.max_seconds - chosen.min_seconds) * rng.random()
+
+    def has_work_at(self, time: float) -> bool:
+        return any(not is_abort(outcome.shutdown_message) for outcome in self.outcomes_at(time))
 
     @property
     def has_work(self) -> bool:
-        return any(not is_abort(outcome.shutdown_message) for outcome in self.outcomes)
+        return self.has_work_at(0.0)
 
     def machinetype(self) -> Machinetype:
         return Machinetype(
@@ -78,6 +107,10 @@ class Scenario:
     probe_spread_seconds: int = 60
     sample_seconds: float = 10.0
     seed: int = 1
+    # A guest told to stop (ACPI) powers off this long after (vacd policy; Vac 03's loop is modelled).
+    acpi_seconds: float = 5.0
+    # Where the factories' real stores go; None: a fresh directory on a tmpfs (/dev/shm), removed after.
+    state_dir: Optional[Path] = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -90,16 +123,59 @@ class Scenario:
         return self.census == "model" or (self.census == "auto" and self.factories > AUTO_MODEL_FACTORIES)
 
 
-def standard_machinetypes(workless: str = "vo-a", failure_rate: float = 0.0) -> tuple[MachinetypeScenario, ...]:
-    """Shares 4:3:2:1; `workless` only ever finds no work (300 after 1-3 min), the others
-    work 1-3 h and end with 200, or with `700` after 10-60 min at `failure_rate`."""
+def standard_machinetypes(
+    workless: str = "vo-a",
+    failure_rate: float = 0.0,
+    *,
+    max_wallclock_seconds: int = 86400,
+    step_seconds: Optional[float] = None,
+) -> tuple[MachinetypeScenario, ...]:
+    """Shares 4:3:2:1; `workless` finds no work (300 after 1-3 min), the others work 1-3 h
+    and end with 200, or with `700` after 10-60 min at `failure_rate`.
+
+    A payload still working at `max_wallclock_seconds` is stopped by the factory (a
+    wallclock scenario when that is under 3 h). With `step_seconds`, `workless` gets work
+    from then on (a step change in demand).
+    """
     work: tuple[Outcome, ...] = (Outcome(1.0, "200 Success", 3600, 10800),)
     if failure_rate > 0:
         work = (Outcome(1.0 - failure_rate, "200 Success", 3600, 10800),
                 Outcome(failure_rate, "700 Payload failed", 600, 3600))
     no_work = (Outcome(1.0, "300 No more work", 60, 180),)
     shares = (("vo-a", 4.0), ("vo-b", 3.0), ("vo-c", 2.0), ("vo-d", 1.0))
-    return tuple(MachinetypeScenario(name, share, no_work if name == workless else work) for name, share in shares)
+    return tuple(
+        MachinetypeScenario(name, share, no_work, max_wallclock_seconds=max_wallclock_seconds,
+                            step_seconds=step_seconds, outcomes_after_step=work if step_seconds is not None else ())
+        if name == workless
+        else MachinetypeScenario(name, share, work, max_wallclock_seconds=max_wallclock_seconds)
+        for name, share in shares
+    )
+
+
+@dataclass(frozen=True)
+class SiteMeasure:
+    fill: float
+    useful_fill: float
+    share_error: float
+    workless_fraction: float
+
+
+def measure_site(scenario: Scenario, time: float, busy: dict[str, int]) -> SiteMeasure:
+    """Fill and share error of `busy` processors per machinetype at `time` (module rules)."""
+    capacity = scenario.factories * scenario.processors
+    working = [profile for profile in scenario.machinetypes if profile.has_work_at(time) and profile.target_share > 0]
+    total_share = sum(profile.target_share for profile in working)
+    share_error = max(
+        (abs(busy.get(profile.name, 0) / capacity - profile.target_share / total_share) for profile in working),
+        default=0.0,
+    )
+    workless = sum(busy.get(profile.name, 0) for profile in scenario.machinetypes if not profile.has_work_at(time))
+    return SiteMeasure(
+        fill=sum(busy.values()) / capacity,
+        useful_fill=sum(busy.get(profile.name, 0) for profile in working) / capacity,
+        share_error=share_error,
+        workless_fraction=workless / capacity,
+    )
 
 
 @dataclass(frozen=True)
@@ -163,7 +239,38 @@ class SiteRun:
         total = sum(count for _, count in weighted)
         return sum(value * count for value, count in weighted) / total if total else None
 
+    @property
+    def step_seconds(self) -> Optional[float]:
+        steps = [profile.step_seconds for profile in self.scenario.machinetypes if profile.step_seconds is not None]
+        return min(steps) if steps else None
+
+    def step_recovery_seconds(self, within: float = 0.05) -> Optional[float]:
+        """After the demand step, how long until the share error is within `within` for good."""
+        step = self.step_seconds
+        if step is None:
+            return None
+        after = [sample for sample in self.samples if sample.time >= step]
+        settled: Optional[float] = None
+        for sample in after:
+            if sample.share_error > within:
+                settled = None
+            elif settled is None:
+                settled = sample.time
+        return None if settled is None else settled - step
+
+    def max_share_error_after_step(self) -> Optional[float]:
+        step = self.step_seconds
+        after = [sample.share_error for sample in self.samples if step is not None and sample.time >= step]
+        return max(after) if after else None
+
     def summary(self) -> dict[str, object]:
+        recovery = self.step_recovery_seconds()
+        step = {} if self.step_seconds is None else {
+            "step_seconds": self.step_seconds,
+            "max_share_error_after_step": self.max_share_error_after_step(),
+            "step_recovery_seconds": recovery,
+            "step_recovery_cycles": None if recovery is None else recovery / self.scenario.cycle_seconds,
+        }
         return {
             "policy": self.scenario.policy,
             "factories": self.scenario.factories,
@@ -183,4 +290,5 @@ class SiteRun:
             "backoff_events": sum(sample.backoff_events for sample in self.samples),
             "datagrams_sent": self.datagrams_sent,
             "events_run": self.events_run,
+            **step,
         }

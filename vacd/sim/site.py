@@ -1,259 +1,531 @@
-"""A whole site on virtual time: N factories, the real scheduler, the real census, a lossy network.
+"""A whole site on virtual time: N real `vacd.factory.Factory`s, a simulated backend and network.
 
-Theory of operation. Each factory runs passes: observe (free the slots of machines that
-have ended, remember each machinetype's most recently created finished machine, as
-Vac's `finishes/`), skip the rest if no slot or processor is free (gates of §4.1: the
-simulated load is 0 and nothing drains), otherwise run a machinetypes census of the
-other factories, then `vacd.scheduler.decide` on its own reports plus what the census
-heard, create what it decided, and publish a new snapshot for its responder.
+Theory of operation. Nothing here decides what a factory does (issue 9 item 1): each
+factory is the real `Factory` (its reconcile, policing, finalising, census hook and
+scheduler) over the real `Store` (on a tmpfs), wired with the daemon's observation
+collaborator (`vacd.observations.GuestObservations`). The simulator only supplies what the
+daemon gets from the world:
 
-The census is the real `vacquery.client.Census` (or Vac 03's, `vac03.VacCensus`) whose
-datagrams cross `events.SimNetwork` to the real `vacquery.responder.respond` of each
-peer, or, for large sites, `model.CensusModel`'s statistical stand-in (census="model").
-Payloads are drawn per machinetype: each creation picks an `Outcome` by probability and
-ends after a uniform duration with that shutdown message (e.g. `200` after work, `300`
-after finding none), or without one at its wallclock limit.
+- time: `VirtualClock` reads the `EventLoop`, so an hour of site time costs only its events;
+- the pool: `VirtualExecutor` runs each creation or destroy `creation_seconds` after it was
+  submitted, so the factory's in-flight tracking and wake-ups work as in production;
+- machines: `SimBackend` implements `vacd.backends.base.Backend`. A machine's image is its
+  payload: each creation draws an `Outcome` of its machinetype; when the payload ends it
+  uploads joboutputs/shutdown_message as a guest does through the guest API
+  (`vacd.guestapi.joboutputs.store_upload`, receipt time recorded) and powers off; a
+  machine told to stop (ACPI, e.g. at max_wallclock_seconds) powers off `acpi_seconds`
+  later without a message. Power-offs wake the factory as libvirt's events do;
+- the daemon's loop (`Daemon._one_iteration`): a pass, its publication (`build_snapshot`,
+  the daemon's own function, encoded for the responder), then a wait of
+  min(cycle_seconds, next_wake_seconds) cut short by the factory's wake event;
+- the census: the factory's `peer_reports` hook runs the real `vacquery.client.Census`
+  over `events.SimNetwork` to every peer's real `vacquery.responder.respond`, and turns
+  what it heard into reports with `vacd.peers.reports_from`, as `PeerCensus` does. While
+  the census runs, the rest of the site goes on: each factory's pass runs on its own
+  thread, strictly in turn with the event loop (`_PassTurns`), and the hook hands the
+  census to the loop and waits for its virtual deadline. With census="model" the hook
+  draws the census from `model.CensusModel` instead (for sites too big for datagrams).
 
-Policies: "vacd" is the factory of vacd/factory.py and vacd/daemon.py: a pass at least
-every `cycle_seconds` with up to `max_creations_per_cycle` creations and the probe
-stagger, woken early when its creations complete (`creation_seconds` later), when one of
-its machines ends (a backend lifecycle event) and one second after the earliest backoff
-ends. "vac03" makes one creation per pass, synchronously (`creation_seconds` inside the
-pass), sleeps 60 s after each pass, and uses Vac's census (vac03.py).
-
-Simulated snapshots carry no machine_status (only machinetypes are asked), and the
-simulated responders trust every factory (no amplification cap).
+Not simulated: contextualisation (no guest reads user_data here), APEL accounting, the
+guest API's HTTP, disk space and load (both always fine), and DNS (names are given).
 """
 
 from __future__ import annotations
 
-import bisect
-import math
+import queue
 import random
-from collections import Counter
-from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+import shutil
+import tempfile
+import threading
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
 
-from vacd.config import Settings
+from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
+from vacd.config import Config, FactoryAddress, Machinetype, Settings
+from vacd.errors import BackendError
+from vacd.factory import Factory, FactoryHooks, PassReport
+from vacd.guestapi.joboutputs import store_upload
+from vacd.observations import GuestObservations
 from vacd.outcomes import is_abort
-from vacd.scheduler import MachinetypeReport, SchedulerInput, SlotView, decide
+from vacd.paths import Paths
+from vacd.peers import census_deadline_seconds, reports_from
+from vacd.scheduler import MachinetypeReport
 from vacd.sim.events import EventLoop, SimNetwork
-from vacd.sim.model import EXACT_LOSSES_LIMIT, CensusModel, bernoulli_positions, binomial_count
-from vacd.sim.scenario import Sample, Scenario, SiteRun
-from vacd.sim.vac03 import VAC_CREATIONS_PER_CYCLE, VAC_SLEEP_SECONDS, VacCensus
+from vacd.sim.model import CensusModel, bernoulli_positions
+from vacd.sim.scenario import SPACE, MachinetypeScenario, Sample, Scenario, SiteRun, measure_site
+from vacd.snapshot import HostFacts, build_snapshot
+from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
 from vacquery.client import Census
 from vacquery.codec import EncodedSnapshot, encode_snapshot
-from vacquery.messages import FactoryStatus, MachinetypeStatus, MessageType, Snapshot
+from vacquery.messages import MessageType
 from vacquery.responder import respond
 
-SPACE = "site.sim"
+# Virtual time 0 is this Unix time: records, heartbeats and MJF files hold Unix times.
+EPOCH = 1_700_000_000
+# A payload's joboutputs quota; its one upload is a short message.
+JOBOUTPUTS_QUOTA_BYTES = 1024 * 1024
+# The simulated host is always healthy: these are what every factory publishes.
+HOST_FACTS = HostFacts(load_average=0.0, kernel_version="sim", os_issue="sim", boot_time=EPOCH,
+                       root_disk_avail_kb=10**9, root_disk_avail_inodes=10**7, state_disk_avail_kb=10**9,
+                       state_disk_avail_inodes=10**7, swap_used_kb=0, swap_free_kb=0, mem_used_kb=0,
+                       mem_total_kb=10**9)
 
 
-class _Machine:
-    __slots__ = ("factory", "ordinal", "machinetype", "processors", "created", "end_time", "shutdown_message",
-                 "shutdown_time")
+class VirtualClock:
+    """The factories' clock: Unix seconds on the site's virtual time."""
 
-    def __init__(self, factory: "_Factory", ordinal: int, machinetype: str, processors: int, created: float,
-                 end_time: float, shutdown_message: Optional[str], shutdown_time: int) -> None:
-        self.factory = factory
-        self.ordinal = ordinal
-        self.machinetype = machinetype
-        self.processors = processors
-        self.created = created
-        self.end_time = end_time
-        self.shutdown_message = shutdown_message
-        self.shutdown_time = shutdown_time
+    def __init__(self, loop: EventLoop) -> None:
+        self.loop = loop
+
+    def __call__(self) -> float:
+        return EPOCH + self.loop.now
 
 
-class _Factory:
-    """One simulated factory's state (mutable; private to the simulator)."""
+class VirtualExecutor(Executor):
+    """The factory's action pool on virtual time: each job runs `delay_seconds` after submission.
 
-    def __init__(self, index: int, settings: Settings, processors: int) -> None:
-        self.index = index
-        self.name = settings.factory_name
-        self.settings = settings
-        self.slots: list[Optional[_Machine]] = [None] * processors
-        self.last_finished: dict[str, _Machine] = {}
-        self.encoded: Optional[EncodedSnapshot] = None
-        self.published: dict[str, MachinetypeReport] = {}
-        self.backoff: frozenset[str] = frozenset()
-        self.census_generation = 0
-        self.in_pass = False
-        self.pass_token = 0
-        self.next_pass_at = 0.0
-        self.wake_pending: Optional[float] = None
+    Jobs run on the event loop's thread, one at a time, and complete their futures, so
+    `Factory.wait_for_background_work` returns once the loop has run past them.
+    `after_each` runs after every job (the driver looks at the factory's wake event then).
+    """
+
+    def __init__(self, loop: EventLoop, delay_seconds: float, after_each: Callable[[], None] = lambda: None) -> None:
+        self.loop = loop
+        self.delay_seconds = delay_seconds
+        self.after_each = after_each
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "Future[Any]":
+        future: Future[Any] = Future()
+        self.submitted += 1
+        self.loop.at(self.loop.now + self.delay_seconds, self._run, future, fn, args, kwargs)
+        return future
+
+    def _run(self, future: "Future[Any]", fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # handed to whoever waits on the future, as a pool does
+            future.set_exception(error)
+        finally:
+            self.after_each()
 
 
 @dataclass
+class _SimMachine:
+    spec: MachineSpec
+    machinetype: str
+    created: float  # virtual seconds
+    stopping: bool = False
+
+
+@dataclass
+class BusyCount:
+    """Processors running per machinetype, over every backend of the site."""
+
+    processors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, machinetype: str, processors: int) -> None:
+        self.processors[machinetype] = self.processors.get(machinetype, 0) + processors
+
+
+class SimBackend:
+    """`vacd.backends.base.Backend` whose machines run simulated payloads (module rules)."""
+
+    def __init__(self, loop: EventLoop, payloads: Mapping[Path, MachinetypeScenario], rng: random.Random,
+                 busy: BusyCount, *, acpi_seconds: float, on_event: Callable[[], None] = lambda: None) -> None:
+        self.loop = loop
+        self.payloads = payloads
+        self.rng = rng
+        self.busy = busy
+        self.acpi_seconds = acpi_seconds
+        self.on_event = on_event
+        self.machines: dict[str, _SimMachine] = {}
+        self.created = 0
+        self._wake: Optional[Callable[[str], None]] = None
+
+    def create(self, spec: MachineSpec) -> None:
+        if spec.name in self.machines:
+            raise BackendError("create", spec.name, "already exists")
+        profile = self.payloads.get(spec.root_image) if spec.root_image is not None else None
+        if profile is None:
+            raise BackendError("create", spec.name, f"no simulated payload for image {spec.root_image}")
+        now = self.loop.now
+        machine = _SimMachine(spec, profile.name, now)
+        self.machines[spec.name] = machine
+        self.busy.add(profile.name, spec.processors)
+        self.created += 1
+        message, seconds = profile.draw(now, self.rng)
+        self.loop.at(now + seconds, self._payload_ends, machine, message)
+
+    def shutdown(self, name: str) -> None:
+        machine = self.machines.get(name)
+        if machine is not None and not machine.stopping:
+            # ACPI: the guest's init stops the payload, which has no time to report.
+            machine.stopping = True
+            self.loop.at(self.loop.now + self.acpi_seconds, self._power_off, machine)
+
+    def destroy(self, name: str, uuid: Optional[str] = None) -> None:
+        machine = self.machines.get(name)
+        if machine is not None and (uuid is None or machine.spec.uuid == uuid):
+            self._remove(machine)
+
+    def list_machines(self) -> Sequence[ObservedMachine]:
+        now = self.loop.now
+        return [
+            ObservedMachine(name, machine.spec.uuid, ObservedState.RUNNING,
+                            (now - machine.created) * machine.spec.processors)
+            for name, machine in self.machines.items()
+        ]
+
+    def watch(self, wake: Callable[[str], None]) -> None:
+        self._wake = wake
+
+    def close(self) -> None:
+        return None
+
+    def _payload_ends(self, machine: _SimMachine, message: Optional[str]) -> None:
+        if self.machines.get(machine.spec.name) is not machine or machine.stopping:
+            return
+        if message is not None:
+            store_upload(machine.spec.machine_dir / "joboutputs", SHUTDOWN_MESSAGE_FILE, message.encode() + b"\n",
+                         int(EPOCH + self.loop.now), JOBOUTPUTS_QUOTA_BYTES)
+        self._power_off(machine)
+
+    def _power_off(self, machine: _SimMachine) -> None:
+        if self.machines.get(machine.spec.name) is not machine:
+            return
+        self._remove(machine)
+        if self._wake is not None:
+            self._wake(machine.spec.name)  # libvirt's lifecycle event
+        self.on_event()
+
+    def _remove(self, machine: _SimMachine) -> None:
+        del self.machines[machine.spec.name]
+        self.busy.add(machine.machinetype, -machine.spec.processors)
+
+
+@dataclass(frozen=True)
+class _CensusRequest:
+    """What a factory's census hook asks of the event loop."""
+
+    settings: Settings
+    now: float
+
+
+class _SiteClosed(BaseException):
+    """The site stopped while this pass waited for its census."""
+
+
+class _PassTurns:
+    """Runs one factory's passes on a thread of its own, strictly in turn with the event loop.
+
+    The loop thread calls `start` or `resume` and blocks until the pass thread either
+    finishes the pass ("done", report) or waits for the loop ("census", request): only one
+    of the two threads ever runs, so a run is exactly repeatable.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._to_pass: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._to_loop: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._thread = threading.Thread(target=self._main, name=f"sim-pass-{name}", daemon=True)
+        self._thread.start()
+
+    def start(self, run_pass: Callable[[], PassReport]) -> tuple[str, Any]:
+        self._to_pass.put(("run", run_pass))
+        return self._answer()
+
+    def resume(self, value: object) -> tuple[str, Any]:
+        self._to_pass.put(("resume", value))
+        return self._answer()
+
+    def wait_for_loop(self, request: _CensusRequest) -> Any:
+        """On the pass thread: hand `request` to the loop; return what the loop resumes with."""
+        self._to_loop.put(("census", request))
+        kind, value = self._to_pass.get()
+        if kind == "stop":
+            raise _SiteClosed()  # not an Exception: no boundary of the factory catches it
+        return value
+
+    def stop(self) -> None:
+        self._to_pass.put(("stop", None))
+        self._thread.join(timeout=10)
+
+    def _answer(self) -> tuple[str, Any]:
+        kind, value = self._to_loop.get()
+        if kind == "error":
+            raise value
+        return kind, value
+
+    def _main(self) -> None:
+        while True:
+            kind, run_pass = self._to_pass.get()
+            if kind == "stop":
+                return
+            try:
+                self._to_loop.put(("done", run_pass()))
+            except _SiteClosed:
+                return
+            except BaseException as error:  # re-raised on the loop thread
+                self._to_loop.put(("error", error))
+
+
 class _Tally:
-    censuses: int = 0
-    completeness_sum: float = 0.0
-    creations: int = 0
-    aborts: int = 0
-    backoff_events: int = 0
+    def __init__(self) -> None:
+        self.censuses = 0
+        self.completeness_sum = 0.0
+        self.creations = 0
+        self.aborts = 0
+        self.backoff_events = 0
+
+
+class SimFactory:
+    """One factory of the site: the real Factory, its store and backend, and the daemon's loop."""
+
+    def __init__(self, site: "Site", index: int, settings: Settings, root: Path) -> None:
+        self.site = site
+        self.index = index
+        self.name = settings.factory_name
+        self.settings = settings
+        loop = site.loop
+        paths = Paths(root)
+        paths.ensure_state_dirs()
+        self.backend = SimBackend(loop, site.payloads, random.Random(site.rng.getrandbits(64)), site.busy,
+                                  acpi_seconds=site.scenario.acpi_seconds, on_event=self._after_event)
+        self.executor = VirtualExecutor(loop, site.scenario.creation_seconds, after_each=self._after_event)
+        hooks = GuestObservations().install(FactoryHooks(
+            peer_reports=self._peer_reports,
+            on_created=[self._count_creation],
+            on_finished=[self._count_finish],
+        ))
+        config = Config(settings, site.machinetypes)
+        self.factory = Factory(
+            Store(paths),
+            self.backend,
+            _StaticConfig(config),
+            self.executor,
+            clock=site.clock,
+            load_average=lambda: 0.0,
+            host_cpu_count=settings.total_processors,
+            vacd_start_time=int(site.clock()),
+            hooks=hooks,
+            tie_break=random.Random(site.rng.getrandbits(64)),
+            initial_config=config,
+        )
+        if settings.wake_on_events:
+            self.backend.watch(self.factory.wake)
+        self.turns = _PassTurns(self.name)
+        self.encoded: Optional[EncodedSnapshot] = None
+        self.published: tuple[MachinetypeReport, ...] = ()
+        self.backoff: frozenset[str] = frozenset()
+        self.smoothed_rtt: Optional[float] = None
+        self.in_pass = False
+        self.next_pass_at = float("inf")
+        self._pass_token = 0
+
+    # The daemon's loop
+    def schedule_pass(self, when: float) -> None:
+        self._pass_token += 1
+        self.next_pass_at = when
+        self.site.loop.at(when, self._pass, self._pass_token)
+
+    def _after_event(self) -> None:
+        """A pool job ended or a machine powered off: the daemon's wait ends if the factory woke."""
+        if self.settings.wake_on_events and not self.in_pass and self.factory.wake_event.is_set() \
+                and self.next_pass_at > self.site.loop.now:
+            self.schedule_pass(self.site.loop.now)
+
+    def _pass(self, token: int) -> None:
+        if token != self._pass_token:
+            return
+        self.in_pass = True
+        self.factory.wake_event.clear()
+        self._handle(self.turns.start(self.factory.run_pass))
+
+    def _handle(self, answer: tuple[str, Any]) -> None:
+        kind, value = answer
+        if kind == "census":
+            self.site.start_census(self, value)
+            return
+        self._end_pass(value)
+
+    def census_done(self, reports: Sequence[MachinetypeReport]) -> None:
+        self._handle(self.turns.resume(reports))
+
+    def _end_pass(self, report: PassReport) -> None:
+        now = self.site.loop.now
+        self.in_pass = False
+        self._publish(report)
+        if report.decisions is not None:
+            backoff = frozenset(report.decisions.outlook.backoff_until)
+            self.site.tally.backoff_events += len(backoff - self.backoff)
+            self.backoff = backoff
+        settings = report.settings or self.settings
+        wait = settings.cycle_seconds
+        if settings.wake_on_events:
+            if report.next_wake_seconds is not None:
+                wait = min(wait, report.next_wake_seconds)
+            if self.factory.wake_event.is_set():
+                wait = 0.0
+        self.schedule_pass(now + wait)
+
+    def _publish(self, report: PassReport) -> None:
+        """What the responder answers from until the next pass (Daemon._publish's snapshot)."""
+        if report.settings is None:
+            return
+        now = int(self.site.clock())
+        snapshot = build_snapshot(report, HOST_FACTS, {"factory": now, "responder": now})
+        if not self.published:
+            self.site.note_first_publication()
+        self.published = tuple(
+            MachinetypeReport(status.factory, status.machinetype, status.running_hs06, status.num_before_fizzle,
+                              status.shutdown_message, status.shutdown_time, status.shutdown_machine)
+            for status in snapshot.machinetypes
+        )
+        if not self.site.scenario.uses_census_model:
+            self.encoded = encode_snapshot(snapshot)
+
+    # The factory's hooks
+    def _peer_reports(self, settings: Settings, machinetypes: Mapping[str, Machinetype],
+                      now: int) -> Sequence[MachinetypeReport]:
+        reports: Sequence[MachinetypeReport] = self.turns.wait_for_loop(_CensusRequest(settings, self.site.loop.now))
+        return reports
+
+    def _count_creation(self, record: object, seconds: float, ok: bool) -> None:
+        if ok:
+            self.site.tally.creations += 1
+
+    def _count_finish(self, settings: Settings, machinetype: Optional[Machinetype], record: object,
+                      finish: Any) -> None:
+        if is_abort(finish.shutdown_message):
+            self.site.tally.aborts += 1
+
+
+class _StaticConfig:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def current(self) -> Config:
+        return self.config
 
 
 class _CensusRun:
-    __slots__ = ("factory", "census", "started", "generation")
+    __slots__ = ("factory", "census", "finished")
 
-    def __init__(self, factory: _Factory, census: Union[Census, VacCensus], started: float, generation: int) -> None:
+    def __init__(self, factory: SimFactory, census: Census) -> None:
         self.factory = factory
         self.census = census
-        self.started = started
-        self.generation = generation
+        self.finished = False
 
 
 class Site:
-    """Runs one `Scenario`; `run()` returns the samples and totals."""
+    """Runs one `Scenario` with the real factory; `run()` returns the samples and totals."""
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, state_dir: Path) -> None:
+        if scenario.policy != "vacd":
+            raise ValueError("vacd.sim.site runs vacd's factory; Vac 03's loop is vacd.sim.vac03_site")
         self.scenario = scenario
         self.rng = random.Random(scenario.seed)
         self.loop = EventLoop()
+        self.clock = VirtualClock(self.loop)
         self.network = SimNetwork(self.loop, scenario.network, random.Random(scenario.seed + 1))
-        self.machinetypes = {mt.name: mt.machinetype() for mt in scenario.machinetypes}
-        self.profiles = {mt.name: mt for mt in scenario.machinetypes}
-        self.fizzle_seconds = {mt.name: mt.fizzle_seconds for mt in scenario.machinetypes}
-        self.names = [f"f{index:04d}.{SPACE}" for index in range(scenario.factories)]
-        self.by_name: dict[str, _Factory] = {}
-        self.factories: list[_Factory] = []
-        is_vac = scenario.policy == "vac03"
-        for index, name in enumerate(self.names):
+        self.model = CensusModel(scenario.network, "vacd", scenario.census_deadline_seconds)
+        self.busy = BusyCount({profile.name: 0 for profile in scenario.machinetypes})
+        self.tally = _Tally()
+        self.samples: list[Sample] = []
+        self.censuses = 0
+        self.everyone_published_at = float("inf")
+        self._unpublished = scenario.factories
+        images = state_dir / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        self.payloads: dict[Path, MachinetypeScenario] = {}
+        machinetypes: dict[str, Machinetype] = {}
+        for profile in scenario.machinetypes:
+            image = images / f"{profile.name}.img"
+            image.write_bytes(b"simulated payload\n")
+            self.payloads[image] = profile
+            machinetypes[profile.name] = Machinetype(
+                name=profile.name,
+                machinegroup=profile.name,
+                machinetype_path=state_dir / "machinetypes" / profile.name,
+                target_share=profile.target_share,
+                root_image=str(image),
+                backoff_seconds=profile.backoff_seconds,
+                fizzle_seconds=profile.fizzle_seconds,
+                max_wallclock_seconds=profile.max_wallclock_seconds,
+                min_wallclock_seconds=profile.max_wallclock_seconds,
+            )
+        self.machinetypes = machinetypes
+        names = [f"f{index:04d}.{SPACE}" for index in range(scenario.factories)]
+        addresses = tuple(FactoryAddress(name) for name in names)
+        self.trusted = frozenset(names)
+        self.factories: list[SimFactory] = []
+        self.by_name: dict[str, SimFactory] = {}
+        for index, name in enumerate(names):
             settings = Settings(
                 vac_space=SPACE,
                 factory_name=name,
                 total_processors=scenario.processors,
                 host_processors=scenario.processors,
                 gocdb_sitename="sim",
-                max_creations_per_cycle=VAC_CREATIONS_PER_CYCLE if is_vac else scenario.max_creations_per_cycle,
-                cycle_seconds=VAC_SLEEP_SECONDS if is_vac else scenario.cycle_seconds,
+                factories=addresses,
+                max_creations_per_cycle=scenario.max_creations_per_cycle,
+                cycle_seconds=scenario.cycle_seconds,
+                udp_timeout_seconds=5 * scenario.census_deadline_seconds,
             )
-            factory = _Factory(index, settings, scenario.processors)
+            factory = SimFactory(self, index, settings, state_dir / "factories" / name)
             self.factories.append(factory)
             self.by_name[name] = factory
-        self.trusted = frozenset(self.names)
-        self.busy: Counter[str] = Counter()
-        self.tally = _Tally()
-        self.samples: list[Sample] = []
-        self.censuses = 0
-        self.model = CensusModel(scenario.network, scenario.policy, scenario.census_deadline_seconds)
-        # Census model state: the sum of published reports per machinetype, and the
-        # published abort times per machinetype in order, (shutdown_time, factory index).
-        self.total_hs06: dict[str, float] = {name: 0.0 for name in self.machinetypes}
-        self.total_before_fizzle: dict[str, int] = {name: 0 for name in self.machinetypes}
-        self.total_hs06_sq: dict[str, float] = {name: 0.0 for name in self.machinetypes}
-        self.total_before_fizzle_sq: dict[str, int] = {name: 0 for name in self.machinetypes}
-        self.aborts_by_time: dict[str, list[tuple[int, int]]] = {name: [] for name in self.machinetypes}
-        self.probe_spread = 0 if is_vac else scenario.probe_spread_seconds
 
-    # Running
+    def start(self) -> None:
+        """Schedule every factory's first pass (spread over a cycle) and the sampling."""
+        # A factory publishes nothing before its first pass, as a starting vacd.
+        for factory in self.factories:
+            factory.schedule_pass(self.rng.random() * self.scenario.cycle_seconds)
+        self.loop.at(0.0, self._sample)
+
+    def close(self) -> None:
+        """End the factories' pass threads (a pass waiting for its census is abandoned)."""
+        for factory in self.factories:
+            factory.turns.stop()
 
     def run(self) -> SiteRun:
-        first_pass_spread = VAC_SLEEP_SECONDS if self.scenario.policy == "vac03" else self.scenario.cycle_seconds
-        for factory in self.factories:
-            self._publish(factory, 0.0)
-            self._schedule_pass(factory, self.rng.random() * first_pass_spread)
-        self.loop.at(0.0, self._sample)
-        self.loop.run_until(self.scenario.duration_seconds)
+        self.start()
+        try:
+            self.loop.run_until(self.scenario.duration_seconds)
+        finally:
+            self.close()
         return SiteRun(self.scenario, tuple(self.samples), self.network.sent, self.loop.events_run, self.censuses)
 
-    def _schedule_pass(self, factory: _Factory, when: float) -> None:
-        factory.pass_token += 1
-        factory.next_pass_at = when
-        self.loop.at(when, self._pass, factory, factory.pass_token)
+    def note_first_publication(self) -> None:
+        self._unpublished -= 1
+        if self._unpublished == 0:
+            self.everyone_published_at = self.loop.now
 
-    def _wake(self, factory: _Factory, when: float) -> None:
-        """An event asks for an early pass (vacd only: Vac 03 just slept, §1.3)."""
-        if self.scenario.policy == "vac03":
-            return
-        if factory.in_pass:
-            factory.wake_pending = when if factory.wake_pending is None else min(factory.wake_pending, when)
-        elif when < factory.next_pass_at:
-            self._schedule_pass(factory, when)
-
-    def _pass(self, factory: _Factory, token: int) -> None:
-        if token != factory.pass_token:
-            return
-        now = self.loop.now
-        factory.in_pass = True
-        self._observe(factory, now)
-        running = sum(machine.processors for machine in factory.slots if machine is not None)
-        if running >= factory.settings.total_processors or all(factory.slots):
-            # A gate of §4.1 blocks creation: no census is sent (acceptance 28).
-            self._publish(factory, now)
-            self._end_pass(factory, now, created=False, backoff_until=None)
-            return
+    # The census, for a factory's hook
+    def start_census(self, factory: SimFactory, request: _CensusRequest) -> None:
+        own = request.settings.factory_name.lower()
+        peers = [peer.name for peer in request.settings.factories if peer.name.lower() != own]
         if self.scenario.uses_census_model:
-            self._model_census(factory, now)
-        else:
-            self._start_census(factory, now)
-
-    def _end_pass(self, factory: _Factory, started: float, created: bool,
-                  backoff_until: Optional[Mapping[str, int]]) -> None:
-        now = self.loop.now
-        factory.in_pass = False
-        if self.scenario.policy == "vac03":
-            # Vac created synchronously inside the cycle, then slept 60 s (§1.3).
-            busy = self.scenario.creation_seconds if created else 0.0
-            self._schedule_pass(factory, now + busy + VAC_SLEEP_SECONDS)
+            self._model_census(factory, peers, request.now)
             return
-        next_pass = max(started + self.scenario.cycle_seconds, now)
-        if created:
-            next_pass = min(next_pass, now + self.scenario.creation_seconds)
-        if backoff_until:
-            next_pass = min(next_pass, max(now + 1.0, min(backoff_until.values()) + 1.0))
-        if factory.wake_pending is not None:
-            next_pass = min(next_pass, max(now, factory.wake_pending))
-            factory.wake_pending = None
-        self._schedule_pass(factory, next_pass)
-
-    def _observe(self, factory: _Factory, now: float) -> None:
-        for ordinal, machine in enumerate(factory.slots):
-            if machine is not None and machine.end_time <= now:
-                factory.slots[ordinal] = None
-                previous = factory.last_finished.get(machine.machinetype)
-                if previous is None or machine.created >= previous.created:
-                    factory.last_finished[machine.machinetype] = machine
-
-    def _local_reports(self, factory: _Factory, now: float) -> dict[str, MachinetypeReport]:
-        hs06 = dict.fromkeys(self.machinetypes, 0)
-        before_fizzle = dict.fromkeys(self.machinetypes, 0)
-        fizzle_seconds = self.fizzle_seconds
-        for machine in factory.slots:
-            if machine is not None:
-                hs06[machine.machinetype] += machine.processors
-                if now < machine.created + fizzle_seconds[machine.machinetype]:
-                    before_fizzle[machine.machinetype] += 1
-        reports = {}
-        for name in self.machinetypes:
-            last = factory.last_finished.get(name)
-            reports[name] = MachinetypeReport(
-                factory.name,
-                name,
-                float(hs06[name]),
-                before_fizzle[name],
-                None if last is None else last.shutdown_message,
-                None if last is None else last.shutdown_time,
-            )
-        return reports
-
-    # Census, real
-
-    def _start_census(self, factory: _Factory, now: float) -> None:
-        peers = [name for name in self.names if name != factory.name]
-        salt = f"{self.rng.getrandbits(128):032x}"
-        census: Union[Census, VacCensus]
-        if self.scenario.policy == "vac03":
-            census = VacCensus(MessageType.MACHINETYPES_QUERY, SPACE, peers, now, salt=salt)
-        else:
-            census = Census(MessageType.MACHINETYPES_QUERY, SPACE, peers, now,
-                            deadline_seconds=self.scenario.census_deadline_seconds, salt=salt)
-        factory.census_generation += 1
-        run = _CensusRun(factory, census, now, factory.census_generation)
-        self._pump(run)
+        census = Census(
+            MessageType.MACHINETYPES_QUERY,
+            request.settings.vac_space,
+            peers,
+            request.now,
+            deadline_seconds=census_deadline_seconds(request.settings),
+            salt=f"{self.rng.getrandbits(128):032x}",
+            initial_rtt_seconds=factory.smoothed_rtt,
+        )
+        self._pump(_CensusRun(factory, census))
 
     def _pump(self, run: _CensusRun) -> None:
-        if run.generation != run.factory.census_generation:
+        if run.finished:
             return
         census = run.census
         for name, datagram in census.datagrams_to_send(self.loop.now):
@@ -263,208 +535,60 @@ class Site:
         else:
             self.loop.at(census.next_wakeup, self._pump, run)
 
-    def _deliver_query(self, responder: _Factory, datagram: bytes, run: _CensusRun) -> None:
+    def _deliver_query(self, responder: SimFactory, datagram: bytes, run: _CensusRun) -> None:
         if responder.encoded is None:
             return
-        for reply in respond(datagram, run.factory.name, responder.encoded, self.loop.now, trusted_sources=self.trusted):
+        for reply in respond(datagram, run.factory.name, responder.encoded, self.loop.now,
+                             trusted_sources=self.trusted):
             self.network.send(self._deliver_reply, reply, responder.name, run)
 
     def _deliver_reply(self, reply: bytes, source: str, run: _CensusRun) -> None:
-        if run.generation != run.factory.census_generation or run.census.done:
+        if run.finished:
             return
         run.census.receive(reply, source, self.loop.now)
         if run.census.done:
             self._census_done(run)
 
     def _census_done(self, run: _CensusRun) -> None:
-        factory = run.factory
-        factory.census_generation += 1  # later wake-ups and replies of this census are void
+        run.finished = True
         result = run.census.result
-        self._count_census(result.completeness)
-        reports = [
-            MachinetypeReport(status.factory, status.machinetype, status.running_hs06, status.num_before_fizzle,
-                              status.shutdown_message, status.shutdown_time)
-            for name in result.replies
-            for status in result.statuses(name)
-            if isinstance(status, MachinetypeStatus)
-        ]
-        self._decide_and_create(factory, run.started, reports)
+        if result.smoothed_rtt_seconds is not None:
+            run.factory.smoothed_rtt = result.smoothed_rtt_seconds
+        self._count_census(result.completeness, result.started)
+        run.factory.census_done(reports_from(result))
 
-    def _count_census(self, completeness: float) -> None:
+    def _model_census(self, factory: SimFactory, peers: Sequence[str], now: float) -> None:
+        """What a census would hear, drawn from `CensusModel` (each status lost independently)."""
+        statuses = [report for name in peers for report in self.by_name[name].published]
+        lost = set(bernoulli_positions(len(statuses), self.model.miss_probability, self.rng))
+        heard = [report for position, report in enumerate(statuses) if position not in lost]
+        self._count_census(1.0 - len(lost) / len(statuses) if statuses else 1.0, now)
+        duration = self.model.sample_duration(len(statuses), bool(lost), self.rng)
+        self.loop.at(now + duration, factory.census_done, heard)
+
+    def _count_census(self, completeness: float, started: float) -> None:
         self.censuses += 1
+        if started < self.everyone_published_at:
+            # A peer that has not run its first pass publishes nothing: that is the site
+            # starting, not the census losing statuses, so completeness counts from then.
+            return
         self.tally.censuses += 1
         self.tally.completeness_sum += completeness
 
-    # Census, modelled
-
-    def _model_census(self, factory: _Factory, now: float) -> None:
-        peers = len(self.factories) - 1
-        miss = self.model.miss_probability
-        names_exactly = peers * miss <= EXACT_LOSSES_LIMIT
-        reports = []
-        lost_total = 0
-        for name in self.machinetypes:
-            own = factory.published[name]
-            hs06 = self.total_hs06[name] - own.running_hs06
-            before_fizzle = float(self.total_before_fizzle[name] - own.num_before_fizzle)
-            lost_peers: set[int] = set()
-            if names_exactly:
-                for position in bernoulli_positions(peers, miss, self.rng):
-                    index = position if position < factory.index else position + 1
-                    lost_peers.add(index)
-                    report = self.factories[index].published[name]
-                    hs06 -= report.running_hs06
-                    before_fizzle -= report.num_before_fizzle
-                lost = len(lost_peers)
-            else:
-                # Too many lost to name them (Vac 03 misses ~18 % at 50 % loss): draw how
-                # many, and the sum of what they held as a sample without replacement.
-                lost = binomial_count(peers, miss, self.rng)
-                hs06 -= self._lost_sum(lost, peers, hs06, self.total_hs06_sq[name] - own.running_hs06 ** 2)
-                before_fizzle -= self._lost_sum(lost, peers, before_fizzle,
-                                                self.total_before_fizzle_sq[name] - own.num_before_fizzle ** 2)
-            message, abort_time = None, None
-            for shutdown_time, index in reversed(self.aborts_by_time[name]):
-                if index == factory.index or index in lost_peers:
-                    continue
-                if not names_exactly and self.rng.random() < miss:
-                    continue
-                message = self.factories[index].published[name].shutdown_message
-                abort_time = shutdown_time
-                break
-            lost_total += lost
-            reports.append(MachinetypeReport("census", name, max(0.0, hs06), max(0, round(before_fizzle)),
-                                             message, abort_time))
-        statuses = peers * len(self.machinetypes)
-        self._count_census(1.0 if statuses == 0 else 1.0 - lost_total / statuses)
-        duration = self.model.sample_duration(statuses, lost_total > 0, self.rng)
-        self.loop.at(now + duration, self._decide_and_create, factory, now, reports)
-
-    def _lost_sum(self, lost: int, population: int, total: float, sum_of_squares: float) -> float:
-        """The sum of `lost` values drawn without replacement from `population` values."""
-        if lost <= 0 or population <= 0:
-            return 0.0
-        if lost >= population:
-            return total
-        mean = total / population
-        variance = max(0.0, sum_of_squares / population - mean * mean)
-        spread = math.sqrt(lost * variance * (population - lost) / max(1, population - 1))
-        return min(total, max(0.0, self.rng.gauss(lost * mean, spread)))
-
-    # Deciding and creating
-
-    def _decide_and_create(self, factory: _Factory, started: float, peer_reports: list[MachinetypeReport]) -> None:
-        now = self.loop.now
-        local = self._local_reports(factory, now)
-        slots = [
-            SlotView(ordinal) if machine is None
-            else SlotView(ordinal, machine.machinetype, machine.processors, machine.shutdown_time, float(machine.processors))
-            for ordinal, machine in enumerate(factory.slots)
-        ]
-        state = SchedulerInput(
-            now=int(now),
-            settings=factory.settings,
-            machinetypes=self.machinetypes,
-            slots=slots,
-            reports=[*local.values(), *peer_reports],
-            host_cpu_count=self.scenario.processors,
-            probe_spread_seconds=self.probe_spread,
-        )
-        decisions = decide(state, self.rng)
-        backoff = frozenset(decisions.outlook.backoff_until)
-        self.tally.backoff_events += len(backoff - factory.backoff)
-        factory.backoff = backoff
-        for create in decisions.creates:
-            self._create(factory, create.ordinal, create.machinetype, create.processors, create.shutdown_time, now)
-        self._publish(factory, now)
-        self._end_pass(factory, started, bool(decisions.creates), decisions.outlook.backoff_until)
-
-    def _create(self, factory: _Factory, ordinal: int, machinetype: str, processors: int, shutdown_time: int,
-                now: float) -> None:
-        profile = self.profiles[machinetype]
-        draw, chosen = self.rng.random(), profile.outcomes[-1]
-        for outcome in profile.outcomes:
-            if draw < outcome.probability:
-                chosen = outcome
-                break
-            draw -= outcome.probability
-        end_time = now + chosen.min_seconds + (chosen.max_seconds - chosen.min_seconds) * self.rng.random()
-        message = chosen.shutdown_message
-        if end_time > shutdown_time:
-            end_time, message = float(shutdown_time), None  # killed at its wallclock limit, no message (§4.4)
-        machine = _Machine(factory, ordinal, machinetype, processors, now, end_time, message, int(end_time))
-        factory.slots[ordinal] = machine
-        self.busy[machinetype] += processors
-        self.tally.creations += 1
-        self.loop.at(end_time, self._machine_ended, machine)
-
-    def _machine_ended(self, machine: _Machine) -> None:
-        self.busy[machine.machinetype] -= machine.processors
-        if is_abort(machine.shutdown_message):
-            self.tally.aborts += 1
-        self._wake(machine.factory, self.loop.now)  # the backend reports the machine stopped
-
-    def _publish(self, factory: _Factory, now: float) -> None:
-        """What the factory's responder answers from until its next pass."""
-        local = self._local_reports(factory, now)
-        if self.scenario.uses_census_model:
-            for name, report in local.items():
-                old = factory.published.get(name)
-                if old is not None:
-                    self.total_hs06[name] -= old.running_hs06
-                    self.total_before_fizzle[name] -= old.num_before_fizzle
-                    self.total_hs06_sq[name] -= old.running_hs06 ** 2
-                    self.total_before_fizzle_sq[name] -= old.num_before_fizzle ** 2
-                    if old.shutdown_time is not None and is_abort(old.shutdown_message):
-                        self.aborts_by_time[name].remove((old.shutdown_time, factory.index))
-                self.total_hs06[name] += report.running_hs06
-                self.total_before_fizzle[name] += report.num_before_fizzle
-                self.total_hs06_sq[name] += report.running_hs06 ** 2
-                self.total_before_fizzle_sq[name] += report.num_before_fizzle ** 2
-                if report.shutdown_time is not None and is_abort(report.shutdown_message):
-                    bisect.insort(self.aborts_by_time[name], (report.shutdown_time, factory.index))
-            factory.published = local
-            return
-        factory.published = local
-        statuses = tuple(
-            MachinetypeStatus(
-                space=SPACE,
-                factory=factory.name,
-                num_machinetypes=len(local),
-                machinetype=name,
-                running_hs06=report.running_hs06,
-                num_before_fizzle=report.num_before_fizzle,
-                shutdown_message=report.shutdown_message,
-                shutdown_time=report.shutdown_time,
-                shutdown_machine=None,
-                running_processors=report.running_hs06,
-            )
-            for name, report in local.items()
-        )
-        factory.encoded = encode_snapshot(Snapshot((), statuses, FactoryStatus(space=SPACE, factory=factory.name)))
-
     # Measuring
-
     def _sample(self) -> None:
         now = self.loop.now
-        capacity = self.scenario.factories * self.scenario.processors
-        busy = {name: self.busy[name] for name in self.machinetypes}
-        working = [profile for profile in self.scenario.machinetypes if profile.has_work and profile.target_share > 0]
-        total_share = sum(profile.target_share for profile in working)
-        share_error = max(
-            (abs(busy[profile.name] / capacity - profile.target_share / total_share) for profile in working),
-            default=0.0,
-        )
-        workless = sum(busy[profile.name] for profile in self.scenario.machinetypes if not profile.has_work)
+        busy = {profile.name: self.busy.processors.get(profile.name, 0) for profile in self.scenario.machinetypes}
+        measured = measure_site(self.scenario, now, busy)
         tally = self.tally
         self.samples.append(
             Sample(
                 time=now,
                 busy_processors=busy,
-                fill=sum(busy.values()) / capacity,
-                useful_fill=sum(busy[profile.name] for profile in working) / capacity,
-                share_error=share_error,
-                workless_fraction=workless / capacity,
+                fill=measured.fill,
+                useful_fill=measured.useful_fill,
+                share_error=measured.share_error,
+                workless_fraction=measured.workless_fraction,
                 census_completeness=tally.completeness_sum / tally.censuses if tally.censuses else None,
                 censuses=tally.censuses,
                 creations=tally.creations,
@@ -477,4 +601,16 @@ class Site:
 
 
 def run_scenario(scenario: Scenario) -> SiteRun:
-    return Site(scenario).run()
+    """Run `scenario`: vacd's policy on the real factory, Vac 03's on its modelled loop."""
+    if scenario.policy == "vac03":
+        from vacd.sim.vac03_site import run_vac03_scenario
+
+        return run_vac03_scenario(scenario)
+    if scenario.state_dir is not None:
+        return Site(scenario, scenario.state_dir).run()
+    tmpfs = Path("/dev/shm")
+    state_dir = Path(tempfile.mkdtemp(prefix="vacd-sim-", dir=tmpfs if tmpfs.is_dir() else None))
+    try:
+        return Site(scenario, state_dir).run()
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
