@@ -70,6 +70,8 @@ def main() -> int:
         "loss20": ("20 % loss", replace(base, network=NetworkConditions(loss=0.2))),
         "loss50": ("50 % loss", replace(base, network=NetworkConditions(loss=0.5))),
         "fail5": ("5 % failing payloads (700)", replace(base, machinetypes=standard_machinetypes(failure_rate=0.05))),
+        "fail5vac03": ("5 % failing payloads (700), abort_rule = vac03",
+                       replace(base, machinetypes=standard_machinetypes(failure_rate=0.05), abort_rule="vac03")),
         "wallclock": ("max_wallclock_seconds 5400",
                       replace(base, machinetypes=standard_machinetypes(max_wallclock_seconds=5400))),
         "step": (f"demand step at {seconds / 3:.0f} s",

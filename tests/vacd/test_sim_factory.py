@@ -124,3 +124,12 @@ def test_factory_clock_is_unix_time_on_the_sites_virtual_time(tmp_path: Path) ->
     site.loop.run_until(123.0)
     assert site.clock() == EPOCH + 123.0
     site.close()
+
+
+@pytest.mark.parametrize("rule", ["failure_rate", "vac03"])
+def test_every_simulated_factory_runs_the_scenarios_abort_rule(tmp_path: Path, rule: str) -> None:
+    site = Site(replace(SMALL, abort_rule=rule), tmp_path)
+    try:
+        assert {factory.settings.abort_rule for factory in site.factories} == {rule}
+    finally:
+        site.close()

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
+from vacd.config import ABORT_RULES
 from vacd.sim.events import NetworkConditions
 from vacd.sim.scenario import CENSUS_MODES, POLICIES, Scenario, SiteRun, standard_machinetypes
 from vacd.sim.site import run_scenario
@@ -39,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-creations", type=int, default=4, help="max_creations_per_cycle (vacd policy)")
     parser.add_argument("--workless", default="vo-a", help="machinetype whose payloads find no work (300)")
     parser.add_argument("--failure-rate", type=float, default=0.0, help="fraction of working payloads ending 700")
+    parser.add_argument("--abort-rule", choices=ABORT_RULES, default="failure_rate",
+                        help="[settings] abort_rule of every factory (vac03: any code >= 300 backs off)")
     parser.add_argument("--max-wallclock-seconds", type=int, default=86400,
                         help="machinetypes' max_wallclock_seconds; under 10800 some payloads (1-3 h) reach it "
                              "and the factory stops them")
@@ -82,6 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             processors=options.processors,
             duration_seconds=options.hours * 3600,
             policy=policy,
+            abort_rule=options.abort_rule,
             network=NetworkConditions(options.loss, options.duplication, options.delay_min, options.delay_max),
             census=options.census,
             census_deadline_seconds=options.census_deadline,

@@ -104,6 +104,8 @@ class Scenario:
     cycle_seconds: float = 30.0
     creation_seconds: float = 5.0
     max_creations_per_cycle: int = 4
+    # [settings] abort_rule of every simulated factory (vacd.scheduler.last_abort_times).
+    abort_rule: str = "failure_rate"
     probe_spread_seconds: int = 60
     sample_seconds: float = 10.0
     seed: int = 1

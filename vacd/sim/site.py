@@ -475,6 +475,7 @@ class Site:
                 factories=addresses,
                 max_creations_per_cycle=scenario.max_creations_per_cycle,
                 cycle_seconds=scenario.cycle_seconds,
+                abort_rule=scenario.abort_rule,
                 udp_timeout_seconds=5 * scenario.census_deadline_seconds,
             )
             factory = SimFactory(self, index, settings, state_dir / "factories" / name)
