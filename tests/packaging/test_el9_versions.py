@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import configparser
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPOSITORY / "constraints/el9.txt"
@@ -89,3 +93,57 @@ def test_the_command_package_requires_the_same_minimums_as_the_daemon() -> None:
     requires = spec_requires()
     for name in ("cryptography", "dnspython"):
         assert requires.count(f"{EL9_PACKAGES[name]} >= {pins[name][0]}") == 2, name
+
+
+TEST_EL9 = REPOSITORY / "tools/test-el9"
+# What tools/test-el9 runs before it has chosen a Python; nothing else is on the test's PATH,
+# so no real python3.9 of the host can be found.
+SCRIPT_COMMANDS = ("bash", "dirname", "find", "sort", "tail")
+
+
+def fake_python(path: Path, version: str) -> Path:
+    """A stand-in interpreter that answers the script's version probe with `version`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/bin/sh\necho {version}\n")
+    path.chmod(0o755)
+    return path
+
+
+def run_which_python(tmp_path: Path, **environment: str) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for command in SCRIPT_COMMANDS:
+        found = shutil.which(command)
+        assert found is not None, command
+        (bin_dir / command).symlink_to(found)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path / "home"), **environment}
+    return subprocess.run([str(bin_dir / "bash"), str(TEST_EL9), "--which-python"], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+@pytest.mark.allow_commands("bash")
+def test_el9_check_fails_loudly_when_there_is_no_python_39(tmp_path: Path) -> None:
+    not_39 = fake_python(tmp_path / "python3.11", "3.11")
+    completed = run_which_python(tmp_path, VAC_EL9_PYTHON=str(not_39))
+    assert completed.returncode == 1
+    assert "no CPython 3.9 found" in completed.stderr
+
+
+@pytest.mark.allow_commands("bash")
+def test_el9_check_takes_the_newest_python_39_under_pyenv(tmp_path: Path) -> None:
+    versions = tmp_path / "home/.pyenv/versions"
+    fake_python(versions / "3.9.2/bin/python3.9", "3.9")
+    newest = fake_python(versions / "3.9.18/bin/python3.9", "3.9")
+    fake_python(versions / "3.11.7/bin/python3.11", "3.11")
+    completed = run_which_python(tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == str(newest)
+
+
+@pytest.mark.allow_commands("bash")
+def test_el9_check_prefers_the_python_it_is_given(tmp_path: Path) -> None:
+    fake_python(tmp_path / "home/.pyenv/versions/3.9.18/bin/python3.9", "3.9")
+    given = fake_python(tmp_path / "site/python3.9", "3.9")
+    completed = run_which_python(tmp_path, VAC_EL9_PYTHON=str(given))
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == str(given)
