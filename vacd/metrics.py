@@ -28,12 +28,22 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+else:
+    try:
+        from prometheus_client.registry import Collector
+    except ImportError:
+        # prometheus_client 0.13.1 (EPEL 9's python3-prometheus_client, issue 12 item 1) has
+        # no Collector base class (0.14 added it); its registry takes any object that has
+        # collect(), so a plain object base is all the older version needs.
+        Collector = object
 
 from vacd.factory import SLOT_STEPS
 from vacd.outcomes import shutdown_code

@@ -15,14 +15,19 @@ Rules (behaviour reference §6.6, with the key size raised as §11 asks):
 
 Output: proxy certificate PEM, then its private key PEM (traditional RSA format, as grid
 tools expect), then the issuer and its chain.
+
+Works with cryptography 36.0.1, EL9's python3-cryptography (issue 12 item 1): the few newer
+calls are feature-detected in `load_pem_certificates` and `not_valid_after_utc` /
+`not_valid_before_utc`, and the newest release's own versions are used where present.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -40,6 +45,8 @@ LIMITED_PROXY_POLICY_OID = "1.3.6.1.4.1.3536.1.1.1.9"
 LEGACY_PROXY_COMMON_NAME = "limited proxy"
 # Same allowance for clock skew as grid-proxy-init.
 CLOCK_SKEW_SECONDS = 300
+# One PEM certificate block (RFC 7468 §5.1), for splitting a bundle on cryptography < 39.
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
 
 
 class ProxyError(VacError):
@@ -63,7 +70,7 @@ def load_issuer(certificate_pem: bytes, key_pem: bytes) -> Issuer:
             that does not belong to the certificate.
     """
     try:
-        certificates = x509.load_pem_x509_certificates(certificate_pem)
+        certificates = load_pem_certificates(certificate_pem)
     except ValueError as error:
         raise ProxyError(f"unreadable issuer certificate: {error}") from error
     try:
@@ -76,6 +83,52 @@ def load_issuer(certificate_pem: bytes, key_pem: bytes) -> Issuer:
     if private_key.public_key().public_numbers() != _rsa_public_numbers(certificate):
         raise ProxyError("issuer key does not match the issuer certificate")
     return Issuer(certificate, private_key, tuple(certificates[1:]))
+
+
+def load_pem_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle, in order.
+
+    Raises:
+        ValueError: no certificate in `data`, or one that cannot be parsed.
+    """
+    # cryptography 39 added load_pem_x509_certificates; EL9's 36.0.1 reads one at a time.
+    load_all: Optional[Callable[[bytes], list[x509.Certificate]]] = getattr(x509, "load_pem_x509_certificates", None)
+    if load_all is not None:
+        return list(load_all(data))
+    return load_pem_certificates_one_by_one(data)
+
+
+def load_pem_certificates_one_by_one(data: bytes) -> list[x509.Certificate]:
+    """`load_pem_certificates` with only `x509.load_pem_x509_certificate`, which every
+    cryptography release has: each BEGIN/END CERTIFICATE block is parsed on its own, and
+    text between blocks (such as openssl's "subject=" lines) is ignored, as the newer
+    loader ignores it.
+
+    Raises:
+        ValueError: no certificate in `data`, or one that cannot be parsed.
+    """
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise ValueError("no PEM certificate found")
+    return [x509.load_pem_x509_certificate(block) for block in blocks]
+
+
+def not_valid_after_utc(certificate: x509.Certificate) -> datetime.datetime:
+    """The certificate's notAfter as an aware UTC datetime."""
+    # cryptography 42 added the aware not_valid_after_utc (and deprecated the naive
+    # not_valid_after); EL9's 36.0.1 has only the naive one, which is in UTC.
+    aware: Optional[datetime.datetime] = getattr(certificate, "not_valid_after_utc", None)
+    if aware is not None:
+        return aware
+    return certificate.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+
+
+def not_valid_before_utc(certificate: x509.Certificate) -> datetime.datetime:
+    """The certificate's notBefore as an aware UTC datetime (see `not_valid_after_utc`)."""
+    aware: Optional[datetime.datetime] = getattr(certificate, "not_valid_before_utc", None)
+    if aware is not None:
+        return aware
+    return certificate.not_valid_before.replace(tzinfo=datetime.timezone.utc)
 
 
 def load_issuer_files(certificate_path: Path, key_path: Path) -> Issuer:
@@ -107,7 +160,7 @@ def make_proxy(
         ProxyError: the issuer expires before `expiry_time`, or `expiry_time` is not after `now`.
     """
     issuer_certificate = issuer.certificate
-    issuer_expiry = issuer_certificate.not_valid_after_utc
+    issuer_expiry = not_valid_after_utc(issuer_certificate)
     expiry = datetime.datetime.fromtimestamp(expiry_time, tz=datetime.timezone.utc)
     if issuer_expiry < expiry:
         raise ProxyError(
@@ -118,7 +171,7 @@ def make_proxy(
         raise ProxyError(f"proxy expiry {expiry_time} is not after now ({now})")
     start = max(
         datetime.datetime.fromtimestamp(now - CLOCK_SKEW_SECONDS, tz=datetime.timezone.utc),
-        issuer_certificate.not_valid_before_utc,
+        not_valid_before_utc(issuer_certificate),
     )
 
     proxy_key = rsa.generate_private_key(public_exponent=65537, key_size=key_bits)

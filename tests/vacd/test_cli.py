@@ -216,6 +216,8 @@ def test_proxy_init_prints_a_twelve_hour_proxy(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import NameOID
 
+    from vacd.proxy import not_valid_after_utc
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vac test issuer")])
     start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
@@ -238,7 +240,7 @@ def test_proxy_init_prints_a_twelve_hour_proxy(tmp_path: Path) -> None:
 
     assert code == 0
     proxy = x509.load_pem_x509_certificate(out.encode())
-    lifetime = proxy.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    lifetime = not_valid_after_utc(proxy) - datetime.datetime.now(datetime.timezone.utc)
     assert datetime.timedelta(hours=11) < lifetime <= datetime.timedelta(hours=12)
     assert "BEGIN RSA PRIVATE KEY" in out
 

@@ -16,7 +16,10 @@ from vacd.proxy import (
     Issuer,
     ProxyError,
     load_issuer,
+    load_pem_certificates,
     make_proxy,
+    not_valid_after_utc,
+    not_valid_before_utc,
     proxy_cert_info_der,
 )
 
@@ -76,7 +79,7 @@ def issuer(grid: dict) -> Issuer:
 
 def split_output(output: str) -> tuple[list[x509.Certificate], rsa.RSAPrivateKey]:
     data = output.encode()
-    certificates = x509.load_pem_x509_certificates(data)
+    certificates = load_pem_certificates(data)
     key = serialization.load_pem_private_key(data[data.index(b"-----BEGIN RSA PRIVATE KEY-----") :], password=None)
     assert isinstance(key, rsa.RSAPrivateKey)
     return certificates, key
@@ -98,8 +101,8 @@ def test_rfc3820_proxy_has_issuer_subject_plus_cn_and_limited_policy(grid: dict,
     assert key_usage.critical
     assert (key_usage.value.digital_signature, key_usage.value.key_encipherment, key_usage.value.key_agreement) == (True, True, True)
     assert not key_usage.value.key_cert_sign
-    assert proxy.not_valid_after_utc == utc(EXPIRY)
-    assert proxy.not_valid_before_utc == utc(NOW - 300)
+    assert not_valid_after_utc(proxy) == utc(EXPIRY)
+    assert not_valid_before_utc(proxy) == utc(NOW - 300)
     assert key.key_size == 2048
     proxy_public_key = proxy.public_key()
     assert isinstance(proxy_public_key, rsa.RSAPublicKey)

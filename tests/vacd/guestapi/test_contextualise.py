@@ -23,7 +23,7 @@ from tests.vacd.guestapi.conftest import CREATED_TIME, ROOT_PUBLIC_KEY, Site, ma
 from vacd import MANAGER_VERSION
 from vacd.guestapi.contextualise import ContextualisationError, prepare_machine_dir
 from vacd.mjf import read_features
-from vacd.proxy import PROXY_CERT_INFO_OID
+from vacd.proxy import PROXY_CERT_INFO_OID, load_pem_certificates, not_valid_after_utc
 
 EVERY_PATTERN = "\n".join(
     f"{name}=##user_data_{name}##"
@@ -191,10 +191,10 @@ def test_proxy_is_inserted_expiring_at_shutdown(site: Site) -> None:
     use_template(site, "proxy:\n##user_data_option_x509_proxy##")
     site.machinetype = replace(site.machinetype, user_data_proxy=True)
     directory = prepare(site)
-    proxy = x509.load_pem_x509_certificates((directory / "user_data").read_bytes()[len("proxy:\n") :])[0]
+    proxy = load_pem_certificates((directory / "user_data").read_bytes()[len("proxy:\n") :])[0]
     assert proxy.issuer == issuer.subject
     assert proxy.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[-1].value == "example"
-    assert proxy.not_valid_after_utc.timestamp() == CREATED_TIME + 86400
+    assert not_valid_after_utc(proxy).timestamp() == CREATED_TIME + 86400
     assert proxy.extensions.get_extension_for_oid(PROXY_CERT_INFO_OID).critical
 
 
