@@ -15,9 +15,11 @@ Rules:
   pass spends at most `budget_seconds` resolving, so a dead DNS server cannot stall passes.
 - The census deadline defaults to udp_timeout_seconds / 5 (2 s): the census never
   takes longer than one of Vac's silent rounds (§3.7), where Vac took at least that.
-- Peers the last censuses heard answer fast are remembered (`next_fast_peers`); every
-  other peer, slow, silent or new, is asked at most Vac's 6 times per census (issue 9
-  item 5), so a Vac 03 responder that forks per datagram is not flooded.
+- Peers the last censuses heard answer fast are remembered (`next_fast_peers`); a peer
+  measured slow or found silent is asked at most Vac's 6 times per census (issue 9 item 5),
+  so a Vac 03 responder that forks per datagram is not flooded. A peer no census of this
+  process has asked yet gets the fast retries: at 50 % loss, 6 queries miss a peer 18 % of
+  the time, and a factory that starts must hear the space's aborts at its first census.
 - `factories` entries must be the peers' own FQDNs (as in Vac, §3.7): a reply whose
   `factory` differs from the name asked is discarded by the census.
 - The responder's trusted sources (the space's factory addresses, amplification rule 3b
@@ -35,7 +37,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import AbstractSet, Callable, Mapping, Optional, Sequence
 
 import dns.exception
 import dns.resolver
@@ -220,6 +222,11 @@ def reports_from(result: CensusResult) -> list[MachinetypeReport]:
     return reports
 
 
+def fast_retry_peers(fast: AbstractSet[str], measured: AbstractSet[str], names: Sequence[str]) -> frozenset[str]:
+    """The peers a census may ask more than Vac's 6 times: the known-fast and the not yet measured."""
+    return frozenset(fast) | frozenset(name.lower() for name in names if name.lower() not in measured)
+
+
 def census_deadline_seconds(settings: Settings) -> float:
     """One of Vac's silent rounds (udp_timeout_seconds / 5, §3.7)."""
     return settings.udp_timeout_seconds / 5
@@ -269,6 +276,8 @@ class PeerCensus:
         # Peers heard answering within the retransmission ceiling: only they get more than
         # Vac's 6 queries a census (vacquery/client.py; issue 9 item 5).
         self._fast_peers: frozenset[str] = frozenset()
+        # Every peer a census of this process has asked (lower case): measured fast, slow or silent.
+        self._measured_peers: frozenset[str] = frozenset()
         self.last_outcome: Optional[PeerCensusOutcome] = None
         # Addresses of the space's factories, for the responder's amplification rule 3b.
         self.trusted_hosts: frozenset[str] = frozenset()
@@ -328,7 +337,7 @@ class PeerCensus:
             salt=self._salt_source(),
             daemon_version=self._daemon_version,
             initial_rtt_seconds=self._smoothed_rtt,
-            fast_peers=self._fast_peers,
+            fast_peers=fast_retry_peers(self._fast_peers, self._measured_peers, [peer.name for peer in peers]),
         )
         with CensusSockets() as sockets:
             result = run_census(
@@ -345,6 +354,7 @@ class PeerCensus:
             self._smoothed_rtt = result.smoothed_rtt_seconds
         silent = frozenset(result.silent)
         self._fast_peers = next_fast_peers(self._fast_peers, result)
+        self._measured_peers = self._measured_peers | {name.lower() for name in result.factories}
         if silent != self._silent:
             # Logged on change only: an idle pass logs nothing (style guide, Logging).
             log.info("census silent peers changed silent=%s of=%s names=%s", len(silent), len(peers),

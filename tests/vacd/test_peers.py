@@ -17,7 +17,8 @@ import pytest
 from tests.vacquery.loopback_responders import LoopbackResponders
 from tests.vacquery.sample_statuses import SPACE, machinetype_status, snapshot
 from vacd.config import FactoryAddress, Settings
-from vacd.peers import PeerCensus, PeerResolver, ResolvedPeer, census_deadline_seconds, dns_lookup, reports_from
+from vacd.peers import (PeerCensus, PeerResolver, ResolvedPeer, census_deadline_seconds, dns_lookup, fast_retry_peers,
+                        reports_from)
 from vacd.scheduler import MachinetypeReport
 from vacquery.client import Census
 from vacquery.codec import encode_snapshot
@@ -229,3 +230,10 @@ def test_lone_factory_asks_nobody_and_a_reload_that_adds_peers_is_followed() -> 
     finally:
         silent.close()
     assert peer_census.last_outcome is not None and peer_census.last_outcome.result.silent == ("f2.example.com",)
+
+
+def test_peers_not_yet_measured_get_fast_retries_and_slow_or_silent_ones_vacs_six() -> None:
+    # f2 was fast, f3 slow or silent last time, f4 has never been asked (a factory just started).
+    chosen = fast_retry_peers({"f2.example.com"}, {"f2.example.com", "f3.example.com"},
+                              ["F2.example.com", "f3.example.com", "f4.example.com"])
+    assert chosen == {"f2.example.com", "f4.example.com"}

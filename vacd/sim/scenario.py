@@ -162,6 +162,35 @@ class SiteMeasure:
     workless_fraction: float
 
 
+@dataclass
+class SampleTally:
+    """What a site counted since its last sample (both policies' sites keep one)."""
+
+    censuses: int = 0
+    completeness_sum: float = 0.0
+    creations: int = 0
+    aborts: int = 0
+    backoff_events: int = 0
+
+
+def take_sample(scenario: Scenario, time: float, busy: dict[str, int], tally: SampleTally) -> Sample:
+    """One sample of the site: its measure at `time` and what `tally` counted since the last."""
+    measured = measure_site(scenario, time, busy)
+    return Sample(
+        time=time,
+        busy_processors=busy,
+        fill=measured.fill,
+        useful_fill=measured.useful_fill,
+        share_error=measured.share_error,
+        workless_fraction=measured.workless_fraction,
+        census_completeness=tally.completeness_sum / tally.censuses if tally.censuses else None,
+        censuses=tally.censuses,
+        creations=tally.creations,
+        aborts=tally.aborts,
+        backoff_events=tally.backoff_events,
+    )
+
+
 def measure_site(scenario: Scenario, time: float, busy: dict[str, int]) -> SiteMeasure:
     """Fill and share error of `busy` processors per machinetype at `time` (module rules)."""
     capacity = scenario.factories * scenario.processors

@@ -54,7 +54,7 @@ from vacd.peers import census_deadline_seconds, reports_from
 from vacd.scheduler import MachinetypeReport
 from vacd.sim.events import EventLoop, SimNetwork
 from vacd.sim.model import CensusModel, bernoulli_positions
-from vacd.sim.scenario import SPACE, MachinetypeScenario, Sample, Scenario, SiteRun, measure_site
+from vacd.sim.scenario import SPACE, MachinetypeScenario, Sample, SampleTally, Scenario, SiteRun, take_sample
 from vacd.snapshot import HostFacts, build_snapshot
 from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
 from vacquery.client import Census
@@ -274,15 +274,6 @@ class _PassTurns:
                 self._to_loop.put(("error", error))
 
 
-class _Tally:
-    def __init__(self) -> None:
-        self.censuses = 0
-        self.completeness_sum = 0.0
-        self.creations = 0
-        self.aborts = 0
-        self.backoff_events = 0
-
-
 class SimFactory:
     """One factory of the site: the real Factory, its store and backend, and the daemon's loop."""
 
@@ -435,7 +426,7 @@ class Site:
         self.network = SimNetwork(self.loop, scenario.network, random.Random(scenario.seed + 1))
         self.model = CensusModel(scenario.network, "vacd", scenario.census_deadline_seconds)
         self.busy = BusyCount({profile.name: 0 for profile in scenario.machinetypes})
-        self.tally = _Tally()
+        self.tally = SampleTally()
         self.samples: list[Sample] = []
         self.censuses = 0
         self.everyone_published_at = float("inf")
@@ -580,24 +571,8 @@ class Site:
     def _sample(self) -> None:
         now = self.loop.now
         busy = {profile.name: self.busy.processors.get(profile.name, 0) for profile in self.scenario.machinetypes}
-        measured = measure_site(self.scenario, now, busy)
-        tally = self.tally
-        self.samples.append(
-            Sample(
-                time=now,
-                busy_processors=busy,
-                fill=measured.fill,
-                useful_fill=measured.useful_fill,
-                share_error=measured.share_error,
-                workless_fraction=measured.workless_fraction,
-                census_completeness=tally.completeness_sum / tally.censuses if tally.censuses else None,
-                censuses=tally.censuses,
-                creations=tally.creations,
-                aborts=tally.aborts,
-                backoff_events=tally.backoff_events,
-            )
-        )
-        self.tally = _Tally()
+        self.samples.append(take_sample(self.scenario, now, busy, self.tally))
+        self.tally = SampleTally()
         self.loop.at(now + self.scenario.sample_seconds, self._sample)
 
 

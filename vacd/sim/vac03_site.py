@@ -30,7 +30,7 @@ from vacd.outcomes import is_abort
 from vacd.scheduler import MachinetypeReport, SchedulerInput, SlotView, decide
 from vacd.sim.events import EventLoop, SimNetwork
 from vacd.sim.model import EXACT_LOSSES_LIMIT, CensusModel, bernoulli_positions, binomial_count
-from vacd.sim.scenario import SPACE, Sample, Scenario, SiteRun, measure_site
+from vacd.sim.scenario import SPACE, Sample, SampleTally, Scenario, SiteRun, take_sample
 from vacd.sim.vac03 import VAC_CREATIONS_PER_CYCLE, VAC_SLEEP_SECONDS, VacCensus
 from vacquery.client import Census
 from vacquery.codec import EncodedSnapshot, encode_snapshot
@@ -73,14 +73,6 @@ class _Factory:
 
 
 @dataclass
-class _Tally:
-    censuses: int = 0
-    completeness_sum: float = 0.0
-    creations: int = 0
-    aborts: int = 0
-    backoff_events: int = 0
-
-
 class _CensusRun:
     __slots__ = ("factory", "census", "started", "generation")
 
@@ -120,7 +112,7 @@ class Vac03Site:
             self.by_name[name] = factory
         self.trusted = frozenset(self.names)
         self.busy: Counter[str] = Counter()
-        self.tally = _Tally()
+        self.tally = SampleTally()
         self.samples: list[Sample] = []
         self.censuses = 0
         self.model = CensusModel(scenario.network, "vac03", scenario.census_deadline_seconds)
@@ -400,24 +392,8 @@ class Vac03Site:
     def _sample(self) -> None:
         now = self.loop.now
         busy = {name: self.busy[name] for name in self.machinetypes}
-        measured = measure_site(self.scenario, now, busy)
-        tally = self.tally
-        self.samples.append(
-            Sample(
-                time=now,
-                busy_processors=busy,
-                fill=measured.fill,
-                useful_fill=measured.useful_fill,
-                share_error=measured.share_error,
-                workless_fraction=measured.workless_fraction,
-                census_completeness=tally.completeness_sum / tally.censuses if tally.censuses else None,
-                censuses=tally.censuses,
-                creations=tally.creations,
-                aborts=tally.aborts,
-                backoff_events=tally.backoff_events,
-            )
-        )
-        self.tally = _Tally()
+        self.samples.append(take_sample(self.scenario, now, busy, self.tally))
+        self.tally = SampleTally()
         self.loop.at(now + self.scenario.sample_seconds, self._sample)
 
 
