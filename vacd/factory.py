@@ -14,6 +14,8 @@ Rules (design.md rule 3, style.md §3):
 - A restart adopts what is running: a domain whose name and UUID match an unfinished
   slot record is that slot's machine. A vac-named domain that matches no live record is a
   zombie and is destroyed (acceptance 43).
+- A peer's abort, once heard, holds for its backoff although later censuses miss the peer
+  or none runs (vacd/peeroutcomes.py): a lost datagram costs latency, never a backoff.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from vacd.housekeeping import MachineDirectory, expired
 from vacd.imagecache import remote_image_urls
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
+from vacd.peeroutcomes import PeerOutcomes
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
 from vacd.slots import MAX_SLOTS, VNC_BASE_PORT, SlotIdentity, mac_address_for, machine_name_for, slot_identity
@@ -236,6 +239,7 @@ class Factory:
         self._next_housekeeping = 0
         self._busy_at_observation: set[str] = set()
         self._backoffs: dict[str, int] = {}
+        self._peer_outcomes = PeerOutcomes()
         # Cumulative count of contained per-slot errors by step (vac_slot_errors_total{step}).
         self.slot_error_totals: dict[str, int] = {step: 0 for step in SLOT_STEPS}
         self._slot_errors: dict[str, SlotError] = {}  # machine name -> its current error
@@ -353,6 +357,9 @@ class Factory:
             except Exception:  # boundary: a census failure must not stop local scheduling
                 log.exception("census failed; scheduling on local knowledge only")
         now = int(self.clock())
+        # What a lost datagram or a pass without a census hid is filled in from earlier
+        # censuses, so a peer's abort backs the machinetype off for its whole backoff.
+        peer_reports = self._peer_outcomes.complete(peer_reports, settings, machinetypes, now)
         decisions = decide(
             dataclasses.replace(local_state, now=now, reports=[*report.local_reports, *peer_reports]),
             self.tie_break,
