@@ -8,23 +8,21 @@ and the next free slot could create the machinetype at once. Three factories on 
 50 % loss showed it: a starting factory heard the abort, filled its slots, and created the
 aborted machinetype as soon as a slot freed and its census missed the aborting peer.
 
-`PeerOutcomes` keeps, per (peer factory, machinetype), the newest (shutdown_time,
-shutdown_message, shutdown_machine) any census heard, for as long as it can still matter:
-backoff_seconds + fizzle_seconds + the probe spread after its shutdown_time, or the
-failure-rate window under `abort_rule = failure_rate`. `complete()` adds it to what this
-pass heard:
-- a peer status heard this pass with an older (or no) outcome gets the remembered one,
-  its running_hs06 and num_before_fizzle as heard;
-- a peer status not heard this pass is added with the remembered outcome and no running
-  processors, which is what the scheduler assumed of a missing status anyway: only the
-  backoff survives the loss, not stale share figures.
+`PeerOutcomes` keeps, per (peer factory, machinetype), the (shutdown_time, shutdown_message,
+shutdown_machine) of the status last heard from that peer, for as long as it can still
+matter: backoff_seconds + fizzle_seconds + the probe spread after its shutdown_time, or the
+failure-rate window under `abort_rule = failure_rate`. `complete()` takes what this pass
+heard as it is (a peer's word is its latest, even if it names an earlier time or no
+outcome) and adds, for each remembered pair not heard this pass, a status with the
+remembered outcome and no running processors, which is what the scheduler assumed of a
+missing status anyway: only the outcome survives the loss, not stale share figures. So a
+pass that hears every peer decides exactly as before.
 Peers removed from `factories` and machinetypes removed from the configuration are forgotten.
 The state is in memory only: a restarted factory learns the space again from its first census.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -52,7 +50,7 @@ def relevance_seconds(machinetype: Machinetype, abort_rule: str) -> int:
 
 
 class PeerOutcomes:
-    """The newest outcome heard from each peer for each machinetype (see the module docstring)."""
+    """The outcome last heard from each peer for each machinetype (see the module docstring)."""
 
     def __init__(self) -> None:
         self._outcomes: dict[tuple[str, str], _Outcome] = {}
@@ -68,29 +66,18 @@ class PeerOutcomes:
         now: int,
     ) -> list[MachinetypeReport]:
         """Learn from this pass's peer reports, forget what no longer matters, and fill the gaps."""
+        heard_keys = set()
         for report in heard:
+            heard_keys.add(_key(report))
             if report.shutdown_time is None:
-                continue
-            known = self._outcomes.get(_key(report))
-            if known is None or report.shutdown_time >= known.shutdown_time:  # ties: the latest heard
+                self._outcomes.pop(_key(report), None)
+            else:
                 self._outcomes[_key(report)] = _Outcome(
                     report.shutdown_time, report.shutdown_message, report.shutdown_machine
                 )
         self._forget(settings, machinetypes, now)
 
-        completed = []
-        heard_keys = set()
-        for report in heard:
-            heard_keys.add(_key(report))
-            known = self._outcomes.get(_key(report))
-            if known is not None and (report.shutdown_time is None or report.shutdown_time < known.shutdown_time):
-                report = dataclasses.replace(
-                    report,
-                    shutdown_time=known.shutdown_time,
-                    shutdown_message=known.shutdown_message,
-                    shutdown_machine=known.shutdown_machine,
-                )
-            completed.append(report)
+        completed = list(heard)
         names = {factory.name.lower(): factory.name for factory in settings.factories}
         for (factory, machinetype), known in sorted(self._outcomes.items()):
             if (factory, machinetype) not in heard_keys:
