@@ -130,6 +130,8 @@ endif
 	install -m 0755 kickstart/viab-generate "$(DESTDIR)$(DATADIR)/$(NAME)/kickstart/"
 	install -m 0644 kickstart/README.md kickstart/example-site.json "$(DESTDIR)$(DATADIR)/$(NAME)/kickstart/"
 	install -m 0644 kickstart/templates/* "$(DESTDIR)$(DATADIR)/$(NAME)/kickstart/templates/"
+	# Prometheus alerting rules for vacd's /metrics, for prometheus.yml's rule_files.
+	install -D -m 0644 etc/prometheus/vac-alerts.yml "$(DESTDIR)$(DATADIR)/$(NAME)/prometheus/vac-alerts.yml"
 
 clean:
 	rm -rf build $(DIST_DIR) $(NAME).egg-info

@@ -199,7 +199,6 @@ class Daemon:
         self.metrics: Optional[Any] = None
         self.metrics_server: Optional[Any] = None
         self._guest_counts_seen: dict[tuple[str, str, int], int] = {}
-        self._responder_counts_seen: dict[str, int] = {}
         self.responder: Optional[Any] = None
         self.responder_transport: Optional[Any] = None
         self.peer_census: Optional[Any] = None
@@ -343,10 +342,11 @@ class Daemon:
             return
         from prometheus_client import CollectorRegistry
 
-        from vacd.metrics import FactoryMetrics, serve_metrics
+        from vacd.metrics import FactoryMetrics, register_process_collectors, serve_metrics
 
         registry = CollectorRegistry()
         self.metrics = FactoryMetrics(registry)
+        register_process_collectors(registry)
         healthy = self.metrics.healthy_if_fresh(max(120.0, 4 * settings.cycle_seconds))
         self.metrics_server = serve_metrics(settings.metrics_address, registry, healthy)
         log.info("serving metrics address=%s", settings.metrics_address)
@@ -551,13 +551,7 @@ class Daemon:
                         self.metrics.guest_request(key[1], key[2], new)
                     self._guest_counts_seen[key] = count
             if self.responder is not None:
-                for outcome, count in list(self.responder.counters.items()):
-                    new = count - self._responder_counts_seen.get(outcome, 0)
-                    self._responder_counts_seen[outcome] = count
-                    # The responder's tally holds the answered beside the refused: only a
-                    # refusal is a drop; a capped answer was still answered.
-                    if new > 0 and outcome != "replies_capped":
-                        self.metrics.datagram("query", "accepted" if outcome == "answered" else outcome, new)
+                self.metrics.observe_responder_counters(self.responder.counters)
 
 
 def _swap_authenticator(follower: Optional[Any], user: Optional[Any], settings: Settings) -> None:

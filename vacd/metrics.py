@@ -11,6 +11,11 @@ Rules (issue 5; Vac 03 had no metrics endpoint, §11):
   calling `observe_status`, and its ages must keep growing, which is the point of them.
 - Label values come from our own code (states, kinds, outcomes, path classes), never
   from a peer or a guest, so the number of series stays bounded.
+- `promtool check metrics` clean (issue 12 item 7): only counters end in `_total`
+  (`vac_processors_capacity` was `vac_processors_total`, a gauge), the process, platform
+  and GC collectors are registered by `register_process_collectors`, `vac_factory_info`
+  carries vacd's version, and each VacQuery query is received once: the responder's
+  tally is translated by `observe_responder_counters` (a capped answer is no second one).
 - Faults are metrics too (issue 8 item 8): `vac_fault{kind}` and its since-time for every
   fault kind, `vac_config_error`, and `vac_slot_errors_total{step}` fed from the factory's
   cumulative totals in status.json (`slot_error_totals`), so a counter never goes back.
@@ -30,7 +35,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Union
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, Info
+from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -45,6 +51,7 @@ else:
         # collect(), so a plain object base is all the older version needs.
         Collector = object
 
+from vacd import VERSION
 from vacd.factory import SLOT_STEPS
 from vacd.outcomes import shutdown_code
 
@@ -59,6 +66,12 @@ CREATION_BUCKETS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 3
 DESTRUCTION_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # The factory-wide fault kinds (vacd.factory.Fault), always exported so an alert can test for 1.
 FAULT_KINDS = ("config", "listing", "disk", "network")
+# The responder's tally (vacquery.transport.ResponderProtocol.counters) holds one outcome per
+# datagram received, plus two marks that are not datagrams received: a capped answer was
+# also tallied "answered", and a socket error is the kernel reporting a failed send.
+RESPONDER_ANSWERED = "answered"
+RESPONDER_CAPPED = "replies_capped"
+RESPONDER_SOCKET_ERROR = "socket_error"
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,8 @@ class FactoryMetrics:
         self.status_time = gauge("vac_status_timestamp_seconds", "Unix time of the last published factory pass")
         self.slots = gauge("vac_slots", "Slots by state", ["state"])
         self.draining = gauge("vac_draining", "1 while the factory is draining (no creations)")
-        self.total_processors = gauge("vac_processors_total", "Processors this factory may give to machines")
+        # Not vac_processors_total: "_total" is the suffix of counters (issue 12 item 7).
+        self.processor_capacity = gauge("vac_processors_capacity", "Processors this factory may give to machines")
         self.running_processors = gauge("vac_processors_running", "Processors of running machines")
         self.factory_error = gauge("vac_factory_error", "1 while the factory reports an error (factory-error)")
         self.config_error = gauge("vac_config_error", "1 while the configuration is bad (creation stopped)")
@@ -154,6 +168,15 @@ class FactoryMetrics:
         self.datagrams_dropped = Counter(
             "vac_datagrams_dropped", "VacQuery datagrams dropped, by kind and reason", ["kind", "reason"], registry=registry
         )
+        self.replies_capped = Counter(
+            "vac_vacquery_replies_capped",
+            "VacQuery queries answered with fewer replies than asked for (amplification or byte budget)",
+            registry=registry,
+        )
+        self.socket_errors = Counter(
+            "vac_vacquery_socket_errors", "Errors the VacQuery responder's socket reported (e.g. a failed send)", registry=registry
+        )
+        self._responder_totals_seen: dict[str, int] = {}
         self.guest_requests = Counter(
             "vac_guest_requests", "Guest HTTP requests, by path class and status", ["path_class", "status"], registry=registry
         )
@@ -182,15 +205,22 @@ class FactoryMetrics:
             self.fault_since.labels(kind).set(0)
         for step in SLOT_STEPS:
             self.slot_errors.labels(step)
+        # Exported at 0 before the first query, so rate() and alerts see the series from the start.
+        self.datagrams_received.labels("query")
+        # Before any census nobody was asked and nobody is missing: heard / expected is 0 / 0,
+        # which _observe_census reports as complete; a 0 here would read as "nobody answered".
+        self.census_completeness.set(1.0)
 
     # ------------------------------------------------------------------ per pass
     def observe_status(self, status: Mapping[str, Any]) -> None:
         """Set the gauges from one status.json dict (the factory's published pass)."""
         status_time = _number(status.get("time"))
-        self.info.info({"factory": str(status.get("factory") or ""), "space": str(status.get("space") or "")})
+        self.info.info(
+            {"factory": str(status.get("factory") or ""), "space": str(status.get("space") or ""), "version": VERSION}
+        )
         self.status_time.set(status_time)
         self.draining.set(1 if status.get("draining") else 0)
-        self.total_processors.set(_number(status.get("total_processors")))
+        self.processor_capacity.set(_number(status.get("total_processors")))
         self.running_processors.set(_number(status.get("running_processors")))
         self.factory_error.set(1 if status.get("last_error") else 0)
 
@@ -310,6 +340,25 @@ class FactoryMetrics:
         if outcome != "accepted":
             self.datagrams_dropped.labels(kind, outcome).inc(count)
 
+    def observe_responder_counters(self, totals: Mapping[str, int]) -> None:
+        """Count what the VacQuery responder's cumulative tally grew by since the last call.
+
+        Each query received has one outcome: "answered" is accepted, anything else is the
+        reason it was dropped. A capped answer is counted once as received (and answered)
+        and once in vac_vacquery_replies_capped_total; a socket error is no datagram.
+        """
+        for outcome, total in list(totals.items()):
+            grown = total - self._responder_totals_seen.get(outcome, 0)
+            self._responder_totals_seen[outcome] = total
+            if grown <= 0:
+                continue
+            if outcome == RESPONDER_CAPPED:
+                self.replies_capped.inc(grown)
+            elif outcome == RESPONDER_SOCKET_ERROR:
+                self.socket_errors.inc(grown)
+            else:
+                self.datagram("query", "accepted" if outcome == RESPONDER_ANSWERED else outcome, grown)
+
     def guest_request(self, path_class: str, status: int, count: int = 1) -> None:
         self.guest_requests.labels(path_class, str(status)).inc(count)
 
@@ -340,6 +389,17 @@ class FactoryMetrics:
             return Health(tuple(problems))
 
         return healthy
+
+
+def register_process_collectors(registry: CollectorRegistry) -> None:
+    """Add the process_*, python_info and python_gc_* metrics that the default registry has.
+
+    vacd serves its own registry (see the module rules), so these standard collectors,
+    which Prometheus's usual process alerts and dashboards expect, are registered here.
+    """
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 class _HeartbeatCollector(Collector):

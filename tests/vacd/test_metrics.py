@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from vacd.metrics import FactoryMetrics, MetricsServer, parse_listen_address, serve_metrics
+from vacd import VERSION
+from vacd.metrics import FactoryMetrics, MetricsServer, parse_listen_address, register_process_collectors, serve_metrics
 
 STATUS_TIME = 1_700_000_000
 
@@ -127,11 +129,11 @@ def test_status_gauges_are_scraped_over_http(metrics: FactoryMetrics, server: Me
     assert value(samples, "vac_slots", state="Starting") == 1
     assert value(samples, "vac_slots", state="Shut down") == 1
     assert value(samples, "vac_slots", state="Paused") == 0
-    assert value(samples, "vac_processors_total") == 8
+    assert value(samples, "vac_processors_capacity") == 8
     assert value(samples, "vac_processors_running") == 5
     assert value(samples, "vac_draining") == 0
     assert value(samples, "vac_status_timestamp_seconds") == STATUS_TIME
-    assert value(samples, "vac_factory_info", factory="f1.example.com", space="vac01.example.com") == 1
+    assert value(samples, "vac_factory_info", factory="f1.example.com", space="vac01.example.com", version=VERSION) == 1
     assert value(samples, "vac_machinetype_machines", machinetype="lhcb") == 3
     assert value(samples, "vac_machinetype_processors", machinetype="atlas") == 2
     assert value(samples, "vac_machinetype_target_share", machinetype="lhcb") == 0.75
@@ -178,6 +180,80 @@ def test_event_counters_and_histograms(metrics: FactoryMetrics, server: MetricsS
     assert value(samples, "vac_datagrams_received_total", kind="machines_query") == 2
     assert value(samples, "vac_datagrams_dropped_total", kind="machines_query", reason="wrong_space") == 1
     assert value(samples, "vac_guest_requests_total", path_class="joboutputs", status="403") == 1
+
+
+def test_an_answered_query_is_received_once_and_dropped_never(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    metrics.observe_responder_counters(Counter({"answered": 3}))
+    samples = scrape(server)
+
+    assert value(samples, "vac_datagrams_received_total", kind="query") == 3
+    assert not [key for key in samples if key[0] == "vac_datagrams_dropped_total"]
+
+
+def test_a_capped_answer_is_one_datagram_received_and_one_capped_reply(
+    metrics: FactoryMetrics, server: MetricsServer
+) -> None:
+    # The responder tallies a capped answer both "answered" and "replies_capped".
+    metrics.observe_responder_counters(Counter({"answered": 2, "replies_capped": 1}))
+    samples = scrape(server)
+
+    assert value(samples, "vac_datagrams_received_total", kind="query") == 2
+    assert value(samples, "vac_vacquery_replies_capped_total") == 1
+    assert not [key for key in samples if key[0] == "vac_datagrams_dropped_total"]
+
+
+def test_refused_queries_are_received_and_dropped_for_their_reason_and_socket_errors_are_neither(
+    metrics: FactoryMetrics, server: MetricsServer
+) -> None:
+    metrics.observe_responder_counters(Counter({"answered": 1, "wrong_space": 2, "socket_error": 4}))
+    samples = scrape(server)
+
+    assert value(samples, "vac_datagrams_received_total", kind="query") == 3
+    assert value(samples, "vac_datagrams_dropped_total", kind="query", reason="wrong_space") == 2
+    assert value(samples, "vac_vacquery_socket_errors_total") == 4
+    assert ("vac_datagrams_dropped_total", frozenset({("kind", "query"), ("reason", "socket_error")})) not in samples
+
+
+def test_responder_counters_add_only_what_the_tally_grew_by(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    tally = Counter({"answered": 5, "malformed": 1})
+    metrics.observe_responder_counters(tally)
+    tally["answered"] += 2
+    metrics.observe_responder_counters(tally)
+    # A new responder (a fresh tally) must not make a counter go back.
+    metrics.observe_responder_counters(Counter({"answered": 1}))
+    metrics.observe_responder_counters(Counter({"answered": 4}))
+    samples = scrape(server)
+
+    assert value(samples, "vac_datagrams_received_total", kind="query") == 5 + 1 + 2 + 3
+    assert value(samples, "vac_datagrams_dropped_total", kind="query", reason="malformed") == 1
+
+
+def test_process_and_platform_collectors_are_served_beside_the_vac_metrics(
+    registry: CollectorRegistry, metrics: FactoryMetrics, server: MetricsServer
+) -> None:
+    register_process_collectors(registry)
+    names = {name for name, _ in scrape(server)}
+
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"} <= names
+    assert "python_info" in names and "python_gc_collections_total" in names
+
+
+def test_before_any_census_the_census_is_complete_not_empty(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    metrics.observe_status(make_status(census=None))
+    samples = scrape(server)
+
+    assert value(samples, "vac_census_expected_factories") == 0
+    assert value(samples, "vac_census_completeness_ratio") == 1
+
+
+def test_no_gauge_has_a_counters_total_suffix(registry: CollectorRegistry, metrics: FactoryMetrics) -> None:
+    metrics.observe_status(make_status())
+    register_process_collectors(registry)
+    gauges_named_like_counters = [
+        family.name for family in registry.collect() if family.type != "counter" and family.name.endswith("_total")
+    ]
+
+    assert gauges_named_like_counters == []
 
 
 def test_machinetype_removed_from_status_disappears_from_metrics(metrics: FactoryMetrics, server: MetricsServer) -> None:
