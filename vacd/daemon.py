@@ -9,6 +9,12 @@ logging and signal handlers; nothing runs at import time.
 Stopping vacd (SIGTERM, SIGINT) never stops machines: they keep running and the next start
 adopts them (§10.2). SIGHUP re-opens the log file and re-reads the configuration at once;
 SIGUSR1 only wakes the loop (`vac drain` uses it).
+
+Under systemd (`Type=notify`, vacd.service) the loop tells the service manager what it is
+doing (vacd.sdnotify): READY=1 after the first completed pass, a STATUS= line after every
+pass, WATCHDOG=1 from the loop itself after each pass and while it waits for the next (so
+a pass that never returns stops the pings and systemd restarts vacd), STOPPING=1 at once on
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.fdlimit import raise_fd_limit
 from vacd.paths import Paths
+from vacd.sdnotify import ServiceNotifier
 from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
 from vacd.store import MachineRecord, Store
 
@@ -182,7 +189,8 @@ class PidFile:
 class Daemon:
     """The running vacd: builds every part from the configuration and runs the loop."""
 
-    def __init__(self, paths: Paths, config: Config, host_fqdn: str, host_cpu_count: int) -> None:
+    def __init__(self, paths: Paths, config: Config, host_fqdn: str, host_cpu_count: int, *,
+                 notifier: Optional[ServiceNotifier] = None) -> None:
         self.paths = paths
         self.config = config
         self.host_fqdn = host_fqdn
@@ -210,8 +218,15 @@ class Daemon:
         # When a pass last completed (status.json `last_pass_completed`, the factory heartbeat).
         self.last_pass_completed: Optional[int] = None
         self.image_eviction: Optional[Any] = None
+        # The service manager (systemd) hears of readiness, status, liveness and stopping.
+        self.notifier = notifier if notifier is not None else ServiceNotifier(None)
+        self.is_ready = False
 
     def request_stop(self, *_: object) -> None:
+        if not self.stopping.is_set():
+            # At once, not when the pass under way ends: systemd shows "deactivating" now.
+            self.notifier.stopping("stopping: waiting for the pass and the creations and destroys under way; "
+                                   "machines keep running")
         self.stopping.set()
         if self.factory is not None:
             self.factory.wake("stop")
@@ -226,6 +241,7 @@ class Daemon:
         from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
 
         settings = self.config.settings
+        self.notifier.status("starting: cleaning up, connecting to libvirt, opening the VacQuery port")
         self.paths.ensure_state_dirs()
         store = Store(self.paths)
         # Before any pass, so no temp or disk file can belong to work in flight (issue 8 item 4).
@@ -293,6 +309,8 @@ class Daemon:
             backend.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
+            self.notifier.status("stopped: machines keep running and will be adopted at the next start")
+            self.notifier.close()
         return 0
 
     def _ensure_network(self, settings: Settings) -> bool:
@@ -421,12 +439,44 @@ class Daemon:
             try:
                 self._one_iteration(factory, config_source)
                 self.pass_errors_in_a_row = 0
-            except Exception:  # boundary: the loop never dies from an exception (item 1)
+            except Exception as error:  # boundary: the loop never dies from an exception (item 1)
                 self.pass_errors_in_a_row += 1
                 delay = min(PASS_ERROR_MAX_BACKOFF_SECONDS,
                             PASS_ERROR_FIRST_BACKOFF_SECONDS * 2 ** min(self.pass_errors_in_a_row - 1, 10))
                 log.exception("pass failed (%d in a row); next pass in %.0fs", self.pass_errors_in_a_row, delay)
-                self.stopping.wait(delay)
+                # The loop is alive and will try again: a restart would not mend a bug in a pass.
+                self.notifier.notify(watchdog="1", status=f"pass failed ({self.pass_errors_in_a_row} in a row): "
+                                     f"{type(error).__name__}: {error}; next pass in {delay:.0f}s")
+                self._wait_feeding_watchdog(self.stopping, delay)
+
+    def _wait_feeding_watchdog(self, event: threading.Event, seconds: float) -> None:
+        """Wait for `event` up to `seconds`, sending WATCHDOG=1 every half watchdog timeout.
+
+        Pings come only from here and from the end of a pass, both on the loop's thread: a
+        pass that never returns sends none, and systemd restarts vacd (WatchdogSec=).
+        """
+        ping_seconds = self.notifier.watchdog_ping_seconds
+        if ping_seconds is None:
+            event.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or event.wait(min(remaining, ping_seconds)):
+                return
+            self.notifier.watchdog()
+
+    def _tell_service_manager(self, report: PassReport, elapsed_seconds: float) -> None:
+        """After a pass: WATCHDOG=1, a STATUS= line, and READY=1 after the first completed pass."""
+        completed = pass_completed(report)
+        status = service_status_line(report, elapsed_seconds, self.paths.drain_file.exists())
+        if completed and not self.is_ready:
+            self.is_ready = True
+            self.notifier.notify(ready="1", watchdog="1", status=status)
+        elif self.is_ready:
+            self.notifier.notify(watchdog="1", status=status)
+        else:
+            self.notifier.notify(watchdog="1", status=f"starting: first pass incomplete: {status}")
 
     def _one_iteration(self, factory: Factory, config_source: ReloadingConfig) -> None:
         """One pass, its publication, and the wait for the next: all inside the loop's boundary."""
@@ -459,15 +509,16 @@ class Daemon:
         elapsed = time.monotonic() - started
         if elapsed > PASS_BUDGET_SECONDS:
             log.warning("slow pass budget=%.0fs actual=%.1fs", PASS_BUDGET_SECONDS, elapsed)
+        self._tell_service_manager(report, elapsed)
         settings = report.settings or config_source.last_good.settings
         if not settings.wake_on_events:
             # Vac 03's loop: a fixed wait after each pass, deaf to events (§1.3).
-            self.stopping.wait(settings.cycle_seconds)
+            self._wait_feeding_watchdog(self.stopping, settings.cycle_seconds)
             return
         wait_seconds = settings.cycle_seconds
         if report.next_wake_seconds is not None:
             wait_seconds = min(wait_seconds, report.next_wake_seconds)
-        factory.wake_event.wait(wait_seconds)
+        self._wait_feeding_watchdog(factory.wake_event, wait_seconds)
 
     def _follow_auth_settings(self, settings: Settings) -> None:
         """The key and vacquery_auth follow a reload, as vacd(8) says every edit does (issue 9 item 6)."""
@@ -554,6 +605,23 @@ class Daemon:
                 self.metrics.observe_responder_counters(self.responder.counters)
 
 
+def service_status_line(report: PassReport, elapsed_seconds: float, draining: bool) -> str:
+    """The one line `systemctl status vacd` shows after a pass: what runs, and what is wrong."""
+    if report.settings is None or report.config_error is not None:
+        return f"configuration error: {report.config_error or 'no usable configuration'}"
+    if report.observe_error is not None:
+        return f"cannot list the machines: {report.observe_error}"
+    running = sum(totals.machines for totals in report.running_by_machinetype().values())
+    parts = [f"{running} machines in {report.settings.num_machine_slots} slots"]
+    if draining:
+        parts.append("draining")
+    parts.extend(f"{fault.kind}: {fault.message}" for fault in report.faults)
+    if report.slot_errors:
+        parts.append(f"{len(report.slot_errors)} slot errors")
+    parts.append(f"pass at {time.strftime('%H:%M:%S', time.localtime(report.now))} took {elapsed_seconds:.1f}s")
+    return "; ".join(parts)
+
+
 def _swap_authenticator(follower: Optional[Any], user: Optional[Any], settings: Settings) -> None:
     """Give `user` (responder or census) the Authenticator `follower` rebuilt, if the settings changed it."""
     if follower is not None and user is not None and follower.follow(settings):
@@ -577,8 +645,12 @@ def warn_if_factory_renamed(paths: Paths, factory_name: str) -> None:
         log.warning("cannot remember the factory name in %s error=%s", remembered, error)
 
 
-def check_config(paths: Paths) -> int:
-    """`vacd --check-config`: print the effective configuration and exit 0, or every error and exit 1."""
+def check_config(paths: Paths, *, logs_to_stderr: bool = False) -> int:
+    """`vacd --check-config`: print the effective configuration and exit 0, or every error and exit 1.
+
+    Besides the configuration, what start-up needs is checked (vacd.startupcheck): key files,
+    the VacQuery and metrics ports, the log file. vacd.service runs this as ExecStartPre=.
+    """
     try:
         config = load_config(paths)
     except ConfigErrors as errors:
@@ -597,6 +669,16 @@ def check_config(paths: Paths) -> int:
     identity = host_qemu_identity()
     for warning in config_access_warnings(config, identity) if identity is not None else []:
         print(f"warning: {warning}", file=sys.stderr)
+    from vacd.startupcheck import startup_findings
+
+    findings = startup_findings(paths, config.settings, logs_to_stderr=logs_to_stderr)
+    for warning in findings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if findings.errors:
+        for startup_problem in findings.errors:
+            print(startup_problem, file=sys.stderr)
+        print("vacd: the configuration is valid but vacd cannot start: fix the above", file=sys.stderr)
+        return 1
     sys.stdout.write(effective_config_text(config))
     return 0
 
@@ -606,7 +688,8 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--prefix", help="re-root every path vacd reads or writes under this directory "
                         "(default: $VAC_PREFIX or /)")
     parser.add_argument("--check-config", "-t", action="store_true",
-                        help="print the effective configuration and exit 0, or the errors and exit 1")
+                        help="check the configuration and what start-up needs (key files, ports, log file); "
+                        "print the effective configuration and exit 0, or the errors and exit 1")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--stderr", action="store_true", help="log to standard error instead of the configured log")
     return parser.parse_args(argv)
@@ -616,7 +699,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     arguments = parse_arguments(argv)
     paths = Paths.from_prefix(arguments.prefix)
     if arguments.check_config:
-        return check_config(paths)
+        return check_config(paths, logs_to_stderr=arguments.stderr)
     host_fqdn, host_cpu_count = socket.getfqdn(), os.cpu_count() or 1
     try:
         config = load_config(paths, host_fqdn=host_fqdn, host_cpu_count=host_cpu_count)
@@ -635,7 +718,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     raise_fd_limit()
     pid_file = PidFile(paths.pid_file)
     pid_file.acquire()
-    daemon = Daemon(paths, config, host_fqdn, host_cpu_count)
+    # systemd's $NOTIFY_SOCKET (Type=notify, WatchdogSec=); without it the notifier is silent.
+    notifier = ServiceNotifier.from_environment()
+    daemon = Daemon(paths, config, host_fqdn, host_cpu_count, notifier=notifier)
 
     def on_hangup(*_: object) -> None:
         reopen_logs()
@@ -651,6 +736,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (VacError, VacqueryError) as error:  # VacqueryError: an unreadable vacquery_key_file
         log.error("vacd stopped: %s", error)
         print(f"vacd: {error}", file=sys.stderr)
+        notifier.status(f"not started: {error}")
         return 1
     finally:
         pid_file.release()

@@ -10,8 +10,10 @@
 #   space or of the site. `/etc/vac.conf` is left to local overrides.
 # * A change in either tree reloads vacd (SIGHUP), never restarts it; vacd also re-reads
 #   its configuration on every pass.
-# * Package `vac`; services `libvirtd` and `vacd` (and `ksm`, `ksmtuned` with Vac's KSM
-#   tuning), `vm.overcommit_memory = 1`, VacQuery's 16 MiB socket buffer maxima
+# * Package `vac`; service `vacd` after EL9's socket-activated modular libvirt daemons
+#   (`virtqemud.socket`, `virtnetworkd.socket`, as EL9 installs them), or after `libvirtd`
+#   with `libvirt_monolithic`; `ksm` and `ksmtuned` with Vac's KSM tuning;
+#   `vm.overcommit_memory = 1`, VacQuery's 16 MiB socket buffer maxima
 #   (`net.core.rmem_max`, `wmem_max`), a root SSH key pair for `root_public_key`.
 # * Optionally: an NRPE command running check-vacd, the APEL certificate and key for
 #   ssmsend, and a local Squid made by `vac squid-conf` with the space's factories as
@@ -72,8 +74,10 @@
 # @param package_ensure
 #   The `ensure` of the vac package (`installed`, `latest` or a version).
 # @param libvirt_monolithic
-#   Stop and disable EL9's modular libvirt daemons (virtqemud and friends) so that the
-#   monolithic libvirtd that vacd.service wants is the only one managing QEMU.
+#   Run the monolithic libvirtd instead of EL9's modular daemons: stop, disable and mask
+#   virtqemud and friends (masked, so vacd.service's Wants= on their sockets is void) and
+#   keep libvirtd running. Off by default: EL9 runs the modular daemons, and vacd.service
+#   orders itself after them.
 class vac (
   String[1] $space = "vac01.${facts['networking']['domain']}",
   Optional[String[1]] $subspace = undef,
@@ -96,7 +100,7 @@ class vac (
   Boolean $local_squid = false,
   Boolean $manage_ksm = true,
   String[1] $package_ensure = 'installed',
-  Boolean $libvirt_monolithic = true,
+  Boolean $libvirt_monolithic = false,
 ) {
   if $apel_bdii_hostport =~ NotUndef {
     warning('vac: apel_bdii_hostport is ignored; set the BDII in /etc/apel/vac-ssmsend-prod.cfg')
@@ -171,23 +175,33 @@ class vac (
 
   if $libvirt_monolithic {
     # EL9 enables one daemon per libvirt driver; two daemons must not both run QEMU.
+    # Masked, not only disabled: vacd.service wants virtqemud.socket and virtnetworkd.socket.
     $modular_units = ['qemu', 'network', 'nodedev', 'nwfilter', 'secret', 'storage', 'interface'].map |$driver| {
       "virt${driver}d.service virt${driver}d.socket virt${driver}d-ro.socket virt${driver}d-admin.socket"
     }.join(' ')
+    $switch_to_monolithic = "systemctl disable --now ${modular_units} >/dev/null 2>&1; systemctl mask ${modular_units} >/dev/null 2>&1"
     exec { 'vac-libvirt-monolithic':
-      command  => "systemctl disable --now ${modular_units} >/dev/null 2>&1; true",
-      onlyif   => 'systemctl is-enabled --quiet virtqemud.socket || systemctl is-active --quiet virtqemud.socket',
+      command  => "${switch_to_monolithic}; true",
+      unless   => 'test "$(systemctl is-enabled virtqemud.socket 2>/dev/null)" = masked',
       path     => ['/usr/bin', '/bin'],
       provider => shell,
       require  => Package['vac'],
       before   => Service['libvirtd'],
     }
-  }
-
-  service { 'libvirtd':
-    ensure  => running,
-    enable  => true,
-    require => Package['vac'],
+    service { 'libvirtd':
+      ensure  => running,
+      enable  => true,
+      require => Package['vac'],
+    }
+    $libvirt_services = [Service['libvirtd']]
+  } else {
+    # EL9's default: the modular daemons start on their sockets' first connection.
+    service { ['virtqemud.socket', 'virtnetworkd.socket']:
+      ensure  => running,
+      enable  => true,
+      require => Package['vac'],
+    }
+    $libvirt_services = [Service['virtqemud.socket'], Service['virtnetworkd.socket']]
   }
 
   # A refresh is a reload: restarting vacd would not stop machines, but there is no
@@ -196,7 +210,7 @@ class vac (
     ensure    => running,
     enable    => true,
     restart   => '/usr/bin/systemctl reload vacd.service',
-    require   => [Package['vac'], Service['libvirtd'], Exec['vac-vm-overcommit-memory'], Exec['vac-sysctl']],
+    require   => [Package['vac'], Exec['vac-vm-overcommit-memory'], Exec['vac-sysctl']] + $libvirt_services,
     subscribe => [File['/etc/vac.d'], File['/var/lib/vac/machinetypes']],
   }
 

@@ -436,14 +436,16 @@ def unit_sections(text: str) -> dict[str, dict[str, str]]:
 def test_systemd_unit_never_kills_machines_and_checks_config_first() -> None:
     unit = unit_sections((REPOSITORY / "etc/vacd.service").read_text())
     service = unit["Service"]
-    assert service["Type"] == "simple"
+    assert service["Type"] == "notify"
     assert service["KillMode"] == "process"
     assert service["ExecStart"].split()[0] == "/usr/sbin/vacd"
     assert service["ExecStartPre"].split()[:2] == ["/usr/sbin/vacd", "--check-config"]
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["Restart"] == "on-failure"
+    # EL9's modular libvirt daemons are wanted; the monolithic libvirtd is an ordering only.
     assert "libvirtd.service" in unit["Unit"]["After"].split()
-    assert "libvirtd.service" in unit["Unit"]["Wants"].split()
+    assert "virtqemud.socket" in unit["Unit"]["Wants"].split()
+    assert "libvirtd.service" not in unit["Unit"]["Wants"].split()
 
 
 @pytest.mark.allow_commands("sh")

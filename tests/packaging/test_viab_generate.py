@@ -145,7 +145,9 @@ def test_kickstart_installs_and_configures_a_factory(generated: Path) -> None:
     for package in ("@^minimal-environment", "vac", "chrony", "squid", "apel-ssm"):
         assert package in packages
     post = text[text.index("%post"):]
-    assert "systemctl enable libvirtd.service" in post
+    # EL9's modular libvirt daemons stay: nothing switches the factory to the monolithic libvirtd.
+    assert "systemctl enable virtqemud.socket virtnetworkd.socket" in post
+    assert "libvirtd" not in post and "systemctl disable" not in post
     assert "systemctl enable vacd.service chronyd.service" in post
     assert "cat > /etc/sysctl.d/90-vac.conf <<'VIAB_EOF'\nvm.overcommit_memory = 1\nVIAB_EOF" in post
     assert "192.0.2.13 factory03.example.org factory03 " in post

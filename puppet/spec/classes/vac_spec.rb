@@ -40,12 +40,11 @@ describe 'vac' do
       is_expected.not_to contain_file('/etc/vac.conf')
     end
 
-    it { is_expected.to contain_service('libvirtd').with(ensure: 'running', enable: true) }
-
-    it 'disables the modular libvirt daemons before starting libvirtd' do
-      is_expected.to contain_exec('vac-libvirt-monolithic')
-        .with_command(/^systemctl disable --now virtqemud\.service virtqemud\.socket .*virtinterfaced-admin\.socket /)
-        .that_comes_before('Service[libvirtd]')
+    it 'keeps EL9\'s modular libvirt daemons and never switches to the monolithic libvirtd' do
+      is_expected.to contain_service('virtqemud.socket').with(ensure: 'running', enable: true)
+      is_expected.to contain_service('virtnetworkd.socket').with(ensure: 'running', enable: true)
+      is_expected.not_to contain_service('libvirtd')
+      is_expected.not_to contain_exec('vac-libvirt-monolithic')
     end
 
     it 'reloads vacd, never restarts it, when a configuration tree changes' do
@@ -54,7 +53,7 @@ describe 'vac' do
         enable: true,
         restart: '/usr/bin/systemctl reload vacd.service',
       ).that_subscribes_to(['File[/etc/vac.d]', 'File[/var/lib/vac/machinetypes]'])
-        .that_requires(['Package[vac]', 'Service[libvirtd]'])
+        .that_requires(['Package[vac]', 'Service[virtqemud.socket]', 'Service[virtnetworkd.socket]'])
     end
 
     it 'sets vm.overcommit_memory to 1 now and at boot' do
@@ -172,10 +171,20 @@ describe 'vac' do
     end
   end
 
-  context 'with libvirt_monolithic false' do
-    let(:params) { { libvirt_monolithic: false } }
+  context 'with libvirt_monolithic true' do
+    let(:params) { { libvirt_monolithic: true } }
 
-    it { is_expected.not_to contain_exec('vac-libvirt-monolithic') }
+    it { is_expected.to compile.with_all_deps }
+    it { is_expected.to contain_service('libvirtd').with(ensure: 'running', enable: true) }
+    it { is_expected.not_to contain_service('virtqemud.socket') }
+
+    it 'disables and masks the modular libvirt daemons before starting libvirtd' do
+      is_expected.to contain_exec('vac-libvirt-monolithic')
+        .with_command(/^systemctl disable --now virtqemud\.service virtqemud\.socket .*virtinterfaced-admin\.socket .*; systemctl mask virtqemud\.service /)
+        .that_comes_before('Service[libvirtd]')
+    end
+
+    it { is_expected.to contain_service('vacd').that_requires('Service[libvirtd]') }
   end
 
   context 'without KSM management' do

@@ -1,0 +1,140 @@
+"""What `vacd --check-config` checks beyond the configuration's text: what start-up needs.
+
+vacd.service runs `vacd --check-config` as `ExecStartPre=`, so a factory that cannot start
+fails its start with a message naming the file or the port, instead of a daemon that dies
+at start-up and is restarted every 10 seconds (issue 12 item 2). Checked:
+
+* every `vacquery_key_file` can be read and holds a usable key (what the responder loads);
+* the VacQuery UDP port and the `metrics_address` TCP port can be bound now;
+* the log file can be written, when vacd logs to it.
+
+A vacd already running on this state directory holds its ports: they are not probed then
+(`--check-config` before a reload must not fail because vacd is up). Run as another user
+than root, a refusal for want of privilege (a port below 1024, root's key file) is a
+warning, not an error: vacd runs as root, and the admin may only be checking the syntax.
+The guest API's port is not probed: its servers bind to the guest network's addresses,
+which may not exist yet, and retry until they can (vacd/guestapi/server.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from vacd.config import Settings
+from vacd.paths import Paths
+
+# Errors that say "not as this user", not "not on this host".
+_PRIVILEGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+@dataclass
+class StartupFindings:
+    """Problems that stop vacd from starting, and things worth knowing that do not."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, message: str, error: OSError) -> None:
+        """An error, unless a non-root user was refused what root would be allowed."""
+        if os.geteuid() != 0 and error.errno in _PRIVILEGE_ERRNOS:
+            self.warnings.append(f"{message} (not checked as uid {os.geteuid()}: vacd runs as root)")
+        else:
+            self.errors.append(message)
+
+
+def running_vacd_pid(pid_file: Path) -> Optional[str]:
+    """The pid in `pid_file` if a running vacd holds its lock, else None (nothing is taken)."""
+    try:
+        handle = open(pid_file)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "unknown"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def check_key_files(settings: Settings, findings: StartupFindings) -> None:
+    from vacquery.auth import load_site_key
+    from vacquery.errors import KeyFileError
+
+    for key_file in settings.vacquery_key_file:
+        path = Path(key_file)
+        try:
+            # The responder's own reading: a missing, unreadable or too-short key fails here.
+            load_site_key(path)
+        except KeyFileError as error:
+            cause = error.__cause__
+            message = f"vacquery_key_file: {error}"
+            if isinstance(cause, OSError):
+                findings.add(message, cause)
+            else:
+                findings.errors.append(message)
+
+
+def check_vacquery_port(settings: Settings, findings: StartupFindings) -> None:
+    from vacquery.transport import open_responder_socket
+
+    try:
+        open_responder_socket(settings.vacquery_bind_address, settings.vacquery_port, None).close()
+    except OSError as error:
+        findings.add(f"cannot listen for VacQuery on {settings.vacquery_bind_address} port {settings.vacquery_port}: "
+                     f"{error.strerror or error} (vacquery_bind_address, vacquery_port in [settings])", error)
+
+
+def check_metrics_address(settings: Settings, findings: StartupFindings) -> None:
+    if not settings.metrics_address:
+        return
+    from vacd.metrics import parse_listen_address
+
+    try:
+        host, port = parse_listen_address(settings.metrics_address)
+    except ValueError as error:
+        findings.errors.append(str(error))
+        return
+    # As the metrics server binds: SO_REUSEADDR, so a socket in TIME_WAIT does not count.
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        probe.listen(1)
+    except OSError as error:
+        findings.add(f"cannot serve metrics on {settings.metrics_address}: {error.strerror or error} "
+                     f"(metrics_address in [settings])", error)
+    finally:
+        probe.close()
+
+
+def check_log_file(paths: Paths, settings: Settings, logs_to_stderr: bool, findings: StartupFindings) -> None:
+    if logs_to_stderr or settings.log_destination != "file":
+        return
+    log_file = paths.log_file
+    # vacd creates missing directories at start; the nearest existing one must be writable.
+    target = log_file if log_file.exists() else next(parent for parent in log_file.parents if parent.exists())
+    if not os.access(target, os.W_OK):
+        error = PermissionError(errno.EACCES, "permission denied")
+        findings.add(f"cannot write the log {log_file}: {target} is not writable "
+                     f"(log_destination in [settings], or run vacd with --stderr)", error)
+
+
+def startup_findings(paths: Paths, settings: Settings, *, logs_to_stderr: bool) -> StartupFindings:
+    """Everything vacd's start-up needs that a configuration file cannot show."""
+    findings = StartupFindings()
+    check_key_files(settings, findings)
+    holder = running_vacd_pid(paths.pid_file)
+    if holder is not None:
+        findings.warnings.append(f"ports not probed: vacd (pid {holder}) is running and holds them")
+    else:
+        check_vacquery_port(settings, findings)
+        check_metrics_address(settings, findings)
+    check_log_file(paths, settings, logs_to_stderr, findings)
+    return findings
