@@ -214,6 +214,8 @@ def test_bash_completes_commands_options_and_files(tmp_path: Path) -> None:
     assert complete(["vac", "machines", "--ti"], tmp_path) == ["--timeout"]
     assert complete(["vac", "squid-conf", "squ"], tmp_path) == ["squid.conf.vac"]
     assert complete(["vac", "-c", "user"], tmp_path) == ["usercert.pem"]
+    (tmp_path / "host key.pem").write_text("")
+    assert complete(["vac", "proxy-init", "-k", "host"], tmp_path) == ["host key.pem"]  # one word, space and all
     assert complete(["vac", "-t", ""], tmp_path) == []
     assert complete(["vac", "status", ""], tmp_path) == []
 
