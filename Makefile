@@ -24,6 +24,8 @@ LOCALSTATEDIR   ?= /var
 UNITDIR         ?= $(PREFIX)/lib/systemd/system
 INITDIR         ?= $(SYSCONFDIR)/rc.d/init.d
 SYSCTLDIR       ?= $(PREFIX)/lib/sysctl.d
+# bash-completion loads completions/vac from here when vac is first completed.
+BASHCOMPLETIONDIR ?= $(DATADIR)/bash-completion/completions
 STATEDIR        ?= $(LOCALSTATEDIR)/lib/vac
 # Where the vacd and vacquery packages go; RPM builds pass %{python3_sitelib}.
 PYTHON_SITELIB  ?= $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("purelib", "posix_prefix", {"base": "$(PREFIX)", "platbase": "$(PREFIX)"}))')
@@ -106,6 +108,7 @@ else
 	install -D -m 0755 etc/init.d/vacd "$(DESTDIR)$(INITDIR)/vacd"
 endif
 	install -D -m 0644 etc/sysconfig/vacd "$(DESTDIR)$(SYSCONFDIR)/sysconfig/vacd"
+	install -D -m 0644 etc/bash-completion/vac "$(DESTDIR)$(BASHCOMPLETIONDIR)/vac"
 	install -D -m 0644 etc/logrotate.d/vacd "$(DESTDIR)$(SYSCONFDIR)/logrotate.d/vacd"
 	# Read by systemd-sysctl at boot and by %post; an admin overrides it in /etc/sysctl.d.
 	install -D -m 0644 etc/sysctl.d/90-vac-vacquery.conf "$(DESTDIR)$(SYSCTLDIR)/90-vac-vacquery.conf"

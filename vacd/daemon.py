@@ -34,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TextIO
 
-from vacd import MANAGER_VERSION
+from vacd import MANAGER_VERSION, VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
 from vacd.errors import ConfigErrors, VacError, VacqueryError
 from vacd.clock import ClockJumpWatch, SteadyClock
@@ -685,6 +685,7 @@ def check_config(paths: Paths, *, logs_to_stderr: bool = False) -> int:
 
 def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vacd", description="The vac factory daemon.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument("--prefix", help="re-root every path vacd reads or writes under this directory "
                         "(default: $VAC_PREFIX or /)")
     parser.add_argument("--check-config", "-t", action="store_true",

@@ -2,7 +2,15 @@
 
 Rules (behaviour reference §9; issue 9 item 1 moved them here from vacquery, which is the
 protocol library and knows nothing of a factory's files):
-- `status` prints status.json (`-J`: as it is); `drain`/`undrain` create and remove the
+- `status` prints status.json (`-J`: as it is), and first judges whether vacd runs: the pid
+  file must name a live process whose loop or responder heartbeat is younger than
+  STALE_HEARTBEAT_SECONDS. When vacd does not run it says so on stderr (why, and the age of
+  the status it still prints) and exits 1, so `vac status` in a script or a cron job
+  tells a stopped factory from a working one. The pid alone would be fooled by a pid file
+  left by a killed vacd whose pid was reused; the heartbeats alone by a clock. Both are
+  read only: vacd's flock on the pid file is not probed, since a probe that held the lock
+  for an instant could make a vacd starting at that moment refuse to run.
+- `drain`/`undrain` create and remove the
   drain file the factory checks every pass, and wake a running vacd at once (SIGUSR1);
   `apel-sync` writes the monthly APEL sync records; `squid-conf IN OUT` writes the Squid
   configuration of the space; `proxy-init` (needs `-c` and `-k`) prints a 12-hour proxy;
@@ -17,11 +25,12 @@ protocol library and knows nothing of a factory's files):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Optional, TextIO
 
 from vacd.accounting import ApelError, apel_sync
 from vacd.atomicfile import read_text_or_none, write_atomic
@@ -34,6 +43,11 @@ from vacquery.tables import status_report
 
 # Vac's `vac proxy-init` made 12-hour proxies (Appendix C).
 PROXY_LIFETIME_SECONDS = 43200
+# The loop beats at least every cycle (30 s) or pass-error backoff (60 s), the responder
+# more often; ten minutes is check-vacd's default critical age for a heartbeat.
+STALE_HEARTBEAT_SECONDS = 600.0
+# The heartbeats that say vacd's process is alive whatever its passes do.
+LIVENESS_HEARTBEATS = ("loop", "responder")
 
 LocalRunner = Callable[[argparse.Namespace, Paths, float, TextIO, TextIO], int]
 
@@ -46,20 +60,89 @@ def load_settings(paths: Paths) -> Settings:
     return load_config(paths).settings
 
 
+@dataclasses.dataclass(frozen=True)
+class VacdLiveness:
+    """Whether vacd runs on this factory's files, and the words that say why not."""
+
+    running: bool
+    pid: Optional[int]
+    reason: str  # "" when running
+
+
+def read_pid(paths: Paths) -> Optional[int]:
+    raw_text = read_text_or_none(paths.pid_file)
+    pid_text = (raw_text or "").strip()
+    return int(pid_text) if pid_text.isascii() and pid_text.isdigit() else None
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process (vacd is root's, the admin may not be)
+        return True
+    return True
+
+
+def read_heartbeat_time(paths: Paths, part: str) -> Optional[float]:
+    try:
+        return float((read_text_or_none(paths.heartbeat_file(part)) or "").split()[0])
+    except (IndexError, ValueError, OSError):
+        return None
+
+
+def vacd_liveness(paths: Paths, now: float) -> VacdLiveness:
+    """Judge from the pid file and the loop and responder heartbeats (see the module's rules)."""
+    pid = read_pid(paths)
+    if pid is None:
+        if paths.pid_file.exists():
+            return VacdLiveness(False, None, f"{paths.pid_file} holds no pid")
+        return VacdLiveness(False, None, f"{paths.pid_file} does not exist")
+    if not process_exists(pid):
+        return VacdLiveness(False, pid, f"pid {pid} of {paths.pid_file} is not running (vacd stopped or was killed)")
+    beats = [beat for beat in (read_heartbeat_time(paths, part) for part in LIVENESS_HEARTBEATS) if beat is not None]
+    if not beats:
+        return VacdLiveness(False, pid, f"pid {pid} is running, but vacd has written no loop or responder heartbeat")
+    age = now - max(beats)
+    if age > STALE_HEARTBEAT_SECONDS:
+        return VacdLiveness(
+            False, pid,
+            f"pid {pid} is running, but vacd's loop and responder have not beaten for {format_age(age)} "
+            "(vacd is stuck, or the pid is now another process's)",
+        )
+    return VacdLiveness(True, pid, "")
+
+
+def format_age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def run_status(arguments: argparse.Namespace, paths: Paths, now: float, out: TextIO, err: TextIO) -> int:
+    liveness = vacd_liveness(paths, now)
+    if not liveness.running:
+        print(f"vacd is not running: {liveness.reason}", file=err)
     raw_text = read_text_or_none(paths.status_file)
     if raw_text is None:
-        print(f"no status yet: {paths.status_file} does not exist (is vacd running?)", file=err)
+        print(f"no status yet: {paths.status_file} does not exist", file=err)
         return 1
     try:
         document = json.loads(raw_text)
     except ValueError as error:
         raise CommandError(f"{paths.status_file}: not JSON: {error}") from error
+    if not liveness.running:
+        written = document.get("time") if isinstance(document, dict) else None
+        when = f", written {format_age(now - written)} ago" if isinstance(written, (int, float)) else ""
+        print(f"the last status vacd wrote follows{when}", file=err)
     if arguments.json:
         out.write(json.dumps(document, indent=1, sort_keys=True) + "\n")
     else:
         out.write(status_report(document, now))
-    return 0
+    return 0 if liveness.running else 1
 
 
 def wake_factory(paths: Paths) -> bool:
@@ -67,11 +150,11 @@ def wake_factory(paths: Paths) -> bool:
 
     vacd reads the drain file at every pass, so creation stops or resumes at once.
     """
-    raw_text = read_text_or_none(paths.pid_file)
-    if raw_text is None or not (raw_text.strip().isascii() and raw_text.strip().isdigit()):
+    pid = read_pid(paths)
+    if pid is None:
         return False
     try:
-        os.kill(int(raw_text.strip()), signal.SIGUSR1)
+        os.kill(pid, signal.SIGUSR1)
     except (ProcessLookupError, PermissionError):
         return False
     return True

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, NoReturn, Optional, Sequence
 
+from vacd import VERSION
 from vacd.atomicfile import read_text_or_none
 from vacd.paths import Paths
 
@@ -300,6 +301,8 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = _PluginArgumentParser(
         prog="check-vacd", description="Nagios plugin: check a vacd factory's heartbeats and errors."
     )
+    # -V as well: the Nagios plugin guidelines give every plugin -V, --version.
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument("--prefix", help="root of the factory's files (default $VAC_PREFIX or /)")
     parser.add_argument("-w", "--warning", type=float, help="warning age of a heartbeat in seconds (default: critical / 2)")
     parser.add_argument("-c", "--critical", type=float, help=f"critical age in seconds (default {DEFAULT_CRITICAL_SECONDS:.0f})")
