@@ -11,8 +11,8 @@ adopts them (§10.2). SIGHUP re-opens the log file and re-reads the configuratio
 SIGUSR1 only wakes the loop (`vac drain` uses it).
 
 Under systemd (`Type=notify`, vacd.service) the loop tells the service manager what it is
-doing (vacd.sdnotify): READY=1 after the first completed pass, a STATUS= line after every
-pass, WATCHDOG=1 from the loop itself after each pass and while it waits for the next (so
+doing (vacd.sdnotify): READY=1 after the first pass (complete or not: faults show in its
+STATUS= line and status.json), a STATUS= line after every pass, WATCHDOG=1 from the loop itself after each pass and while it waits for the next (so
 a pass that never returns stops the pings and systemd restarts vacd), STOPPING=1 at once on
 SIGTERM.
 """
@@ -467,16 +467,21 @@ class Daemon:
             self.notifier.watchdog()
 
     def _tell_service_manager(self, report: PassReport, elapsed_seconds: float) -> None:
-        """After a pass: WATCHDOG=1, a STATUS= line, and READY=1 after the first completed pass."""
-        completed = pass_completed(report)
+        """After a pass: WATCHDOG=1, a STATUS= line, and READY=1 after the first pass.
+
+        READY=1 follows the first pass whether or not it completed: a factory whose libvirt
+        is down at boot is up and says so (status.json, check-vacd, this STATUS= line). Held
+        back, the start would time out and systemd would restart vacd every few minutes,
+        resetting the fault's since-time and hiding it behind a unit in restart.
+        """
         status = service_status_line(report, elapsed_seconds, self.paths.drain_file.exists())
-        if completed and not self.is_ready:
+        if not pass_completed(report):
+            status = f"pass incomplete: {status}"
+        if not self.is_ready:
             self.is_ready = True
             self.notifier.notify(ready="1", watchdog="1", status=status)
-        elif self.is_ready:
-            self.notifier.notify(watchdog="1", status=status)
         else:
-            self.notifier.notify(watchdog="1", status=f"starting: first pass incomplete: {status}")
+            self.notifier.notify(watchdog="1", status=status)
 
     def _one_iteration(self, factory: Factory, config_source: ReloadingConfig) -> None:
         """One pass, its publication, and the wait for the next: all inside the loop's boundary."""
