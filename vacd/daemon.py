@@ -696,15 +696,24 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--check-config", "-t", action="store_true",
                         help="check the configuration and what start-up needs (key files, ports, log file); "
                         "print the effective configuration and exit 0, or the errors and exit 1")
+    parser.add_argument("--config", metavar="FILE",
+                        help="with --check-config: read FILE instead of /etc/vac.conf, to check a new vac.conf "
+                        "with the rest of the configuration before it is put in place")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--stderr", action="store_true", help="log to standard error instead of the configured log")
-    return parser.parse_args(argv)
+    arguments = parser.parse_args(argv)
+    if arguments.config is not None and not arguments.check_config:
+        # A running vacd always reads /etc/vac.conf, like `vac` and check-vacd do.
+        parser.error("--config is only for --check-config")
+    return arguments
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     arguments = parse_arguments(argv)
     paths = Paths.from_prefix(arguments.prefix)
     if arguments.check_config:
+        if arguments.config is not None:
+            paths = dataclasses.replace(paths, main_config_file=Path(arguments.config).absolute())
         return check_config(paths, logs_to_stderr=arguments.stderr)
     host_fqdn, host_cpu_count = socket.getfqdn(), os.cpu_count() or 1
     try:

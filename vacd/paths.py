@@ -21,6 +21,10 @@ class Paths:
     """The file system layout of one factory, optionally re-rooted under `prefix`."""
 
     prefix: Path = Path("/")
+    # `vacd --check-config --config FILE`: FILE is read in place of /etc/vac.conf, as is (not
+    # re-rooted), so a new vac.conf can be checked with the rest of the configuration before
+    # it replaces the old one (Puppet's validate_cmd).
+    main_config_file: Optional[Path] = None
 
     @classmethod
     def from_prefix(cls, prefix: Optional[str]) -> "Paths":
@@ -39,6 +43,8 @@ class Paths:
 
     @property
     def config_file(self) -> Path:
+        if self.main_config_file is not None:
+            return self.main_config_file
         return self.under_prefix("/etc/vac.conf")
 
     @property
