@@ -19,7 +19,8 @@ function vac::tree_sources(
   String[1] $space,
   Array[String[1]] $subspaces,
 ) >> Array[String[1]] {
-  $base = "puppet:///${path}"
+  # `path` names the module itself (modules/vac/vac.d, modules/site_vac/vac.d ...).
+  $base = "puppet:///${path}" # lint:ignore:puppet_url_without_modules
   flatten(
     "${base}/${fqdn}",
     $subspaces.map |String[1] $subspace| { "${base}/${space}:${subspace}" },

@@ -1,6 +1,7 @@
-# @summary The files of a vac factory: the /etc/vac.d and machinetypes trees, the vac.conf
-#   rendered from Hiera, the VacQuery key, the sysctl drop-in, KSM tuning, NRPE, APEL and
-#   firewalld service definitions.
+# @summary The files of a vac factory: configuration trees, vac.conf, VacQuery key, sysctl, firewalld.
+#
+# The /etc/vac.d and machinetypes trees, the vac.conf rendered from Hiera, the VacQuery
+# key, the sysctl drop-in, KSM tuning, NRPE, APEL and the firewalld service definitions.
 #
 # Nothing here restarts or reloads a service itself: class vac::service subscribes vacd to
 # the configuration files and applies the sysctl and firewalld changes.
@@ -9,7 +10,7 @@
 class vac::config {
   # Declared by class vac only, which holds the parameters (stdlib's assert_private, without stdlib).
   if $caller_module_name != $module_name {
-    fail("vac::config is private: declare class vac")
+    fail('vac::config is private: declare class vac')
   }
 
   $subspaces = [

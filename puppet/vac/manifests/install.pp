@@ -1,11 +1,10 @@
-# @summary The packages of a vac factory: vac itself and, as the parameters of class vac
-#   ask, firewalld, apel-ssm and squid.
+# @summary The packages of a vac factory: vac and, as class vac asks, firewalld, apel-ssm, squid.
 #
 # @api private
 class vac::install {
   # Declared by class vac only, which holds the parameters (stdlib's assert_private, without stdlib).
   if $caller_module_name != $module_name {
-    fail("vac::install is private: declare class vac")
+    fail('vac::install is private: declare class vac')
   }
 
   package { 'vac':

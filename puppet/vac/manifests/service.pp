@@ -1,12 +1,13 @@
-# @summary The services of a vac factory: libvirt (EL9's modular daemons, or the
-#   monolithic libvirtd), vacd, ksm and ksmtuned, Squid, and the sysctl and firewalld
-#   changes that class vac::config's files ask for.
+# @summary The services of a vac factory: libvirt, vacd, KSM, Squid, and sysctl and firewalld changes.
+#
+# libvirt is EL9's modular daemons or, with `libvirt_monolithic`, libvirtd. The sysctl
+# and firewalld changes are the ones class vac::config's files ask for.
 #
 # @api private
 class vac::service {
   # Declared by class vac only, which holds the parameters (stdlib's assert_private, without stdlib).
   if $caller_module_name != $module_name {
-    fail("vac::service is private: declare class vac")
+    fail('vac::service is private: declare class vac')
   }
 
   exec { 'vac-sysctl':

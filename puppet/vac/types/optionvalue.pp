@@ -1,6 +1,7 @@
-# @summary The value of one vac.conf option given in Hiera: one line of text, a number,
-#   a boolean (written `true` or `false`) or a list of words (written space-separated, as
-#   in `factories`).
+# @summary The value of one vac.conf option given in Hiera.
+#
+# One line of text, a number, a boolean (written `true` or `false`) or a list of words
+# (written space-separated, as in `factories`).
 type Vac::Optionvalue = Variant[
   Pattern[/\A[^\r\n]*\z/],
   Integer,
