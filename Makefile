@@ -122,13 +122,16 @@ endif
 	echo "VERSION=$(VERSION)" > "$(DESTDIR)$(STATEDIR)/VERSION"
 	chmod 0644 "$(DESTDIR)$(STATEDIR)/VERSION"
 	# The Puppet module and the Vac-in-a-Box generator, for the admin to copy elsewhere.
-	for directory in manifests functions templates; do \
+	for directory in manifests functions types templates data; do \
 	    install -d "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/$$directory" || exit 1; \
 	done
-	install -m 0644 puppet/metadata.json puppet/README.md "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/"
-	install -m 0644 puppet/manifests/*.pp "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/manifests/"
-	install -m 0644 puppet/functions/*.pp "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/functions/"
-	install -m 0644 puppet/templates/*.epp "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/templates/"
+	install -m 0644 puppet/vac/metadata.json puppet/vac/README.md puppet/vac/REFERENCE.md puppet/vac/hiera.yaml \
+	    "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/"
+	install -m 0644 puppet/vac/manifests/*.pp "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/manifests/"
+	install -m 0644 puppet/vac/functions/*.pp "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/functions/"
+	install -m 0644 puppet/vac/types/*.pp "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/types/"
+	install -m 0644 puppet/vac/templates/*.epp "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/templates/"
+	install -m 0644 puppet/vac/data/*.yaml "$(DESTDIR)$(DATADIR)/$(NAME)/puppet/vac/data/"
 	install -d "$(DESTDIR)$(DATADIR)/$(NAME)/kickstart/templates"
 	install -m 0755 kickstart/viab-generate "$(DESTDIR)$(DATADIR)/$(NAME)/kickstart/"
 	install -m 0644 kickstart/README.md kickstart/example-site.json "$(DESTDIR)$(DATADIR)/$(NAME)/kickstart/"

@@ -586,7 +586,10 @@ def test_rpmbuild_makes_vac_and_vac_command_from_the_source_tarball(built_packag
                  "/etc/squid/squid.conf.vac", "/etc/cron.d/vac-ssmsend", "/usr/share/man/man8/vacd.8",
                  "/usr/lib/sysctl.d/90-vac-vacquery.conf",
                  "/usr/share/man/man8/check-vacd.8", "/var/lib/vac/machines", "/var/lib/vac/apel-outgoing",
-                 "/usr/share/vac/kickstart/viab-generate", "/usr/share/vac/puppet/vac/manifests/init.pp"):
+                 "/usr/share/vac/kickstart/viab-generate", "/usr/share/vac/puppet/vac/manifests/init.pp",
+                 "/usr/share/vac/puppet/vac/manifests/config.pp", "/usr/share/vac/puppet/vac/types/options.pp",
+                 "/usr/share/vac/puppet/vac/hiera.yaml", "/usr/share/vac/puppet/vac/data/common.yaml",
+                 "/usr/share/vac/puppet/vac/REFERENCE.md"):
         assert any(line == path or line.startswith(path + ".") for line in vac), path
     for path in ("/usr/sbin/vac", "/usr/share/man/man1/vac.1", "/usr/share/man/man5/vac.conf.5",
                  "/etc/vac.d", "/var/lib/vac/VERSION"):
