@@ -11,8 +11,9 @@
 #   `<path>/<space>:<subspace>` for `subspace` and `subspace1` to `subspace9` in that
 #   order, then `<path>/<space>`, then `<path>/site`. The first directory holding a file
 #   of a given name wins, so one factory or one subspace can override a file of the
-#   space or of the site. `/etc/vac.conf` is left to local overrides.
-# * A change in either tree reloads vacd (SIGHUP), never restarts it; vacd also re-reads
+#   space or of the site. Unless Hiera fills it (below), `/etc/vac.conf` is left to
+#   local overrides.
+# * A change in either tree, or in the vac.conf from Hiera, reloads vacd (SIGHUP), never restarts it; vacd also re-reads
 #   its configuration on every pass.
 # * Package `vac`; service `vacd` after EL9's socket-activated modular libvirt daemons
 #   (`virtqemud.socket`, `virtnetworkd.socket`, as EL9 installs them), or after `libvirtd`
@@ -21,8 +22,9 @@
 #   (`net.core.rmem_max`, `wmem_max`), a root SSH key pair for `root_public_key`.
 # * Optionally: `/etc/vac.conf` rendered from the Hiera hashes `vac::settings` and
 #   `vac::machinetypes` and checked with `vacd --check-config --config` before it is put
-#   in place; the site's VacQuery key in `vacquery_key_file` (0600); firewalld services
-#   for VacQuery (995/udp) and the metadata/MJF servers (80/tcp), added to their zones.
+#   in place; the site's VacQuery key in `vacquery_key_file` (0600).
+# * Unless `manage_firewall` is false: firewalld services for VacQuery (995/udp) and the
+#   metadata and MJF servers (80/tcp), added to their zones.
 # * Optionally: an NRPE command running check-vacd, the APEL certificate and key for
 #   ssmsend, and a local Squid made by `vac squid-conf` with the space's factories as
 #   siblings.
@@ -35,6 +37,18 @@
 #     nagios_nrpe    => true,
 #     apel_cert_path => 'puppet:///modules/site_vac/apel/hostcert.pem',
 #     apel_key_path  => 'puppet:///modules/site_vac/apel/hostkey.pem',
+#   }
+#
+# @example vac.conf and the VacQuery key (in Hiera: vac::settings, vac::machinetypes, vac::vacquery_key)
+#   class { 'vac':
+#     settings     => {
+#       'vac_space' => 'vac01.example.org',
+#       'factories' => ['factory1.example.org', 'factory2.example.org'],
+#     },
+#     machinetypes => {
+#       'lhcb' => { 'target_share' => 3, 'root_image' => 'https://lhcb.example.org/cernvm4.iso' },
+#     },
+#     vacquery_key => Sensitive('a site key of at least sixteen bytes'),
 #   }
 #
 # @param space
