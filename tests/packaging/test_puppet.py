@@ -63,12 +63,16 @@ def required_tool(name: str, package: str) -> str:
 
 
 @pytest.mark.allow_commands("puppet")
-def test_manifests_functions_and_types_pass_puppet_parser_validate(tmp_path: Path) -> None:
+def test_manifests_functions_types_and_templates_pass_puppet_validate(tmp_path: Path) -> None:
     puppet = required_tool("puppet", "puppet")
     completed = subprocess.run([puppet, "parser", "validate", *puppet_state_options(tmp_path),
                                 *map(str, PUPPET_SOURCES)], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "Error" not in completed.stdout + completed.stderr
+    templates = sorted(MODULE.glob("templates/*.epp"))
+    completed = subprocess.run([puppet, "epp", "validate", *puppet_state_options(tmp_path), *map(str, templates)],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
 @pytest.mark.allow_commands("puppet-lint")

@@ -7,6 +7,18 @@ describe 'vac' do
     it { is_expected.to compile.with_all_deps }
     it { is_expected.to contain_package('vac').with_ensure('installed') }
 
+    it 'contains vac::install, then vac::config, then vac::service' do
+      is_expected.to contain_class('vac::install').that_comes_before('Class[vac::config]')
+      is_expected.to contain_class('vac::config').that_comes_before('Class[vac::service]')
+      is_expected.to contain_class('vac::service')
+    end
+
+    it 'makes the package come before the files, and the files before the services' do
+      is_expected.to contain_package('vac').that_comes_before('File[/etc/vac.d]')
+      is_expected.to contain_file('/etc/vac.d').that_comes_before('Service[vacd]')
+      is_expected.to contain_package('vac').that_comes_before('Service[virtqemud.socket]')
+    end
+
     it 'builds /etc/vac.d from the factory, space and site directories, purging the rest' do
       is_expected.to contain_file('/etc/vac.d').with(
         ensure: 'directory',
