@@ -42,7 +42,7 @@ RPMBUILD        ?= rpmbuild
 RPMBUILD_FLAGS  ?=
 
 SCRIPTS         := vacd vac check-vacd
-MAN_PAGES       := man/vac.1 man/vac.conf.5 man/vacd.8 man/check-vacd.8
+MAN_PAGES       := man/vac.1 man/vac.conf.5 man/vacd.8 man/check-vacd.8 man/viab-generate.8
 # The state directory tree of behaviour reference §1.4 / §10.1 (vacd.paths.Paths).
 STATE_DIRS      := tmp imagecache machinetypes pipescache apel-archive apel-outgoing \
                    slots finishes machines space-census

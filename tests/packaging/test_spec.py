@@ -27,7 +27,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 SPEC = REPOSITORY / "vac.spec"
 SETUP_CFG = REPOSITORY / "setup.cfg"
 MAN_DIR = REPOSITORY / "man"
-EXPECTED_MAN_PAGES = ("vac.1", "vac.conf.5", "vacd.8", "check-vacd.8")
+EXPECTED_MAN_PAGES = ("vac.1", "vac.conf.5", "vacd.8", "check-vacd.8", "viab-generate.8")
 SITELIB = "/usr/lib/python3.9/site-packages"
 # The rpm macros the spec uses in %files and scriptlets, with their EL9 values.
 EL9_MACROS = {
