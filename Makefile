@@ -6,8 +6,9 @@
 #   make wheel         build/wheel/vac-VERSION-py3-none-any.whl
 #   make install       what vac.spec's %install installs, under $(DESTDIR)
 #
-# vac.spec calls `make wheel` in %build and `make install` in %install, so an install
-# from the tarball and the RPM put the same files in the same places.
+# vac.spec builds and installs the Python packages with the %pyproject_* macros and calls
+# `make install-data` in %install for everything else, so an install from the tarball and
+# the RPM put the same files in the same places.
 
 NAME            := vac
 VERSION         := $(shell sed -n 's/^version[[:space:]]*=[[:space:]]*//p' setup.cfg)
@@ -24,6 +25,7 @@ LOCALSTATEDIR   ?= /var
 UNITDIR         ?= $(PREFIX)/lib/systemd/system
 INITDIR         ?= $(SYSCONFDIR)/rc.d/init.d
 SYSCTLDIR       ?= $(PREFIX)/lib/sysctl.d
+PRESETDIR       ?= $(PREFIX)/lib/systemd/system-preset
 # bash-completion loads completions/vac from here when vac is first completed.
 BASHCOMPLETIONDIR ?= $(DATADIR)/bash-completion/completions
 STATEDIR        ?= $(LOCALSTATEDIR)/lib/vac
@@ -42,7 +44,8 @@ RPMBUILD        ?= rpmbuild
 RPMBUILD_FLAGS  ?=
 
 SCRIPTS         := vacd vac check-vacd
-MAN_PAGES       := man/vac.1 man/vac.conf.5 man/vacd.8 man/check-vacd.8
+APEL_UNITS      := vac-ssmsend.service vac-ssmsend.timer vac-apel-sync.service vac-apel-sync.timer
+MAN_PAGES       := man/vac.1 man/vac.conf.5 man/vacd.8 man/check-vacd.8 man/viab-generate.8
 # The state directory tree of behaviour reference §1.4 / §10.1 (vacd.paths.Paths).
 STATE_DIRS      := tmp imagecache machinetypes pipescache apel-archive apel-outgoing \
                    slots finishes machines space-census
@@ -104,6 +107,11 @@ install-data:
 	done
 ifeq ($(INIT_SYSTEM),systemd)
 	install -D -m 0644 etc/vacd.service "$(DESTDIR)$(UNITDIR)/vacd.service"
+	# The APEL jobs: ssmsend hourly, `vac apel-sync` daily; the preset enables the timers.
+	for unit in $(APEL_UNITS); do \
+	    install -D -m 0644 "etc/$$unit" "$(DESTDIR)$(UNITDIR)/$$unit" || exit 1; \
+	done
+	install -D -m 0644 etc/systemd-preset/85-vac.preset "$(DESTDIR)$(PRESETDIR)/85-vac.preset"
 else
 	install -D -m 0755 etc/init.d/vacd "$(DESTDIR)$(INITDIR)/vacd"
 endif

@@ -2,9 +2,11 @@
 man pages, the systemd unit, logrotate, ssmsend and Squid templates, and a real rpmbuild.
 
 The spec's %files are checked against what `make install-data` really installs (what
-rpmbuild's check for unpackaged and missing files would say), and its scriptlets are run
-with sh against a scratch directory. Tools that are not installed (groff, make,
-systemd-analyze, logrotate, rpmbuild) skip their tests with the package to install.
+rpmbuild's check for unpackaged and missing files would say), and its scriptlets, as this
+host's `rpmspec -P` expands them (with the spec's fallbacks for the systemd-rpm-macros that
+Debian's rpm lacks), are run with sh against a scratch directory. Tools that are not
+installed (groff, make, systemd-analyze, logrotate, rpmbuild, rpmspec) skip their tests with
+the package to install. rpmlint is run on the spec and the built RPMs in test_rpmlint.py.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from typing import Optional
 
 import pytest
 
+from tests.packaging.conftest import BuiltPackages
 from vacd.paths import Paths
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SPEC = REPOSITORY / "vac.spec"
 SETUP_CFG = REPOSITORY / "setup.cfg"
 MAN_DIR = REPOSITORY / "man"
-EXPECTED_MAN_PAGES = ("vac.1", "vac.conf.5", "vacd.8", "check-vacd.8")
+EXPECTED_MAN_PAGES = ("vac.1", "vac.conf.5", "vacd.8", "check-vacd.8", "viab-generate.8")
 SITELIB = "/usr/lib/python3.9/site-packages"
 # The rpm macros the spec uses in %files and scriptlets, with their EL9 values.
 EL9_MACROS = {
@@ -41,15 +44,20 @@ EL9_MACROS = {
     "_unitdir": "/usr/lib/systemd/system",
     "_initddir": "/etc/rc.d/init.d",
     "_sysctldir": "/usr/lib/sysctl.d",
+    "_presetdir": "/usr/lib/systemd/system-preset",
     "python3_sitelib": SITELIB,
 }
-# Parametric macros the scriptlets use, with EL9's definitions (systemd-rpm-macros).
+# What %sysctl_apply runs (EL9's systemd-rpm-macros and the spec's fallback alike).
 SYSTEMD_SYSCTL = "/usr/lib/systemd/systemd-sysctl"
-EL9_SCRIPTLET_MACROS = {
-    "sysctl_apply": f"[ -x {SYSTEMD_SYSCTL} ] && {SYSTEMD_SYSCTL} {{arguments}} || :",
+# The spec's %if conditions, as they are on EL9 (where these macros are all defined).
+EL9_CONDITIONS = {
+    "0%{!?pyproject_wheel:1}": False,
+    "0%{!?systemd_post:1}": False,
+    "0%{!?sysctl_apply:1}": False,
 }
 SYSCTL_DROP_IN = REPOSITORY / "etc/sysctl.d/90-vac-vacquery.conf"
-SECTION = re.compile(r"%(package|description|prep|build|install|check|post|preun|postun|files|changelog)\b")
+SECTION = re.compile(
+    r"%(package|description|prep|build|install|check|post|preun|postun|posttrans|files|changelog)\b")
 
 
 def setup_cfg() -> configparser.ConfigParser:
@@ -77,7 +85,8 @@ def expand(text: str, macros: dict[str, str]) -> str:
 
 def spec_sections(with_systemd: bool = True) -> dict[str, list[str]]:
     """The spec's section bodies by header line, after %if/%else/%endif (no tests)."""
-    conditions = {"%{with systemd}": with_systemd, "%{with tests}": False}
+    conditions = dict(EL9_CONDITIONS, **{"%{with systemd}": with_systemd, "%{without systemd}": not with_systemd,
+                                         "%{with tests}": False})
     sections: dict[str, list[str]] = {}
     current: Optional[str] = None
     taken: list[bool] = []
@@ -126,8 +135,10 @@ def files_entries(with_systemd: bool = True) -> dict[str, list[FileEntry]]:
                 continue
             line = expand(line, EL9_MACROS)
             flags = set(re.findall(r"%(dir|ghost|doc|license)\b", line))
-            path = re.sub(r"%(?:dir|ghost|doc|license|config(?:\([^)]*\))?|attr\([^)]*\))\s*", "", line).strip()
-            entries.append(FileEntry(path, "dir" in flags, "ghost" in flags, "doc" in flags))
+            path = re.sub(r"%(?:dir|ghost|doc|license|config(?:\([^)]*\))?|attr\([^)]*\)|verify\([^)]*\))\s*", "",
+                          line).strip()
+            # %license files, like %doc ones, come from the source tree, not the buildroot.
+            entries.append(FileEntry(path, "dir" in flags, "ghost" in flags, bool(flags & {"doc", "license"})))
         result[header] = entries
     return result
 
@@ -155,7 +166,7 @@ def covered(installed: str, entry: FileEntry) -> bool:
 
 
 def is_python_entry(entry: FileEntry) -> bool:
-    """Entries `make install-python` fills (it needs a wheel, built by the rpmbuild test)."""
+    """Entries the Python install fills (%pyproject_install in the RPM; the rpmbuild tests check them)."""
     return entry.path.startswith(SITELIB) or entry.path in {"/usr/sbin/vacd", "/usr/sbin/vac", "/usr/sbin/check-vacd"}
 
 
@@ -172,11 +183,12 @@ def test_spec_version_is_setup_cfg_version_with_rpm_prerelease_tilde() -> None:
     assert rpm_version.group(1) == re.sub(r"(?<=\d)(a|b|rc)(?=\d+$)", r"~\1", version)
 
 
-def test_changelog_names_the_spec_version() -> None:
+def test_changelog_names_the_spec_version_and_release() -> None:
     changelog = spec_sections()["%changelog"]
     version = re.search(r"^Version:\s+(\S+)$", spec_text(), re.MULTILINE)
-    assert version is not None
-    assert changelog[0].startswith("* ") and f" - {version.group(1)}-1" in changelog[0]
+    release = re.search(r"^Release:\s+(\d+)%\{\?dist\}$", spec_text(), re.MULTILINE)
+    assert version is not None and release is not None
+    assert changelog[0].startswith("* ") and changelog[0].endswith(f" - {version.group(1)}-{release.group(1)}")
 
 
 def test_console_scripts_are_the_sbin_commands_the_spec_packages() -> None:
@@ -247,22 +259,78 @@ def test_state_tree_and_version_file_follow_paths(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ scriptlets
 
-def scriptlet(name: str, with_systemd: bool = True, sysconfdir: str = "/etc") -> str:
-    macros = dict(EL9_MACROS, _sysconfdir=sysconfdir)
-    lines = []
-    for line in spec_sections(with_systemd)[name]:
-        call = re.fullmatch(r"\s*%(\w+)\s+(.*)", line)
-        if call is not None and call.group(1) in EL9_SCRIPTLET_MACROS:
-            line = EL9_SCRIPTLET_MACROS[call.group(1)].format(arguments=call.group(2))
-        lines.append(line)
-    return expand("\n".join(lines), macros)
+# The units the scriptlets preset, stop, disable and restart.
+PRESET_UNITS = "vacd.service vac-ssmsend.timer vac-apel-sync.timer"
+APEL_TIMERS = "vac-ssmsend.timer vac-apel-sync.timer"
+# What the %post of vac 4.0.0~a1-1 wrote to /etc/cron.d/vac-ssmsend (and rewrote on every
+# upgrade), with its macros for a scratch root; %posttrans of later releases removes it.
+CRON_FILE_OF_4_0_0_A1_1 = """\
+# Written by the vac RPM's %post; rewritten on upgrade, removed on erase.
+# Send vac's APEL accounting records hourly and the monthly sync record daily.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+{minute} * * * * root [ -x /usr/bin/ssmsend ] && /usr/bin/ssmsend -c {etc}/apel/vac-ssmsend-prod.cfg >>{var}/log/vac-ssmsend 2>&1
+0 12 * * * root /usr/sbin/vac apel-sync >>{var}/log/vac-ssmsend 2>&1
+"""
 
 
-def run_scriptlet(body: str, argument: int, tmp_path: Path) -> list[str]:
+@dataclass(frozen=True)
+class ScratchRoot:
+    """/etc and /var of the scriptlets, under tmp_path."""
+    etc: Path
+    var: Path
+
+    @property
+    def cron_file(self) -> Path:
+        return self.etc / "cron.d/vac-ssmsend"
+
+
+def scratch_root(tmp_path: Path) -> ScratchRoot:
+    root = ScratchRoot(etc=tmp_path / "root/etc", var=tmp_path / "root/var")
+    (root.etc / "cron.d").mkdir(parents=True)
+    (root.var / "log").mkdir(parents=True)
+    return root
+
+
+def scriptlet(name: str, root: ScratchRoot, with_systemd: bool = True) -> str:
+    """The scriptlet as this host's rpm expands it (`rpmspec -P`), /etc and /var under root.
+
+    Debian's rpm has no systemd-rpm-macros, so %systemd_post and friends are the spec's
+    fallbacks here; test_spec_calls_the_systemd_rpm_macros_for_every_unit checks the calls
+    that EL9's definitions expand.
+    """
+    rpmspec = shutil.which("rpmspec")
+    if rpmspec is None:
+        pytest.skip("rpmspec is not installed (apt-get install rpm)")
+    command = [rpmspec, "-P", "--define", f"_sysconfdir {root.etc}", "--define", f"_localstatedir {root.var}",
+               "--define", "python3 /usr/bin/python3"]
+    if not with_systemd:
+        command += ["--without", "systemd"]
+    completed = subprocess.run([*command, str(SPEC)], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    sections: dict[str, list[str]] = {}
+    current: Optional[str] = None
+    for line in completed.stdout.splitlines():
+        if SECTION.match(line):
+            current = line.strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    assert name in sections, f"vac.spec has no {name} here"
+    return "\n".join(sections[name])
+
+
+@dataclass(frozen=True)
+class ScriptletRun:
+    systemctl_calls: list[str]
+    stderr: str
+
+
+def run_scriptlet(body: str, argument: int, tmp_path: Path) -> ScriptletRun:
     """Run a scriptlet as rpm does (sh -c BODY with $1), with systemctl recorded, not run."""
     fake_bin = tmp_path / "fake-bin"
     fake_bin.mkdir(exist_ok=True)
     calls = tmp_path / "systemctl-calls"
+    calls.unlink(missing_ok=True)
     systemctl = fake_bin / "systemctl"
     systemctl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
     systemctl.chmod(0o755)
@@ -270,58 +338,155 @@ def run_scriptlet(body: str, argument: int, tmp_path: Path) -> list[str]:
     completed = subprocess.run(["sh", "-e", "-c", body, "scriptlet", str(argument)],
                                capture_output=True, text=True, env=environment, timeout=60)
     assert completed.returncode == 0, completed.stderr
-    return calls.read_text().splitlines() if calls.exists() else []
+    return ScriptletRun(calls.read_text().splitlines() if calls.exists() else [], completed.stderr)
+
+
+def test_spec_calls_the_systemd_rpm_macros_for_every_unit() -> None:
+    # As EL9 parses it: systemd-rpm-macros defined, so the spec's fallbacks are skipped.
+    sections = spec_sections()
+    globals_ = dict(re.findall(r"^%global\s+(\w+)\s+(.*)$", spec_text(), re.MULTILINE))
+    assert globals_["vac_units"] == PRESET_UNITS
+    assert "%systemd_post %{vac_units}" in sections["%post"]
+    assert "%systemd_preun %{vac_units} vac-ssmsend.service vac-apel-sync.service" in sections["%preun"]
+    assert f"%systemd_postun_with_restart {PRESET_UNITS}" in sections["%postun"]
+    assert "%sysctl_apply 90-vac-vacquery.conf" in sections["%post"]
+    # No hand-written systemctl calls beside the macros, but the cron file's migration.
+    for name in ("%post", "%preun", "%postun"):
+        assert not any("systemctl" in line for line in sections[name] if not line.lstrip().startswith("#")), name
+    # The fallbacks are defined only where the macros are not.
+    text = spec_text()
+    for macro in ("pyproject_wheel", "systemd_post", "sysctl_apply"):
+        assert f"%if 0%{{!?{macro}:1}}" in text
+
+
+def test_spec_builds_and_installs_with_the_pyproject_macros() -> None:
+    sections = spec_sections()
+    assert [line for line in sections["%build"] if line.strip()] == ["%pyproject_wheel"]
+    assert "%pyproject_install" in sections["%install"]
+    assert "%pyproject_save_files vacd vacquery" in sections["%install"]
+    assert "%files command -f %{pyproject_files}" in sections
+    assert re.search(r"^BuildRequires:\s+pyproject-rpm-macros$", spec_text(), re.MULTILINE)
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_post_presets_vacd_and_the_apel_timers_on_install_only(tmp_path: Path) -> None:
+    root = scratch_root(tmp_path)
+    body = scriptlet("%post", root)
+    assert f"--no-reload preset {PRESET_UNITS}" in run_scriptlet(body, 1, tmp_path).systemctl_calls
+    upgrade = run_scriptlet(body, 2, tmp_path).systemctl_calls
+    assert not any("preset" in call or "stop" in call for call in upgrade)
+    # No cron file any more: the timers run the APEL jobs.
+    assert not root.cron_file.exists()
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_post_creates_the_logs_with_the_mode_vacd_gives_them(tmp_path: Path) -> None:
+    root = scratch_root(tmp_path)
+    existing = root.var / "log/vac-ssmsend"
+    existing.write_text("kept\n")
+    run_scriptlet(scriptlet("%post", root), 1, tmp_path)
+    assert (root.var / "log/vacd").stat().st_mode & 0o777 == 0o644
+    assert (root.var / "log/vacd").read_text() == ""
+    assert existing.read_text() == "kept\n"
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_preun_stops_and_disables_vacd_and_the_timers_on_erase_only(tmp_path: Path) -> None:
+    body = scriptlet("%preun", scratch_root(tmp_path))
+    assert run_scriptlet(body, 1, tmp_path).systemctl_calls == []
+    assert run_scriptlet(body, 0, tmp_path).systemctl_calls == [
+        f"--no-reload disable --now {PRESET_UNITS} vac-ssmsend.service vac-apel-sync.service"]
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_postun_try_restarts_vacd_and_the_timers_on_upgrade_only(tmp_path: Path) -> None:
+    body = scriptlet("%postun", scratch_root(tmp_path))
+    upgrade = run_scriptlet(body, 1, tmp_path).systemctl_calls
+    # try-restart, never stop: the machines are libvirtd's and vacd adopts them.
+    assert f"try-restart {PRESET_UNITS}" in upgrade
+    assert not any(call.startswith("stop") for call in upgrade)
+    assert not any("restart" in call for call in run_scriptlet(body, 0, tmp_path).systemctl_calls)
+
+
+def expected_timer_enable() -> str:
+    now = "--now " if Path("/run/systemd/system").is_dir() else ""
+    return f"enable {now}{APEL_TIMERS}"
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+@pytest.mark.parametrize("minute", [0, 7, 59])
+def test_posttrans_replaces_the_cron_file_4_0_0_a1_1_generated_with_the_timers(tmp_path: Path, minute: int) -> None:
+    root = scratch_root(tmp_path)
+    root.cron_file.write_text(CRON_FILE_OF_4_0_0_A1_1.format(minute=minute, etc=root.etc, var=root.var))
+    run = run_scriptlet(scriptlet("%posttrans", root), 0, tmp_path)
+    assert not root.cron_file.exists()
+    # The timers are new in this release, so %systemd_post did not preset them on the upgrade.
+    assert run.systemctl_calls == [expected_timer_enable()]
+    assert run.stderr == ""
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_posttrans_keeps_a_cron_file_the_admin_changed_and_says_so(tmp_path: Path) -> None:
+    root = scratch_root(tmp_path)
+    changed = CRON_FILE_OF_4_0_0_A1_1.format(minute=12, etc=root.etc, var=root.var).replace(
+        "0 12 * * *", "30 6 * * *")
+    root.cron_file.write_text(changed)
+    run = run_scriptlet(scriptlet("%posttrans", root), 0, tmp_path)
+    assert root.cron_file.read_text() == changed
+    # Enabling the timers too would run its jobs twice.
+    assert run.systemctl_calls == []
+    assert f"{root.cron_file} was changed locally and is kept" in run.stderr
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_posttrans_without_a_cron_file_changes_nothing(tmp_path: Path) -> None:
+    root = scratch_root(tmp_path)
+    run = run_scriptlet(scriptlet("%posttrans", root), 0, tmp_path)
+    assert run.systemctl_calls == [] and run.stderr == ""
+    assert sorted(path.name for path in root.etc.rglob("*")) == ["cron.d"]
 
 
 CRON_LINE = re.compile(r"^(\d+) \* \* \* \* root \[ -x /usr/bin/ssmsend \] && /usr/bin/ssmsend -c (\S+) "
-                       r">>/var/log/vac-ssmsend 2>&1$")
+                       r">>(\S+)/log/vac-ssmsend 2>&1$")
 
 
-@pytest.mark.allow_commands("sh")
-def test_post_writes_hourly_ssmsend_at_a_random_minute_and_daily_apel_sync(tmp_path: Path) -> None:
-    etc = tmp_path / "etc"
-    (etc / "cron.d").mkdir(parents=True)
-    calls = run_scriptlet(scriptlet("%post", sysconfdir=str(etc)), 1, tmp_path)
-    cron = (etc / "cron.d/vac-ssmsend").read_text()
+def sysv_post(root: ScratchRoot, tmp_path: Path) -> str:
+    """The SysV build's %post with /sbin/chkconfig, absent here, recorded instead."""
+    chkconfig = tmp_path / "fake-chkconfig"
+    chkconfig.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "chkconfig-calls"}\n')
+    chkconfig.chmod(0o755)
+    return scriptlet("%post", root, with_systemd=False).replace("/sbin/chkconfig", str(chkconfig))
+
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_sysv_post_writes_hourly_ssmsend_at_a_random_minute_and_daily_apel_sync_once(tmp_path: Path) -> None:
+    root = scratch_root(tmp_path)
+    body = sysv_post(root, tmp_path)
+    run_scriptlet(body, 1, tmp_path)
+    cron = root.cron_file.read_text()
     ssmsend = [match for match in map(CRON_LINE.match, cron.splitlines()) if match]
     assert len(ssmsend) == 1
     assert 0 <= int(ssmsend[0].group(1)) <= 59
-    assert ssmsend[0].group(2) == f"{etc}/apel/vac-ssmsend-prod.cfg"
-    assert "0 12 * * * root /usr/sbin/vac apel-sync >>/var/log/vac-ssmsend 2>&1" in cron.splitlines()
-    assert (etc / "cron.d/vac-ssmsend").stat().st_mode & 0o777 == 0o644
-    if Path("/run/systemd/system").is_dir():
-        assert any("preset vacd.service" in call for call in calls)
-    else:
-        assert calls == []
+    assert ssmsend[0].group(2) == f"{root.etc}/apel/vac-ssmsend-prod.cfg"
+    assert ssmsend[0].group(3) == str(root.var)
+    assert f"0 12 * * * root /usr/sbin/vac apel-sync >>{root.var}/log/vac-ssmsend 2>&1" in cron.splitlines()
+    assert root.cron_file.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "chkconfig-calls").read_text().splitlines() == ["--add vacd"]
+    # An upgrade leaves the file, and what the admin changed in it, alone.
+    root.cron_file.write_text(cron + "# changed by the admin\n")
+    run_scriptlet(body, 2, tmp_path)
+    assert root.cron_file.read_text() == cron + "# changed by the admin\n"
 
 
-@pytest.mark.allow_commands("sh")
-def test_post_on_upgrade_keeps_the_minute_and_try_restarts_vacd(tmp_path: Path) -> None:
-    etc = tmp_path / "etc"
-    (etc / "cron.d").mkdir(parents=True)
-    body = scriptlet("%post", sysconfdir=str(etc))
+@pytest.mark.allow_commands("rpmspec", "sh")
+def test_sysv_preun_removes_the_cron_file_on_erase_only(tmp_path: Path) -> None:
+    root = scratch_root(tmp_path)
+    root.cron_file.write_text("# jobs\n")
+    body = scriptlet("%preun", root, with_systemd=False).replace("/sbin/chkconfig", "true")
     run_scriptlet(body, 1, tmp_path)
-    first = (etc / "cron.d/vac-ssmsend").read_text()
-    calls = run_scriptlet(body, 2, tmp_path)
-    assert (etc / "cron.d/vac-ssmsend").read_text() == first
-    if Path("/run/systemd/system").is_dir():
-        # try-restart, never stop: the machines are libvirtd's and vacd adopts them.
-        assert "try-restart vacd.service" in calls
-        assert not any(call.startswith("stop") for call in calls)
-
-
-@pytest.mark.allow_commands("sh")
-def test_preun_removes_the_cron_file_on_erase_only(tmp_path: Path) -> None:
-    etc = tmp_path / "etc"
-    cron = etc / "cron.d/vac-ssmsend"
-    cron.parent.mkdir(parents=True)
-    cron.write_text("# jobs\n")
-    body = scriptlet("%preun", sysconfdir=str(etc))
-    run_scriptlet(body, 1, tmp_path)
-    assert cron.exists()
-    calls = run_scriptlet(body, 0, tmp_path)
-    assert not cron.exists()
-    assert calls == ["--no-reload disable --now vacd.service"]
+    assert root.cron_file.exists()
+    run_scriptlet(body, 0, tmp_path)
+    assert not root.cron_file.exists()
 
 
 def sysctl_settings(text: str) -> dict[str, str]:
@@ -344,20 +509,19 @@ def test_sysctl_drop_in_allows_the_socket_buffers_vacd_asks_for() -> None:
     assert "/usr/lib/sysctl.d/90-vac-vacquery.conf" in packaged
 
 
-@pytest.mark.allow_commands("sh")
+@pytest.mark.allow_commands("rpmspec", "sh")
 @pytest.mark.parametrize("with_systemd", [True, False], ids=["systemd", "sysv"])
 def test_post_applies_the_socket_buffer_drop_in_at_once(tmp_path: Path, with_systemd: bool) -> None:
-    etc = tmp_path / "etc"
-    (etc / "cron.d").mkdir(parents=True)
+    root = scratch_root(tmp_path)
     applied = tmp_path / "sysctl-calls"
     fake = tmp_path / "fake-sysctl"
     fake.write_text(f'#!/bin/sh\necho "$*" >> {applied}\n')
     fake.chmod(0o755)
     (tmp_path / "fake-bin").mkdir()
     (tmp_path / "fake-bin/sysctl").symlink_to(fake)
-    body = scriptlet("%post", with_systemd=with_systemd, sysconfdir=str(etc)).replace(SYSTEMD_SYSCTL, str(fake))
-    # Install and upgrade alike (the SysV install runs /sbin/chkconfig, absent here: upgrade only).
-    runs = (1, 2) if with_systemd else (2,)
+    body = (scriptlet("%post", root) if with_systemd else sysv_post(root, tmp_path))
+    body = body.replace(SYSTEMD_SYSCTL, str(fake))
+    runs = (1, 2)
     for argument in runs:
         run_scriptlet(body, argument, tmp_path)
     expected = "90-vac-vacquery.conf" if with_systemd else "-q -p /usr/lib/sysctl.d/90-vac-vacquery.conf"
@@ -448,6 +612,88 @@ def test_systemd_unit_never_kills_machines_and_checks_config_first() -> None:
     assert "libvirtd.service" not in unit["Unit"]["Wants"].split()
 
 
+APEL_UNITS = ("vac-ssmsend.service", "vac-ssmsend.timer", "vac-apel-sync.service", "vac-apel-sync.timer")
+
+
+@pytest.mark.allow_commands("systemd-analyze")
+def test_apel_timers_and_services_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    # As for vacd.service: stand-ins for ssmsend (apel-ssm) and vac, which verify looks for.
+    replacements: dict[str, str] = {}
+    for command in ("/usr/bin/ssmsend", "/usr/sbin/vac"):
+        stand_in_path = tmp_path / Path(command).name
+        stand_in_path.write_text("#!/bin/sh\n")
+        stand_in_path.chmod(0o755)
+        replacements[command] = str(stand_in_path)
+    for unit in APEL_UNITS:
+        text = (REPOSITORY / "etc" / unit).read_text()
+        for command, replacement in replacements.items():
+            text = text.replace(command, replacement)
+        (tmp_path / unit).write_text(text)
+    completed = subprocess.run([analyze, "verify", "--man=no", *(str(tmp_path / unit) for unit in APEL_UNITS)],
+                               capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stderr.strip() == ""
+
+
+def test_ssmsend_timer_runs_hourly_at_a_fixed_random_minute_per_factory() -> None:
+    timer = unit_sections((REPOSITORY / "etc/vac-ssmsend.timer").read_text())
+    assert timer["Timer"]["OnCalendar"] == "hourly"
+    assert timer["Timer"]["RandomizedDelaySec"] == "55min"
+    assert timer["Timer"]["FixedRandomDelay"] == "true"
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    service = unit_sections((REPOSITORY / "etc/vac-ssmsend.service").read_text())
+    assert service["Service"]["Type"] == "oneshot"
+    assert service["Service"]["ExecStart"] == "/usr/bin/ssmsend -c /etc/apel/vac-ssmsend-prod.cfg"
+    # Without apel-ssm the run is skipped, not failed (the cron job tested with [ -x ]).
+    assert service["Unit"]["ConditionFileIsExecutable"] == "/usr/bin/ssmsend"
+    assert service["Service"]["StandardOutput"] == "append:/var/log/vac-ssmsend"
+
+
+def test_apel_sync_timer_runs_daily_around_noon() -> None:
+    timer = unit_sections((REPOSITORY / "etc/vac-apel-sync.timer").read_text())
+    assert timer["Timer"]["OnCalendar"] == "*-*-* 12:00:00"
+    assert timer["Timer"]["RandomizedDelaySec"] == "1h"
+    assert timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    service = unit_sections((REPOSITORY / "etc/vac-apel-sync.service").read_text())
+    assert service["Service"]["Type"] == "oneshot"
+    assert service["Service"]["ExecStart"] == "/usr/sbin/vac apel-sync"
+    assert service["Service"]["StandardOutput"] == "append:/var/log/vac-ssmsend"
+
+
+def test_preset_enables_the_apel_timers_and_leaves_vacd_to_the_system_default() -> None:
+    lines = [line.strip() for line in (REPOSITORY / "etc/systemd-preset/85-vac.preset").read_text().splitlines()]
+    rules = [line for line in lines if line and not line.startswith("#")]
+    assert rules == ["enable vac-ssmsend.timer", "enable vac-apel-sync.timer"]
+    packaged = [entry.path for entries in files_entries().values() for entry in entries]
+    assert "/usr/lib/systemd/system-preset/85-vac.preset" in packaged
+    for unit in APEL_UNITS:
+        assert f"/usr/lib/systemd/system/{unit}" in packaged
+
+
+def test_logs_are_owned_with_the_mode_vacd_creates_them_with() -> None:
+    entries = {entry.path: entry for entries in files_entries().values() for entry in entries}
+    for log in (str(Paths().log_file), "/var/log/vac-ssmsend"):
+        assert entries[log].is_ghost, log
+    lines = [line for line in spec_text().splitlines() if line.endswith("%{_localstatedir}/log/vacd")]
+    assert lines == ["%ghost %attr(0644,root,root) %verify(not md5 size mtime) %{_localstatedir}/log/vacd"]
+
+
+def test_license_is_bsd_2_clause_in_both_packages() -> None:
+    license_text = (REPOSITORY / "LICENSE").read_text()
+    assert license_text.startswith("BSD 2-Clause License\n\nCopyright (c) 2026, the vac authors\n")
+    assert "Redistributions in binary form must reproduce" in license_text
+    assert re.search(r"^License:\s+BSD-2-Clause$", spec_text(), re.MULTILINE)
+    assert setup_cfg()["metadata"]["license"] == "BSD-2-Clause"
+    for header, body in spec_sections().items():
+        if header.startswith("%files"):
+            assert "%license LICENSE" in body, header
+
+
 @pytest.mark.allow_commands("sh")
 def test_init_script_is_sh_with_vac_chkconfig_levels() -> None:
     script = REPOSITORY / "etc/init.d/vacd"
@@ -532,42 +778,6 @@ def test_squid_template_becomes_a_config_with_siblings_through_vac_squid_conf() 
 
 # ------------------------------------------------------------------ rpmbuild
 
-@dataclass(frozen=True)
-class BuiltPackages:
-    srpm: Path
-    rpms: dict[str, Path]
-
-
-@pytest.fixture(scope="module")
-def built_packages(tmp_path_factory: pytest.TempPathFactory) -> BuiltPackages:
-    """`make sdist` then `rpmbuild -ta` of the tarball, as a packager would."""
-    for tool, package in (("rpmbuild", "rpm"), ("make", "make")):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (apt-get install {package})")
-    # The build's Python needs pip, setuptools and wheel: the host's, as on EL9.
-    python = "/usr/bin/python3"
-    probe = subprocess.run([python, "-c", "import setuptools, wheel, pip"], capture_output=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip(f"{python} lacks pip, setuptools or wheel (apt-get install python3-pip python3-wheel)")
-    work = tmp_path_factory.mktemp("rpmbuild")
-    dist = work / "dist"
-    completed = subprocess.run(["make", "-s", "-C", str(REPOSITORY), "sdist", f"PYTHON={python}",
-                                f"DIST_DIR={dist}"], capture_output=True, text=True, timeout=300)
-    assert completed.returncode == 0, completed.stderr
-    version = setup_cfg()["metadata"]["version"]
-    tarball = dist / f"vac-{version}.tar.gz"
-    assert tarball.is_file()
-    # --nodeps: this host's rpm database does not hold EL9's BuildRequires.
-    completed = subprocess.run(
-        ["rpmbuild", "-ta", "--nodeps", "--define", f"_topdir {work / 'top'}", "--define", f"python3 {python}",
-         str(tarball)], capture_output=True, text=True, timeout=600, cwd=work)
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
-    srpms = list((work / "top/SRPMS").glob("*.src.rpm"))
-    rpms = {path.name.rsplit("-", 2)[0]: path for path in (work / "top/RPMS/noarch").glob("*.noarch.rpm")}
-    assert len(srpms) == 1
-    return BuiltPackages(srpm=srpms[0], rpms=rpms)
-
-
 def rpm_query(package: Path, *arguments: str) -> list[str]:
     completed = subprocess.run(["rpm", "-qp", *arguments, str(package)], capture_output=True, text=True,
                                timeout=60)
@@ -584,7 +794,10 @@ def test_rpmbuild_makes_vac_and_vac_command_from_the_source_tarball(built_packag
     for path in ("/usr/sbin/vacd", "/usr/sbin/check-vacd", "/usr/lib/systemd/system/vacd.service",
                  "/etc/logrotate.d/vacd", "/etc/sysconfig/vacd", "/etc/apel/vac-ssmsend-prod.cfg",
                  "/etc/squid/squid.conf.vac", "/etc/cron.d/vac-ssmsend", "/usr/share/man/man8/vacd.8",
-                 "/usr/lib/sysctl.d/90-vac-vacquery.conf",
+                 "/usr/lib/sysctl.d/90-vac-vacquery.conf", "/usr/lib/systemd/system/vac-ssmsend.service",
+                 "/usr/lib/systemd/system/vac-ssmsend.timer", "/usr/lib/systemd/system/vac-apel-sync.service",
+                 "/usr/lib/systemd/system/vac-apel-sync.timer", "/usr/lib/systemd/system-preset/85-vac.preset",
+                 "/var/log/vacd", "/var/log/vac-ssmsend",
                  "/usr/share/man/man8/check-vacd.8", "/var/lib/vac/machines", "/var/lib/vac/apel-outgoing",
                  "/usr/share/vac/kickstart/viab-generate", "/usr/share/vac/puppet/vac/manifests/init.pp",
                  "/usr/share/vac/puppet/vac/manifests/config.pp", "/usr/share/vac/puppet/vac/types/options.pp",
@@ -600,6 +813,14 @@ def test_rpmbuild_makes_vac_and_vac_command_from_the_source_tarball(built_packag
     assert any(line.endswith("/site-packages/vacd/cli.py") for line in command)
     assert any(line.endswith("/site-packages/vacd/localcommands.py") for line in command)
     assert not vac & command - {"/usr/share/doc"}
+    for package in built_packages.rpms.values():
+        assert [Path(line).name for line in rpm_query(package, "--licensefiles")] == ["LICENSE"]
+    # The logs: owned, not shipped (vacd creates them), with the mode vacd gives them.
+    modes = dict(line.split(" ", 1)[::-1] for line in rpm_query(
+        built_packages.rpms["vac"], "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]"))
+    assert modes["/var/log/vacd"] == "-rw-r--r--"
+    ghosts = set(rpm_query(built_packages.rpms["vac"], "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]"))
+    assert any(line.endswith(" /var/log/vacd") and "g" in line.split()[0] for line in ghosts)
 
 
 @pytest.mark.slow
@@ -613,9 +834,14 @@ def test_rpm_requires_the_daemon_dependencies_and_its_command_package(built_pack
                        "dnsmasq", "(nftables or iptables-nft)", "python3 >= 3.9"):
         assert dependency in requires, dependency
     assert any(line.startswith("vac-command = ") for line in requires)
+    assert "systemd >= 239" in requires
+    assert not any("cronie" in line or "crontabs" in line for line in requires)
     scripts = "\n".join(rpm_query(built_packages.rpms["vac"], "--scripts"))
-    assert "systemctl try-restart vacd.service" in scripts
-    assert "rm -f /etc/cron.d/vac-ssmsend" in scripts
+    # This host's rpm has no systemd-rpm-macros: the spec's fallbacks expanded.
+    assert "systemctl --no-reload preset vacd.service vac-ssmsend.timer vac-apel-sync.timer" in scripts
+    assert "systemctl try-restart vacd.service vac-ssmsend.timer vac-apel-sync.timer" in scripts
+    assert "posttrans scriptlet" in scripts and "rm -f \"$cron_file\"" in scripts
+    assert not re.search(r"^\s*%(systemd_|sysctl_apply|pyproject_)", scripts, re.MULTILINE)
 
 
 @pytest.mark.slow

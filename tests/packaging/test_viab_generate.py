@@ -1,7 +1,10 @@
-"""kickstart/viab-generate: kickstarts, PXE/GRUB entries and vac.d files from a site description.
+"""kickstart/viab-generate: kickstarts, PXE/GRUB entries, vac.d files, the VacQuery key and
+the install server's dnsmasq configuration from a site description.
 
 The vac.conf files are taken from the kickstart's own %post here-documents and read with
-vacd's parser, so what an installed factory would read is what is checked.
+vacd's parser, so what an installed factory would read is what is checked. The kickstarts
+are checked with Anaconda's parser and with pykickstart's `ksvalidator -v RHEL9`, the
+dnsmasq configuration with `dnsmasq --test` (a parse only: it sends nothing).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import importlib.util
 import json
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import warnings
@@ -23,13 +27,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vacd.config import load_config
+from vacd.config import FactoryAddress, load_config
 from vacd.paths import Paths
+from vacquery.auth import load_site_key
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 GENERATOR = REPOSITORY / "kickstart" / "viab-generate"
 EXAMPLE = REPOSITORY / "kickstart" / "example-site.json"
 HEREDOC = re.compile(r"^cat > (/etc/vac\.d/[^ ]+) <<'VIAB_EOF'\n(.*?)\nVIAB_EOF$", re.MULTILINE | re.DOTALL)
+# A fixed key for the pure renderers; generate() and main() make a random one.
+TEST_KEY = "dGVzdCBrZXkgb2YgdGhlIGV4YW1wbGUgc2l0ZSAtIDMyIGI="
+DISKS = {"factory01.example.org": "/dev/disk/by-id/wwn-0x5000c500a1b2c311",
+         "factory02.example.org": "/dev/disk/by-id/wwn-0x5000c500a1b2c312",
+         "factory03.example.org": "/dev/disk/by-id/nvme-eui.0025388b91b2c313"}
 
 
 def load_generator() -> ModuleType:
@@ -56,7 +66,7 @@ def example_document() -> dict[str, Any]:
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("viab")
     site = viab.load_site(EXAMPLE.read_text(), "example-site.json")
-    viab.generate(site, output, viab.Templates.read(viab.TEMPLATES_DIR))
+    viab.generate(site, output, viab.Templates.read(viab.TEMPLATES_DIR), TEST_KEY)
     return output
 
 
@@ -98,8 +108,12 @@ def test_vac_conf_written_by_the_kickstart_parses_with_vacd(generated: Path, tmp
     assert settings.vac_space == "vac01.example.org"
     assert settings.factory_name == hostname
     assert settings.gocdb_sitename == "EXAMPLE-SITE"
-    assert [factory.name for factory in settings.factories] == [
-        "factory01.example.org", "factory02.example.org", "factory03.example.org"]
+    # With their addresses: vacd's resolver does not read /etc/hosts.
+    assert settings.factories == (FactoryAddress("factory01.example.org", "192.0.2.11"),
+                                  FactoryAddress("factory02.example.org", "192.0.2.12"),
+                                  FactoryAddress("factory03.example.org", "192.0.2.13"))
+    assert settings.vacquery_key_file == ("/etc/vac-vacquery.key",)
+    assert settings.vacquery_auth == "required"
     assert settings.hs06_per_processor == 10.5
     assert settings.vacmon_hostport == ("vacmon.example.org:8884",)
     assert settings.user_data_options["cvmfs_proxy"] == "http://169.254.169.253:3128"
@@ -136,11 +150,14 @@ def test_kickstart_installs_and_configures_a_factory(generated: Path) -> None:
     assert any(line.startswith('sshkey --username=root "ssh-ed25519 ') for line in lines)
     assert "firewall --enabled --ssh --port=995:udp,3128:tcp,3130:udp" in lines
     assert "selinux --enforcing" in lines
-    # Partitioning of the factory's own disk, with the machines' volume group last.
-    for line in ("ignoredisk --only-use=sda", "clearpart --all --initlabel --drives=sda", "reqpart --add-boot",
+    # Partitioning of the factory's own disk, named by id, with the machines' volume group last.
+    disk = DISKS["factory02.example.org"]
+    for line in (f"ignoredisk --only-use={disk}", f"clearpart --all --initlabel --drives={disk}",
+                 f"bootloader --location=mbr --boot-drive={disk}", "reqpart --add-boot",
                  "logvol /var/lib/vac --vgname=vg_system --name=vac --fstype=xfs --size=204800",
-                 "part pv.vac --fstype=lvmpv --ondisk=sda --size=1 --grow", "volgroup vac_volume_group pv.vac"):
+                 f"part pv.vac --fstype=lvmpv --ondisk={disk} --size=1 --grow", "volgroup vac_volume_group pv.vac"):
         assert line in lines, line
+    assert not re.search(r"\b(?:sd[a-z]|nvme[0-9]n[0-9]|vd[a-z])\b", text)
     packages = lines[lines.index("%packages") + 1:lines.index("%end")]
     for package in ("@^minimal-environment", "vac", "chrony", "squid", "apel-ssm"):
         assert package in packages
@@ -150,6 +167,8 @@ def test_kickstart_installs_and_configures_a_factory(generated: Path) -> None:
     assert "libvirtd" not in post and "systemctl disable" not in post
     assert "systemctl enable vacd.service chronyd.service" in post
     assert "cat > /etc/sysctl.d/90-vac.conf <<'VIAB_EOF'\nvm.overcommit_memory = 1\nVIAB_EOF" in post
+    assert "install -m 0600 /dev/null /etc/vac-vacquery.key\n" \
+           f"cat > /etc/vac-vacquery.key <<'VIAB_EOF'\n{TEST_KEY}\nVIAB_EOF" in post
     assert "192.0.2.13 factory03.example.org factory03 " in post
     assert "vac squid-conf /etc/squid/squid.conf.vac /etc/squid/squid.conf" in post
     assert "firewall-offline-cmd --zone=libvirt --add-port=80/tcp" in post
@@ -177,6 +196,7 @@ def test_kickstart_is_valid_rhel9_kickstart_with_the_factory_settings(generated:
     network = handler.network.network[0]
     assert (network.device, network.ip, network.hostname, network.bootProto) == (
         factory.mac, str(factory.ip), hostname, "static")
+    assert factory.disk == DISKS[hostname]
     assert handler.ignoredisk.onlyuse == [factory.disk]
     assert handler.clearpart.drives == [factory.disk]
     assert handler.bootloader.bootDrive == factory.disk
@@ -201,9 +221,9 @@ def test_kickstart_without_volume_group_gives_var_lib_vac_the_rest_of_the_disk(t
     document["local_squid"] = False
     site = viab.parse_site(document, "site.json")
     factory = site.factories[2]
-    text = viab.render_kickstart(site, factory, viab.Templates.read(viab.TEMPLATES_DIR).kickstart)
+    text = viab.render_kickstart(site, factory, viab.Templates.read(viab.TEMPLATES_DIR).kickstart, TEST_KEY)
     lines = text.splitlines()
-    assert "part pv.system --fstype=lvmpv --ondisk=nvme0n1 --size=1 --grow" in lines
+    assert f"part pv.system --fstype=lvmpv --ondisk={DISKS['factory03.example.org']} --size=1 --grow" in lines
     assert "logvol / --vgname=vg_system --name=root --fstype=xfs --size=30720" in lines
     assert "logvol /var/lib/vac --vgname=vg_system --name=vac --fstype=xfs --size=1 --grow" in lines
     assert "vac_volume_group" not in text
@@ -344,6 +364,223 @@ def test_generator_runs_on_python_39() -> None:
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
+# ------------------------------------------------------------------ ksvalidator
+
+def ksvalidator() -> str:
+    """pykickstart's ksvalidator (the test extra installs it beside this Python)."""
+    found = shutil.which("ksvalidator") or str(Path(sys.executable).with_name("ksvalidator"))
+    if not Path(found).is_file():
+        pytest.skip("ksvalidator is not installed (pip install pykickstart)")
+    return found
+
+
+@pytest.mark.allow_commands("ksvalidator")
+def test_every_kickstart_of_the_example_site_passes_ksvalidator_for_rhel9(generated: Path) -> None:
+    kickstarts = sorted((generated / "kickstart").glob("*.ks"))
+    assert [path.name for path in kickstarts] == [f"{hostname}.ks" for hostname in sorted(DISKS)]
+    for path in kickstarts:
+        completed = subprocess.run([ksvalidator(), "-v", "RHEL9", str(path)], capture_output=True, text=True,
+                                   timeout=120)
+        # ksvalidator prints only "Checking kickstart file ..." when the file is clean; an
+        # error or a deprecation is printed and makes the status 1.
+        report = [line for line in (completed.stdout + completed.stderr).splitlines()
+                  if line.strip() and not line.startswith("Checking kickstart file")]
+        assert (completed.returncode, report) == (0, []), path.name
+
+
+@pytest.mark.allow_commands("ksvalidator")
+def test_ksvalidator_here_refuses_what_rhel9_removed(tmp_path: Path) -> None:
+    # The check above means something only if this ksvalidator knows RHEL 9's syntax.
+    removed = tmp_path / "removed.ks"
+    removed.write_text("authconfig --enableshadow\n")
+    completed = subprocess.run([ksvalidator(), "-v", "RHEL9", str(removed)], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode != 0
+
+
+# ------------------------------------------------------------------ dnsmasq
+
+def dnsmasq_test(config: Path) -> subprocess.CompletedProcess[str]:
+    """`dnsmasq --test`: parses the file and exits; it binds no port and sends nothing."""
+    dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+    if not Path(dnsmasq).is_file():
+        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq-base)")
+    return subprocess.run([dnsmasq, "--test", "-C", str(config)], capture_output=True, text=True, timeout=60)
+
+
+def dnsmasq_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+@pytest.mark.allow_commands("dnsmasq")
+def test_dnsmasq_configuration_passes_dnsmasq_test(generated: Path) -> None:
+    completed = dnsmasq_test(generated / "dnsmasq" / "viab-dnsmasq.conf")
+    assert completed.returncode == 0, completed.stderr
+    assert "syntax check OK" in completed.stdout + completed.stderr
+
+
+def test_dnsmasq_gives_each_known_factory_its_mac_address_and_name_and_no_one_else_anything(
+        generated: Path) -> None:
+    lines = dnsmasq_lines((generated / "dnsmasq" / "viab-dnsmasq.conf").read_text())
+    assert [line for line in lines if line.startswith("dhcp-host=")] == [
+        "dhcp-host=52:54:00:00:02:11,192.0.2.11,factory01.example.org",
+        "dhcp-host=52:54:00:00:02:12,192.0.2.12,factory02.example.org",
+        "dhcp-host=52:54:00:00:02:13,192.0.2.13,factory03.example.org"]
+    assert "domain=example.org,192.0.2.13/32" in lines
+    # Static mode hands out only the addresses of dhcp-host lines; unknown hosts are ignored.
+    assert [line for line in lines if line.startswith("dhcp-range=")] == [
+        "dhcp-range=set:viab,192.0.2.0,static,255.255.255.0,1h"]
+    assert "dhcp-ignore=tag:!known" in lines
+    assert "dhcp-option=tag:viab,option:router,192.0.2.1" in lines
+    assert "dhcp-option=tag:viab,option:dns-server,192.0.2.53,192.0.2.54" in lines
+    # No DNS server on the install host.
+    assert "port=0" in lines
+
+
+def test_dnsmasq_boots_uefi_with_the_uefi_loader_and_bios_with_pxelinux(generated: Path) -> None:
+    lines = dnsmasq_lines((generated / "dnsmasq" / "viab-dnsmasq.conf").read_text())
+    assert "dhcp-match=set:efi-x86_64,option:client-arch,7" in lines
+    assert "dhcp-match=set:efi-x86_64,option:client-arch,9" in lines
+    assert "dhcp-boot=tag:viab,tag:efi-x86_64,shimx64.efi" in lines
+    assert "dhcp-boot=tag:viab,tag:!efi-x86_64,pxelinux.0" in lines
+    assert ["enable-tftp", "tftp-root=/var/lib/tftpboot"] == [
+        line for line in lines if line.startswith(("enable-tftp", "tftp-root="))]
+
+
+@pytest.mark.allow_commands("dnsmasq")
+def test_dnsmasq_points_at_another_tftp_server_and_binds_one_interface_when_told(tmp_path: Path) -> None:
+    document = example_document()
+    document["pxe"].update({"tftp_server": "192.0.2.5", "dhcp_interface": "eth1", "uefi_loader": "efi/grubx64.efi"})
+    text = viab.render_dnsmasq(viab.parse_site(document, "site.json"))
+    lines = dnsmasq_lines(text)
+    assert "dhcp-boot=tag:viab,tag:efi-x86_64,efi/grubx64.efi,,192.0.2.5" in lines
+    assert "dhcp-boot=tag:viab,tag:!efi-x86_64,pxelinux.0,,192.0.2.5" in lines
+    assert "enable-tftp" not in lines and not any(line.startswith("tftp-root=") for line in lines)
+    assert ["interface=eth1", "bind-interfaces"] == [
+        line for line in lines if line.startswith(("interface=", "bind-interfaces"))]
+    config = tmp_path / "viab-dnsmasq.conf"
+    config.write_text(text)
+    completed = dnsmasq_test(config)
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_dnsmasq_settings_are_validated_with_their_place() -> None:
+    document = example_document()
+    document["pxe"].update({"tftp_server": "install.example.org", "dhcp_interface": "eth1,eth2",
+                            "tftp_root": "srv/tftp", "bios_loader": "../pxelinux.0"})
+    with pytest.raises(viab.SiteErrors) as raised:
+        viab.parse_site(document)
+    for place in ("pxe.tftp_server: expected an IPv4 address", "pxe.dhcp_interface: expected an interface name",
+                  "pxe.tftp_root: expected an absolute path", "pxe.bios_loader: expected a path relative"):
+        assert any(problem.startswith(place) for problem in raised.value.problems), (place, raised.value.problems)
+
+
+def test_a_line_break_in_the_file_name_stays_inside_the_comments() -> None:
+    site = viab.parse_site(example_document(), "site\nport=53\n%post.json")
+    generated_files = viab.output_files(site, viab.Templates.read(viab.TEMPLATES_DIR), TEST_KEY)
+    assert "port=53" not in dnsmasq_lines(generated_files["dnsmasq/viab-dnsmasq.conf"])
+    for relative, content in generated_files.items():
+        if relative.startswith(("kickstart/", "vac.d/", "dnsmasq/")):
+            assert "site?port=53?%post.json" in content, relative
+        assert not any(line.startswith(("port=53", "%post.json")) for line in content.splitlines()), relative
+
+
+# ------------------------------------------------------------------ disks by id
+
+@pytest.mark.parametrize("disk", ["sda", "nvme0n1", "/dev/sda", "disk/by-id/wwn-0x5000c500a1b2c311",
+                                  "/dev/disk/by-path/pci-0000:00:1f.2-ata-1",
+                                  "/dev/disk/by-id/wwn-0x5000c500a1b2c311-part1",
+                                  "/dev/disk/by-id/ata-Disk\\x20One"])
+def test_a_disk_not_named_by_its_whole_disk_id_is_refused(disk: str) -> None:
+    document = example_document()
+    document["factories"][1]["disk"] = disk
+    with pytest.raises(viab.SiteErrors) as raised:
+        viab.parse_site(document)
+    assert any(problem.startswith("factories[1].disk: expected a whole disk by id such as /dev/disk/by-id/")
+               for problem in raised.value.problems), raised.value.problems
+
+
+# ------------------------------------------------------------------ the VacQuery key
+
+def test_site_key_is_made_once_with_mode_0600_and_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "out"
+    assert viab.main([str(EXAMPLE), str(output)]) == 0
+    assert "made the site's VacQuery key" in capsys.readouterr().err
+    key_file = output / "vacquery.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = load_site_key(key_file)
+    assert len(key) >= 32
+    assert viab.main([str(EXAMPLE), str(output)]) == 0
+    assert "made the site's VacQuery key" not in capsys.readouterr().err
+    assert load_site_key(key_file) == key
+    for hostname in DISKS:
+        ks = output / "kickstart" / f"{hostname}.ks"
+        # The kickstarts hold the key: the owner and the web server's group only.
+        assert stat.S_IMODE(ks.stat().st_mode) == 0o640
+        assert f"<<'VIAB_EOF'\n{key.decode()}\nVIAB_EOF" in ks.read_text()
+    # The review copies and the dnsmasq configuration do not hold it.
+    for path in list((output / "vac.d").rglob("*.conf")) + [output / "dnsmasq" / "viab-dnsmasq.conf"]:
+        assert key.decode() not in path.read_text()
+
+
+@pytest.mark.allow_commands("sh")
+def test_key_written_by_the_kickstart_post_is_root_only_and_what_vacd_reads(generated: Path,
+                                                                           tmp_path: Path) -> None:
+    post = kickstart(generated, "factory01.example.org").split("%post", 1)[1]
+    lines = post.splitlines()
+    start = lines.index("install -m 0600 /dev/null /etc/vac-vacquery.key")
+    assert lines[start + 1:start + 4] == ["cat > /etc/vac-vacquery.key <<'VIAB_EOF'", TEST_KEY, "VIAB_EOF"]
+    # Run the %post's own lines with the path moved under tmp_path, as the installer's shell would.
+    target = tmp_path / "vac-vacquery.key"
+    script = tmp_path / "key.sh"
+    script.write_text("set -eu\numask 022\n" + "\n".join(lines[start:start + 4]).replace(
+        "/etc/vac-vacquery.key", str(target)) + "\n")
+    completed = subprocess.run(["sh", str(script)], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert load_site_key(target) == TEST_KEY.encode()
+
+
+def test_an_existing_key_others_can_read_or_not_a_key_stops_the_generator(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key_file = tmp_path / "site.key"
+    key_file.write_text(TEST_KEY + "\n")
+    key_file.chmod(0o644)
+    assert viab.main(["--vacquery-key", str(key_file), str(EXAMPLE), str(tmp_path / "out")]) == 1
+    assert f"{key_file}: the VacQuery key may be read by others (mode 0644); chmod 0600" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    key_file.chmod(0o600)
+    key_file.write_text("short\n")
+    assert viab.main(["--vacquery-key", str(key_file), str(EXAMPLE), str(tmp_path / "out")]) == 1
+    assert "not a VacQuery key" in capsys.readouterr().err
+    key_file.write_text(TEST_KEY + "\n")
+    assert viab.main(["--vacquery-key", str(key_file), str(EXAMPLE), str(tmp_path / "out")]) == 0
+    assert TEST_KEY in (tmp_path / "out/kickstart/factory02.example.org.ks").read_text()
+    assert not (tmp_path / "out" / "vacquery.key").exists()
+
+
+def test_vacquery_key_file_cannot_be_set_in_the_description() -> None:
+    document = example_document()
+    document["settings"]["vacquery_key_file"] = "/etc/other.key"
+    with pytest.raises(viab.SiteErrors) as raised:
+        viab.parse_site(document)
+    assert any(problem.startswith("settings.vacquery_key_file: set from the description's own keys")
+               for problem in raised.value.problems)
+
+
+# ------------------------------------------------------------------ man page
+
+def test_man_page_describes_every_option_output_and_site_key() -> None:
+    page = (REPOSITORY / "man" / "viab-generate.8").read_text(encoding="utf-8").replace("\\-", "-")
+    for option in ("--check", "--templates", "--vacquery-key", "--version"):
+        assert option in page, option
+    for output in ("kickstart/", "pxelinux.cfg/", "grub/grub.cfg-01-", "vac.d/", "dnsmasq/viab-dnsmasq.conf",
+                   "vacquery.key", "/etc/vac-vacquery.key", "dnsmasq --test", "ksvalidator"):
+        assert output in page, output
+    for key in (*example_document(), *example_document()["pxe"], "tftp_server", "dhcp_interface"):
+        assert key in page, key
+
+
 # Any JSON value in place of any part of a valid description: a Site or SiteErrors, never
 # another exception; and a Site always renders.
 json_values = st.recursive(
@@ -380,7 +617,7 @@ def test_any_damage_to_a_description_gives_a_site_or_site_errors(place: tuple[An
         assert errors.problems
         return
     templates = viab.Templates.read(viab.TEMPLATES_DIR)
-    for relative, content in viab.output_files(site, templates).items():
+    for relative, content in viab.output_files(site, templates, TEST_KEY).items():
         if relative.startswith("kickstart/"):
             # Every here-document still ends where the generator ended it, and Anaconda's
             # parser accepts the result.
