@@ -60,6 +60,14 @@ class BackendError(VacError):
         super().__init__(f"{operation} {machine_name}: {reason}")
 
 
+class BackendOutcomeUnknown(BackendError):
+    """The connection to the backend died during the operation: it may or may not have happened.
+
+    A creation cut short this way is neither a failure nor a success: the next listing says
+    which (the machine runs under its record's UUID, and is adopted, or it does not).
+    """
+
+
 class CommandFailed(VacError):
     """An external command (always an argv list, never a shell string) exited non-zero."""
 

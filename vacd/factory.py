@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
-from vacd.errors import AccountingDeferred, BackendError, ConfigErrors, StoreError, VacError
+from vacd.errors import AccountingDeferred, BackendError, BackendOutcomeUnknown, ConfigErrors, StoreError, VacError
 from vacd.housekeeping import MachineDirectory, expired
 from vacd.imagecache import remote_image_urls
 from vacd.machinespec import machine_spec
@@ -690,7 +690,7 @@ class Factory:
         cpu_seconds = domain.cpu_seconds
         if not stored.has_started:
             # The backend created it but we died before writing `started`: adopt it.
-            log.info("adopting machine created before a restart name=%s uuid=%s", name, record.uuid)
+            log.info("adopting machine whose creation was not confirmed (a restart, a lost libvirt connection) name=%s uuid=%s", name, record.uuid)
             self.store.mark_started(record, now)
             stored = self.store.slot_binding(name) or stored
 
@@ -949,6 +949,12 @@ class Factory:
             self._clear_error()
             ok = True
             log.info("created machine name=%s uuid=%s seconds=%.1f", record.name, record.uuid, self.clock() - started)
+        except BackendOutcomeUnknown as error:
+            # Not a failure yet: libvirtd died mid-call and the machine may be running. The
+            # record stays unstarted; the next listing adopts it if its UUID runs, and
+            # finalises it as 700 Failed to start if not (a libvirtd restart kills nothing).
+            log.warning("creation cut short name=%s machinetype=%s error=%s: the next listing decides",
+                        record.name, record.machinetype, error)
         except Exception as error:  # boundary: one machine's failure must not stop the loop
             self._creation_failed(record, int(self.clock()), error)
         finally:

@@ -116,7 +116,10 @@ def test_libvirtd_killed_and_restarted_under_running_guests_is_reconnected_and_l
     factory.configure(test_guest, total_processors=2, machinetypes={"long": {"payload": "sleep 600"}})
     short_cycles(factory)
     factory.start()
-    factory.wait_for("two running guests", lambda: len(factory.running_domains()) == 2, timeout=120)
+    # Running in libvirt *and* confirmed to vacd (createXML returned): a kill inside a creation
+    # is the next test's case.
+    factory.wait_for("two running guests", lambda: len(factory.running_domains()) == 2 and all(
+        (Path(record["directory"]) / "started").exists() for record in factory.records()), timeout=120)
     passes_after(factory, 1)
     before = factory.running_domains()
     records_before = factory.records()
@@ -143,3 +146,48 @@ def test_libvirtd_killed_and_restarted_under_running_guests_is_reconnected_and_l
     assert "libvirt closed the connection" in log_text and "reconnecting" in log_text
     assert "zombie" not in log_text
     assert "Traceback" not in log_text
+
+
+def test_libvirtd_killed_inside_a_creation_leaves_the_machine_adopted_or_finalised_never_lost(
+    factory: RunningFactory, test_guest: TestGuest
+) -> None:
+    """libvirtd dies while createXML runs (a libvirt package update restarts it): vacd must not
+    call that a failed start and destroy the guest that QEMU is already running."""
+    if not LIBVIRTD_PID_FILE.exists():
+        pytest.fail(f"{LIBVIRTD_PID_FILE} is missing: libvirtd is not run with `libvirtd -d` here", pytrace=False)
+    factory.configure(test_guest, total_processors=1, machinetypes={"long": {"payload": "sleep 600"}})
+    short_cycles(factory)
+    factory.start()
+
+    def listed_but_not_confirmed() -> bool:
+        records = factory.records()
+        return bool(factory.running_domains()) and bool(records) and not (
+            Path(records[0]["directory"]) / "started").exists()
+
+    # TCG takes 2-4 s inside createXML with the domain already listed: kill in that window.
+    deadline = time.monotonic() + 120
+    while not listed_but_not_confirmed():
+        assert time.monotonic() < deadline, "the creation was never seen in flight\n" + factory.log_tail()
+        time.sleep(0.02)
+    in_flight = factory.running_domains()
+    killed = libvirtd_pid()
+    try:
+        os.kill(killed, signal.SIGKILL)
+        time.sleep(2 * CYCLE_SECONDS)
+    finally:
+        subprocess.run([str(REPOSITORY / "tools" / "libvirtd-up")], check=True, timeout=180)
+    passes_after(factory, 3)
+    log = factory.log_text()
+    assert "creation cut short" in log or "created machine" in log, log[-3000:]
+
+    [record] = [record for record in factory.records() if record["uuid"] in in_flight.values()]
+    running = factory.running_domains()
+    if running.get(record["name"]) == record["uuid"]:
+        # libvirtd knew the domain again after its restart: adopted, not failed, not destroyed.
+        assert record["finished"] is None and (Path(record["directory"]) / "started").exists(), log[-3000:]
+        assert f"zombie machine name={record['name']}" not in log
+    else:
+        # libvirtd lost it (killed before it saved the domain's state): finalised, once.
+        assert record["finished"] is not None, log[-3000:]
+        assert record["finished"]["shutdown_message"] == "700 Failed to start"
+    assert "creation failed name=" not in log, "a lost connection is not a failed creation"

@@ -102,6 +102,7 @@ backoff_seconds = 5
 
             finished = directory / "finished"
             record["finished"] = json.loads(finished.read_text()) if finished.exists() else None
+            record["directory"] = str(directory)
             found.append(record)
         return found
 
@@ -126,6 +127,9 @@ backoff_seconds = 5
 
     def log_tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def destroy_everything(self) -> None:
         connection = libvirt.open(self.uri)

@@ -16,6 +16,7 @@ import fnmatch
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -891,7 +892,10 @@ def test_init_script_starts_reloads_and_stops_vacd_through_its_pid_file(tmp_path
                       .replace("[ -r /etc/sysconfig/vacd ] && . /etc/sysconfig/vacd", ""))
 
     def init(action: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["sh", str(script), action], capture_output=True, text=True, timeout=180)
+        # A shell cannot trap a signal ignored when it started, and a suite run under nohup
+        # ignores SIGHUP: give the script (and the stand-in it starts) the default, as init does.
+        return subprocess.run(["sh", str(script), action], capture_output=True, text=True, timeout=180,
+                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
 
     try:
         assert init("status").returncode == 3

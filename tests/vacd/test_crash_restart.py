@@ -193,7 +193,7 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Campaign]:
     result.seconds = time.monotonic() - started
     for log_path in sorted((prefix / EVIDENCE_DIRECTORY).glob("child-*.log")):
         text = log_path.read_text(errors="replace")
-        result.adoptions += text.count("adopting machine created before a restart")
+        result.adoptions += text.count("adopting machine whose creation was not confirmed")
         result.zombies_destroyed += text.count("zombie machine")
     yield result
 

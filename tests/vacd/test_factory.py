@@ -12,7 +12,8 @@ import pytest
 
 from tests.fakes import FakeBackend, InlineExecutor, ManualClock
 from vacd.config import Config, Machinetype, Settings
-from vacd.errors import ConfigErrors, ConfigProblem
+from vacd.backends.base import MachineSpec
+from vacd.errors import BackendOutcomeUnknown, ConfigErrors, ConfigProblem
 from vacd.factory import Factory, FactoryHooks
 from vacd.paths import Paths
 from vacd.outcomes import EXCEEDED_WALLCLOCK, FAILED_TO_START, HEARTBEAT_NOT_CREATED
@@ -381,3 +382,39 @@ def test_backoff_start_and_end_are_logged_once_each(tmp_path: Path, caplog: pyte
     assert len(lines) == 2
     assert lines[0].startswith("backoff machinetype=atlas until=")
     assert lines[1] == "backoff ended machinetype=atlas"
+
+
+class CutShortBackend(FakeBackend):
+    """libvirtd dies inside createXML: the domain may or may not be running afterwards."""
+
+    def __init__(self, *, domain_survives: bool) -> None:
+        super().__init__()
+        self.domain_survives = domain_survives
+
+    def create(self, spec: MachineSpec) -> None:
+        if self.domain_survives:
+            super().create(spec)
+        raise BackendOutcomeUnknown("create", spec.name, "End of file while reading data: Input/output error")
+
+
+@pytest.mark.parametrize("domain_survives", [True, False])
+def test_a_creation_cut_short_by_libvirtd_dying_is_judged_by_the_next_listing(
+    tmp_path: Path, domain_survives: bool
+) -> None:
+    backend = CutShortBackend(domain_survives=domain_survives)
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1),
+                      make_machinetype(tmp_path, "atlas"), backend=backend)
+    harness.run_pass()
+    assert not harness.paths.factory_error_file.exists()  # not a creation failure (yet)
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None and not stored.has_started and not stored.has_finished
+    report = harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None
+    if domain_survives:
+        assert stored.has_started and not stored.has_finished, "a running domain under the record's UUID is adopted"
+        assert ("destroy", "f1-00.example.com") not in backend.actions
+        assert report.finished == []
+    else:
+        assert report.finished[0][1].shutdown_message == FAILED_TO_START
+        assert "atlas" not in report.decisions.outlook.backoff_until  # no local failure backoff for a lost call

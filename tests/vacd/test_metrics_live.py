@@ -135,11 +135,17 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
             found = re.search(r"metrics served address=127\.0\.0\.1:(\d+)", log_path.read_text())
             return int(found.group(1)) if found else None
 
-        def first_pass_published() -> Optional[bool]:
-            return True if (prefix / "var/lib/vac/status.json").is_file() else None
+        status_file = prefix / "var/lib/vac/status.json"
+
+        def status_file_inode() -> Optional[int]:
+            return status_file.stat().st_ino if status_file.is_file() else None
 
         port = wait_for(metrics_port, "serve metrics", log_path)
-        wait_for(first_pass_published, "publish a first status.json", log_path)
+        first = wait_for(status_file_inode, "publish a first status.json", log_path)
+        # status.json is written before the responder gets the pass's snapshot; once the next
+        # pass has replaced status.json (written by rename: a new inode), the first snapshot is in.
+        wait_for(lambda: True if status_file_inode() not in (None, first) else None,
+                 "publish a second status.json", log_path)
         ask(client, vacquery_port, SPACE, "answered-1")
         cookie = reply_cookie(client)
         ask(client, vacquery_port, "another-space.example.com", "wrong-space-1")

@@ -39,7 +39,7 @@ import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.t
 from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.backends.domainxml import Disk, domain_xml, machine_disks
 from vacd.commands import run_command
-from vacd.errors import BackendError, CommandFailed
+from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,10 @@ class LibvirtBackend:
             raise BackendError("create", spec.name, str(error)) from error
         except libvirt.libvirtError as error:
             self._note_failure(connection)
+            if not _is_alive(connection):
+                # libvirtd went away mid-call (killed, restarted): the domain may be running
+                # (its disk files are unlinked as after a success: QEMU holds them open).
+                raise BackendOutcomeUnknown("create", spec.name, str(error)) from error
             raise BackendError("create", spec.name, str(error)) from error
         finally:
             for path in made:
