@@ -688,6 +688,22 @@ def check_config(paths: Paths, *, logs_to_stderr: bool = False) -> int:
     return 0
 
 
+def check_host_command(paths: Paths) -> int:
+    """`vacd --check-host`: what starting here would do (Vac 03's machines, ports); exit 0 if vacd can start."""
+    try:
+        config = load_config(paths)
+    except ConfigErrors as errors:
+        for problem in errors.problems:
+            print(problem, file=sys.stderr)
+        print("vacd must not start yet: the configuration has errors", file=sys.stderr)
+        return 1
+    from vacd.hostcheck import check_host, print_host_check
+
+    result = check_host(paths, config.settings)
+    print_host_check(result, config.settings)
+    return 0 if result.can_start else 1
+
+
 def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="vacd", description="The vac factory daemon.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
@@ -696,6 +712,10 @@ def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--check-config", "-t", action="store_true",
                         help="check the configuration and what start-up needs (key files, ports, log file); "
                         "print the effective configuration and exit 0, or the errors and exit 1")
+    parser.add_argument("--check-host", action="store_true",
+                        help="say what starting vacd on this host would do, changing nothing: Vac 03's daemons "
+                        "and machines (adopted, or left running and why), the ports vacd needs; exit 0 if vacd "
+                        "can start, 1 if not")
     parser.add_argument("--config", metavar="FILE",
                         help="with --check-config: read FILE instead of /etc/vac.conf, to check a new vac.conf "
                         "with the rest of the configuration before it is put in place")
@@ -715,6 +735,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if arguments.config is not None:
             paths = dataclasses.replace(paths, main_config_file=Path(arguments.config).absolute())
         return check_config(paths, logs_to_stderr=arguments.stderr)
+    if arguments.check_host:
+        return check_host_command(paths)
     host_fqdn, host_cpu_count = socket.getfqdn(), os.cpu_count() or 1
     try:
         config = load_config(paths, host_fqdn=host_fqdn, host_cpu_count=host_cpu_count)

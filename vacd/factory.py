@@ -14,6 +14,9 @@ Rules (design.md rule 3, style.md §3):
 - A restart adopts what is running: a domain whose name and UUID match an unfinished
   slot record is that slot's machine. A vac-named domain that matches no live record is a
   zombie and is destroyed (acceptance 43).
+- What a Vac 03 factory left is taken over, not destroyed (vacd/vac03state.py, issue 10):
+  a slot bound to a Vac 03 machine directory is adopted (vacd writes its machine.json) when
+  its files and its domain agree, and otherwise held: left running, reported, never reused.
 - A peer's abort, once heard, holds for its backoff although later censuses miss the peer
   or none runs (vacd/peeroutcomes.py): a lost datagram costs latency, never a backoff.
 """
@@ -43,7 +46,8 @@ from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.peeroutcomes import PeerOutcomes
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
-from vacd.slots import MAX_SLOTS, VNC_BASE_PORT, SlotIdentity, mac_address_for, machine_name_for, slot_identity
+from vacd.slots import VNC_BASE_PORT, SlotIdentity, mac_address_for, ordinal_of_machine_name, slot_identity
+from vacd.vac03state import TakeOver, Vac03Plan, adopt, is_vac03_directory, plan_vac03_slot
 from vacd.store import (
     MAX_DIRECTORY_NAME_TRIES,
     FinishRecord,
@@ -98,6 +102,8 @@ class SlotStatus:
     # A slot the configuration no longer covers (host_processors lowered, factory renamed):
     # its machine is still policed, finalised and accounted until it is gone (issue 8 item 7).
     beyond_range: bool = False
+    # Why a "Held" slot (a Vac 03 machine that could not be adopted) is left alone.
+    note: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,7 @@ class Fault:
 
 
 # The per-slot steps of a pass, each inside its own error boundary (the metric's label values).
-SLOT_STEPS = ("observe", "finalise", "police", "account", "housekeeping", "create", "destroy")
+SLOT_STEPS = ("observe", "adopt", "finalise", "police", "account", "housekeeping", "create", "destroy")
 
 
 @dataclass
@@ -243,6 +249,7 @@ class Factory:
         # Cumulative count of contained per-slot errors by step (vac_slot_errors_total{step}).
         self.slot_error_totals: dict[str, int] = {step: 0 for step in SLOT_STEPS}
         self._slot_errors: dict[str, SlotError] = {}  # machine name -> its current error
+        self._vac03_told: dict[str, str] = {}  # machine name -> what the admin was last told of it
         self._faults: dict[str, Fault] = {}  # kind -> the factory-wide fault holding now
         # Policing, finalising and accounting go on under this after a bad reload (item 9).
         self._last_good_config: Optional[Config] = initial_config
@@ -511,11 +518,41 @@ class Factory:
                 log.warning("unreadable slot binding beyond the range name=%s error=%s", machine_name, error)
                 continue
             if stored is None:
+                # A Vac 03 machine under a name of this factory's, beyond today's range.
+                identity = self._vac03_identity(settings, machine_name)
+                if identity is not None:
+                    identities.append(identity)
                 continue
             if stored.has_finished and machine_name not in observed:
                 continue
             identities.append(_identity_of_record(stored.record))
         return identities
+
+    def _vac03_identity(self, settings: Settings, machine_name: str) -> Optional[SlotIdentity]:
+        directory = self.store.bound_directory(machine_name)
+        ordinal = ordinal_of_machine_name(settings.factory_name, machine_name)
+        if directory is None or ordinal is None or not is_vac03_directory(directory):
+            return None
+        return slot_identity(settings.factory_name, ordinal)
+
+    def _take_over_vac03_slot(
+        self, settings: Settings, identity: SlotIdentity, domain: Optional[ObservedMachine]
+    ) -> Optional[Vac03Plan]:
+        """The plan for a slot Vac 03 left (adopted here when it can be), or None if it is not one."""
+        name = identity.machine_name
+        directory = self.store.bound_directory(name)
+        if directory is None or not is_vac03_directory(directory):
+            return None
+        plan = plan_vac03_slot(settings, name, directory, domain)
+        if plan.action is TakeOver.ADOPT:
+            adopt(plan)
+            log.info("took over Vac 03 machine: %s", plan.describe())
+            self._vac03_told.pop(name, None)
+        elif self._vac03_told.get(name) != plan.describe():
+            # Said once per change, not every pass: a held machine may run for days.
+            self._vac03_told[name] = plan.describe()
+            log.warning("Vac 03 machine %s", plan.describe())
+        return plan
 
     def _release_beyond_range(self, status: SlotStatus) -> None:
         """A beyond-range slot whose machine is finalised and gone: unbind it, once."""
@@ -531,7 +568,7 @@ class Factory:
         """A domain named as this factory names slots, outside the range and bound to nothing."""
         known = {slot.identity.machine_name for slot in report.slots}
         for name, machine in observed.items():
-            if name in known or _ordinal_of_machine_name(settings.factory_name, name) is None:
+            if name in known or ordinal_of_machine_name(settings.factory_name, name) is None:
                 continue
             with self._lock:
                 busy = name in self._in_flight
@@ -650,6 +687,17 @@ class Factory:
                 progress.step = "observe"
             raise StoreError(f"slot record set aside as corrupt: {lookup.problem}")
         stored = lookup.machine
+        if stored is None and not busy:
+            progress.step = "adopt"
+            plan = self._take_over_vac03_slot(settings, identity, domain)
+            if plan is not None and plan.action is TakeOver.ADOPT:
+                stored = self.store.slot_binding(name)
+            elif plan is not None and plan.action is TakeOver.HOLD:
+                # Not ours to stop, and not free: its processors stay counted as in use.
+                return SlotStatus(identity, "Held", None, note=plan.reason), SlotView(
+                    identity.ordinal, "(vac 03 machine)", plan.processors
+                ), None
+            progress.step = "observe"
 
         if stored is None or stored.has_finished:
             message = stored.finish.shutdown_message if stored and stored.finish else None
@@ -1129,19 +1177,3 @@ def _identity_of_record(record: MachineRecord) -> SlotIdentity:
         mac_address=mac_address_for(record.ip_address),
         vnc_port=VNC_BASE_PORT + record.ordinal,
     )
-
-
-def _ordinal_of_machine_name(factory_name: str, machine_name: str) -> Optional[int]:
-    """The ordinal if `machine_name` is how this factory names a slot, else None."""
-    short, dot, domain = factory_name.partition(".")
-    head = f"{short}-"
-    tail = f"{dot}{domain}"
-    if not (machine_name.startswith(head) and machine_name.endswith(tail)):
-        return None
-    digits = machine_name[len(head): len(machine_name) - len(tail)]
-    if not (digits.isascii() and digits.isdigit() and len(digits) >= 2):
-        return None
-    ordinal = int(digits)
-    if ordinal >= MAX_SLOTS or machine_name_for(factory_name, ordinal) != machine_name:
-        return None
-    return ordinal

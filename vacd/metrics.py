@@ -57,8 +57,9 @@ from vacd.outcomes import shutdown_code
 
 log = logging.getLogger(__name__)
 
-# The slot states of status.json (Vac's words plus "Stopping"), always exported, 0 if none.
-SLOT_STATES = ("Shut down", "Starting", "Running", "Paused", "Stopping", "Error")
+# The slot states of status.json (Vac's words plus "Stopping", "Error" and "Held": a Vac 03
+# machine left running because it could not be adopted), always exported, 0 if none.
+SLOT_STATES = ("Shut down", "Starting", "Running", "Paused", "Stopping", "Error", "Held")
 HEARTBEAT_COMPONENTS = ("factory", "responder", "metadata", "mjf")
 # A VM creation may download an image (Vac 03's fetch timeout was 120 s, Appendix C).
 CREATION_BUCKETS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)

@@ -78,3 +78,19 @@ def ordinal_for_ip_address(ip_address: str) -> "int | None":
         return None
     ordinal = subnet_index * SLOTS_PER_SUBNET + octets[3]
     return ordinal if ordinal < MAX_SLOTS else None
+
+
+def ordinal_of_machine_name(factory_name: str, machine_name: str) -> "int | None":
+    """The ordinal if `machine_name` is how this factory names a slot, else None."""
+    short, dot, domain = factory_name.partition(".")
+    head = f"{short}-"
+    tail = f"{dot}{domain}"
+    if not (machine_name.startswith(head) and machine_name.endswith(tail)):
+        return None
+    digits = machine_name[len(head): len(machine_name) - len(tail)]
+    if not (digits.isascii() and digits.isdigit() and len(digits) >= 2):
+        return None
+    ordinal = int(digits)
+    if ordinal >= MAX_SLOTS or machine_name_for(factory_name, ordinal) != machine_name:
+        return None
+    return ordinal

@@ -64,6 +64,7 @@ def status_document(
                 "shutdown_time": record.shutdown_time if record else None,
                 "cpu_seconds": slot.cpu_seconds,
                 "shutdown_message": slot.shutdown_message,
+                "note": slot.note,
             }
         )
     for local in report.local_reports:
