@@ -7,7 +7,10 @@ Rules (behaviour reference §7.1, acceptance 36, 11):
   backend), not the wall time Vcycle reports (peers-and-specs §6 item 11).
 - Every record goes to `apel-archive/YYYYMMDD/`; a copy goes to `apel-outgoing/YYYYMMDD/`,
   the directory queue `ssmsend` consumes, only when `gocdb_sitename` and
-  `hs06_per_processor` are both set.
+  `hs06_per_processor` are both set (see "Across configuration changes" for which
+  setting counts when: `gocdb_sitename` now, `hs06_per_processor` at the machine's creation).
+- A record that is archived but not queued has a twin `apel-held/YYYYMMDD/<name>` giving
+  the reason, and an INFO line says it; `vac apel-sync` does not count it (below).
 - The layout is the one ssmsend's dirq reads (peers-and-specs §4.3): directories are
   eight digits, files fourteen hex digits; anything else (our temp files start with a dot)
   is ignored by the reader.
@@ -26,6 +29,42 @@ Exactly once, across a crash at any instant and a rerun with the same machine:
   alone is the marker, and rewriting it is idempotent.
 - "Archive present" is looked up by name in every date directory, so a rerun that
   computes a different `EndTime` still finds the first record.
+- A held record's `apel-held/` twin is written before its archive copy, and a queued
+  record's twins are removed before its archive copy, so an archive file is never left
+  with the wrong answer to "was it sent?".
+
+Across configuration changes (issue 10 item 6):
+- `hs06_per_processor` is the machine's: `MachineRecord.hs06_known` says whether it was set
+  when the machine was created (as Vac 03 read the machine's own `machinefeatures/hs06`,
+  written at creation only when it was set). A machine created without it carries vacd's
+  stand-in of 1.0 per processor, so it is archived (ServiceLevel 1.0) and held back even
+  if the figure was set before the machine finished: APEL would otherwise account its
+  work at 1 HS06 per processor. One created with it is sent with its creation-time
+  figure, also if the setting was removed or changed since (what the guest was told).
+- `gocdb_sitename` is the factory's, read when the record is written, and a machine
+  created before it was set is not held back. The Site line says where the work was
+  done; that is the same site before and after the admin wrote its GOCDB name down, and
+  APEL must see the name the site is registered under, which is the one set now. Holding
+  such records back would only lose the site real work; nothing in them was fixed by the
+  unset name (Vac 03 wrote Site and the send decision from the current setting too).
+  Without `gocdb_sitename` nothing is sent: Site would be a guess from the space name.
+
+The monthly sync (`vac apel-sync`) tells APEL how many job records it should hold per
+Site, SubmitHost and month, so the site can see and republish what went missing (APEL's
+own client sends its `VSyncRecords`, the count of the jobs it published). So it counts
+what was sent:
+- records with an `apel-held/` twin are not counted (they never reached APEL), and the
+  newest record, whose Site is taken as the site's, is the newest one sent;
+- every other record in the month's `apel-archive/` is counted: vacd's queued ones,
+  those of machines adopted from Vac 03 (written by vacd like any other), and Vac 03's own
+  earlier records, which have no twin and are counted as Vac 03 counted them. A record
+  Vac 03 archived without sending cannot be told apart afterwards: one without
+  gocdb_sitename has a guessed Site, which the Site match below drops; one without
+  hs06_per_processor (ServiceLevel 1.0) is counted, as Vac 03 counted it;
+- one sync record per SubmitHost of that Site, as APEL compares per (Site, SubmitHost,
+  month): a node whose SubmitHost changed in the month of the switch (Vac 03 named it
+  from `os.uname()`) is counted under both names, where Vac 03 skipped all but the newest.
+  Records of another Site are reported and skipped, as Vac 03 did.
 """
 
 from __future__ import annotations
@@ -133,13 +172,30 @@ def global_user_name(space: str) -> str:
     return "".join(f"/DC={label}" for label in reversed(space.split(".")) if label)
 
 
-def sends_outgoing(settings: Settings) -> bool:
-    """Records are queued for ssmsend only with an admin-set GOCDB site and a real HS06 figure (§7.1).
+def has_gocdb_sitename(settings: Settings) -> bool:
+    """Whether the admin set `gocdb_sitename` (the config fills in a guess when it is not set)."""
+    return settings.gocdb_sitename_is_set and bool(settings.gocdb_sitename)
 
-    The config fills `gocdb_sitename` with the space's domain when it is not set, so
-    `gocdb_sitename_is_set` is what tells the two apart.
+
+def sends_outgoing(settings: Settings) -> bool:
+    """Whether a machine created now is queued for ssmsend when it finishes (§7.1).
+
+    Records are queued only with an admin-set GOCDB site and a real HS06 figure.
     """
-    return settings.gocdb_sitename_is_set and bool(settings.gocdb_sitename) and settings.hs06_per_processor is not None
+    return has_gocdb_sitename(settings) and settings.hs06_per_processor is not None
+
+
+def holding_reason(settings: Settings, record: MachineRecord) -> Optional[str]:
+    """Why this machine's record is archived but not sent to APEL, or None to send it.
+
+    `gocdb_sitename` as set now, `hs06_per_processor` as it was when the machine was
+    created (module docstring, "Across configuration changes").
+    """
+    if not has_gocdb_sitename(settings):
+        return "gocdb_sitename is not set"
+    if not record.hs06_known:
+        return "hs06_per_processor was not set when the machine was created, so its ServiceLevel would be 1.0"
+    return None
 
 
 def job_record(
@@ -213,6 +269,7 @@ def write_apel_record(
         log.debug("APEL record already written name=%s file=%s", record.name, archived)
         return archived
 
+    held_reason: Optional[str] = None
     if staged_text is not None:
         message = staged_text
     else:
@@ -221,13 +278,19 @@ def write_apel_record(
             log.info("no APEL record due name=%s machinetype=%s", record.name, record.machinetype)
             return None
         message = job.to_message()
+        held_reason = holding_reason(settings, record)
     day = _day_of_message(message) or utc_day(finish.finished_time)
 
-    if staged_text is None and sends_outgoing(settings):
+    if staged_text is None and held_reason is None:
         paths.tmp_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(staging, message)
         staged_text = message
     if archived is None:
+        _remove_held_twins(paths, name, keep_day=day if held_reason is not None else None)
+        if held_reason is not None:
+            held = paths.apel_held_dir / day / name
+            held.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(held, f"{held_reason} (machine {record.name}, LocalJobId {record.uuid})\n")
         archived = paths.apel_archive_dir / day / name
         archived.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(archived, message)
@@ -239,8 +302,30 @@ def write_apel_record(
         fsync_directory(staging.parent)
         log.info("APEL record queued name=%s uuid=%s file=%s", record.name, record.uuid, outgoing)
     else:
-        log.info("APEL record archived name=%s uuid=%s file=%s", record.name, record.uuid, archived)
+        log.info(
+            "APEL record archived, not sent to APEL name=%s uuid=%s file=%s reason=\"%s\"",
+            record.name,
+            record.uuid,
+            archived,
+            held_reason,
+        )
     return archived
+
+
+def _remove_held_twins(paths: Paths, name: str, keep_day: Optional[str]) -> None:
+    """Remove `apel-held/*/<name>` (but `keep_day`'s): left by a run that crashed before archiving.
+
+    A rerun may decide differently (the site set gocdb_sitename meanwhile) or date the
+    record differently, and a stale twin would take a sent record out of the sync count.
+    """
+    held_root = paths.apel_held_dir
+    if not held_root.is_dir():
+        return
+    for day in held_root.iterdir():
+        twin = day / name
+        if day.name != keep_day and _DATE_DIRECTORY.match(day.name) and twin.is_file():
+            twin.unlink()
+            fsync_directory(day)
 
 
 def _staged_record(staging: Path, record: MachineRecord) -> Optional[str]:
@@ -312,23 +397,37 @@ def default_sync_months(now: float) -> list[str]:
 
 @dataclass(frozen=True)
 class MonthCount:
-    """What one month of apel-archive holds for the newest record's site and submit host."""
+    """One sync record: the jobs of one month that APEL got for one Site and SubmitHost."""
 
     month: str
     site: str
     submit_host: str
     number_of_jobs: int
-    skipped: int
 
 
-def count_month(paths: Paths, month: str, settings: Optional[Settings] = None) -> Optional[MonthCount]:
-    """Count a month's archived records for the site and submit host of its newest record.
+@dataclass(frozen=True)
+class MonthTally:
+    """What one month of apel-archive holds: the sync records to send, and what they leave out.
 
-    Records naming another site or submit host are counted as skipped (Vac 03 reported
-    and skipped them too). An empty month counts 0 for `settings`' site and submit host
-    if given, else gives None (Vac 03 crashed here, §11).
+    `counts` has one entry per SubmitHost of the site, the newest sent record's first;
+    `skipped` are sent records of another site (or with no Site or SubmitHost), `held`
+    the records archived but never sent (an `apel-held/` twin).
     """
-    records: list[Mapping[str, str]] = []
+
+    month: str
+    counts: tuple[MonthCount, ...]
+    skipped: int
+    held: int
+
+
+def count_month(paths: Paths, month: str, settings: Optional[Settings] = None) -> MonthTally:
+    """Count a month's records sent to APEL, per SubmitHost of the site of the newest one.
+
+    A month in which nothing was sent counts 0 for `settings`' site and submit host if
+    given, else has no counts (Vac 03 crashed here, §11).
+    """
+    sent: list[Mapping[str, str]] = []
+    held = 0
     archive = paths.apel_archive_dir
     if archive.is_dir():
         for day in sorted(archive.iterdir()):
@@ -337,16 +436,26 @@ def count_month(paths: Paths, month: str, settings: Optional[Settings] = None) -
             for entry in sorted(day.iterdir()):
                 if entry.name.startswith(".") or not entry.is_file():
                     continue
-                raw_text = read_text_or_none(entry)
-                records.extend(parse_message(raw_text or ""))
-    if not records:
-        if settings is None:
-            return None
-        return MonthCount(month, site_name(settings), submit_host(settings), 0, 0)
-    newest = max(records, key=lambda fields: _int_or_zero(fields.get("EndTime")))
-    site, host = newest.get("Site", ""), newest.get("SubmitHost", "")
-    matching = sum(1 for fields in records if fields.get("Site") == site and fields.get("SubmitHost") == host)
-    return MonthCount(month, site, host, matching, len(records) - matching)
+                records = parse_message(read_text_or_none(entry) or "")
+                if (paths.apel_held_dir / day.name / entry.name).is_file():
+                    held += len(records)
+                else:
+                    sent.extend(records)
+    if not sent:
+        counts: tuple[MonthCount, ...] = ()
+        if settings is not None:
+            counts = (MonthCount(month, site_name(settings), submit_host(settings), 0),)
+        return MonthTally(month, counts, 0, held)
+    newest = max(sent, key=lambda fields: _int_or_zero(fields.get("EndTime")))
+    site, newest_host = newest.get("Site", ""), newest.get("SubmitHost", "")
+    per_host: dict[str, int] = {}
+    for fields in sent:
+        host = fields.get("SubmitHost", "")
+        if site and host and fields.get("Site") == site:
+            per_host[host] = per_host.get(host, 0) + 1
+    hosts = sorted(per_host, key=lambda host: (host != newest_host, host))
+    counts = tuple(MonthCount(month, site, host, per_host[host]) for host in hosts)
+    return MonthTally(month, counts, len(sent) - sum(per_host.values()), held)
 
 
 def sync_message(counts: Sequence[MonthCount]) -> str:
@@ -367,6 +476,8 @@ def sync_message(counts: Sequence[MonthCount]) -> str:
 def apel_sync(paths: Paths, months: Sequence[str], now: float, settings: Optional[Settings] = None) -> Path:
     """Write one APEL sync message for `months` (default: last month-of-yesterday) to apel-outgoing.
 
+    The message holds a sync record per month and SubmitHost (see `count_month`).
+
     Raises:
         ApelError: a month is not `YYYYMM`, or no month had anything to count.
     """
@@ -376,26 +487,27 @@ def apel_sync(paths: Paths, months: Sequence[str], now: float, settings: Optiona
         raise ApelError(f"months must be YYYYMM, got {' '.join(bad)}")
     counts: list[MonthCount] = []
     for month in chosen:
-        count = count_month(paths, month, settings)
-        if count is None:
-            log.warning("no APEL records archived for month=%s; no sync record for it", month)
+        tally = count_month(paths, month, settings)
+        if tally.held:
+            log.info("APEL records archived but never sent are not counted month=%s held=%d", month, tally.held)
+        if not tally.counts:
+            log.warning("no APEL records sent for month=%s; no sync record for it", month)
             continue
-        if count.skipped:
+        if tally.skipped:
             log.warning(
-                "skipped APEL records of another site or submit host month=%s skipped=%d site=%s submit_host=%s",
+                "skipped APEL records of another site month=%s skipped=%d site=%s",
                 month,
-                count.skipped,
-                count.site,
-                count.submit_host,
+                tally.skipped,
+                tally.counts[0].site,
             )
-        counts.append(count)
+        counts.extend(tally.counts)
     if not counts:
-        raise ApelError(f"nothing archived to sync for {' '.join(chosen)}")
+        raise ApelError(f"nothing sent to APEL to sync for {' '.join(chosen)}")
     directory = paths.apel_outgoing_dir / utc_day(now)
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / _free_time_name(directory, now)
     write_atomic(target, sync_message(counts))
-    log.info("APEL sync written file=%s months=%s", target, ",".join(count.month for count in counts))
+    log.info("APEL sync written file=%s months=%s", target, ",".join(sorted({count.month for count in counts})))
     return target
 
 

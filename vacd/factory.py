@@ -919,6 +919,9 @@ class Factory:
             ip_address=identity.ip_address,
             hs06=hs06_per_processor * create.processors,
             mb=settings.mb_per_processor * create.processors,
+            # Fixed now, as Vac fixed machinefeatures/hs06: a later hs06_per_processor must
+            # not make this machine's stand-in 1.0 go to APEL (vacd.accounting).
+            hs06_known=settings.hs06_per_processor is not None,
         )
         with self._lock:
             running = self._in_flight.get(record.name)

@@ -99,6 +99,11 @@ class Paths:
         return self.state_dir / "apel-archive"
 
     @property
+    def apel_held_dir(self) -> Path:
+        """Why an archived APEL record was not sent: `apel-held/YYYYMMDD/<name>` beside `apel-archive/`."""
+        return self.state_dir / "apel-held"
+
+    @property
     def space_census_dir(self) -> Path:
         return self.state_dir / "space-census"
 

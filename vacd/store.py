@@ -98,6 +98,13 @@ class MachineRecord:
     ip_address: str
     hs06: float
     mb: int
+    # Whether `hs06` is a figure the site configured (`hs06_per_processor` was set when the
+    # machine was created) rather than vacd's stand-in of 1.0 per processor. Only such a
+    # machine is sent to APEL (vacd.accounting): its ServiceLevel is the site's real HS06.
+    # For a Vac 03 machine it is whether Vac wrote its `machinefeatures/hs06` file, which
+    # Vac did exactly when `hs06_per_processor` was set. The default is the conservative
+    # "not known": a record that does not say is archived, never sent with ServiceLevel 1.0.
+    hs06_known: bool = False
 
     @property
     def directory_name(self) -> str:
@@ -133,7 +140,24 @@ class MachineRecord:
             ip_address=str(fields["ip_address"]),
             hs06=float(fields["hs06"]),
             mb=int(fields["mb"]),
+            hs06_known=_hs06_known(fields),
         )
+
+
+def _hs06_known(fields: Mapping[str, Any]) -> bool:
+    """`hs06_known` of a machine.json, inferred for records written before the field existed.
+
+    Earlier vacd wrote `hs06` as `hs06_per_processor x processors`, with 1.0 per processor
+    when it was not set. So a figure other than `processors` was configured; exactly
+    `processors` was most likely the stand-in, and is taken as "not known" (only a site
+    that configured hs06_per_processor = 1.0 loses anything: its record is archived, not sent).
+    """
+    if "hs06_known" in fields:
+        value = fields["hs06_known"]
+        if not isinstance(value, bool):
+            raise ValueError("hs06_known is not true or false")
+        return value
+    return float(fields["hs06"]) != 1.0 * int(fields["processors"])
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ def make_record(uuid: str = UUID, **changes: Any) -> MachineRecord:
         ip_address="169.254.169.3",
         hs06=20.0,
         mb=4096,
+        hs06_known=True,
     )
     return dataclasses.replace(record, **changes)
 
@@ -133,7 +134,8 @@ def test_record_goes_to_archive_and_outgoing_in_dirq_layout(paths: Paths) -> Non
 
 def test_without_hs06_record_is_archived_only_with_service_level_one(paths: Paths) -> None:
     settings = make_settings(hs06_per_processor=None)
-    written = write_apel_record(paths, settings, make_machinetype(), make_record(hs06=2.0), make_finish())
+    record = make_record(hs06=2.0, hs06_known=False)
+    written = write_apel_record(paths, settings, make_machinetype(), record, make_finish())
 
     assert written is not None
     assert parse_message(written.read_text())[0]["ServiceLevel"] == "1.0"
@@ -237,7 +239,7 @@ def test_record_file_name_is_fourteen_hex_digits_for_any_uuid() -> None:
 def archive_records(
     paths: Paths, day: str, count: int, site: str = "UKI-EXAMPLE", first: int = 0, hour: int = 12
 ) -> None:
-    settings = make_settings(gocdb_sitename=site, hs06_per_processor=None)
+    settings = make_settings(gocdb_sitename=site)
     end_of_day = calendar.timegm((int(day[:4]), int(day[4:6]), int(day[6:]), hour, 0, 0))
     for index in range(first, first + count):
         uuid = f"{index:08x}-0000-4000-8000-000000000000"
