@@ -153,6 +153,9 @@ def plan_vac03_slot(
         ip_address=ip_address,
         # Vac 03 counted a machine without hs06 as 1.0 per processor (§1.3 step 11), as vacd does.
         hs06=facts.hs06 if facts.hs06 is not None else float(processors),
+        # Vac 03 wrote machinefeatures/hs06 exactly when hs06_per_processor was set (§6.2);
+        # without it the record is archived, never sent to APEL with ServiceLevel 1.0 (item 6).
+        hs06_known=facts.hs06 is not None,
         # Vac 03 wrote max_rss_bytes at creation from mb_per_processor x processors (§6.2).
         mb=facts.mb if facts.mb is not None else settings.mb_per_processor * processors,
     )

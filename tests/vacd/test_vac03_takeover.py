@@ -25,7 +25,8 @@ SLOT0 = "f1-00.example.com"
 
 
 def harness_with_apel(tmp_path: Path, **settings_options: object) -> Harness:
-    options: dict[str, object] = dict(total_processors=2, host_processors=2, hs06_per_processor=10.0)
+    options: dict[str, object] = dict(total_processors=2, host_processors=2, hs06_per_processor=10.0,
+                                      gocdb_sitename_is_set=True)
     options.update(settings_options)
     harness = Harness(tmp_path, make_settings(**options), make_machinetype(tmp_path, "atlas", max_wallclock_seconds=86400))
 
@@ -74,6 +75,7 @@ def test_running_vac03_machine_is_adopted_not_destroyed(tmp_path: Path) -> None:
     assert record["created_time"] == machine.created_time
     assert record["shutdown_time"] == machine.created_time + 86400
     assert record["hs06"] == 10.0 and record["processors"] == 1 and record["mb"] == 2048
+    assert record["hs06_known"] is True
     assert harness.backend.created_names() == []  # its slot was not free
 
 
@@ -109,6 +111,17 @@ def test_adopted_machine_that_ends_is_finalised_with_its_message_and_accounted_o
     assert apel["StartTime"] == str(machine.created_time)
     assert float(apel["ServiceLevel"]) == 10.0
     assert apel["Queue"] == "atlas"
+    # Vac 03 wrote machinefeatures/hs06, so the site's figure is known: the record is sent.
+    sent = [path for path in harness.paths.apel_outgoing_dir.rglob("*") if path.is_file()]
+    assert [parse_message(path.read_text())[0]["LocalJobId"] for path in sent] == [machine.uuid]
+
+
+def test_adopted_vac03_machine_created_without_hs06_is_archived_not_sent(tmp_path: Path) -> None:
+    harness = harness_with_apel(tmp_path, total_processors=1, host_processors=1)
+    machine = vac03_machine(harness, hs06_per_processor=None, shutdown_message="200 Success")
+    harness.run_pass()
+    assert [r["LocalJobId"] for r in apel_records(harness.paths)] == [machine.uuid]
+    assert [path for path in harness.paths.apel_outgoing_dir.rglob("*") if path.is_file()] == []
 
 
 def test_vac03_machine_that_ended_while_no_factory_watched_is_finalised_and_accounted(tmp_path: Path) -> None:
