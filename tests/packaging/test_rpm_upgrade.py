@@ -18,8 +18,9 @@ Where a test needs to see what the scriptlets asked of systemctl, chkconfig or
 /sbin/chkconfig, and /usr/bin/python3, the interpreter of /usr/sbin/vacd, answering
 --check-host as the test says). These tests need root (rpm chroots) and skip without it.
 
-The pid-file clean-up of %pre, which needs live processes, runs the scriptlet with sh
-against a scratch root (as test_spec.py runs the other scriptlets).
+The pid-file clean-up of %pre, which needs live processes, and the SysV build's %posttrans
+(this build is the systemd one) run the scriptlet with sh against a scratch root, as
+test_spec.py runs the other scriptlets.
 """
 
 from __future__ import annotations
@@ -461,3 +462,43 @@ def test_pre_on_a_host_without_vac03_does_nothing(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout == "" and completed.stderr == ""
     assert not (root.var / "lib/rpm-state").exists()
+
+
+# ------------------------------------------------------------------ the SysV build's %posttrans
+
+@pytest.mark.allow_commands("rpmspec", "sh")
+@pytest.mark.parametrize("check_host_status", [0, 3])
+def test_sysv_posttrans_adds_and_starts_vacd_as_vac03_was_only_once_check_host_passes(
+        tmp_path: Path, check_host_status: int) -> None:
+    root = scratch_root(tmp_path)
+    state = root.var / "lib/rpm-state/vac/vac03"
+    state.parent.mkdir(parents=True)
+    state.write_text(f"version={VAC03_VERSION}\nwas_enabled=yes\nwas_running=yes\n")
+    calls = tmp_path / "calls"
+    stand_ins = {}
+    for command, text in (("vacd", f'#!/bin/sh\necho "vacd $*" >> {calls}\necho "port 995 in use"\n'
+                                   f"exit {check_host_status}\n"),
+                          ("chkconfig", f'#!/bin/sh\necho "chkconfig $*" >> {calls}\n'),
+                          ("service", f'#!/bin/sh\necho "service $*" >> {calls}\n')):
+        stand_ins[command] = tmp_path / command
+        stand_ins[command].write_text(text)
+        stand_ins[command].chmod(0o755)
+    body = (scriptlet("%posttrans", root, with_systemd=False)
+            .replace("/usr/sbin/vacd --check-host", f"{stand_ins['vacd']} --check-host")
+            .replace("/sbin/chkconfig", str(stand_ins["chkconfig"]))
+            .replace("/sbin/service", str(stand_ins["service"])))
+    completed = subprocess.run(["sh", "-e", "-c", body, "scriptlet", "0"], capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert not state.exists()
+    if check_host_status == 0:
+        assert calls.read_text().splitlines() == ["vacd --check-host", "chkconfig --add vacd", "service vacd start"]
+        assert completed.stdout == (f"vac: vacd --check-host passed; vacd is enabled at boot; vacd is started "
+                                    f"(service vacd status), in place of Vac {VAC03_VERSION}\n")
+    else:
+        assert calls.read_text().splitlines() == ["vacd --check-host"]
+        assert completed.stderr.splitlines() == [
+            "vac: vacd is not started: vacd --check-host failed (exit status 3):",
+            "    port 995 in use",
+            f"vac: Vac {VAC03_VERSION} stays stopped and disabled, and its machines keep running; fix what is said "
+            "above, then: vacd --check-host && chkconfig --add vacd && service vacd start"]
