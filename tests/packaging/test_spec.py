@@ -58,7 +58,7 @@ EL9_CONDITIONS = {
 }
 SYSCTL_DROP_IN = REPOSITORY / "etc/sysctl.d/90-vac-vacquery.conf"
 SECTION = re.compile(
-    r"%(package|description|prep|build|install|check|post|preun|postun|posttrans|files|changelog)\b")
+    r"%(package|description|prep|build|install|check|pre|post|preun|postun|posttrans|files|changelog)\b")
 
 
 def setup_cfg() -> configparser.ConfigParser:
