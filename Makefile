@@ -47,7 +47,7 @@ SCRIPTS         := vacd vac check-vacd
 APEL_UNITS      := vac-ssmsend.service vac-ssmsend.timer vac-apel-sync.service vac-apel-sync.timer
 MAN_PAGES       := man/vac.1 man/vac.conf.5 man/vacd.8 man/check-vacd.8 man/viab-generate.8
 # The state directory tree of behaviour reference §1.4 / §10.1 (vacd.paths.Paths).
-STATE_DIRS      := tmp imagecache machinetypes pipescache apel-archive apel-outgoing \
+STATE_DIRS      := tmp imagecache machinetypes pipescache apel-archive apel-outgoing apel-held \
                    slots finishes machines space-census
 PIP_FLAGS       := --no-deps --no-index --no-cache-dir --disable-pip-version-check
 
