@@ -31,13 +31,12 @@ from typing import Optional
 from vacd.atomicfile import write_atomic
 from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import VacError
+from vacd.guestapi.uploadnames import RECEIVED_FILE as RECEIVED_FILE  # re-exported: the receipts are this module's
+from vacd.guestapi.uploadnames import is_vacd_file_name
 from vacd.store import SHUTDOWN_MESSAGE_FILE
 
 log = logging.getLogger(__name__)
 
-RECEIVED_FILE = ".received.json"
-# vacd.atomicfile names its temp files `.<target>.<random>.tmp`.
-TEMP_FILE_SUFFIX = ".tmp"
 # Far more than any payload writes (a message, a heartbeat and a few logs).
 MAX_FILES = 1000
 # A 255-byte name is at most 762 bytes as JSON (127 two-byte characters, each `\uXXXX`),
@@ -62,11 +61,6 @@ class Usage:
     total_bytes: int
     file_count: int
     sizes: dict[str, int]
-
-
-def is_vacd_file_name(name: str) -> bool:
-    """Whether vacd itself writes files of this name in joboutputs (the receipts, temp files)."""
-    return name == RECEIVED_FILE or (name.startswith(".") and name.endswith(TEMP_FILE_SUFFIX))
 
 
 def usage(joboutputs_dir: Path) -> Usage:

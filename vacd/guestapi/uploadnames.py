@@ -1,4 +1,4 @@
-"""Which `PUT` targets name a $JOBOUTPUTS file, and which file: Vac's rule, made safe on disk.
+"""The names in $JOBOUTPUTS: which file a `PUT` target names (Vac's rule, made safe), which are vacd's.
 
 Rules (behaviour reference §6.3, §6.7; issue 10 item 5):
 - Vac 03 wrote `PUT /joboutputs/NAME` to `MD/joboutputs/NAME` for any non-empty NAME once
@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from typing import Optional, Union
 from urllib.parse import unquote_to_bytes
 
-from vacd.guestapi.joboutputs import is_vacd_file_name
-
+# The receipt times of a machine's uploads (vacd.guestapi.joboutputs writes it).
+RECEIVED_FILE = ".received.json"
+# vacd.atomicfile names its temp files `.<target>.<random>.tmp`.
+TEMP_FILE_SUFFIX = ".tmp"
 JOBOUTPUTS_PREFIX = b"/joboutputs/"
 # Linux's NAME_MAX: the longest file name, in bytes, that a directory entry can hold.
 NAME_MAX_BYTES = 255
@@ -94,6 +96,11 @@ def name_problem(encoded_name: bytes) -> Optional[str]:
     if is_vacd_file_name(name):
         return "name is reserved for vacd's own files in joboutputs"
     return None
+
+
+def is_vacd_file_name(name: str) -> bool:
+    """Whether vacd itself writes files of this name in joboutputs (the receipts, temp files)."""
+    return name == RECEIVED_FILE or (name.startswith(".") and name.endswith(TEMP_FILE_SUFFIX))
 
 
 def safe_repr(text: str) -> str:

@@ -11,8 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vacd.guestapi.joboutputs import RECEIVED_FILE, is_vacd_file_name, received_times, store_upload
-from vacd.guestapi.uploadnames import NAME_MAX_BYTES, RefusedUpload, UploadName, name_problem, safe_repr, upload_name
+from vacd.guestapi.joboutputs import received_times, store_upload
+from vacd.guestapi.uploadnames import (
+    NAME_MAX_BYTES,
+    RECEIVED_FILE,
+    RefusedUpload,
+    UploadName,
+    is_vacd_file_name,
+    name_problem,
+    safe_repr,
+    upload_name,
+)
 
 # Names guests wrote under Vac 03 (its writePutBody took any non-empty component).
 VAC_NAMES = [
