@@ -14,8 +14,8 @@ Rules (behaviour reference §6.3, §6.7; issue 10 item 5):
   must be UTF-8: a name nobody can print is refused.
 - Refused, whatever the encoding: an empty name, `.` and `..`, a `/` (`%2F`) or NUL, any
   control character (Unicode category Cc: C0, DEL, C1), and more than NAME_MAX_BYTES
-  (Linux's NAME_MAX, 255) bytes of UTF-8. Vac wrote all but the empty name, and they
-  break the directory, the log or the admin's shell.
+  (Linux's NAME_MAX, 255) bytes of UTF-8. Vac tried to write all but the empty name
+  (the kernel refused some); those it could write break the log or the admin's shell.
 - Refused because vacd uses them inside joboutputs: `.received.json` (the receipt times
   the factory trusts, vacd.guestapi.joboutputs) and every name with a leading `.` and a
   `.tmp` ending (vacd.atomicfile's temp files, which the quota does not count). Any
