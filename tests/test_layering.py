@@ -29,6 +29,7 @@ CORE_MODULES = (
     "vacd.guestapi.metadata",
     "vacd.guestapi.features",
     "vacd.guestapi.requestpath",
+    "vacd.guestapi.uploadnames",
     "vacquery.messages",
     "vacquery.codec",
     "vacquery.client",

@@ -19,6 +19,9 @@ TEMP_SUFFIX = ".tmp"
 # The name `atomic_replace` gives its temp file: "." + target name + "." + mkstemp's eight
 # random characters + ".tmp". vacd.startup_cleanup removes such files left by a kill -9.
 TEMP_FILE_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+# Linux's NAME_MAX, and what the temp name adds to the target's: "." "." 8 random ".tmp".
+NAME_MAX_BYTES = 255
+TEMP_NAME_EXTRA_BYTES = 14
 
 
 def is_temp_file_name(name: str) -> bool:
@@ -35,7 +38,7 @@ def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = N
     is untouched.
     """
     target = Path(path)
-    descriptor, temp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=TEMP_SUFFIX, dir=target.parent)
+    descriptor, temp_name = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
     try:
         with os.fdopen(descriptor, "wb") as temp_file:
             yield temp_file
@@ -52,6 +55,16 @@ def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = N
             pass
         raise
     fsync_directory(target.parent)
+
+
+def _temp_prefix(target_name: str) -> str:
+    """"." + the target's name + ".", its name cut so the temp name fits in NAME_MAX.
+
+    Only a guest's $JOBOUTPUTS upload has a name long enough to be cut (issue 10 item 5:
+    any name Vac took, up to 255 bytes); the cut name still matches TEMP_FILE_NAME.
+    """
+    encoded = os.fsencode(target_name)[: NAME_MAX_BYTES - TEMP_NAME_EXTRA_BYTES]
+    return "." + os.fsdecode(encoded) + "."
 
 
 def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> None:

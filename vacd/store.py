@@ -6,9 +6,25 @@ Rules (design.md rule 4):
 - The MD holds `machine.json`, our typed record, written once before the machine is
   created (so a crash between the two leaves a record to reconcile, never a stray domain),
   and Vac's marker files: `started`, `heartbeat`, `finished`, and the MJF/joboutputs trees.
-- Times live inside files, never in ctimes (Vac's anti-pattern 3): `finished` holds a JSON
-  record with the finish time and the outcome; `destroy_requested` records why and when
-  the factory decided to stop a machine.
+- Vac's marker files keep exactly the format Vac 03 wrote, because admins' scripts read
+  them (issue 10 item 5): `started` is `<unix time>\n`; `heartbeat` is `0.0 0.0\n` at the
+  start, then `<integer CPU seconds> <CPU % to one decimal>\n` (Vac's own reader took the
+  first field with int()); `finished` is empty, its presence meaning "finalised".
+- Times live inside files, never in ctimes (Vac's anti-pattern 3), so what Vac's formats
+  cannot hold goes in a JSON file beside each marker: `heartbeat.json` (`time`,
+  `cpu_seconds`, `cpu_percentage`) and `finished.json` (the FinishRecord: finish time,
+  outcome, start and last heartbeat times, CPU seconds). `destroy_requested` records why
+  and when the factory decided to stop a machine.
+- The JSON file is written first, then the marker. Either file present means the same
+  thing, so a kill -9 between the two writes never finalises or accounts a machine twice:
+  * `finished.json` or `finished` present: the machine is finished. `finished.json` is
+    the record when it is readable; `finished` alone is read as earlier vacd versions
+    wrote it (the JSON record inside) or as Vac 03 did (empty, finished at its mtime).
+    A `finished.json` found without its marker gets the empty `finished` at the next read.
+  * `heartbeat.json` is the heartbeat when it is readable; `heartbeat` alone is read as
+    earlier vacd versions wrote it (`<cpu> <cpu %> <unix time>`) or as Vac 03 did (two
+    fields, or one, at the file's mtime). A three-field `heartbeat` newer than
+    `heartbeat.json` (an earlier vacd ran on the directory since) wins.
 - Every write is temp + fsync + rename, so a kill -9 at any instant leaves each file old
   or new, and the next start reconciles from what is there.
 - A machine directory is never reused (issue 8 item 10): `begin_creation` creates it
@@ -26,11 +42,16 @@ Rules (design.md rule 4):
     destroys it (any UUID) and creates nothing into the slot until that destroy is done.
     Later lookups see the slot free (level-triggered: a free slot with a domain under its
     name is a zombie). The machine's accounting is lost, as its record is.
-  * `finished`: the machine stays finished (a `finished` record with the file's mtime as
-    the finish time replaces it), so it is never finalised or accounted twice.
+  * `finished.json`: the machine stays finished. It is replaced by the record `finished`
+    gives (the old JSON inside it, or its mtime as the finish time; without `finished`,
+    the mtime of `finished.json`), so it is never finalised or accounted twice.
+  * `finished` (only read when there is no `finished.json`): the machine stays finished.
+    A `finished.json` with the file's mtime as the finish time is written first, then
+    `finished` is replaced by Vac's empty marker.
   * `started`, `destroy_requested`: replaced by a record with the file's mtime as the
     start or request time (Vac 03 read these times from the files' ctimes, §1.4).
-  * `heartbeat`: renamed aside; the factory writes a new one at its next sight.
+  * `heartbeat.json`: renamed aside; `heartbeat` is read instead. `heartbeat`: renamed
+    aside. The factory writes both anew at its next sight.
   A record is corrupt if it is not a regular file, is over MAX_RECORD_BYTES, is not UTF-8,
   does not parse, or (machine.json) does not name the directory it is in.
 """
@@ -59,8 +80,14 @@ log = logging.getLogger(__name__)
 
 RECORD_FILE = "machine.json"
 FINISHED_FILE = "finished"
+# What Vac's empty `finished` cannot hold: the FinishRecord, written before the marker.
+FINISHED_RECORD_FILE = "finished.json"
 STARTED_FILE = "started"
 HEARTBEAT_FILE = "heartbeat"
+# What Vac's two-field `heartbeat` cannot hold: its time, and the CPU figures unrounded.
+HEARTBEAT_RECORD_FILE = "heartbeat.json"
+# Vac 03 started every machine's heartbeat with this line (§1.6 step 7).
+INITIAL_HEARTBEAT_LINE = "0.0 0.0\n"
 DESTROY_REQUESTED_FILE = "destroy_requested"
 SHUTDOWN_MESSAGE_FILE = "shutdown_message"
 CORRUPT_MARK = ".corrupt-"
@@ -291,17 +318,20 @@ class Store:
         return directory
 
     def mark_started(self, record: MachineRecord, now: int) -> None:
+        """Write the first heartbeat and then `started`, in Vac's formats (§1.6 step 7)."""
         directory = self.machine_dir(record)
-        write_atomic(directory / HEARTBEAT_FILE, f"0.0 0.0 {now}\n")
+        self._write_heartbeat_files(directory, Heartbeat(now, 0.0, 0.0), INITIAL_HEARTBEAT_LINE)
         write_atomic(directory / STARTED_FILE, f"{now}\n")
 
     def write_heartbeat(self, record: MachineRecord, heartbeat: Heartbeat) -> None:
-        percentage = "" if heartbeat.cpu_percentage is None else f" {heartbeat.cpu_percentage:.1f}"
-        # Vac's format is "<cpu seconds> <cpu %>"; the time is appended so no ctime is needed.
-        write_atomic(
-            self.machine_dir(record) / HEARTBEAT_FILE,
-            f"{heartbeat.cpu_seconds:.1f}{percentage or ' 0.0'} {heartbeat.time}\n",
-        )
+        """`heartbeat.json`, then Vac's `heartbeat` line (module docstring)."""
+        self._write_heartbeat_files(self.machine_dir(record), heartbeat, _vac_heartbeat_line(heartbeat))
+
+    def _write_heartbeat_files(self, directory: Path, heartbeat: Heartbeat, vac_line: str) -> None:
+        # The record first: a kill between the two leaves the new time in heartbeat.json,
+        # which the reader prefers, and Vac's line one pass old.
+        write_atomic(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
+        write_atomic(directory / HEARTBEAT_FILE, vac_line)
 
     def update_record(self, record: MachineRecord) -> None:
         """Rewrite machine.json (the shutdown time only ever falls, §4.6 step 2)."""
@@ -327,9 +357,14 @@ class Store:
                 log.warning("cannot write the factory's shutdown message path=%s error=%s", target, error)
 
     def finish(self, record: MachineRecord, finish: FinishRecord) -> None:
-        """Mark the machine finalised and point finishes/<machinetype> at it if it is the newest."""
+        """Mark the machine finalised and point finishes/<machinetype> at it if it is the newest.
+
+        `finished.json` first, then Vac's empty `finished`: either one present means
+        finished (module docstring), so a kill between the two cannot finalise it twice.
+        """
         directory = self.machine_dir(record)
-        write_atomic(directory / FINISHED_FILE, _finish_json(finish))
+        write_atomic(directory / FINISHED_RECORD_FILE, _finish_json(finish))
+        write_atomic(directory / FINISHED_FILE, "")
         self.paths.finishes_dir.mkdir(parents=True, exist_ok=True)
         finishes_file = self.paths.finishes_dir / record.machinetype
         current_created = _created_time_of_finishes_line(_read_line(finishes_file))
@@ -479,8 +514,8 @@ class Store:
             record=record,
             directory=directory,
             started_time=self._read_started(directory / STARTED_FILE),
-            heartbeat=self._read_heartbeat(directory / HEARTBEAT_FILE),
-            finish=self._read_finish(directory / FINISHED_FILE),
+            heartbeat=self._read_heartbeat(directory),
+            finish=self._read_finish(directory),
             destroy_request=self._read_destroy_request(directory / DESTROY_REQUESTED_FILE),
         )
 
@@ -510,27 +545,89 @@ class Store:
             self._quarantine(path, str(error), replacement=f"{started_time}\n")
             return started_time
 
-    def _read_heartbeat(self, path: Path) -> Optional[Heartbeat]:
+    def _read_heartbeat(self, directory: Path) -> Optional[Heartbeat]:
+        """heartbeat.json if readable, else Vac's `heartbeat`; a newer timed `heartbeat` wins."""
+        recorded = self._read_heartbeat_record(directory / HEARTBEAT_RECORD_FILE)
+        path = directory / HEARTBEAT_FILE
+        raw_text: Optional[str] = None
+        try:
+            raw_text = self._read_record_text(path)
+            line = _parse_heartbeat(raw_text, path, self._mtime) if raw_text is not None else None
+        except CorruptRecord as error:
+            self._quarantine(path, str(error))
+            line = None
+        if recorded is None:
+            return line
+        # Only a line with its own time (an earlier vacd's third field) can be compared:
+        # Vac's two fields carry none, and its mtime is always a moment after the record's.
+        if line is not None and _heartbeat_line_has_time(raw_text) and line.time > recorded.time:
+            return line
+        return recorded
+
+    def _read_heartbeat_record(self, path: Path) -> Optional[Heartbeat]:
         try:
             raw_text = self._read_record_text(path)
             if raw_text is None:
                 return None
-            return _parse_heartbeat(raw_text, path, self._mtime)
+            return _parse_heartbeat_json(raw_text, path)
         except CorruptRecord as error:
             self._quarantine(path, str(error))
             return None
 
-    def _read_finish(self, path: Path) -> Optional[FinishRecord]:
+    def _read_finish(self, directory: Path) -> Optional[FinishRecord]:
+        """finished.json if readable, else `finished`; either present means finished."""
+        record_path = directory / FINISHED_RECORD_FILE
+        marker_path = directory / FINISHED_FILE
+        try:
+            raw_text = self._read_record_text(record_path)
+            recorded = _parse_finish_json(raw_text, record_path) if raw_text is not None else None
+        except CorruptRecord as error:
+            # Still finished: never finalised, accounted or reported twice.
+            fallback = self._read_finished_marker(marker_path, repair=False) or _finish_at(self._mtime(record_path))
+            self._quarantine(record_path, str(error), replacement=_finish_json(fallback))
+            self._complete_finished_marker(marker_path)
+            return fallback
+        if recorded is None:
+            return self._read_finished_marker(marker_path)
+        self._complete_finished_marker(marker_path)
+        return recorded
+
+    def _read_finished_marker(self, path: Path, repair: bool = True) -> Optional[FinishRecord]:
+        """`finished` as Vac 03 (empty) or an earlier vacd (JSON) wrote it; None if absent.
+
+        Without `repair`, a corrupt marker is only read (as finished at its mtime): the
+        caller is replacing finished.json itself, which then makes the marker's content moot.
+        """
         try:
             raw_text = self._read_record_text(path)
             if raw_text is None:
                 return None
             return _parse_finish(raw_text, path, self._mtime)
         except CorruptRecord as error:
-            # Still finished: never finalised, accounted or reported twice.
-            finish = FinishRecord(self._mtime(path), None, None, None, None, 0.0)
-            self._quarantine(path, str(error), replacement=_finish_json(finish))
+            # Still finished, at the marker's mtime: that time goes to finished.json before
+            # the marker is replaced by Vac's empty one, so no instant loses either.
+            finish = _finish_at(self._mtime(path))
+            if not repair:
+                return finish
+            try:
+                write_atomic(path.with_name(FINISHED_RECORD_FILE), _finish_json(finish))
+            except OSError as write_error:
+                log.warning("cannot write finish record path=%s error=%s", path.with_name(FINISHED_RECORD_FILE),
+                            write_error)
+                return finish
+            self._quarantine(path, str(error), replacement="")
             return finish
+
+    def _complete_finished_marker(self, path: Path) -> None:
+        """Write the empty `finished` a kill -9 left out after finished.json (module docstring)."""
+        if os.path.lexists(path):
+            return
+        try:
+            write_atomic(path, "")
+        except OSError as error:
+            log.warning("cannot complete finished marker path=%s error=%s", path, error)
+            return
+        log.info("completed finished marker left out by an interrupted finish path=%s", path)
 
     def _read_destroy_request(self, path: Path) -> Optional[DestroyRequest]:
         try:
@@ -650,6 +747,21 @@ def _finish_json(finish: FinishRecord) -> str:
     return json.dumps(asdict(finish), sort_keys=True) + "\n"
 
 
+def _finish_at(finished_time: int) -> FinishRecord:
+    """All that is known of a finish whose record was lost: when (from a file's mtime)."""
+    return FinishRecord(finished_time, None, None, None, None, 0.0)
+
+
+def _heartbeat_json(heartbeat: Heartbeat) -> str:
+    return json.dumps(asdict(heartbeat), sort_keys=True) + "\n"
+
+
+def _vac_heartbeat_line(heartbeat: Heartbeat) -> str:
+    """Vac 03's `heartbeat` line: `str(int cpu seconds) + " %.1f" % cpu percent` (§1.4)."""
+    percentage = heartbeat.cpu_percentage if heartbeat.cpu_percentage is not None else 0.0
+    return f"{int(heartbeat.cpu_seconds)} {percentage:.1f}\n"
+
+
 def _destroy_request_json(requested_time: int, shutdown_message: Optional[str]) -> str:
     return json.dumps({"requested_time": requested_time, "shutdown_message": shutdown_message}) + "\n"
 
@@ -664,6 +776,7 @@ def _parse_time(raw_text: str) -> int:
 
 
 def _parse_heartbeat(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> Heartbeat:
+    """`heartbeat` as Vac 03 (`<cpu> [<cpu %>]`, at the mtime) or earlier vacd (`… <time>`) wrote it."""
     parts = raw_text.split()
     try:
         cpu_seconds = float(parts[0])
@@ -676,6 +789,32 @@ def _parse_heartbeat(raw_text: str, path: Path, mtime: Callable[[Path], int]) ->
     if not math.isfinite(cpu_seconds) or not (cpu_percentage is None or math.isfinite(cpu_percentage)):
         raise CorruptRecord(f"{path}: heartbeat with a non-finite number {raw_text[:40]!r}")
     return Heartbeat(heartbeat_time, cpu_seconds, cpu_percentage)
+
+
+def _heartbeat_line_has_time(raw_text: Optional[str]) -> bool:
+    return raw_text is not None and len(raw_text.split()) > 2
+
+
+def _parse_heartbeat_json(raw_text: str, path: Path) -> Heartbeat:
+    """heartbeat.json: `time` and `cpu_seconds` required, `cpu_percentage` a number or null."""
+    fields = _parse_json_object(raw_text, path)
+    heartbeat_time = _optional_int(fields, "time")
+    cpu_seconds: Any = fields.get("cpu_seconds")
+    cpu_percentage: Any = fields.get("cpu_percentage")
+    if heartbeat_time is None or not _is_finite_number(cpu_seconds) or not (
+        cpu_percentage is None or _is_finite_number(cpu_percentage)
+    ):
+        raise CorruptRecord(f"{path}: not a heartbeat record {raw_text[:80]!r}")
+    return Heartbeat(heartbeat_time, float(cpu_seconds), None if cpu_percentage is None else float(cpu_percentage))
+
+
+def _is_finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _parse_json_object(raw_text: str, path: Path) -> Mapping[str, Any]:
@@ -710,8 +849,20 @@ def _finite_float(value: Any) -> float:
 
 
 def _parse_finish(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> FinishRecord:
-    # A `finished` file Vac 03 wrote is empty: it still means finished, at its ctime (§1.4).
+    """`finished` as Vac 03 (empty: finished at its ctime, §1.4) or earlier vacd (JSON) wrote it."""
     fields = _parse_json_object(raw_text, path) if raw_text.strip() else {}
+    return _finish_from_fields(fields, path, mtime)
+
+
+def _parse_finish_json(raw_text: str, path: Path) -> FinishRecord:
+    """finished.json: a JSON object with the finish time (written by Store.finish only)."""
+    fields = _parse_json_object(raw_text, path)
+    if _optional_int(fields, "finished_time") is None:
+        raise CorruptRecord(f"{path}: finish record without a finished_time")
+    return _finish_from_fields(fields, path, lambda _path: 0)
+
+
+def _finish_from_fields(fields: Mapping[str, Any], path: Path, mtime: Callable[[Path], int]) -> FinishRecord:
     message = fields.get("shutdown_message")
     return FinishRecord(
         finished_time=_optional_int(fields, "finished_time") or mtime(path),

@@ -100,7 +100,8 @@ backoff_seconds = 5
             except FileNotFoundError:
                 continue  # being created: the directory and the slot binding come first
 
-            finished = directory / "finished"
+            # The finish record; Vac's `finished` beside it is an empty marker, written after it.
+            finished = directory / "finished.json"
             record["finished"] = json.loads(finished.read_text()) if finished.exists() else None
             record["directory"] = str(directory)
             found.append(record)

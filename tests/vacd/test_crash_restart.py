@@ -42,7 +42,7 @@ from tests.crashchild import (
 from vacd.accounting import STAGING_PREFIX, job_record, record_file_name
 from vacd.config import load_config
 from vacd.paths import Paths
-from vacd.store import FINISHED_FILE, RECORD_FILE, MachineRecord, Store
+from vacd.store import FINISHED_FILE, FINISHED_RECORD_FILE, HEARTBEAT_RECORD_FILE, RECORD_FILE, MachineRecord, Store
 
 pytestmark = [pytest.mark.allow_commands(sys.executable), pytest.mark.slow]
 
@@ -214,8 +214,13 @@ def machines_on_disk(paths: Paths) -> list[MachineOnDisk]:
         if not (directory / RECORD_FILE).exists():
             continue
         record = MachineRecord.from_json((directory / RECORD_FILE).read_text())
-        finished_file = directory / FINISHED_FILE
-        finished = json.loads(finished_file.read_text()) if finished_file.exists() else None
+        # finished.json is written before Vac's empty `finished` marker: either means finished.
+        finished_record = directory / FINISHED_RECORD_FILE
+        finished: Optional[dict[str, Any]] = None
+        if finished_record.exists():
+            finished = json.loads(finished_record.read_text())
+        elif (directory / FINISHED_FILE).exists():
+            finished = {}
         found.append(MachineOnDisk(directory, record, finished))
     return found
 
@@ -308,18 +313,19 @@ def test_every_finished_machine_due_a_record_has_exactly_one_apel_record(campaig
 
 
 def test_every_record_left_by_the_kills_is_readable(campaign: Campaign) -> None:
-    """Every machine.json, finished, destroy_requested, started, heartbeat and slot binding parses."""
+    """Every record parses, and Vac's markers are in Vac 03's formats (issue 10 item 5)."""
     paths = campaign.paths
     unreadable = []
     for directory in sorted(paths.machines_dir.iterdir()):
-        for name in (RECORD_FILE, FINISHED_FILE, "destroy_requested"):
+        for name in (RECORD_FILE, FINISHED_RECORD_FILE, HEARTBEAT_RECORD_FILE, "destroy_requested"):
             path = directory / name
             if path.exists():
                 try:
                     json.loads(path.read_text())
                 except ValueError as error:
                     unreadable.append((str(path), str(error)))
-        for name, pattern in (("started", r"[0-9]+\n"), ("heartbeat", r"[0-9.]+ [0-9.]+ [0-9]+\n")):
+        for name, pattern in (("started", r"[0-9]+\n"), ("heartbeat", r"0\.0 0\.0\n|[0-9]+ [0-9]+\.[0-9]\n"),
+                              (FINISHED_FILE, r"")):
             path = directory / name
             if path.exists() and not re.fullmatch(pattern, path.read_text()):
                 unreadable.append((str(path), repr(path.read_text())))

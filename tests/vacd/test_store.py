@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import stat
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -49,6 +50,121 @@ def test_started_heartbeat_and_finish_round_trip(tmp_path: Path) -> None:
     assert loaded.heartbeat == Heartbeat(1500, 42.0, 8.4)
     assert loaded.finish == finish(1600)
     assert (tmp_path / "var/lib/vac/finishes/atlas").read_text() == "1000 atlas f1-03.example.com\n"
+
+
+# ---------------------------------------------------------------- Vac's marker formats (issue 10 item 5)
+
+
+def test_markers_are_written_exactly_as_vac03_wrote_them(tmp_path: Path) -> None:
+    """Admins' scripts read these: `started` a time, `heartbeat` two fields, `finished` empty (§1.4)."""
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    assert (directory / "started").read_text() == "1001\n"
+    assert (directory / "heartbeat").read_text() == "0.0 0.0\n"
+    store.write_heartbeat(record(), Heartbeat(1500, 42.7, 8.44))
+    assert (directory / "heartbeat").read_text() == "42 8.4\n"  # Vac: str(int seconds) + " %.1f"
+    store.write_heartbeat(record(), Heartbeat(1560, 50.0, None))
+    assert (directory / "heartbeat").read_text() == "50 0.0\n"
+    store.finish(record(), finish(1600))
+    assert (directory / "finished").read_bytes() == b""
+
+
+def test_what_vacs_formats_cannot_hold_is_in_the_json_files_beside_them(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    store.write_heartbeat(record(), Heartbeat(1500, 42.7, None))
+    assert json.loads((directory / "heartbeat.json").read_text()) == {
+        "time": 1500, "cpu_seconds": 42.7, "cpu_percentage": None}
+    store.finish(record(), finish(1600))
+    assert json.loads((directory / "finished.json").read_text()) == {
+        "finished_time": 1600, "shutdown_message": "200 Success", "shutdown_message_time": 1600,
+        "started_time": 1001, "last_heartbeat_time": 1600, "cpu_seconds": 12.5}
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None
+    assert loaded.heartbeat == Heartbeat(1500, 42.7, None) and loaded.finish == finish(1600)
+
+
+def vac03_machine(tmp_path: Path) -> tuple[Store, Path]:
+    """A machine directory as Vac 03 left it: its files, their times only in the mtimes."""
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    (directory / "started").write_text("1001\n")
+    (directory / "heartbeat").write_text("4200 97.3\n")
+    os.utime(directory / "heartbeat", (1500, 1500))
+    return store, directory
+
+
+def test_vac03_heartbeat_is_read_at_its_mtime(tmp_path: Path) -> None:
+    store, directory = vac03_machine(tmp_path)
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.started_time == 1001
+    assert loaded.heartbeat == Heartbeat(1500, 4200.0, 97.3)
+    assert not loaded.has_finished
+
+
+def test_vac03_one_field_heartbeat_is_read(tmp_path: Path) -> None:
+    store, directory = vac03_machine(tmp_path)
+    (directory / "heartbeat").write_text("4200\n")  # Vac's first rewrite after "0.0 0.0"
+    os.utime(directory / "heartbeat", (1500, 1500))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.heartbeat == Heartbeat(1500, 4200.0, None)
+
+
+def test_vac03_empty_finished_is_finished_at_its_mtime(tmp_path: Path) -> None:
+    store, directory = vac03_machine(tmp_path)
+    (directory / "finished").write_text("")
+    os.utime(directory / "finished", (1700, 1700))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.finish == FinishRecord(1700, None, None, None, None, 0.0)
+    assert (directory / "finished").read_bytes() == b"" and not (directory / "finished.json").exists()
+
+
+def test_earlier_vacd_formats_are_still_read(tmp_path: Path) -> None:
+    """Before issue 10: a third heartbeat field with the time, and the JSON record inside `finished`."""
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    (directory / "started").write_text("1001\n")
+    (directory / "heartbeat").write_text("42.0 8.4 1500\n")
+    (directory / "finished").write_text(json.dumps(asdict(finish(1600))) + "\n")
+    os.utime(directory / "finished", (1900, 1900))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None
+    assert loaded.heartbeat == Heartbeat(1500, 42.0, 8.4)
+    assert loaded.finish == finish(1600)
+
+
+def test_a_timed_heartbeat_line_newer_than_heartbeat_json_wins(tmp_path: Path) -> None:
+    # An earlier vacd ran on the directory after this one (a downgrade): its line is newer.
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.write_heartbeat(record(), Heartbeat(1500, 42.0, 8.4))
+    (directory / "heartbeat").write_text("60.0 9.0 1560\n")
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.heartbeat == Heartbeat(1560, 60.0, 9.0)
+
+
+def test_heartbeat_json_beats_an_untimed_line_whatever_its_mtime(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.write_heartbeat(record(), Heartbeat(1500, 42.7, 8.4))
+    os.utime(directory / "heartbeat", (1999, 1999))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.heartbeat == Heartbeat(1500, 42.7, 8.4)
+
+
+def test_kill_between_finished_json_and_finished_leaves_the_machine_finished_once(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    store.finish(record(), finish(1600))
+    (directory / "finished").unlink()  # as a kill -9 after finished.json leaves it
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.finish == finish(1600)
+    # The read completes Vac's marker, for the admin's scripts.
+    assert (directory / "finished").read_bytes() == b""
+    assert store.quarantined_total == 0
 
 
 def test_finishes_names_the_most_recently_created_finished_machine(tmp_path: Path) -> None:
@@ -122,10 +238,16 @@ def test_crash_at_any_write_step_reloads_to_a_consistent_state(tmp_path_factory:
         assert loaded.record == record()
         if loaded.finish is not None:
             assert loaded.finish == finish(1700)
+            # Vac's marker is there for the admin's scripts once the store has looked.
+            assert (loaded.directory / "finished").read_bytes() == b""
+        if loaded.heartbeat is not None:
+            assert loaded.heartbeat in (Heartbeat(1001, 0.0, 0.0), Heartbeat(1500, 42.0, None))
     leftovers = [path for path in root.rglob("*.tmp")]
     assert leftovers == []
     for path in root.rglob("*.json"):
         json.loads(path.read_text())
+    for path in root.rglob("heartbeat"):
+        assert path.read_text() in ("0.0 0.0\n", "42 0.0\n")
 
 
 # ---------------------------------------------------------------- guest-written data (issue 8 item 2)
@@ -270,17 +392,75 @@ def test_corrupt_destroy_request_still_stops_the_machine_from_its_mtime(tmp_path
     assert loaded.destroy_request.requested_time == 1500
 
 
-def test_corrupt_heartbeat_is_set_aside_until_the_next_one(tmp_path: Path) -> None:
+def test_corrupt_heartbeat_line_is_set_aside_and_heartbeat_json_answers(tmp_path: Path) -> None:
     store = Store(Paths(tmp_path), clock=fixed_clock)
     directory = store.begin_creation(record())
     store.mark_started(record(), 1001)
     (directory / "heartbeat").write_text("nan nan 1500\n")
     loaded = store.slot_binding(record().name)
-    assert loaded is not None and loaded.heartbeat is None and loaded.started_time == 1001
+    assert loaded is not None and loaded.heartbeat == Heartbeat(1001, 0.0, 0.0) and loaded.started_time == 1001
     assert not (directory / "heartbeat").exists() and len(corrupt_copies(directory / "heartbeat")) == 1
+
+
+def test_corrupt_heartbeat_json_falls_back_to_vacs_line(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    store.write_heartbeat(record(), Heartbeat(1500, 42.0, 8.4))
+    os.utime(directory / "heartbeat", (1500, 1500))
+    (directory / "heartbeat.json").write_text('{"time": 1500, "cpu_seconds": NaN}')
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.heartbeat == Heartbeat(1500, 42.0, 8.4)
+    assert len(corrupt_copies(directory / "heartbeat.json")) == 1
+
+
+def test_corrupt_heartbeat_is_set_aside_until_the_next_one(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    (directory / "heartbeat").write_text("nan nan 1500\n")
+    (directory / "heartbeat.json").write_bytes(b"\xff")
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.heartbeat is None and loaded.started_time == 1001
+    for name in ("heartbeat", "heartbeat.json"):
+        assert not (directory / name).exists() and len(corrupt_copies(directory / name)) == 1
     store.write_heartbeat(record(), Heartbeat(1600, 1.0, None))
     reloaded = store.slot_binding(record().name)
-    assert reloaded is not None and reloaded.heartbeat == Heartbeat(1600, 1.0, 0.0)
+    assert reloaded is not None and reloaded.heartbeat == Heartbeat(1600, 1.0, None)
+
+
+def test_corrupt_finished_json_keeps_the_machine_finished_at_the_markers_mtime(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    store.finish(record(), finish(1600))
+    (directory / "finished.json").write_text("{broken")
+    os.utime(directory / "finished", (1800, 1800))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.finish == FinishRecord(1800, None, None, None, None, 0.0)
+    assert len(corrupt_copies(directory / "finished.json")) == 1
+    again = store.slot_binding(record().name)
+    assert again is not None and again.finish == loaded.finish and store.quarantined_total == 1
+
+
+def test_corrupt_finished_json_without_its_marker_stays_finished(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    (directory / "finished.json").write_text("[]")
+    os.utime(directory / "finished.json", (1700, 1700))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.finish == FinishRecord(1700, None, None, None, None, 0.0)
+    assert (directory / "finished").read_bytes() == b""
+
+
+def test_corrupt_finished_marker_gives_its_mtime_to_finished_json_and_becomes_vacs(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path), clock=fixed_clock)
+    directory = store.begin_creation(record())
+    (directory / "finished").write_bytes(b"\xde\xad")
+    os.utime(directory / "finished", (1800, 1800))
+    loaded = store.slot_binding(record().name)
+    assert loaded is not None and loaded.finish == FinishRecord(1800, None, None, None, None, 0.0)
+    assert (directory / "finished").read_bytes() == b""
+    assert json.loads((directory / "finished.json").read_text())["finished_time"] == 1800
+    assert [path.read_bytes() for path in corrupt_copies(directory / "finished")] == [b"\xde\xad"]
 
 
 def test_two_quarantines_in_one_second_keep_both_copies(tmp_path: Path) -> None:
@@ -292,7 +472,8 @@ def test_two_quarantines_in_one_second_keep_both_copies(tmp_path: Path) -> None:
     assert sorted(path.read_bytes() for path in corrupt_copies(directory / "heartbeat")) == [b"first", b"second"]
 
 
-RECORD_FILES = ["machine.json", "finished", "started", "heartbeat", "destroy_requested", "slot"]
+RECORD_FILES = ["machine.json", "finished", "finished.json", "started", "heartbeat", "heartbeat.json",
+                "destroy_requested", "slot"]
 
 
 @settings(max_examples=150, deadline=None)

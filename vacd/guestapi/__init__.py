@@ -5,10 +5,12 @@
 - `requestpath`: the path rules both servers share (Vac's folding, no tricks).
 - `guest`: what the routes know of the requesting machine (GuestMachine, MachineFiles).
 - `metadata`: the EC2 and OpenStack metadata documents and routes (169.254.169.254).
-- `features`: the Machine/Job Features routes and the $JOBOUTPUTS upload rules (169.254.169.253).
+- `features`: the Machine/Job Features routes (169.254.169.253).
+- `uploadnames`: which `PUT` targets name a $JOBOUTPUTS file (any safe name Vac took).
 - `machines`: which machine a source address is, read from the store with a stat cache.
 - `joboutputs`: writing a guest's upload, with its quota and the time it was received.
 - `connection`, `server`: the asyncio HTTP servers that tie these together.
 
-The format modules (`wire`, `requestpath`, `metadata`, `features`) do no I/O of their own.
+The format modules (`wire`, `requestpath`, `metadata`, `features`,
+`uploadnames`) do no I/O of their own.
 """

@@ -1,4 +1,4 @@
-"""The Machine/Job Features routes and the $JOBOUTPUTS upload rule (169.254.169.253:80).
+"""The Machine/Job Features routes of 169.254.169.253:80 (its $JOBOUTPUTS PUTs: uploadnames).
 
 Rules (behaviour reference §6.3, §6.7, acceptance 12, 13):
 - GET `/machinefeatures` or `/jobfeatures`, with or without a trailing slash, is Vac's
@@ -7,25 +7,20 @@ Rules (behaviour reference §6.3, §6.7, acceptance 12, 13):
   the key does not exist. More than two path components, `/joboutputs` and anything else
   are 404. Keys are single safe names (vacd.mjf.KEY_PATTERN), so a temp file of an atomic
   write (leading dot) is never listed or served.
-- PUT is allowed only on `/joboutputs/NAME`, NAME one component of letters, digits, `_`,
-  `.` and `-`, not starting with a dot (our sidecar files do) and at most 128 bytes;
-  anything else is 403, as Vac answered.
+- PUT is allowed only on `/joboutputs/NAME`; which NAMEs are taken is the rule of
+  vacd.guestapi.uploadnames. Anything else is 403, as Vac answered.
 - Pure: the machine's files are read through GuestMachine.files.
 """
 
 from __future__ import annotations
 
 import html
-import re
-from typing import Optional
 
 from vacd.guestapi.guest import GuestMachine
 from vacd.guestapi.requestpath import path_segments
 from vacd.guestapi.wire import Response
 from vacd.mjf import JOBFEATURES, MACHINEFEATURES, is_valid_key
 
-JOBOUTPUTS = "joboutputs"
-JOBOUTPUT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 FEATURE_TREES = (MACHINEFEATURES, JOBFEATURES)
 NOT_FOUND = Response(404, b"", "text/plain", "not_found")
 
@@ -53,14 +48,3 @@ def features_index(keys: list[str]) -> bytes:
         f'<li><a href="{html.escape(key)}">{html.escape(key)}</a></li>' for key in keys if is_valid_key(key)
     )
     return f"<html><body><ul>{items}</ul></body></html>".encode()
-
-
-def upload_name(path: Optional[str]) -> Optional[str]:
-    """NAME if `path` (normalised, or None if refused) is exactly `/joboutputs/NAME`, else None."""
-    if path is None:
-        return None
-    segments, trailing_slash = path_segments(path)
-    if trailing_slash or len(segments) != 2 or segments[0] != JOBOUTPUTS:
-        return None
-    name = segments[1]
-    return name if JOBOUTPUT_NAME_PATTERN.match(name) else None

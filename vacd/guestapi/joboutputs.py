@@ -2,14 +2,16 @@
 
 Rules (behaviour reference §6.3, §6.7, §11; design anti-pattern 3):
 - An upload replaces MD/joboutputs/NAME atomically (vacd.atomicfile.write_atomic); the
-  name was checked by vacd.guestapi.features.upload_name, and only that directory is written.
+  name was checked by vacd.guestapi.uploadnames.upload_name, and only that directory is written.
 - A machine may keep at most `quota_bytes` in the directory (the sum of its regular
   files, the one being replaced not counted) and at most MAX_FILES files; Vac had no limit,
   so one guest could fill /var/lib/vac.
 - The times a name was first and last received go to the sidecar `.received.json`, so
   the factory never reads a ctime: `shutdown_message`'s first receipt is its outcome time,
-  the heartbeat file's last receipt is its liveness. Dot files are ours: they are not
-  counted in the quota and a guest cannot write them.
+  the heartbeat file's last receipt is its liveness. vacd's own files there (the sidecar
+  and the `.*.tmp` temp files of atomic writes, `is_vacd_file_name`) are not counted in
+  the quota and a guest cannot PUT them; every other file, dot files included, is the
+  guest's and counted.
 - These functions block (fsync); the server runs them on a thread pool, one at a time
   per machine.
 - Everything in the directory is read as guest data (issue 8 item 2): a container writes
@@ -29,15 +31,17 @@ from typing import Optional
 from vacd.atomicfile import write_atomic
 from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import VacError
+from vacd.guestapi.uploadnames import RECEIVED_FILE as RECEIVED_FILE  # re-exported: the receipts are this module's
+from vacd.guestapi.uploadnames import is_vacd_file_name
 from vacd.store import SHUTDOWN_MESSAGE_FILE
 
 log = logging.getLogger(__name__)
 
-RECEIVED_FILE = ".received.json"
 # Far more than any payload writes (a message, a heartbeat and a few logs).
 MAX_FILES = 1000
-# MAX_FILES entries of a 255-character name and two times are under 300 KB.
-MAX_RECEIPTS_BYTES = 1024 * 1024
+# A 255-byte name is at most 762 bytes as JSON (127 two-byte characters, each `\uXXXX`),
+# so MAX_FILES entries of one and two times are under 800 KB; twice that, for margin.
+MAX_RECEIPTS_BYTES = 2 * 1024 * 1024
 
 
 class QuotaExceeded(VacError):
@@ -60,12 +64,12 @@ class Usage:
 
 
 def usage(joboutputs_dir: Path) -> Usage:
-    """Bytes and files the guest holds in its joboutputs directory (dot files excluded)."""
+    """Bytes and files the guest holds in its joboutputs directory (vacd's own files excluded)."""
     sizes: dict[str, int] = {}
     try:
         with os.scandir(joboutputs_dir) as entries:
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                if is_vacd_file_name(entry.name) or not entry.is_file(follow_symlinks=False):
                     continue
                 sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
     except FileNotFoundError:

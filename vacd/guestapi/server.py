@@ -41,12 +41,13 @@ from typing import Callable, Optional, Sequence, Union
 from vacd.config import Settings
 from vacd.fdlimit import current_fd_limit, guest_connection_cap
 from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
-from vacd.guestapi.features import features_response, upload_name
+from vacd.guestapi.features import features_response
 from vacd.guestapi.guest import GuestMachine
 from vacd.guestapi.joboutputs import QuotaExceeded, quota_problem, store_upload
 from vacd.guestapi.machines import MachineResolver, default_source_to_ordinal
 from vacd.guestapi.metadata import metadata_response
 from vacd.guestapi.requestpath import normalise_path
+from vacd.guestapi.uploadnames import RefusedUpload, safe_repr, upload_name
 from vacd.guestapi.wire import HeadCache, RequestHead, Response
 from vacd.paths import Paths
 from vacd.slots import GATEWAY_ADDRESS, METADATA_ADDRESS
@@ -229,9 +230,9 @@ class GuestApiServer:
         if method not in ("GET", "HEAD", "PUT") or (part == METADATA and method == "PUT"):
             allowed = "GET, HEAD" if part == METADATA else "GET, HEAD, PUT"
             return self._counted(part, Response(405, path_class="method", close=True, headers=(("Allow", allowed),)))
-        path = normalise_path(head.target)
         if method == "PUT":
-            return self._accept_upload(part, source, machine, head, path)
+            return self._accept_upload(part, source, machine, head)
+        path = normalise_path(head.target)
         if path is None:
             return self._counted(part, Response(404, path_class="refused_path"))
         if part == METADATA:
@@ -245,21 +246,28 @@ class GuestApiServer:
 
     # Uploads ($JOBOUTPUTS, §6.3, §6.7)
     def _accept_upload(
-        self, part: str, source: str, machine: GuestMachine, head: RequestHead, path: Optional[str]
+        self, part: str, source: str, machine: GuestMachine, head: RequestHead
     ) -> Union[Response, Upload]:
-        name = upload_name(path)
-        if name is None:
-            return self._counted(part, Response(403, path_class="refused_path", close=True))
+        upload = upload_name(head.target)
+        if isinstance(upload, RefusedUpload):
+            # An admin should know: a guest's output is lost (Vac answered 403 too, silently).
+            log.warning("joboutputs upload refused machine=%s target=%s reason=%s",
+                        machine.record.name, safe_repr(upload.sent), upload.reason)
+            body = f"refused: {upload.reason}\n".encode()
+            return self._counted(part, Response(403, body, path_class="refused_path", close=True))
+        name = upload.name
         length = head.content_length
         if length is None:
             return self._counted(part, Response(411, path_class="joboutputs", close=True))
         quota_bytes = self.settings_provider().joboutputs_quota_bytes
         problem = quota_problem(machine.directory / "joboutputs", name, length, quota_bytes)
         if problem is not None:
-            log.warning("joboutputs upload refused machine=%s name=%s reason=%s", machine.record.name, name, problem)
+            log.warning("joboutputs upload refused machine=%s name=%s reason=%s",
+                        machine.record.name, safe_repr(name), problem)
             return self._counted(part, Response(413, path_class="joboutputs", close=True))
         if self._upload_bytes_in_flight + length > MAX_UPLOAD_BYTES_IN_FLIGHT:
-            log.warning("joboutputs upload deferred machine=%s name=%s bytes=%s", machine.record.name, name, length)
+            log.warning("joboutputs upload deferred machine=%s name=%s bytes=%s",
+                        machine.record.name, safe_repr(name), length)
             return self._counted(part, Response(503, path_class="joboutputs", close=True, headers=(("Retry-After", "10"),)))
         self._upload_bytes_in_flight += length
         return Upload(
@@ -286,10 +294,12 @@ class GuestApiServer:
                     self.executor, store_upload, machine.directory / "joboutputs", name, body, now, quota_bytes
                 )
         except QuotaExceeded as error:
-            log.warning("joboutputs upload refused machine=%s name=%s reason=%s", machine.record.name, name, error)
+            log.warning("joboutputs upload refused machine=%s name=%s reason=%s",
+                        machine.record.name, safe_repr(name), error)
             return self._counted(part, Response(413, path_class="joboutputs", close=True))
         except OSError as error:
-            log.error("joboutputs write failed machine=%s name=%s error=%s", machine.record.name, name, error)
+            log.error("joboutputs write failed machine=%s name=%s error=%s",
+                      machine.record.name, safe_repr(name), error)
             return self._counted(part, Response(500, path_class="joboutputs", close=True))
         finally:
             lock, users = self._upload_locks[key]
@@ -304,7 +314,8 @@ class GuestApiServer:
                 "shutdown message received machine=%s message=%r", machine.record.name, (first_line or [""])[0][:200]
             )
         else:
-            log.debug("joboutputs received machine=%s name=%s bytes=%s", machine.record.name, name, len(body))
+            log.debug("joboutputs received machine=%s name=%s bytes=%s",
+                      machine.record.name, safe_repr(name), len(body))
         return self._counted(part, Response(201, path_class="joboutputs"))
 
     # Identity

@@ -29,7 +29,9 @@ MAX_CONTENT_LENGTH_DIGITS = 15
 
 _METHOD = re.compile(r"^[A-Z]{1,16}$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_TARGET = re.compile(r"^[\x21-\x7e]+$")
+# Visible ASCII, and obs-text (0x80-0xFF): Vac's server passed a raw UTF-8 file name in a
+# PUT target through, so guests may send one (vacd.guestapi.uploadnames decides on it).
+_TARGET = re.compile(r"^[\x21-\x7e\x80-\xff]+$")
 # Control characters other than CR, LF and HT are refused anywhere in a head (RFC 9110 §5.5).
 _FORBIDDEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.vacd.guestapi.conftest import RunningServer, Site, parse_responses, read_until_closed
-from vacd.guestapi.features import features_index, upload_name
-from vacd.guestapi.joboutputs import RECEIVED_FILE, shutdown_message_time
+from vacd.guestapi.features import features_index
+from vacd.guestapi.joboutputs import RECEIVED_FILE, received_times, shutdown_message_time
 from vacd.mjf import lower_shutdown_time
 from vacd.store import FinishRecord
 
@@ -128,7 +129,12 @@ def test_put_with_expect_continue_gets_100_then_201(machine_dir: Path, running_s
         "/joboutputs/.received.json",
         "/joboutputs/../user_data",
         "/joboutputs/%2Fetc",
-        "/joboutputs/" + "n" * 200,
+        "/joboutputs/" + "n" * 256,
+        "/joboutputs/%00x",
+        "/joboutputs/a%0Ab",
+        "/joboutputs/%2E%2E",
+        "/joboutputs/.x.abcdefgh.tmp",
+        "/joboutputs/%FF",
         "/joboutputs",
     ],
 )
@@ -139,6 +145,45 @@ def test_put_outside_joboutputs_or_with_a_bad_name_is_forbidden(
     assert running_server.put(path, b"x").status == 403
     assert sorted(entry.name for entry in (machine_dir / "joboutputs").iterdir()) == before
     assert (machine_dir / "jobfeatures" / "job_id").read_text() == UUID_3
+
+
+@pytest.mark.parametrize(
+    ("target", "name"),
+    [
+        ("/joboutputs/logs.tar.gz", "logs.tar.gz"),
+        ("/joboutputs/job%20output%20(1).txt", "job output (1).txt"),
+        ("/joboutputs/α.log", "α.log"),  # raw UTF-8 in the target, as Vac's server took it
+        ("/joboutputs/%CE%B1.log", "α.log"),
+        ("/joboutputs/a+b@c=d,e", "a+b@c=d,e"),
+        ("/joboutputs/.hidden", ".hidden"),
+        ("/joboutputs//shutdown_message", "shutdown_message"),
+        ("/joboutputs/" + "n" * 255, "n" * 255),
+    ],
+)
+def test_put_takes_the_names_vac_took(machine_dir: Path, running_server: RunningServer, target: str, name: str) -> None:
+    assert running_server.put(target, b"data").status == 201
+    joboutputs = machine_dir / "joboutputs"
+    assert (joboutputs / name).read_bytes() == b"data"
+    assert name in received_times(joboutputs)
+    assert sorted(entry.name for entry in joboutputs.iterdir()) == sorted([name, RECEIVED_FILE])
+
+
+def test_refused_name_is_logged_with_the_machine_and_answered_with_the_reason(
+    site: Site, machine_dir: Path, running_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="vacd.guestapi.server"):
+        response = running_server.put("/joboutputs/evil%1B%5B31m%E2%80%AE", b"x")
+    assert response.status == 403
+    assert response.body == b"refused: name contains a control character\n"
+    (line,) = [entry.getMessage() for entry in caplog.records if "upload refused" in entry.getMessage()]
+    assert site.record_for(3).name in line and "control character" in line
+    assert line.isascii() and "\x1b" not in line and "%1B" in line
+
+
+def test_a_guests_dot_file_counts_towards_its_quota(site: Site, machine_dir: Path, running_server: RunningServer) -> None:
+    site.settings = replace(site.settings, joboutputs_quota_bytes=100)
+    assert running_server.put("/joboutputs/.a", b"x" * 60).status == 201
+    assert running_server.put("/joboutputs/b", b"y" * 60).status == 413
 
 
 def test_put_without_content_length_is_length_required(machine_dir: Path, running_server: RunningServer) -> None:
@@ -188,13 +233,6 @@ def test_put_to_a_finished_machine_changes_nothing(site: Site, machine_dir: Path
 def test_put_is_counted(machine_dir: Path, running_server: RunningServer) -> None:
     running_server.put("/joboutputs/log", b"hello")
     assert running_server.server.counters[("mjf", "joboutputs", 201)] == 1
-
-
-def test_upload_name_rules() -> None:
-    assert upload_name("/joboutputs/shutdown_message") == "shutdown_message"
-    assert upload_name("/joboutputs/log.2-x_y") == "log.2-x_y"
-    for refused in ("/joboutputs/.hidden", "/joboutputs/a/b", "/joboutputs/", "/jobfeatures/x", None):
-        assert upload_name(refused) is None
 
 
 def test_index_skips_names_that_are_not_keys() -> None:
