@@ -385,21 +385,31 @@ class SectionReader:
             self.problem(option, str(invalid))
             return default
 
-    def renamed(self, option: str, legacy: Sequence[str], legacy_wins: bool = False) -> str:
-        """Which of `option` and its deprecated names to read; warns about each legacy one set.
+    def renamed(self, option: str, vac_order: Sequence[str]) -> str:
+        """Which of `option` and its deprecated names to read, as Vac 03 chose (§2.5).
 
-        The current name wins when both are given, except where Vac 03 documented the
-        opposite (`cpu_total` over `total_processors`, §2.2), which `legacy_wins` keeps.
+        `vac_order` lists every name, `option` among them, in the order Vac 03 tried them:
+        the first one set is read. Vac took `mb_per_cpu` over `mb_per_processor` but
+        `processors_per_superslot` over `vcpu_per_machine`, so the order is per option.
+        Each deprecated name set is a warning; two names set to different values is a loud
+        one, at the line that is not used and naming the line that is, so that the factory
+        runs with the value Vac 03 ran with and the admin sees that the other is dead.
         """
-        chosen = option
-        for old in legacy:
-            self.used.add(old)
-            if old in self.options:
+        self.used.update(vac_order)
+        for old in vac_order:
+            if old != option and old in self.options:
                 self.warn(old, f"deprecated name, use {option} instead")
-                if legacy_wins or (option not in self.options and chosen == option):
-                    chosen = old
-        self.used.add(option)
-        return chosen
+        given = [name for name in vac_order if name in self.options]
+        if not given:
+            return option
+        chosen = self.options[given[0]]
+        for other in given[1:]:
+            unused = self.options[other]
+            if unused.value.strip() != chosen.value.strip():
+                where = f"{chosen.path}:{chosen.line}" if chosen.line is not None else chosen.path
+                self.warn(other, f"NOT USED: {given[0]} = {chosen.value.strip()!r} ({where}) is, as Vac 03 read "
+                                 f"{given[0]} before {other}; remove one of the two")
+        return given[0]
 
     def ignore(self, option: str, reason: str) -> None:
         """An option Vac 03 accepted but no longer uses: warn, do not fail (§2.2, §2.4)."""

@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 from vacd.config import (ABORT_RULES, HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
                          Config, FactoryAddress, Machinetype, Settings, VacuumPipe)
 from vacd.configini import (Findings, InvalidValue, Location, OptionSource, RawConfig, SectionReader,
-                            read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
+                            ascii_lower, ascii_split, read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
                             to_matching, to_number, to_words)
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.paths import Paths
@@ -104,6 +104,22 @@ _IGNORED_MACHINETYPE = (
 )
 _LEGACY_SECTIONS = ("factories", "targetshares")
 
+# Each option with deprecated names: all its names in the order Vac 03's readConf tried
+# them, the first one set winning (vac/shared.py; behaviour reference §2.5). Vac took the
+# legacy name first except for processors_per_superslot, so the same vac.conf gives the
+# same value here.
+VAC_ORDER: Mapping[str, tuple[str, ...]] = {
+    "total_processors": ("cpu_total", "total_processors"),
+    "overload_per_processor": ("overload_per_cpu", "overload_per_processor"),
+    "disk_gb_per_processor": ("scratch_gb", "disk_gb_per_cpu", "disk_gb_per_processor"),
+    "processors_per_superslot": ("processors_per_superslot", "vcpu_per_machine", "cpu_per_machine"),
+    "mb_per_processor": ("mb_per_cpu", "mb_per_processor"),
+    "hs06_per_processor": ("hs06_per_cpu", "hs06_per_processor"),
+    "image_signing_dn": ("cernvm_signing_dn", "image_signing_dn"),
+    "machine_model": ("vm_model", "machine_model"),
+    "machines_dir_days": ("machineoutputs_days", "machines_dir_days"),
+}
+
 
 def _reader(raw: RawConfig, section: str, findings: Findings) -> SectionReader:
     return SectionReader(section, raw.options(section), frozenset(raw.sections.get(section, {})),
@@ -170,6 +186,42 @@ def _to_factories(text: str, factory_name: str) -> tuple[FactoryAddress, ...]:
     return tuple(factories.values())
 
 
+class VacBoolean:
+    """A yes/no option of Vac 03's, read as Vac read it or refused (issue 10 item 4).
+
+    Vac 03 compared each of these with one word and took anything else as the other answer
+    (`draining = true` did not drain). vacd reads yes/no, true/false, on/off and 1/0; where
+    that reading is not Vac's, the factory would silently change, so the value is refused
+    with both readings. Words vacd does not know at all are refused as before.
+    """
+
+    def __init__(self, vac_word: str, vac_word_means: bool) -> None:
+        self.vac_word = vac_word
+        self.vac_word_means = vac_word_means
+
+    def vac_reading(self, text: str) -> bool:
+        # Vac compared the value (stripped by ConfigParser) in lower case.
+        is_the_word = ascii_lower(text.strip()) == self.vac_word
+        return self.vac_word_means if is_the_word else not self.vac_word_means
+
+    def __call__(self, text: str) -> bool:
+        value = to_boolean(text)
+        if value != self.vac_reading(text):
+            vac_answer, vacd_answer = ("yes", "no") if self.vac_reading(text) else ("no", "yes")
+            raise InvalidValue(
+                f"Vac 03 read {text.strip()!r} as {vac_answer} (only {self.vac_word!r} meant "
+                f"{'yes' if self.vac_word_means else 'no'} to it) and vacd would read it as {vacd_answer}: "
+                f"write {vac_answer} to keep what Vac 03 did, or {vacd_answer} to change it")
+        return value
+
+
+# vac/shared.py: draining only with "yes"; fix_networking off only with "false";
+# user_data_proxy and legacy_proxy only with "true".
+DRAINING = VacBoolean("yes", True)
+FIX_NETWORKING = VacBoolean("false", False)
+PROXY_SWITCH = VacBoolean("true", True)
+
+
 def _to_version_logger(text: str, reader: SectionReader) -> int:
     word = text.strip().lower()
     if word in ("true", "false"):
@@ -234,12 +286,12 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
     if host_processors > host_cpu_count:
         reader.warn("host_processors", f"{host_processors} is more than this host's {host_cpu_count} "
                                        "processors: only for tests and demos")
-    total_option = reader.renamed("total_processors", ("cpu_total",), legacy_wins=True)
+    total_option = reader.renamed("total_processors", VAC_ORDER["total_processors"])
     total_processors = reader.get(total_option, host_processors,
                                   partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     if total_processors > host_processors:
         reader.problem(total_option, f"must be <= host_processors ({host_processors}), got {total_processors}")
-    superslot_option = reader.renamed("processors_per_superslot", ("vcpu_per_machine", "cpu_per_machine"))
+    superslot_option = reader.renamed("processors_per_superslot", VAC_ORDER["processors_per_superslot"])
     processors_per_superslot = reader.get(superslot_option, 1,
                                           partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     if processors_per_superslot > total_processors:
@@ -272,19 +324,19 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         description=reader.raw("description") or "",
         factories=factories,
         processors_per_superslot=processors_per_superslot,
-        mb_per_processor=reader.get(reader.renamed("mb_per_processor", ("mb_per_cpu",)), 2048,
+        mb_per_processor=reader.get(reader.renamed("mb_per_processor", VAC_ORDER["mb_per_processor"]), 2048,
                                     partial(to_integer, minimum=1, maximum=MAX_MB_PER_PROCESSOR)),
-        hs06_per_processor=reader.get(reader.renamed("hs06_per_processor", ("hs06_per_cpu",)), None,
+        hs06_per_processor=reader.get(reader.renamed("hs06_per_processor", VAC_ORDER["hs06_per_processor"]), None,
                                       partial(to_number, positive=True, maximum=MAX_HS06_PER_PROCESSOR)),
         disk_gb_per_processor=reader.get(
-            reader.renamed("disk_gb_per_processor", ("disk_gb_per_cpu", "scratch_gb")), None,
+            reader.renamed("disk_gb_per_processor", VAC_ORDER["disk_gb_per_processor"]), None,
             partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
         volume_group=reader.get("volume_group", None,
                                 partial(to_matching, pattern=_VOLUME_GROUP, what="an LVM volume group name")),
-        overload_per_processor=reader.get(reader.renamed("overload_per_processor", ("overload_per_cpu",)),
+        overload_per_processor=reader.get(reader.renamed("overload_per_processor", VAC_ORDER["overload_per_processor"]),
                                           1.25, partial(to_number, positive=True, maximum=MAX_OVERLOAD_PER_PROCESSOR)),
         shutdown_time=reader.get("shutdown_time", None, partial(to_integer, minimum=0, maximum=MAX_EPOCH_SECONDS)),
-        draining=reader.get("draining", False, to_boolean),
+        draining=reader.get("draining", False, DRAINING),
         udp_timeout_seconds=reader.get("udp_timeout_seconds", 10.0,
                                        partial(to_number, positive=True, maximum=MAX_UDP_TIMEOUT_SECONDS)),
         vacmon_hostport=reader.get("vacmon_hostport", (), _to_vacmon_hostports),
@@ -294,7 +346,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         root_public_key=reader.get("root_public_key", str(paths.under_prefix("/root/.ssh/id_rsa.pub")),
                                    to_absolute_path),
         singularity_user=singularity_user,
-        fix_networking=reader.get("fix_networking", True, to_boolean),
+        fix_networking=reader.get("fix_networking", True, FIX_NETWORKING),
         forward_dev=reader.get("forward_dev", None,
                                partial(to_matching, pattern=_INTERFACE, what="a network interface name")),
         machinefeatures_options=reader.prefixed("machinefeatures_option_", OPTION_NAME_SUFFIX),
@@ -360,7 +412,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
     before = len(reader.findings.problems)
     for option, reason in _IGNORED_MACHINETYPE:
         reader.ignore(option, reason)
-    machine_model = reader.get(reader.renamed("machine_model", ("vm_model",)), "cernvm3",
+    machine_model = reader.get(reader.renamed("machine_model", VAC_ORDER["machine_model"]), "cernvm3",
                                partial(to_choice, choices=MACHINE_MODELS))
     accounting_fqan = _optional_text(reader, "accounting_fqan")
     min_processors = reader.get("min_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
@@ -384,8 +436,8 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         user_data=_optional_text(reader, "user_data"),
         user_data_options=user_data_options,
         user_data_files=user_data_files,
-        user_data_proxy=reader.get("user_data_proxy", False, to_boolean),
-        legacy_proxy=reader.get("legacy_proxy", False, to_boolean),
+        user_data_proxy=reader.get("user_data_proxy", False, PROXY_SWITCH),
+        legacy_proxy=reader.get("legacy_proxy", False, PROXY_SWITCH),
         min_processors=min_processors,
         max_processors=max_processors,
         max_wallclock_seconds=max_wallclock_seconds,
@@ -396,7 +448,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
             to_matching, pattern=JOBOUTPUTS_FILE_NAME, what="a file name without a directory")),
         heartbeat_seconds=reader.get("heartbeat_seconds", 0, _to_duration),
         accounting_fqan=accounting_fqan,
-        machines_dir_days=reader.get(reader.renamed("machines_dir_days", ("machineoutputs_days",)), 3.0,
+        machines_dir_days=reader.get(reader.renamed("machines_dir_days", VAC_ORDER["machines_dir_days"]), 3.0,
                                      partial(to_number, minimum=0, maximum=MAX_DAYS)),
         disk_gb_per_processor=reader.get("disk_gb_per_processor", None,
                                          partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
@@ -406,7 +458,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         scratch_device=reader.get("scratch_device", "vdb", partial(to_matching, pattern=_DEVICE,
                                                                    what="a device name of a-z and 0-9")),
         # Vac 03 enforced only the deprecated cernvm_signing_dn (§1.12 [BUG]); both names work here.
-        image_signing_dn=reader.get(reader.renamed("image_signing_dn", ("cernvm_signing_dn",)), None,
+        image_signing_dn=reader.get(reader.renamed("image_signing_dn", VAC_ORDER["image_signing_dn"]), None,
                                     _to_optional_regular_expression),
         cvmfs_repositories=reader.get("cvmfs_repositories", (), partial(
             to_words, pattern=CVMFS_REPOSITORY, what="cvmfs repository names")),
