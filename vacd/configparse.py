@@ -55,6 +55,9 @@ MAX_HS06_PER_PROCESSOR = 100_000.0
 MAX_OVERLOAD_PER_PROCESSOR = 1000.0
 # Shares are summed over every machinetype and pipe: this keeps the sum finite.
 MAX_TARGET_SHARE = 1e12
+# The scheduler divides processors x HS06 by a share and sums the quotients: a positive share
+# below this (1e-308 was found) overflows that sum. No site's ratio of shares comes near.
+MIN_POSITIVE_TARGET_SHARE = 1e-100
 MAX_VERSION_LOGGER = 86400
 MAX_JOBOUTPUTS_QUOTA_BYTES = 1 << 40
 # A rotation needs the current key and the one before it; each more key is one more HMAC
@@ -245,7 +248,11 @@ def _to_optional_regular_expression(text: str) -> Optional[str]:
 
 _to_duration = partial(to_integer, minimum=0, maximum=MAX_DURATION_SECONDS)
 _to_duration_from_one = partial(to_integer, minimum=1, maximum=MAX_DURATION_SECONDS)
-_to_share = partial(to_number, minimum=0, maximum=MAX_TARGET_SHARE)
+def _to_share(text: str) -> float:
+    share = to_number(text, minimum=0, maximum=MAX_TARGET_SHARE)
+    if 0 < share < MIN_POSITIVE_TARGET_SHARE:
+        raise InvalidValue(f"must be 0 or at least {MIN_POSITIVE_TARGET_SHARE}, got {share}")
+    return share
 
 
 def _optional_text(reader: SectionReader, option: str) -> Optional[str]:
@@ -508,21 +515,57 @@ def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, se
                                              f"({settings.disk_gb_per_processor}): the global value is used")
 
 
-def _machinetype_sections(raw: RawConfig, findings: Findings) -> dict[str, list[str]]:
-    """Machinetype name -> its sections, [vmtype NAME] (deprecated, §2.5) before [machinetype NAME]."""
+def section_kind(section: str) -> tuple[str, str]:
+    """(kind, name) of a section header, as Vac 03 split it: `section.lower().split(None, 1)`.
+
+    So `[Machinetype LHCb]` is machinetype `lhcb` and `[vacuum_pipe\tex]` pipe `ex`, as in
+    Vac 03 (vac/shared.py). `[settings]`, `[DEFAULT]`, `[factories]` and `[targetshares]`
+    Vac compared exactly, so they are not kinds (see _warn_unknown_sections).
+    """
+    words = ascii_split(ascii_lower(section), 1)
+    if not words:
+        return "", ""
+    return words[0], (words[1].strip() if len(words) > 1 else "")
+
+
+def _machinetype_sections(raw: RawConfig, findings: Findings) -> dict[str, str]:
+    """Machinetype name -> the one section Vac 03 built it from.
+
+    Vac 03 built a machinetype from each [machinetype NAME] or [vmtype NAME] section in the
+    order the sections first appeared, each replacing the one before whole: two sections
+    for one name that differ in kind or case (`[vmtype a]`, `[Machinetype A]`) were not
+    merged, only the last was used. vacd does the same, and says so at each ignored header.
+    """
     by_name: dict[str, list[str]] = {}
     for section in raw.sections:
-        kind, _, rest = section.partition(" ")
+        kind, name = section_kind(section)
         if kind not in ("machinetype", "vmtype"):
             continue
-        name = rest.strip()
         if kind == "vmtype":
             findings.warnings.append(str(_problem(raw.headers[section], section, None,
                                                   f"deprecated section name, use [machinetype {name}]")))
-            by_name.setdefault(name, []).insert(0, section)
-        else:
-            by_name.setdefault(name, []).append(section)
-    return by_name
+        by_name.setdefault(name, []).append(section)
+    chosen: dict[str, str] = {}
+    for name, sections in by_name.items():
+        used = sections[-1]
+        where = raw.headers[used]
+        for ignored in sections[:-1]:
+            findings.warnings.append(str(_problem(
+                raw.headers[ignored], ignored, None,
+                f"IGNORED WHOLE: [{used}] ({where.path}:{where.line}) also defines machinetype {name}, and Vac 03 "
+                "used only the last such section, not merged; vacd does the same: put the options in one section")))
+        chosen[name] = used
+    return chosen
+
+
+def _pipe_prefixes(raw: RawConfig) -> dict[str, str]:
+    """Pipe prefix -> its [vacuum_pipe PREFIX] section (kind and prefix compared in lower case, as Vac 03)."""
+    prefixes: dict[str, str] = {}
+    for section in raw.sections:
+        kind, prefix = section_kind(section)
+        if kind == "vacuum_pipe":
+            prefixes.setdefault(prefix, section)
+    return prefixes
 
 
 def _read_machinetypes(raw: RawConfig, settings: Optional[Settings], paths: Paths,
@@ -530,17 +573,13 @@ def _read_machinetypes(raw: RawConfig, settings: Optional[Settings], paths: Path
     """All machinetypes, and the options each section set itself (for the [targetshares] check)."""
     machinetypes: dict[str, Machinetype] = {}
     own_options: dict[str, frozenset[str]] = {}
-    pipe_prefixes = tuple(section.partition(" ")[2].strip() + "-" for section in raw.sections
-                          if section.partition(" ")[0] == "vacuum_pipe")
-    for name, sections in _machinetype_sections(raw, findings).items():
+    pipe_prefixes = tuple(prefix + "-" for prefix in _pipe_prefixes(raw))
+    for name, section in _machinetype_sections(raw, findings).items():
         options: dict[str, OptionSource] = dict(raw.defaults)
-        own: set[str] = set()
-        for section in sections:
-            options.update(raw.sections[section])
-            own.update(raw.sections[section])
-        label = sections[-1]
-        reader = SectionReader(label, options, frozenset(own), raw.headers[label], findings)
-        own_options[name] = frozenset(own)
+        options.update(raw.sections[section])
+        own = frozenset(raw.sections[section])
+        reader = SectionReader(section, options, own, raw.headers[section], findings)
+        own_options[name] = own
         if not MACHINETYPE_NAME.fullmatch(name):
             reader.problem(None, f"machinetype names may use only a-z, 0-9 and -, got {name!r}"
                            if name else "needs a name: [machinetype NAME]")
@@ -612,13 +651,25 @@ def _check_legacy_sections(raw: RawConfig, own_options: Mapping[str, frozenset[s
 
 
 def _warn_unknown_sections(raw: RawConfig, findings: Findings) -> None:
+    """Sections Vac 03 never read: warnings, and loud ones where the name looks like one it did."""
     known_kinds = ("machinetype", "vmtype", "vacuum_pipe")
     for section in raw.sections:
-        if section == "settings" or section in _LEGACY_SECTIONS or section.partition(" ")[0] in known_kinds:
+        if section == "settings" or section in _LEGACY_SECTIONS or section_kind(section)[0] in known_kinds:
             continue
-        if section.strip().lower() == "settings":
-            continue  # reported as the missing [settings]
-        findings.warnings.append(str(_problem(raw.headers[section], section, None, "unknown section, ignored")))
+        where = raw.headers[section]
+        if ascii_lower(section.strip()) == "settings":
+            if "settings" not in raw.sections:
+                continue  # reported as the missing [settings]
+            reason = ("IGNORED: Vac 03 read only [settings] in lower case, so none of the options here took "
+                      "effect; vacd ignores them too: move them into [settings] or delete this section")
+        elif ascii_lower(section.strip()) == "default":
+            reason = ("IGNORED: only [DEFAULT] in capitals gives every section its options (Vac 03 and vacd "
+                      "alike); these options apply nowhere")
+        elif ascii_lower(section.strip()) in _LEGACY_SECTIONS:
+            reason = f"ignored: Vac 03 looked only for [{ascii_lower(section.strip())}] in lower case"
+        else:
+            reason = "unknown section, ignored"
+        findings.warnings.append(str(_problem(where, section, None, reason)))
 
 
 def parse_config(sources: Sequence[tuple[str, str]], *, host_fqdn: str, host_cpu_count: int,
@@ -642,9 +693,16 @@ def parse_config(sources: Sequence[tuple[str, str]], *, host_fqdn: str, host_cpu
     machinetypes, own_options = _read_machinetypes(raw, settings, paths, findings)
     pipes = []
     for section in raw.sections:
-        kind, _, prefix = section.partition(" ")
+        kind, prefix = section_kind(section)
         if kind == "vacuum_pipe":
-            pipe = _read_pipe(section, prefix.strip(), raw, settings, paths, findings)
+            if _pipe_prefixes(raw)[prefix] != section:
+                first = raw.headers[_pipe_prefixes(raw)[prefix]]
+                findings.problems.append(_problem(
+                    raw.headers[section], section, None,
+                    f"a second section for pipe {prefix} (the first is at {first.path}:{first.line}): Vac 03 read "
+                    "the pipe once per section; use one [vacuum_pipe PREFIX] section"))
+                continue
+            pipe = _read_pipe(section, prefix, raw, settings, paths, findings)
             if pipe is not None:
                 pipes.append(pipe)
     _check_legacy_sections(raw, own_options, findings)

@@ -198,7 +198,6 @@ def test_every_problem_is_reported_at_once() -> None:
     (SETTINGS + "user_data_file_ = x\n", "settings", "user_data_file_", "a-z, 0-9 and _"),
     (SETTINGS + "[machinetype a_b]\n", "machinetype a_b", None, "only a-z, 0-9 and -, got 'a_b'"),
     (SETTINGS + "[machinetype a.b]\n", "machinetype a.b", None, "only a-z, 0-9 and -"),
-    (SETTINGS + "[machinetype Atlas]\n", "machinetype Atlas", None, "only a-z, 0-9 and -"),
     (SETTINGS + "[machinetype]\n", "machinetype", None, "needs a name"),
     (SETTINGS + "[machinetype a]\nmachine_model = vmware\n", "machinetype a", "machine_model", "expected one of"),
     (SETTINGS + "[machinetype a]\nroot_image = docker://x\n", "machinetype a", "root_image", "needs machine_model = docker"),
@@ -416,11 +415,18 @@ def test_cpu_total_wins_over_total_processors_but_new_names_win_elsewhere() -> N
 
 
 def test_vmtype_section_is_a_machinetype_with_a_warning() -> None:
+    config = parse(SETTINGS + "[vmtype old]\ntarget_share = 3\nfizzle_seconds = 5\n")
+    assert (config.machinetypes["old"].target_share, config.machinetypes["old"].fizzle_seconds) == (3.0, 5)
+    assert "[vmtype old]: deprecated section name, use [machinetype old]" in config.warnings[0]
+
+
+def test_vmtype_and_machinetype_sections_are_not_merged_the_last_is_used_as_by_vac() -> None:
     config = parse(SETTINGS + "[vmtype old]\ntarget_share = 3\nfizzle_seconds = 5\n",
                    "[DEFAULT]\nfizzle_seconds = 7\nbackoff_seconds = 8\n[machinetype old]\ntarget_share = 4\n")
     old = config.machinetypes["old"]
-    assert (old.target_share, old.fizzle_seconds, old.backoff_seconds) == (4.0, 5, 8)
-    assert "[vmtype old]: deprecated section name, use [machinetype old]" in config.warnings[0]
+    assert (old.target_share, old.fizzle_seconds, old.backoff_seconds) == (4.0, 7, 8)
+    assert any(warning.startswith("/etc/vac.d/00.conf:3: [vmtype old]: IGNORED WHOLE: [machinetype old] "
+                                  "(/etc/vac.d/01.conf:4)") for warning in config.warnings), config.warnings
 
 
 @pytest.mark.parametrize("word, expected", [("true", 1), ("false", 0), ("5", 5)])
