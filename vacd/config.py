@@ -9,8 +9,7 @@ function `load_config` (reads files, asks the host its name and processor count)
 * Values are frozen; a reload builds a new Config and the daemon swaps it in whole.
 * Every default is Vac 03's (behaviour reference §2.2, §2.4, Appendix C) unless the
   field is one of vacd's additions, which are documented in man/vac.conf.5.
-* Nothing at module level touches the host: the types are imported by core modules
-  (tests/test_layering.py forbids them socket), so `load_config` imports socket itself.
+* Nothing at module level touches the host: the types are imported by core modules.
 """
 
 from __future__ import annotations
@@ -307,21 +306,27 @@ def read_config_sources(paths: Paths) -> tuple[list[tuple[str, str]], list[Confi
     return sources, problems
 
 
+def host_name() -> str:
+    """This host's name as Vac 03 took it: os.uname()[1], not socket.getfqdn() (issue 10 item 4).
+
+    Vac 03 named its machines, answered the census and wrote APEL's SubmitHost with the
+    kernel's node name; where DNS gives another name, getfqdn() would rename the factory.
+    """
+    return os.uname()[1]
+
+
 def load_config(paths: Paths, *, host_fqdn: Optional[str] = None,
                 host_cpu_count: Optional[int] = None) -> Config:
     """Read and validate this factory's configuration files.
 
-    Host facts not given are read from the host (fully qualified name, processor count).
+    Host facts not given are read from the host (its name as host_name(), processor count).
     Raises ConfigErrors with every problem found.
     """
-    # Imported here: vacd.configparse imports this module's types, and socket must stay out
-    # of the import graph of the core modules that use those types.
-    import socket
-
+    # Imported here: vacd.configparse imports this module's types.
     from vacd.configparse import parse_config
 
     if host_fqdn is None:
-        host_fqdn = socket.getfqdn()
+        host_fqdn = host_name()
     if host_cpu_count is None:
         host_cpu_count = os.cpu_count() or 1
     sources, problems = read_config_sources(paths)
@@ -442,5 +447,5 @@ def effective_config_text(config: Config) -> str:
 
 __all__ = [
     "Config", "FactoryAddress", "HOST_FACTS_PATH", "Machinetype", "MACHINE_MODELS", "Settings",
-    "VM_MACHINE_MODELS", "VacuumPipe", "effective_config_text", "load_config", "read_config_sources",
+    "VM_MACHINE_MODELS", "VacuumPipe", "effective_config_text", "host_name", "load_config", "read_config_sources",
 ]

@@ -283,6 +283,13 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
     if configured_name is None and "." not in factory_name:
         reader.problem("factory_name", f"this host's name {host_fqdn!r} has no dot: Vac needs a fully "
                                        "qualified name; set factory_name")
+    elif configured_name is None and host_fqdn.strip() != factory_name:
+        # Vac 03 used os.uname()[1] as it was written in machine names (F1-00.Example.Org),
+        # census replies and APEL's SubmitHost; vacd's names are lower case, so the factory
+        # would change its name without a word.
+        reader.problem("factory_name", f"this host's name {host_fqdn!r} is not in lower case: Vac 03 used it as "
+                                       "written in its machine names, census and APEL records and vacd would not; "
+                                       f"set factory_name = {factory_name} to accept the lower-case names")
     elif not HOSTNAME.fullmatch(factory_name) or "." not in factory_name:
         reader.problem("factory_name", f"expected a fully qualified host name, got {factory_name!r}")
     if vac_space and vac_space.lower() == factory_name:
@@ -678,7 +685,8 @@ def parse_config(sources: Sequence[tuple[str, str]], *, host_fqdn: str, host_cpu
 
     Args:
         sources: (path, text) pairs in precedence order; the later wins per (section, option).
-        host_fqdn: this host's fully qualified name (default of factory_name).
+        host_fqdn: this host's name as Vac 03 took it, os.uname()[1] (default of factory_name;
+            vacd.config.host_name()). Vac required a dot in it and used it as written.
         host_cpu_count: this host's processor count (default of host_processors).
         paths: the file layout (default machinetype_path, root_public_key).
     Returns:

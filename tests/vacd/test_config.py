@@ -317,7 +317,7 @@ def test_settings_defaults_are_the_dataclass_defaults() -> None:
 
 
 def test_settings_defaults_are_vacs_and_follow_the_host() -> None:
-    settings = parse("[settings]\nvac_space = vac01.example.org\n", host_fqdn="F1.Example.Org.", cpus=6).settings
+    settings = parse("[settings]\nvac_space = vac01.example.org\n", host_fqdn="f1.example.org", cpus=6).settings
     assert (settings.factory_name, settings.host_processors, settings.total_processors,
             settings.num_machine_slots) == (HOST, 6, 6, 6)
     assert (settings.gocdb_sitename, settings.gocdb_sitename_is_set) == ("example.org", False)
