@@ -353,6 +353,7 @@ class SectionReader:
         self.header = header
         self.findings = findings
         self.used: set[str] = set()
+        self.chosen: dict[str, str] = {}
 
     def has(self, option: str) -> bool:
         return option in self.options
@@ -402,6 +403,7 @@ class SectionReader:
         given = [name for name in vac_order if name in self.options]
         if not given:
             return option
+        self.chosen[option] = given[0]
         chosen = self.options[given[0]]
         for other in given[1:]:
             unused = self.options[other]
@@ -410,6 +412,10 @@ class SectionReader:
                 self.warn(other, f"NOT USED: {given[0]} = {chosen.value.strip()!r} ({where}) is, as Vac 03 read "
                                  f"{given[0]} before {other}; remove one of the two")
         return given[0]
+
+    def chosen_name(self, option: str) -> str:
+        """The name `renamed` chose for `option` (to locate a message at its line), else `option`."""
+        return self.chosen.get(option, option)
 
     def ignore(self, option: str, reason: str) -> None:
         """An option Vac 03 accepted but no longer uses: warn, do not fail (§2.2, §2.4)."""

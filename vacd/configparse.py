@@ -393,8 +393,37 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                                                     maximum=MAX_IMAGECACHE_DAYS)),
         imagecache_max_gb=reader.get("imagecache_max_gb", 0, partial(to_integer, minimum=0, maximum=MAX_DISK_MB)),
     )
+    _check_unimplemented_settings(reader)
     reader.warn_unknown("[settings]")
     return settings if len(findings.problems) == before else None
+
+
+NOT_IMPLEMENTED = "NOT IMPLEMENTED in this version"
+
+
+def _check_unimplemented_settings(reader: SectionReader) -> None:
+    """Options Vac 03 acted on that this version reads but does not act on (issue 10 item 4).
+
+    None may look effective: where the factory would differ in what it runs or how its
+    machines' disks are made, the option is an error (the admin removes it knowingly);
+    where only a report to outside is lost, it is a loud warning.
+    """
+    if reader.has("volume_group"):
+        reader.problem("volume_group", f"{NOT_IMPLEMENTED}: vacd makes no logical volumes, so machines would get "
+                                       "file-backed disks under /var/lib/vac where Vac 03 made LVs in this volume "
+                                       "group; remove the line to accept that")
+    for option in ("gocdb_cert_file", "gocdb_key_file"):
+        if reader.has(option):
+            reader.warn(option, f"{NOT_IMPLEMENTED}: no GOCDB capacity updates are sent (Vac 03 sent one a day)")
+    version_logger = (reader.raw("version_logger") or "").strip().lower()
+    if reader.has("version_logger") and version_logger not in ("0", "false"):
+        reader.warn("version_logger", f"{NOT_IMPLEMENTED}: no version messages are sent to the version logger")
+    if reader.has("singularity_user"):
+        reader.warn("singularity_user", f"{NOT_IMPLEMENTED}: no Singularity containers are made, and vacd does "
+                                        "not kill this user's stray processes as Vac 03 did")
+    if reader.has("fix_networking"):
+        reader.warn("fix_networking", "ignored: vacd never runs Vac 03's network repair commands (ifconfig, brctl, "
+                                      "killing dnsmasq); it keeps its libvirt network itself")
 
 
 def _problem(where: Location, section: Optional[str], option: Optional[str], reason: str) -> ConfigProblem:
@@ -407,6 +436,15 @@ def _user_data_mappings(reader: SectionReader, settings: Optional[Settings]) -> 
     files = dict(settings.user_data_files) if settings else {}
     own_options = reader.prefixed("user_data_option_", OPTION_NAME_SUFFIX)
     own_files = reader.prefixed("user_data_file_", OPTION_NAME_SUFFIX)
+    # Vac 03 kept every one of these, [settings]' and the machinetype's, in one dictionary
+    # and substituted in its (unknowable) order: with both kinds for one NAME, which filled
+    # ##user_data_option_NAME## cannot be told, so vacd's choice could differ (issue 10 item 4).
+    for name in sorted((options.keys() | own_options.keys()) & (files.keys() | own_files.keys())):
+        where = (f"user_data_option_{name}" if name in own_options
+                 else f"user_data_file_{name}" if name in own_files else None)
+        reader.problem(where, f"both user_data_option_{name} and user_data_file_{name} apply to this machinetype "
+                              f"(here or from [settings]): both fill ##user_data_option_{name}##, and which one "
+                              "Vac 03 used depended on its dictionary's order; set only one of them")
     for name in own_options:
         files.pop(name, None)
     for name in own_files:
@@ -429,6 +467,12 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
     machine_model = reader.get(reader.renamed("machine_model", VAC_ORDER["machine_model"]), "cernvm3",
                                partial(to_choice, choices=MACHINE_MODELS))
     accounting_fqan = _optional_text(reader, "accounting_fqan")
+    for option in ("accounting_fqan", "machinegroup"):
+        if reader.has(option) and not (reader.raw(option) or "").strip():
+            # Vac 03 kept the empty text: machinegroup '' (one group for every such type) and
+            # an empty FQAN in APEL; vacd would take the machinetype's name instead.
+            reader.problem(option, "empty: Vac 03 used '' as the machinegroup (and as the APEL FQAN) where vacd "
+                                   "would use the machinetype's name; give a value or remove the line")
     min_processors = reader.get("min_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     max_processors = reader.get("max_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     max_wallclock_seconds = reader.get("max_wallclock_seconds", 86400, _to_duration_from_one)
@@ -493,7 +537,34 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
     return machinetype if len(reader.findings.problems) == before else None
 
 
+def _check_as_vac_ran_it(machinetype: Machinetype, reader: SectionReader) -> None:
+    """What this version does not do for a machinetype, or does where Vac 03 failed (issue 10 item 4)."""
+    creates = machinetype.target_share > 0
+    if machinetype.machine_model in ("docker", "singularity"):
+        message = (f"{NOT_IMPLEMENTED}: vacd makes no {machinetype.machine_model} containers, which Vac 03 made")
+        if creates:
+            reader.problem(reader.chosen_name("machine_model"), message + "; set target_share = 0 to keep the "
+                                                                          "section without creating any")
+        else:
+            reader.warn(reader.chosen_name("machine_model"), message)
+    if reader.has("cernvm_signing_dn"):
+        reader.problem("cernvm_signing_dn", f"{NOT_IMPLEMENTED}: vacd checks no image signatures, and Vac 03 refused "
+                                            "images not signed by this DN; remove the line to run images unchecked")
+    elif machinetype.image_signing_dn is not None:
+        reader.warn("image_signing_dn", f"{NOT_IMPLEMENTED}: image signatures are not checked (Vac 03 did not "
+                                        "check them for image_signing_dn either, only for cernvm_signing_dn)")
+    if creates and machinetype.machine_model == "cernvm4":
+        reader.warn(reader.chosen_name("machine_model"), "Vac 03.01 failed every creation of a cernvm4 machine "
+                                                         "('not supported'); vacd creates it as cernvm3")
+    image = machinetype.root_image
+    if (creates and machinetype.machine_model == "cernvm3" and image is not None
+            and machinetype.resolve_file(image) != image):
+        reader.warn("root_image", f"Vac 03 looked for it at {image}/files/{image} (its bug) and so failed every "
+                                  f"creation; vacd uses {machinetype.resolve_file(image)}")
+
+
 def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, settings: Optional[Settings]) -> None:
+    _check_as_vac_ran_it(machinetype, reader)
     if machinetype.max_processors < machinetype.min_processors:
         reader.problem("max_processors", f"must be >= min_processors ({machinetype.min_processors}), "
                                          f"got {machinetype.max_processors}")
