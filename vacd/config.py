@@ -20,6 +20,7 @@ import os
 import pwd
 import re
 import stat
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -251,8 +252,9 @@ def _config_dir_candidates(config_dir: Path, problems: list[ConfigProblem]) -> l
         # since the options in it would be silently missing (issue 8 item 9).
         problems.append(ConfigProblem(str(config_dir), None, None, None, _reason(error)))
         return []
-    # Hidden files are skipped, as by the shell-style glob Vac 03 used.
-    return [config_dir / name for name in sorted(names) if name.endswith(".conf") and not name.startswith(".")]
+    # Vac 03 read every name os.listdir gave that ends in .conf, hidden ones included, in
+    # sorted order (no shell glob): so does vacd, and says so of a hidden one (issue 10 item 4).
+    return [config_dir / name for name in sorted(names) if name.endswith(".conf")]
 
 
 def _read_config_file(path: Path) -> Optional[tuple[tuple[int, int], bytes]]:
@@ -275,11 +277,26 @@ def _read_config_file(path: Path) -> Optional[tuple[tuple[int, int], bytes]]:
     return (status.st_dev, status.st_ino), data
 
 
+def source_warnings(paths: Paths, sources: Sequence[tuple[str, str]]) -> list[str]:
+    """What about the files read could surprise an admin coming from Vac 03."""
+    warnings = []
+    read = {path for path, _ in sources}
+    for path, _ in sources:
+        if Path(path).parent == paths.config_dir and Path(path).name.startswith("."):
+            warnings.append(f"{path}: read although hidden, as Vac 03 read every *.conf in {paths.config_dir}")
+    vac_run_file = paths.under_prefix("/var/run/vac.conf")
+    for file in paths.run_config_files:
+        if str(file) in read and file != vac_run_file:
+            warnings.append(f"{file}: read, but Vac 03 read only {vac_run_file} (here not the same file)")
+    return warnings
+
+
 def read_config_sources(paths: Paths) -> tuple[list[tuple[str, str]], list[ConfigProblem]]:
     """The config files' texts in precedence order (§2.1, acceptance 1); missing ones skipped.
 
     Every other way a file can fail (a symlink loop, a directory, no permission, bytes that
-    are not UTF-8, a FIFO) is a ConfigProblem naming the file, never an exception.
+    are not UTF-8, a FIFO) is a ConfigProblem naming the file, never an exception. Vac 03
+    skipped such a file without a word; vacd refuses, since its options would be missing.
     """
     problems: list[ConfigProblem] = []
     candidates = _config_dir_candidates(paths.config_dir, problems)
@@ -337,6 +354,9 @@ def load_config(paths: Paths, *, host_fqdn: Optional[str] = None,
     problems.extend(_host_problems(config))
     if problems:
         raise ConfigErrors(problems)
+    extra_warnings = source_warnings(paths, sources)
+    if extra_warnings:
+        config = dataclasses.replace(config, warnings=tuple(extra_warnings) + config.warnings)
     log.debug("configuration read sources=%s machinetypes=%d warnings=%d",
               ",".join(str(source) for source in config.sources), len(config.machinetypes),
               len(config.warnings))
@@ -384,10 +404,30 @@ def _shown(option: str, value: str) -> str:
     return value.replace("\n", "\n    ")
 
 
+# Options read but not acted on by this version (vacd.configparse reports each one set);
+# the effective text marks them so that none looks effective (issue 10 item 4).
+NOT_ACTED_ON = {
+    "volume_group": "no logical volumes are made",
+    "version_logger": "no version messages are sent",
+    "gocdb_cert_file": "no GOCDB updates are sent",
+    "gocdb_key_file": "no GOCDB updates are sent",
+    "singularity_user": "no Singularity containers are made",
+    "fix_networking": "Vac 03's network repair commands are never run",
+    "image_signing_dn": "image signatures are not checked",
+    "cvmfs_repositories": "only containers used it",
+    "tmp_binds": "only docker containers used it",
+}
+
+
 def _section_lines(header: str, options: Sequence[tuple[str, Optional[str]]]) -> list[str]:
     lines = [f"[{header}]"]
     # Unset and empty values are left out: reading them back gives the same defaults.
-    lines.extend(f"{option} = {_shown(option, value)}" for option, value in options if value)
+    for option, value in options:
+        if not value:
+            continue
+        if option in NOT_ACTED_ON:
+            lines.append(f"# {option}: NOT IMPLEMENTED in this version, {NOT_ACTED_ON[option]}")
+        lines.append(f"{option} = {_shown(option, value)}")
     lines.append("")
     return lines
 
