@@ -277,6 +277,13 @@ def _read_config_file(path: Path) -> Optional[tuple[tuple[int, int], bytes]]:
     return (status.st_dev, status.st_ino), data
 
 
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
+
+
 def source_warnings(paths: Paths, sources: Sequence[tuple[str, str]]) -> list[str]:
     """What about the files read could surprise an admin coming from Vac 03."""
     warnings = []
@@ -286,7 +293,7 @@ def source_warnings(paths: Paths, sources: Sequence[tuple[str, str]]) -> list[st
             warnings.append(f"{path}: read although hidden, as Vac 03 read every *.conf in {paths.config_dir}")
     vac_run_file = paths.under_prefix("/var/run/vac.conf")
     for file in paths.run_config_files:
-        if str(file) in read and file != vac_run_file:
+        if str(file) in read and file != vac_run_file and not _same_file(file, vac_run_file):
             warnings.append(f"{file}: read, but Vac 03 read only {vac_run_file} (here not the same file)")
     return warnings
 
