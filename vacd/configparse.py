@@ -587,10 +587,14 @@ def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, se
     if machinetype.min_processors > settings.processors_per_superslot:
         reader.warn("min_processors", f"more than processors_per_superslot ({settings.processors_per_superslot}): "
                                       "this machinetype is never created (§5)")
-    if (machinetype.disk_gb_per_processor is not None and settings.disk_gb_per_processor is not None
-            and machinetype.disk_gb_per_processor > settings.disk_gb_per_processor):
-        reader.warn("disk_gb_per_processor", f"more than [settings] disk_gb_per_processor "
-                                             f"({settings.disk_gb_per_processor}): the global value is used")
+    # Vac 03 used a machinetype's disk_gb_per_processor only to size logical volumes; its
+    # file-backed CernVM root disk came from [settings] (or 40 GB). vacd makes no logical
+    # volumes and sizes the file from the machinetype's value (vacd/machinespec.py).
+    vac_disk_gb = settings.disk_gb_per_processor or 40
+    if machinetype.disk_gb_per_processor and machinetype.disk_gb_per_processor != vac_disk_gb:
+        reader.warn("disk_gb_per_processor", f"Vac 03 gave file-backed root disks {vac_disk_gb} GB per processor "
+                                             "([settings] disk_gb_per_processor, or 40) and used this only for "
+                                             f"logical volumes; vacd gives {machinetype.disk_gb_per_processor} GB")
 
 
 def section_kind(section: str) -> tuple[str, str]:

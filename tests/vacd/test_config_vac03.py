@@ -335,3 +335,10 @@ def test_run_vac_conf_that_is_not_var_run_vac_conf_is_a_warning(tmp_path: Path) 
                 if "but Vac 03 read only" in warning]
 
 
+
+
+def test_a_machinetype_disk_size_vac03_used_only_for_logical_volumes_warns() -> None:
+    config = parse(SETTINGS + "disk_gb_per_processor = 20\n[machinetype m]\ndisk_gb_per_processor = 10\n"
+                   "[machinetype same]\ndisk_gb_per_processor = 20\n")
+    assert warnings_about(config, "[machinetype m] disk_gb_per_processor: Vac 03 gave file-backed root disks 20 GB")
+    assert not warnings_about(config, "[machinetype same] disk_gb_per_processor")
