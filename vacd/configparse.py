@@ -553,14 +553,8 @@ def _check_as_vac_ran_it(machinetype: Machinetype, reader: SectionReader) -> Non
     elif machinetype.image_signing_dn is not None:
         reader.warn("image_signing_dn", f"{NOT_IMPLEMENTED}: image signatures are not checked (Vac 03 did not "
                                         "check them for image_signing_dn either, only for cernvm_signing_dn)")
-    if creates and machinetype.machine_model == "cernvm4":
-        reader.warn(reader.chosen_name("machine_model"), "Vac 03.01 failed every creation of a cernvm4 machine "
-                                                         "('not supported'); vacd creates it as cernvm3")
-    image = machinetype.root_image
-    if (creates and machinetype.machine_model == "cernvm3" and image is not None
-            and machinetype.resolve_file(image) != image):
-        reader.warn("root_image", f"Vac 03 looked for it at {image}/files/{image} (its bug) and so failed every "
-                                  f"creation; vacd uses {machinetype.resolve_file(image)}")
+    # cernvm4, and a relative cernvm3 root_image, which Vac 03 failed to create, vacd creates
+    # as written: noted in the effective configuration (vacd.config.fixed_bug_notes).
 
 
 def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, settings: Optional[Settings]) -> None:
