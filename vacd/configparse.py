@@ -538,7 +538,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
 
 
 def _check_as_vac_ran_it(machinetype: Machinetype, reader: SectionReader) -> None:
-    """What this version does not do for a machinetype, or does where Vac 03 failed (issue 10 item 4)."""
+    """What Vac 03 did for a machinetype and this version does not (issue 10 item 4)."""
     creates = machinetype.target_share > 0
     if machinetype.machine_model in ("docker", "singularity"):
         message = (f"{NOT_IMPLEMENTED}: vacd makes no {machinetype.machine_model} containers, which Vac 03 made")
