@@ -9,8 +9,7 @@ function `load_config` (reads files, asks the host its name and processor count)
 * Values are frozen; a reload builds a new Config and the daemon swaps it in whole.
 * Every default is Vac 03's (behaviour reference §2.2, §2.4, Appendix C) unless the
   field is one of vacd's additions, which are documented in man/vac.conf.5.
-* Nothing at module level touches the host: the types are imported by core modules
-  (tests/test_layering.py forbids them socket), so `load_config` imports socket itself.
+* Nothing at module level touches the host: the types are imported by core modules.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import os
 import pwd
 import re
 import stat
+import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -252,8 +252,9 @@ def _config_dir_candidates(config_dir: Path, problems: list[ConfigProblem]) -> l
         # since the options in it would be silently missing (issue 8 item 9).
         problems.append(ConfigProblem(str(config_dir), None, None, None, _reason(error)))
         return []
-    # Hidden files are skipped, as by the shell-style glob Vac 03 used.
-    return [config_dir / name for name in sorted(names) if name.endswith(".conf") and not name.startswith(".")]
+    # Vac 03 read every name os.listdir gave that ends in .conf, hidden ones included, in
+    # sorted order (no shell glob): so does vacd, and says so of a hidden one (issue 10 item 4).
+    return [config_dir / name for name in sorted(names) if name.endswith(".conf")]
 
 
 def _read_config_file(path: Path) -> Optional[tuple[tuple[int, int], bytes]]:
@@ -276,11 +277,33 @@ def _read_config_file(path: Path) -> Optional[tuple[tuple[int, int], bytes]]:
     return (status.st_dev, status.st_ino), data
 
 
+def _same_file(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
+
+
+def source_warnings(paths: Paths, sources: Sequence[tuple[str, str]]) -> list[str]:
+    """What about the files read could surprise an admin coming from Vac 03."""
+    warnings = []
+    read = {path for path, _ in sources}
+    for path, _ in sources:
+        if Path(path).parent == paths.config_dir and Path(path).name.startswith("."):
+            warnings.append(f"{path}: read although hidden, as Vac 03 read every *.conf in {paths.config_dir}")
+    vac_run_file = paths.under_prefix("/var/run/vac.conf")
+    for file in paths.run_config_files:
+        if str(file) in read and file != vac_run_file and not _same_file(file, vac_run_file):
+            warnings.append(f"{file}: read, but Vac 03 read only {vac_run_file} (here not the same file)")
+    return warnings
+
+
 def read_config_sources(paths: Paths) -> tuple[list[tuple[str, str]], list[ConfigProblem]]:
     """The config files' texts in precedence order (§2.1, acceptance 1); missing ones skipped.
 
     Every other way a file can fail (a symlink loop, a directory, no permission, bytes that
-    are not UTF-8, a FIFO) is a ConfigProblem naming the file, never an exception.
+    are not UTF-8, a FIFO) is a ConfigProblem naming the file, never an exception. Vac 03
+    skipped such a file without a word; vacd refuses, since its options would be missing.
     """
     problems: list[ConfigProblem] = []
     candidates = _config_dir_candidates(paths.config_dir, problems)
@@ -307,21 +330,27 @@ def read_config_sources(paths: Paths) -> tuple[list[tuple[str, str]], list[Confi
     return sources, problems
 
 
+def host_name() -> str:
+    """This host's name as Vac 03 took it: os.uname()[1], not socket.getfqdn() (issue 10 item 4).
+
+    Vac 03 named its machines, answered the census and wrote APEL's SubmitHost with the
+    kernel's node name; where DNS gives another name, getfqdn() would rename the factory.
+    """
+    return os.uname()[1]
+
+
 def load_config(paths: Paths, *, host_fqdn: Optional[str] = None,
                 host_cpu_count: Optional[int] = None) -> Config:
     """Read and validate this factory's configuration files.
 
-    Host facts not given are read from the host (fully qualified name, processor count).
+    Host facts not given are read from the host (its name as host_name(), processor count).
     Raises ConfigErrors with every problem found.
     """
-    # Imported here: vacd.configparse imports this module's types, and socket must stay out
-    # of the import graph of the core modules that use those types.
-    import socket
-
+    # Imported here: vacd.configparse imports this module's types.
     from vacd.configparse import parse_config
 
     if host_fqdn is None:
-        host_fqdn = socket.getfqdn()
+        host_fqdn = host_name()
     if host_cpu_count is None:
         host_cpu_count = os.cpu_count() or 1
     sources, problems = read_config_sources(paths)
@@ -332,6 +361,9 @@ def load_config(paths: Paths, *, host_fqdn: Optional[str] = None,
     problems.extend(_host_problems(config))
     if problems:
         raise ConfigErrors(problems)
+    extra_warnings = source_warnings(paths, sources)
+    if extra_warnings:
+        config = dataclasses.replace(config, warnings=tuple(extra_warnings) + config.warnings)
     log.debug("configuration read sources=%s machinetypes=%d warnings=%d",
               ",".join(str(source) for source in config.sources), len(config.machinetypes),
               len(config.warnings))
@@ -352,11 +384,19 @@ def _host_problems(config: Config) -> list[ConfigProblem]:
     return []
 
 
-def _format_value(value: object) -> Optional[str]:
+# How each yes/no option is shown: in the word Vac 03 read for it (draining took only
+# "yes", the proxy switches only "true", fix_networking turned off only with "false"), so
+# the text means the same to Vac 03 and reads back the same in vacd.
+_BOOLEAN_WORDS = {"draining": ("yes", "no")}
+_DEFAULT_BOOLEAN_WORDS = ("true", "false")
+
+
+def _format_value(value: object, option: str = "") -> Optional[str]:
     if value is None:
         return None
     if isinstance(value, bool):
-        return "yes" if value else "no"
+        yes, no = _BOOLEAN_WORDS.get(option, _DEFAULT_BOOLEAN_WORDS)
+        return yes if value else no
     if isinstance(value, tuple):
         return " ".join(str(item) for item in value)
     if isinstance(value, float):
@@ -371,10 +411,51 @@ def _shown(option: str, value: str) -> str:
     return value.replace("\n", "\n    ")
 
 
-def _section_lines(header: str, options: Sequence[tuple[str, Optional[str]]]) -> list[str]:
+# Options read but not acted on by this version (vacd.configparse reports each one set);
+# the effective text marks them so that none looks effective (issue 10 item 4).
+NOT_ACTED_ON = {
+    "volume_group": "no logical volumes are made",
+    "version_logger": "no version messages are sent",
+    "gocdb_cert_file": "no GOCDB updates are sent",
+    "gocdb_key_file": "no GOCDB updates are sent",
+    "singularity_user": "no Singularity containers are made",
+    "fix_networking": "Vac 03's network repair commands are never run",
+    "image_signing_dn": "image signatures are not checked",
+    "cvmfs_repositories": "only containers used it",
+    "tmp_binds": "only docker containers used it",
+}
+
+
+def fixed_bug_notes(machinetype: Machinetype) -> dict[str, str]:
+    """Where vacd creates what Vac 03 failed to create: option -> what to say (issue 10 item 4).
+
+    These are Vac 03 bugs vacd fixes (behaviour reference §1.11), so the factory creates
+    machines Vac 03 did not; the effective configuration says so beside the option.
+    """
+    notes = {}
+    if machinetype.target_share > 0 and machinetype.machine_model == "cernvm4":
+        notes["machine_model"] = ("Vac 03.01 failed every creation of cernvm4 ('not supported'); "
+                                  "vacd creates it as cernvm3")
+    image = machinetype.root_image
+    if (machinetype.target_share > 0 and machinetype.machine_model == "cernvm3" and image is not None
+            and machinetype.resolve_file(image) != image):
+        notes["root_image"] = (f"Vac 03 looked for it at {image}/files/{image} (its bug) and failed every creation; "
+                               f"vacd uses {machinetype.resolve_file(image)}")
+    return notes
+
+
+def _section_lines(header: str, options: Sequence[tuple[str, Optional[str]]],
+                   notes: Optional[Mapping[str, str]] = None) -> list[str]:
     lines = [f"[{header}]"]
     # Unset and empty values are left out: reading them back gives the same defaults.
-    lines.extend(f"{option} = {_shown(option, value)}" for option, value in options if value)
+    for option, value in options:
+        if not value:
+            continue
+        if option in NOT_ACTED_ON:
+            lines.append(f"# {option}: NOT IMPLEMENTED in this version, {NOT_ACTED_ON[option]}")
+        if notes and option in notes:
+            lines.append(f"# {option}: {notes[option]}")
+        lines.append(f"{option} = {_shown(option, value)}")
     lines.append("")
     return lines
 
@@ -401,7 +482,8 @@ def effective_config_text(config: Config) -> str:
     options: list[tuple[str, Optional[str]]] = []
     for settings_field in fields(settings):
         if settings_field.name not in _SETTINGS_SPECIAL:
-            options.append((settings_field.name, _format_value(getattr(settings, settings_field.name))))
+            options.append((settings_field.name, _format_value(getattr(settings, settings_field.name),
+                                                                settings_field.name)))
     options.append(("factories", " ".join(
         factory.name if factory.address is None else f"{factory.name}={factory.address}"
         for factory in settings.factories)))
@@ -423,15 +505,17 @@ def effective_config_text(config: Config) -> str:
         if machinetype.vacuum_pipe is not None:
             lines.append(f"# generated by [vacuum_pipe {machinetype.vacuum_pipe}]")
         machinetype_options = [
-            (machinetype_field.name, _format_value(getattr(machinetype, machinetype_field.name)))
+            (machinetype_field.name,
+             _format_value(getattr(machinetype, machinetype_field.name), machinetype_field.name))
             for machinetype_field in fields(machinetype) if machinetype_field.name not in _MACHINETYPE_SPECIAL]
         machinetype_options.extend(_prefixed("user_data_option_", machinetype.user_data_options))
         machinetype_options.extend(_prefixed("user_data_file_", machinetype.user_data_files))
-        lines.extend(_section_lines(f"machinetype {machinetype.name}", machinetype_options))
+        lines.extend(_section_lines(f"machinetype {machinetype.name}", machinetype_options,
+                                    fixed_bug_notes(machinetype)))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 __all__ = [
     "Config", "FactoryAddress", "HOST_FACTS_PATH", "Machinetype", "MACHINE_MODELS", "Settings",
-    "VM_MACHINE_MODELS", "VacuumPipe", "effective_config_text", "load_config", "read_config_sources",
+    "VM_MACHINE_MODELS", "VacuumPipe", "effective_config_text", "host_name", "load_config", "read_config_sources",
 ]

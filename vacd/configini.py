@@ -4,13 +4,15 @@ This is the lowest layer of configuration reading; `vacd.configparse` builds Set
 Machinetypes on top of it. Rules:
 
 * Pure: texts in, values and `ConfigProblem`s out. No file, clock or host access.
-* Python 2 `RawConfigParser` semantics, as Vac 03 used (behaviour reference §2.1): option
-  names lower-cased, section names case-sensitive, indented continuation lines, `[DEFAULT]`
+* Python 2.7's `RawConfigParser`, which Vac 03 used (behaviour reference §2.1), line by
+  line: option names lower-cased (ASCII only), section names kept as written, indented
+  continuation lines (an indented `# ...` is part of the value, not a comment), `[DEFAULT]`
   values propagated to every section, no interpolation, repeated sections and options
-  merged (later wins), and a `;` after whitespace starting a comment in a value.
-* Checked against Python 2.7's parser on generated files: the same values everywhere it
-  accepts a file. Python 3's parser also accepts indented headers and options, which
-  Python 2 rejected.
+  merged (later wins), only the first `;` of a value and only after whitespace starting a
+  comment, `""` read as an empty value, and `rem` lines as comments. Python 3's
+  configparser differs in each of these, so it is not used: the same file must give the
+  same values as under Vac 03 (issue 10 item 4). tests/vacd/test_config_python2.py
+  compares this reader with Python 2.7's own parser on generated files.
 * Sources are read in the order given and the later one wins per (section, option).
 * Every value remembers the file and line it came from, so a problem found later, even
   one about an option's relation to another, names the file and line an admin must edit.
@@ -20,8 +22,6 @@ Machinetypes on top of it. Rules:
 
 from __future__ import annotations
 
-import configparser
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -94,51 +94,6 @@ class RawConfig:
         return self.headers.get(section, Location(HOST_FACTS_PATH))
 
 
-class _LineCountingReader:
-    """Yields a text's lines and remembers the number of the last line handed out."""
-
-    def __init__(self, text: str) -> None:
-        self._lines = io.StringIO(text)
-        self.line_number = 0
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        line = self._lines.readline()
-        if not line:
-            raise StopIteration
-        self.line_number += 1
-        return line
-
-
-class _LocatingDict(dict):  # type: ignore[type-arg]
-    """configparser's `dict_type`: notes the line being read when an option or section is set.
-
-    configparser reads lines lazily and stores each new option as `section[name] = [value]`
-    (continuation lines are appended to that list) and each new section as
-    `sections[name] = section_dict`, so the reader's current line number at that moment is
-    the option's or header's line. This uses only the public `dict_type` hook, no private
-    attribute; tests/vacd/test_config.py checks the line numbers on every Python we support.
-    """
-
-    def __init__(self, reader: _LineCountingReader, created: list[_LocatingDict]) -> None:
-        super().__init__()
-        self._reader = reader
-        self.option_lines: dict[str, int] = {}
-        self.section_name: Optional[str] = None
-        self.header_line: Optional[int] = None
-        created.append(self)
-
-    def __setitem__(self, key: str, value: object) -> None:
-        if isinstance(value, list):
-            self.option_lines[key] = self._reader.line_number
-        elif isinstance(value, _LocatingDict) and value.section_name is None:
-            value.section_name = key
-            value.header_line = self._reader.line_number
-        super().__setitem__(key, value)
-
-
 @dataclass
 class _FileReading:
     sections: dict[str, dict[str, OptionSource]] = field(default_factory=dict)
@@ -147,57 +102,126 @@ class _FileReading:
     problems: list[ConfigProblem] = field(default_factory=list)
 
 
-def _joined(value: object) -> str:
-    # After a fatal parse error configparser has not joined continuation lines yet.
-    text = "\n".join(str(part) for part in value) if isinstance(value, list) else str(value or "")
-    # Python 2's parser, which Vac 03 used, dropped blank continuation lines (but kept an
-    # empty first line: "factories =" followed by indented names).
-    first, *rest = text.split("\n")
-    return "\n".join([first] + [line for line in rest if line.strip()])
+# Python 2's ConfigParser worked on bytes: only ASCII whitespace counted, and lower() and
+# split() knew nothing else. vacd reads UTF-8 text, so these stand in for them.
+_ASCII_WHITESPACE = " \t\n\r\x0b\x0c"
+# Python 2.7's RawConfigParser.SECTCRE and OPTCRE, matched from the start of the raw line.
+_SECTION_HEADER = re.compile(r"\[(?P<header>[^]]+)\]", re.ASCII)
+_OPTION_LINE = re.compile(r"(?P<option>[^:=\s][^:=]*)\s*(?P<vi>[:=])\s*(?P<value>.*)$", re.ASCII)
 
 
-def _line_text(text: str, line_number: int) -> str:
-    lines = text.split("\n")
-    line = lines[line_number - 1] if 0 < line_number <= len(lines) else ""
+_ASCII_WHITESPACE_RUN = re.compile(r"[ \t\n\r\x0b\x0c]+")
+_ASCII_LOWER = {code: code + 32 for code in range(ord("A"), ord("Z") + 1)}
+
+
+def ascii_lower(text: str) -> str:
+    """str.lower() of Python 2's byte strings: only A-Z change (ConfigParser's optionxform)."""
+    return text.translate(_ASCII_LOWER)
+
+
+def ascii_split(text: str, maxsplit: int = -1) -> list[str]:
+    """str.split(None, maxsplit) of Python 2's byte strings: only ASCII whitespace separates.
+
+    As there, the last word keeps its trailing whitespace when `maxsplit` stops the split
+    ('machinetype lhcb '.split(None, 1) is ['machinetype', 'lhcb ']).
+    """
+    text = text.lstrip(_ASCII_WHITESPACE)
+    if maxsplit == 0:
+        return [text] if text else []
+    words = _ASCII_WHITESPACE_RUN.split(text, maxsplit=max(maxsplit, 0))
+    if words[-1] == "":
+        words.pop()
+    return words
+
+
+def _raw_lines(text: str) -> Iterator[str]:
+    """The text's lines as Python 2's readline() gave them: split on "\\n" only, ends kept."""
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
+def _is_comment_or_blank(line: str) -> bool:
+    if line.strip(_ASCII_WHITESPACE) == "" or line[0] in "#;":
+        return True
+    # Python 2 also took an unindented "rem" (any case) as the first word for a comment.
+    first_word = ascii_split(line, 1)[0]
+    return ascii_lower(first_word) == "rem" and line[0] in "rR"
+
+
+def _option_value(vi: str, value: str) -> str:
+    if vi in ("=", ":") and ";" in value:
+        # Only the first ";", and only after whitespace, starts a comment. Python 2 looked at
+        # value[position - 1], which for a value that starts with ";" is its last character.
+        position = value.find(";")
+        if value[position - 1] in _ASCII_WHITESPACE:
+            value = value[:position]
+    value = value.strip(_ASCII_WHITESPACE)
+    # Python 2 read a value of two double quotes as empty.
+    return "" if value == '""' else value
+
+
+# One section while a file is read: option -> (its lines' values, the line it starts on).
+_Parts = dict[str, tuple[list[str], int]]
+
+
+def _joined(parts: _Parts, path: str) -> dict[str, OptionSource]:
+    return {option: OptionSource("\n".join(values), path, line) for option, (values, line) in parts.items()}
+
+
+def _shown_line(line: str) -> str:
+    line = line.rstrip("\r\n")
     return line if len(line) <= 60 else line[:57] + "..."
 
 
 def _read_one(path: str, text: str) -> _FileReading:
+    """One file, read line by line exactly as Python 2.7's RawConfigParser._read did."""
     reading = _FileReading()
-    reader = _LineCountingReader(text)
-    created: list[_LocatingDict] = []
-    parser = configparser.RawConfigParser(  # type: ignore[call-overload]
-        dict_type=lambda: _LocatingDict(reader, created),
-        strict=False,
-        inline_comment_prefixes=(";",),
-        default_section=DEFAULT_SECTION,
-    )
-    try:
-        parser.read_file(reader, source=path)
-    except configparser.MissingSectionHeaderError as error:
-        reading.problems.append(
-            ConfigProblem(path, error.lineno, None, None,
-                          f"option outside any [section]: {_line_text(text, error.lineno)!r}"))
-    except configparser.ParsingError as error:
-        for line_number, _ in error.errors:
-            reading.problems.append(
-                ConfigProblem(path, line_number, None, None,
-                              f"cannot parse {_line_text(text, line_number)!r}: expected "
-                              "'option = value', '[section]', a comment or an indented continuation"))
-    except configparser.Error as error:
-        reading.problems.append(ConfigProblem(path, getattr(error, "lineno", None), None, None, str(error)))
-    for dictionary in created:
-        if dictionary.section_name is not None:
-            name = dictionary.section_name
-            reading.headers.setdefault(name, Location(path, dictionary.header_line))
-            target = reading.sections.setdefault(name, {})
-        elif dictionary.option_lines:
-            target = reading.defaults
-        else:
-            continue  # configparser's own bookkeeping dicts (all sections, proxies)
-        for option, line_number in dictionary.option_lines.items():
-            if option and option in dictionary:
-                target[option] = OptionSource(_joined(dictionary[option]), path, line_number)
+    defaults: _Parts = {}
+    sections: dict[str, _Parts] = {}
+    # The section being filled (None before the first header) and the option that an
+    # indented line continues (None right after a header).
+    current: Optional[_Parts] = None
+    continued: Optional[list[str]] = None
+    for line_number, line in enumerate(_raw_lines(text), start=1):
+        if _is_comment_or_blank(line):
+            continue
+        if line[0] in _ASCII_WHITESPACE and current is not None and continued is not None:
+            # A continuation line; a blank one adds nothing.
+            part = line.strip(_ASCII_WHITESPACE)
+            if part:
+                continued.append(part)
+            continue
+        header = _SECTION_HEADER.match(line)
+        if header:
+            name = header.group("header")
+            if name == DEFAULT_SECTION:
+                current = defaults
+            else:
+                current = sections.setdefault(name, {})
+                reading.headers.setdefault(name, Location(path, line_number))
+            continued = None
+            continue
+        if current is None:
+            reading.problems.append(ConfigProblem(
+                path, line_number, None, None, f"option outside any [section]: {_shown_line(line)!r}"))
+            # Python 2 gave up on the file here (MissingSectionHeaderError).
+            break
+        option = _OPTION_LINE.match(line.rstrip("\n"))
+        if option is None:
+            reading.problems.append(ConfigProblem(
+                path, line_number, None, None, f"cannot parse {_shown_line(line)!r}: expected "
+                "'option = value', '[section]', a comment or an indented continuation"))
+            continue
+        continued = [_option_value(option.group("vi"), option.group("value"))]
+        # A repeated option replaces the earlier one, line and all.
+        current[ascii_lower(option.group("option").rstrip(_ASCII_WHITESPACE))] = (continued, line_number)
+    reading.defaults.update(_joined(defaults, path))
+    for name, parts in sections.items():
+        reading.sections[name] = _joined(parts, path)
     return reading
 
 
@@ -329,6 +353,7 @@ class SectionReader:
         self.header = header
         self.findings = findings
         self.used: set[str] = set()
+        self.chosen: dict[str, str] = {}
 
     def has(self, option: str) -> bool:
         return option in self.options
@@ -361,21 +386,36 @@ class SectionReader:
             self.problem(option, str(invalid))
             return default
 
-    def renamed(self, option: str, legacy: Sequence[str], legacy_wins: bool = False) -> str:
-        """Which of `option` and its deprecated names to read; warns about each legacy one set.
+    def renamed(self, option: str, vac_order: Sequence[str]) -> str:
+        """Which of `option` and its deprecated names to read, as Vac 03 chose (§2.5).
 
-        The current name wins when both are given, except where Vac 03 documented the
-        opposite (`cpu_total` over `total_processors`, §2.2), which `legacy_wins` keeps.
+        `vac_order` lists every name, `option` among them, in the order Vac 03 tried them:
+        the first one set is read. Vac took `mb_per_cpu` over `mb_per_processor` but
+        `processors_per_superslot` over `vcpu_per_machine`, so the order is per option.
+        Each deprecated name set is a warning; two names set to different values is a loud
+        one, at the line that is not used and naming the line that is, so that the factory
+        runs with the value Vac 03 ran with and the admin sees that the other is dead.
         """
-        chosen = option
-        for old in legacy:
-            self.used.add(old)
-            if old in self.options:
+        self.used.update(vac_order)
+        for old in vac_order:
+            if old != option and old in self.options:
                 self.warn(old, f"deprecated name, use {option} instead")
-                if legacy_wins or (option not in self.options and chosen == option):
-                    chosen = old
-        self.used.add(option)
-        return chosen
+        given = [name for name in vac_order if name in self.options]
+        if not given:
+            return option
+        self.chosen[option] = given[0]
+        chosen = self.options[given[0]]
+        for other in given[1:]:
+            unused = self.options[other]
+            if unused.value.strip() != chosen.value.strip():
+                where = f"{chosen.path}:{chosen.line}" if chosen.line is not None else chosen.path
+                self.warn(other, f"NOT USED: {given[0]} = {chosen.value.strip()!r} ({where}) is, as Vac 03 read "
+                                 f"{given[0]} before {other}; remove one of the two")
+        return given[0]
+
+    def chosen_name(self, option: str) -> str:
+        """The name `renamed` chose for `option` (to locate a message at its line), else `option`."""
+        return self.chosen.get(option, option)
 
     def ignore(self, option: str, reason: str) -> None:
         """An option Vac 03 accepted but no longer uses: warn, do not fail (§2.2, §2.4)."""

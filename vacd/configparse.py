@@ -22,7 +22,7 @@ from typing import Mapping, Optional, Sequence
 from vacd.config import (ABORT_RULES, HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
                          Config, FactoryAddress, Machinetype, Settings, VacuumPipe)
 from vacd.configini import (Findings, InvalidValue, Location, OptionSource, RawConfig, SectionReader,
-                            read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
+                            ascii_lower, ascii_split, read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
                             to_matching, to_number, to_words)
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.paths import Paths
@@ -55,6 +55,9 @@ MAX_HS06_PER_PROCESSOR = 100_000.0
 MAX_OVERLOAD_PER_PROCESSOR = 1000.0
 # Shares are summed over every machinetype and pipe: this keeps the sum finite.
 MAX_TARGET_SHARE = 1e12
+# The scheduler divides processors x HS06 by a share and sums the quotients: a positive share
+# below this (1e-308 was found) overflows that sum. No site's ratio of shares comes near.
+MIN_POSITIVE_TARGET_SHARE = 1e-100
 MAX_VERSION_LOGGER = 86400
 MAX_JOBOUTPUTS_QUOTA_BYTES = 1 << 40
 # A rotation needs the current key and the one before it; each more key is one more HMAC
@@ -103,6 +106,22 @@ _IGNORED_MACHINETYPE = (
     ("vacuum_pipe_url", "since Vac 03.00 pipes are [vacuum_pipe PREFIX] sections"),
 )
 _LEGACY_SECTIONS = ("factories", "targetshares")
+
+# Each option with deprecated names: all its names in the order Vac 03's readConf tried
+# them, the first one set winning (vac/shared.py; behaviour reference §2.5). Vac took the
+# legacy name first except for processors_per_superslot, so the same vac.conf gives the
+# same value here.
+VAC_ORDER: Mapping[str, tuple[str, ...]] = {
+    "total_processors": ("cpu_total", "total_processors"),
+    "overload_per_processor": ("overload_per_cpu", "overload_per_processor"),
+    "disk_gb_per_processor": ("scratch_gb", "disk_gb_per_cpu", "disk_gb_per_processor"),
+    "processors_per_superslot": ("processors_per_superslot", "vcpu_per_machine", "cpu_per_machine"),
+    "mb_per_processor": ("mb_per_cpu", "mb_per_processor"),
+    "hs06_per_processor": ("hs06_per_cpu", "hs06_per_processor"),
+    "image_signing_dn": ("cernvm_signing_dn", "image_signing_dn"),
+    "machine_model": ("vm_model", "machine_model"),
+    "machines_dir_days": ("machineoutputs_days", "machines_dir_days"),
+}
 
 
 def _reader(raw: RawConfig, section: str, findings: Findings) -> SectionReader:
@@ -170,6 +189,42 @@ def _to_factories(text: str, factory_name: str) -> tuple[FactoryAddress, ...]:
     return tuple(factories.values())
 
 
+class VacBoolean:
+    """A yes/no option of Vac 03's, read as Vac read it or refused (issue 10 item 4).
+
+    Vac 03 compared each of these with one word and took anything else as the other answer
+    (`draining = true` did not drain). vacd reads yes/no, true/false, on/off and 1/0; where
+    that reading is not Vac's, the factory would silently change, so the value is refused
+    with both readings. Words vacd does not know at all are refused as before.
+    """
+
+    def __init__(self, vac_word: str, vac_word_means: bool) -> None:
+        self.vac_word = vac_word
+        self.vac_word_means = vac_word_means
+
+    def vac_reading(self, text: str) -> bool:
+        # Vac compared the value (stripped by ConfigParser) in lower case.
+        is_the_word = ascii_lower(text.strip()) == self.vac_word
+        return self.vac_word_means if is_the_word else not self.vac_word_means
+
+    def __call__(self, text: str) -> bool:
+        value = to_boolean(text)
+        if value != self.vac_reading(text):
+            vac_answer, vacd_answer = ("yes", "no") if self.vac_reading(text) else ("no", "yes")
+            raise InvalidValue(
+                f"Vac 03 read {text.strip()!r} as {vac_answer} (only {self.vac_word!r} meant "
+                f"{'yes' if self.vac_word_means else 'no'} to it) and vacd would read it as {vacd_answer}: "
+                f"write {vac_answer} to keep what Vac 03 did, or {vacd_answer} to change it")
+        return value
+
+
+# vac/shared.py: draining only with "yes"; fix_networking off only with "false";
+# user_data_proxy and legacy_proxy only with "true".
+DRAINING = VacBoolean("yes", True)
+FIX_NETWORKING = VacBoolean("false", False)
+PROXY_SWITCH = VacBoolean("true", True)
+
+
 def _to_version_logger(text: str, reader: SectionReader) -> int:
     word = text.strip().lower()
     if word in ("true", "false"):
@@ -193,7 +248,11 @@ def _to_optional_regular_expression(text: str) -> Optional[str]:
 
 _to_duration = partial(to_integer, minimum=0, maximum=MAX_DURATION_SECONDS)
 _to_duration_from_one = partial(to_integer, minimum=1, maximum=MAX_DURATION_SECONDS)
-_to_share = partial(to_number, minimum=0, maximum=MAX_TARGET_SHARE)
+def _to_share(text: str) -> float:
+    share = to_number(text, minimum=0, maximum=MAX_TARGET_SHARE)
+    if 0 < share < MIN_POSITIVE_TARGET_SHARE:
+        raise InvalidValue(f"must be 0 or at least {MIN_POSITIVE_TARGET_SHARE}, got {share}")
+    return share
 
 
 def _optional_text(reader: SectionReader, option: str) -> Optional[str]:
@@ -224,6 +283,13 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
     if configured_name is None and "." not in factory_name:
         reader.problem("factory_name", f"this host's name {host_fqdn!r} has no dot: Vac needs a fully "
                                        "qualified name; set factory_name")
+    elif configured_name is None and host_fqdn.strip() != factory_name:
+        # Vac 03 used os.uname()[1] as it was written in machine names (F1-00.Example.Org),
+        # census replies and APEL's SubmitHost; vacd's names are lower case, so the factory
+        # would change its name without a word.
+        reader.problem("factory_name", f"this host's name {host_fqdn!r} is not in lower case: Vac 03 used it as "
+                                       "written in its machine names, census and APEL records and vacd would not; "
+                                       f"set factory_name = {factory_name} to accept the lower-case names")
     elif not HOSTNAME.fullmatch(factory_name) or "." not in factory_name:
         reader.problem("factory_name", f"expected a fully qualified host name, got {factory_name!r}")
     if vac_space and vac_space.lower() == factory_name:
@@ -234,12 +300,12 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
     if host_processors > host_cpu_count:
         reader.warn("host_processors", f"{host_processors} is more than this host's {host_cpu_count} "
                                        "processors: only for tests and demos")
-    total_option = reader.renamed("total_processors", ("cpu_total",), legacy_wins=True)
+    total_option = reader.renamed("total_processors", VAC_ORDER["total_processors"])
     total_processors = reader.get(total_option, host_processors,
                                   partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     if total_processors > host_processors:
         reader.problem(total_option, f"must be <= host_processors ({host_processors}), got {total_processors}")
-    superslot_option = reader.renamed("processors_per_superslot", ("vcpu_per_machine", "cpu_per_machine"))
+    superslot_option = reader.renamed("processors_per_superslot", VAC_ORDER["processors_per_superslot"])
     processors_per_superslot = reader.get(superslot_option, 1,
                                           partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     if processors_per_superslot > total_processors:
@@ -272,19 +338,19 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         description=reader.raw("description") or "",
         factories=factories,
         processors_per_superslot=processors_per_superslot,
-        mb_per_processor=reader.get(reader.renamed("mb_per_processor", ("mb_per_cpu",)), 2048,
+        mb_per_processor=reader.get(reader.renamed("mb_per_processor", VAC_ORDER["mb_per_processor"]), 2048,
                                     partial(to_integer, minimum=1, maximum=MAX_MB_PER_PROCESSOR)),
-        hs06_per_processor=reader.get(reader.renamed("hs06_per_processor", ("hs06_per_cpu",)), None,
+        hs06_per_processor=reader.get(reader.renamed("hs06_per_processor", VAC_ORDER["hs06_per_processor"]), None,
                                       partial(to_number, positive=True, maximum=MAX_HS06_PER_PROCESSOR)),
         disk_gb_per_processor=reader.get(
-            reader.renamed("disk_gb_per_processor", ("disk_gb_per_cpu", "scratch_gb")), None,
+            reader.renamed("disk_gb_per_processor", VAC_ORDER["disk_gb_per_processor"]), None,
             partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
         volume_group=reader.get("volume_group", None,
                                 partial(to_matching, pattern=_VOLUME_GROUP, what="an LVM volume group name")),
-        overload_per_processor=reader.get(reader.renamed("overload_per_processor", ("overload_per_cpu",)),
+        overload_per_processor=reader.get(reader.renamed("overload_per_processor", VAC_ORDER["overload_per_processor"]),
                                           1.25, partial(to_number, positive=True, maximum=MAX_OVERLOAD_PER_PROCESSOR)),
         shutdown_time=reader.get("shutdown_time", None, partial(to_integer, minimum=0, maximum=MAX_EPOCH_SECONDS)),
-        draining=reader.get("draining", False, to_boolean),
+        draining=reader.get("draining", False, DRAINING),
         udp_timeout_seconds=reader.get("udp_timeout_seconds", 10.0,
                                        partial(to_number, positive=True, maximum=MAX_UDP_TIMEOUT_SECONDS)),
         vacmon_hostport=reader.get("vacmon_hostport", (), _to_vacmon_hostports),
@@ -294,7 +360,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         root_public_key=reader.get("root_public_key", str(paths.under_prefix("/root/.ssh/id_rsa.pub")),
                                    to_absolute_path),
         singularity_user=singularity_user,
-        fix_networking=reader.get("fix_networking", True, to_boolean),
+        fix_networking=reader.get("fix_networking", True, FIX_NETWORKING),
         forward_dev=reader.get("forward_dev", None,
                                partial(to_matching, pattern=_INTERFACE, what="a network interface name")),
         machinefeatures_options=reader.prefixed("machinefeatures_option_", OPTION_NAME_SUFFIX),
@@ -327,8 +393,37 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                                                     maximum=MAX_IMAGECACHE_DAYS)),
         imagecache_max_gb=reader.get("imagecache_max_gb", 0, partial(to_integer, minimum=0, maximum=MAX_DISK_MB)),
     )
+    _check_unimplemented_settings(reader)
     reader.warn_unknown("[settings]")
     return settings if len(findings.problems) == before else None
+
+
+NOT_IMPLEMENTED = "NOT IMPLEMENTED in this version"
+
+
+def _check_unimplemented_settings(reader: SectionReader) -> None:
+    """Options Vac 03 acted on that this version reads but does not act on (issue 10 item 4).
+
+    None may look effective: where the factory would differ in what it runs or how its
+    machines' disks are made, the option is an error (the admin removes it knowingly);
+    where only a report to outside is lost, it is a loud warning.
+    """
+    if reader.has("volume_group"):
+        reader.problem("volume_group", f"{NOT_IMPLEMENTED}: vacd makes no logical volumes, so machines would get "
+                                       "file-backed disks under /var/lib/vac where Vac 03 made LVs in this volume "
+                                       "group; remove the line to accept that")
+    for option in ("gocdb_cert_file", "gocdb_key_file"):
+        if reader.has(option):
+            reader.warn(option, f"{NOT_IMPLEMENTED}: no GOCDB capacity updates are sent (Vac 03 sent one a day)")
+    version_logger = (reader.raw("version_logger") or "").strip().lower()
+    if reader.has("version_logger") and version_logger not in ("0", "false"):
+        reader.warn("version_logger", f"{NOT_IMPLEMENTED}: no version messages are sent to the version logger")
+    if reader.has("singularity_user"):
+        reader.warn("singularity_user", f"{NOT_IMPLEMENTED}: no Singularity containers are made, and vacd does "
+                                        "not kill this user's stray processes as Vac 03 did")
+    if reader.has("fix_networking"):
+        reader.warn("fix_networking", "ignored: vacd never runs Vac 03's network repair commands (ifconfig, brctl, "
+                                      "killing dnsmasq); it keeps its libvirt network itself")
 
 
 def _problem(where: Location, section: Optional[str], option: Optional[str], reason: str) -> ConfigProblem:
@@ -341,6 +436,15 @@ def _user_data_mappings(reader: SectionReader, settings: Optional[Settings]) -> 
     files = dict(settings.user_data_files) if settings else {}
     own_options = reader.prefixed("user_data_option_", OPTION_NAME_SUFFIX)
     own_files = reader.prefixed("user_data_file_", OPTION_NAME_SUFFIX)
+    # Vac 03 kept every one of these, [settings]' and the machinetype's, in one dictionary
+    # and substituted in its (unknowable) order: with both kinds for one NAME, which filled
+    # ##user_data_option_NAME## cannot be told, so vacd's choice could differ (issue 10 item 4).
+    for name in sorted((options.keys() | own_options.keys()) & (files.keys() | own_files.keys())):
+        where = (f"user_data_option_{name}" if name in own_options
+                 else f"user_data_file_{name}" if name in own_files else None)
+        reader.problem(where, f"both user_data_option_{name} and user_data_file_{name} apply to this machinetype "
+                              f"(here or from [settings]): both fill ##user_data_option_{name}##, and which one "
+                              "Vac 03 used depended on its dictionary's order; set only one of them")
     for name in own_options:
         files.pop(name, None)
     for name in own_files:
@@ -360,9 +464,15 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
     before = len(reader.findings.problems)
     for option, reason in _IGNORED_MACHINETYPE:
         reader.ignore(option, reason)
-    machine_model = reader.get(reader.renamed("machine_model", ("vm_model",)), "cernvm3",
+    machine_model = reader.get(reader.renamed("machine_model", VAC_ORDER["machine_model"]), "cernvm3",
                                partial(to_choice, choices=MACHINE_MODELS))
     accounting_fqan = _optional_text(reader, "accounting_fqan")
+    for option in ("accounting_fqan", "machinegroup"):
+        if reader.has(option) and not (reader.raw(option) or "").strip():
+            # Vac 03 kept the empty text: machinegroup '' (one group for every such type) and
+            # an empty FQAN in APEL; vacd would take the machinetype's name instead.
+            reader.problem(option, "empty: Vac 03 used '' as the machinegroup (and as the APEL FQAN) where vacd "
+                                   "would use the machinetype's name; give a value or remove the line")
     min_processors = reader.get("min_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     max_processors = reader.get("max_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     max_wallclock_seconds = reader.get("max_wallclock_seconds", 86400, _to_duration_from_one)
@@ -384,8 +494,8 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         user_data=_optional_text(reader, "user_data"),
         user_data_options=user_data_options,
         user_data_files=user_data_files,
-        user_data_proxy=reader.get("user_data_proxy", False, to_boolean),
-        legacy_proxy=reader.get("legacy_proxy", False, to_boolean),
+        user_data_proxy=reader.get("user_data_proxy", False, PROXY_SWITCH),
+        legacy_proxy=reader.get("legacy_proxy", False, PROXY_SWITCH),
         min_processors=min_processors,
         max_processors=max_processors,
         max_wallclock_seconds=max_wallclock_seconds,
@@ -396,7 +506,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
             to_matching, pattern=JOBOUTPUTS_FILE_NAME, what="a file name without a directory")),
         heartbeat_seconds=reader.get("heartbeat_seconds", 0, _to_duration),
         accounting_fqan=accounting_fqan,
-        machines_dir_days=reader.get(reader.renamed("machines_dir_days", ("machineoutputs_days",)), 3.0,
+        machines_dir_days=reader.get(reader.renamed("machines_dir_days", VAC_ORDER["machines_dir_days"]), 3.0,
                                      partial(to_number, minimum=0, maximum=MAX_DAYS)),
         disk_gb_per_processor=reader.get("disk_gb_per_processor", None,
                                          partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
@@ -406,7 +516,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         scratch_device=reader.get("scratch_device", "vdb", partial(to_matching, pattern=_DEVICE,
                                                                    what="a device name of a-z and 0-9")),
         # Vac 03 enforced only the deprecated cernvm_signing_dn (§1.12 [BUG]); both names work here.
-        image_signing_dn=reader.get(reader.renamed("image_signing_dn", ("cernvm_signing_dn",)), None,
+        image_signing_dn=reader.get(reader.renamed("image_signing_dn", VAC_ORDER["image_signing_dn"]), None,
                                     _to_optional_regular_expression),
         cvmfs_repositories=reader.get("cvmfs_repositories", (), partial(
             to_words, pattern=CVMFS_REPOSITORY, what="cvmfs repository names")),
@@ -427,7 +537,28 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
     return machinetype if len(reader.findings.problems) == before else None
 
 
+def _check_as_vac_ran_it(machinetype: Machinetype, reader: SectionReader) -> None:
+    """What Vac 03 did for a machinetype and this version does not (issue 10 item 4)."""
+    creates = machinetype.target_share > 0
+    if machinetype.machine_model in ("docker", "singularity"):
+        message = (f"{NOT_IMPLEMENTED}: vacd makes no {machinetype.machine_model} containers, which Vac 03 made")
+        if creates:
+            reader.problem(reader.chosen_name("machine_model"), message + "; set target_share = 0 to keep the "
+                                                                          "section without creating any")
+        else:
+            reader.warn(reader.chosen_name("machine_model"), message)
+    if reader.has("cernvm_signing_dn"):
+        reader.problem("cernvm_signing_dn", f"{NOT_IMPLEMENTED}: vacd checks no image signatures, and Vac 03 refused "
+                                            "images not signed by this DN; remove the line to run images unchecked")
+    elif machinetype.image_signing_dn is not None:
+        reader.warn("image_signing_dn", f"{NOT_IMPLEMENTED}: image signatures are not checked (Vac 03 did not "
+                                        "check them for image_signing_dn either, only for cernvm_signing_dn)")
+    # cernvm4, and a relative cernvm3 root_image, which Vac 03 failed to create, vacd creates
+    # as written: noted in the effective configuration (vacd.config.fixed_bug_notes).
+
+
 def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, settings: Optional[Settings]) -> None:
+    _check_as_vac_ran_it(machinetype, reader)
     if machinetype.max_processors < machinetype.min_processors:
         reader.problem("max_processors", f"must be >= min_processors ({machinetype.min_processors}), "
                                          f"got {machinetype.max_processors}")
@@ -450,27 +581,67 @@ def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, se
     if machinetype.min_processors > settings.processors_per_superslot:
         reader.warn("min_processors", f"more than processors_per_superslot ({settings.processors_per_superslot}): "
                                       "this machinetype is never created (§5)")
-    if (machinetype.disk_gb_per_processor is not None and settings.disk_gb_per_processor is not None
-            and machinetype.disk_gb_per_processor > settings.disk_gb_per_processor):
-        reader.warn("disk_gb_per_processor", f"more than [settings] disk_gb_per_processor "
-                                             f"({settings.disk_gb_per_processor}): the global value is used")
+    # Vac 03 used a machinetype's disk_gb_per_processor only to size logical volumes; its
+    # file-backed CernVM root disk came from [settings] (or 40 GB). vacd makes no logical
+    # volumes and sizes the file from the machinetype's value (vacd/machinespec.py).
+    vac_disk_gb = settings.disk_gb_per_processor or 40
+    if machinetype.disk_gb_per_processor and machinetype.disk_gb_per_processor != vac_disk_gb:
+        reader.warn("disk_gb_per_processor", f"Vac 03 gave file-backed root disks {vac_disk_gb} GB per processor "
+                                             "([settings] disk_gb_per_processor, or 40) and used this only for "
+                                             f"logical volumes; vacd gives {machinetype.disk_gb_per_processor} GB")
 
 
-def _machinetype_sections(raw: RawConfig, findings: Findings) -> dict[str, list[str]]:
-    """Machinetype name -> its sections, [vmtype NAME] (deprecated, §2.5) before [machinetype NAME]."""
+def section_kind(section: str) -> tuple[str, str]:
+    """(kind, name) of a section header, as Vac 03 split it: `section.lower().split(None, 1)`.
+
+    So `[Machinetype LHCb]` is machinetype `lhcb` and `[vacuum_pipe\tex]` pipe `ex`, as in
+    Vac 03 (vac/shared.py). `[settings]`, `[DEFAULT]`, `[factories]` and `[targetshares]`
+    Vac compared exactly, so they are not kinds (see _warn_unknown_sections).
+    """
+    words = ascii_split(ascii_lower(section), 1)
+    if not words:
+        return "", ""
+    return words[0], (words[1].strip() if len(words) > 1 else "")
+
+
+def _machinetype_sections(raw: RawConfig, findings: Findings) -> dict[str, str]:
+    """Machinetype name -> the one section Vac 03 built it from.
+
+    Vac 03 built a machinetype from each [machinetype NAME] or [vmtype NAME] section in the
+    order the sections first appeared, each replacing the one before whole: two sections
+    for one name that differ in kind or case (`[vmtype a]`, `[Machinetype A]`) were not
+    merged, only the last was used. vacd does the same, and says so at each ignored header.
+    """
     by_name: dict[str, list[str]] = {}
     for section in raw.sections:
-        kind, _, rest = section.partition(" ")
+        kind, name = section_kind(section)
         if kind not in ("machinetype", "vmtype"):
             continue
-        name = rest.strip()
         if kind == "vmtype":
             findings.warnings.append(str(_problem(raw.headers[section], section, None,
                                                   f"deprecated section name, use [machinetype {name}]")))
-            by_name.setdefault(name, []).insert(0, section)
-        else:
-            by_name.setdefault(name, []).append(section)
-    return by_name
+        by_name.setdefault(name, []).append(section)
+    chosen: dict[str, str] = {}
+    for name, sections in by_name.items():
+        used = sections[-1]
+        where = raw.headers[used]
+        for ignored in sections[:-1]:
+            findings.warnings.append(str(_problem(
+                raw.headers[ignored], ignored, None,
+                f"IGNORED WHOLE: [{used}] ({where.path}:{where.line}) also defines machinetype {name}, and Vac 03 "
+                "used only the last such section, not merged; vacd does the same: put the options in one section")))
+        chosen[name] = used
+    return chosen
+
+
+def _pipe_prefixes(raw: RawConfig) -> dict[str, str]:
+    """Pipe prefix -> its [vacuum_pipe PREFIX] section (kind and prefix compared in lower case, as Vac 03)."""
+    prefixes: dict[str, str] = {}
+    for section in raw.sections:
+        kind, prefix = section_kind(section)
+        if kind == "vacuum_pipe":
+            prefixes.setdefault(prefix, section)
+    return prefixes
 
 
 def _read_machinetypes(raw: RawConfig, settings: Optional[Settings], paths: Paths,
@@ -478,17 +649,13 @@ def _read_machinetypes(raw: RawConfig, settings: Optional[Settings], paths: Path
     """All machinetypes, and the options each section set itself (for the [targetshares] check)."""
     machinetypes: dict[str, Machinetype] = {}
     own_options: dict[str, frozenset[str]] = {}
-    pipe_prefixes = tuple(section.partition(" ")[2].strip() + "-" for section in raw.sections
-                          if section.partition(" ")[0] == "vacuum_pipe")
-    for name, sections in _machinetype_sections(raw, findings).items():
+    pipe_prefixes = tuple(prefix + "-" for prefix in _pipe_prefixes(raw))
+    for name, section in _machinetype_sections(raw, findings).items():
         options: dict[str, OptionSource] = dict(raw.defaults)
-        own: set[str] = set()
-        for section in sections:
-            options.update(raw.sections[section])
-            own.update(raw.sections[section])
-        label = sections[-1]
-        reader = SectionReader(label, options, frozenset(own), raw.headers[label], findings)
-        own_options[name] = frozenset(own)
+        options.update(raw.sections[section])
+        own = frozenset(raw.sections[section])
+        reader = SectionReader(section, options, own, raw.headers[section], findings)
+        own_options[name] = own
         if not MACHINETYPE_NAME.fullmatch(name):
             reader.problem(None, f"machinetype names may use only a-z, 0-9 and -, got {name!r}"
                            if name else "needs a name: [machinetype NAME]")
@@ -560,13 +727,25 @@ def _check_legacy_sections(raw: RawConfig, own_options: Mapping[str, frozenset[s
 
 
 def _warn_unknown_sections(raw: RawConfig, findings: Findings) -> None:
+    """Sections Vac 03 never read: warnings, and loud ones where the name looks like one it did."""
     known_kinds = ("machinetype", "vmtype", "vacuum_pipe")
     for section in raw.sections:
-        if section == "settings" or section in _LEGACY_SECTIONS or section.partition(" ")[0] in known_kinds:
+        if section == "settings" or section in _LEGACY_SECTIONS or section_kind(section)[0] in known_kinds:
             continue
-        if section.strip().lower() == "settings":
-            continue  # reported as the missing [settings]
-        findings.warnings.append(str(_problem(raw.headers[section], section, None, "unknown section, ignored")))
+        where = raw.headers[section]
+        if ascii_lower(section.strip()) == "settings":
+            if "settings" not in raw.sections:
+                continue  # reported as the missing [settings]
+            reason = ("IGNORED: Vac 03 read only [settings] in lower case, so none of the options here took "
+                      "effect; vacd ignores them too: move them into [settings] or delete this section")
+        elif ascii_lower(section.strip()) == "default":
+            reason = ("IGNORED: only [DEFAULT] in capitals gives every section its options (Vac 03 and vacd "
+                      "alike); these options apply nowhere")
+        elif ascii_lower(section.strip()) in _LEGACY_SECTIONS:
+            reason = f"ignored: Vac 03 looked only for [{ascii_lower(section.strip())}] in lower case"
+        else:
+            reason = "unknown section, ignored"
+        findings.warnings.append(str(_problem(where, section, None, reason)))
 
 
 def parse_config(sources: Sequence[tuple[str, str]], *, host_fqdn: str, host_cpu_count: int,
@@ -575,7 +754,8 @@ def parse_config(sources: Sequence[tuple[str, str]], *, host_fqdn: str, host_cpu
 
     Args:
         sources: (path, text) pairs in precedence order; the later wins per (section, option).
-        host_fqdn: this host's fully qualified name (default of factory_name).
+        host_fqdn: this host's name as Vac 03 took it, os.uname()[1] (default of factory_name;
+            vacd.config.host_name()). Vac required a dot in it and used it as written.
         host_cpu_count: this host's processor count (default of host_processors).
         paths: the file layout (default machinetype_path, root_public_key).
     Returns:
@@ -590,9 +770,16 @@ def parse_config(sources: Sequence[tuple[str, str]], *, host_fqdn: str, host_cpu
     machinetypes, own_options = _read_machinetypes(raw, settings, paths, findings)
     pipes = []
     for section in raw.sections:
-        kind, _, prefix = section.partition(" ")
+        kind, prefix = section_kind(section)
         if kind == "vacuum_pipe":
-            pipe = _read_pipe(section, prefix.strip(), raw, settings, paths, findings)
+            if _pipe_prefixes(raw)[prefix] != section:
+                first = raw.headers[_pipe_prefixes(raw)[prefix]]
+                findings.problems.append(_problem(
+                    raw.headers[section], section, None,
+                    f"a second section for pipe {prefix} (the first is at {first.path}:{first.line}): Vac 03 read "
+                    "the pipe once per section; use one [vacuum_pipe PREFIX] section"))
+                continue
+            pipe = _read_pipe(section, prefix, raw, settings, paths, findings)
             if pipe is not None:
                 pipes.append(pipe)
     _check_legacy_sections(raw, own_options, findings)

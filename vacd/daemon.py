@@ -26,7 +26,6 @@ import fcntl
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, TextIO
 
 from vacd import MANAGER_VERSION, VERSION
-from vacd.config import Config, Machinetype, Settings, effective_config_text, load_config
+from vacd.config import Config, Machinetype, Settings, effective_config_text, host_name, load_config
 from vacd.errors import ConfigErrors, VacError, VacqueryError
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
@@ -737,7 +736,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return check_config(paths, logs_to_stderr=arguments.stderr)
     if arguments.check_host:
         return check_host_command(paths)
-    host_fqdn, host_cpu_count = socket.getfqdn(), os.cpu_count() or 1
+    host_fqdn, host_cpu_count = host_name(), os.cpu_count() or 1
     try:
         config = load_config(paths, host_fqdn=host_fqdn, host_cpu_count=host_cpu_count)
     except ConfigErrors as errors:

