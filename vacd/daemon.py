@@ -248,7 +248,10 @@ class Daemon:
         domain_type, reason = decide_domain_type(settings.hypervisor)
         log.info("starting %s factory=%s space=%s slots=%d domain_type=%s (%s)", MANAGER_VERSION,
                  settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
-        self._ensure_network(settings)
+        # Before the network, interfaces, /etc/hosts or domains are touched (issue 10 item 2): a
+        # Vac 03 still running holds these ports, and vacd must stop with the host as it found it.
+        self._refuse_busy_ports(settings)
+        self._ensure_network_at_start(settings)
         warn_if_factory_renamed(self.paths, settings.factory_name)
         backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                                  tmp_dir=self.paths.tmp_dir)
@@ -312,16 +315,39 @@ class Daemon:
             self.notifier.close()
         return 0
 
-    def _ensure_network(self, settings: Settings) -> bool:
-        """Check the guest network as Vac did each cycle (§1.3 step 8); False if it is unusable."""
-        return self._network_problem(settings) is None
+    def _refuse_busy_ports(self, settings: Settings) -> None:
+        """Stop start-up, naming each port and its holder, if any port vacd listens on is taken."""
+        from vacd.hostports import busy_ports
+
+        problems = busy_ports(settings)
+        if problems:
+            raise StartupError("; ".join(problems) + " (vacd stopped before touching the guest network, "
+                               "/etc/hosts or any domain)")
+
+    def _ensure_network_at_start(self, settings: Settings) -> None:
+        """Make the guest network as wanted, replacing it only if no guest is on it.
+
+        Raises:
+            StartupError: it must be replaced to serve the slots and guests are on it
+                (vacd.network.NetworkRefused): the message says why and what to do.
+        """
+        from vacd.network import NetworkRefused, ensure_network
+
+        try:
+            ensure_network(settings.libvirt_uri, self.paths, settings, may_replace=True)
+        except NetworkRefused as error:
+            raise StartupError(str(error)) from error
+        except VacError as error:
+            # libvirt down at boot, say: the loop retries every pass and shows the fault meanwhile.
+            log.error("guest network unusable, no machine created until it is error=%s", error)
 
     def _network_problem(self, settings: Settings) -> Optional[str]:
         """Why the guest network is unusable (after trying to make it so), or None."""
         from vacd.network import ensure_network
 
         try:
-            ensure_network(settings.libvirt_uri, self.paths, settings)
+            # Not replaced in a pass while it still serves the slots: a creation may be under way.
+            ensure_network(settings.libvirt_uri, self.paths, settings, may_replace=False)
         except VacError as error:
             log.error("guest network unusable, no machine created this pass error=%s", error)
             return f"guest network unusable: {error}"

@@ -5,10 +5,18 @@ Rules (behaviour reference §1.9, acceptance 8):
   static DHCP `<host mac name ip>` entry for every slot 0..num_slots-1 (`vacd.slots`), no
   DHCP range, dnsmasq option `no-ping` (else every lease waits 3 s for a ping that never
   answers; test-guest notes), `<forward mode='nat'>` with `dev` if `forward_dev` is set.
-- It is defined if missing and replaced (destroy, undefine, define) only if its address,
-  forwarding, dnsmasq options or host entries differ from what is wanted; it is never
-  duplicated; it is started if inactive and set to autostart. Several factories on one
-  host (tests) share it.
+- It is defined if missing; it is never duplicated; it is started if inactive and set to
+  autostart. Several factories on one host (tests) share it.
+- A running guest is never cut off (issue 10 item 2). DHCP host changes (a slot's entry
+  missing, or with another name or address) are made with libvirt's live network update,
+  never by replacing the network; an entry the slots do not use (Vac 03 had 100) is left
+  unless it takes a slot's name or address. What only a new definition can change (its
+  address, forwarding, DHCP range, dnsmasq options, a transient network) is changed by
+  replacing it (destroy, undefine, define) only when no running domain is attached to it,
+  and only at vacd's start, before any creation is under way, unless the network cannot
+  serve the slots at all. With guests on it, the network is kept and vacd says why and
+  what to do; if it still gives every slot its address, vacd continues with it (the
+  replacement waits for a start with no guest on it), else NetworkRefused stops vacd.
 - 169.254.169.254/32, the metadata address, is put on the network's bridge with pyroute2,
   idempotently. Vac 03 used a `dummy0` interface (§1.9), but some kernels have no dummy
   interfaces (CONFIG_DUMMY unset) and the bridge works everywhere.
@@ -56,6 +64,10 @@ class NetworkError(VacError):
         super().__init__(f"{operation}: {reason}")
 
 
+class NetworkRefused(NetworkError):
+    """The network must be replaced to serve the slots, but running guests are on it."""
+
+
 @dataclass(frozen=True)
 class DhcpHost:
     mac_address: str  # lower case, as libvirt reports it
@@ -78,10 +90,49 @@ class NetworkFacts:
 
 @dataclass(frozen=True)
 class GuestNetwork:
-    """The guest network as ensured: its libvirt name and the host bridge carrying it."""
+    """The guest network as ensured: its libvirt name and the host bridge carrying it.
+
+    `kept_differences` are the differences from the wanted network left in place because
+    guests are on it (or a pass is no time to replace it); empty when it is as wanted.
+    """
 
     name: str
     bridge: str
+    kept_differences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostChanges:
+    """The DHCP host edits that make a network's entries serve the slots, in the order to apply.
+
+    `delete`: entries of other MACs holding a slot's name or address (they would refuse the
+    slot's entry); `modify`: a slot's MAC with another name or address (the wanted entry);
+    `add`: slots with no entry.
+    """
+
+    delete: tuple[DhcpHost, ...] = ()
+    modify: tuple[DhcpHost, ...] = ()
+    add: tuple[DhcpHost, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.delete or self.modify or self.add)
+
+    def describe(self) -> str:
+        return f"{len(self.add)} to add, {len(self.modify)} to change, {len(self.delete)} conflicting to delete"
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """How to bring an existing network to the wanted one (pure: from the two definitions).
+
+    `replace_reasons` say what only a new definition can change (empty: live edits do);
+    `usable` says whether the existing network, with the host changes made, still gives
+    every slot its address and the bridge its .253 gateway address.
+    """
+
+    host_changes: HostChanges
+    replace_reasons: tuple[str, ...]
+    usable: bool
 
 
 def dhcp_host_name(machine_name: str) -> str:
@@ -174,19 +225,112 @@ def network_facts(xml_text: str) -> NetworkFacts:
     )
 
 
+def _address_order(host: DhcpHost) -> tuple[int, str]:
+    try:
+        return (int(ipaddress.IPv4Address(host.ip_address)), host.mac_address)
+    except ValueError:
+        return (-1, host.mac_address)
+
+
+def dhcp_host_changes(existing: frozenset[DhcpHost], wanted: frozenset[DhcpHost]) -> HostChanges:
+    """The live edits that give every wanted host its entry; entries nobody wants are left alone."""
+    existing_by_mac = {host.mac_address: host for host in existing}
+    wanted_macs = {host.mac_address for host in wanted}
+    wanted_addresses = {host.ip_address for host in wanted}
+    wanted_names = {host.name for host in wanted}
+    delete = [host for host in existing if host.mac_address not in wanted_macs
+              and (host.ip_address in wanted_addresses or host.name in wanted_names)]
+    modify = [host for host in wanted
+              if host.mac_address in existing_by_mac and existing_by_mac[host.mac_address] != host]
+    add = [host for host in wanted if host.mac_address not in existing_by_mac]
+    return HostChanges(tuple(sorted(delete, key=_address_order)), tuple(sorted(modify, key=_address_order)),
+                       tuple(sorted(add, key=_address_order)))
+
+
+def _replace_reasons(existing: NetworkFacts, wanted: NetworkFacts) -> list[str]:
+    """What differs that libvirt cannot change on a running network, as an admin reads it."""
+    reasons = []
+    if existing.interface != wanted.interface:
+        reasons.append(f"bridge address {existing.interface or 'none'}, wanted {wanted.interface}")
+    if existing.forward_mode != wanted.forward_mode:
+        reasons.append(f"forward mode {existing.forward_mode or 'none (isolated)'}, wanted {wanted.forward_mode}")
+    if existing.forward_dev != wanted.forward_dev:
+        reasons.append(f"forward dev {existing.forward_dev or 'none'}, wanted {wanted.forward_dev or 'none'} "
+                       "(forward_dev in [settings])")
+    if existing.has_dhcp_range != wanted.has_dhcp_range:
+        reasons.append("a DHCP range (vacd wants static hosts only)" if existing.has_dhcp_range
+                       else "a DHCP range wanted")
+    for option in sorted(wanted.dnsmasq_options - existing.dnsmasq_options):
+        reasons.append(f"dnsmasq option {option} missing")
+    for option in sorted(existing.dnsmasq_options - wanted.dnsmasq_options):
+        reasons.append(f"dnsmasq option {option} not wanted")
+    return reasons
+
+
+def plan_network_change(existing_xml: str, wanted_xml: str, *, persistent: bool = True) -> NetworkPlan:
+    """What it takes to make the existing network the wanted one (pure)."""
+    existing, wanted = network_facts(existing_xml), network_facts(wanted_xml)
+    reasons = _replace_reasons(existing, wanted)
+    if not persistent:
+        reasons.append("transient (not defined, so it would not come back after a reboot)")
+    # A bridge on another subnet cannot hold the slots' addresses, whatever its host entries say.
+    usable = existing.interface == wanted.interface
+    return NetworkPlan(dhcp_host_changes(existing.hosts, wanted.hosts), tuple(reasons), usable)
+
+
 def network_differences(existing_xml: str, wanted_xml: str) -> list[str]:
     """What differs between an existing network and the wanted one; empty if it will do."""
-    existing, wanted = network_facts(existing_xml), network_facts(wanted_xml)
-    differences = []
-    for field in ("forward_mode", "forward_dev", "interface", "has_dhcp_range", "dnsmasq_options"):
-        if getattr(existing, field) != getattr(wanted, field):
-            differences.append(f"{field}: {getattr(existing, field)} != {getattr(wanted, field)}")
-    if existing.hosts != wanted.hosts:
-        differences.append(
-            f"dhcp hosts: {len(existing.hosts - wanted.hosts)} unwanted, "
-            f"{len(wanted.hosts - existing.hosts)} missing"
-        )
+    plan = plan_network_change(existing_xml, wanted_xml)
+    differences = list(plan.replace_reasons)
+    if plan.host_changes:
+        differences.append(f"dhcp hosts: {plan.host_changes.describe()}")
     return differences
+
+
+def guests_on_network(connection: libvirt.virConnect, network_name: str, bridge: Optional[str]) -> list[str]:
+    """Names of the running domains with an interface on the network (or on its bridge), sorted."""
+    names = []
+    for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        try:
+            description = ElementTree.fromstring(domain.XMLDesc(0))
+        except libvirt.libvirtError:
+            continue  # gone between the listing and the look: not on the network any more
+        for interface in description.findall("devices/interface"):
+            source = interface.find("source")
+            if source is None:
+                continue
+            if source.get("network") == network_name or (bridge and source.get("bridge") == bridge):
+                names.append(domain.name())
+                break
+    return sorted(names)
+
+
+def _host_xml(host: DhcpHost) -> str:
+    element = ElementTree.Element("host", mac=host.mac_address, name=host.name, ip=host.ip_address)
+    return ElementTree.tostring(element, encoding="unicode")
+
+
+def apply_host_changes(network: libvirt.virNetwork, changes: HostChanges) -> None:
+    """Make the DHCP host edits with libvirt's live update: dnsmasq re-reads its hosts, guests stay on.
+
+    Raises:
+        libvirt.libvirtError: libvirt refused an edit (the ones before it are made).
+    """
+    if not changes:
+        return
+    if network.isActive():
+        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+        if network.isPersistent():
+            flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    else:
+        flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    section = libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST
+    for command, hosts in ((libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, changes.delete),
+                           (libvirt.VIR_NETWORK_UPDATE_COMMAND_MODIFY, changes.modify),
+                           (libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, changes.add)):
+        for host in hosts:
+            network.update(command, section, -1, _host_xml(host), flags)
+    log.info("updated network hosts live name=%s %s", network.name(), changes.describe())
 
 
 def ensure_libvirt_network(
@@ -196,34 +340,59 @@ def ensure_libvirt_network(
     num_slots: int,
     forward_dev: Optional[str] = None,
     dnsmasq_options: tuple[str, ...] = DNSMASQ_OPTIONS,
+    may_replace: bool = True,
 ) -> GuestNetwork:
     """Define, fix, start and autostart the vac network; return it with its bridge name.
 
     `dnsmasq_options` is for libvirt drivers without dnsmasq (the test driver drops them).
+    `may_replace=False` (a pass, with creations perhaps under way) keeps a network that
+    differs but still serves the slots, for the next start to replace.
 
     Raises:
+        NetworkRefused: it cannot serve the slots and guests are on it (nothing was changed).
         NetworkError: libvirt refused a step (raised from the libvirtError).
     """
     wanted_xml = network_xml(factory_name, num_slots, forward_dev, dnsmasq_options)
     operation = "look up network"
     try:
         network = _lookup_network(connection)
+        kept_differences: tuple[str, ...] = ()
         if network is not None:
             operation = "read network"
-            differences = network_differences(network.XMLDesc(0), wanted_xml)
-            if differences or not network.isPersistent():
-                log.warning(
-                    "replacing network name=%s differences=%s persistent=%s "
-                    "(guests on it lose their connection)",
-                    NETWORK_NAME, "; ".join(differences) or "none", bool(network.isPersistent()),
-                )
-                if network.isActive():
-                    operation = "destroy network"
-                    network.destroy()
-                if network.isPersistent():
-                    operation = "undefine network"
-                    network.undefine()
-                network = None
+            plan = plan_network_change(network.XMLDesc(0), wanted_xml, persistent=bool(network.isPersistent()))
+            if plan.replace_reasons:
+                operation = "list the domains on network"
+                guests = guests_on_network(connection, NETWORK_NAME, _bridge_name(network) or None)
+                reasons = "; ".join(plan.replace_reasons)
+                if not guests and (may_replace or not plan.usable):
+                    log.warning("replacing network name=%s (no running guest is on it): %s", NETWORK_NAME, reasons)
+                    if network.isActive():
+                        operation = "destroy network"
+                        network.destroy()
+                    if network.isPersistent():
+                        operation = "undefine network"
+                        network.undefine()
+                    network = None
+                elif guests:
+                    refusal = (f"network {NETWORK_NAME} differs from what vacd wants ({reasons}); "
+                               f"{len(guests)} running guest{'s are' if len(guests) != 1 else ' is'} on it "
+                               f"({', '.join(guests)}); not replacing it while they run")
+                    if not plan.usable:
+                        raise NetworkRefused(
+                            f"keep network {NETWORK_NAME}",
+                            f"{refusal}, and it cannot give the slots their addresses: stop those guests "
+                            f"(virsh destroy NAME) or let them finish, then start vacd again, or make the "
+                            f"network's address {GATEWAY_ADDRESS}/{ipaddress.IPv4Network(GUEST_NETWORK).prefixlen}")
+                    log.log(logging.WARNING if may_replace else logging.DEBUG,
+                            "%s; vacd continues with the existing network and replaces it at a start when no "
+                            "guest is on it (or stop the guests and restart vacd)", refusal)
+                    kept_differences = plan.replace_reasons
+                else:
+                    log.debug("network name=%s differs (%s); replaced at the next start", NETWORK_NAME, reasons)
+                    kept_differences = plan.replace_reasons
+            if network is not None and plan.host_changes:
+                operation = "update network hosts"
+                apply_host_changes(network, plan.host_changes)
         if network is None:
             operation = "define network"
             network = connection.networkDefineXML(wanted_xml)
@@ -232,14 +401,24 @@ def ensure_libvirt_network(
         if not network.isActive():
             operation = "start network"
             network.create()
-            log.info("started network name=%s bridge=%s", NETWORK_NAME, network.bridgeName())
-        if not network.autostart():
+            log.info("started network name=%s bridge=%s", NETWORK_NAME, _bridge_name(network))
+        if network.isPersistent() and not network.autostart():
             operation = "set network autostart"
             network.setAutostart(1)
         operation = "read network bridge"
-        return GuestNetwork(NETWORK_NAME, network.bridgeName())
+        return GuestNetwork(NETWORK_NAME, _bridge_name(network), kept_differences)
     except libvirt.libvirtError as error:
         raise NetworkError(f"{operation} {NETWORK_NAME}", str(error)) from error
+
+
+def _bridge_name(network: libvirt.virNetwork) -> str:
+    """The network's bridge as its definition names it ("" if none: the test driver names none itself).
+
+    Raises:
+        libvirt.libvirtError: the network could not be read.
+    """
+    bridge = ElementTree.fromstring(network.XMLDesc(0)).find("bridge")
+    return "" if bridge is None else bridge.get("name") or ""
 
 
 def _lookup_network(connection: libvirt.virConnect) -> Optional[libvirt.virNetwork]:
@@ -318,10 +497,12 @@ def ensure_guest_network(
     factory_name: str,
     num_slots: int,
     forward_dev: Optional[str] = None,
+    may_replace: bool = True,
 ) -> GuestNetwork:
     """Everything §1.9 asks for: the network, the metadata address on its bridge, /etc/hosts.
 
     Raises:
+        NetworkRefused: the network must be replaced and guests are on it; nothing was changed.
         NetworkError: any step failed (the caller skips creations this pass and retries).
     """
     # libvirt's default handler prints every error to stderr; ours arrive as exceptions.
@@ -338,6 +519,7 @@ def ensure_guest_network(
             forward_dev=forward_dev,
             # The test driver keeps no dnsmasq options: asking for them would replace its network each pass.
             dnsmasq_options=() if uses_test_driver(libvirt_uri) else DNSMASQ_OPTIONS,
+            may_replace=may_replace,
         )
     finally:
         connection.close()
@@ -357,11 +539,12 @@ def _ignore_libvirt_error(context: object, error: object) -> None:
     """Error handler that leaves reporting to the exception raised by the failing call."""
 
 
-def ensure_network(libvirt_uri: str, paths: Paths, settings: Settings) -> GuestNetwork:
+def ensure_network(libvirt_uri: str, paths: Paths, settings: Settings, *, may_replace: bool = True) -> GuestNetwork:
     """`ensure_guest_network` for this factory's settings (one DHCP entry per machine slot).
 
-    Call it at startup and at each pass before creating machines (§1.3 step 8 checked the
-    network every cycle): it is cheap when nothing needs doing.
+    Call it at startup (may_replace=True) and at each pass before creating machines
+    (may_replace=False; §1.3 step 8 checked the network every cycle): it is cheap when
+    nothing needs doing.
     """
     return ensure_guest_network(
         libvirt_uri,
@@ -369,4 +552,5 @@ def ensure_network(libvirt_uri: str, paths: Paths, settings: Settings) -> GuestN
         factory_name=settings.factory_name,
         num_slots=settings.num_machine_slots,
         forward_dev=settings.forward_dev,
+        may_replace=may_replace,
     )

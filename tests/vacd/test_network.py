@@ -14,13 +14,16 @@ import pytest
 from vacd.network import (
     DNSMASQ_NAMESPACE,
     NETWORK_NAME,
+    DhcpHost,
     NetworkError,
+    dhcp_host_changes,
     ensure_hosts_entries,
     ensure_interface_address,
     ensure_libvirt_network,
     hosts_lines,
     network_differences,
     network_xml,
+    plan_network_change,
 )
 from vacd.paths import Paths
 
@@ -79,12 +82,45 @@ def test_network_with_same_facts_needs_no_change() -> None:
 def test_network_with_other_address_or_hosts_or_forward_dev_differs() -> None:
     wanted = network_xml(FACTORY, 8)
     other_address = wanted.replace("169.254.169.253", "192.168.122.1")
-    assert any("interface" in d for d in network_differences(other_address, wanted))
-    assert any("dhcp hosts" in d for d in network_differences(network_xml(FACTORY, 4), wanted))
-    assert any("dhcp hosts" in d for d in network_differences(network_xml("f2.example.com", 8), wanted))
-    assert any("forward_dev" in d for d in network_differences(network_xml(FACTORY, 8, "eth1"), wanted))
+    assert "bridge address 192.168.122.1/16, wanted 169.254.169.253/16" in network_differences(other_address, wanted)
+    assert "dhcp hosts: 4 to add, 0 to change, 0 conflicting to delete" in network_differences(
+        network_xml(FACTORY, 4), wanted)
+    assert "dhcp hosts: 0 to add, 8 to change, 0 conflicting to delete" in network_differences(
+        network_xml("f2.example.com", 8), wanted)
+    assert any("forward dev eth1" in d for d in network_differences(network_xml(FACTORY, 8, "eth1"), wanted))
     no_ping_missing = wanted.replace("no-ping", "log-dhcp")
-    assert any("dnsmasq_options" in d for d in network_differences(no_ping_missing, wanted))
+    assert network_differences(no_ping_missing, wanted) == [
+        "dnsmasq option no-ping missing", "dnsmasq option log-dhcp not wanted"]
+
+
+def test_host_entries_beyond_the_slots_are_left_alone() -> None:
+    # Vac 03 defined 100 entries; a factory with 8 slots wants 8 of them, and the rest harm nobody.
+    assert network_differences(network_xml(FACTORY, 100), network_xml(FACTORY, 8)) == []
+
+
+def test_host_changes_are_live_edits_and_everything_else_needs_a_new_definition() -> None:
+    wanted = network_xml(FACTORY, 3)
+    plan = plan_network_change(network_xml(FACTORY, 1), wanted)
+    assert plan.replace_reasons == () and plan.usable
+    assert [host.name for host in plan.host_changes.add] == ["f1-01", "f1-02"]
+    no_ping_missing = plan_network_change(network_xml(FACTORY, 3, dnsmasq_options=()), wanted)
+    assert no_ping_missing.replace_reasons == ("dnsmasq option no-ping missing",) and no_ping_missing.usable
+    other_address = plan_network_change(wanted.replace("169.254.169.253", "10.99.0.1"), wanted)
+    assert not other_address.usable
+    transient = plan_network_change(wanted, wanted, persistent=False)
+    assert transient.replace_reasons == ("transient (not defined, so it would not come back after a reboot)",)
+
+
+def test_a_slot_entry_with_another_name_is_modified_and_one_taking_a_slot_address_is_deleted() -> None:
+    wanted = frozenset({DhcpHost("56:4d:a9:fe:a9:00", "f1-00", "169.254.169.0"),
+                        DhcpHost("56:4d:a9:fe:a9:01", "f1-01", "169.254.169.1")})
+    vac03_name = DhcpHost("56:4d:a9:fe:a9:00", "f1-00.example.com", "169.254.169.0")
+    squatter = DhcpHost("52:54:00:12:34:56", "other", "169.254.169.1")
+    harmless = DhcpHost("56:4d:a9:fe:a9:63", "f1-99.example.com", "169.254.169.99")
+    changes = dhcp_host_changes(frozenset({vac03_name, squatter, harmless}), wanted)
+    assert changes.modify == (DhcpHost("56:4d:a9:fe:a9:00", "f1-00", "169.254.169.0"),)
+    assert changes.delete == (squatter,)
+    assert changes.add == (DhcpHost("56:4d:a9:fe:a9:01", "f1-01", "169.254.169.1"),)
 
 
 def test_libvirt_mac_case_and_prefix_form_do_not_count_as_differences() -> None:
@@ -128,11 +164,13 @@ def test_network_with_a_different_address_is_replaced(connection: libvirt.virCon
 
 
 @pytest.mark.libvirt_test_driver
-def test_network_missing_host_entries_is_replaced(connection: libvirt.virConnect) -> None:
-    connection.networkDefineXML(network_xml(FACTORY, 2, dnsmasq_options=()))
+def test_network_missing_host_entries_gets_them_live_not_replaced(connection: libvirt.virConnect) -> None:
+    old = connection.networkDefineXML(network_xml(FACTORY, 2, dnsmasq_options=()))
+    old.create()
     ensure_libvirt_network(connection, factory_name=FACTORY, num_slots=6, dnsmasq_options=())
-    xml = connection.networkLookupByName(NETWORK_NAME).XMLDesc(0)
-    assert len(ElementTree.fromstring(xml).findall("ip/dhcp/host")) == 6
+    network = connection.networkLookupByName(NETWORK_NAME)
+    assert network.UUIDString() == old.UUIDString() and network.isActive()
+    assert len(ElementTree.fromstring(network.XMLDesc(0)).findall("ip/dhcp/host")) == 6
 
 
 @pytest.mark.libvirt_test_driver
