@@ -316,10 +316,15 @@ class Daemon:
         return 0
 
     def _refuse_busy_ports(self, settings: Settings) -> None:
-        """Stop start-up, naming each port and its holder, if any port vacd listens on is taken."""
+        """Stop start-up, naming each port and its holder, if any port vacd listens on is taken.
+
+        A Vac 03 daemon still running is refused too, whatever its ports: two factories on one
+        state directory destroy each other's machines as zombies (issue 10 item 1).
+        """
+        from vacd.hostcheck import vac03_daemons_running
         from vacd.hostports import busy_ports
 
-        problems = busy_ports(settings)
+        problems = vac03_daemons_running(self.paths) + busy_ports(settings)
         if problems:
             raise StartupError("; ".join(problems) + " (vacd stopped before touching the guest network, "
                                "/etc/hosts or any domain)")

@@ -5,7 +5,8 @@ fails its start with a message naming the file or the port, instead of a daemon 
 at start-up and is restarted every 10 seconds (issue 12 item 2). Checked:
 
 * every `vacquery_key_file` can be read and holds a usable key (what the responder loads);
-* the VacQuery UDP port and the `metrics_address` TCP port can be bound now;
+* every port vacd listens on is free now (vacd.hostports.busy_ports: VacQuery, the guest
+  API's metadata and MJF ports, `metrics_address`), each taken one named with its holder;
 * the log file can be written, when vacd logs to it;
 * Vac 03's default volume group `vac_volume_group` is on this host: Vac 03 put every
   machine's disk in it without being told to, and this version makes no logical volumes
@@ -13,10 +14,8 @@ at start-up and is restarted every 10 seconds (issue 12 item 2). Checked:
 
 A vacd already running on this state directory holds its ports: they are not probed then
 (`--check-config` before a reload must not fail because vacd is up). Run as another user
-than root, a refusal for want of privilege (a port below 1024, root's key file) is a
-warning, not an error: vacd runs as root, and the admin may only be checking the syntax.
-The guest API's port is not probed: its servers bind to the guest network's addresses,
-which may not exist yet, and retry until they can (vacd/guestapi/server.py).
+than root, a refusal for want of privilege (a port below 1024 nobody holds, root's key
+file) is not an error: vacd runs as root, and the admin may only be checking the syntax.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -84,39 +82,6 @@ def check_key_files(settings: Settings, findings: StartupFindings) -> None:
                 findings.errors.append(message)
 
 
-def check_vacquery_port(settings: Settings, findings: StartupFindings) -> None:
-    from vacquery.transport import open_responder_socket
-
-    try:
-        open_responder_socket(settings.vacquery_bind_address, settings.vacquery_port, None).close()
-    except OSError as error:
-        findings.add(f"cannot listen for VacQuery on {settings.vacquery_bind_address} port {settings.vacquery_port}: "
-                     f"{error.strerror or error} (vacquery_bind_address, vacquery_port in [settings])", error)
-
-
-def check_metrics_address(settings: Settings, findings: StartupFindings) -> None:
-    if not settings.metrics_address:
-        return
-    from vacd.metrics import parse_listen_address
-
-    try:
-        host, port = parse_listen_address(settings.metrics_address)
-    except ValueError as error:
-        findings.errors.append(str(error))
-        return
-    # As the metrics server binds: SO_REUSEADDR, so a socket in TIME_WAIT does not count.
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
-        probe.listen(1)
-    except OSError as error:
-        findings.add(f"cannot serve metrics on {settings.metrics_address}: {error.strerror or error} "
-                     f"(metrics_address in [settings])", error)
-    finally:
-        probe.close()
-
-
 def check_log_file(paths: Paths, settings: Settings, logs_to_stderr: bool, findings: StartupFindings) -> None:
     if logs_to_stderr or settings.log_destination != "file":
         return
@@ -152,8 +117,10 @@ def startup_findings(paths: Paths, settings: Settings, *, logs_to_stderr: bool) 
     if holder is not None:
         findings.warnings.append(f"ports not probed: vacd (pid {holder}) is running and holds them")
     else:
-        check_vacquery_port(settings, findings)
-        check_metrics_address(settings, findings)
+        from vacd.hostports import busy_ports
+
+        # The same probe vacd's start makes before it changes the host (vacd/hostports.py).
+        findings.errors.extend(busy_ports(settings))
     check_log_file(paths, settings, logs_to_stderr, findings)
     check_vac03_volume_group(paths, findings)
     return findings

@@ -57,3 +57,27 @@ def test_a_taken_responder_port_stops_vacd_before_the_network_hosts_or_domains_a
     assert not (tmp_path / "etc" / "hosts").exists()
     statuses = [fields["STATUS"] for _, fields in listener.messages if "STATUS" in fields]
     assert statuses and statuses[-1].startswith("not started: ") and named in statuses[-1]
+
+
+@pytest.mark.allow_commands(sys.executable, "sleep")
+def test_a_running_vac03_factory_stops_vacd_before_anything_is_touched(tmp_path: Path) -> None:
+    from tests.vac03tree import write_vac03_daemon_files
+
+    vac03_factory = subprocess.Popen(["sleep", "60"])
+    paths = Paths(tmp_path)
+    paths.config_file.parent.mkdir(parents=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    paths.config_file.write_text(SETTINGS + f"vacquery_port = {free}\n")
+    write_vac03_daemon_files(paths.state_dir, pid=vac03_factory.pid)
+    try:
+        result = subprocess.run([sys.executable, "-m", "vacd.daemon", "--prefix", str(tmp_path), "--stderr"],
+                                capture_output=True, text=True, cwd=REPOSITORY, timeout=60)
+    finally:
+        vac03_factory.kill()
+        vac03_factory.wait()
+    assert result.returncode == 1, result.stderr
+    assert f"Vac 03's vacd-factory runs as pid {vac03_factory.pid}" in result.stderr
+    assert "vacd.network" not in result.stderr
+    assert not (tmp_path / "etc" / "hosts").exists()
