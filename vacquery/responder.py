@@ -215,12 +215,15 @@ def respond(
     budget: Optional[ReplyBudget] = None,
     trusted_sources: AbstractSet[str] = frozenset(),
     counters: Optional[Counter[str]] = None,
+    trust_loopback: bool = True,
 ) -> list[bytes]:
     """The datagrams that answer `request` from `source` (a host address), possibly none.
 
     Pass an `EncodedSnapshot` (from `codec.encode_snapshot`, once per published snapshot)
     to answer without re-encoding. Drops are counted in `counters` by reason; an answer
-    cut short is counted as `answered` and `replies_capped`.
+    cut short is counted as `answered` and `replies_capped`. `trust_loopback=False` treats
+    loopback sources like any other (benchmarks and tests measure unlisted sources on
+    loopback with it).
     """
     tally: Counter[str] = counters if counters is not None else Counter()
     request_bytes = len(request)
@@ -266,7 +269,7 @@ def respond(
         tag_bytes = len(authenticator.sign(b'{"": 0}', now, Scope.reply_in(encoded.space))) - len(b'{"": 0}')
     wanted = sum(len(reply) for reply in unsigned) + tag_bytes * len(unsigned)
     # In required mode verify() has already refused unauthenticated requests (rule 2).
-    is_listed = is_authenticated or source in trusted_sources or is_loopback(source)
+    is_listed = is_authenticated or source in trusted_sources or (trust_loopback and is_loopback(source))
     reason = LimitReason.BUDGET
     if is_authenticated:
         limit = float(min(wanted, AUTHENTICATED_MAX_REPLY_BYTES_PER_REQUEST))
