@@ -26,7 +26,7 @@ by who is asking:
       at most UNAUTHENTICATED_AMPLIFICATION_RATIO (1) x the request's bytes, cut at whole
       datagrams, so the reply is never larger than the query. Vac 03's 223-byte query
       fits no status; our 880-byte padded one fits one machine or machinetype status
-      (a factory_status, about 1.1 KB, fits none);
+      (a factory_status, about 1.2 KB, fits none);
    b. from a listed factory (`trusted_sources`), or from a loopback address (which only
       this host can send from: the kernel drops loopback sources arriving from a
       network): answered in full, so Vac 03 peers and Vac 03's `vac` on a factory keep
@@ -84,9 +84,10 @@ UNAUTHENTICATED_AMPLIFICATION_RATIO = 1
 # MAX_EXPECTED_PER_FACTORY statuses, each well under 1 KiB).
 AUTHENTICATED_MAX_REPLY_BYTES_PER_REQUEST = 4 * 1024 * 1024
 # Rule 3c. The burst holds a full unsigned machines answer of a 256-slot factory (~200 KB;
-# a 64-slot one is 49 KB), so Vac 03's `vac machines` on a listed factory is answered in
-# full; the rate is 16 times what a census of a 30-machinetype factory each 10 s draws
-# (~5 KB a pass), and lets `vac machines` of a 64-slot factory run again every 6 s.
+# a 64-slot one is 52 KB), so Vac 03's `vac machines` on a listed factory is answered in
+# full; the rate is about 10 times what a peer's census draws from a 30-machinetype
+# factory at the default cycle_seconds (30 x ~800 bytes each 30 s), and lets `vac
+# machines` of a 64-slot factory run again every 6 s.
 PER_SOURCE_BURST_BYTES = 256 * 1024
 PER_SOURCE_BYTES_PER_SECOND = 8 * 1024
 TOTAL_BURST_BYTES = 8 * 1024 * 1024
@@ -95,6 +96,12 @@ TOTAL_BYTES_PER_SECOND = 2 * 1024 * 1024
 # sources a interval in all (a spray of spoofed sources must not fill the log).
 LIMIT_LOG_INTERVAL_SECONDS = 600.0
 LIMIT_LOG_LINES = 20
+
+
+_LIMIT_HINTS = {
+    LimitReason.UNLISTED: "an admin host is answered in full if vac there signs with the site key, vacquery_key_file",
+    LimitReason.BUDGET: "the source asks more than the per-source reply budget: a loop, or a forged address",
+}
 
 
 class TokenBuckets:
@@ -254,9 +261,9 @@ def respond(
     reply_type = REPLY_TYPE[query.message_type]
     bodies = encoded.bodies[query.message_type]
 
-    def datagrams(chosen: Sequence[bytes], limited: Optional[LimitReason] = None) -> list[bytes]:
-        """The stamped (and, with a key, signed) replies carrying `chosen` status bodies."""
-        replies = stamp_all(reply_type, chosen, query.cookie, time_sent, None if limited is None else limited.value)
+    def marked(chosen: Sequence[bytes], reason: LimitReason) -> list[bytes]:
+        """The replies of a limited answer carrying `chosen` status bodies: marked, and signed with a key."""
+        replies = stamp_all(reply_type, chosen, query.cookie, time_sent, reason.value)
         if authenticator is not None:
             replies = authenticator.sign_all(replies, now, Scope.reply_in(encoded.space))
         return replies
@@ -289,7 +296,7 @@ def respond(
         replies = unsigned if authenticator is None else authenticator.sign_all(unsigned, now,
                                                                                  Scope.reply_in(encoded.space))
     else:
-        replies = _limited_answer(bodies, lambda chosen: datagrams(chosen, reason), limit, source, query.cookie,
+        replies = _limited_answer(bodies, lambda chosen: marked(chosen, reason), limit, source, query.cookie,
                                   query.message_type, budget)
         charged = sum(len(reply) for reply in replies)
         statuses_sent = len(replies)
@@ -302,15 +309,15 @@ def respond(
                 replies = [notice]
         tally["replies_capped"] += 1
         if budget is None or budget.limited.should_log(source, now):
-            # A listed factory over its budget is worth a warning; an unlisted source is
-            # most often a scanner, or an admin host to let in (see docs/peers-amplification.md).
+            # A listed factory over its budget is worth a warning (looping, or its address
+            # forged); an unlisted source is most often a scanner, or an admin host to let in.
             log.log(logging.WARNING if is_listed else logging.INFO,
                     "VacQuery answer limited source=%s listed=%s query=%s reason=%s statuses_sent=%d of=%d "
-                    "bytes_in=%d bytes_out=%d (logged once per source per %.0fs; an admin host needs the site "
-                    "key, vacquery_key_file)",
+                    "bytes_in=%d bytes_out=%d (logged once per source per %.0fs; %s)",
                     source, "yes" if is_listed else "no", query.message_type.value, reason.value, statuses_sent,
                     len(bodies), request_bytes, sum(len(reply) for reply in replies),
-                    LIMIT_LOG_INTERVAL_SECONDS if budget is None else budget.limited.log_interval_seconds)
+                    LIMIT_LOG_INTERVAL_SECONDS if budget is None else budget.limited.log_interval_seconds,
+                    _LIMIT_HINTS[reason])
     if budget is not None and charged:
         if is_authenticated:
             budget.charge_authenticated(source, charged, now)

@@ -21,6 +21,8 @@ from collections import Counter
 from typing import Any, Optional
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.vacquery.loopback_responders import LoopbackResponders
 from tests.vacquery.sample_statuses import SPACE, snapshot
@@ -32,10 +34,12 @@ from vacquery.codec import (
     MalformedDatagram,
     decode_limit_notice,
     decode_reply,
+    encode_limit_notice,
     encode_query,
+    encode_reply,
     encode_snapshot,
 )
-from vacquery.messages import QUERY_CLASSES, REPLY_TYPE, LimitReason, MessageType
+from vacquery.messages import QUERY_CLASSES, REPLY_TYPE, LimitNotice, LimitReason, MessageType
 from vacquery.responder import (
     PER_SOURCE_BURST_BYTES,
     PER_SOURCE_BYTES_PER_SECOND,
@@ -307,3 +311,31 @@ def test_vac_factories_from_an_unlisted_host_says_why_it_heard_nothing() -> None
 def test_vac_machines_from_a_listed_host_prints_no_limit() -> None:
     code, out, err = listing("machines", trusted={"127.0.0.1"})
     assert (code, err) == (0, "") and len(out.splitlines()) == 1 + SLOTS
+
+
+# ---------------------------------------------------------------------- the marker and the notice on the wire
+
+
+def test_the_marker_and_the_notice_survive_encoding_and_decoding() -> None:
+    (marked,) = respond(query(MessageType.MACHINES_QUERY, QUERY_PAD_BYTES), UNLISTED, PUBLISHED, NOW)
+    reply = decode_reply(marked)
+    assert encode_reply(reply) == marked
+    notice = LimitNotice(COOKIE, SPACE, FACTORY, "budget")
+    assert decode_limit_notice(encode_limit_notice(notice)) == notice
+
+
+@given(garbage=st.binary(max_size=2000))
+def test_any_datagram_is_a_notice_or_raises_malformed(garbage: bytes) -> None:
+    try:
+        decode_limit_notice(garbage)
+    except MalformedDatagram:
+        pass
+
+
+def test_a_status_is_not_taken_for_a_notice_nor_a_notice_for_a_status() -> None:
+    (status,) = respond(query(MessageType.MACHINES_QUERY, QUERY_PAD_BYTES), UNLISTED, PUBLISHED, NOW)
+    (notice,) = respond(query(MessageType.FACTORY_QUERY, QUERY_PAD_BYTES), UNLISTED, PUBLISHED, NOW)
+    with pytest.raises(MalformedDatagram):
+        decode_limit_notice(status)
+    with pytest.raises(MalformedDatagram):
+        decode_reply(notice)
