@@ -102,7 +102,7 @@ def pure_rate(kind: str, seconds: float, with_auth: bool) -> tuple[float, int]:
 
 def _serve(port_pipe: "multiprocessing.connection.Connection", seconds: float) -> None:
     async def run() -> None:
-        # The default per-source budget (32 KiB/s) would throttle this one client to ~30 queries/s.
+        # The default per-source budget (8 KiB/s) would throttle this one client to a few queries/s.
         unlimited = ReplyBudget(TokenBuckets(1e12, 1e12), TokenBuckets(1e12, 1e12))
         protocol = ResponderProtocol(trusted_sources=frozenset(["127.0.0.1"]), budget=unlimited)
         protocol.publish(site_snapshot())

@@ -273,6 +273,7 @@ class PeerCensus:
         self._daemon_version = f"{MANAGER_VERSION} {client_name}"
         self._smoothed_rtt: Optional[float] = None
         self._silent: frozenset[str] = frozenset()
+        self._limited: dict[str, str] = {}  # peers that limited their answers to us, and why
         # Peers heard answering within the retransmission ceiling: only they get more than
         # Vac's 6 queries a census (vacquery/client.py; issue 9 item 5).
         self._fast_peers: frozenset[str] = frozenset()
@@ -360,6 +361,17 @@ class PeerCensus:
             log.info("census silent peers changed silent=%s of=%s names=%s", len(silent), len(peers),
                      ",".join(sorted(silent)[:10]))
             self._silent = silent
+        limited = dict(result.limited)
+        if limited != self._limited:
+            # A peer that does not list this factory's address answers it one status per
+            # query (vacquery/responder.py): the census then misses machinetypes.
+            if limited:
+                log.warning("peers limited their answers to this factory names=%s reasons=%s (an unlisted "
+                            "address: the peer's factories must list this factory's address, or use the site key)",
+                            ",".join(sorted(limited)[:10]), ",".join(sorted(set(limited.values()))))
+            else:
+                log.info("no peer limits its answers to this factory any more")
+            self._limited = limited
         self._set_trusted(resolved, tuple(settings.factories), self._monotonic())
         outcome = PeerCensusOutcome(result, tuple(reports_from(result)), unresolved, stale, self.trusted_hosts)
         self.last_outcome = outcome

@@ -5,7 +5,11 @@ Rules (behaviour reference §9, acceptance 45):
   census (the `vacquery.client` state machine over `vacquery.transport`) with a hard
   deadline of `-t` or `udp_timeout_seconds`; a factory's address is its configured
   `name=address`, else what DNS says. Factories that did not answer are named on stderr;
-  the exit code is 1 only when none answered.
+  the exit code is 1 only when none answered with a status.
+- A factory that limited its replies (this host is not one of its factories and did
+  not sign with the site key; or its byte budget for us is spent, vacquery/responder.py)
+  is named on stderr with its reason and how many statuses came, never left to look
+  like loss.
 - Plain output is aligned columns under a header row with human units, fitting 80
   columns; `-J` prints one JSON array of the status objects as they travel on the wire
   (every Vac 03 key, acceptance 45), for scripts. Formatting is pure (`*_table`
@@ -68,6 +72,8 @@ class Gathered:
     silent: tuple[str, ...]
     incomplete: tuple[tuple[str, int, int], ...]  # (factory, heard, expected)
     unresolved: tuple[str, ...] = ()
+    # (factory, reason, heard, expected or None): factories that said they limited their answer.
+    limited: tuple[tuple[str, str, int, Optional[int]], ...] = ()
 
 
 def canonical_factory_name(name: str, factory_name: str) -> str:
@@ -128,13 +134,31 @@ def gather(
 def _gathered(result: CensusResult) -> Gathered:
     statuses: list[Mapping[str, Any]] = []
     incomplete = []
+    limited = []
     for name in result.factories:
         replies: Sequence[Reply] = result.replies.get(name, ())
-        statuses += [json.loads(encode_reply(reply)) for reply in replies]
+        # The wire form as Vac 03 sent it: the responder's limit marker is said on stderr.
+        statuses += [json.loads(encode_reply(dataclasses.replace(reply, limited=None))) for reply in replies]
         expected = result.expected.get(name)
-        if replies and name not in result.complete and expected is not None:
+        if name in result.limited:
+            limited.append((name, result.limited[name], len(replies), expected))
+        elif replies and name not in result.complete and expected is not None:
             incomplete.append((name, len(replies), expected))
-    return Gathered(tuple(statuses), result.silent, tuple(incomplete))
+    return Gathered(tuple(statuses), result.silent, tuple(incomplete), limited=tuple(limited))
+
+
+LIMIT_EXPLANATIONS = {
+    "unlisted": "this host is not one of its factories and did not sign its queries; "
+                "set vacquery_key_file to the site key here, or run vac on a factory",
+    "budget": "its reply budget for this host is spent for now; try again in a minute",
+}
+
+
+def limited_line(name: str, reason: str, heard: int, expected: Optional[int]) -> str:
+    """The stderr line for a factory that limited its answer."""
+    of = "" if expected is None else f" of {expected}"
+    why = LIMIT_EXPLANATIONS.get(reason, f"reason {reason}")
+    return f"replies limited by {name}: {heard}{of} statuses sent ({why})"
 
 
 def run_listing(
@@ -202,7 +226,10 @@ def run_listing(
         print(f"no answer from: {' '.join(silent)}", file=err)
     for name, heard, expected in gathered.incomplete:
         print(f"incomplete answer from {name}: {heard} of {expected}", file=err)
-    if len(gathered.silent) == len(names):
-        print("no factory answered", file=err)
+    for limited in gathered.limited:
+        print(limited_line(*limited), file=err)
+    if not gathered.statuses:
+        if len(gathered.silent) == len(names):
+            print("no factory answered", file=err)
         return 1
     return 0

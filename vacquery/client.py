@@ -36,9 +36,14 @@ Changed from Vac 03:
   carry a census through 50 % loss; a dead or slow peer costs at most what Vac sent it.
   `fast_peers=None` (a one-shot census that knows nothing: the `vac` command, benches)
   treats every factory as fast;
-- queries are padded to 880 bytes, so that a responder that does not know us (no site
-  key, not one of its factories) may still answer them in full: it lets an
-  unauthenticated request draw 10 x its size (vacquery/responder.py).
+- queries are padded to 880 bytes (a signed one still fits the 1024 bytes a Vac 03
+  responder reads): a responder that does not know us (no site key, not one of its
+  factories) lets an unsigned request draw no more bytes than it carried
+  (vacquery/responder.py), which is one machine or machinetype status for a padded
+  query and none for a bare one. Such a responder marks what it sends
+  (`Reply.limited`) and rotates the statuses it picks, so asking again brings the next
+  ones; when none fits it sends a `LimitNotice`, after which the census stops asking
+  that factory. `CensusResult.limited` says which factories limited their answers.
 
 Rules: no clock, no randomness (the salt is an argument), no sockets. Names of factories
 are compared in lower case, as Vac lower-cases `factories` (§2.2).
@@ -52,7 +57,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import AbstractSet, Mapping, Optional, Sequence
 
-from vacquery.codec import QUERY_PAD_BYTES, MalformedDatagram, decode_reply, encode_query
+from vacquery.codec import QUERY_PAD_BYTES, MalformedDatagram, decode_limit_notice, decode_reply, encode_query
 from vacquery.messages import QUERY_CLASSES, REPLY_TYPE, MachineStatus, MachinetypeStatus, MessageType, Reply, Status
 
 # A peer claiming more slots or machinetypes than this is lying (Vac slots = processors).
@@ -129,6 +134,11 @@ class CensusResult:
     # certain). Neither: not heard, or not telling (a late reply just after a resend).
     answered_fast: frozenset[str] = frozenset()
     answered_slow: frozenset[str] = frozenset()
+    # Factories that said they cut their answer short, and why (a LimitReason value):
+    # marked replies, or a LimitNotice when not one status could be sent.
+    limited: Mapping[str, str] = field(default_factory=dict)
+    # Of those, the ones that sent a LimitNotice (and so were asked no more).
+    refused: frozenset[str] = frozenset()
 
     @property
     def factories(self) -> tuple[str, ...]:
@@ -136,8 +146,8 @@ class CensusResult:
 
     @property
     def silent(self) -> tuple[str, ...]:
-        """Factories from which nothing valid was heard."""
-        return tuple(name for name in self.expected if not self.replies.get(name))
+        """Factories from which nothing valid was heard (a LimitNotice is something)."""
+        return tuple(name for name in self.expected if not self.replies.get(name) and name not in self.refused)
 
     def statuses(self, factory: str) -> tuple[Status, ...]:
         return tuple(reply.status for reply in self.replies.get(factory, ()))
@@ -174,7 +184,7 @@ class _FactoryState:
     """The census's bookkeeping for one factory (mutable, private)."""
 
     __slots__ = ("name", "cookie", "query", "expected", "replies", "attempts", "first_sent", "last_sent",
-                 "is_complete", "is_known_fast", "first_reply_bounds")
+                 "is_complete", "is_known_fast", "first_reply_bounds", "limited", "is_refused")
 
     def __init__(self, name: str, cookie: str, query: bytes, is_known_fast: bool) -> None:
         self.name = name
@@ -189,6 +199,13 @@ class _FactoryState:
         self.is_known_fast = is_known_fast
         # (since the last query before it, since the first query): bounds of its response time.
         self.first_reply_bounds: Optional[tuple[float, float]] = None
+        self.limited: Optional[str] = None  # the reason the factory gave for cutting its answer
+        self.is_refused = False  # it sent a LimitNotice: asking again would bring the same
+
+    @property
+    def is_settled(self) -> bool:
+        """Nothing more to ask this factory: complete, or it said no status may be sent."""
+        return self.is_complete or self.is_refused
 
 
 class Census:
@@ -270,7 +287,7 @@ class Census:
         while timers and timers[0][0] <= now:
             _, _, name = heapq.heappop(timers)
             state = self._factories[name]
-            if state.is_complete:
+            if state.is_settled:
                 continue
             if not state.is_known_fast and state.attempts >= self.policy.max_attempts_unless_fast:
                 continue  # Vac's rounds are spent: wait for late replies until the deadline
@@ -301,7 +318,8 @@ class Census:
         try:
             reply = decode_reply(data, source)
         except MalformedDatagram:
-            self.drops["malformed"] += 1
+            if not self._took_notice(data, source):
+                self.drops["malformed"] += 1
             return
         status = reply.status
         if status.message_type is not self._reply_type:
@@ -328,11 +346,34 @@ class Census:
                 self._sample_rtt(now - state.last_sent)
         state.replies[key] = reply
         state.expected = expected_count(status)
+        if reply.limited is not None:
+            state.limited = reply.limited
         if not state.is_complete and len(state.replies) >= state.expected:
+            was_settled = state.is_settled
             state.is_complete = True
-            self._incomplete -= 1
-            if self._incomplete == 0:
-                self._finished = now
+            if not was_settled:
+                self._settled(now)
+
+    def _took_notice(self, data: bytes, source: str) -> bool:
+        """Whether `data` is a LimitNotice for this census; if so, stop asking its factory."""
+        try:
+            notice = decode_limit_notice(data, source)
+        except MalformedDatagram:
+            return False
+        state = self._factories.get(notice.factory.lower())
+        if notice.space != self.space or state is None or notice.cookie != state.cookie:
+            self.drops["stray_limit_notice"] += 1
+            return True
+        state.limited = notice.reason
+        if not state.is_settled:
+            state.is_refused = True
+            self._settled(self._now)
+        return True
+
+    def _settled(self, now: float) -> None:
+        self._incomplete -= 1
+        if self._incomplete == 0:
+            self._finished = now
 
     def _sample_rtt(self, sample: float) -> None:
         if sample < 0:
@@ -365,5 +406,7 @@ class Census:
             answered_slow=frozenset(name for name, state in self._factories.items()
                                     if state.first_reply_bounds is not None
                                     and state.first_reply_bounds[0] > self.policy.max_timeout_seconds),
+            limited={name: state.limited for name, state in self._factories.items() if state.limited is not None},
+            refused=frozenset(name for name, state in self._factories.items() if state.is_refused),
         )
 

@@ -36,6 +36,7 @@ from vacquery.messages import (
     MachineState,
     Message,
     MessageType,
+    LimitNotice,
     Query,
     Reply,
     Snapshot,
@@ -50,6 +51,12 @@ MAX_TEXT_CHARS = 255
 # the 1024 bytes a Vac 03 responder reads (§3.1).
 QUERY_PAD_BYTES = 880
 _PADDING_START = b', "padding": "'
+# The member a responder adds to each reply of an answer it cut short, and the message
+# type of the notice it sends when no status may be sent at all (vacquery.responder).
+# Vac 03's client ignores keys it does not know and message types it did not ask for.
+LIMITED_MEMBER = "replies_limited"
+LIMIT_NOTICE_TYPE = "replies_limited"
+_MAX_REASON_CHARS = 40
 # Vac's cookies are 64 hex digits (§3.2); VacMon sends "0". Anything longer is hostile.
 MAX_COOKIE_CHARS = 128
 _MAX_INT = 2**63
@@ -258,8 +265,9 @@ def encode_query(query: Query, pad_to: int = 0) -> bytes:
     """The datagram Vac 03 would send for this query, `method` included (§3.2).
 
     With `pad_to`, a `padding` member of spaces makes the datagram that many bytes long:
-    a responder lets an unauthenticated request draw only 10 x its size in replies
-    (vacquery.responder), so a padded query may be answered in full by strangers too.
+    a responder lets an unsigned request from an address it does not list draw no more
+    bytes than it carried (vacquery.responder), so a padded query draws one status where
+    a bare one draws none.
     """
     members = [f'"message_type": "{query.message_type.value}"']
     members.extend(_json_members(query, _QUERY_FIELDS))
@@ -281,15 +289,61 @@ def stamp(message_type: MessageType, body: bytes, cookie: str, time_sent: Option
     return stamp_all(message_type, (body,), cookie, time_sent)[0]
 
 
-def stamp_all(message_type: MessageType, bodies: Sequence[bytes], cookie: str, time_sent: Optional[int]) -> list[bytes]:
-    """`stamp` for every body of one answer (they share cookie and time_sent, §3.3)."""
+def stamp_all(
+    message_type: MessageType, bodies: Sequence[bytes], cookie: str, time_sent: Optional[int],
+    limited: Optional[str] = None,
+) -> list[bytes]:
+    """`stamp` for every body of one answer (they share cookie and time_sent, §3.3).
+
+    `limited` (a `LimitReason` value) marks replies of an answer that was cut short.
+    """
     head = (f'{{"message_type": "{message_type.value}", "cookie": {_json_value(cookie)}, '
-            f'"time_sent": {_json_value(time_sent)}, ').encode("ascii")
-    return [head + body + b"}" for body in bodies]
+            f'"time_sent": {_json_value(time_sent)}, ')
+    if limited is not None:
+        head += f'"{LIMITED_MEMBER}": {_json_value(limited[:_MAX_REASON_CHARS])}, '
+    head_bytes = head.encode("ascii")
+    return [head_bytes + body + b"}" for body in bodies]
 
 
 def encode_reply(reply: Reply) -> bytes:
-    return _checked(stamp(reply.message_type, encode_status_body(reply.status), reply.cookie, reply.time_sent))
+    return _checked(stamp_all(reply.message_type, (encode_status_body(reply.status),), reply.cookie,
+                              reply.time_sent, reply.limited)[0])
+
+
+def encode_limit_notice(notice: LimitNotice) -> bytes:
+    """The small datagram that says an answer was limited to nothing (see LimitNotice)."""
+    members = [f'"message_type": "{LIMIT_NOTICE_TYPE}"', f'"cookie": {_json_value(notice.cookie)}',
+               f'"space": {_json_value(notice.space)}', f'"factory": {_json_value(notice.factory)}',
+               f'"reason": {_json_value(notice.reason[:_MAX_REASON_CHARS])}']
+    return ("{" + ", ".join(members) + "}").encode("ascii")
+
+
+def decode_limit_notice(datagram: bytes, peer: str = "-") -> LimitNotice:
+    """Parse a responder's LimitNotice.
+
+    Raises:
+        MalformedDatagram: anything else (a status, a query, garbage).
+    """
+    try:
+        document = _parse_object(datagram)
+        if document.get("message_type") != LIMIT_NOTICE_TYPE:
+            raise _Invalid("not a replies_limited notice")
+        cookie = _cookie(document)
+        texts = {}
+        for key in ("space", "factory", "reason"):
+            if key not in document:
+                raise _Invalid(f"missing required key {key!r}")
+            texts[key] = _to_str(document[key])
+        return LimitNotice(cookie, texts["space"], texts["factory"], _reason(texts["reason"]))
+    except _Invalid as error:
+        raise MalformedDatagram(peer, str(error)) from None
+
+
+def _reason(value: Any) -> str:
+    reason = _to_str(value)
+    if not reason or len(reason) > _MAX_REASON_CHARS or not reason.isascii() or not reason.isprintable():
+        raise _Invalid(f"{LIMITED_MEMBER} is not up to {_MAX_REASON_CHARS} printable ASCII characters")
+    return reason
 
 
 def encode(message: Message) -> bytes:
@@ -409,7 +463,9 @@ def decode(datagram: bytes, peer: str = "-") -> Message:
         values = _read_fields(document, _STATUS_FIELDS[message_type])
         time_sent = document.get("time_sent")
         status: Status = STATUS_CLASSES[message_type](**values)
-        return Reply(cookie, None if time_sent is None else _to_int(time_sent), status)
+        limited = document.get(LIMITED_MEMBER)
+        return Reply(cookie, None if time_sent is None else _to_int(time_sent), status,
+                     None if limited is None else _reason(limited))
     except _Invalid as error:
         raise MalformedDatagram(peer, str(error)) from None
     except (ValueError, TypeError) as error:

@@ -246,10 +246,37 @@ class Reply:
     cookie: str
     time_sent: Optional[int]
     status: Status
+    # Set when the responder cut its answer short (a `LimitReason` value, or what a newer
+    # responder says): the reply is real, but not all of the answer was sent.
+    limited: Optional[str] = None
 
     @property
     def message_type(self) -> MessageType:
         return self.status.message_type
+
+
+class LimitReason(str, Enum):
+    """Why a responder sent less than the whole answer (vacquery.responder's amplification rule)."""
+
+    # An unsigned query from an address that is not one of the space's factories: it may
+    # draw no more bytes than it carried.
+    UNLISTED = "unlisted"
+    # The per-source or responder-wide byte budget is spent for now.
+    BUDGET = "budget"
+
+
+@dataclass(frozen=True)
+class LimitNotice:
+    """What a responder sends instead of statuses when not one of them may be sent.
+
+    Smaller than the query it answers, and of a message type Vac 03's client does not know
+    (so it ignores it, §3.7); ours stops asking that factory and says why.
+    """
+
+    cookie: str
+    space: str
+    factory: str
+    reason: str
 
 
 Message = Union[MachinesQuery, MachinetypesQuery, FactoryQuery, Reply]

@@ -272,8 +272,11 @@ class ResponderProtocol(asyncio.DatagramProtocol):
         trusted_sources: AbstractSet[str] = frozenset(),
         clock: Callable[[], float] = time.time,
         loss: Optional[InjectedLoss] = None,
+        trust_loopback: bool = True,
     ) -> None:
         self.authenticator = authenticator
+        # False only in benchmarks and tests that play unlisted sources on loopback.
+        self.trust_loopback = trust_loopback
         self.loss = loss
         self.budget = budget if budget is not None else ReplyBudget()
         self.trusted_sources: AbstractSet[str] = frozenset(trusted_sources)
@@ -315,6 +318,7 @@ class ResponderProtocol(asyncio.DatagramProtocol):
                 budget=self.budget,
                 trusted_sources=self.trusted_sources,
                 counters=self.counters,
+                trust_loopback=self.trust_loopback,
             )
         except Exception:  # boundary: one datagram must never stop the responder
             self.counters["error"] += 1

@@ -98,32 +98,40 @@ def test_garbage_datagrams_never_raise_and_get_no_reply(garbage: bytes) -> None:
 
 
 def test_responder_answers_from_a_plain_snapshot_too() -> None:
-    assert len(respond(encode(MachinetypesQuery(SPACE, COOKIE)), PEER, SNAPSHOT, NOW)) == 3
+    assert len(respond(encode(MachinetypesQuery(SPACE, COOKIE)), PEER, SNAPSHOT, NOW,
+                       trusted_sources=frozenset([PEER]))) == 3
 
 
-def test_stranger_draws_at_most_ten_times_its_request_bytes() -> None:
+def statuses(replies: list[bytes]) -> list[bytes]:
+    """The replies that carry a status (not a replies_limited notice)."""
+    return [reply for reply in replies if b'"message_type": "replies_limited"' not in reply]
+
+
+def test_stranger_draws_at_most_its_request_bytes() -> None:
     request = encode(MachinesQuery(SPACE, COOKIE))
     counters: Counter[str] = Counter()
     replies = respond(request, "203.0.113.9", ENCODED, NOW, counters=counters)
-    assert 0 < sum(map(len, replies)) <= UNAUTHENTICATED_AMPLIFICATION_RATIO * len(request)
-    assert len(replies) < 8 and counters["replies_capped"] == 1
+    assert 0 < sum(map(len, replies)) <= UNAUTHENTICATED_AMPLIFICATION_RATIO * len(request) == len(request)
+    assert statuses(replies) == [] and counters["replies_capped"] == 1
 
 
-def test_padded_census_query_from_a_stranger_is_answered_in_full() -> None:
+def test_padded_census_query_from_a_stranger_draws_one_status() -> None:
     padded = encode_query(MachinetypesQuery(SPACE, COOKIE), QUERY_PAD_BYTES)
-    assert len(respond(padded, "203.0.113.9", ENCODED, NOW)) == 3
+    replies = respond(padded, "203.0.113.9", ENCODED, NOW)
+    assert len(statuses(replies)) == 1 and sum(map(len, replies)) <= len(padded)
 
 
 def test_stranger_that_pads_its_request_draws_more() -> None:
     small = encode(MachinesQuery(SPACE, COOKIE))
     padded = small[:-1] + b', "padding": "' + b" " * (1000 - len(small) - 15) + b'"}'
-    assert len(respond(padded, "203.0.113.9", ENCODED, NOW)) > len(respond(small, "203.0.113.9", ENCODED, NOW))
+    assert len(statuses(respond(padded, "203.0.113.9", ENCODED, NOW))) > len(
+        statuses(respond(small, "203.0.113.9", ENCODED, NOW)))
 
 
 def test_per_source_budget_limits_a_factory_that_asks_too_often() -> None:
     budget = ReplyBudget(per_source=TokenBuckets(rate_per_second=1000, burst=20_000))
     request = encode(MachinesQuery(SPACE, COOKIE))
-    sent = [sum(map(len, ask(request, budget=budget))) for _ in range(5)]
+    sent = [sum(map(len, statuses(ask(request, budget=budget)))) for _ in range(5)]
     assert sum(sent) <= 20_000 and sent[-1] == 0
     refilled = respond(request, PEER, ENCODED, NOW + 20, budget=budget, trusted_sources=frozenset([PEER]))
     assert len(refilled) == 8
