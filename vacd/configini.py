@@ -172,8 +172,16 @@ def _joined(parts: _Parts, path: str) -> dict[str, OptionSource]:
     return {option: OptionSource("\n".join(values), path, line) for option, (values, line) in parts.items()}
 
 
+# A line that sets a user_data_option_* (vacd.config.SECRET_OPTION_PREFIXES; that module
+# imports this one), whatever else is wrong with it: its value may be a token, and an error
+# message goes to the journal (vacd.service runs --check-config), which more than root reads.
+_SECRET_OPTION_LINE = re.compile(r"^(\s*user_data_option_\S*?)(\s*[=:]\s*|\s+)\S.*$", re.IGNORECASE)
+_MASKED_VALUE = "********"  # vacd.config.MASK
+
+
 def _shown_line(line: str) -> str:
     line = line.rstrip("\r\n")
+    line = _SECRET_OPTION_LINE.sub(lambda setting: setting.group(1) + setting.group(2) + _MASKED_VALUE, line)
     return line if len(line) <= 60 else line[:57] + "..."
 
 

@@ -10,6 +10,7 @@ Puppet's state directories point into tmp_path so nothing is written under /etc/
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -241,3 +242,127 @@ def test_templates_used_by_the_manifests_exist() -> None:
     assert len(used) >= 6
     for template in used:
         assert (MODULE / "templates" / template).is_file(), template
+
+
+# Issue 11 item 6: what the agent really writes. The catalogue of class vac with every part
+# that writes files is applied under a scratch root (tests/packaging/puppet_apply_files.rb
+# re-roots the File resources and leaves out the Exec, Service and Package ones), from a
+# site module whose files have the modes a control repository gives them: keys 0600 or
+# 0644, whatever git kept. The modes on disk are Puppet's, not the file server's.
+SITE_FILES = {
+    "vac.d/site/10-site.conf": ("[settings]\nuser_data_option_token = a site token\n", 0o644),
+    "vac.d/factory1.example.org/20-factory.conf": ("[settings]\ntotal_processors = 8\n", 0o600),
+    "machinetypes/site/lhcb/x509key.pem": ("-----BEGIN PRIVATE KEY-----\n", 0o644),
+    "machinetypes/site/lhcb/x509cert.pem": ("-----BEGIN CERTIFICATE-----\n", 0o644),
+    "machinetypes/site/lhcb/user_data": ("##user_data_option_token##\n", 0o644),
+    "machinetypes/site/lhcb/files/root.img": ("an image\n", 0o644),
+    "machinetypes/site/lhcb/files/hook.sh": ("#!/bin/sh\n", 0o755),
+    "apel/hostcert.pem": ("-----BEGIN CERTIFICATE-----\n", 0o644),
+    "apel/hostkey.pem": ("-----BEGIN PRIVATE KEY-----\n", 0o644),
+}
+APPLIED_MANIFEST = """
+class { 'vac':
+  etc_path          => 'modules/site_vac/vac.d',
+  machinetypes_path => 'modules/site_vac/machinetypes',
+  apel_cert_path    => 'puppet:///modules/site_vac/apel/hostcert.pem',
+  apel_key_path     => 'puppet:///modules/site_vac/apel/hostkey.pem',
+  nagios_nrpe       => true,
+  settings          => { 'vac_space' => 'vac01.example.org', 'user_data_option_token' => 'a site token' },
+  vacquery_key      => Sensitive('0123456789abcdef0123'),
+}
+"""
+# Path under the root: (mode, kind). Secrets are root's alone; QEMU passes through the
+# machinetypes directories to the images libvirt chowns to it; public files stay 0644.
+MODES_ON_DISK = {
+    "etc/vac.d": (0o750, "directory"),
+    "etc/vac.d/10-site.conf": (0o640, "file"),
+    "etc/vac.d/20-factory.conf": (0o640, "file"),
+    "etc/vac.conf": (0o600, "file"),
+    "etc/vac-vacquery.key": (0o600, "file"),
+    "etc/grid-security/vac-apel-key.pem": (0o600, "file"),
+    "etc/grid-security/vac-apel-cert.pem": (0o644, "file"),
+    "var/lib/vac/machinetypes": (0o711, "directory"),
+    "var/lib/vac/machinetypes/lhcb": (0o711, "directory"),
+    "var/lib/vac/machinetypes/lhcb/x509key.pem": (0o600, "file"),
+    "var/lib/vac/machinetypes/lhcb/x509cert.pem": (0o600, "file"),
+    "var/lib/vac/machinetypes/lhcb/user_data": (0o600, "file"),
+    "var/lib/vac/machinetypes/lhcb/files": (0o711, "directory"),
+    "var/lib/vac/machinetypes/lhcb/files/root.img": (0o600, "file"),
+    "var/lib/vac/machinetypes/lhcb/files/hook.sh": (0o600, "file"),
+    "etc/sysctl.d/90-vac.conf": (0o644, "file"),
+    "etc/ksmtuned.conf": (0o644, "file"),
+    "etc/logrotate.d/ksmtuned": (0o644, "file"),
+    "etc/nrpe.d/nagios-plugins-check-vacd.cfg": (0o644, "file"),
+    "etc/firewalld/services/vac-vacquery.xml": (0o644, "file"),
+    "etc/firewalld/services/vac-guest-api.xml": (0o644, "file"),
+}
+# The directories the packages (vac, apel-ssm, firewalld, nrpe, logrotate) would have made.
+PACKAGE_DIRECTORIES = ("etc/grid-security", "etc/firewalld/services", "etc/sysctl.d", "etc/logrotate.d",
+                       "etc/nrpe.d", "var/lib/vac")
+
+
+def factory_root_and_site_module(tmp_path: Path) -> tuple[Path, Path]:
+    """A scratch root with the packages' directories, and a module path with vac and site_vac."""
+    required_tool("puppet", "puppet")
+    if os.geteuid() != 0:
+        pytest.skip("applying files owned by root needs root")
+    root = tmp_path / "root"
+    for directory in PACKAGE_DIRECTORIES:
+        (root / directory).mkdir(parents=True)
+    module_path = module_path_with_vac(tmp_path)
+    for relative, (text, mode) in SITE_FILES.items():
+        source = module_path / "site_vac" / "files" / relative
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(text)
+        source.chmod(mode)
+    return root, module_path
+
+
+def apply_module_files(tmp_path: Path, module_path: Path, root: Path) -> subprocess.CompletedProcess[str]:
+    ruby = required_tool("ruby", "puppet")
+    manifest = tmp_path / "factory.pp"
+    manifest.write_text(APPLIED_MANIFEST)
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return subprocess.run([ruby, str(Path(__file__).with_name("puppet_apply_files.rb")), str(root), str(module_path),
+                           str(state), str(manifest)], capture_output=True, text=True, timeout=300)
+
+
+def modes_on_disk(root: Path) -> dict[str, tuple[int, str]]:
+    found: dict[str, tuple[int, str]] = {}
+    for relative in MODES_ON_DISK:
+        status = (root / relative).lstat()
+        kind = "directory" if (root / relative).is_dir() else "file"
+        assert (status.st_uid, status.st_gid) == (0, 0), relative
+        found[relative] = (status.st_mode & 0o7777, kind)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.allow_commands("ruby")
+def test_puppet_apply_writes_keys_and_configuration_trees_for_root_only(tmp_path: Path) -> None:
+    root, module_path = factory_root_and_site_module(tmp_path)
+    applied = apply_module_files(tmp_path, module_path, root)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert modes_on_disk(root) == MODES_ON_DISK
+    # Every file the run wrote is one pinned above.
+    written = {str(path.relative_to(root)) for path in root.rglob("*")} - set(PACKAGE_DIRECTORIES) - {
+        "etc", "etc/firewalld", "var", "var/lib"}
+    assert written == set(MODES_ON_DISK)
+    assert "a site token" not in applied.stdout + applied.stderr
+    assert "0123456789abcdef0123" not in applied.stdout + applied.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.allow_commands("ruby")
+def test_puppet_apply_takes_back_modes_an_admin_opened_up(tmp_path: Path) -> None:
+    root, module_path = factory_root_and_site_module(tmp_path)
+    assert apply_module_files(tmp_path, module_path, root).returncode == 0
+    # The modes the module gave before issue 11 (/etc/vac.d 0644, keys readable by all), or an admin's chmod.
+    for relative in ("etc/vac.d/10-site.conf", "var/lib/vac/machinetypes/lhcb/x509key.pem", "etc/vac-vacquery.key"):
+        (root / relative).chmod(0o644)
+    for relative in ("etc/vac.d", "var/lib/vac/machinetypes/lhcb"):
+        (root / relative).chmod(0o755)
+    again = apply_module_files(tmp_path, module_path, root)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert modes_on_disk(root) == MODES_ON_DISK

@@ -19,8 +19,13 @@ class vac::config {
   ].filter |$name| { $name =~ NotUndef }
   $fqdn = $facts['networking']['fqdn']
 
-  # Both trees may hold tokens (user_data_option_*) and X.509 keys: no diffs in reports.
+  # Both trees may hold tokens (user_data_option_*) and X.509 keys: no diffs in reports, and
+  # modes that keep them from every user but root, whatever mode a file has on the file
+  # server (Puppet ignores the source's permissions, and git keeps none but the x bit).
   # Files that other resources manage inside them are not purged.
+  #
+  # /etc/vac.d is read by vacd and vac, as root, only: files 0640 root:root; directories
+  # 0750 (Puppet adds the search bit wherever a numeric mode has the read bit).
   file { '/etc/vac.d':
     ensure       => directory,
     recurse      => true,
@@ -30,10 +35,15 @@ class vac::config {
     source       => vac::tree_sources($vac::etc_path, $fqdn, $vac::space, $subspaces),
     owner        => 'root',
     group        => 'root',
-    mode         => '0644',
+    mode         => '0640',
     show_diff    => false,
   }
 
+  # The machinetypes tree holds x509key.pem (user_data_proxy) and user_data files beside the
+  # images of files/, which QEMU opens as its own user: libvirt (dynamic_ownership) chowns an
+  # image to that user while a machine runs, but never the directories above it. Files are
+  # 0600 root:root, directories 0711, which
+  # QEMU can pass through and no other user can list.
   file { '/var/lib/vac/machinetypes':
     ensure       => directory,
     recurse      => true,
@@ -43,6 +53,7 @@ class vac::config {
     source       => vac::tree_sources($vac::machinetypes_path, $fqdn, $vac::space, $subspaces),
     owner        => 'root',
     group        => 'root',
+    mode         => 'u=rw,go=,a+X',
     show_diff    => false,
   }
 
