@@ -97,6 +97,7 @@ class Machinetype:
     root_device: str = "vda"
     scratch_device: str = "vdb"
     image_signing_dn: Optional[str] = None
+    root_image_sha256: Optional[str] = None  # lower-case hex; vacd addition (issue 11 item 1)
     cvmfs_repositories: tuple[str, ...] = ()
     tmp_binds: tuple[str, ...] = ()
     container_command: str = "/user_data"

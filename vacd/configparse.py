@@ -246,6 +246,16 @@ def _to_optional_regular_expression(text: str) -> Optional[str]:
     return _to_regular_expression(text) if text.strip() else None
 
 
+def _to_optional_sha256(text: str) -> Optional[str]:
+    """root_image_sha256 (issue 11 item 1): 64 hex digits, kept in lower case; empty means unset."""
+    word = text.strip().lower()
+    if not word:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{64}", word):
+        raise InvalidValue(f"expected a SHA-256 digest of 64 hexadecimal digits, got {text.strip()[:80]!r}")
+    return word
+
+
 _to_duration = partial(to_integer, minimum=0, maximum=MAX_DURATION_SECONDS)
 _to_duration_from_one = partial(to_integer, minimum=1, maximum=MAX_DURATION_SECONDS)
 def _to_share(text: str) -> float:
@@ -518,6 +528,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         # Vac 03 enforced only the deprecated cernvm_signing_dn (§1.12 [BUG]); both names work here.
         image_signing_dn=reader.get(reader.renamed("image_signing_dn", VAC_ORDER["image_signing_dn"]), None,
                                     _to_optional_regular_expression),
+        root_image_sha256=reader.get("root_image_sha256", None, _to_optional_sha256),
         cvmfs_repositories=reader.get("cvmfs_repositories", (), partial(
             to_words, pattern=CVMFS_REPOSITORY, what="cvmfs repository names")),
         tmp_binds=reader.get("tmp_binds", (), partial(
