@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.vacd.test_config import PIPE_SETTINGS, SETTINGS, only_problem, parse
 from vacd.commands import run_command
 from vacd.config import Machinetype
 from vacd.imagecheck import (
@@ -21,6 +22,7 @@ from vacd.imagecheck import (
     layered_image_format,
     qcow2_header_problem,
 )
+from vacd.pipes import expand_pipe
 
 
 def make_machinetype(tmp_path: Path, **options: object) -> Machinetype:
@@ -247,3 +249,23 @@ def test_no_sha256_and_no_signing_dn_reads_nothing(tmp_path: Path) -> None:
     verifier = ImageVerifier(tmp_path / "certificates")
     verifier.check_boot_files(make_machinetype(tmp_path), tmp_path / "not-even-there.img", None)
     assert verifier.files_hashed == 0
+
+
+# ---------------------------------------------------------------------------- the option, in vac.conf and pipes
+
+
+def test_root_image_sha256_is_read_in_lower_case_and_a_bad_one_names_the_option() -> None:
+    config = parse(SETTINGS + f"[machinetype a]\nroot_image = a.img\nroot_image_sha256 = {'AB' * 32}\n")
+    assert config.machinetypes["a"].root_image_sha256 == "ab" * 32
+    problem = only_problem(SETTINGS + "[machinetype a]\nroot_image = a.img\nroot_image_sha256 = deadbeef\n")
+    assert (problem.section, problem.option) == ("machinetype a", "root_image_sha256")
+    assert "expected a SHA-256 digest of 64 hexadecimal digits, got 'deadbeef'" in str(problem)
+
+
+def test_root_image_sha256_is_accepted_from_a_vacuum_pipe() -> None:
+    config = parse(PIPE_SETTINGS)
+    document = {"machinetypes": [{"suffix": "a", "target_share": 1, "machine_model": "vm-raw",
+                                  "root_image": "https://images.example.org/a.img", "root_image_sha256": "0f" * 32}]}
+    expansion = expand_pipe(config.vacuum_pipes[0], document, config)
+    assert expansion.machinetypes["ex-a"].root_image_sha256 == "0f" * 32
+    assert not [warning for warning in expansion.warnings if "root_image_sha256" in warning]
