@@ -9,6 +9,11 @@ Under qemu:///system every file handed to QEMU (root image, kernel, initrd) is c
 with `qemu_access` first (vacd.qemuaccess, issue 8 item 12), so a file QEMU cannot open
 is a creation failure naming the path, the user and the directory in the way, with the
 usual backoff, rather than "Permission denied" from deep inside libvirt.
+
+Every local file name goes through vacd.imagecheck (issue 11 item 1): a relative name must
+stay under files/ and a /cvmfs path under /cvmfs once symlinks are resolved, and the
+resolved path is what QEMU gets; root_image_sha256 and image_signing_dn are then enforced
+on the image, cached or local.
 """
 
 from __future__ import annotations
