@@ -226,6 +226,7 @@ class ImageVerifier:
         self.clock = clock
         self._lock = threading.Lock()
         self._digests: OrderedDict[tuple[str, _FileKey], ImageDigests] = OrderedDict()
+        self._path_locks: dict[str, threading.Lock] = {}  # one per image path, few: the configured images
         self.files_hashed = 0  # how many times a file was read in full (the cache's effect)
 
     def locate(self, machinetype: Machinetype, option: str, name: str) -> Path:
@@ -256,7 +257,17 @@ class ImageVerifier:
             self._check_signature(root_image, digests, dn_pattern)
 
     def digests(self, image: Path) -> ImageDigests:
-        """The image's digests, read once per version of the file."""
+        """The image's digests, read once per version of the file.
+
+        Creations of one image at once wait for one read: a slot-filling pass must not read a
+        20 GiB image once per slot.
+        """
+        with self._lock:
+            path_lock = self._path_locks.setdefault(str(image), threading.Lock())
+        with path_lock:
+            return self._digests_locked(image)
+
+    def _digests_locked(self, image: Path) -> ImageDigests:
         try:
             with open(image, "rb") as image_file:
                 before = os.fstat(image_file.fileno())

@@ -77,3 +77,18 @@ def test_plain_qcow2_image_is_created_on_its_overlay(tmp_path: Path, backend: Li
     harness.run_pass()
     assert [machine.name for machine in backend.list_machines()] == ["f1-00.example.com"]
     assert not harness.paths.factory_error_file.exists()
+
+
+def test_local_image_with_another_sha256_is_refused_and_the_machinetype_backs_off(tmp_path: Path) -> None:
+    machinetype = make_machinetype(tmp_path, "atlas", root_kernel=None, root_image="atlas.img",
+                                   root_image_sha256="0" * 64, backoff_seconds=600)
+    image = machinetype.machinetype_path / "files" / "atlas.img"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"not the image the VO published")
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1), machinetype)
+    harness.run_pass()
+    assert harness.backend.created_names() == []
+    assert f"image {image.resolve()} refused: its SHA-256 is " in harness.paths.factory_error_file.read_text()
+    report = harness.run_pass()
+    assert report.finished[0][1].shutdown_message == FAILED_TO_START
+    assert "atlas" in report.decisions.outlook.backoff_until

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,15 @@ def test_root_image_sha256_is_accepted_from_a_vacuum_pipe() -> None:
     expansion = expand_pipe(config.vacuum_pipes[0], document, config)
     assert expansion.machinetypes["ex-a"].root_image_sha256 == "0f" * 32
     assert not [warning for warning in expansion.warnings if "root_image_sha256" in warning]
+
+
+def test_creations_of_one_image_at_once_share_one_read_of_it(tmp_path: Path) -> None:
+    content = os.urandom(4 * 1024 * 1024)
+    image = image_with(tmp_path, content)
+    machinetype = make_machinetype(tmp_path, root_image_sha256=hashlib.sha256(content).hexdigest())
+    verifier = ImageVerifier(tmp_path / "certificates")
+    with ThreadPoolExecutor(max_workers=8) as pool:  # as the factory's action pool runs creations
+        checks = [pool.submit(verifier.check_boot_files, machinetype, image, None) for _ in range(8)]
+        for check in checks:
+            check.result(timeout=60)
+    assert verifier.files_hashed == 1
