@@ -144,10 +144,9 @@ def layered_image_format(image: Path, run_command: CommandRunner) -> str:
         CommandFailed: qemu-img could not read it (missing, unreadable).
     """
     image_format = _qemu_img_info(image, run_command, None).get("format")
-    if image_format not in LAYERED_FORMATS:
+    if not isinstance(image_format, str) or image_format not in LAYERED_FORMATS:
         raise ImageRefused(image, f"its format is {image_format!r}; vacd layers machines only on "
                                   f"{' or '.join(LAYERED_FORMATS)} images")
-    assert isinstance(image_format, str)
     # Read again as the format that -F will declare, so what is judged is what QEMU will read.
     info = _qemu_img_info(image, run_command, image_format)
     if info.get("format") != image_format:
