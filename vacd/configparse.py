@@ -558,12 +558,7 @@ def _check_as_vac_ran_it(machinetype: Machinetype, reader: SectionReader) -> Non
                                                                           "section without creating any")
         else:
             reader.warn(reader.chosen_name("machine_model"), message)
-    if reader.has("cernvm_signing_dn"):
-        reader.problem("cernvm_signing_dn", f"{NOT_IMPLEMENTED}: vacd checks no image signatures, and Vac 03 refused "
-                                            "images not signed by this DN; remove the line to run images unchecked")
-    elif machinetype.image_signing_dn is not None:
-        reader.warn("image_signing_dn", f"{NOT_IMPLEMENTED}: image signatures are not checked (Vac 03 did not "
-                                        "check them for image_signing_dn either, only for cernvm_signing_dn)")
+    # cernvm_signing_dn and image_signing_dn are enforced at creation (vacd.imagecheck, issue 11 item 1).
     # cernvm4, and a relative cernvm3 root_image, which Vac 03 failed to create, vacd creates
     # as written: noted in the effective configuration (vacd.config.fixed_bug_notes).
 
