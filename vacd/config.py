@@ -97,6 +97,7 @@ class Machinetype:
     root_device: str = "vda"
     scratch_device: str = "vdb"
     image_signing_dn: Optional[str] = None
+    root_image_sha256: Optional[str] = None  # lower-case hex; vacd addition (issue 11 item 1)
     cvmfs_repositories: tuple[str, ...] = ()
     tmp_binds: tuple[str, ...] = ()
     container_command: str = "/user_data"
@@ -420,14 +421,13 @@ NOT_ACTED_ON = {
     "gocdb_key_file": "no GOCDB updates are sent",
     "singularity_user": "no Singularity containers are made",
     "fix_networking": "Vac 03's network repair commands are never run",
-    "image_signing_dn": "image signatures are not checked",
     "cvmfs_repositories": "only containers used it",
     "tmp_binds": "only docker containers used it",
 }
 
 
 def fixed_bug_notes(machinetype: Machinetype) -> dict[str, str]:
-    """Where vacd creates what Vac 03 failed to create: option -> what to say (issue 10 item 4).
+    """Where vacd creates what Vac 03 failed to create, or refuses what it created: option -> what to say.
 
     These are Vac 03 bugs vacd fixes (behaviour reference §1.11), so the factory creates
     machines Vac 03 did not; the effective configuration says so beside the option.
@@ -441,6 +441,10 @@ def fixed_bug_notes(machinetype: Machinetype) -> dict[str, str]:
             and machinetype.resolve_file(image) != image):
         notes["root_image"] = (f"Vac 03 looked for it at {image}/files/{image} (its bug) and failed every creation; "
                                f"vacd uses {machinetype.resolve_file(image)}")
+    if machinetype.image_signing_dn is not None:
+        # Refuses what Vac 03 created, when it was set as image_signing_dn (§1.12 [BUG]).
+        notes["image_signing_dn"] = ("Vac 03 enforced it only when set as cernvm_signing_dn; vacd refuses any "
+                                     "root_image not signed by a matching DN, under either name")
     return notes
 
 

@@ -41,6 +41,7 @@ from vacd.config import Config, Machinetype, Settings
 from vacd.errors import AccountingDeferred, BackendError, BackendOutcomeUnknown, ConfigErrors, StoreError, VacError
 from vacd.housekeeping import MachineDirectory, expired
 from vacd.imagecache import remote_image_urls
+from vacd.imagecheck import ImageVerifier
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.peeroutcomes import PeerOutcomes
@@ -228,6 +229,8 @@ class Factory:
         self.is_draining = is_draining
         # The disk gate (vacd.diskspace.check_disk): a reason while creation must stop.
         self.disk_problem = disk_problem
+        # One per factory, so an image's digests are kept between creations (issue 11 item 1).
+        self.image_verifier = ImageVerifier(store.paths.certificates_dir)
         # The pure scheduler is given its randomness; this edge module owns the source.
         self.tie_break: RandomSource = tie_break or random.Random()
         self.wake_event = threading.Event()
@@ -992,7 +995,7 @@ class Factory:
                 self.hooks.contextualise(settings, machinetype, record, record.created_time)
             fetch_image = images.result().__getitem__ if images is not None else self.hooks.fetch_image
             spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record), fetch_image,
-                                self.hooks.qemu_access)
+                                self.hooks.qemu_access, self.image_verifier)
             self.backend.create(spec)
             self.store.mark_started(record, int(self.clock()))
             with self._lock:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import functools
+import hashlib
 import http.client
 import logging
 import socket
@@ -93,11 +94,14 @@ class FetchError(VacError):
 
 @dataclass(frozen=True)
 class FetchedFile:
-    """A file written by Fetcher.fetch_to_file: its size and the server's Last-Modified (epoch s), if sent."""
+    """A file written by Fetcher.fetch_to_file: its size, SHA-256 and the server's Last-Modified (epoch s), if sent."""
 
     path: Path
     size_bytes: int
     last_modified: Optional[float]
+    # Hashed as the body streams in (no second read): the image cache logs it, so an admin can
+    # copy it into root_image_sha256 (issue 11 item 1).
+    sha256: str = ""
 
 
 class _Deadline:
@@ -289,11 +293,13 @@ class Fetcher:
                 raise fetch.error("the server sent no valid Last-Modified header")
             target.parent.mkdir(parents=True, exist_ok=True)
             size = 0
+            digest = hashlib.sha256()
             with atomic_replace(target, mode=mode, mtime=last_modified) as temp_file:
                 for chunk in fetch.body(response, FILE_CHUNK_BYTES):
                     temp_file.write(chunk)
+                    digest.update(chunk)
                     size += len(chunk)
-        return FetchedFile(target, size, last_modified)
+        return FetchedFile(target, size, last_modified, digest.hexdigest())
 
     def abort_all(self, reason: str = "vacd is stopping") -> None:
         """Cut every fetch in progress now (each raises FetchError with `reason`)."""

@@ -132,5 +132,5 @@ class ImageCache:
                 return cached
             raise
         if fetched is not None:
-            log.info("image downloaded url=%s bytes=%d", url, fetched.size_bytes)
+            log.info("image downloaded url=%s bytes=%d sha256=%s", url, fetched.size_bytes, fetched.sha256)
         return cached

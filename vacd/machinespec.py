@@ -9,6 +9,11 @@ Under qemu:///system every file handed to QEMU (root image, kernel, initrd) is c
 with `qemu_access` first (vacd.qemuaccess, issue 8 item 12), so a file QEMU cannot open
 is a creation failure naming the path, the user and the directory in the way, with the
 usual backoff, rather than "Permission denied" from deep inside libvirt.
+
+Every local file name goes through vacd.imagecheck (issue 11 item 1): a relative name must
+stay under files/ and a /cvmfs path under /cvmfs once symlinks are resolved, and the
+resolved path is what QEMU gets; root_image_sha256 and image_signing_dn are then enforced
+on the image, cached or local.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Callable, Optional
 from vacd.backends.base import MachineSpec
 from vacd.config import VM_MACHINE_MODELS, Machinetype, Settings
 from vacd.errors import VacError
+from vacd.imagecheck import ImageVerifier
+from vacd.paths import Paths
 from vacd.qemuaccess import SYSTEM_URI
 from vacd.slots import SlotIdentity
 from vacd.store import MachineRecord
@@ -39,31 +46,39 @@ def machine_spec(
     machine_dir: Path,
     fetch_image: Optional[Callable[[str], Path]] = None,
     qemu_access: Optional[Callable[[Path], None]] = None,
+    image_verifier: Optional[ImageVerifier] = None,
 ) -> MachineSpec:
-    """The spec for `record`; raises VacError if a file is missing or QEMU could not open it."""
+    """The spec for `record`; raises VacError if a file is missing, refused or QEMU could not open it.
+
+    `image_verifier` (vacd.imagecheck, issue 11 item 1) confines local paths and enforces
+    root_image_sha256 and image_signing_dn; without one, a throwaway verifier of the
+    default CA directory does the same with no digest cache.
+    """
+    verifier = image_verifier or ImageVerifier(Paths().certificates_dir)
     if machinetype.machine_model not in VM_MACHINE_MODELS:
         raise UnsupportedMachineModel(
             f"machinetype {machinetype.name}: machine_model {machinetype.machine_model} is not supported by this "
             "vacd (VM models only: cernvm3, cernvm4, vm-raw)"
         )
 
-    def locate(name: Optional[str]) -> Optional[Path]:
+    def locate(option: str, name: Optional[str]) -> Optional[Path]:
         if name is None:
             return None
         if name.startswith(("http://", "https://")):
             if fetch_image is None:
                 raise VacError(f"machinetype {machinetype.name}: {name}: no image cache to fetch it with")
             return fetch_image(name)
-        return Path(machinetype.resolve_file(name))
+        return verifier.locate(machinetype, option, name)
 
-    root_kernel = locate(machinetype.root_kernel)
-    root_image = None if root_kernel is not None else locate(machinetype.root_image)
+    root_kernel = locate("root_kernel", machinetype.root_kernel)
+    root_image = None if root_kernel is not None else locate("root_image", machinetype.root_image)
     if root_kernel is None and root_image is None:
         raise VacError(f"machinetype {machinetype.name}: neither root_image nor root_kernel is set")
-    root_initrd = locate(machinetype.root_initrd)
+    root_initrd = locate("root_initrd", machinetype.root_initrd)
     for path in (root_kernel, root_image, root_initrd):
         if path is not None and not path.is_file():
             raise VacError(f"machinetype {machinetype.name}: {path} does not exist")
+    verifier.check_boot_files(machinetype, root_image, root_kernel)
     if qemu_access is not None and SYSTEM_URI.fullmatch(settings.libvirt_uri):
         for path in (root_kernel, root_image, root_initrd):
             if path is not None:

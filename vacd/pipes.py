@@ -36,8 +36,8 @@ PIPE_OPTIONS = frozenset((
     "accounting_fqan", "backoff_seconds", "container_command", "cvmfs_repositories", "fizzle_seconds",
     "disk_gb_per_processor", "heartbeat_file", "heartbeat_seconds", "image_signing_dn", "legacy_proxy",
     "machine_model", "max_processors", "max_wallclock_seconds", "min_processors", "min_wallclock_seconds",
-    "root_device", "root_image", "scratch_device", "suffix", "target_share", "tmp_binds", "user_data",
-    "user_data_proxy",
+    "root_device", "root_image", "root_image_sha256", "scratch_device", "suffix", "target_share", "tmp_binds",
+    "user_data", "user_data_proxy",
 ))
 PIPE_OPTION_PREFIXES = ("user_data_file_", "user_data_option_")
 # Where a pipe's root_image may point when it names a path (§8 step 5).

@@ -235,7 +235,6 @@ def test_a_node_name_without_a_dot_is_refused_as_vac03_refused_it() -> None:
 
 @pytest.mark.parametrize("text, option, line", [
     (SETTINGS + "volume_group = vac_volume_group\n", "volume_group", 3),
-    (SETTINGS + "[machinetype m]\ncernvm_signing_dn = /CN=cernvm\n", "cernvm_signing_dn", 4),
     (SETTINGS + "singularity_user = vac\n[machinetype m]\nmachine_model = singularity\ntarget_share = 1\n",
      "machine_model", 5),
     (SETTINGS + "[machinetype m]\nvm_model = docker\nroot_image = docker://x\ntarget_share = 1\n", "vm_model", 4),
@@ -250,7 +249,6 @@ def test_what_vac03_did_and_this_version_cannot_is_an_error(text: str, option: s
     (SETTINGS + "gocdb_cert_file = /c.pem\ngocdb_key_file = /k.pem\n", "gocdb_cert_file"),
     (SETTINGS + "version_logger = 2\n", "version_logger"),
     (SETTINGS + "singularity_user = vac\n", "singularity_user"),
-    (SETTINGS + "[machinetype m]\nimage_signing_dn = /CN=cernvm\n", "image_signing_dn"),
     (SETTINGS + "[machinetype m]\nmachine_model = docker\nroot_image = docker://x\n", "machine_model"),
 ])
 def test_what_only_reports_or_did_nothing_in_vac03_is_a_loud_warning(text: str, option: str) -> None:
@@ -270,6 +268,18 @@ def test_machinetypes_vac03_failed_to_create_are_noted_in_the_effective_configur
     assert lines[lines.index("root_image = cvm.iso") - 1] == (
         "# root_image: Vac 03 looked for it at cvm.iso/files/cvm.iso (its bug) and failed every creation; vacd uses "
         f"{PURE_PATHS.machinetypes_dir / 'three' / 'files' / 'cvm.iso'}")
+
+
+@pytest.mark.parametrize("option", ["cernvm_signing_dn", "image_signing_dn"])
+def test_a_signing_dn_under_either_name_is_enforced_and_noted_in_the_effective_configuration(option: str) -> None:
+    # Issue 11 item 1: vacd.imagecheck enforces both names; Vac 03 enforced only cernvm_signing_dn.
+    config = parse(SETTINGS + f"[machinetype m]\n{option} = /CN=cernvm\n")
+    assert config.machinetypes["m"].image_signing_dn == "/CN=cernvm"
+    assert not warnings_about(config, "NOT IMPLEMENTED")
+    lines = effective_config_text(config).splitlines()
+    assert lines[lines.index("image_signing_dn = /CN=cernvm") - 1] == (
+        "# image_signing_dn: Vac 03 enforced it only when set as cernvm_signing_dn; vacd refuses any root_image "
+        "not signed by a matching DN, under either name")
 
 
 def test_the_effective_text_marks_what_is_not_acted_on() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -149,3 +150,12 @@ def test_abort_all_cuts_a_fetch_the_server_is_holding(tmp_path: Path, serve: obj
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError):
         FetchLimits(deadline_seconds=0, max_bytes=1)
+
+
+def test_file_comes_with_its_size_and_the_sha256_of_what_was_written(tmp_path: Path, serve: object) -> None:
+    body = b"root image " * 50
+    server = started(serve, lambda request: answer(request, body))
+    fetched = fetcher(tmp_path).fetch_to_file(server.url("/image"), tmp_path / "image", SHORT)
+    assert fetched is not None
+    assert (fetched.size_bytes, fetched.sha256) == (len(body), hashlib.sha256(body).hexdigest())
+    assert (tmp_path / "image").read_bytes() == body

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional
 
 import pytest
 
-from vacd.fetch import FetchError
+from vacd.fetch import IMAGE_LIMITS, FetchError, FetchLimits
 from vacd.imagecache import ImageCache, remote_image_urls
 from tests.vacd.loopback_http import Hold, LoopbackServer, ScriptedRequest, answer
 from vacd.config import Machinetype
@@ -190,3 +190,43 @@ def test_remote_image_urls_are_the_files_a_creation_uses(tmp_path: Path) -> None
     kernel_boot = replace(machinetype, root_kernel="https://images.example.org/vmlinuz", root_initrd="initrd.img")
     assert remote_image_urls(kernel_boot) == ("https://images.example.org/vmlinuz",)  # root_image is not used then
     assert remote_image_urls(replace(machinetype, root_image="/var/lib/vac/root.img")) == ()
+
+
+def test_image_downloads_have_a_30_minute_total_deadline_and_a_20_gib_cap(tmp_path: Path) -> None:
+    # Vac 03 had only a 120 s per-read timeout (§1.12): a dripping server held a creation forever.
+    assert IMAGE_LIMITS == FetchLimits(deadline_seconds=30 * 60.0, max_bytes=20 * 1024**3)
+    assert ImageCache(Paths(tmp_path)).limits == IMAGE_LIMITS
+
+
+def test_image_larger_than_the_cap_is_cut_and_nothing_is_cached(tmp_path: Path, image_server: ImageServer) -> None:
+    image_server.body = b"\0" * 100_000
+    images = ImageCache(Paths(tmp_path), limits=FetchLimits(deadline_seconds=10.0, max_bytes=50_000))
+    try:
+        with pytest.raises(FetchError, match="larger than the cap of 50000 bytes"):
+            images.fetch(image_server.url)
+    finally:
+        images.close()
+    assert not Paths(tmp_path).imagecache_dir.exists() or list(Paths(tmp_path).imagecache_dir.iterdir()) == []
+
+
+def drip_image(request: ScriptedRequest) -> None:
+    """Promises a 10,000-byte image and sends a byte every 50 ms until the client goes."""
+    request.send_response(200)
+    request.send_header("Content-Length", "10000")
+    request.send_header("Last-Modified", email.utils.formatdate(IMAGE_TIME, usegmt=True))
+    request.end_headers()
+    while not request.stopping.wait(0.05):
+        request.wfile.write(b"x")
+        request.wfile.flush()
+
+
+def test_image_dripping_past_the_total_deadline_is_cut_and_nothing_is_cached(tmp_path: Path) -> None:
+    server = LoopbackServer(drip_image)
+    images = ImageCache(Paths(tmp_path), limits=FetchLimits(deadline_seconds=0.5, max_bytes=1_000_000))
+    try:
+        with pytest.raises(FetchError, match=r"deadline of 0.5 s exceeded"):
+            images.fetch(server.url("/root.img"))
+    finally:
+        images.close()
+        server.stop()
+    assert not Paths(tmp_path).imagecache_dir.exists() or list(Paths(tmp_path).imagecache_dir.iterdir()) == []

@@ -19,6 +19,7 @@ from vacd.backends.base import MachineSpec, ObservedState
 from vacd.backends.libvirt import LibvirtBackend, observed_state
 from vacd.commands import run_command
 from vacd.errors import BackendError, CommandFailed
+from vacd.imagecheck import ImageRefused
 from vacd.slots import slot_identity
 
 pytestmark = pytest.mark.libvirt_test_driver
@@ -301,3 +302,26 @@ def test_connection_closed_by_libvirt_is_replaced_and_events_are_registered_agai
     backend.create(second)
     assert event.wait(EVENT_WAIT_SECONDS)
     assert set(woken) == {second.name}
+
+
+@pytest.mark.allow_commands("qemu-img")
+def test_vo_qcow2_with_a_host_file_as_backing_file_is_refused_and_nothing_is_made(tmp_path: Path) -> None:
+    # Issue 11 item 1: layered under the overlay, this image would show /etc/shadow to the guest.
+    hostile = tmp_path / "hostile.qcow2"
+    run_command(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "/etc/shadow", "-F", "raw", str(hostile), "1M"])
+    node = tmp_path / "node.xml"
+    node.write_text("<node/>")
+    runner = RecordingRunner()
+    backend = LibvirtBackend(f"test://{node}", domain_type="qemu", network_name=NETWORK,
+                             tmp_dir=tmp_path / "tmp", run_command=runner)
+    try:
+        spec = make_spec(tmp_path, root_kernel=None, root_initrd=None, root_image=hostile)
+        with pytest.raises(BackendError) as raised:
+            backend.create(spec)
+        assert backend.list_machines() == []
+    finally:
+        backend.close()
+    assert isinstance(raised.value.__cause__, ImageRefused)
+    assert f"image {hostile} refused: it has a backing file /etc/shadow that vacd did not create" in str(raised.value)
+    assert not any(argv[:2] == ["qemu-img", "create"] for argv in runner.argvs)
+    assert not (tmp_path / "tmp").exists() or list((tmp_path / "tmp").iterdir()) == []

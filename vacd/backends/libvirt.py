@@ -21,12 +21,12 @@ Rules:
 - Disk files (qcow2 overlays via `qemu-img`, sparse raw files) are made in `tmp_dir` only
   when the machine uses a root image, and unlinked right after `createXML` as Vac 03 did
   (§1.10): QEMU holds them open and the space is freed when the machine ends, so nothing
-  leaks if vacd dies later.
+  leaks if vacd dies later. An image is layered under an overlay only once vacd.imagecheck
+  has found it raw or qcow2 with no backing file and no external data file (issue 11 item 1).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -40,6 +40,7 @@ from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.backends.domainxml import Disk, domain_xml, machine_disks
 from vacd.commands import run_command
 from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
+from vacd.imagecheck import ImageRefused, layered_image_format
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ class LibvirtBackend:
                 emulator=self._emulator_path(connection, spec.name),
             )
             connection.createXML(xml, 0)
-        except CommandFailed as error:
+        except (CommandFailed, ImageRefused) as error:
             raise BackendError("create", spec.name, str(error)) from error
         except (OSError, ValueError) as error:
             raise BackendError("create", spec.name, str(error)) from error
@@ -345,7 +346,9 @@ class LibvirtBackend:
 
     def _make_disk_file(self, disk: Disk) -> None:
         if disk.backing_image is not None:
-            backing_format = self._image_format(disk.backing_image)
+            # Refuses a VO image with its own backing file or external data file (issue 11
+            # item 1): layered under the overlay, /etc/shadow as a backing file reaches the guest.
+            backing_format = layered_image_format(disk.backing_image, self._run_command)
             self._tmp_dir.mkdir(parents=True, exist_ok=True)
             # -F names the backing format: without it qemu-img probes, and a raw image
             # whose guest wrote a qcow2 header would be read as qcow2 (§11: "-b without -F").
@@ -357,17 +360,6 @@ class LibvirtBackend:
             self._tmp_dir.mkdir(parents=True, exist_ok=True)
             with open(disk.path, "xb") as sparse_file:
                 sparse_file.truncate(disk.sparse_bytes)
-
-    def _image_format(self, image: Path) -> str:
-        # --force-share: running machines hold the image open; reading its header is safe.
-        output = self._run_command(["qemu-img", "info", "--force-share", "--output=json", str(image)])
-        try:
-            image_format = json.loads(output)["format"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"qemu-img info gave no format for {image}") from error
-        if not isinstance(image_format, str) or not image_format.isalnum():
-            raise ValueError(f"qemu-img info gave an odd format {image_format!r} for {image}")
-        return image_format
 
 
 def _is_alive(connection: libvirt.virConnect) -> bool:
