@@ -109,6 +109,9 @@ JOBOUTPUTS_DIR = "joboutputs"
 # In MD, not joboutputs/: the guest API's record that this machine's guest sent its
 # shutdown_message (ShutdownReceipt). A container can write joboutputs/, never MD.
 SHUTDOWN_RECEIPT_FILE = "shutdown_message_received.json"
+# A container's file may be written after the pass read its `now` and before it listed
+# the machine as gone; a pass takes far less than this.
+MTIME_SLACK_SECONDS = 60
 CORRUPT_MARK = ".corrupt-"
 # Our records are well under 1 KiB; anything near this is not one of ours.
 MAX_RECORD_BYTES = 64 * 1024
@@ -457,9 +460,9 @@ class Store:
         """The message in joboutputs/shutdown_message and whether the abort rule may read it.
 
         Trusted (module docstring, issue 11 item 4): the guest API's receipt for this UUID,
-        received between the machine's creation and `now`, holding the same message; for a
-        machine whose guest writes joboutputs itself (not a VM), an mtime between its start
-        and `now`; or the factory's own reason for stopping it (`factory_message`), which is
+        received since the machine's creation, holding the same message; for a machine
+        whose guest writes joboutputs itself (not a VM), an mtime between its start and
+        `now` (plus MTIME_SLACK_SECONDS); or the factory's own reason for stopping it (`factory_message`), which is
         the factory's verdict, not the guest's. Everything else is distrusted, with why.
         """
         found = self._read_shutdown_file(record)
@@ -469,11 +472,13 @@ class Store:
         if factory_message is not None and message.text == factory_message.strip():
             return JudgedShutdownMessage(message, None)
         receipt = self.shutdown_receipt(record)
+        # No upper bound on a receipt: the guest API serves no finished machine, so none
+        # postdates the machine's end; `now` was read before this pass listed the machines.
         if receipt is not None and receipt.uuid == record.uuid and receipt.message == message.text:
-            if record.created_time <= receipt.received_time <= now:
+            if record.created_time <= receipt.received_time:
                 return JudgedShutdownMessage(message, None)
         if record.machine_model not in VM_MACHINE_MODELS:
-            if started_time is not None and started_time <= mtime <= now + 1:
+            if started_time is not None and started_time <= mtime <= now + MTIME_SLACK_SECONDS:
                 return JudgedShutdownMessage(message, None)
             return JudgedShutdownMessage(
                 message, f"written at {int(mtime)}, outside the machine's life ({started_time} to {now})"
@@ -485,7 +490,7 @@ class Store:
         elif receipt.message != message.text:
             reason = "the file was replaced after the guest API received the guest's message"
         else:
-            reason = f"received at {receipt.received_time}, outside the machine's life ({record.created_time} to {now})"
+            reason = f"received at {receipt.received_time}, before the machine was created at {record.created_time}"
         return JudgedShutdownMessage(message, reason)
 
     def shutdown_receipt(self, record: MachineRecord) -> Optional[ShutdownReceipt]:
@@ -855,7 +860,11 @@ def _created_time_of_finishes_line(raw_text: Optional[str]) -> Optional[int]:
 
 
 def _finish_json(finish: FinishRecord) -> str:
-    return json.dumps(asdict(finish), sort_keys=True) + "\n"
+    fields = asdict(finish)
+    if finish.distrust_reason is None:
+        # finished.json keeps the shape admins' scripts know when the message is the verdict.
+        del fields["distrust_reason"], fields["verdict_instead"]
+    return json.dumps(fields, sort_keys=True) + "\n"
 
 
 def _finish_at(finished_time: int) -> FinishRecord:
