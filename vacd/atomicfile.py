@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
@@ -71,6 +72,32 @@ def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644) 
     """Replace `path` with `content` atomically and durably."""
     with atomic_replace(path, mode) as temp_file:
         temp_file.write(content.encode() if isinstance(content, str) else content)
+
+
+def write_atomic_at(directory_fd: int, name: str, content: bytes, mode: int = 0o644) -> None:
+    """`write_atomic` of `name` inside the directory open as `directory_fd` (no path walked).
+
+    For directories a guest writes into (joboutputs/): the temp file is created O_EXCL |
+    O_NOFOLLOW and renamed relative to the descriptor, so no symlink on the way to the
+    directory, or planted at the temp name, is followed (issue 11 item 3).
+    """
+    temp_name = _temp_prefix(name) + secrets.token_hex(4) + TEMP_SUFFIX
+    descriptor = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode,
+                         dir_fd=directory_fd)
+    try:
+        with os.fdopen(descriptor, "wb") as temp_file:
+            temp_file.write(content)
+            temp_file.flush()
+            os.fchmod(temp_file.fileno(), mode)
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, name, src_dir_fd=directory_fd, dst_dir_fd=directory_fd)
+    except BaseException:
+        try:
+            os.unlink(temp_name, dir_fd=directory_fd)
+        except FileNotFoundError:
+            pass
+        raise
+    os.fsync(directory_fd)
 
 
 def fsync_directory(directory: PathLike) -> None:

@@ -851,16 +851,25 @@ class Factory:
         cpu_seconds = stored.heartbeat.cpu_seconds if stored.heartbeat else 0.0
         # The factory's reason is also in destroy_requested, for when the guest left
         # something unusable where its message goes and the reason could not be written there.
-        said = self.store.read_shutdown_message(record)
-        if said is None and stored.destroy_request is not None:
-            said = stored.destroy_request.shutdown_message
+        factory_said = stored.destroy_request.shutdown_message if stored.destroy_request is not None else None
+        judged = self.store.judged_shutdown_message(record, stored.started_time, now, factory_said or factory_message)
+        said = judged.message.text if judged is not None else factory_said
+        fizzle_seconds = machinetype.fizzle_seconds if machinetype is not None else 0
         # A silent early end is a fizzle (acceptance 22; Vac 03's version never ran, §3.5).
-        message = effective_outcome(
-            said or factory_message,
-            stored.started_time,
-            last_heartbeat or now,
-            machinetype.fizzle_seconds if machinetype is not None else 0,
-        )
+        message = effective_outcome(said or factory_message, stored.started_time, last_heartbeat or now, fizzle_seconds)
+        distrust_reason = judged.distrust_reason if judged is not None else None
+        verdict_instead = None
+        if distrust_reason is not None:
+            # Not shown to be this machine's guest's (issue 11 item 4): the text stays for
+            # the admin, APEL and status; the space's abort rule reads the outcome as if the
+            # guest had said nothing, so a leftover cannot back the space off nor hide a fizzle.
+            verdict_instead = effective_outcome(
+                factory_said or factory_message, stored.started_time, last_heartbeat or now, fizzle_seconds
+            )
+            log.warning(
+                "shutdown message not used for the space's backoff name=%s uuid=%s message=%r reason=%s verdict=%r",
+                record.name, record.uuid, message, distrust_reason, verdict_instead,
+            )
         finish = FinishRecord(
             finished_time=now,
             shutdown_message=message,
@@ -868,6 +877,8 @@ class Factory:
             started_time=stored.started_time,
             last_heartbeat_time=last_heartbeat,
             cpu_seconds=cpu_seconds,
+            distrust_reason=distrust_reason,
+            verdict_instead=verdict_instead,
         )
         if self.hooks.account is not None:
             try:
@@ -1148,7 +1159,8 @@ class Factory:
             except Exception as error:  # boundary: a bad finishes/ pointer loses the outcome, not the pass
                 log.warning("cannot read the last finished machine machinetype=%s error=%s", name, error)
                 last = None
-            message = last.finish.shutdown_message if last and last.finish else None
+            # The verdict, not the text: a message not shown to be the guest's backs no one off.
+            message = last.finish.verdict if last and last.finish else None
             message_time = None
             if last is not None and last.finish is not None:
                 message_time = last.finish.shutdown_message_time or last.finish.finished_time

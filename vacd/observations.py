@@ -16,10 +16,10 @@ the factory, with a real guest API or a simulated one writing through
 from __future__ import annotations
 
 import dataclasses
-import os
 import stat
 from typing import Optional
 
+from vacd.cappedread import lstat_under
 from vacd.factory import FactoryHooks
 from vacd.guestapi.joboutputs import received_times, shutdown_message_time
 from vacd.mjf import lower_shutdown_time
@@ -39,11 +39,10 @@ class GuestObservations:
             return float(received.last)
         # Containers write the file directly into the bind mount. Only a regular file is a
         # heartbeat: a symlink's or a FIFO's time is not the guest saying it is alive.
-        try:
-            status = os.lstat(joboutputs / name)
-        except OSError:
-            return None
-        return status.st_mtime if stat.S_ISREG(status.st_mode) else None
+        # No link is followed on the way either: a joboutputs replaced by a symlink has no
+        # heartbeat in it (issue 11 item 3).
+        status = lstat_under(stored.directory, (JOBOUTPUTS, name))
+        return status.st_mtime if status is not None and stat.S_ISREG(status.st_mode) else None
 
     def shutdown_message_time(self, stored: StoredMachine) -> Optional[int]:
         """When the guest first sent joboutputs/shutdown_message, or None."""

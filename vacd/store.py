@@ -33,6 +33,19 @@ Rules (design.md rule 4):
   cap, never through a link, never blocking (vacd.cappedread); a shutdown message is
   parsed only by vacd.outcomes.parse_shutdown_message. Nothing a guest writes raises out
   of the store (issue 8 item 2).
+- `joboutputs/` itself is reached through a descriptor opened with O_NOFOLLOW |
+  O_DIRECTORY relative to MD, and its files relative to that (vacd.cappedread,
+  vacd.atomicfile.write_atomic_at): a `joboutputs` replaced by a symlink, or a symlinked
+  directory inside it, is never followed, for a read or a write (issue 11 item 3).
+- A shutdown message drives the whole space's backoff, so the abort rule reads it only if
+  it is this machine's guest's, said in this machine's life (issue 11 item 4,
+  `judged_shutdown_message`): the guest API's receipt in MD (`SHUTDOWN_RECEIPT_FILE`,
+  outside joboutputs, so no guest can write it) names this machine's UUID, a time since
+  its creation, and the message the file holds now; or, for a machine whose guest writes
+  joboutputs directly (a container, not a VM), the file's mtime lies in the machine's
+  life. Anything else (a file there before the start, one written by anyone but the guest
+  API into a VM's directory, one replaced since its receipt) is kept as the text for the
+  admin, APEL and status, and counts as no verdict (`FinishRecord.verdict`).
 - A record that cannot be read is quarantined, never fatal (issue 8 item 3): it is renamed
   to `<file>.corrupt-<unix time>` beside where it was (kept for the admin until the
   directory expires), logged at WARNING with its path and counted (`quarantined_total`).
@@ -71,7 +84,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 from vacd.atomicfile import write_atomic
-from vacd.cappedread import UnreadableFile, read_capped
+from vacd.atomicfile import write_atomic_at
+from vacd.cappedread import UnreadableFile, open_directory, read_capped, read_capped_with_status_under
+from vacd.config import VM_MACHINE_MODELS
 from vacd.errors import StoreError
 from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message, shutdown_code
 from vacd.paths import Paths
@@ -90,6 +105,13 @@ HEARTBEAT_RECORD_FILE = "heartbeat.json"
 INITIAL_HEARTBEAT_LINE = "0.0 0.0\n"
 DESTROY_REQUESTED_FILE = "destroy_requested"
 SHUTDOWN_MESSAGE_FILE = "shutdown_message"
+JOBOUTPUTS_DIR = "joboutputs"
+# In MD, not joboutputs/: the guest API's record that this machine's guest sent its
+# shutdown_message (ShutdownReceipt). A container can write joboutputs/, never MD.
+SHUTDOWN_RECEIPT_FILE = "shutdown_message_received.json"
+# A container's file may be written after the pass read its `now` and before it listed
+# the machine as gone; a pass takes far less than this.
+MTIME_SLACK_SECONDS = 60
 CORRUPT_MARK = ".corrupt-"
 # Our records are well under 1 KiB; anything near this is not one of ours.
 MAX_RECORD_BYTES = 64 * 1024
@@ -198,10 +220,42 @@ class FinishRecord:
     last_heartbeat_time: Optional[int]
     cpu_seconds: float
 
+    # Set when `shutdown_message` is kept for the admin, APEL and status but the abort rule
+    # must not read it (issue 11 item 4): why it is not shown to be this machine's guest's.
+    distrust_reason: Optional[str] = None
+    # What the abort rule reads then: the outcome as if the guest had said nothing (the
+    # factory's own reason, a fizzle, or None).
+    verdict_instead: Optional[str] = None
+
+    @property
+    def verdict(self) -> Optional[str]:
+        """The outcome the space's abort rule reads (local backoff, peers' reports)."""
+        return self.shutdown_message if self.distrust_reason is None else self.verdict_instead
+
     @property
     def outcome_code(self) -> Optional[int]:
         """The 3-digit code of the shutdown message, or None (§4.4)."""
         return shutdown_code(self.shutdown_message)
+
+
+@dataclass(frozen=True)
+class ShutdownReceipt:
+    """The guest API received a shutdown_message from a machine's own slot address."""
+
+    uuid: str
+    source_address: str
+    received_time: int
+    # The parsed message the upload held (parse_shutdown_message), None if it held none.
+    message: Optional[str]
+
+
+@dataclass(frozen=True)
+class JudgedShutdownMessage:
+    """The message in joboutputs/shutdown_message, and whether the abort rule may read it."""
+
+    message: ShutdownMessage
+    # None when it is this machine's guest's, said in its life (module docstring).
+    distrust_reason: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -349,11 +403,10 @@ class Store:
         if not os.path.lexists(directory / DESTROY_REQUESTED_FILE):
             write_atomic(directory / DESTROY_REQUESTED_FILE, _destroy_request_json(now, shutdown_message))
         if shutdown_message and self.read_shutdown_message(record) is None:
-            target = directory / "joboutputs" / SHUTDOWN_MESSAGE_FILE
+            target = directory / JOBOUTPUTS_DIR / SHUTDOWN_MESSAGE_FILE
             try:
-                target.parent.mkdir(exist_ok=True)
-                write_atomic(target, shutdown_message + "\n")
-            except OSError as error:
+                _write_joboutputs_file(directory, SHUTDOWN_MESSAGE_FILE, (shutdown_message + "\n").encode())
+            except (OSError, UnreadableFile) as error:
                 log.warning("cannot write the factory's shutdown message path=%s error=%s", target, error)
 
     def finish(self, record: MachineRecord, finish: FinishRecord) -> None:
@@ -381,13 +434,76 @@ class Store:
 
         The file is the guest's: anything there that is not a regular file is no message.
         """
-        path = self.joboutputs_dir(record) / SHUTDOWN_MESSAGE_FILE
+        found = self._read_shutdown_file(record)
+        return found[0] if found is not None else None
+
+    def _read_shutdown_file(self, record: MachineRecord) -> Optional[tuple[ShutdownMessage, float]]:
+        """The parsed message and the file's mtime; None if there is none, or it is unusable."""
+        directory = self.machine_dir(record)
         try:
-            raw = read_capped(path, MAX_SHUTDOWN_MESSAGE_BYTES)
+            found = read_capped_with_status_under(
+                directory, (JOBOUTPUTS_DIR, SHUTDOWN_MESSAGE_FILE), MAX_SHUTDOWN_MESSAGE_BYTES
+            )
         except UnreadableFile as error:
-            log.info("no usable shutdown message name=%s path=%s reason=%s", record.name, path, error.reason)
+            # A symlinked joboutputs or message is the guest's (or a hostile layout's): an
+            # admin should know why the machine has no outcome (issue 11 item 3).
+            log.warning("no usable shutdown message name=%s path=%s reason=%s", record.name, error.path, error.reason)
             return None
-        return parse_shutdown_message(raw) if raw is not None else None
+        if found is None:
+            return None
+        message = parse_shutdown_message(found[0])
+        return (message, found[1].st_mtime) if message is not None else None
+
+    def judged_shutdown_message(
+        self, record: MachineRecord, started_time: Optional[int], now: int, factory_message: Optional[str] = None
+    ) -> Optional[JudgedShutdownMessage]:
+        """The message in joboutputs/shutdown_message and whether the abort rule may read it.
+
+        Trusted (module docstring, issue 11 item 4): the guest API's receipt for this UUID,
+        received since the machine's creation, holding the same message; for a machine
+        whose guest writes joboutputs itself (not a VM), an mtime between its start and
+        `now` (plus MTIME_SLACK_SECONDS); or the factory's own reason for stopping it (`factory_message`), which is
+        the factory's verdict, not the guest's. Everything else is distrusted, with why.
+        """
+        found = self._read_shutdown_file(record)
+        if found is None:
+            return None
+        message, mtime = found
+        if factory_message is not None and message.text == factory_message.strip():
+            return JudgedShutdownMessage(message, None)
+        receipt = self.shutdown_receipt(record)
+        # No upper bound on a receipt: the guest API serves no finished machine, so none
+        # postdates the machine's end; `now` was read before this pass listed the machines.
+        if receipt is not None and receipt.uuid == record.uuid and receipt.message == message.text:
+            if record.created_time <= receipt.received_time:
+                return JudgedShutdownMessage(message, None)
+        if record.machine_model not in VM_MACHINE_MODELS:
+            if started_time is not None and started_time <= mtime <= now + MTIME_SLACK_SECONDS:
+                return JudgedShutdownMessage(message, None)
+            return JudgedShutdownMessage(
+                message, f"written at {int(mtime)}, outside the machine's life ({started_time} to {now})"
+            )
+        if receipt is None:
+            reason = "not received from the machine's guest by the guest API (no receipt)"
+        elif receipt.uuid != record.uuid:
+            reason = f"the receipt is for another machine (uuid {receipt.uuid})"
+        elif receipt.message != message.text:
+            reason = "the file was replaced after the guest API received the guest's message"
+        else:
+            reason = f"received at {receipt.received_time}, before the machine was created at {record.created_time}"
+        return JudgedShutdownMessage(message, reason)
+
+    def shutdown_receipt(self, record: MachineRecord) -> Optional[ShutdownReceipt]:
+        """The guest API's receipt of this machine's shutdown_message, or None (unreadable: None, logged)."""
+        path = self.machine_dir(record) / SHUTDOWN_RECEIPT_FILE
+        try:
+            raw_text = self._read_record_text(path)
+            if raw_text is None:
+                return None
+            return _parse_shutdown_receipt(raw_text, path)
+        except CorruptRecord as error:
+            log.warning("unreadable shutdown message receipt path=%s reason=%s", path, error)
+            return None
 
     def read_shutdown_message(self, record: MachineRecord) -> Optional[str]:
         """The text of `shutdown_message(record)`, code included, or None."""
@@ -744,7 +860,11 @@ def _created_time_of_finishes_line(raw_text: Optional[str]) -> Optional[int]:
 
 
 def _finish_json(finish: FinishRecord) -> str:
-    return json.dumps(asdict(finish), sort_keys=True) + "\n"
+    fields = asdict(finish)
+    if finish.distrust_reason is None:
+        # finished.json keeps the shape admins' scripts know when the message is the verdict.
+        del fields["distrust_reason"], fields["verdict_instead"]
+    return json.dumps(fields, sort_keys=True) + "\n"
 
 
 def _finish_at(finished_time: int) -> FinishRecord:
@@ -871,7 +991,67 @@ def _finish_from_fields(fields: Mapping[str, Any], path: Path, mtime: Callable[[
         started_time=_optional_int(fields, "started_time"),
         last_heartbeat_time=_optional_int(fields, "last_heartbeat_time"),
         cpu_seconds=_finite_float(fields.get("cpu_seconds")),
+        distrust_reason=_optional_str(fields, "distrust_reason"),
+        verdict_instead=_optional_str(fields, "verdict_instead"),
     )
+
+
+def _optional_str(fields: Mapping[str, Any], key: str) -> Optional[str]:
+    value = fields.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _parse_shutdown_receipt(raw_text: str, path: Path) -> ShutdownReceipt:
+    fields = _parse_json_object(raw_text, path)
+    uuid = _optional_str(fields, "uuid")
+    received_time = _optional_int(fields, "received_time")
+    if uuid is None or received_time is None:
+        raise CorruptRecord(f"{path}: not a shutdown message receipt")
+    return ShutdownReceipt(
+        uuid=uuid,
+        source_address=_optional_str(fields, "source_address") or "",
+        received_time=received_time,
+        message=_optional_str(fields, "message"),
+    )
+
+
+def write_shutdown_receipt(machine_dir: Path, receipt: ShutdownReceipt) -> None:
+    """Record, in MD (where no guest writes), that the guest API received this machine's message."""
+    write_atomic(machine_dir / SHUTDOWN_RECEIPT_FILE, json.dumps(asdict(receipt), sort_keys=True) + "\n")
+
+
+def open_guest_directory(path: Path, create: bool = False) -> Optional[int]:
+    """A descriptor of `path` (MD/joboutputs) with no link followed from MD on; None if absent.
+
+    MD (`path.parent`) and `path` are both opened with O_NOFOLLOW | O_DIRECTORY
+    (vacd.cappedread.open_directory). With `create`, a missing `path` is made first,
+    relative to MD's descriptor.
+
+    Raises:
+        UnreadableFile: MD or `path` is a symlink or not a directory.
+    """
+    if create:
+        parent = open_directory(path.parent)
+        if parent is None:
+            return None
+        try:
+            os.mkdir(path.name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        finally:
+            os.close(parent)
+    return open_directory(path.parent, (path.name,))
+
+
+def _write_joboutputs_file(machine_dir: Path, name: str, content: bytes) -> None:
+    """Replace MD/joboutputs/NAME atomically, with no link followed on the way."""
+    directory = open_guest_directory(machine_dir / JOBOUTPUTS_DIR, create=True)
+    if directory is None:
+        raise FileNotFoundError(f"{machine_dir}: no machine directory")
+    try:
+        write_atomic_at(directory, name, content)
+    finally:
+        os.close(directory)
 
 
 def _parse_destroy_request(raw_text: str, path: Path) -> DestroyRequest:

@@ -18,7 +18,8 @@ from vacd.factory import Factory, FactoryHooks
 from vacd.paths import Paths
 from vacd.outcomes import EXCEEDED_WALLCLOCK, FAILED_TO_START, HEARTBEAT_NOT_CREATED
 from vacd.scheduler import MachinetypeReport
-from vacd.store import Store
+from vacd.guestapi.joboutputs import Sender, store_upload
+from vacd.store import StoredMachine, Store
 
 
 class StaticConfig:
@@ -106,6 +107,11 @@ class Harness:
     def run_pass(self):  # type: ignore[no-untyped-def]
         return self.factory.run_pass()
 
+    def guest_says(self, stored: StoredMachine, text: str) -> None:
+        """The machine's guest PUTs its shutdown_message, as the guest API stores it (with its receipt)."""
+        store_upload(stored.directory / "joboutputs", "shutdown_message", text.encode() + b"\n", int(self.clock()),
+                     10**6, Sender(stored.record.uuid, stored.record.ip_address))
+
 
 def test_idle_factory_fills_every_slot_in_one_pass(tmp_path: Path) -> None:
     harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
@@ -137,7 +143,7 @@ def test_guest_power_off_is_finalised_with_its_message_and_slot_refilled(tmp_pat
     harness.run_pass()
     first = harness.store.slot_binding("f1-00.example.com")
     assert first is not None
-    (first.directory / "joboutputs" / "shutdown_message").write_text("200 Success\n")
+    harness.guest_says(first, "200 Success")
     harness.clock.advance(120)
     harness.backend.power_off("f1-00.example.com")
     harness.run_pass()

@@ -214,7 +214,7 @@ def test_renamed_factory_leaves_the_old_machine_its_address_until_it_is_gone(tmp
         ("f9-00.example.com", False), ("f1-00.example.com", True)]
     old = harness.store.slot_binding("f1-00.example.com")
     assert old is not None
-    (old.directory / "joboutputs" / "shutdown_message").write_text("200 Success\n")
+    harness.guest_says(old, "200 Success")
     harness.backend.power_off("f1-00.example.com")
     harness.clock.advance(10)
     report = harness.run_pass()

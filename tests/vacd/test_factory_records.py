@@ -146,7 +146,7 @@ def test_slot_recreated_within_the_same_second_gets_a_new_directory(tmp_path: Pa
     harness.run_pass()
     first = harness.store.slot_binding(SLOT)
     assert first is not None
-    (first.directory / "joboutputs" / "shutdown_message").write_text("200 Success\n")
+    harness.guest_says(first, "200 Success")
     harness.backend.power_off(SLOT)
 
     harness.run_pass()  # same second: finalised, and the slot created into again

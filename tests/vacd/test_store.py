@@ -216,11 +216,11 @@ def test_crash_at_any_write_step_reloads_to_a_consistent_state(tmp_path_factory:
     calls = {"count": 0}
     real_replace = os.replace
 
-    def replace_that_crashes(source: str, target: str) -> None:
+    def replace_that_crashes(source: str, target: str, **dir_fds: int) -> None:
         calls["count"] += 1
         if calls["count"] == crash_at:
             raise Crash()
-        real_replace(source, target)
+        real_replace(source, target, **dir_fds)  # joboutputs/ is written relative to its descriptor
 
     os.replace = replace_that_crashes  # type: ignore[assignment]
     try:

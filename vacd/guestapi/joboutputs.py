@@ -17,6 +17,13 @@ Rules (behaviour reference §6.3, §6.7, §11; design anti-pattern 3):
 - Everything in the directory is read as guest data (issue 8 item 2): a container writes
   there directly, `.received.json` included. Reads are capped, never follow a link, never
   block (vacd.cappedread), and bad content means "nothing received", never an exception.
+- The directory is opened with O_NOFOLLOW | O_DIRECTORY relative to MD, and every read,
+  write and listing goes through that descriptor (vacd.store.open_guest_directory): a
+  `joboutputs` replaced by a symlink is refused, never followed (issue 11 item 3).
+- A shutdown_message received from the guest of the machine's own slot also gets a
+  receipt in MD (vacd.store.ShutdownReceipt: UUID, source address, time, message), the
+  only proof the factory accepts that the guest said it (issue 11 item 4). `.received.json`
+  cannot be that proof: it is in joboutputs, which a container writes.
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from vacd.atomicfile import write_atomic
+from vacd.atomicfile import write_atomic_at
 from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import VacError
 from vacd.guestapi.uploadnames import RECEIVED_FILE as RECEIVED_FILE  # re-exported: the receipts are this module's
 from vacd.guestapi.uploadnames import is_vacd_file_name
-from vacd.store import SHUTDOWN_MESSAGE_FILE
+from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, parse_shutdown_message
+from vacd.store import SHUTDOWN_MESSAGE_FILE, ShutdownReceipt, open_guest_directory, write_shutdown_receipt
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,14 @@ class ReceivedTimes:
 
 
 @dataclass(frozen=True)
+class Sender:
+    """The machine an upload came from, as the guest API identified it (for the receipt)."""
+
+    uuid: str
+    source_address: str
+
+
+@dataclass(frozen=True)
 class Usage:
     total_bytes: int
     file_count: int
@@ -64,22 +80,39 @@ class Usage:
 
 
 def usage(joboutputs_dir: Path) -> Usage:
-    """Bytes and files the guest holds in its joboutputs directory (vacd's own files excluded)."""
-    sizes: dict[str, int] = {}
+    """Bytes and files the guest holds in its joboutputs directory (vacd's own files excluded).
+
+    A joboutputs that is a symlink (or not a directory) counts as empty here; every write
+    refuses it (`store_upload`).
+    """
     try:
-        with os.scandir(joboutputs_dir) as entries:
-            for entry in entries:
-                if is_vacd_file_name(entry.name) or not entry.is_file(follow_symlinks=False):
-                    continue
-                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
-    except FileNotFoundError:
-        pass
+        directory = open_guest_directory(joboutputs_dir)
+    except UnreadableFile:
+        return Usage(0, 0, {})
+    if directory is None:
+        return Usage(0, 0, {})
+    try:
+        return _usage_at(directory)
+    finally:
+        os.close(directory)
+
+
+def _usage_at(directory: int) -> Usage:
+    sizes: dict[str, int] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if is_vacd_file_name(entry.name) or not entry.is_file(follow_symlinks=False):
+                continue
+            sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
     return Usage(sum(sizes.values()), len(sizes), sizes)
 
 
 def quota_problem(joboutputs_dir: Path, name: str, length: int, quota_bytes: int) -> Optional[str]:
     """Why writing `length` bytes to NAME would break the quota, or None if it would not."""
-    current = usage(joboutputs_dir)
+    return _quota_problem(usage(joboutputs_dir), name, length, quota_bytes)
+
+
+def _quota_problem(current: Usage, name: str, length: int, quota_bytes: int) -> Optional[str]:
     replaced = current.sizes.get(name)
     after = current.total_bytes - (replaced or 0) + length
     if after > quota_bytes:
@@ -89,31 +122,71 @@ def quota_problem(joboutputs_dir: Path, name: str, length: int, quota_bytes: int
     return None
 
 
-def store_upload(joboutputs_dir: Path, name: str, content: bytes, now: int, quota_bytes: int) -> None:
-    """Write NAME atomically and record when it was received.
+def store_upload(
+    joboutputs_dir: Path, name: str, content: bytes, now: int, quota_bytes: int, sender: Optional[Sender] = None
+) -> None:
+    """Write NAME atomically and record when it was received (and, for shutdown_message, from whom).
+
+    `joboutputs_dir` is MD/joboutputs; it is reached from MD with no link followed.
 
     Raises:
         QuotaExceeded: the write would break the quota; nothing is written.
-        OSError: the write failed; the old file, if any, is unchanged.
+        OSError: the write failed, or joboutputs is a symlink or not a directory; the old
+            file, if any, is unchanged.
     """
-    problem = quota_problem(joboutputs_dir, name, len(content), quota_bytes)
-    if problem is not None:
-        raise QuotaExceeded(problem)
-    write_atomic(joboutputs_dir / name, content)
-    times = received_times(joboutputs_dir)
-    previous = times.get(name)
-    times[name] = ReceivedTimes(first=previous.first if previous else now, last=now)
-    write_atomic(
-        joboutputs_dir / RECEIVED_FILE,
-        json.dumps({key: [value.first, value.last] for key, value in sorted(times.items())}) + "\n",
-    )
+    try:
+        directory = open_guest_directory(joboutputs_dir, create=True)
+    except UnreadableFile as error:
+        raise OSError(f"{error.path}: {error.reason}") from error
+    if directory is None:
+        raise FileNotFoundError(f"{joboutputs_dir.parent}: no machine directory")
+    try:
+        problem = _quota_problem(_usage_at(directory), name, len(content), quota_bytes)
+        if problem is not None:
+            raise QuotaExceeded(problem)
+        write_atomic_at(directory, name, content)
+        times = _received_times_at(directory, joboutputs_dir)
+        previous = times.get(name)
+        times[name] = ReceivedTimes(first=previous.first if previous else now, last=now)
+        write_atomic_at(
+            directory,
+            RECEIVED_FILE,
+            (json.dumps({key: [value.first, value.last] for key, value in sorted(times.items())}) + "\n").encode(),
+        )
+    finally:
+        os.close(directory)
+    if name == SHUTDOWN_MESSAGE_FILE and sender is not None:
+        message = parse_shutdown_message(content[:MAX_SHUTDOWN_MESSAGE_BYTES])
+        write_shutdown_receipt(
+            joboutputs_dir.parent,
+            ShutdownReceipt(
+                uuid=sender.uuid,
+                source_address=sender.source_address,
+                received_time=now,
+                message=message.text if message is not None else None,
+            ),
+        )
 
 
 def received_times(joboutputs_dir: Path) -> dict[str, ReceivedTimes]:
     """Name -> when the guest first and last sent it; {} if nothing was received."""
+    try:
+        directory = open_guest_directory(joboutputs_dir)
+    except UnreadableFile as error:
+        log.warning("unusable joboutputs directory path=%s reason=%s", error.path, error.reason)
+        return {}
+    if directory is None:
+        return {}
+    try:
+        return _received_times_at(directory, joboutputs_dir)
+    finally:
+        os.close(directory)
+
+
+def _received_times_at(directory: int, joboutputs_dir: Path) -> dict[str, ReceivedTimes]:
     path = joboutputs_dir / RECEIVED_FILE
     try:
-        raw = read_capped(path, MAX_RECEIPTS_BYTES)
+        raw = read_capped(RECEIVED_FILE, MAX_RECEIPTS_BYTES, dir_fd=directory)
     except UnreadableFile as error:
         log.warning("unreadable joboutputs receipt file path=%s reason=%s", path, error.reason)
         return {}

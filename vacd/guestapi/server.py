@@ -43,7 +43,7 @@ from vacd.fdlimit import current_fd_limit, guest_connection_cap
 from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
 from vacd.guestapi.features import features_response
 from vacd.guestapi.guest import GuestMachine
-from vacd.guestapi.joboutputs import QuotaExceeded, quota_problem, store_upload
+from vacd.guestapi.joboutputs import QuotaExceeded, Sender, quota_problem, store_upload
 from vacd.guestapi.machines import MachineResolver, default_source_to_ordinal
 from vacd.guestapi.metadata import metadata_response
 from vacd.guestapi.requestpath import normalise_path
@@ -291,7 +291,10 @@ class GuestApiServer:
                 quota_bytes = self.settings_provider().joboutputs_quota_bytes
                 now = int(self.clock())
                 await asyncio.get_running_loop().run_in_executor(
-                    self.executor, store_upload, machine.directory / "joboutputs", name, body, now, quota_bytes
+                    self.executor, store_upload, machine.directory / "joboutputs", name, body, now, quota_bytes,
+                    # The receipt that lets this machine's message back the space off (issue 11 item 4):
+                    # `source` was just resolved to this slot's current machine, this UUID.
+                    Sender(machine.record.uuid, source),
                 )
         except QuotaExceeded as error:
             log.warning("joboutputs upload refused machine=%s name=%s reason=%s",

@@ -46,7 +46,7 @@ from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.config import Config, FactoryAddress, Machinetype, Settings
 from vacd.errors import BackendError
 from vacd.factory import Factory, FactoryHooks, PassReport
-from vacd.guestapi.joboutputs import store_upload
+from vacd.guestapi.joboutputs import Sender, store_upload
 from vacd.observations import GuestObservations
 from vacd.outcomes import is_abort
 from vacd.paths import Paths
@@ -193,7 +193,8 @@ class SimBackend:
             return
         if message is not None:
             store_upload(machine.spec.machine_dir / "joboutputs", SHUTDOWN_MESSAGE_FILE, message.encode() + b"\n",
-                         int(EPOCH + self.loop.now), JOBOUTPUTS_QUOTA_BYTES)
+                         int(EPOCH + self.loop.now), JOBOUTPUTS_QUOTA_BYTES,
+                         Sender(machine.spec.uuid, machine.spec.ip_address))
         self._power_off(machine)
 
     def _power_off(self, machine: _SimMachine) -> None:
@@ -392,7 +393,7 @@ class SimFactory:
 
     def _count_finish(self, settings: Settings, machinetype: Optional[Machinetype], record: object,
                       finish: Any) -> None:
-        if is_abort(finish.shutdown_message):
+        if is_abort(finish.verdict):
             self.site.tally.aborts += 1
 
 

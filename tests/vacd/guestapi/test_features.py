@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.vacd.guestapi.conftest import RunningServer, Site, parse_responses, read_until_closed
+from tests.vacd.guestapi.conftest import CREATED_TIME, RunningServer, Site, parse_responses, read_until_closed
 from vacd.guestapi.features import features_index
 from vacd.guestapi.joboutputs import RECEIVED_FILE, received_times, shutdown_message_time
 from vacd.mjf import lower_shutdown_time
-from vacd.store import FinishRecord
+from vacd.store import SHUTDOWN_RECEIPT_FILE, FinishRecord
 
 UUID_3 = "1b4e28ba-2fa1-11d2-883f-000000000003"
 
@@ -250,3 +250,40 @@ def test_refused_large_upload_still_gets_its_answer(site: Site, machine_dir: Pat
         (response,) = parse_responses(read_until_closed(client))
     assert response.status == 413
     assert not (machine_dir / "joboutputs" / "big").exists()
+
+
+# Whose shutdown message it is (issue 11 item 4)
+def test_put_shutdown_message_leaves_a_receipt_naming_the_machine_and_its_address(
+    site: Site, machine_dir: Path, running_server: RunningServer
+) -> None:
+    assert running_server.put("/joboutputs/shutdown_message", b"300 No work\n").status == 201
+    receipt = json.loads((machine_dir / SHUTDOWN_RECEIPT_FILE).read_text())
+    assert receipt["uuid"] == UUID_3 and receipt["source_address"] == "127.0.0.3"
+    assert receipt["message"] == "300 No work"
+    record = site.record_for(3)
+    judged = site.store.judged_shutdown_message(record, record.created_time, receipt["received_time"])
+    assert judged is not None and judged.distrust_reason is None
+
+
+def test_neighbours_put_lands_only_in_its_own_machine_directory(
+    site: Site, machine_dir: Path, running_server: RunningServer
+) -> None:
+    neighbour, neighbour_dir = site.create_machine(4)
+    assert running_server.put("/joboutputs/shutdown_message", b"300 from the neighbour", source="127.0.0.4").status == 201
+    assert not (machine_dir / "joboutputs" / "shutdown_message").exists()
+    assert not (machine_dir / SHUTDOWN_RECEIPT_FILE).exists()
+    assert site.store.judged_shutdown_message(site.record_for(3), CREATED_TIME, CREATED_TIME + 10**9) is None
+    receipt = json.loads((neighbour_dir / SHUTDOWN_RECEIPT_FILE).read_text())
+    assert receipt["uuid"] == neighbour.uuid and receipt["source_address"] == "127.0.0.4"
+
+
+def test_put_into_a_joboutputs_replaced_by_a_link_writes_nothing_there(
+    tmp_path: Path, machine_dir: Path, running_server: RunningServer
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (machine_dir / "joboutputs").rename(tmp_path / "old-joboutputs")
+    (machine_dir / "joboutputs").symlink_to(elsewhere, target_is_directory=True)
+    assert running_server.put("/joboutputs/shutdown_message", b"300 No work").status == 500
+    assert list(elsewhere.iterdir()) == []
+    assert not (machine_dir / SHUTDOWN_RECEIPT_FILE).exists()
