@@ -4,9 +4,10 @@ Each factory is re-rooted in its own prefix, has its own factory_name, and binds
 VacQuery responder to its own loopback address (127.0.0.11-13) on one shared port. They
 create machines through libvirt's in-memory test driver (real guests are covered by the
 single-factory tests: several factories on one host would share one guest network). The
-test plays the payloads: it writes each new machine's shutdown_message (`200 Success` for
-the machinetypes with work, `300 No more work` for the one without), and the factories'
-wallclock limit ends the machines, which keeps the guest's message.
+test plays the payloads: it stores each new machine's shutdown_message as the guest API
+stores a guest's PUT, receipt included (`200 Success` for the machinetypes with work, `300
+No more work` for the one without), and the factories' wallclock limit ends the machines,
+which keeps the guest's message.
 
 What it pins (issue 4): the space reaches the configured shares between the machinetypes
 with work, and an abort seen on one factory stops every factory from creating that
@@ -26,7 +27,7 @@ from typing import Iterator
 
 import pytest
 
-from vacd.atomicfile import write_atomic
+from vacd.guestapi.joboutputs import Sender, store_upload
 
 pytestmark = [pytest.mark.allow_commands(sys.executable), pytest.mark.slow]
 
@@ -99,8 +100,10 @@ overload_per_processor = 100
         for record_file in (self.prefix / "var/lib/vac/machines").glob("*/machine.json"):
             message_file = record_file.parent / "joboutputs" / "shutdown_message"
             if not message_file.exists():
-                machinetype = json.loads(record_file.read_text())["machinetype"]
-                write_atomic(message_file, MESSAGES[machinetype] + "\n")
+                record = json.loads(record_file.read_text())
+                # A file written on the host is no verdict (issue 11 item 4): the guest's PUT is.
+                store_upload(message_file.parent, "shutdown_message", MESSAGES[record["machinetype"]].encode() + b"\n",
+                             int(time.time()), 10**6, Sender(record["uuid"], record["ip_address"]))
 
     def records(self) -> list[dict]:  # type: ignore[type-arg]
         return [json.loads(path.read_text()) for path in (self.prefix / "var/lib/vac/machines").glob("*/machine.json")]
