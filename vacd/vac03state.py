@@ -43,7 +43,7 @@ from vacd.cappedread import UnreadableFile, read_capped
 from vacd.config import VM_MACHINE_MODELS, Settings
 from vacd.paths import Paths
 from vacd.slots import ip_address_for, ordinal_of_machine_name
-from vacd.store import FINISHED_FILE, RECORD_FILE, MachineRecord
+from vacd.store import FINISHED_FILE, RECORD_FILE, MachineRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,13 @@ def is_vac03_directory(directory: Path) -> bool:
 
 def vac03_slots(paths: Paths) -> dict[str, Path]:
     """Every slot whose binding names an unfinished Vac 03 machine directory: name -> directory."""
+    # The store's reading of slots/ (Vac 03 wrote the same binding); it only reads here.
+    store = Store(paths)
     found: dict[str, Path] = {}
-    try:
-        names = sorted(entry.name for entry in paths.slots_dir.iterdir() if entry.is_file())
-    except FileNotFoundError:
-        return found
-    for name in names:
-        if name.startswith(".") or ".corrupt-" in name:
+    for name in store.bound_machine_names():
+        if ".corrupt-" in name:
             continue
-        directory = _bound_directory(paths, name)
+        directory = store.bound_directory(name)
         if directory is not None and is_vac03_directory(directory):
             found[name] = directory
     return found
@@ -285,15 +283,3 @@ def _looks_like_uuid(text: str) -> bool:
     return [len(part) for part in parts] == [8, 4, 4, 4, 12] and all(
         part.isascii() and all(character in "0123456789abcdefABCDEF" for character in part) for part in parts
     )
-
-
-def _bound_directory(paths: Paths, machine_name: str) -> Optional[Path]:
-    try:
-        raw = read_capped(paths.slots_dir / machine_name, MAX_VAC03_FILE_BYTES)
-    except UnreadableFile:
-        return None
-    parts = raw.decode("utf-8", errors="replace").split() if raw else []
-    if len(parts) < 2 or not (parts[0].isascii() and parts[0].isdigit()) or "/" in parts[1] or parts[1] in (".", ".."):
-        return None
-    return paths.machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
-

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import libvirt
 import psutil
@@ -21,7 +21,8 @@ import pytest
 
 from tests.integration.conftest import VacNetwork
 from tests.integration.test_guest_boots import GuestServers
-from tests.integration.test_vacd_real_vms import RunningFactory
+# `factory`: a RunningFactory in tmp_path, killed and its domains destroyed afterwards.
+from tests.integration.test_vacd_real_vms import RunningFactory, factory  # noqa: F401
 from tests.vac03tree import write_vac03_machine
 from vacd.accounting import parse_message
 from vacd.backends.base import MachineSpec
@@ -36,17 +37,6 @@ PAYLOAD = """#!/bin/sh
 sleep 25
 http-put http://169.254.169.253/joboutputs/shutdown_message "200 Success"
 """
-
-
-@pytest.fixture
-def factory(tmp_path: Path, libvirtd: str, vac_network: VacNetwork) -> Iterator[RunningFactory]:
-    running = RunningFactory(tmp_path / "prefix", libvirtd)
-    running.prefix.mkdir()
-    try:
-        yield running
-    finally:
-        running.kill()
-        running.destroy_everything()
 
 
 def network_identity(uri: str) -> tuple[str, tuple[int, ...]]:
