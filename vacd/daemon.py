@@ -203,6 +203,7 @@ class Daemon:
         self._publish_failing = False
         self.factory: Optional[Factory] = None
         self.guest_api: Optional[Any] = None
+        self.link_identity: Optional[Any] = None
         self.metrics: Optional[Any] = None
         self.metrics_server: Optional[Any] = None
         self._guest_counts_seen: dict[tuple[str, str, int], int] = {}
@@ -233,10 +234,11 @@ class Daemon:
     def run(self) -> int:
         from vacd.backends.libvirt import LibvirtBackend
         from vacd.diskspace import check_disk
+        from vacd.guestapi.linkidentity import LinkIdentity
         from vacd.guestapi.server import GuestApiServer
         from vacd.hypervisor import decide_domain_type
         from vacd.imageeviction import ImageEviction
-        from vacd.network import NETWORK_NAME, uses_test_driver
+        from vacd.network import BRIDGE_NAME, NETWORK_NAME, uses_test_driver
         from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
 
         settings = self.config.settings
@@ -284,8 +286,10 @@ class Daemon:
         if uses_test_driver(settings.libvirt_uri):
             log.info("libvirt test driver: its machines are not real guests, so no guest API is served")
         else:
+            self.link_identity = LinkIdentity(BRIDGE_NAME)
             self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
-                                            port=settings.metadata_port, clock=self.clock)
+                                            port=settings.metadata_port, clock=self.clock,
+                                            link_check=self.link_identity.confirms_slot)
             services.call(self.guest_api.start())
         self._start_peer_protocol(settings, services)
         if self.peer_census is not None and factory.hooks is not None:
@@ -303,6 +307,8 @@ class Daemon:
             executor.shutdown(wait=True)
             if self.guest_api is not None:
                 services.call(self.guest_api.stop())
+            if self.link_identity is not None:
+                self.link_identity.close()
             if self.responder_transport is not None:
                 self.responder_transport.close()
             services.stop()

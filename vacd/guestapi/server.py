@@ -5,8 +5,10 @@ Rules (behaviour reference §1.2, §6; design rule 6):
   GuestConnection, so timeouts and limits are per connection and a stuck guest blocks
   no one. Blocking upload writes (fsync) run on a thread pool, one at a time per machine.
 - Every request is answered for the one machine whose slot owns the source address
-  (vacd.guestapi.machines). No machine, a finished one or one being destroyed: 404 and
-  nothing changes. A method the server does not offer: 405.
+  (vacd.guestapi.machines), and in vacd only once the bridge's tables say the source's
+  frames come from that slot's tap (vacd.guestapi.linkidentity). No machine, a finished
+  one or one being destroyed: 404 and nothing changes. A method the server does not
+  offer: 405.
 - Listeners bind with IP_FREEBIND, so the servers may start before the bridge has its
   addresses; an address that cannot be bound (an IPv6 link-local address whose interface
   does not exist yet, a port in use) is retried every BIND_RETRY_SECONDS, as Vac restarted
@@ -93,6 +95,7 @@ class GuestApiServer:
         mjf_addresses: Sequence[str] = (GATEWAY_ADDRESS,),
         port: int = 80,
         source_to_ordinal: Optional[Callable[[str], Optional[int]]] = None,
+        link_check: Optional[Callable[[str, int], bool]] = None,
         limits: Optional[ConnectionLimits] = None,
         executor: Optional[Executor] = None,
         clock: Callable[[], float] = time.time,
@@ -107,6 +110,9 @@ class GuestApiServer:
         self.executor = executor
         self.clock = clock
         self.source_to_ordinal = source_to_ordinal or default_source_to_ordinal
+        # The second lock beside clean-traffic (vacd.guestapi.linkidentity): does the source's
+        # traffic come from that slot's tap? Not cached here: the check has its own short cache.
+        self.link_check = link_check
         self.resolver = MachineResolver(paths, store, clock)
         self.heartbeats: dict[str, float] = {}
         self.counters: Counter[tuple[str, str, int]] = Counter()
@@ -331,6 +337,8 @@ class GuestApiServer:
                 self._ordinals.clear()
             self._ordinals[source] = ordinal
         if ordinal is None:
+            return None
+        if self.link_check is not None and not self.link_check(source, ordinal):
             return None
         return self.resolver.machine_for(ordinal, self.settings_provider())
 

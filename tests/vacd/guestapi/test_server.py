@@ -110,3 +110,23 @@ def test_stop_closes_kept_alive_connections(machine_dir: Path, running_server: R
         running_server.call(running_server.server.stop())
         assert client.recv(4096) == b""
     assert running_server.server.listening == []
+
+
+def test_source_the_link_check_refuses_is_served_nothing(machine_dir: Path, running_server: RunningServer) -> None:
+    """The slot's address is not enough when the bridge says the frames come from another tap."""
+    server = running_server.server
+    asked: list[tuple[str, int]] = []
+
+    def link_check(source: str, ordinal: int) -> bool:
+        asked.append((source, ordinal))
+        return False
+
+    server.link_check = link_check
+    metadata = running_server.get("/latest/meta-data/instance-id")
+    upload = running_server.exchange(b"PUT /joboutputs/shutdown_message HTTP/1.1\r\nContent-Length: 12\r\n\r\n"
+                                     b"300 Hijacked", part="mjf")[0]
+    assert (metadata.status, upload.status) == (404, 404)
+    assert asked == [("127.0.0.3", 3), ("127.0.0.3", 3)]
+    assert not (machine_dir / "joboutputs" / "shutdown_message").exists()
+    server.link_check = lambda source, ordinal: True
+    assert running_server.get("/latest/meta-data/instance-id").status == 200
