@@ -26,6 +26,7 @@ CORE_MODULES = (
     "vacd.pipes",
     "vacd.userdata",
     "vacd.backends.domainxml",
+    "vacd.lvm",
     "vacd.guestapi.metadata",
     "vacd.guestapi.features",
     "vacd.guestapi.requestpath",

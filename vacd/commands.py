@@ -6,8 +6,9 @@ the argv, the exit status and the tail of stderr, raised from the cause.
 
 from __future__ import annotations
 
+import os
 import subprocess
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 from vacd.errors import CommandFailed
 
@@ -15,10 +16,20 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 STDERR_TAIL_CHARACTERS = 2000
 
 
-def run_command(argv: Sequence[str], timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS) -> str:
-    """Run an argv list (never through a shell); return stdout or raise CommandFailed."""
+def run_command(
+    argv: Sequence[str],
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    environment: Optional[Mapping[str, str]] = None,
+) -> str:
+    """Run an argv list (never through a shell); return stdout or raise CommandFailed.
+
+    `environment` is added to vacd's own (LVM's tools want LC_ALL=C so that their messages
+    and numbers read the same everywhere).
+    """
+    child_environment = None if environment is None else {**os.environ, **environment}
     try:
-        completed = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_seconds, check=False)
+        completed = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_seconds, check=False,
+                                   env=child_environment, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as error:
         raise CommandFailed(argv, -1, f"timed out after {timeout_seconds} s") from error
     except OSError as error:

@@ -415,7 +415,6 @@ def _shown(option: str, value: str) -> str:
 # Options read but not acted on by this version (vacd.configparse reports each one set);
 # the effective text marks them so that none looks effective (issue 10 item 4).
 NOT_ACTED_ON = {
-    "volume_group": "no logical volumes are made",
     "version_logger": "no version messages are sent",
     "gocdb_cert_file": "no GOCDB updates are sent",
     "gocdb_key_file": "no GOCDB updates are sent",

@@ -418,10 +418,6 @@ def _check_unimplemented_settings(reader: SectionReader) -> None:
     machines' disks are made, the option is an error (the admin removes it knowingly);
     where only a report to outside is lost, it is a loud warning.
     """
-    if reader.has("volume_group"):
-        reader.problem("volume_group", f"{NOT_IMPLEMENTED}: vacd makes no logical volumes, so machines would get "
-                                       "file-backed disks under /var/lib/vac where Vac 03 made LVs in this volume "
-                                       "group; remove the line to accept that")
     for option in ("gocdb_cert_file", "gocdb_key_file"):
         if reader.has(option):
             reader.warn(option, f"{NOT_IMPLEMENTED}: no GOCDB capacity updates are sent (Vac 03 sent one a day)")
@@ -587,9 +583,17 @@ def _check_whole_machinetype(machinetype: Machinetype, reader: SectionReader, se
     if machinetype.min_processors > settings.processors_per_superslot:
         reader.warn("min_processors", f"more than processors_per_superslot ({settings.processors_per_superslot}): "
                                       "this machinetype is never created (§5)")
+    if settings.volume_group is not None:
+        # Vac 03's rule for logical volumes (§1.11, vacd.lvm.volume_gb_per_processor).
+        if (machinetype.disk_gb_per_processor and settings.disk_gb_per_processor
+                and machinetype.disk_gb_per_processor > settings.disk_gb_per_processor):
+            reader.warn("disk_gb_per_processor", f"above [settings] disk_gb_per_processor "
+                                                 f"({settings.disk_gb_per_processor}): as Vac 03, logical volumes get "
+                                                 f"{settings.disk_gb_per_processor} GB per processor")
+        return
     # Vac 03 used a machinetype's disk_gb_per_processor only to size logical volumes; its
-    # file-backed CernVM root disk came from [settings] (or 40 GB). vacd makes no logical
-    # volumes and sizes the file from the machinetype's value (vacd/machinespec.py).
+    # file-backed CernVM root disk came from [settings] (or 40 GB). Without volume_group vacd
+    # sizes the file from the machinetype's value (vacd/machinespec.py).
     vac_disk_gb = settings.disk_gb_per_processor or 40
     if machinetype.disk_gb_per_processor and machinetype.disk_gb_per_processor != vac_disk_gb:
         reader.warn("disk_gb_per_processor", f"Vac 03 gave file-backed root disks {vac_disk_gb} GB per processor "

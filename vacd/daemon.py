@@ -233,7 +233,7 @@ class Daemon:
 
     def run(self) -> int:
         from vacd.backends.libvirt import LibvirtBackend
-        from vacd.diskspace import check_disk
+        from vacd.diskspace import check_disk, check_room
         from vacd.guestapi.linkidentity import LinkIdentity
         from vacd.guestapi.server import GuestApiServer
         from vacd.hypervisor import decide_domain_type
@@ -253,11 +253,15 @@ class Daemon:
         # Before the network, interfaces, /etc/hosts or domains are touched (issue 10 item 2): a
         # Vac 03 still running holds these ports, and vacd must stop with the host as it found it.
         self._refuse_busy_ports(settings)
+        self._refuse_missing_volume_group(settings)
         self._ensure_network_at_start(settings)
         warn_if_factory_renamed(self.paths, settings.factory_name)
-        backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
-                                 tmp_dir=self.paths.tmp_dir)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
+        # A sparse disk is made only where all it may grow to leaves the kept minimum free (issue 13).
+        backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
+                                 tmp_dir=self.paths.tmp_dir,
+                                 room_check=lambda directory, size_bytes: check_room(
+                                     directory, size_bytes, config_source.last_good.settings))
         executor = ThreadPoolExecutor(max_workers=max(4, settings.max_creations_per_cycle * 2),
                                       thread_name_prefix="vacd-act")
         self._start_metrics(settings)
@@ -334,6 +338,17 @@ class Daemon:
         if problems:
             raise StartupError("; ".join(problems) + " (vacd stopped before touching the guest network, "
                                "/etc/hosts or any domain)")
+
+    def _refuse_missing_volume_group(self, settings: Settings) -> None:
+        """Stop start-up naming the volume_group if it is not on this host (§2.1, issue 13)."""
+        from vacd.lvm import LogicalVolumes
+        from vacd.startupcheck import volume_group_problem
+
+        problem = volume_group_problem(settings, LogicalVolumes())
+        if problem is not None:
+            raise StartupError(problem + " (vacd stopped before touching the guest network, /etc/hosts or any domain)")
+        if settings.volume_group is not None:
+            log.info("machines' disks are logical volumes in volume_group=%s", settings.volume_group)
 
     def _ensure_network_at_start(self, settings: Settings) -> None:
         """Make the guest network as wanted, replacing it only if no guest is on it.

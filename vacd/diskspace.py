@@ -17,6 +17,11 @@ Rules:
 - The directories checked are the state directory, its tmp/ (disk overlays) and its
   imagecache/ (downloads): normally one file system, but a site may mount either apart.
   The first one short of space is the reason.
+- A sparse disk file takes nothing when made and can grow to its full size as the guest
+  writes (issue 13 item 2): so its creation checks first, with `room_problem`, that the
+  full size would still leave the kept minimum free. Disks already handed to running
+  machines are not counted (their files are unlinked once QEMU holds them, §1.10): the check
+  stops the one creation that could not fit even alone, not an over-commitment of many.
 """
 
 from __future__ import annotations
@@ -77,6 +82,28 @@ def disk_problem(usages: Sequence[DiskUsage], settings: Settings) -> Optional[st
     return None
 
 
+def room_problem(usage: DiskUsage, size_bytes: int, settings: Settings, what: str = "a sparse disk") -> Optional[str]:
+    """Why a file that may grow to `size_bytes` must not be made in `usage.directory`, or None.
+
+    It must fit in the free space and still leave what `required_free_bytes` keeps free.
+    """
+    kept = required_free_bytes(settings, usage.total_bytes)
+    if usage.free_bytes - size_bytes >= kept:
+        return None
+    return (f"disk: {usage.directory} has {usage.free_bytes // MIB} MiB free; {what} that may grow to "
+            f"{_rounded_up_mib(size_bytes)} MiB would leave less than the {_rounded_up_mib(kept)} MiB kept free "
+            "(min_free_disk_mb, min_free_disk_percent): lower disk_gb_per_processor or set volume_group")
+
+
+def check_room(directory: Path, size_bytes: int, settings: Settings, statvfs: Statvfs = os.statvfs) -> Optional[str]:
+    """`room_problem` for `directory` as its file system is now; one that cannot be examined is a problem."""
+    try:
+        usage = read_disk_usage(directory, statvfs)
+    except OSError as error:
+        return f"disk: cannot examine {directory}: {error.strerror or error}"
+    return room_problem(usage, size_bytes, settings)
+
+
 def _rounded_up_mib(size_bytes: int) -> int:
     # "needs 52 MiB" must not read as met by 52.4 MiB free: round the requirement up.
     return -(-size_bytes // MIB)
@@ -107,5 +134,5 @@ def check_disk(paths: Paths, settings: Settings, statvfs: Statvfs = os.statvfs) 
     return disk_problem(usages, settings)
 
 
-__all__ = ["DiskUsage", "MIB", "check_disk", "checked_directories", "disk_problem", "read_disk_usage",
-           "required_free_bytes"]
+__all__ = ["DiskUsage", "MIB", "check_disk", "check_room", "checked_directories", "disk_problem", "read_disk_usage",
+           "required_free_bytes", "room_problem"]

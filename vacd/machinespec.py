@@ -25,6 +25,7 @@ from vacd.backends.base import MachineSpec
 from vacd.config import VM_MACHINE_MODELS, Machinetype, Settings
 from vacd.errors import VacError
 from vacd.imagecheck import ImageVerifier
+from vacd.lvm import VolumeRequest, volume_gb_per_processor
 from vacd.paths import Paths
 from vacd.qemuaccess import SYSTEM_URI
 from vacd.slots import SlotIdentity
@@ -102,4 +103,19 @@ def machine_spec(
         root_device=machinetype.root_device,
         scratch_device=machinetype.scratch_device,
         disk_bytes=disk_gb * record.processors * 10**9,
+        logical_volume=machine_volume(settings, machinetype, record),
+    )
+
+
+def machine_volume(settings: Settings, machinetype: Machinetype, record: MachineRecord) -> Optional[VolumeRequest]:
+    """The machine's logical volume when volume_group is set (§1.11): named as the machine, sized as Vac 03."""
+    if settings.volume_group is None:
+        return None
+    return VolumeRequest(
+        volume_group=settings.volume_group,
+        name=record.name,
+        processors=record.processors,
+        total_processors=max(settings.total_processors, record.processors),
+        gb_per_processor=volume_gb_per_processor(machinetype.disk_gb_per_processor, settings.disk_gb_per_processor),
+        factory_name=settings.factory_name,
     )

@@ -8,9 +8,11 @@ at start-up and is restarted every 10 seconds (issue 12 item 2). Checked:
 * every port vacd listens on is free now (vacd.hostports.busy_ports: VacQuery, the guest
   API's metadata and MJF ports, `metrics_address`), each taken one named with its holder;
 * the log file can be written, when vacd logs to it;
-* Vac 03's default volume group `vac_volume_group` is on this host: Vac 03 put every
-  machine's disk in it without being told to, and this version makes no logical volumes
-  (a warning: vacd runs, with file-backed disks under the state directory).
+* the `volume_group` of [settings] exists (vacd.lvm, `vgs`): Vac 03 refused a missing one
+  (§2.1), and so does vacd's start, naming it (issue 13);
+* without `volume_group`, Vac 03's default group `vac_volume_group` is on this host: Vac 03
+  put every machine's disk in it without being told to, vacd only when told (a warning:
+  vacd runs, with file-backed disks under the state directory).
 
 A vacd already running on this state directory holds its ports: they are not probed then
 (`--check-config` before a reload must not fail because vacd is up). Run as another user
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from vacd.config import Settings
+from vacd.lvm import LogicalVolumes, LvmError, VolumeGroupMissing
 from vacd.paths import Paths
 
 # Errors that say "not as this user", not "not on this host".
@@ -104,12 +107,44 @@ def check_vac03_volume_group(paths: Paths, findings: StartupFindings) -> None:
     device_dir = paths.under_prefix(f"/dev/{VAC03_DEFAULT_VOLUME_GROUP}")
     if device_dir.is_dir():
         findings.warnings.append(
-            f"NOT IMPLEMENTED in this version: {device_dir} exists, and Vac 03 made every machine's disk a logical "
-            f"volume in {VAC03_DEFAULT_VOLUME_GROUP} without being told to; vacd makes file-backed disks under "
-            f"{paths.state_dir} instead: check it has the room")
+            f"{device_dir} exists, and Vac 03 made every machine's disk a logical volume in "
+            f"{VAC03_DEFAULT_VOLUME_GROUP} without being told to; vacd does so only with "
+            f"volume_group = {VAC03_DEFAULT_VOLUME_GROUP} in [settings], and makes file-backed disks under "
+            f"{paths.state_dir} until then: check it has the room")
 
 
-def startup_findings(paths: Paths, settings: Settings, *, logs_to_stderr: bool) -> StartupFindings:
+def volume_group_problem(settings: Settings, logical_volumes: LogicalVolumes) -> Optional[str]:
+    """Why the configured volume_group cannot be used, naming it, or None (also None when unset)."""
+    if settings.volume_group is None:
+        return None
+    try:
+        group = logical_volumes.volume_group(settings.volume_group)
+    except VolumeGroupMissing as error:
+        return f"{error}: create it, or remove volume_group from [settings] for file-backed disks"
+    except LvmError as error:
+        return str(error)
+    if group.extent_bytes <= 0 or group.size_bytes == 0:
+        return f"volume_group {group.name}: it has no room ({group.size_bytes} bytes)"
+    return None
+
+
+def check_volume_group(settings: Settings, logical_volumes: LogicalVolumes, paths: Paths,
+                       findings: StartupFindings) -> None:
+    if settings.volume_group is None:
+        check_vac03_volume_group(paths, findings)
+        return
+    if os.geteuid() != 0:
+        # lvm2 reads the disks' labels, which only root may.
+        findings.warnings.append(f"volume_group {settings.volume_group}: not checked as uid {os.geteuid()} "
+                                 "(vacd runs as root)")
+        return
+    problem = volume_group_problem(settings, logical_volumes)
+    if problem is not None:
+        findings.errors.append(problem)
+
+
+def startup_findings(paths: Paths, settings: Settings, *, logs_to_stderr: bool,
+                     logical_volumes: Optional[LogicalVolumes] = None) -> StartupFindings:
     """Everything vacd's start-up needs that a configuration file cannot show."""
     findings = StartupFindings()
     check_key_files(settings, findings)
@@ -122,5 +157,6 @@ def startup_findings(paths: Paths, settings: Settings, *, logs_to_stderr: bool) 
         # The same probe vacd's start makes before it changes the host (vacd/hostports.py).
         findings.errors.extend(busy_ports(settings))
     check_log_file(paths, settings, logs_to_stderr, findings)
-    check_vac03_volume_group(paths, findings)
+    check_volume_group(settings, logical_volumes if logical_volumes is not None else LogicalVolumes(), paths,
+                       findings)
     return findings

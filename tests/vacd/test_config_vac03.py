@@ -234,7 +234,6 @@ def test_a_node_name_without_a_dot_is_refused_as_vac03_refused_it() -> None:
 # --- options this version does not act on ---------------------------------------------------
 
 @pytest.mark.parametrize("text, option, line", [
-    (SETTINGS + "volume_group = vac_volume_group\n", "volume_group", 3),
     (SETTINGS + "singularity_user = vac\n[machinetype m]\nmachine_model = singularity\ntarget_share = 1\n",
      "machine_model", 5),
     (SETTINGS + "[machinetype m]\nvm_model = docker\nroot_image = docker://x\ntarget_share = 1\n", "vm_model", 4),
@@ -290,6 +289,13 @@ def test_the_effective_text_marks_what_is_not_acted_on() -> None:
     assert "# fix_networking: NOT IMPLEMENTED in this version" in text
 
 
+def test_volume_group_is_accepted_and_acted_on() -> None:
+    config = parse(SETTINGS + "volume_group = vac_volume_group\n")
+    assert config.settings.volume_group == "vac_volume_group"
+    assert "volume_group = vac_volume_group" in effective_config_text(config)
+    assert "# volume_group" not in effective_config_text(config)
+
+
 def test_vac03s_default_volume_group_on_the_host_is_a_check_config_warning(tmp_path: Path) -> None:
     paths = Paths(tmp_path)
     settings = parse(SETTINGS + "log_destination = stderr\nvacquery_port = 0\n").settings
@@ -297,7 +303,7 @@ def test_vac03s_default_volume_group_on_the_host_is_a_check_config_warning(tmp_p
                 if "vac_volume_group" in warning]
     (tmp_path / "dev" / "vac_volume_group").mkdir(parents=True)
     warnings = startup_findings(paths, settings, logs_to_stderr=True).warnings
-    assert any(warning.startswith("NOT IMPLEMENTED in this version:") and "vac_volume_group" in warning
+    assert any("volume_group = vac_volume_group" in warning and "without being told" in warning
                for warning in warnings), warnings
 
 

@@ -13,6 +13,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
+from vacd.lvm import VolumeRequest
+
 
 class ObservedState(str, Enum):
     """What the backend sees of a machine, reduced to what the factory acts on."""
@@ -43,6 +45,9 @@ class MachineSpec:
     root_device: str = "vda"
     scratch_device: str = "vdb"
     disk_bytes: Optional[int] = None  # size of a sparse root disk (cernvm3)
+    # With volume_group set: the machine's logical volume, a cernvm root disk or a vm-raw
+    # scratch disk in place of the sparse file (§1.11).
+    logical_volume: Optional[VolumeRequest] = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ Rules:
   never pasted into a string, so no name or path can inject XML.
 - `machine_disks` decides which disks a spec needs and where their files go (under the
   backend's tmp directory, named by the machine's UUID); the backend creates those files
-  (qcow2 overlays with qemu-img, sparse raw files) and `domain_xml` only references them.
+  (qcow2 overlays with qemu-img, sparse raw files) or the logical volume (vacd.lvm) and
+  `domain_xml` only references them: a file as `<disk type='file'>`, a volume as
+  `<disk type='block'>` on its /dev/<vg>/<name> device.
 - The emulator path is found by the caller (from libvirt's domain capabilities) and passed
   in; None leaves the choice to libvirt.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from vacd.backends.base import MachineSpec
+from vacd.lvm import VolumeRequest
 
 DOMAIN_TYPES = ("kvm", "qemu")
 # cernvm4 is listed by Vac 03 as an alias of cernvm3 but creation raised "not supported"
@@ -44,27 +47,38 @@ VGA_VRAM_KIB = 9216
 
 @dataclass(frozen=True)
 class Disk:
-    """One disk of a machine: where its file is and, if the backend must make it, how."""
+    """One disk of a machine: where its file (or block device) is and, if the backend must make it, how."""
 
-    path: Path
+    path: Path  # a file, or the logical volume's device
     target_device: str  # vda, vdb, hdc ...
     device: str  # "disk" or "cdrom"
     format: str  # "qcow2" or "raw"
     read_only: bool = False
     backing_image: Optional[Path] = None  # make a qcow2 overlay on this image
     sparse_bytes: Optional[int] = None  # make a sparse raw file of this size
+    logical_volume: Optional[VolumeRequest] = None  # make this logical volume; path is its device
 
     @property
     def is_created_by_backend(self) -> bool:
+        return self.is_file_made_by_backend or self.logical_volume is not None
+
+    @property
+    def is_file_made_by_backend(self) -> bool:
+        """A file the backend makes in tmp/ (and unlinks once QEMU holds it open)."""
         return self.backing_image is not None or self.sparse_bytes is not None
+
+    @property
+    def is_block_device(self) -> bool:
+        return self.logical_volume is not None
 
 
 def machine_disks(spec: MachineSpec, tmp_dir: Path) -> tuple[Disk, ...]:
     """The disks `spec` needs, their files placed in `tmp_dir` (§1.11).
 
     vm-raw: a qcow2 overlay on root_image as root_device, if a root_image is given (a
-    machine booted from a kernel needs no disk). cernvm3/cernvm4: root_image as a read-only
-    CD-ROM on hdc plus a sparse raw root disk on root_device.
+    machine booted from a kernel needs no disk), and with a volume group the logical volume
+    as scratch_device. cernvm3/cernvm4: root_image as a read-only CD-ROM on hdc plus a raw
+    root disk on root_device: the logical volume with a volume group, else a sparse file.
 
     Raises:
         ValueError: the machine model is not a VM model, a CernVM machine has no image,
@@ -77,27 +91,34 @@ def machine_disks(spec: MachineSpec, tmp_dir: Path) -> tuple[Disk, ...]:
         raise ValueError(f"root image path {str(spec.root_image)!r} is not absolute")
     file_stem = str(uuid_module.UUID(spec.uuid))
     if spec.machine_model == "vm-raw":
+        disks: list[Disk] = []
         if spec.root_image is None:
             if spec.root_kernel is None:
                 raise ValueError("vm-raw machine has neither root_image nor root_kernel")
-            return ()
-        return (
-            Disk(
+        else:
+            disks.append(Disk(
                 path=tmp_dir / f"{file_stem}.{spec.root_device}.qcow2",
                 target_device=spec.root_device,
                 device="disk",
                 format="qcow2",
                 backing_image=spec.root_image,
-            ),
-        )
+            ))
+        if spec.logical_volume is not None:
+            if spec.scratch_device == spec.root_device and spec.root_image is not None:
+                raise ValueError(f"scratch_device and root_device are both {spec.root_device}")
+            disks.append(_volume_disk(spec.logical_volume, spec.scratch_device))
+        return tuple(disks)
     if spec.root_image is None:
         raise ValueError(f"{spec.machine_model} machine needs a root_image (the CernVM ISO)")
+    cdrom = Disk(path=spec.root_image, target_device=CDROM_TARGET_DEVICE, device="cdrom", format="raw",
+                 read_only=True)
+    if spec.logical_volume is not None:
+        return (cdrom, _volume_disk(spec.logical_volume, spec.root_device))
     disk_bytes = spec.disk_bytes
     if disk_bytes is None:
         disk_bytes = DEFAULT_DISK_BYTES_PER_PROCESSOR * spec.processors
     return (
-        Disk(path=spec.root_image, target_device=CDROM_TARGET_DEVICE, device="cdrom", format="raw",
-             read_only=True),
+        cdrom,
         Disk(
             path=tmp_dir / f"{file_stem}.{spec.root_device}.raw",
             target_device=spec.root_device,
@@ -106,6 +127,11 @@ def machine_disks(spec: MachineSpec, tmp_dir: Path) -> tuple[Disk, ...]:
             sparse_bytes=disk_bytes,
         ),
     )
+
+
+def _volume_disk(request: VolumeRequest, target_device: str) -> Disk:
+    return Disk(path=request.device, target_device=target_device, device="disk", format="raw",
+                logical_volume=request)
 
 
 def domain_xml(
@@ -238,11 +264,16 @@ def _devices(
 
 
 def _disk(devices: ElementTree.Element, disk: Disk) -> None:
-    element = ElementTree.SubElement(devices, "disk", type="file", device=disk.device)
+    element = ElementTree.SubElement(devices, "disk", type="block" if disk.is_block_device else "file",
+                                     device=disk.device)
     # cache=unsafe and error_policy=report as Vac 03 (§1.10): machine disks are scratch.
     ElementTree.SubElement(element, "driver", name="qemu", type=disk.format, cache="unsafe",
                            error_policy="report")
-    ElementTree.SubElement(element, "source", file=str(disk.path))
+    if disk.is_block_device:
+        # Vac 03 attached the logical volume as a raw block device (§1.11).
+        ElementTree.SubElement(element, "source", dev=str(disk.path))
+    else:
+        ElementTree.SubElement(element, "source", file=str(disk.path))
     bus = "virtio" if "vd" in disk.target_device else "ide"
     ElementTree.SubElement(element, "target", dev=disk.target_device, bus=bus)
     if disk.read_only:

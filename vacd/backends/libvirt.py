@@ -23,6 +23,12 @@ Rules:
   (§1.10): QEMU holds them open and the space is freed when the machine ends, so nothing
   leaks if vacd dies later. An image is layered under an overlay only once vacd.imagecheck
   has found it raw or qcow2 with no backing file and no external data file (issue 11 item 1).
+  A sparse file is made only if `room_check` finds room for all it may grow to (issue 13).
+- A spec with a logical volume (volume_group set) gets it made afresh by vacd.lvm, any of
+  the machine's name removed first (§1.11), and attached as a block device; a creation that
+  fails after it removes it again. destroy() removes the volumes the domain had attached
+  under the machine's own name once the domain is gone (§1.7); a machine that ended by
+  itself leaves its volume to the next creation in its slot, which replaces it, as Vac 03.
 """
 
 from __future__ import annotations
@@ -41,10 +47,13 @@ from vacd.backends.domainxml import Disk, domain_xml, machine_disks
 from vacd.commands import run_command
 from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
 from vacd.imagecheck import ImageRefused, layered_image_format
+from vacd.lvm import LogicalVolumes, LvmError, VolumeRequest
 
 log = logging.getLogger(__name__)
 
 CommandRunner = Callable[[Sequence[str]], str]
+# (directory, bytes a file there may grow to) -> why it must not be made, or None.
+RoomCheck = Callable[[Path, int], Optional[str]]
 
 # qemu-img on a local file takes well under a second; a minute means a hung NFS mount.
 
@@ -100,6 +109,8 @@ class LibvirtBackend:
         network_name: str,
         tmp_dir: Path,
         run_command: CommandRunner = run_command,
+        logical_volumes: Optional[LogicalVolumes] = None,
+        room_check: Optional[RoomCheck] = None,
     ) -> None:
         _start_event_loop()
         self._uri = uri
@@ -107,6 +118,8 @@ class LibvirtBackend:
         self._network_name = network_name
         self._tmp_dir = tmp_dir
         self._run_command = run_command
+        self._logical_volumes = logical_volumes if logical_volumes is not None else LogicalVolumes()
+        self._room_check = room_check
         self._lock = threading.Lock()
         self._connection: Optional[libvirt.virConnect] = None
         self._connection_broken = False
@@ -203,10 +216,17 @@ class LibvirtBackend:
             raise BackendError("create", spec.name, str(error)) from error
         connection = self._connect("create", spec.name)
         made: list[Path] = []
+        made_volumes: list[VolumeRequest] = []
+        started = False
         try:
             for disk in disks:
+                if disk.logical_volume is not None:
+                    self._logical_volumes.create(disk.logical_volume)
+                    made_volumes.append(disk.logical_volume)
+                    continue
+                self._check_room(spec.name, disk)
                 self._make_disk_file(disk)
-                if disk.is_created_by_backend:
+                if disk.is_file_made_by_backend:
                     made.append(disk.path)
             xml = domain_xml(
                 spec,
@@ -216,7 +236,8 @@ class LibvirtBackend:
                 emulator=self._emulator_path(connection, spec.name),
             )
             connection.createXML(xml, 0)
-        except (CommandFailed, ImageRefused) as error:
+            started = True
+        except (CommandFailed, ImageRefused, LvmError) as error:
             raise BackendError("create", spec.name, str(error)) from error
         except (OSError, ValueError) as error:
             raise BackendError("create", spec.name, str(error)) from error
@@ -230,6 +251,9 @@ class LibvirtBackend:
         finally:
             for path in made:
                 _unlink_quietly(path)
+            if not started:
+                for request in made_volumes:
+                    self._remove_volume_quietly(request.volume_group, request.name)
         log.info(
             "created domain name=%s uuid=%s type=%s processors=%d memory_mib=%d",
             spec.name, spec.uuid, self._domain_type, spec.processors, spec.memory_mib,
@@ -263,6 +287,7 @@ class LibvirtBackend:
             else:
                 domain = connection.lookupByName(name)
             domain_uuid = domain.UUIDString()
+            volumes = machine_volumes(domain.XMLDesc(0), name)
             domain.destroy()
         except libvirt.libvirtError as error:
             if error.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
@@ -270,6 +295,9 @@ class LibvirtBackend:
             self._note_failure(connection)
             raise BackendError("destroy", name, str(error)) from error
         log.info("destroyed domain name=%s uuid=%s", name, domain_uuid)
+        # After the domain: lvm2 refuses to remove a volume QEMU still holds open (§1.7).
+        for volume_group, volume_name in volumes:
+            self._remove_volume_quietly(volume_group, volume_name)
 
     def list_machines(self) -> Sequence[ObservedMachine]:
         """Every running domain with its state and CPU time; raise BackendError if unlistable."""
@@ -344,6 +372,22 @@ class LibvirtBackend:
         log.info("emulator path=%s type=%s", path, self._domain_type)
         return path
 
+    def _check_room(self, machine_name: str, disk: Disk) -> None:
+        if disk.sparse_bytes is None or self._room_check is None:
+            return
+        problem = self._room_check(self._tmp_dir, disk.sparse_bytes)
+        if problem is not None:
+            raise BackendError("create", machine_name, problem)
+
+    def _remove_volume_quietly(self, volume_group: str, name: str) -> None:
+        # Not an error of the destroy or the creation it follows: the next creation in the
+        # slot removes a volume of its name before making its own (§1.11).
+        try:
+            self._logical_volumes.remove(volume_group, name)
+        except LvmError as error:
+            log.warning("logical volume left vg=%s name=%s error=%s: the slot's next creation replaces it",
+                        volume_group, name, error)
+
     def _make_disk_file(self, disk: Disk) -> None:
         if disk.backing_image is not None:
             # Refuses a VO image with its own backing file or external data file (issue 11
@@ -360,6 +404,20 @@ class LibvirtBackend:
             self._tmp_dir.mkdir(parents=True, exist_ok=True)
             with open(disk.path, "xb") as sparse_file:
                 sparse_file.truncate(disk.sparse_bytes)
+
+
+def machine_volumes(xml: str, machine_name: str) -> list[tuple[str, str]]:
+    """(volume group, volume) of each block disk of a domain on /dev/<vg>/<machine_name>.
+
+    Only volumes named as the machine are this module's to remove: a disk an admin attached
+    by hand to another device is not.
+    """
+    volumes = []
+    for source in ElementTree.fromstring(xml).iterfind("devices/disk[@type='block']/source"):
+        device = Path(source.get("dev", ""))
+        if len(device.parts) == 4 and device.parts[:2] == ("/", "dev") and device.name == machine_name:
+            volumes.append((device.parts[2], device.name))
+    return volumes
 
 
 def _is_alive(connection: libvirt.virConnect) -> bool:
