@@ -20,12 +20,13 @@ Rules:
   an admin's language or units.
 - Names reach lvm2 only after matching LVM's own name rules (`is_volume_name`), and a name
   with a leading `-` could be read as an option, so none may start with one.
-- A kernel without device-mapper (no /dev/mapper/control) can hold a volume group but not
-  activate a volume: `lvcreate` then fails, and the failure names the group and the cause.
+- A kernel without device-mapper (its /dev/mapper/control does not open) can hold a volume
+  group but not activate a volume: `lvcreate` then fails, and the failure names the group and the cause.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -251,8 +252,27 @@ def is_missing_volume_group(stderr_tail: str) -> bool:
 
 
 def has_device_mapper(control: Path = DEVICE_MAPPER_CONTROL) -> bool:
-    """Whether this kernel can activate logical volumes (device-mapper's control node exists)."""
-    return control.exists()
+    """Whether this kernel can activate logical volumes: device-mapper's control node opens.
+
+    Its existence is not enough: lvcreate makes the node itself when it is missing, and on a
+    kernel without the driver opening it then fails with ENODEV. Opening it also loads a
+    modular driver. Without root to open it, /proc/misc says whether the driver is there.
+    """
+    try:
+        handle = os.open(control, os.O_RDWR)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return _proc_misc_lists_device_mapper()
+        return False
+    os.close(handle)
+    return True
+
+
+def _proc_misc_lists_device_mapper(proc_misc: Path = Path("/proc/misc")) -> bool:
+    try:
+        return any(line.split()[1:] == ["device-mapper"] for line in proc_misc.read_text().splitlines())
+    except OSError:
+        return False
 
 
 # The runner ----------------------------------------------------------------------------
@@ -328,7 +348,8 @@ class LogicalVolumes:
         try:
             self._run(lvcreate_argv(request.volume_group, request.name, size_bytes))
         except CommandFailed as error:
-            hint = "" if has_device_mapper() else f" (this kernel has no device-mapper: {DEVICE_MAPPER_CONTROL} is missing)"
+            hint = "" if has_device_mapper() else (f" (this kernel has no device-mapper: {DEVICE_MAPPER_CONTROL} "
+                                                   "does not open)")
             raise LvmError(f"{where}: lvcreate failed{hint}: {error}") from error
         if not self._is_block_device(request.device):
             raise LvmError(f"{where}: created, but {request.device} is not a block device")
