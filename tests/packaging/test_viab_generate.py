@@ -215,6 +215,18 @@ def test_kickstart_is_valid_rhel9_kickstart_with_the_factory_settings(generated:
     assert "systemctl enable vacd.service" in post.script
 
 
+def test_a_factory_with_the_volume_group_is_told_to_use_it_in_vac_conf() -> None:
+    # Vac 03 used vac_volume_group whenever it existed; vacd only when volume_group names it.
+    site = viab.parse_site(example_document(), "site.json")
+    assert site.partitioning.vac_volume_group
+    site_conf = viab.vac_conf_files(site, site.factories[0])["10-viab-site.conf"]
+    assert "volume_group = vac_volume_group" in site_conf.splitlines()
+    document = example_document()
+    document["partitioning"] = {"root_gb": 30}
+    without = viab.parse_site(document, "site.json")
+    assert "volume_group" not in viab.vac_conf_files(without, without.factories[0])["10-viab-site.conf"]
+
+
 def test_kickstart_without_volume_group_gives_var_lib_vac_the_rest_of_the_disk(tmp_path: Path) -> None:
     document = example_document()
     document["partitioning"] = {"root_gb": 30}

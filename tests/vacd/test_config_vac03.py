@@ -360,3 +360,12 @@ def test_a_machinetype_disk_size_vac03_used_only_for_logical_volumes_warns() -> 
                    "[machinetype same]\ndisk_gb_per_processor = 20\n")
     assert warnings_about(config, "[machinetype m] disk_gb_per_processor: Vac 03 gave file-backed root disks 20 GB")
     assert not warnings_about(config, "[machinetype same] disk_gb_per_processor")
+
+
+def test_with_a_volume_group_a_machinetype_size_above_the_settings_one_is_said_to_be_capped() -> None:
+    config = parse(SETTINGS + "volume_group = vg\ndisk_gb_per_processor = 20\n[machinetype big]\n"
+                   "disk_gb_per_processor = 30\n[machinetype small]\ndisk_gb_per_processor = 10\n")
+    assert warnings_about(config, "[machinetype big] disk_gb_per_processor: above [settings] disk_gb_per_processor "
+                                  "(20): as Vac 03, logical volumes get 20 GB per processor")
+    # Within it, the machinetype's size is Vac 03's for logical volumes: nothing to say.
+    assert not warnings_about(config, "[machinetype small] disk_gb_per_processor")

@@ -7,8 +7,20 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tests.vacd.test_factory import make_settings
-from vacd.diskspace import MIB, DiskUsage, check_disk, disk_problem, read_disk_usage, required_free_bytes
+from vacd.diskspace import (
+    MIB,
+    DiskUsage,
+    check_disk,
+    check_room,
+    disk_problem,
+    read_disk_usage,
+    required_free_bytes,
+    room_problem,
+)
 from vacd.paths import Paths
 
 GIB = 1024 * MIB
@@ -92,3 +104,44 @@ def test_the_real_file_system_is_read_by_default(tmp_path: Path) -> None:
     # No real disk has 2**40 MiB free.
     reason = check_disk(paths, make_settings(min_free_disk_mb=2**40, min_free_disk_percent=0))
     assert reason is not None and reason.startswith(f"disk: {paths.state_dir} has ")
+
+
+# --- a sparse disk's creation checks the room for all it may grow to (issue 13) -----------------
+
+
+def test_a_sparse_disk_that_would_eat_into_the_kept_minimum_is_refused_naming_both() -> None:
+    settings = make_settings(min_free_disk_mb=1024, min_free_disk_percent=0)
+    problem = room_problem(usage(50 * 1024, 100, "/var/lib/vac/tmp"), 80 * 10**9, settings)
+    assert problem == ("disk: /var/lib/vac/tmp has 51200 MiB free; a sparse disk that may grow to 76294 MiB would "
+                       "leave less than the 1024 MiB kept free (min_free_disk_mb, min_free_disk_percent): lower "
+                       "disk_gb_per_processor or set volume_group")
+
+
+def test_a_sparse_disk_that_leaves_the_minimum_is_made() -> None:
+    settings = make_settings(min_free_disk_mb=1024, min_free_disk_percent=0)
+    assert room_problem(usage(2048, 100), 1024 * MIB, settings) is None
+    assert room_problem(usage(2048, 100), 1024 * MIB + 1, settings) is not None
+
+
+@given(free_mib=st.integers(0, 10**7), total_gib=st.integers(1, 10**5), size_bytes=st.integers(0, 10**15),
+       min_mb=st.integers(0, 10**5), percent=st.floats(0, 100))
+def test_room_is_found_exactly_when_the_disk_fits_with_the_minimum_kept(
+        free_mib: int, total_gib: int, size_bytes: int, min_mb: int, percent: float) -> None:
+    settings = make_settings(min_free_disk_mb=min_mb, min_free_disk_percent=percent)
+    found = usage(free_mib, total_gib)
+    fits = found.free_bytes - size_bytes >= required_free_bytes(settings, found.total_bytes)
+    assert (room_problem(found, size_bytes, settings) is None) == fits
+
+
+def test_check_room_asks_the_directorys_file_system(tmp_path: Path) -> None:
+    settings = make_settings(min_free_disk_mb=0, min_free_disk_percent=0)
+    asked = []
+
+    def statvfs(path: str) -> FakeStatvfs:
+        asked.append(path)
+        return FakeStatvfs(f_frsize=4096, f_blocks=1000, f_bavail=256)
+
+    assert check_room(tmp_path, 1024 * 1024, settings, statvfs) is None
+    assert check_room(tmp_path, 1024 * 1024 + 1, settings, statvfs) is not None
+    assert asked == [str(tmp_path), str(tmp_path)]
+    assert check_room(tmp_path / "gone", 1, settings).startswith(f"disk: cannot examine {tmp_path / 'gone'}")  # type: ignore[union-attr]

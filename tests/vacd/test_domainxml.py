@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vacd.backends.base import MachineSpec
 from vacd.backends.domainxml import Disk, domain_xml, machine_disks
+from vacd.lvm import VolumeRequest
 from vacd.slots import slot_identity
 
 NETWORK = "vac_169.254.0.0"
@@ -249,3 +250,50 @@ def test_untrusted_text_cannot_inject_xml(text: str) -> None:
     assert domain.findtext("os/cmdline") == text
     assert len(domain.findall("devices/serial")) == 1
     assert len(domain.findall("devices/interface")) == 1
+
+
+# --- logical volumes (volume_group set, issue 13) ---------------------------------------------
+
+VOLUME = VolumeRequest("vac_volume_group", "f1-03.example.com", 2, 8, None, "f1.example.com")
+
+
+def block_disks(spec: MachineSpec) -> list[ElementTree.Element]:
+    return parse(spec).findall("devices/disk[@type='block']")
+
+
+@pytest.mark.parametrize("model", ["cernvm3", "cernvm4"])
+def test_cernvm_root_disk_is_the_machines_logical_volume_as_a_raw_block_device(model: str) -> None:
+    spec = make_spec(machine_model=model, root_image=Path("/images/cernvm.iso"), logical_volume=VOLUME)
+    cdrom, root = machine_disks(spec, Path("/var/lib/vac/tmp"))
+    assert cdrom.device == "cdrom" and not cdrom.is_file_made_by_backend
+    assert (root.path, root.target_device, root.format, root.sparse_bytes) == (
+        Path("/dev/vac_volume_group/f1-03.example.com"), "vda", "raw", None)
+    assert root.is_created_by_backend and not root.is_file_made_by_backend
+    (disk,) = block_disks(spec)
+    assert disk.find("source").attrib == {"dev": "/dev/vac_volume_group/f1-03.example.com"}  # type: ignore[union-attr]
+    assert disk.find("target").attrib == {"dev": "vda", "bus": "virtio"}  # type: ignore[union-attr]
+    assert disk.find("driver").get("type") == "raw"  # type: ignore[union-attr]
+
+
+def test_vm_raw_gets_the_logical_volume_as_its_scratch_device_beside_the_overlay() -> None:
+    spec = make_spec(logical_volume=VOLUME, scratch_device="vdc")
+    overlay, scratch = machine_disks(spec, Path("/var/lib/vac/tmp"))
+    assert (overlay.target_device, overlay.format) == ("vda", "qcow2")
+    assert (scratch.path, scratch.target_device) == (Path("/dev/vac_volume_group/f1-03.example.com"), "vdc")
+    assert [disk.find("target").get("dev") for disk in block_disks(spec)] == ["vdc"]  # type: ignore[union-attr]
+    assert [disk.get("type") for disk in parse(spec).findall("devices/disk")] == ["file", "block"]
+
+
+def test_a_kernel_booted_vm_raw_gets_only_the_scratch_volume() -> None:
+    spec = make_spec(root_image=None, root_kernel=Path("/guest/vmlinuz"), logical_volume=VOLUME)
+    (scratch,) = machine_disks(spec, Path("/tmp"))
+    assert scratch.target_device == "vdb"
+
+
+def test_scratch_on_the_root_device_is_refused() -> None:
+    with pytest.raises(ValueError, match="scratch_device and root_device are both vda"):
+        machine_disks(make_spec(logical_volume=VOLUME, scratch_device="vda"), Path("/tmp"))
+
+
+def test_without_a_volume_group_vm_raw_has_no_scratch_disk_as_in_vac03() -> None:
+    assert [disk.target_device for disk in machine_disks(make_spec(), Path("/tmp"))] == ["vda"]

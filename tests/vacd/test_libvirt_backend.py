@@ -15,11 +15,13 @@ from typing import Iterator, Sequence
 import libvirt
 import pytest
 
+from tests.vacd.test_lvm import RecordingLvm
 from vacd.backends.base import MachineSpec, ObservedState
-from vacd.backends.libvirt import LibvirtBackend, observed_state
+from vacd.backends.libvirt import LibvirtBackend, machine_volumes, observed_state
 from vacd.commands import run_command
 from vacd.errors import BackendError, CommandFailed
 from vacd.imagecheck import ImageRefused
+from vacd.lvm import LogicalVolumes, VolumeGroup, VolumeRequest, lvremove_argv
 from vacd.slots import slot_identity
 
 pytestmark = pytest.mark.libvirt_test_driver
@@ -325,3 +327,94 @@ def test_vo_qcow2_with_a_host_file_as_backing_file_is_refused_and_nothing_is_mad
     assert f"image {hostile} refused: it has a backing file /etc/shadow that vacd did not create" in str(raised.value)
     assert not any(argv[:2] == ["qemu-img", "create"] for argv in runner.argvs)
     assert not (tmp_path / "tmp").exists() or list((tmp_path / "tmp").iterdir()) == []
+
+
+# --- logical volumes and the room for sparse disks (issue 13) ----------------------------------
+
+
+def lvm_backend(tmp_path: Path, lvm: RecordingLvm) -> LibvirtBackend:
+    node = tmp_path / "node.xml"
+    node.write_text("<node/>")
+    return LibvirtBackend(f"test://{node}", domain_type="qemu", network_name=NETWORK, tmp_dir=tmp_path / "tmp",
+                          logical_volumes=LogicalVolumes(lvm, is_block_device=lambda path: True))
+
+
+def volume_for(spec: MachineSpec) -> VolumeRequest:
+    return VolumeRequest("vg", spec.name, 1, 4, 1, "f1.example.com")
+
+
+def test_a_machines_volume_is_made_before_it_starts_and_removed_when_destroyed(tmp_path: Path) -> None:
+    lvm = RecordingLvm(VolumeGroup("vg", 10**10, 10**10, 4 * 1024 * 1024))
+    backend = lvm_backend(tmp_path, lvm)
+    try:
+        spec = make_spec(tmp_path)
+        spec = dataclasses.replace(spec, logical_volume=volume_for(spec))
+        backend.create(spec)
+        assert [volume.name for volume in lvm.volumes] == [spec.name]
+        assert "lvcreate" in lvm.commands()
+        backend.destroy(spec.name)
+        assert lvm.volumes == []
+        assert lvm.argvs[-1] == lvremove_argv("vg", spec.name)
+    finally:
+        backend.close()
+
+
+def test_a_creation_that_fails_after_the_volume_is_made_removes_it(tmp_path: Path) -> None:
+    lvm = RecordingLvm(VolumeGroup("vg", 10**10, 10**10, 4 * 1024 * 1024))
+    backend = lvm_backend(tmp_path, lvm)
+    try:
+        first = make_spec(tmp_path)
+        backend.create(first)
+        # The same name again: libvirt refuses the domain after the volume was made.
+        second = dataclasses.replace(make_spec(tmp_path), logical_volume=volume_for(first))
+        with pytest.raises(BackendError):
+            backend.create(second)
+        assert lvm.volumes == []
+    finally:
+        backend.close()
+
+
+def test_a_volume_that_cannot_be_made_fails_the_creation_naming_it(tmp_path: Path) -> None:
+    lvm = RecordingLvm(VolumeGroup("vg", 10**10, 10**10, 4 * 1024 * 1024))
+    lvm.fail["lvcreate"] = CommandFailed(["lvcreate"], 3, "/dev/mapper/control: open failed: No such device")
+    backend = lvm_backend(tmp_path, lvm)
+    try:
+        spec = make_spec(tmp_path)
+        with pytest.raises(BackendError, match=f"create {spec.name}: logical volume vg/{spec.name}: lvcreate failed"):
+            backend.create(dataclasses.replace(spec, logical_volume=volume_for(spec)))
+        assert backend.list_machines() == []
+    finally:
+        backend.close()
+
+
+def test_destroy_leaves_volumes_not_named_as_the_machine() -> None:
+    xml = """<domain><devices>
+      <disk type='block'><source dev='/dev/vg/f1-03.example.com'/></disk>
+      <disk type='block'><source dev='/dev/vg/admins-disk'/></disk>
+      <disk type='block'><source dev='/dev/sdb'/></disk>
+      <disk type='file'><source file='/var/lib/vac/tmp/f1-03.example.com'/></disk>
+    </devices></domain>"""
+    assert machine_volumes(xml, "f1-03.example.com") == [("vg", "f1-03.example.com")]
+
+
+def test_a_sparse_disk_is_not_made_without_room_for_all_it_may_grow_to(tmp_path: Path) -> None:
+    asked: list[tuple[Path, int]] = []
+
+    def no_room(directory: Path, size_bytes: int) -> str:
+        asked.append((directory, size_bytes))
+        return f"disk: {directory} has 10 MiB free; a sparse disk that may grow to ..."
+
+    node = tmp_path / "node.xml"
+    node.write_text("<node/>")
+    backend = LibvirtBackend(f"test://{node}", domain_type="qemu", network_name=NETWORK, tmp_dir=tmp_path / "tmp",
+                             room_check=no_room)
+    try:
+        spec = make_spec(tmp_path, machine_model="cernvm3", root_kernel=None, root_initrd=None,
+                         root_image=Path("/images/cernvm.iso"), disk_bytes=10**9)
+        with pytest.raises(BackendError, match="has 10 MiB free"):
+            backend.create(spec)
+        assert asked == [(tmp_path / "tmp", 10**9)]
+        assert backend.list_machines() == []
+        assert not (tmp_path / "tmp").exists() or list((tmp_path / "tmp").iterdir()) == []
+    finally:
+        backend.close()

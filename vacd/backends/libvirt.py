@@ -47,7 +47,7 @@ from vacd.backends.domainxml import Disk, domain_xml, machine_disks
 from vacd.commands import run_command
 from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
 from vacd.imagecheck import ImageRefused, layered_image_format
-from vacd.lvm import LogicalVolumes, LvmError, VolumeRequest
+from vacd.lvm import LogicalVolumes, LvmError, VolumeRequest, is_volume_name
 
 log = logging.getLogger(__name__)
 
@@ -415,7 +415,8 @@ def machine_volumes(xml: str, machine_name: str) -> list[tuple[str, str]]:
     volumes = []
     for source in ElementTree.fromstring(xml).iterfind("devices/disk[@type='block']/source"):
         device = Path(source.get("dev", ""))
-        if len(device.parts) == 4 and device.parts[:2] == ("/", "dev") and device.name == machine_name:
+        if (len(device.parts) == 4 and device.parts[:2] == ("/", "dev") and device.name == machine_name
+                and is_volume_name(device.parts[2])):
             volumes.append((device.parts[2], device.name))
     return volumes
 
