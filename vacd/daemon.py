@@ -425,6 +425,7 @@ class Daemon:
         from vacd.imagecache import ImageCache
         from vacd.imageeviction import mark_image_used
         from vacd.guestapi.contextualise import prepare_machine_dir
+        from vacd.lvm import LogicalVolumes
         from vacd.observations import GuestObservations
         from vacd.qemuaccess import check_readable_by_qemu, host_qemu_identity
 
@@ -469,6 +470,16 @@ class Daemon:
             if qemu_identity is not None:
                 check_readable_by_qemu(path, qemu_identity)
 
+        logical_volumes = LogicalVolumes()
+
+        def remove_volume(settings: Settings, machinetype: Any, record: Any, finish: Any) -> None:
+            # Vac 03 removed a machine's logical volume when it ended (§1.7). Finalising runs
+            # once the machine is gone and before its slot is free, so the volume is closed
+            # and no new machine of the slot can have made one yet. A failure is logged by
+            # the factory; the slot's next creation removes the volume before making its own.
+            if settings.volume_group is not None:
+                logical_volumes.remove(settings.volume_group, record.name)
+
         # Heartbeat-file and outcome times, and lowered MJF shutdown times: the one collaborator
         # the simulator and the tests wire too (issue 9 item 1).
         return GuestObservations().install(FactoryHooks(
@@ -477,6 +488,7 @@ class Daemon:
             qemu_access=qemu_access,
             account=account,
             on_created=[count_creation],
+            on_finished=[remove_volume],
             contextualise=contextualise,
         ))
 

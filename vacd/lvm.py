@@ -4,7 +4,8 @@ Kept from Vac 03 (behaviour reference §1.5, §1.7, §1.11):
 - A machine's logical volume is named as the machine (`f1-03.example.com`) and its device is
   `/dev/<vg>/<name>`: a cernvm machine's root disk, a vm-raw machine's scratch disk.
 - Before one is created, a volume of the same name is removed: a slot's volume is remade for
-  each machine, never handed on with the last machine's data. A destroy removes it too.
+  each machine, never handed on with the last machine's data. A destroy, and finalising a
+  machine that ended by itself, remove it too.
 - Size: a per-processor size in GB (10^9) is the machinetype's `disk_gb_per_processor` when it
   is set and not above [settings]' (or [settings] has none), else [settings]'; a size of 0 or
   none means a share of the group: processors/total_processors of what the volumes not named

@@ -28,7 +28,8 @@ Rules:
   the machine's name removed first (§1.11), and attached as a block device; a creation that
   fails after it removes it again. destroy() removes the volumes the domain had attached
   under the machine's own name once the domain is gone (§1.7); a machine that ended by
-  itself leaves its volume to the next creation in its slot, which replaces it, as Vac 03.
+  itself has its volume removed when the factory finalises it (vacd.daemon's finish hook),
+  and any left over is replaced by the slot's next creation, as Vac 03.
 """
 
 from __future__ import annotations
