@@ -42,7 +42,7 @@ from vacd.slots import slot_identity
 
 pytestmark = [
     pytest.mark.allow_commands("losetup", "pvcreate", "vgcreate", "vgremove", "pvremove", "vgs", "lvs", "lvcreate",
-                               "lvremove", sys.executable),
+                               "lvremove", "lvmdevices", sys.executable),
     pytest.mark.skipif(os.geteuid() != 0, reason="losetup, pvcreate and vgcreate need root"),
 ]
 
@@ -50,6 +50,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 FACTORY = "f1.example.com"
 # Room for a few small volumes: lvm2 takes one 4 MiB extent of metadata, the rest is 63 extents.
 PHYSICAL_VOLUME_BYTES = 256 * 1024 * 1024
+LVM_DEVICES_FILE = Path("/etc/lvm/devices/system.devices")
 needs_device_mapper = pytest.mark.skipif(
     not has_device_mapper(),
     reason=f"this kernel has no device-mapper ({DEVICE_MAPPER_CONTROL} does not open): lvcreate cannot activate a "
@@ -91,6 +92,13 @@ def loop_volume_group(directory: Path) -> Iterator[LoopVolumeGroup]:
                 run_lvm_command(argv)
             except CommandFailed as error:
                 failures.append(str(error))
+        if loop_device is not None and loop_device in _devices_file_text():
+            # Where lvm2 keeps a devices file (EL9's default), pvcreate added the loop device to it.
+            forget = ["lvmdevices", "--yes", "--deldev", loop_device]
+            try:
+                run_lvm_command(forget)
+            except CommandFailed as error:
+                failures.append(str(error))
         if loop_device is not None:
             try:
                 run_command(["losetup", "--detach", loop_device])
@@ -98,6 +106,13 @@ def loop_volume_group(directory: Path) -> Iterator[LoopVolumeGroup]:
                 failures.append(str(error))
         if failures:
             raise AssertionError("clean-up failed: " + "; ".join(failures))
+
+
+def _devices_file_text() -> str:
+    try:
+        return LVM_DEVICES_FILE.read_text()
+    except OSError:
+        return ""
 
 
 @pytest.fixture
