@@ -17,10 +17,11 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -271,3 +272,66 @@ def test_a_domain_gets_its_volume_as_a_block_disk_and_destroy_removes_it(
         assert LogicalVolumes().volumes(volume_group.name) == ()
     finally:
         backend.close()
+
+
+# --- a running vacd (libvirt's test driver: no guest, no guest API) -----------------------------
+
+# A real process makes its first creations within a few passes; the limit only stops a hung test.
+PROCESS_DEADLINE_SECONDS = 60.0
+
+
+def wait_until(condition: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + PROCESS_DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"vacd did not {what} within {PROCESS_DEADLINE_SECONDS:.0f}s")
+
+
+def test_a_running_vacd_gives_a_machine_its_volume_or_says_plainly_why_it_cannot(
+        tmp_path: Path, volume_group: LoopVolumeGroup) -> None:
+    prefix = tmp_path / "prefix"
+    paths = Paths(prefix)
+    kernel = paths.state_dir / "machinetypes" / "m" / "files" / "vmlinuz"
+    kernel.parent.mkdir(parents=True)
+    kernel.write_bytes(b"a kernel the test driver never boots")
+    config_file = paths.config_file
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    # One slot of one processor: a quarter of nothing; 10 GB would not fit, so share the group.
+    config_file.write_text(settings_text(volume_group.name).replace("host_processors = 4", "host_processors = 1")
+                           # The shared test machine's load must not hold the creation back.
+                           + "cycle_seconds = 1\noverload_per_processor = 1000\n[machinetype m]\nmachine_model = vm-raw\ntarget_share = 1\n"
+                           "root_kernel = vmlinuz\n")
+    log_path = tmp_path / "vacd.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "vacd.daemon", "--prefix", str(prefix), "--stderr"],
+                                   stdout=log_file, stderr=subprocess.STDOUT, cwd=REPOSITORY)
+    made_by_lvcreate = [path for path in (DEVICE_MAPPER_CONTROL.parent, DEVICE_MAPPER_CONTROL) if not path.exists()]
+    machine_name = slot_identity(FACTORY, 0).machine_name
+    try:
+        if has_device_mapper():
+            wait_until(lambda: [volume.name for volume in LogicalVolumes().volumes(volume_group.name)] == [machine_name],
+                       f"make the logical volume {volume_group.name}/{machine_name}")
+            assert "created machine name=" + machine_name in wait_until(
+                lambda: "created machine name=" in log_path.read_text() and log_path.read_text(), "create the machine")
+        else:
+            error = wait_until(lambda: paths.factory_error_file.exists() and paths.factory_error_file.read_text(),
+                               "record the creation failure")
+            assert f"logical volume {volume_group.name}/{machine_name}: lvcreate failed (this kernel has no " \
+                   f"device-mapper: {DEVICE_MAPPER_CONTROL} does not open)" in error
+            assert LogicalVolumes().volumes(volume_group.name) == ()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for path in reversed(made_by_lvcreate):
+            if path.is_dir():
+                path.rmdir()
+            elif path.exists():
+                path.unlink()
+    assert f"machines' disks are logical volumes in volume_group={volume_group.name}" in log_path.read_text()
