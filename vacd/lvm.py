@@ -22,7 +22,8 @@ Rules:
 - Names reach lvm2 only after matching LVM's own name rules (`is_volume_name`), and a name
   with a leading `-` could be read as an option, so none may start with one.
 - A kernel without device-mapper (its /dev/mapper/control does not open) can hold a volume
-  group but not activate a volume: `lvcreate` then fails, and the failure names the group and the cause.
+  group but not activate a volume: `lvcreate` then fails, and the failure names the group
+  and the cause.
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ class LogicalVolumes:
             groups = parse_volume_groups(self._run(vgs_argv(name)))
         except CommandFailed as error:
             if error.returncode > 0 and is_missing_volume_group(error.stderr_tail):
-                raise VolumeGroupMissing(name, error.stderr_tail) from error
+                # lvm2's first line says it (`Volume group "x" not found`); the rest repeats it.
+                raise VolumeGroupMissing(name, error.stderr_tail.strip().splitlines()[0].strip()) from error
             raise LvmError(f"volume_group {name}: cannot read it: {error}") from error
         for group in groups:
             if group.name == name:

@@ -123,7 +123,7 @@ def volume_group_problem(settings: Settings, logical_volumes: LogicalVolumes) ->
         return f"{error}: create it, or remove volume_group from [settings] for file-backed disks"
     except LvmError as error:
         return str(error)
-    if group.extent_bytes <= 0 or group.size_bytes == 0:
+    if group.size_bytes == 0:
         return f"volume_group {group.name}: it has no room ({group.size_bytes} bytes)"
     return None
 
