@@ -254,6 +254,7 @@ class Daemon:
         # Vac 03 still running holds these ports, and vacd must stop with the host as it found it.
         self._refuse_busy_ports(settings)
         self._refuse_missing_volume_group(settings)
+        self._remove_leftover_volumes(settings, store)
         self._ensure_network_at_start(settings)
         warn_if_factory_renamed(self.paths, settings.factory_name)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
@@ -349,6 +350,28 @@ class Daemon:
             raise StartupError(problem + " (vacd stopped before touching the guest network, /etc/hosts or any domain)")
         if settings.volume_group is not None:
             log.info("machines' disks are logical volumes in volume_group=%s", settings.volume_group)
+
+    def _remove_leftover_volumes(self, settings: Settings, store: Store) -> None:
+        """Remove this factory's machines' volumes that no live record has (Appendix A's zombie sweep).
+
+        At start nothing is being created, so a volume without a live record is left by a
+        vacd killed between lvcreate and the domain's start, or by a machine finalised while
+        its removal failed. One still open (a Vac 03 machine left running) is kept by lvm2.
+        """
+        from vacd.lvm import LogicalVolumes, LvmError
+        from vacd.startup_cleanup import live_machine_names
+
+        if settings.volume_group is None:
+            return
+        try:
+            removed = LogicalVolumes().remove_leftovers(settings.volume_group, settings.factory_name,
+                                                        live_machine_names(store))
+        except LvmError as error:
+            log.warning("left-over logical volumes not looked for error=%s: each slot's next creation replaces its own",
+                        error)
+            return
+        if removed:
+            log.info("removed left-over logical volumes vg=%s names=%s", settings.volume_group, ",".join(removed))
 
     def _ensure_network_at_start(self, settings: Settings) -> None:
         """Make the guest network as wanted, replacing it only if no guest is on it.

@@ -169,6 +169,14 @@ def volume_bytes(request: VolumeRequest, volume_group: VolumeGroup, volumes: Seq
     return wanted // extent * extent
 
 
+def leftover_volume_names(volumes: Sequence[LogicalVolume], factory_name: str,
+                          live_machine_names: frozenset[str]) -> tuple[str, ...]:
+    """Volumes named as this factory's machines that no live machine has (Appendix A's zombie volumes)."""
+    ours = machine_volume_pattern(factory_name)
+    return tuple(volume.name for volume in volumes
+                 if ours.fullmatch(volume.name) and volume.name not in live_machine_names)
+
+
 # argv builders ------------------------------------------------------------------------
 
 
@@ -333,6 +341,23 @@ class LogicalVolumes:
         log.info("removed logical volume vg=%s name=%s", volume_group, name)
         return True
 
+    def remove_leftovers(self, volume_group: str, factory_name: str,
+                         live_machine_names: frozenset[str]) -> tuple[str, ...]:
+        """Remove this factory's machines' volumes that no live machine has; return those removed.
+
+        One that cannot be removed (open: a machine vacd does not know of still runs on it)
+        is logged and left. Raises LvmError only if the group cannot be listed.
+        """
+        removed = []
+        for name in leftover_volume_names(self.volumes(volume_group), factory_name, live_machine_names):
+            try:
+                self.remove(volume_group, name)
+            except LvmError as error:
+                log.warning("left-over logical volume kept vg=%s name=%s error=%s", volume_group, name, error)
+                continue
+            removed.append(name)
+        return tuple(removed)
+
     def create(self, request: VolumeRequest) -> Path:
         """Make `request`'s volume afresh (any of that name removed first, §1.11) and return its device.
 
@@ -380,6 +405,7 @@ __all__ = [
     "has_device_mapper",
     "is_missing_volume_group",
     "is_volume_name",
+    "leftover_volume_names",
     "lvcreate_argv",
     "lvremove_argv",
     "lvs_argv",

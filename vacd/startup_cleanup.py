@@ -99,6 +99,25 @@ def live_machine_uuids(store: Store) -> frozenset[str]:
     return frozenset(uuids)
 
 
+def live_machine_names(store: Store) -> frozenset[str]:
+    """Names of the machines whose records are not finished, or could not be read for an I/O error.
+
+    A corrupt record is quarantined by the store and its machine is a zombie (vacd.store), so
+    it is not live; one that could not be read at all is kept live, to be safe.
+    """
+    names = set()
+    for directory in store.all_machine_dirs():
+        try:
+            stored = store.load_machine(directory)
+        except (VacError, OSError, UnicodeDecodeError):
+            # Its name is in the directory's (`<created>_<machinetype>_<name>`): not judged dead.
+            names.add(directory.name.split("_", 2)[-1])
+            continue
+        if stored is not None and not stored.has_finished:
+            names.add(stored.record.name)
+    return frozenset(names)
+
+
 def remove_leftovers(paths: Paths, live_uuids: Iterable[str] = ()) -> CleanupReport:
     """Remove temp files and tmp/ disk files a killed vacd left; never raises OSError.
 

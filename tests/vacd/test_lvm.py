@@ -25,6 +25,7 @@ from vacd.lvm import (
     VolumeGroupMissing,
     VolumeRequest,
     is_volume_name,
+    leftover_volume_names,
     lvcreate_argv,
     lvremove_argv,
     lvs_argv,
@@ -314,3 +315,26 @@ def test_removing_an_absent_volume_runs_no_lvremove() -> None:
     lvm = RecordingLvm(VolumeGroup("vg", 8, 8, 4))
     assert LogicalVolumes(lvm).remove("vg", "f1-03.example.com") is False
     assert lvm.commands() == ["lvs"]
+
+
+def test_leftovers_are_this_factorys_machine_volumes_no_live_machine_has() -> None:
+    volumes = [LogicalVolume(name, EXTENT) for name in (
+        "f1-00.example.com", "f1-01.example.com", "f1-104.example.com", "f2-00.example.com", "home")]
+    assert leftover_volume_names(volumes, "f1.example.com", frozenset({"f1-01.example.com"})) == (
+        "f1-00.example.com", "f1-104.example.com")
+
+
+def test_removing_leftovers_keeps_one_lvm2_refuses_and_goes_on() -> None:
+    lvm = RecordingLvm(VolumeGroup("vg", 1000 * EXTENT, 800 * EXTENT, EXTENT),
+                       [LogicalVolume("f1-00.example.com", EXTENT), LogicalVolume("f1-02.example.com", EXTENT),
+                        LogicalVolume("home", EXTENT)])
+    real_call = lvm.__call__
+
+    def refuse_slot_0(argv: Sequence[str]) -> str:
+        if argv[0] == "lvremove" and argv[-1] == "vg/f1-00.example.com":
+            raise CommandFailed(argv, 5, "Logical volume vg/f1-00.example.com in use.")
+        return real_call(argv)
+
+    removed = LogicalVolumes(refuse_slot_0).remove_leftovers("vg", "f1.example.com", frozenset())
+    assert removed == ("f1-02.example.com",)
+    assert [volume.name for volume in lvm.volumes] == ["f1-00.example.com", "home"]

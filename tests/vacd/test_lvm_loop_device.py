@@ -250,6 +250,17 @@ def test_a_machines_volume_is_made_replaced_and_removed(volume_group: LoopVolume
 
 
 @needs_device_mapper
+def test_leftover_machine_volumes_are_removed_and_others_kept(volume_group: LoopVolumeGroup) -> None:
+    volumes = LogicalVolumes()
+    for ordinal in (0, 1):
+        volumes.create(volume_request(volume_group.name, ordinal, gb_per_processor=0))
+    run_lvm_command(["lvcreate", "--yes", "--name", "admins", "-L", "4M", "--", volume_group.name])
+    live = frozenset({slot_identity(FACTORY, 1).machine_name})
+    assert volumes.remove_leftovers(volume_group.name, FACTORY, live) == (slot_identity(FACTORY, 0).machine_name,)
+    assert sorted(volume.name for volume in volumes.volumes(volume_group.name)) == sorted(live | {"admins"})
+
+
+@needs_device_mapper
 @pytest.mark.libvirt_test_driver
 def test_a_domain_gets_its_volume_as_a_block_disk_and_destroy_removes_it(
         tmp_path: Path, volume_group: LoopVolumeGroup) -> None:

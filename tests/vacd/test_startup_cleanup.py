@@ -11,7 +11,7 @@ import pytest
 
 from vacd.atomicfile import atomic_replace, is_temp_file_name
 from vacd.paths import Paths
-from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
+from vacd.startup_cleanup import live_machine_names, live_machine_uuids, remove_leftovers
 from vacd.store import FinishRecord, MachineRecord, Store
 
 LIVE_UUID = "6f1c3a52-0f54-4c4e-9d55-7f2b0d1e2a10"
@@ -138,3 +138,16 @@ def test_a_file_that_cannot_be_removed_is_reported_and_the_rest_go_on(
 def test_an_empty_or_missing_state_directory_is_not_an_error(tmp_path: Path) -> None:
     report = remove_leftovers(Paths(tmp_path / "nothing"), ())
     assert (report.temp_files, report.disk_files, report.failures) == ([], [], [])
+
+
+def test_live_machine_names_are_those_of_unfinished_records(state: tuple[Paths, Store]) -> None:
+    # What vacd's start keeps of the volumes named as its machines (volume_group, issue 13).
+    paths, store = state
+    store.begin_creation(record("f1-00.example.com", LIVE_UUID, 1700000000))
+    dead = record("f1-01.example.com", DEAD_UUID, 1700000000)
+    store.begin_creation(dead)
+    store.finish(dead, FinishRecord(1700000100, None, None, None, None, 0.0))
+    # A corrupt record is quarantined: its machine is a zombie to the factory, so not live.
+    corrupt = store.begin_creation(record("f1-02.example.com", str(uuid_module.uuid4()), 1700000000))
+    (corrupt / "machine.json").write_text("{not json")
+    assert live_machine_names(store) == frozenset({"f1-00.example.com"})
