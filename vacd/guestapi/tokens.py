@@ -40,6 +40,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 from typing import Optional
 
 from vacd.guestapi.metadata import DATE_PATTERN, LATEST
@@ -99,6 +100,8 @@ def new_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
 
 
+# Pure and asked for every metadata request, with the same few paths.
+@lru_cache(maxsize=4096)
 def token_need(path: str) -> PathNeed:
     """Whether GET `path` (already normalised) needs a token; see the module rules."""
     if path in SECRET_PATHS:
