@@ -31,6 +31,7 @@ CORE_MODULES = (
     "vacd.guestapi.features",
     "vacd.guestapi.requestpath",
     "vacd.guestapi.uploadnames",
+    "vacd.guestapi.tokens",
     "vacquery.messages",
     "vacquery.codec",
     "vacquery.client",

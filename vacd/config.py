@@ -40,6 +40,8 @@ ABORT_RULES = ("failure_rate", "vac03")
 # stderr: running in the foreground).
 LOG_DESTINATIONS = ("file", "syslog", "journal", "stderr")
 VACQUERY_AUTH_MODES = ("required", "optional")
+# Session tokens on the metadata server's non-cloud-init paths (vacd.guestapi.tokens).
+METADATA_TOKEN_MODES = ("optional", "required")
 MASK = "********"
 # Prefixes of options whose values may carry secrets (tokens, passwords, host keys) and
 # are masked wherever the effective configuration is shown (§11: Vac logged them).
@@ -174,6 +176,8 @@ class Settings:
     metrics_address: Optional[str] = None
     joboutputs_quota_bytes: int = 100 * 1024 * 1024
     metadata_port: int = 80
+    # "required": the metadata paths cloud-init does not read need a session token.
+    metadata_tokens: str = "optional"
     log_destination: str = "file"
     # Free space the state, tmp and imagecache directories must keep for creations to go on
     # (issue 8 item 4): the larger of the two; 0 turns either off.

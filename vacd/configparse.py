@@ -19,7 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from vacd.config import (ABORT_RULES, HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
+from vacd.config import (ABORT_RULES, HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, METADATA_TOKEN_MODES,
+                         VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
                          Config, FactoryAddress, Machinetype, Settings, VacuumPipe)
 from vacd.configini import (Findings, InvalidValue, Location, OptionSource, RawConfig, SectionReader,
                             ascii_lower, ascii_split, read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
@@ -395,6 +396,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         joboutputs_quota_bytes=reader.get("joboutputs_quota_bytes", 100 * 1024 * 1024,
                                           partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_QUOTA_BYTES)),
         metadata_port=reader.get("metadata_port", 80, _to_port),
+        metadata_tokens=reader.get("metadata_tokens", "optional", partial(to_choice, choices=METADATA_TOKEN_MODES)),
         log_destination=reader.get("log_destination", "file", partial(to_choice, choices=LOG_DESTINATIONS)),
         min_free_disk_mb=reader.get("min_free_disk_mb", 1024, partial(to_integer, minimum=0,
                                                                       maximum=MAX_DISK_MB)),

@@ -10,7 +10,9 @@ In the guest namespace the system python3 runs Debian's cloud-init modules:
 `cloudinit.sources.helpers.openstack.MetadataReader.read_v2()` (the OpenStack datasource's
 crawl, which includes the EC2 `meta-data/` crawl of `helpers.ec2.get_instance_metadata`),
 first over IPv4 and then over the IPv6 link-local base cloud-init also probes, plus a
-$JOBOUTPUTS PUT and an MJF GET as a payload would make them.
+$JOBOUTPUTS PUT and an MJF GET as a payload would make them, and an IMDSv2 session token
+got and used through cloud-init's own HTTP client and its EC2 datasource's header names.
+It runs with `metadata_tokens` optional and required: the crawl sends no token either way.
 
 Needs root (namespaces, port 80) and Debian's cloud-init, which it installs if missing.
 Without either it fails, unless VAC_ALLOW_VM_SKIP=1 is set, when it skips.
@@ -73,6 +75,20 @@ request = urllib.request.Request(
 )
 out["put_status"] = urllib.request.urlopen(request, timeout=5).status
 out["job_id"] = urllib.request.urlopen("http://169.254.169.253/jobfeatures/job_id", timeout=5).read().decode()
+
+# IMDSv2 as cloud-init's EC2 datasource asks for it (on AWS), through cloud-init's HTTP client.
+from cloudinit import url_helper
+from cloudinit.sources import DataSourceEc2
+token = url_helper.readurl(
+    "http://169.254.169.254/" + DataSourceEc2.API_TOKEN_ROUTE, request_method="PUT",
+    headers={DataSourceEc2.AWS_TOKEN_REQ_HEADER: DataSourceEc2.AWS_TOKEN_TTL_SECONDS},
+).contents.decode()
+vac_path = "http://169.254.169.254/latest/meta-data.json"
+out["with_token"] = json.loads(url_helper.readurl(vac_path, headers={DataSourceEc2.AWS_TOKEN_PUT_HEADER: token}).contents)["uuid"]
+try:
+    out["without_token"] = url_helper.readurl(vac_path, retries=0).code
+except url_helper.UrlError as error:
+    out["without_token"] = error.code
 print(json.dumps(out))
 """
 
@@ -100,12 +116,13 @@ def ensure_cloud_init() -> None:
         requirement_missing(f"cannot install cloud-init: {install.stderr[-500:]}")
 
 
-def make_machine(prefix: Path) -> Settings:
+def make_machine(prefix: Path, metadata_tokens: str = "optional") -> Settings:
     paths = Paths(prefix)
     paths.ensure_state_dirs()
     settings = Settings(
         vac_space=SPACE, factory_name=FACTORY_NAME, total_processors=4, host_processors=4, gocdb_sitename="UKI-TEST",
         root_public_key=str(paths.under_prefix("/root/.ssh/id_rsa.pub")),  # the parser's default under --prefix
+        metadata_tokens=metadata_tokens,
     )
     machinetype_path = paths.machinetypes_dir / "example"
     (machinetype_path / "files").mkdir(parents=True)
@@ -196,10 +213,13 @@ def stop_server(server: subprocess.Popen) -> str:
     return errors
 
 
-def test_cloud_init_reads_our_metadata_as_slot_3(namespaces: tuple[str, str], tmp_path: Path) -> None:
+# cloud-init's OpenStack datasource sends no session token: its paths never need one (issue 11 item 3).
+@pytest.mark.parametrize("metadata_tokens", ["optional", "required"])
+def test_cloud_init_reads_our_metadata_as_slot_3(namespaces: tuple[str, str], tmp_path: Path,
+                                                 metadata_tokens: str) -> None:
     host, guest = namespaces
     ensure_cloud_init()
-    settings = make_machine(tmp_path)
+    settings = make_machine(tmp_path, metadata_tokens)
     server = start_server(host, tmp_path, settings)
     server_log: Optional[str] = None
     try:
@@ -235,6 +255,8 @@ def test_cloud_init_reads_our_metadata_as_slot_3(namespaces: tuple[str, str], tm
         assert nameserver == {"type": "nameserver", "address": "169.254.169.253"}
     assert result["put_status"] == 201
     assert result["job_id"] == UUID
+    assert result["with_token"] == UUID
+    assert result["without_token"] == (401 if metadata_tokens == "required" else 200)
     machine_dir = next((tmp_path / "var/lib/vac/machines").iterdir())
     assert (machine_dir / "joboutputs" / "shutdown_message").read_text() == "300 No more work"
 

@@ -233,6 +233,7 @@ def test_every_problem_is_reported_at_once() -> None:
     (SETTINGS + "metrics_address = ::1:9100\n", "settings", "metrics_address", "host:port"),
     (SETTINGS + "log_destination = console\n", "settings", "log_destination", "expected one of file, syslog"),
     (SETTINGS + "vacquery_auth = maybe\n", "settings", "vacquery_auth", "expected one of required, optional"),
+    (SETTINGS + "metadata_tokens = always\n", "settings", "metadata_tokens", "expected one of optional, required"),
     (SETTINGS + "libvirt_uri = system\n", "settings", "libvirt_uri", "libvirt URI"),
     (SETTINGS + "vacquery_key_file = key.pem\n", "settings", "vacquery_key_file", "absolute path"),
     (SETTINGS + "joboutputs_quota_bytes = -1\n", "settings", "joboutputs_quota_bytes", "must be >= 0"),
@@ -362,6 +363,8 @@ def test_new_settings_options_are_parsed() -> None:
         "qemu", "test:///default", 2, 2.5, 0, 0, "127.0.0.1", ("/etc/vac/key",), "[::1]:9100", 0, 8080, "syslog",
         "optional")
     assert parse(SETTINGS + "metrics_address =\n").settings.metrics_address is None
+    assert parse(SETTINGS + "metadata_tokens = required\n").settings.metadata_tokens == "required"
+    assert parse(SETTINGS).settings.metadata_tokens == "optional"
     assert parse(SETTINGS + "metrics_address = :9100\n").settings.metrics_address == ":9100"
 
 

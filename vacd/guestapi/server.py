@@ -49,6 +49,7 @@ from vacd.guestapi.joboutputs import QuotaExceeded, Sender, quota_problem, store
 from vacd.guestapi.machines import MachineResolver, default_source_to_ordinal
 from vacd.guestapi.metadata import metadata_response
 from vacd.guestapi.requestpath import normalise_path
+from vacd.guestapi.tokens import TOKEN_PATH, TOKEN_REQUIRED, SessionTokens, TokenHolder, new_key
 from vacd.guestapi.uploadnames import RefusedUpload, safe_repr, upload_name
 from vacd.guestapi.wire import HeadCache, RequestHead, Response
 from vacd.paths import Paths
@@ -99,6 +100,7 @@ class GuestApiServer:
         limits: Optional[ConnectionLimits] = None,
         executor: Optional[Executor] = None,
         clock: Callable[[], float] = time.time,
+        token_key: Optional[bytes] = None,
     ) -> None:
         self.paths = paths
         self.store = store
@@ -114,6 +116,8 @@ class GuestApiServer:
         # traffic come from that slot's tap? Not cached here: the check has its own short cache.
         self.link_check = link_check
         self.resolver = MachineResolver(paths, store, clock)
+        # Session tokens (vacd.guestapi.tokens): the key lives as long as this server.
+        self.tokens = SessionTokens(token_key if token_key is not None else new_key())
         self.heartbeats: dict[str, float] = {}
         self.counters: Counter[tuple[str, str, int]] = Counter()
         self.listening: list[Listening] = []
@@ -233,6 +237,8 @@ class GuestApiServer:
             # Not a guest we serve: answer and drop the connection rather than keep it.
             return self._counted(part, Response(404, path_class="identity", close=True))
         method = head.method
+        if part == METADATA and method == "PUT" and normalise_path(head.target) == TOKEN_PATH:
+            return self._issue_token(part, machine, head)
         if method not in ("GET", "HEAD", "PUT") or (part == METADATA and method == "PUT"):
             allowed = "GET, HEAD" if part == METADATA else "GET, HEAD, PUT"
             return self._counted(part, Response(405, path_class="method", close=True, headers=(("Allow", allowed),)))
@@ -242,6 +248,9 @@ class GuestApiServer:
         if path is None:
             return self._counted(part, Response(404, path_class="refused_path"))
         if part == METADATA:
+            refused = self._token_refusal(path, machine, head)
+            if refused is not None:
+                return self._counted(part, refused)
             response = metadata_response(path, machine)
         else:
             response = features_response(path, machine)
@@ -249,6 +258,29 @@ class GuestApiServer:
             "guest request part=%s machine=%s path=%s status=%s", part, machine.record.name, path, response.status
         )
         return self._counted(part, response)
+
+    # Session tokens (issue 11 item 3): the token itself is never logged.
+    def _issue_token(self, part: str, machine: GuestMachine, head: RequestHead) -> Response:
+        holder = TokenHolder(machine.record.ordinal, machine.record.uuid)
+        response = self.tokens.answer_put(head.headers, holder, self.clock())
+        if response.status == 200:
+            log.debug("metadata token issued machine=%s", machine.record.name)
+        else:
+            log.info("metadata token refused machine=%s status=%s reason=%s",
+                     machine.record.name, response.status, response.body.decode().strip())
+        return self._counted(part, response)
+
+    def _token_refusal(self, path: str, machine: GuestMachine, head: RequestHead) -> Optional[Response]:
+        holder = TokenHolder(machine.record.ordinal, machine.record.uuid)
+        mode = self.settings_provider().metadata_tokens
+        refused = self.tokens.refusal(path, head.headers, mode, holder, self.clock())
+        if refused is None:
+            return None
+        # A token shown and refused is worth an admin's eye; a guest that sent none is not.
+        level = logging.DEBUG if refused.reason == TOKEN_REQUIRED else logging.INFO
+        log.log(level, "metadata request refused machine=%s path=%s status=%s reason=%s",
+                machine.record.name, path, refused.status, refused.reason)
+        return Response(refused.status, f"{refused.reason}\n".encode(), path_class="token")
 
     # Uploads ($JOBOUTPUTS, §6.3, §6.7)
     def _accept_upload(
