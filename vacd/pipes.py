@@ -28,8 +28,8 @@ module, which hands the decoded documents to `apply_pipes`. Rules:
     an FQAN; root_device and scratch_device short device names; image_signing_dn a pattern
     that cannot take hours to match;
   - a bad root_image_sha256 or image_signing_dn costs the machinetype (fail closed: a pipe
-    that asks for a check must not get an unchecked image); negative or non-finite shares
-    count as 0;
+    that asks for a check must not get an unchecked image), and so does a target_share with
+    no usable root_image (nor a local root_kernel); negative or non-finite shares count as 0;
   - a document yields at most MAX_PIPE_MACHINETYPES machinetypes with names of at most
     MAX_PIPE_MACHINETYPE_NAME_CHARS, and at most MAX_PIPE_WARNINGS warnings, each quoting a
     bad value as a short repr (no control character reaches the log).
@@ -102,7 +102,9 @@ PIPE_FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
 _PIPE_URL = re.compile(r"https?://[A-Za-z0-9][!-~]*")
 _CVMFS_PATH = re.compile(r"/cvmfs" + SAFE_ABSOLUTE_PATH.pattern)
 # A VOMS FQAN such as /lhcb/Role=pilot/Capability=NULL (or a bare VO name).
-_FQAN = re.compile(r"[A-Za-z0-9/][A-Za-z0-9/=._:@-]*")
+_FQAN_PART = r"[A-Za-z0-9][A-Za-z0-9=._:@-]*"
+_FQAN = re.compile(rf"/?{_FQAN_PART}(?:/{_FQAN_PART})*")
+_SHA256_OR_EMPTY = re.compile(r"[0-9A-Fa-f]{64}|")
 _PIPE_DEVICE = re.compile(r"[a-z0-9]{1,16}")
 _ESCAPED = re.compile(r"\\.", re.DOTALL)
 _UNBOUNDED_REPEAT = re.compile(r"[*+]|\{[0-9]*,\}")
@@ -277,6 +279,7 @@ _PIPE_CHECKS: Mapping[str, Callable[[str], Optional[str]]] = {
     "tmp_binds": _words_matching(SAFE_ABSOLUTE_PATH, "absolute paths without . or .. parts"),
     "accounting_fqan": _matching(_FQAN, "an FQAN such as /vo/Role=pilot"),
     "image_signing_dn": _pattern_rejection,
+    "root_image_sha256": _matching(_SHA256_OR_EMPTY, "a SHA-256 digest of 64 hexadecimal digits"),
     "root_device": _matching(_PIPE_DEVICE, "a device name of 1 to 16 of a-z and 0-9"),
     "scratch_device": _matching(_PIPE_DEVICE, "a device name of 1 to 16 of a-z and 0-9"),
 }
@@ -336,6 +339,10 @@ def _pipe_option(key: Any) -> Optional[str]:
     return ascii_lower(key)
 
 
+def _can_boot(machinetype: Machinetype) -> bool:
+    return machinetype.target_share <= 0 or machinetype.root_image is not None or machinetype.root_kernel is not None
+
+
 def _expand_entry(pipe: VacuumPipe, name: str, entry: Mapping[str, Any], total_share: float,
                   config: Config, warnings: list[str]) -> Optional[Machinetype]:
     section = f"machinetype {name}"
@@ -362,6 +369,8 @@ def _expand_entry(pipe: VacuumPipe, name: str, entry: Mapping[str, Any], total_s
         text, reason = _as_text(option, value)
         if text is not None:
             reason = rejection(option, text)
+            # As vac.conf's reader strips every value (user_data_option_* text is the guest's own).
+            text = text if option.startswith("user_data_option_") else text.strip()
         if reason is not None or text is None:
             if option in FAIL_CLOSED_OPTIONS:
                 warnings.append(_warning(pipe.url, section, option, f"not created: {reason}; the machinetype "
@@ -376,6 +385,12 @@ def _expand_entry(pipe: VacuumPipe, name: str, entry: Mapping[str, Any], total_s
         findings = Findings()
         reader = SectionReader(section, options, frozenset(), header, findings)
         machinetype = read_machinetype(name, reader, config.settings, config.paths, vacuum_pipe=pipe.prefix)
+        if machinetype is not None and not _can_boot(machinetype):
+            # Vac 03 kept such a type and failed every creation of it; those failures took slots
+            # and passes from the pipe's good types. A type with no share is kept (never created).
+            warnings.append(_warning(pipe.url, section, "root_image", "not created: it has a target_share but no "
+                                                                      "usable root_image (or local root_kernel)"))
+            return None
         if machinetype is not None:
             warnings.extend(findings.warnings)
             return machinetype
@@ -383,7 +398,12 @@ def _expand_entry(pipe: VacuumPipe, name: str, entry: Mapping[str, Any], total_s
         # what vac.conf says (or one that dropping cannot cure) costs the machinetype.
         droppable = [problem for problem in findings.problems
                      if problem.option in from_pipe and options[problem.option].path == pipe.url]
-        if not droppable or any(problem.option in FAIL_CLOSED_OPTIONS for problem in droppable):
+        fail_closed = [problem for problem in droppable if problem.option in FAIL_CLOSED_OPTIONS]
+        if fail_closed:
+            warnings.extend(_warning(pipe.url, section, problem.option, f"not created: {problem.reason}")
+                            for problem in fail_closed)
+            return None
+        if not droppable:
             warnings.extend(_warning(pipe.url, section, None, f"not created: {problem}")
                             for problem in findings.problems)
             return None

@@ -73,6 +73,7 @@ host_processors = 4
 vacuum_pipe_url = {url}
 target_share = 10
 fizzle_seconds = 1234
+root_kernel = vmlinuz
 """)
     return load_config(Paths(tmp_path), host_fqdn="f1.example.com", host_cpu_count=4)
 
