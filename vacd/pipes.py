@@ -22,8 +22,9 @@ module, which hands the decoded documents to `apply_pipes`. Rules:
   - options naming files, paths, URLs, commands or patterns take only JSON strings;
   - file names (root_image, user_data, user_data_file_*, heartbeat_file) are one name of
     safe characters, not starting with . or -; root_image may also be a /cvmfs/ path of
-    safe characters, and root_image and user_data an http(s) URL; no `..` part anywhere
-    (Vac only refused `/../`, so `/cvmfs/..` passed);
+    safe characters, and root_image and user_data an http(s) URL of a public host (not
+    loopback, link-local or private: vacd fetches them and gives the body to the guest);
+    no `..` part anywhere (Vac only refused `/../`, so `/cvmfs/..` passed);
   - container_command and tmp_binds are absolute paths of safe characters; accounting_fqan
     an FQAN; root_device and scratch_device short device names; image_signing_dn a pattern
     that cannot take hours to match;
@@ -39,6 +40,7 @@ module, which hands the decoded documents to `apply_pipes`. Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import urllib.parse
@@ -105,6 +107,7 @@ _CVMFS_PATH = re.compile(r"/cvmfs" + SAFE_ABSOLUTE_PATH.pattern)
 _FQAN_PART = r"[A-Za-z0-9][A-Za-z0-9=._:@-]*"
 _FQAN = re.compile(rf"/?{_FQAN_PART}(?:/{_FQAN_PART})*")
 _SHA256_OR_EMPTY = re.compile(r"[0-9A-Fa-f]{64}|")
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _PIPE_DEVICE = re.compile(r"[a-z0-9]{1,16}")
 _ESCAPED = re.compile(r"\\.", re.DOTALL)
 _UNBOUNDED_REPEAT = re.compile(r"[*+]|\{[0-9]*,\}")
@@ -188,11 +191,45 @@ def _has_parent_part(path: str) -> bool:
     return ".." in path.split("/")
 
 
+def _host_rejection(url: str) -> Optional[str]:
+    """Why vacd must not fetch from the URL's host for a pipe, or None.
+
+    vacd fetches a pipe's user_data and root_image itself and hands the body to the guest: a
+    URL naming the factory's own loopback, link-local (the guest API, cloud metadata) or
+    private addresses would show the VO's guest what only the factory can reach. IP literals
+    must be global; names must end in a label starting with a letter (so 127.1, 2130706433
+    and 0x7f.0.0.1, which resolvers read as 127.0.0.1, are refused), and not be localhost.
+    A name that resolves to such an address is not caught here.
+    """
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        host = None
+    if not host:
+        return f"expected a URL with a host, got {_shown(url)}"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        kind = "loopback" if address.is_loopback else "non-global"
+        return None if address.is_global else f"must not name a {kind} address, got {_shown(host)}"
+    last_label = host.rstrip(".").rsplit(".", 1)[-1]
+    if not _HOST_NAME.fullmatch(host) or not last_label[:1].isalpha():
+        return f"expected a host name or a global IP address, got {_shown(host)}"
+    if host.rstrip(".") == "localhost" or host.rstrip(".").endswith(".localhost"):
+        return "must not name localhost"
+    return None
+
+
 def _url_rejection(text: str, *, one_file_name: bool = False) -> Optional[str]:
     if not _PIPE_URL.fullmatch(text):
         return f"expected an http:// or https:// URL without spaces, got {_shown(text)}"
     if _has_parent_part(text):
         return "must not contain a .. path part"
+    host_reason = _host_rejection(text)
+    if host_reason is not None:
+        return host_reason
     if one_file_name and len(urllib.parse.quote(text, safe="").encode()) > NAME_MAX_BYTES:
         # vacd.imagecache names the cached copy by the quoted URL (§1.12).
         return f"URL too long: quoted, it must fit one file name of {NAME_MAX_BYTES} bytes in the image cache"

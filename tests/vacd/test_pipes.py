@@ -234,6 +234,18 @@ def test_pipe_dn_pattern_that_could_take_hours_to_match_is_refused(pattern: str,
     ("root_image", "https://example.org/" + "x" * 200, True),
     ("root_image", "https://example.org/" + "x" * 300, False),  # its image cache file name would be too long
     ("root_image", "https://example.org/a b.iso", False),
+    ("root_image", "http://127.0.0.1:9100/metrics", False),  # the factory's own services
+    ("user_data", "http://169.254.169.254/latest/meta-data/", False),  # link-local metadata
+    ("user_data", "http://10.1.2.3/user_data", False),
+    ("user_data", "http://[::1]/user_data", False),
+    ("user_data", "http://localhost/user_data", False),
+    ("user_data", "http://2130706433/user_data", False),  # 127.0.0.1 to a resolver
+    ("user_data", "http://0x7f.1/user_data", False),
+    ("user_data", "https://lhcb.example.org@127.0.0.1/user_data", False),
+    ("user_data", "http://[fe80::zz]/user_data", False),
+    ("user_data", "http://192.0.2.1.nip.io/user_data", True),  # a name: resolution is not checked
+    ("user_data", "https://8.8.8.8/user_data", True),
+    ("user_data", "https://lhcb-portal.cern.ch:8443/user_data?x=1", True),
     ("root_image", "/cvmfs/unpacked.cern.ch/registry/image", True),
     ("root_image", "/cvmfs/x/a;b", False),
     ("root_image", "docker://-x", False),
