@@ -267,3 +267,21 @@ def test_cache_larger_than_a_fetch_may_be_is_not_read(tmp_path: Path) -> None:
     assert cache.stat().st_size > PIPE_LIMITS.max_bytes
     expanded = PipeFetcher(Paths(tmp_path)).apply(config, may_fetch=False)
     assert not any(name.startswith("ex-") for name in expanded.machinetypes)
+
+
+def test_warnings_of_a_changing_pipe_are_logged_once_each_and_not_hoarded(
+        tmp_path: Path, pipe_server: PipeServer, caplog: pytest.LogCaptureFixture) -> None:
+    initial = site_config(tmp_path, pipe_server.url)
+    source = ReloadingConfig(Paths(tmp_path), initial, "f1.example.com", 4)
+    cache = tmp_path / "var/lib/vac/pipescache/ex.pipe"
+    for fetch in range(1, 6):
+        pipe_server.document = {"cache_seconds": 3600, "machinetypes": [{"suffix": "a", f"colour{fetch}": 1}]}
+        if cache.exists():
+            os.utime(cache, (0, 0))  # due again: the VO's pipe says something new at every fetch
+        source.current()
+        assert source.pipes.wait_for_refreshes(timeout_seconds=30)
+        source.current()
+        source.current()
+    logged = [record.getMessage() for record in caplog.records if "not accepted from a vacuum pipe" in record.getMessage()]
+    assert [message.split("] ")[1].split(":")[0] for message in logged] == [f"colour{fetch}" for fetch in range(1, 6)]
+    assert len(source._reported_warnings) == len(source.current().warnings)
