@@ -90,8 +90,9 @@ MAX_PIPE_WARNINGS = 100
 # An http(s) root_image is cached as imagecache/<URL quoted with no safe characters>: one file name.
 NAME_MAX_BYTES = 255
 # image_signing_dn is a regular expression searched in a signer's DN at every creation. Python's
-# re has no timeout, so a pipe's pattern may repeat without bound at most twice and may not
-# repeat a group: `.*.*.*z` takes 45 s on a 1 KB DN, `.*.*z` 0.1 s, and `(a|aa)*` is exponential.
+# re has no timeout, so a pipe's pattern may use a variable repeat (*, +, ?, {m,n}) at most twice
+# and may not repeat a group: `.*.*.*z` takes 45 s on a 1 KB DN, `.*.*z` 0.1 s; `(a|aa)*` and
+# `a?a?...a?aa...a` are exponential; `.{0,999}` is `.*` on a DN.
 MAX_PIPE_PATTERN_REPEATS = 2
 
 # Only printable ASCII: Vac 03 (Python 2) applied str() to each pipe value, which failed on
@@ -110,7 +111,10 @@ _SHA256_OR_EMPTY = re.compile(r"[0-9A-Fa-f]{64}|")
 _HOST_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _PIPE_DEVICE = re.compile(r"[a-z0-9]{1,16}")
 _ESCAPED = re.compile(r"\\.", re.DOTALL)
-_UNBOUNDED_REPEAT = re.compile(r"[*+]|\{[0-9]*,\}")
+# `(?:`, `(?P<`, ... and the lazy `*?` are syntax, not repeats.
+_NOT_A_REPEAT = re.compile(r"(?<=\()\?|(?<=[*+?}])\?")
+# Every repeat that can try more than one length: *, +, ? and {m,n}.
+_VARIABLE_REPEAT = re.compile(r"[*+?]|\{[0-9]*,[0-9]*\}")
 _REPEATED_GROUP = re.compile(r"\)(?:[*+?]|\{[0-9,]*\})")
 
 
@@ -281,9 +285,9 @@ def _pattern_rejection(text: str) -> Optional[str]:
     unescaped = _ESCAPED.sub("", text)
     if _REPEATED_GROUP.search(unescaped):
         return "a pattern from a vacuum pipe may not repeat a group (it could take hours to match)"
-    if len(_UNBOUNDED_REPEAT.findall(unescaped)) > MAX_PIPE_PATTERN_REPEATS:
-        return (f"a pattern from a vacuum pipe may use * or + at most {MAX_PIPE_PATTERN_REPEATS} times "
-                "(more could take hours to match)")
+    if len(_VARIABLE_REPEAT.findall(_NOT_A_REPEAT.sub("", unescaped))) > MAX_PIPE_PATTERN_REPEATS:
+        return (f"a pattern from a vacuum pipe may use *, +, ? or {{m,n}} at most {MAX_PIPE_PATTERN_REPEATS} "
+                "times (more could take hours to match)")
     return None
 
 
