@@ -470,11 +470,11 @@ def _entry_name(pipe: VacuumPipe, entry: Mapping[str, Any]) -> tuple[Optional[st
     return name, ""
 
 
-def _bounded(warnings: list[str]) -> tuple[str, ...]:
+def _bounded(pipe: VacuumPipe, warnings: list[str]) -> tuple[str, ...]:
     if len(warnings) <= MAX_PIPE_WARNINGS:
         return tuple(warnings)
-    return tuple(warnings[:MAX_PIPE_WARNINGS]) + (f"... and {len(warnings) - MAX_PIPE_WARNINGS} more warnings "
-                                                  "about the same vacuum pipe",)
+    return tuple(warnings[:MAX_PIPE_WARNINGS]) + (_warning(
+        pipe.url, f"vacuum_pipe {pipe.prefix}", None, f"{len(warnings) - MAX_PIPE_WARNINGS} more warnings not shown"),)
 
 
 def expand_pipe(pipe: VacuumPipe, pipe_document: Mapping[str, Any], config: Config) -> PipeExpansion:
@@ -514,7 +514,7 @@ def expand_pipe(pipe: VacuumPipe, pipe_document: Mapping[str, Any], config: Conf
         machinetype = _expand_entry(pipe, name, entry, total_share, config, warnings)
         if machinetype is not None:
             machinetypes[name] = machinetype
-    return PipeExpansion(machinetypes, _bounded(warnings))
+    return PipeExpansion(machinetypes, _bounded(pipe, warnings))
 
 
 def apply_pipes(config: Config, pipe_documents: Mapping[str, Mapping[str, Any]]) -> Config:
