@@ -83,7 +83,9 @@ class ReloadingConfig:
         for warning in config.warnings:
             if warning not in self._reported_warnings:
                 log.warning("configuration: %s", warning)
-                self._reported_warnings.add(warning)
+        # Only the current warnings are remembered: a pipe whose every fetch says something new
+        # must not grow this set for as long as vacd runs (issue 11 item 2).
+        self._reported_warnings = set(config.warnings)
         if config != self.last_good:
             log.info("configuration reloaded sources=%s", ",".join(str(path) for path in config.sources))
         self.last_good = config

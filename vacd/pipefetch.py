@@ -11,6 +11,11 @@ Improvements:
 - A failed fetch keeps using the cached copy (acceptance 6); Vac 03 dropped the pipe's
   machinetypes until the next good fetch. A document that is not a JSON object, or is
   larger than PIPE_LIMITS.max_bytes, is a failed fetch and never replaces a good cache.
+- A document is decoded strictly (issue 11 item 2): an object with a key given twice (which
+  JSON parsers resolve differently), an integer of more than MAX_JSON_INTEGER_DIGITS digits
+  (Python 3.9 converts them in quadratic time) or nesting too deep to decode is a bad
+  document. The cache is read with the same size cap as a fetch. vacd.pipes then validates
+  every value.
 - Nothing here blocks the caller on the network (issue 8 item 6): the reconcile loop only
   reads the cache; a due fetch runs on the fetcher's own thread with a total deadline
   (PIPE_LIMITS), and a completed refresh calls `on_refreshed` (the factory's wake) so the
@@ -47,8 +52,12 @@ RETRY_FIRST_SECONDS = 60.0
 RETRY_MAX_SECONDS = 1800.0
 
 
+# No pipe option needs more digits (vacd.configini takes at most 30).
+MAX_JSON_INTEGER_DIGITS = 30
+
+
 class BadPipeDocument(VacError):
-    """The server answered, but not with a JSON object."""
+    """The server answered, but not with a JSON object vacd will read."""
 
 
 @dataclass(frozen=True)
@@ -168,8 +177,9 @@ class PipeFetcher:
             self._retries.pop(key, None)
             self._in_flight.discard(key)
             self._idle.notify_all()
+        entries = document.get("machinetypes")
         log.info("vacuum pipe fetched prefix=%s url=%s machinetypes=%d", pipe.prefix, pipe.url,
-                 len(document.get("machinetypes") or []))
+                 len(entries) if isinstance(entries, list) else 0)
         if self.on_refreshed is not None:
             try:
                 self.on_refreshed()
@@ -178,24 +188,54 @@ class PipeFetcher:
 
     def _read_cache(self, pipe: VacuumPipe) -> Optional[Mapping[str, Any]]:
         try:
-            raw_text = self.cache_file(pipe).read_text(errors="replace")
+            with self.cache_file(pipe).open("rb") as cache:
+                raw_bytes = cache.read(self.limits.max_bytes + 1)
         except OSError:
             return None
-        return _parse(raw_text)
+        try:
+            if len(raw_bytes) > self.limits.max_bytes:
+                raise BadPipeDocument(f"larger than {self.limits.max_bytes} bytes")
+            return parse_pipe_document(raw_bytes)
+        except BadPipeDocument as error:
+            log.warning("vacuum pipe cache unusable prefix=%s file=%s error=%s", pipe.prefix,
+                        self.cache_file(pipe), error)
+            return None
 
     def _fetch(self, pipe: VacuumPipe) -> Mapping[str, Any]:
         body = self.fetcher.fetch_bytes(pipe.url, self.limits)
-        document = _parse(body.decode("utf-8", errors="replace"))
-        if document is None:
-            raise BadPipeDocument(f"{pipe.url}: not a JSON object")
+        try:
+            document = parse_pipe_document(body)
+        except BadPipeDocument as error:
+            raise BadPipeDocument(f"{pipe.url}: {error}") from None
         self.paths.pipescache_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.cache_file(pipe), json.dumps(document, indent=1, sort_keys=True) + "\n")
         return document
 
 
-def _parse(raw_text: str) -> Optional[Mapping[str, Any]]:
+def _object_without_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise BadPipeDocument(f"key {key[:60]!r} given twice in one object")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _bounded_integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INTEGER_DIGITS:
+        raise BadPipeDocument(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def parse_pipe_document(raw_bytes: bytes) -> Mapping[str, Any]:
+    """A pipe document decoded strictly (see the module's rules); raises BadPipeDocument."""
     try:
-        document = json.loads(raw_text)
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None
+        document = json.loads(raw_bytes.decode("utf-8", errors="replace"),
+                              object_pairs_hook=_object_without_repeated_keys, parse_int=_bounded_integer)
+    except RecursionError:
+        raise BadPipeDocument("nested too deeply") from None
+    except ValueError as error:
+        raise BadPipeDocument(f"not JSON: {str(error)[:80]}") from None
+    if not isinstance(document, dict):
+        raise BadPipeDocument("not a JSON object")
+    return document

@@ -483,7 +483,8 @@ def test_pipe_section_is_parsed_with_its_copied_options() -> None:
 
 def test_pipe_share_is_split_in_proportion_acceptance_4() -> None:
     config = parse(PIPE_SETTINGS)
-    document = {"machinetypes": [{"suffix": "a", "target_share": 1}, {"suffix": "b", "target_share": 3}]}
+    document = {"machinetypes": [{"suffix": "a", "target_share": 1, "root_image": "a.iso"},
+                                 {"suffix": "b", "target_share": 3, "root_image": "b.iso"}]}
     expansion = expand_pipe(config.vacuum_pipes[0], document, config)
     assert {name: machinetype.target_share for name, machinetype in expansion.machinetypes.items()} == {
         "ex-a": 2.5, "ex-b": 7.5}
@@ -493,7 +494,8 @@ def test_pipe_share_is_split_in_proportion_acceptance_4() -> None:
 
 
 def test_local_values_win_and_unsafe_pipe_values_are_dropped_acceptance_5() -> None:
-    config = parse(PIPE_SETTINGS + "backoff_seconds = 60\n[machinetype ex-a]\nfizzle_seconds = 900\n")
+    config = parse(PIPE_SETTINGS + "backoff_seconds = 60\n[machinetype ex-a]\nfizzle_seconds = 900\n"
+                   "root_kernel = vmlinuz\n")  # bootable without the pipe's (refused) root_image
     document = {"machinetypes": [{
         "suffix": "a", "target_share": 1, "fizzle_seconds": 100, "backoff_seconds": 5, "heartbeat_seconds": 300,
         "user_data_file_x": "a/b", "root_image": "/etc/x.img", "user_data": "files/../x",

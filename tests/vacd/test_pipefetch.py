@@ -15,7 +15,8 @@ from tests.vacd.loopback_http import Hold, LoopbackServer, ScriptedRequest, answ
 from vacd.config import Config, load_config
 from vacd.daemon import ReloadingConfig
 from vacd.paths import Paths
-from vacd.pipefetch import RETRY_FIRST_SECONDS, PipeFetcher
+from vacd.fetch import PIPE_LIMITS
+from vacd.pipefetch import RETRY_FIRST_SECONDS, BadPipeDocument, PipeFetcher, parse_pipe_document
 
 
 class PipeServer:
@@ -73,6 +74,7 @@ host_processors = 4
 vacuum_pipe_url = {url}
 target_share = 10
 fizzle_seconds = 1234
+root_kernel = vmlinuz
 """)
     return load_config(Paths(tmp_path), host_fqdn="f1.example.com", host_cpu_count=4)
 
@@ -217,3 +219,69 @@ def test_oversized_pipe_is_refused_and_never_replaces_the_cache(tmp_path: Path, 
     assert cache.read_text() == before
     retry = fetcher.retry_state(config.vacuum_pipes[0])
     assert retry is not None and retry.failures == 1
+
+
+# --- hostile documents (issue 11 item 2) ------------------------------------------------------
+
+HOSTILE_DOCUMENTS = {
+    "repeated_key": b'{"machinetypes": [{"suffix": "a", "root_image": "a.iso", "root_image": "/etc/shadow"}]}',
+    "repeated_top_level_key": b'{"machinetypes": [], "machinetypes": [{"suffix": "z"}]}',
+    "deep_nesting": b'{"machinetypes": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    "huge_integer": b'{"cache_seconds": ' + b"9" * 100_000 + b', "machinetypes": []}',
+    "not_an_object": b'[{"suffix": "a"}]',
+    "truncated": b'{"machinetypes": [{"suffix": "a"',
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_DOCUMENTS))
+def test_hostile_document_is_a_failed_fetch_and_keeps_the_cached_pipe(tmp_path: Path, pipe_server: PipeServer,
+                                                                      kind: str) -> None:
+    pipe_server.document = dict(pipe_server.document, cache_seconds=0)
+    config = site_config(tmp_path, pipe_server.url)
+    fetcher = PipeFetcher(Paths(tmp_path))
+    refreshed(fetcher, config)
+    cache = tmp_path / "var/lib/vac/pipescache/ex.pipe"
+    before = cache.read_text()
+    pipe_server.document = HOSTILE_DOCUMENTS[kind]
+    expanded = refreshed(fetcher, config)
+    assert pipe_server.requests == 2
+    assert cache.read_text() == before
+    assert {"ex-a", "ex-b"} <= set(expanded.machinetypes)
+    retry = fetcher.retry_state(config.vacuum_pipes[0])
+    assert retry is not None and retry.failures == 1
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_DOCUMENTS))
+def test_strict_decoding_names_what_is_wrong(kind: str) -> None:
+    with pytest.raises(BadPipeDocument) as refused:
+        parse_pipe_document(HOSTILE_DOCUMENTS[kind])
+    assert len(str(refused.value)) < 200
+
+
+def test_cache_larger_than_a_fetch_may_be_is_not_read(tmp_path: Path) -> None:
+    config = site_config(tmp_path, "http://127.0.0.1:9/never.pipe")
+    cache = tmp_path / "var/lib/vac/pipescache/ex.pipe"
+    cache.parent.mkdir(parents=True)
+    entries = [{"suffix": f"m{index}", "root_image": "x" * 1000} for index in range(1100)]
+    cache.write_text(json.dumps({"cache_seconds": 3600, "machinetypes": entries}))
+    assert cache.stat().st_size > PIPE_LIMITS.max_bytes
+    expanded = PipeFetcher(Paths(tmp_path)).apply(config, may_fetch=False)
+    assert not any(name.startswith("ex-") for name in expanded.machinetypes)
+
+
+def test_warnings_of_a_changing_pipe_are_logged_once_each_and_not_hoarded(
+        tmp_path: Path, pipe_server: PipeServer, caplog: pytest.LogCaptureFixture) -> None:
+    initial = site_config(tmp_path, pipe_server.url)
+    source = ReloadingConfig(Paths(tmp_path), initial, "f1.example.com", 4)
+    cache = tmp_path / "var/lib/vac/pipescache/ex.pipe"
+    for fetch in range(1, 6):
+        pipe_server.document = {"cache_seconds": 3600, "machinetypes": [{"suffix": "a", f"colour{fetch}": 1}]}
+        if cache.exists():
+            os.utime(cache, (0, 0))  # due again: the VO's pipe says something new at every fetch
+        source.current()
+        assert source.pipes.wait_for_refreshes(timeout_seconds=30)
+        source.current()
+        source.current()
+    logged = [record.getMessage() for record in caplog.records if "not accepted from a vacuum pipe" in record.getMessage()]
+    assert [message.split("] ")[1].split(":")[0] for message in logged] == [f"colour{fetch}" for fetch in range(1, 6)]
+    assert len(source._reported_warnings) == len(source.current().warnings)

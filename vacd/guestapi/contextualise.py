@@ -9,7 +9,8 @@ Rules (behaviour reference §1.6 steps 2-5, §6.2, §6.5, §6.6):
   followed, TLS verified against /etc/grid-security/certificates when that directory
   exists, User-Agent `Vac <version>`), an absolute file, or
   `<machinetype_path>/files/<name>`. `user_data_file_*` names resolve the same way. A
-  name that climbs out of its directory (`..`) is refused.
+  name that climbs out of its directory (`..`) is refused, and for a machinetype made by a
+  vacuum pipe so is a name whose links lead out of files/.
 - Configured absolute file names are re-rooted under the prefix (vacd.paths), so tests and
   the demo never read the real /etc or /root.
 - MD/user_data is written 0600: it may hold a proxy and site secrets. Nothing from it is
@@ -21,6 +22,7 @@ Rules (behaviour reference §1.6 steps 2-5, §6.2, §6.5, §6.6):
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -176,7 +178,17 @@ def _resolve_local(paths: Paths, machinetype: Machinetype, file_name: str, optio
         raise ContextualisationError(f"machinetype {machinetype.name}: {option} {file_name!r}: not an allowed file name")
     if file_name.startswith("/"):
         return Path(file_name)  # as written in vac.conf, like every configured path
-    return machinetype.machinetype_path / "files" / file_name
+    files_dir = machinetype.machinetype_path / "files"
+    path = files_dir / file_name
+    if machinetype.vacuum_pipe is not None:
+        # A pipe's name must lead to a file in files/ even through links (issue 11 item 2), as
+        # root_image does (vacd.imagecheck); a site's own vac.conf may link files/ anywhere.
+        resolved = Path(os.path.realpath(path))
+        if not resolved.is_relative_to(Path(os.path.realpath(files_dir))):
+            raise ContextualisationError(f"machinetype {machinetype.name}: {option} {file_name!r} resolves to "
+                                         f"{resolved}, which is not under {files_dir}")
+        return resolved
+    return path
 
 
 def _make_machine_proxy(machinetype: Machinetype, record: MachineRecord, now: int) -> str:

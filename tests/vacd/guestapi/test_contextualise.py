@@ -152,6 +152,23 @@ def test_file_names_that_climb_out_are_refused(site: Site, name: str) -> None:
         prepare(site)
 
 
+@pytest.mark.parametrize("option", ["user_data", "user_data_file_x"])
+def test_pipe_file_name_linked_out_of_files_is_refused_but_a_sites_own_is_followed(site: Site, option: str) -> None:
+    outside = site.paths.prefix / "etc" / "secret"
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    outside.write_text("host secret ##user_data_machinetype##")
+    (site.machinetype.machinetype_path / "files" / "linked").symlink_to(outside)
+    if option == "user_data":
+        site.machinetype = replace(site.machinetype, user_data="linked")
+    else:
+        use_template(site, "##user_data_option_x##")
+        site.machinetype = replace(site.machinetype, user_data_files={"x": "linked"})
+    assert "host secret" in (prepare(site, 3) / "user_data").read_text()  # vac.conf's own link: followed
+    site.machinetype = replace(site.machinetype, vacuum_pipe="ex")  # the same name from a pipe
+    with pytest.raises(ContextualisationError, match="which is not under"):
+        prepare(site, 4)
+
+
 def test_bad_option_name_is_refused(site: Site) -> None:
     site.machinetype = replace(site.machinetype, user_data_options={"Bad-Name": "x"})
     with pytest.raises(ContextualisationError, match="Bad-Name"):
