@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests.hostile_http import (
     GuestApiProcess,
+    HttpCase,
     changed_outside_joboutputs,
     file_state,
     hostile_requests,
     run_http_fuzz,
+    send_case,
     valid_exchange,
 )
 
@@ -64,3 +67,22 @@ def test_the_guest_api_survives_malformed_requests_serves_after_them_and_leaks_n
     assert server.process.returncode == 0, server.log_tail()
     assert '"counters"' in farewell and " 500" not in farewell, farewell
     assert "Traceback" not in server.log_path.read_text(errors="replace"), server.log_tail()
+
+
+@pytest.mark.allow_commands(sys.executable)
+def test_distinct_long_targets_leave_the_server_no_larger(tmp_path: Path) -> None:
+    """Found by the fuzz run: the path and head caches kept each 8 KiB target, 25 MB for 6,000 requests."""
+    server = GuestApiProcess(tmp_path / "prefix", HEAD_TIMEOUT_SECONDS)
+    try:
+        def long_target(number: int) -> HttpCase:
+            return HttpCase("metadata", "127.0.0.3", (b"GET /" + b"%08d" % number * 1000 + b" HTTP/1.0\r\n\r\n",))
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            list(pool.map(lambda number: send_case(long_target(number), server.ports), range(200)))
+            rss_before = server.measure()[0]
+            statuses = [statuses for statuses, _ in pool.map(
+                lambda number: send_case(long_target(number), server.ports), range(200, 3200))]
+        assert all(answered == [404] for answered in statuses)
+        assert server.measure()[0] - rss_before <= 4 * 1024 * 1024
+    finally:
+        server.stop()
