@@ -158,7 +158,8 @@ def _random_bytes(rng: random.Random) -> bytes:
 
 def _non_utf8(data: bytes, rng: random.Random) -> bytes:
     position = data.find(b'"cookie": "') + 11
-    return data[:position] + rng.choice((b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80")) + data[position:]
+    invalid = rng.choice((b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"))
+    return data[:position] + invalid + data[position:]
 
 
 def hostile_datagrams(seed: int, count: int, now: Optional[float] = None) -> Iterator[bytes]:

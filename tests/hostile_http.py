@@ -92,9 +92,11 @@ def _bad_request_line(rng: random.Random) -> bytes:
         b"get / HTTP/1.1\r\n\r\n", b"G\xc3\x89T / HTTP/1.1\r\n\r\n", b" GET / HTTP/1.1\r\n\r\n",
         b"GET  / HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\r\n\r\n", b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
         b"GET http://169.254.169.254/latest/user-data HTTP/1.1\r\n\r\n", b"OPTIONS * HTTP/1.1\r\n\r\n",
-        b"CONNECT 169.254.169.254:80 HTTP/1.1\r\n\r\n", b"TRACE / HTTP/1.1\r\n\r\n", b"DELETE /joboutputs/x HTTP/1.1\r\n\r\n",
+        b"CONNECT 169.254.169.254:80 HTTP/1.1\r\n\r\n", b"TRACE / HTTP/1.1\r\n\r\n",
+        b"DELETE /joboutputs/x HTTP/1.1\r\n\r\n",
         b"POST /latest/user-data HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc", b"HEAD /latest/user-data HTTP/1.0\r\n\r\n",
-        b"GET /" + b"a" * rng.choice((8000, 9000, 70000)) + b" HTTP/1.1\r\n\r\n",
+        # Distinct long targets: each must cost a parse, never memory kept.
+        b"GET /%d" % rng.getrandbits(64) + b"a" * rng.choice((500, 8000, 9000, 70000)) + b" HTTP/1.1\r\n\r\n",
         b"GET /../../../etc/passwd HTTP/1.1\r\n\r\n", b"GET /%2e%2e/%2e%2e/etc/shadow HTTP/1.1\r\n\r\n",
         b"GET /latest/meta-data/../../../../var/lib/vac HTTP/1.0\r\n\r\n", b"GET /latest//user-data HTTP/1.0\r\n\r\n",
         b"GET /%00 HTTP/1.1\r\n\r\n", b"GET /%ff%fe HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1000000000000\r\n\r\n",
@@ -125,13 +127,15 @@ def _bad_lengths(rng: random.Random) -> bytes:
 
 def _smuggling(rng: random.Random) -> bytes:
     hidden = b"GET /latest/user-data HTTP/1.1\r\nHost: x\r\n\r\n"
-    te = rng.choice((b"chunked", b" chunked", b"chunked, identity", b"identity", b"xchunked", b"CHUNKED", b"chunked\x00"))
+    te = rng.choice((b"chunked", b" chunked", b"chunked, identity", b"identity", b"xchunked", b"CHUNKED",
+                     b"chunked\x00"))
+    put = b"PUT /joboutputs/smuggle HTTP/1.1\r\n"
     return rng.choice((
-        b"PUT /joboutputs/smuggle HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: " + te + b"\r\n\r\n0\r\n\r\n" + hidden,
-        b"PUT /joboutputs/smuggle HTTP/1.1\r\nTransfer-Encoding: " + te + b"\r\nContent-Length: 50\r\n\r\n0\r\n\r\n" + hidden,
+        put + b"Content-Length: 4\r\nTransfer-Encoding: " + te + b"\r\n\r\n0\r\n\r\n" + hidden,
+        put + b"Transfer-Encoding: " + te + b"\r\nContent-Length: 50\r\n\r\n0\r\n\r\n" + hidden,
         b"PUT /joboutputs/smuggle HTTP/1.1\r\nTransfer-Encoding: " + te + b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"GET /latest/user-data HTTP/1.1\r\nContent-Length: " + str(len(hidden)).encode() + b"\r\n\r\n" + hidden,
-        b"PUT /joboutputs/smuggle HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+        put + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n",
         b"PUT /joboutputs/smuggle HTTP/1.0\r\nTransfer-Encoding: " + te + b"\r\n\r\nffffffffffffffff\r\n",
     ))
 
@@ -418,7 +422,8 @@ def file_state(root: Path) -> dict[str, tuple[int, int]]:
 
 # What a guest's PUT may write: a file in its machine's joboutputs/, and the receipt of a
 # shutdown_message upload beside it (vacd.store.SHUTDOWN_RECEIPT_FILE, issue 11 item 4).
-WRITABLE_BY_GUESTS = re.compile(r"var/lib/vac/machines/[^/]+/(joboutputs/[^/]+|" + re.escape(SHUTDOWN_RECEIPT_FILE) + ")")
+WRITABLE_BY_GUESTS = re.compile(
+    r"var/lib/vac/machines/[^/]+/(joboutputs/[^/]+|" + re.escape(SHUTDOWN_RECEIPT_FILE) + ")")
 
 
 def changed_outside_joboutputs(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
