@@ -64,7 +64,7 @@ def main() -> int:
     print(f"| time | {result.seconds:.1f} s |")
     if not alive or after != (200, 201):
         failures.append("the server died or stopped answering")
-    if 500 in result.statuses or " 500" in farewell or "Traceback" in log:
+    if 500 in result.statuses or 500 in farewell or "Traceback" in log:
         failures.append("a handler raised (500 or traceback)")
     if not result.fds_after == result.fds_after_warmup == result.fds_at_start:
         failures.append("descriptors leaked")

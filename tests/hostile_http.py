@@ -278,15 +278,20 @@ class GuestApiProcess:
         """(RSS bytes, open descriptors) of the server process."""
         return self.ps.memory_info().rss, len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
-    def stop(self) -> str:
-        """Stop it; return what it printed on the way out (its response counters)."""
+    def stop(self) -> Counter[int]:
+        """Stop it; return the responses it counted on the way out, by status."""
         self.process.send_signal(signal.SIGTERM)
         try:
             output, _ = self.process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
             output, _ = self.process.communicate()
-        return output.decode(errors="replace")
+        by_status: Counter[int] = Counter()
+        for line in output.decode(errors="replace").splitlines():
+            if line.startswith('{"counters"'):
+                for key, count in json.loads(line)["counters"].items():
+                    by_status[int(key.rsplit(" ", 1)[1])] += count
+        return by_status
 
 
 # Running it

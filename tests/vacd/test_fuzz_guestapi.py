@@ -65,7 +65,7 @@ def test_the_guest_api_survives_malformed_requests_serves_after_them_and_leaks_n
     finally:
         farewell = server.stop()
     assert server.process.returncode == 0, server.log_tail()
-    assert '"counters"' in farewell and " 500" not in farewell, farewell
+    assert sum(farewell.values()) >= REQUESTS // 2 and 500 not in farewell, farewell
     assert "Traceback" not in server.log_path.read_text(errors="replace"), server.log_tail()
 
 
