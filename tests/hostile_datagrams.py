@@ -323,6 +323,17 @@ def run_fuzz(port: int, source: str, seed: int, count: int, *, warmup: int,
     return result
 
 
+def bytes_drawn_by(port: int, source: str, datagram: bytes, probe_cookie: str) -> int:
+    """Send one datagram from `source`; return the reply bytes it drew (known once a probe after it is answered)."""
+    with _udp_socket(source) as sock:
+        sock.setblocking(False)
+        sock.sendto(datagram, ("127.0.0.1", port))
+        if not probe(port, PROBE_SOURCES[hash(probe_cookie) % len(PROBE_SOURCES)], probe_cookie):
+            raise AssertionError(f"no answer to {probe_cookie} after {datagram[:100]!r}")
+        result = FuzzResult()
+        return _drain(sock, result)
+
+
 def process_measure(pid: int) -> Callable[[], tuple[int, int]]:
     process = psutil.Process(pid)
 

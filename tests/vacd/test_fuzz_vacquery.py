@@ -8,22 +8,30 @@ for what is sent.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.hostile_datagrams import (
     AFTER_SOURCE,
     MAX_UDP_PAYLOAD,
+    SPACE,
+    UnlistedResponder,
+    bytes_drawn_by,
     fuzz_unlisted_responder,
     fuzz_vacd,
     hostile_datagrams,
     probe,
 )
 from tests.vacquery.sample_statuses import snapshot
-from vacquery.codec import MalformedDatagram, decode
+from vacquery.codec import QUERY_PAD_BYTES, MalformedDatagram, decode, encode_query
+from vacquery.messages import QUERY_CLASSES
 
 DATAGRAMS = int(os.environ.get("VAC_FUZZ_DATAGRAMS", "2000"))
 SEED = int(os.environ.get("VAC_FUZZ_SEED", "11"))
@@ -78,3 +86,31 @@ def test_an_unlisted_source_draws_no_more_bytes_than_it_sends_whatever_it_sends(
         assert responder.protocol.counters["error"] == 0, responder.protocol.counters
     finally:
         responder.close()
+
+
+VALID_QUERIES = [encode_query(query_class(SPACE, "c" * 64), pad_to) for query_class in QUERY_CLASSES.values()
+                 for pad_to in (0, QUERY_PAD_BYTES, 1400)]
+HOSTILE = st.one_of(
+    st.binary(max_size=3000),
+    st.sampled_from(VALID_QUERIES),
+    st.builds(lambda query, cut, inserted: query[:cut] + inserted + query[cut:],
+              st.sampled_from(VALID_QUERIES), st.integers(0, 1400), st.binary(max_size=64)),
+    st.builds(lambda query, cut: query[:cut], st.sampled_from(VALID_QUERIES), st.integers(0, 1400)),
+)
+PROBE_COOKIES = (f"property-probe-{number}" for number in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def unlisted_responder() -> Iterator[UnlistedResponder]:
+    responder = UnlistedResponder(snapshot("f1.example.com", slots=64))
+    yield responder
+    responder.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(datagram=HOSTILE)
+def test_each_datagram_from_an_unlisted_source_draws_at_most_its_own_size(
+        unlisted_responder: UnlistedResponder, datagram: bytes) -> None:
+    """One datagram at a time over real UDP, so the bound holds per request, not only per batch."""
+    assert bytes_drawn_by(unlisted_responder.port, "127.0.0.5", datagram, next(PROBE_COOKIES)) <= len(datagram)
+    assert unlisted_responder.protocol.counters["error"] == 0
