@@ -517,19 +517,28 @@ def hosts_update(content: bytes, wanted_lines: list[str]) -> Optional[HostsUpdat
 def ensure_hosts_entries(paths: Paths, factory_name: str, num_slots: int) -> int:
     """Append each missing slot line to <prefix>/etc/hosts, in place; return how many were added.
 
+    The file is opened for writing only when a line is missing, so a read-only /etc/hosts
+    that already holds Vac's lines is no fault.
+
     Raises:
         NetworkError: the file could not be read or written; the message names it (and, for
             a read-only one, says why the sandbox may show it so).
     """
     hosts_file = paths.under_prefix("/etc/hosts")
+    wanted = hosts_lines(factory_name, num_slots)
     try:
-        hosts_file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(hosts_file, "rb") as reader:
+                if hosts_update(reader.read(), wanted) is None:
+                    return 0
+        except FileNotFoundError:
+            hosts_file.parent.mkdir(parents=True, exist_ok=True)
         # O_RDWR without O_TRUNC: the host's lines are never cut, and the inode stays the one
-        # the unit's bind mount makes writable.
+        # the unit's bind mount makes writable. Read again through this descriptor: what is
+        # written must follow what the file holds now.
         descriptor = os.open(hosts_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            content = _read_all(descriptor)
-            update = hosts_update(content, hosts_lines(factory_name, num_slots))
+            update = hosts_update(_read_all(descriptor), wanted)
             if update is None:
                 return 0
             written = 0

@@ -271,40 +271,77 @@ def test_a_hosts_path_that_cannot_be_written_is_a_network_error_naming_it(tmp_pa
         ensure_hosts_entries(Paths(tmp_path), FACTORY, 1)
 
 
-SANDBOXED_APPEND = """
+SANDBOXED_VACD = """
 import sys
 from pathlib import Path
-from vacd.network import ensure_hosts_entries
+from vacd.network import NetworkError, ensure_hosts_entries
 from vacd.paths import Paths
-print(ensure_hosts_entries(Paths(Path(sys.argv[1])), "f1.example.com", 2))
+prefix = Path(sys.argv[1])
 try:
-    (Path(sys.argv[1]) / "etc" / "other").write_text("x")
+    (prefix / "etc" / "other").write_text("x")
 except OSError as error:
-    print(error.strerror)
+    print(error.strerror, flush=True)
+for _ in sys.stdin:
+    try:
+        print(ensure_hosts_entries(Paths(prefix), "f1.example.com", 2), flush=True)
+    except NetworkError as error:
+        print(error, flush=True)
 """
 
 
 @pytest.mark.allow_commands("unshare")
-def test_vacd_appends_to_hosts_when_only_the_file_is_bound_writable_in_a_read_only_etc(tmp_path: Path) -> None:
-    """The unit's layout (ProtectSystem=strict, ReadWritePaths=/etc/hosts), made with real mounts."""
+def test_in_the_units_sandbox_vacd_appends_to_hosts_and_a_file_renamed_over_it_is_read_only_until_a_restart(
+        tmp_path: Path) -> None:
+    """The unit's layout (ProtectSystem=strict, ReadWritePaths=/etc/hosts), made with real mounts.
+
+    vacd runs in a mount namespace where etc/ is read-only and etc/hosts is bound writable;
+    the test, outside it, then renames new files over etc/hosts as `sed -i` or Puppet would.
+    """
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
         pytest.skip("needs root and unshare(1) to make a mount namespace")
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "hosts").write_bytes(HOST_OWN_LINES)
+    vacs = "\n".join(hosts_lines(FACTORY, 2)).encode() + b"\n"
     script = (f"mount --bind {etc} {etc} && mount -o remount,bind,ro {etc} && "
               f"mount --bind {etc}/hosts {etc}/hosts && mount -o remount,bind,rw {etc}/hosts && "
               f'exec "$0" -c "$1" {tmp_path}')
-    done = subprocess.run([unshare, "--mount", "--propagation", "private", "sh", "-c", script, sys.executable,
-                           SANDBOXED_APPEND], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    if done.returncode != 0 and "mount" in done.stderr and "permission denied" in done.stderr.lower():
-        pytest.skip(f"mounts are not allowed here: {done.stderr.strip()}")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["2", "Read-only file system"]
-    assert (etc / "hosts").read_bytes() == (
-        HOST_OWN_LINES + b"\n" + "\n".join(hosts_lines(FACTORY, 2)).encode() + b"\n")
+    inside = subprocess.Popen([unshare, "--mount", "--propagation", "private", "sh", "-c", script, sys.executable,
+                               SANDBOXED_VACD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert inside.stdin is not None and inside.stdout is not None
+
+    def pass_inside() -> str:
+        assert inside.stdin is not None and inside.stdout is not None
+        inside.stdin.write("pass\n")
+        inside.stdin.flush()
+        return inside.stdout.readline().strip()
+
+    def replace_by_rename(content: bytes) -> None:
+        (etc / "hosts.new").write_bytes(content)
+        os.replace(etc / "hosts.new", etc / "hosts")
+
+    try:
+        first = inside.stdout.readline().strip()
+        if not first:
+            inside.wait(timeout=30)
+            assert inside.stderr is not None
+            pytest.skip(f"mounts are not allowed here: {inside.stderr.read().strip()}")
+        assert first == "Read-only file system"  # the rest of etc/
+        assert pass_inside() == "2"
+        assert (etc / "hosts").read_bytes() == HOST_OWN_LINES + b"\n" + vacs
+        assert pass_inside() == "0"
+        # Replaced with Vac's lines kept (Puppet's host resource): nothing to write, no fault.
+        replace_by_rename(b"127.0.0.1 localhost\n" + vacs)
+        assert pass_inside() == "0"
+        # Replaced without them (sed -i, an editor): read-only now, and the fault says why.
+        replace_by_rename(b"127.0.0.1 localhost\n")
+        fault = pass_inside()
+        assert "etc/hosts" in fault and "Read-only file system" in fault and "systemctl restart vacd" in fault
+    finally:
+        inside.stdin.close()
+        inside.wait(timeout=30)
     assert sorted(os.listdir(etc)) == ["hosts"]
 
 
