@@ -6,10 +6,11 @@ Run (issue 11's full size; loopback only, no root needed):
 Sends the corpus of tests/hostile_datagrams.py twice: to a real `vacd` process (libvirt's
 test:///default driver, site key, `vacquery_auth = optional`) from 127.0.0.2, and to the
 real ResponderProtocol in this process, which trusts no loopback source, from 127.0.0.3
-(unlisted). A probe query after every 250 datagrams must be answered. Prints, per target,
-datagrams and bytes sent, replies and bytes drawn, RSS and open descriptors after the
-warm-up (the first tenth) and at the end, and the time taken; exits 1 if vacd died, stopped
-answering, logged a traceback, or an unlisted batch drew more bytes than it sent.
+(unlisted). A probe query after every batch (64 datagrams or 64 KiB) must be answered.
+Prints, per target, datagrams and bytes sent, replies and bytes drawn, RSS and open
+descriptors after the warm-up (the first tenth) and at the end, the host's UDP receive
+buffer drops during the run, and the time taken; exits 1 if vacd died, stopped answering,
+logged a traceback, or an unlisted batch drew more bytes than it sent.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def row(target: str, result: FuzzResult) -> str:
     return (f"| {target} | {result.datagrams:,} | {result.request_bytes / MIB:.1f} MiB | {result.replies:,} | "
             f"{result.reply_bytes / MIB:.2f} MiB | {result.reply_bytes / max(1, result.request_bytes):.3f} | "
             f"{result.rss_after_warmup / MIB:.1f} → {result.rss_after / MIB:.1f} MiB | "
-            f"{result.fds_after_warmup} → {result.fds_after} | {result.seconds:.1f} s |")
+            f"{result.fds_after_warmup} → {result.fds_after} | {result.receive_buffer_drops} | "
+            f"{result.seconds:.1f} s |")
 
 
 def main() -> int:
@@ -41,8 +43,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     arguments = parser.parse_args()
     failures = []
-    print("| target | datagrams | sent | replies | drawn | drawn/sent | RSS after warm-up → end | fds | time |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| target | datagrams | sent | replies | drawn | drawn/sent | RSS after warm-up → end | fds "
+          "| UDP receive buffer drops | time |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="vac-fuzz-") as scratch:
         result, vacd = fuzz_vacd(Path(scratch) / "prefix", arguments.seed, arguments.datagrams)
         try:

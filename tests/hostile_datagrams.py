@@ -12,9 +12,13 @@ Issue 11: "100,000 fuzzed datagrams: 0 crashes, RSS flat". Two runs share one co
   corpus from 127.0.0.3, an unlisted source: every batch's reply bytes must stay within its
   request bytes (the amplification bound of docs/peers-amplification.md).
 
-Every BATCH datagrams a probe, a valid factory query from a loopback address of its own,
-must be answered with its cookie: the socket is read in order, so its answer also says
-every datagram before it was read (nothing is left in flight when memory is measured).
+After every batch (BATCH datagrams, or BATCH_BYTES, whichever comes first) a probe, a
+valid factory query from a loopback address of its own, must be answered with its cookie:
+the socket is read in order, so its answer also says every datagram before it was read
+(nothing is left in flight when memory is measured). The batches are small enough to fit
+the kernel's default receive buffer (net.core.rmem_max 212,992 bytes), so no datagram is
+lost to a full buffer on a host without vacd's sysctl; the kernel's count of such losses
+(/proc/net/snmp, Udp RcvbufErrors, host-wide) is reported.
 
 The corpus (`hostile_datagrams`) is seeded, so a failure is reproduced by its seed and index:
 mutations (bit flips, byte inserts, deletes, truncations, splices) of valid queries of each
@@ -58,7 +62,11 @@ UNLISTED_SOURCE = "127.0.0.3"
 AFTER_SOURCE = "127.0.0.4"
 # Probes rotate over these sources so each stays far inside its per-source reply bucket.
 PROBE_SOURCES = tuple(f"127.0.1.{host}" for host in range(1, 251))
-BATCH = 250
+BATCH = 64
+# Payload bytes per batch; with the kernel's per-datagram overhead (about 1 KiB each on
+# loopback) a batch stays under the default 212,992-byte receive buffer.
+BATCH_BYTES = 64 * 1024
+PROBE_ATTEMPTS = 3
 # The largest UDP payload over IPv4.
 MAX_UDP_PAYLOAD = 65507
 PROBE_TIMEOUT_SECONDS = 10.0
@@ -223,6 +231,9 @@ class FuzzResult:
     replies: int = 0
     reply_bytes: int = 0
     probes_answered: int = 0
+    # Host-wide UDP datagrams dropped for a full receive buffer during the run (other
+    # processes' included): 0 means none of ours was lost.
+    receive_buffer_drops: int = 0
     rss_after_warmup: int = 0
     rss_after: int = 0
     fds_after_warmup: int = 0
@@ -238,7 +249,8 @@ class FuzzResult:
     def summary(self) -> str:
         return (f"datagrams={self.datagrams} request_bytes={self.request_bytes} replies={self.replies} "
                 f"reply_bytes={self.reply_bytes} ratio={self.reply_bytes / max(1, self.request_bytes):.3f} "
-                f"probes_answered={self.probes_answered} rss_after_warmup={self.rss_after_warmup} "
+                f"probes_answered={self.probes_answered} receive_buffer_drops={self.receive_buffer_drops} "
+                f"rss_after_warmup={self.rss_after_warmup} "
                 f"rss_after={self.rss_after} rss_growth={self.rss_growth} fds_after_warmup={self.fds_after_warmup} "
                 f"fds_after={self.fds_after} seconds={self.seconds:.1f}")
 
@@ -282,9 +294,22 @@ def _drain(sock: socket.socket, result: FuzzResult) -> int:
         received += len(datagram)
 
 
+def udp_receive_buffer_errors() -> int:
+    """The host's count of UDP datagrams dropped for a full receive buffer (/proc/net/snmp)."""
+    with open("/proc/net/snmp") as snmp:
+        names, values = [line.split() for line in snmp if line.startswith("Udp:")][:2]
+    return int(values[names.index("RcvbufErrors")])
+
+
+def _probe_answered(port: int, source: str, cookie: str) -> bool:
+    """`probe`, asked again (with new cookies) if the answer does not come: a lost probe is no verdict."""
+    return any(probe(port, source, f"{cookie}-{attempt}", timeout=PROBE_TIMEOUT_SECONDS / PROBE_ATTEMPTS)
+               for attempt in range(PROBE_ATTEMPTS))
+
+
 def run_fuzz(port: int, source: str, seed: int, count: int, *, warmup: int,
              measure: Callable[[], tuple[int, int]]) -> FuzzResult:
-    """Send `count` hostile datagrams from `source` to 127.0.0.1:`port`, a probe after every BATCH.
+    """Send `count` hostile datagrams from `source` to 127.0.0.1:`port`, a probe after every batch.
 
     `measure` gives the target's (RSS bytes, open descriptors); it is read after `warmup`
     datagrams and at the end, each time once the probe says all before it were read.
@@ -292,9 +317,12 @@ def run_fuzz(port: int, source: str, seed: int, count: int, *, warmup: int,
     """
     result = FuzzResult()
     started = time.monotonic()
+    drops_before = udp_receive_buffer_errors()
     with _udp_socket(source) as sender:
         sender.setblocking(False)
         batch_request_bytes = 0
+        batch_datagrams = 0
+        batches = 0
         for index, datagram in enumerate(hostile_datagrams(seed, count), start=1):
             while True:
                 try:
@@ -305,21 +333,25 @@ def run_fuzz(port: int, source: str, seed: int, count: int, *, warmup: int,
             result.datagrams += 1
             result.request_bytes += len(datagram)
             batch_request_bytes += len(datagram)
-            if index % BATCH == 0 or index == count or index == warmup:
+            batch_datagrams += 1
+            if batch_datagrams == BATCH or batch_request_bytes >= BATCH_BYTES or index in (count, warmup):
                 cookie = f"probe-{seed}-{index}"
-                if not probe(port, PROBE_SOURCES[(index // BATCH) % len(PROBE_SOURCES)], cookie):
+                if not _probe_answered(port, PROBE_SOURCES[batches % len(PROBE_SOURCES)], cookie):
                     raise AssertionError(f"no answer to {cookie} after {index} hostile datagrams (seed {seed})")
                 result.probes_answered += 1
                 # Replies to the batch were sent before the probe's: they have arrived.
                 batch_reply_bytes = _drain(sender, result)
                 result.reply_bytes += batch_reply_bytes
                 if batch_reply_bytes > batch_request_bytes:
-                    result.amplifying_batches.append((index // BATCH, batch_request_bytes, batch_reply_bytes))
+                    result.amplifying_batches.append((batches, batch_request_bytes, batch_reply_bytes))
+                batches += 1
                 batch_request_bytes = 0
+                batch_datagrams = 0
                 if index == warmup:
                     result.rss_after_warmup, result.fds_after_warmup = measure()
     result.rss_after, result.fds_after = measure()
     result.seconds = time.monotonic() - started
+    result.receive_buffer_drops = udp_receive_buffer_errors() - drops_before
     return result
 
 
