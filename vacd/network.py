@@ -22,7 +22,11 @@ Rules (behaviour reference §1.9, acceptance 8):
   interfaces (CONFIG_DUMMY unset) and the bridge works everywhere.
 - /etc/hosts gains `169.254.169.n short-NN short-NN.domain # added by Vac` for each slot,
   each line exactly once, in the file under the Paths prefix (the real one only when the
-  prefix is /).
+  prefix is /). The missing lines are written in place after the file's last byte, never by
+  a temp file renamed over it: the service's sandbox makes /etc read-only but for a bind of
+  /etc/hosts itself (etc/vacd.service), which a rename could not replace. Bytes before the
+  end are never rewritten, so a kill -9 mid-write can cost at most the torn last line, which
+  is Vac's own; the next pass writes over it (`hosts_update`).
 - The wanted network is built and compared by pure functions; only the `ensure_*`
   functions touch libvirt, interfaces or files. `ensure_network(uri, paths, settings)` does
   all of it for a factory; the parts are separate for tests and tools.
@@ -30,15 +34,16 @@ Rules (behaviour reference §1.9, acceptance 8):
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
+import os
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Optional
 
 import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.typed
 
-from vacd.atomicfile import read_text_or_none, write_atomic
 from vacd.config import Settings
 from vacd.errors import VacError
 from vacd.paths import Paths
@@ -475,19 +480,96 @@ def hosts_lines(factory_name: str, num_slots: int) -> list[str]:
     return lines
 
 
-def ensure_hosts_entries(paths: Paths, factory_name: str, num_slots: int) -> int:
-    """Append each missing slot line to <prefix>/etc/hosts; return how many were added."""
-    hosts_file = paths.under_prefix("/etc/hosts")
-    existing_text = read_text_or_none(hosts_file) or ""
-    present = {line.strip() for line in existing_text.splitlines()}
-    missing = [line for line in hosts_lines(factory_name, num_slots) if line not in present]
+@dataclass(frozen=True)
+class HostsUpdate:
+    """What to write to a hosts file: `tail` at byte `offset`, the file then ending there."""
+
+    offset: int
+    tail: bytes
+    added: int
+
+    @property
+    def length(self) -> int:
+        return self.offset + len(self.tail)
+
+
+def hosts_update(content: bytes, wanted_lines: list[str]) -> Optional[HostsUpdate]:
+    """How to give a hosts file holding `content` each of `wanted_lines` once; None if it has them.
+
+    Only the end of the file is ever written. An unterminated last line that begins one of
+    Vac's lines (or is one, its newline missing) is what a kill -9 during an earlier append
+    left, and is written over; any other unterminated last line is the host's and is kept,
+    ended with a newline. Bytes are kept as they are, whatever their encoding.
+    """
+    wanted = [line.encode() for line in wanted_lines]
+    last_line = content.rpartition(b"\n")[2]
+    torn = bool(last_line) and any(line.startswith(last_line) for line in wanted)
+    kept = content[: len(content) - len(last_line)] if torn else content
+    present = {line.strip() for line in kept.split(b"\n")}
+    missing = [line for line in wanted if line not in present]
     if not missing:
-        return 0
-    hosts_file.parent.mkdir(parents=True, exist_ok=True)
-    separator = "" if not existing_text or existing_text.endswith("\n") else "\n"
-    write_atomic(hosts_file, existing_text + separator + "\n".join(missing) + "\n")
-    log.info("added hosts lines file=%s count=%d", hosts_file, len(missing))
-    return len(missing)
+        # A torn duplicate of a line already present is cut off (the file only shrinks by it).
+        return HostsUpdate(len(kept), b"", 0) if torn else None
+    separator = b"\n" if kept and not kept.endswith(b"\n") else b""
+    return HostsUpdate(len(kept), separator + b"\n".join(missing) + b"\n", len(missing))
+
+
+def ensure_hosts_entries(paths: Paths, factory_name: str, num_slots: int) -> int:
+    """Append each missing slot line to <prefix>/etc/hosts, in place; return how many were added.
+
+    The file is opened for writing only when a line is missing, so a read-only /etc/hosts
+    that already holds Vac's lines is no fault.
+
+    Raises:
+        NetworkError: the file could not be read or written; the message names it (and, for
+            a read-only one, says why the sandbox may show it so).
+    """
+    hosts_file = paths.under_prefix("/etc/hosts")
+    wanted = hosts_lines(factory_name, num_slots)
+    try:
+        try:
+            with open(hosts_file, "rb") as reader:
+                if hosts_update(reader.read(), wanted) is None:
+                    return 0
+        except FileNotFoundError:
+            hosts_file.parent.mkdir(parents=True, exist_ok=True)
+        # O_RDWR without O_TRUNC: the host's lines are never cut, and the inode stays the one
+        # the unit's bind mount makes writable. Read again through this descriptor: what is
+        # written must follow what the file holds now.
+        descriptor = os.open(hosts_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            update = hosts_update(_read_all(descriptor), wanted)
+            if update is None:
+                return 0
+            written = 0
+            while written < len(update.tail):
+                written += os.pwrite(descriptor, update.tail[written:], update.offset + written)
+            os.ftruncate(descriptor, update.length)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError as error:
+        reason = str(error)
+        if error.errno == errno.EROFS:
+            # systemd's ReadWritePaths=/etc/hosts binds the file vacd started with; a file
+            # renamed over it since (sed -i, an editor, Puppet) is seen read-only until a restart.
+            reason += (" (under vacd.service only /etc/hosts itself is writable, as bound at start: if it"
+                       " was replaced by rename since, `systemctl restart vacd` binds the new file)")
+        raise NetworkError(f"add Vac's lines to {hosts_file}", reason) from error
+    if update.added:
+        log.info("added hosts lines file=%s count=%d", hosts_file, update.added)
+    else:
+        log.info("removed a torn hosts line file=%s", hosts_file)
+    return update.added
+
+
+def _read_all(descriptor: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(descriptor, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def ensure_guest_network(

@@ -78,11 +78,22 @@ def test_every_path_vacd_writes_is_writable_in_the_sandbox() -> None:
         if isinstance(getattr(Paths, name), property) and name not in READ_ONLY_PATHS:
             written.append(PurePosixPath(getattr(paths, name)))
     written += [PurePosixPath(paths.heartbeat_file("factory"))]
-    # /etc/hosts is replaced by a temp file renamed over it: its directory must be writable.
-    written += [PurePosixPath(paths.under_prefix("/etc/hosts")).parent / ".hosts.tmp"]
+    # vacd appends to /etc/hosts in place (vacd.network.ensure_hosts_entries): the file is enough.
+    written += [PurePosixPath(paths.under_prefix("/etc/hosts"))]
     assert len(written) >= 15
     for path in written:
         assert any(path == root or root in path.parents for root in writable), path
+
+
+def test_etc_is_read_only_in_the_sandbox_but_for_the_hosts_file() -> None:
+    """A vacd taken over can no longer rewrite /etc/passwd, sudoers, cron or its own unit."""
+    writable = [PurePosixPath(path.lstrip("-")) for path in service_section()["ReadWritePaths"].split()]
+    under_etc = [path for path in writable if path == PurePosixPath("/etc") or PurePosixPath("/etc") in path.parents]
+    assert under_etc == [PurePosixPath("/etc/hosts")]
+    for name in ("/", "/etc", "/etc/passwd", "/etc/sudoers", "/etc/cron.d/x", "/etc/systemd/system/x.service",
+                 "/etc/vac.conf", "/usr/sbin/vacd"):
+        path = PurePosixPath(name)
+        assert not any(path == root or root in path.parents for root in writable), name
 
 
 def test_images_stay_readable_wherever_admins_keep_them() -> None:

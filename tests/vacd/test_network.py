@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -21,6 +24,7 @@ from vacd.network import (
     ensure_interface_address,
     ensure_libvirt_network,
     hosts_lines,
+    hosts_update,
     network_differences,
     network_xml,
     plan_network_change,
@@ -213,6 +217,132 @@ def test_hosts_file_gains_each_line_exactly_once_under_the_prefix(tmp_path: Path
 def test_hosts_file_is_created_under_a_fresh_prefix(tmp_path: Path) -> None:
     assert ensure_hosts_entries(Paths(tmp_path), FACTORY, 1) == 1
     assert (tmp_path / "etc" / "hosts").read_text() == hosts_lines(FACTORY, 1)[0] + "\n"
+
+
+HOST_OWN_LINES = b"127.0.0.1 localhost\n# caf\xe9 \xff not UTF-8\n10.0.0.1 gw"  # no final newline
+
+
+def test_hosts_file_is_updated_in_place_and_the_hosts_own_bytes_are_kept(tmp_path: Path) -> None:
+    """The same inode (the unit's bind mount of /etc/hosts stays valid), its bytes untouched."""
+    hosts = tmp_path / "etc" / "hosts"
+    hosts.parent.mkdir()
+    hosts.write_bytes(HOST_OWN_LINES)
+    inode = hosts.stat().st_ino
+    assert ensure_hosts_entries(Paths(tmp_path), FACTORY, 2) == 2
+    assert hosts.stat().st_ino == inode
+    assert hosts.read_bytes() == HOST_OWN_LINES + b"\n" + "\n".join(hosts_lines(FACTORY, 2)).encode() + b"\n"
+    assert os.listdir(hosts.parent) == ["hosts"]  # no temp file beside it
+
+
+def test_a_kill_during_the_append_at_any_byte_leaves_the_host_lines_and_the_next_pass_completes_vacs(
+        tmp_path: Path) -> None:
+    """Every prefix of the appended tail is what a kill -9 (or a crash) mid-write can leave."""
+    paths = Paths(tmp_path)
+    hosts = tmp_path / "etc" / "hosts"
+    hosts.parent.mkdir()
+    hosts.write_bytes(HOST_OWN_LINES)
+    ensure_hosts_entries(paths, FACTORY, 3)
+    complete = hosts.read_bytes()
+    for cut in range(len(HOST_OWN_LINES), len(complete) + 1):
+        hosts.write_bytes(complete[:cut])
+        ensure_hosts_entries(paths, FACTORY, 3)
+        assert hosts.read_bytes() == complete, cut
+        assert ensure_hosts_entries(paths, FACTORY, 3) == 0
+
+
+def test_a_torn_copy_of_a_line_already_present_is_cut_off() -> None:
+    line = hosts_lines(FACTORY, 1)[0]
+    content = b"127.0.0.1 localhost\n" + line.encode() + b"\n" + line.encode()[:20]
+    update = hosts_update(content, [line])
+    assert update is not None and update.tail == b"" and update.added == 0
+    assert update.length == len(content) - 20
+
+
+def test_an_unterminated_host_line_is_kept_whatever_it_resembles() -> None:
+    for last_line in (b"169.254.169.0 my-own-name", b"10.0.0.1 gw", b"169.254.169.10"):
+        update = hosts_update(b"127.0.0.1 localhost\n" + last_line, hosts_lines(FACTORY, 1))
+        assert update is not None and update.offset == len(b"127.0.0.1 localhost\n" + last_line)
+        assert update.tail.startswith(b"\n")
+
+
+def test_a_hosts_path_that_cannot_be_written_is_a_network_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "etc" / "hosts").mkdir(parents=True)
+    with pytest.raises(NetworkError, match=r"etc/hosts: .*Is a directory"):
+        ensure_hosts_entries(Paths(tmp_path), FACTORY, 1)
+
+
+SANDBOXED_VACD = """
+import sys
+from pathlib import Path
+from vacd.network import NetworkError, ensure_hosts_entries
+from vacd.paths import Paths
+prefix = Path(sys.argv[1])
+try:
+    (prefix / "etc" / "other").write_text("x")
+except OSError as error:
+    print(error.strerror, flush=True)
+for _ in sys.stdin:
+    try:
+        print(ensure_hosts_entries(Paths(prefix), "f1.example.com", 2), flush=True)
+    except NetworkError as error:
+        print(error, flush=True)
+"""
+
+
+@pytest.mark.allow_commands("unshare")
+def test_in_the_units_sandbox_vacd_appends_to_hosts_and_a_file_renamed_over_it_is_read_only_until_a_restart(
+        tmp_path: Path) -> None:
+    """The unit's layout (ProtectSystem=strict, ReadWritePaths=/etc/hosts), made with real mounts.
+
+    vacd runs in a mount namespace where etc/ is read-only and etc/hosts is bound writable;
+    the test, outside it, then renames new files over etc/hosts as `sed -i` or Puppet would.
+    """
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) to make a mount namespace")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_bytes(HOST_OWN_LINES)
+    vacs = "\n".join(hosts_lines(FACTORY, 2)).encode() + b"\n"
+    script = (f"mount --bind {etc} {etc} && mount -o remount,bind,ro {etc} && "
+              f"mount --bind {etc}/hosts {etc}/hosts && mount -o remount,bind,rw {etc}/hosts && "
+              f'exec "$0" -c "$1" {tmp_path}')
+    inside = subprocess.Popen([unshare, "--mount", "--propagation", "private", "sh", "-c", script, sys.executable,
+                               SANDBOXED_VACD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert inside.stdin is not None and inside.stdout is not None
+
+    def pass_inside() -> str:
+        assert inside.stdin is not None and inside.stdout is not None
+        inside.stdin.write("pass\n")
+        inside.stdin.flush()
+        return inside.stdout.readline().strip()
+
+    def replace_by_rename(content: bytes) -> None:
+        (etc / "hosts.new").write_bytes(content)
+        os.replace(etc / "hosts.new", etc / "hosts")
+
+    try:
+        first = inside.stdout.readline().strip()
+        if not first:
+            inside.wait(timeout=30)
+            assert inside.stderr is not None
+            pytest.skip(f"mounts are not allowed here: {inside.stderr.read().strip()}")
+        assert first == "Read-only file system"  # the rest of etc/
+        assert pass_inside() == "2"
+        assert (etc / "hosts").read_bytes() == HOST_OWN_LINES + b"\n" + vacs
+        assert pass_inside() == "0"
+        # Replaced with Vac's lines kept (Puppet's host resource): nothing to write, no fault.
+        replace_by_rename(b"127.0.0.1 localhost\n" + vacs)
+        assert pass_inside() == "0"
+        # Replaced without them (sed -i, an editor): read-only now, and the fault says why.
+        replace_by_rename(b"127.0.0.1 localhost\n")
+        fault = pass_inside()
+        assert "etc/hosts" in fault and "Read-only file system" in fault and "systemctl restart vacd" in fault
+    finally:
+        inside.stdin.close()
+        inside.wait(timeout=30)
+    assert sorted(os.listdir(etc)) == ["hosts"]
 
 
 @pytest.fixture

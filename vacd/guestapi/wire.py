@@ -194,22 +194,33 @@ def parse_head(raw_head: Union[bytes, bytearray]) -> RequestHead:
     )
 
 
+# Heads longer than this are parsed every time, never kept: a guest's real requests are a few
+# hundred bytes, and 1024 kept heads of MAX_HEAD_BYTES would hold 8 MiB (head and parse twice).
+MAX_CACHED_HEAD_BYTES = 1024
+
+
 class HeadCache:
     """Parsed heads by their exact bytes: a guest repeats the same few requests.
 
-    RequestHead is immutable, so sharing one is safe. Only successful parses are kept, and
-    the table is emptied when full, so unique heads cost a parse, never memory.
+    RequestHead is immutable, so sharing one is safe. Only successful parses of heads up to
+    MAX_CACHED_HEAD_BYTES are kept, and the table is emptied when full, so unique heads
+    cost a parse and at most max_entries x MAX_CACHED_HEAD_BYTES, never more.
     """
 
     def __init__(self, max_entries: int = 1024) -> None:
         self._max_entries = max_entries
         self._heads: dict[bytes, RequestHead] = {}
 
+    def __len__(self) -> int:
+        return len(self._heads)
+
     def parse(self, raw_head: bytes) -> RequestHead:
         """parse_head(raw_head), remembered; raises as parse_head does."""
         head = self._heads.get(raw_head)
         if head is None:
             head = parse_head(raw_head)
+            if len(raw_head) > MAX_CACHED_HEAD_BYTES:
+                return head
             if len(self._heads) >= self._max_entries:
                 self._heads.clear()
             self._heads[raw_head] = head

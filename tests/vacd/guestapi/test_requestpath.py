@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vacd.guestapi.requestpath import MAX_PATH_BYTES, normalise_path, path_segments
+from vacd.guestapi.requestpath import MAX_PATH_BYTES, _normalise_short_path, normalise_path, path_segments
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,11 @@ def test_segments_and_trailing_slash() -> None:
     assert path_segments("/") == ([], True)
     assert path_segments("/a/b") == (["a", "b"], False)
     assert path_segments("/a/b/") == (["a", "b"], True)
+
+
+def test_targets_too_long_to_route_are_refused_without_being_remembered() -> None:
+    """Found by the issue 11 fuzz run: 4096 remembered 8 KiB targets held 32 MiB for as long as vacd ran."""
+    before = _normalise_short_path.cache_info().currsize
+    for number in range(100):
+        assert normalise_path("/" + f"{number:08d}" * 1000) is None
+    assert _normalise_short_path.cache_info().currsize == before

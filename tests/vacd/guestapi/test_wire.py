@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vacd.guestapi.wire import (
+    MAX_CACHED_HEAD_BYTES,
     MAX_HEAD_BYTES,
     GuestRequestRejected,
+    HeadCache,
     Response,
     find_head_end,
     parse_head,
@@ -134,3 +136,14 @@ def test_response_is_framed_with_length_and_connection() -> None:
 def test_head_response_has_length_but_no_body() -> None:
     raw = serialise_response(Response(200, b"abc"), keep_alive=True, date="d", include_body=False)
     assert raw.endswith(b"Content-Length: 3\r\nConnection: keep-alive\r\n\r\n")
+
+
+def test_the_head_cache_keeps_short_heads_and_never_a_guests_long_ones() -> None:
+    """Found by the issue 11 fuzz run: 1024 kept 8 KiB heads held 8 MiB for as long as vacd ran."""
+    cache = HeadCache()
+    short = b"GET /latest/user-data HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert cache.parse(short) is cache.parse(short)
+    for number in range(2000):
+        long_head = b"GET /latest/user-data HTTP/1.1\r\nX-Pad: %d" % number + b"p" * MAX_CACHED_HEAD_BYTES + b"\r\n\r\n"
+        assert cache.parse(long_head).target == "/latest/user-data"
+    assert len(cache) == 1
