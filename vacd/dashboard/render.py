@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
-import time
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 # Seconds between the script's looks at /dashboard.json (the factory's pass is 30 s by default).
@@ -110,7 +110,7 @@ def _count(value: Any) -> str:
 
 def _when(epoch_seconds: Any) -> str:
     number = _number(epoch_seconds)
-    return "-" if not number else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(number))
+    return "-" if not number else datetime.fromtimestamp(number, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _age(now: float, epoch_seconds: Any) -> str:
