@@ -317,6 +317,7 @@ def _this_factory_section(document: Mapping[str, Any], now: float) -> str:
 # ------------------------------------------------------------------ history charts
 
 CHART_WIDTH, CHART_HEIGHT, CHART_MARGIN = 360, 120, 24
+BUCKETS = 24
 
 
 def _polyline(points: Sequence[tuple[float, float]], start: float, end: float, top: float, colour: str) -> str:
@@ -343,10 +344,12 @@ def _frame(title: str, top: float, unit: str, body: str, legend: str = "") -> st
 
 def _history_section(document: Mapping[str, Any], now: float) -> str:
     samples = [sample for sample in (document.get("history") or {}).get("samples") or () if isinstance(sample, Mapping)]
-    start = now - 86400
-    samples = [sample for sample in samples if (_number(sample.get("time")) or 0) >= start]
+    day_ago = now - 86400
+    samples = [sample for sample in samples if (_number(sample.get("time")) or 0) >= day_ago]
     if not samples:
         return "<h2>Last day</h2><p>No history yet: vacd keeps one sample a minute.</p>"
+    # The x axis spans the day, or less while vacd has kept less: a young history is readable.
+    start = max(day_ago, min(float(sample["time"]) for sample in samples) - 60)
     names = sorted({name for sample in samples for name in (sample.get("processors") or {})})
     top = max([1.0] + [float(value) for sample in samples for value in (sample.get("processors") or {}).values()])
     lines, legend = [], []
@@ -360,30 +363,33 @@ def _history_section(document: Mapping[str, Any], now: float) -> str:
     charts.append(_frame("Share error (space)", 1.0, "", _polyline(share_points, start, now, 1.0, PALETTE[3])))
     census_points = [(float(sample["time"]), float(sample.get("census_completeness") or 0.0)) for sample in samples]
     charts.append(_frame("Census completeness", 1.0, "", _polyline(census_points, start, now, 1.0, PALETTE[2])))
-    hours: dict[int, dict[str, float]] = {}
+    # 24 bars over the span: an hour each over a whole day.
+    bucket_seconds = max(60.0, (now - start) / BUCKETS)
+    buckets: dict[int, dict[str, float]] = {}
     for sample in samples:
-        hour = int((float(sample["time"]) - start) // 3600)
-        bucket = hours.setdefault(hour, {"creations": 0.0, "outcomes": 0.0, "aborts": 0.0})
+        index = min(BUCKETS - 1, int((float(sample["time"]) - start) // bucket_seconds))
+        bucket = buckets.setdefault(index, {"creations": 0.0, "outcomes": 0.0, "aborts": 0.0})
         bucket["creations"] += float(sample.get("creations") or 0)
         for code, count in (sample.get("outcomes") or {}).items():
             bucket["outcomes"] += float(count)
             if str(code).isdigit() and int(code) >= 300:
                 bucket["aborts"] += float(count)
-    peak = max([1.0] + [value for bucket in hours.values() for value in bucket.values()])
+    peak = max([1.0] + [value for bucket in buckets.values() for value in bucket.values()])
     bars = []
     plot_width, plot_height = CHART_WIDTH - CHART_MARGIN - 4, CHART_HEIGHT - 20
-    for hour, bucket in sorted(hours.items()):
+    for index, bucket in sorted(buckets.items()):
         for offset, (key, colour) in enumerate((("creations", PALETTE[0]), ("outcomes", PALETTE[2]), ("aborts", PALETTE[3]))):
             height = bucket[key] / peak * plot_height
-            x = CHART_MARGIN + hour / 24 * plot_width + offset * 4
+            x = CHART_MARGIN + index / BUCKETS * plot_width + offset * 4
             bars.append(f'<rect x="{x:.1f}" y="{10 + plot_height - height:.1f}" width="4" height="{height:.1f}" fill="{colour}">'
                         f"<title>{_e(key)}: {bucket[key]:.0f}</title></rect>")
     bar_legend = "".join(
         f'<span><svg width="10" height="10"><rect width="10" height="10" fill="{colour}"/></svg> {label}</span>'
         for label, colour in (("creations", PALETTE[0]), ("outcomes", PALETTE[2]), ("of which 300 or more", PALETTE[3]))
     )
-    charts.append(_frame("This factory per hour", peak, "", "".join(bars), bar_legend))
-    return ('<h2>Last day</h2><p class=muted>Kept by this vacd, one sample a minute (docs/dashboard.md).</p>'
+    charts.append(_frame(f"This factory per {_duration(bucket_seconds)}", peak, "", "".join(bars), bar_legend))
+    span = f"since {_when(start)}" if start > day_ago else "the last 24h"
+    return (f'<h2>Last day</h2><p class=muted>Kept by this vacd, one sample a minute; {_e(span)} (docs/dashboard.md).</p>'
             f'<div class="charts">{"".join(charts)}</div>')
 
 
