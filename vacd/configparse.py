@@ -404,6 +404,8 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                                                     maximum=MAX_IMAGECACHE_DAYS)),
         imagecache_max_gb=reader.get("imagecache_max_gb", 0, partial(to_integer, minimum=0, maximum=MAX_DISK_MB)),
     )
+    if settings.dashboard and not settings.metrics_address:
+        reader.warn("dashboard", "no page is served without metrics_address (the dashboard is served there)")
     _check_unimplemented_settings(reader)
     reader.warn_unknown("[settings]")
     return settings if len(findings.problems) == before else None

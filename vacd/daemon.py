@@ -402,9 +402,7 @@ class Daemon:
 
     def _start_metrics(self, settings: Settings) -> None:
         if not settings.metrics_address:
-            if settings.dashboard:
-                log.warning("dashboard = true has no effect without metrics_address: the page is served there")
-            return
+            return  # `dashboard = true` alone: the configuration's warning has said so
         from prometheus_client import CollectorRegistry
 
         from vacd.metrics import FactoryMetrics, register_process_collectors, serve_metrics

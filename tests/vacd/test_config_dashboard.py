@@ -35,3 +35,10 @@ def test_a_dashboard_value_that_is_not_a_boolean_names_the_option(tmp_path: Path
     with pytest.raises(ConfigErrors) as raised:
         settings_of(BASE + "dashboard = sometimes\n", tmp_path)
     assert "dashboard" in str(raised.value)
+
+
+def test_the_dashboard_without_metrics_address_is_a_warning_naming_both(tmp_path: Path) -> None:
+    config = parse_config([("/etc/vac.conf", BASE + "dashboard = yes\n")], host_fqdn="f1.example.com",
+                          host_cpu_count=2, paths=Paths.from_prefix(str(tmp_path)))
+    assert config.settings.dashboard is True
+    assert [warning for warning in config.warnings if "dashboard" in warning and "metrics_address" in warning]
