@@ -205,7 +205,10 @@ class PageTables(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tables: dict[str, list[list[str]]] = {}
+        self.hidden_rows: dict[str, int] = {}
+        self.texts: dict[str, str] = {}
         self.scripts: list[str] = []
+        self._text_of: Optional[str] = None
         self._table: Optional[str] = None
         self._in_body = False
         self._row: Optional[list[str]] = None
@@ -220,10 +223,16 @@ class PageTables(HTMLParser):
             self._in_body = True
         elif tag == "tr" and self._in_body:
             self._row = []
+            if "hidden" in dict(attrs) and self._table is not None:
+                self.hidden_rows[self._table] = self.hidden_rows.get(self._table, 0) + 1
+                self._row = None  # a row the filter hides is not on the page as shown
         elif tag == "td" and self._row is not None:
             self._cell = []
         elif tag == "script":
             self._script = []
+        if tag == "span" and dict(attrs).get("id"):
+            self._text_of = dict(attrs)["id"]
+            self.texts[str(self._text_of)] = ""
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "td" and self._row is not None and self._cell is not None:
@@ -239,6 +248,9 @@ class PageTables(HTMLParser):
             self._script = None
 
     def handle_data(self, data: str) -> None:
+        if self._text_of is not None:
+            self.texts[self._text_of] += data
+            self._text_of = None
         if self._cell is not None:
             self._cell.append(data)
         if self._script is not None:
@@ -338,6 +350,17 @@ def test_chromium_shows_the_space_as_vac_machines_lists_it_with_hostile_text_esc
     # Had any hostile script run, it would have set the title (the dump is taken after the page's own script ran).
     title = dom.split("<title>", 1)[1].split("</title>", 1)[0]
     assert title == f"vac space {SPACE} from {first.name}", title
+
+    # The page's own script ran under its Content-Security-Policy: it wrote "N of M" beside the filter.
+    machine_count = len(after)
+    assert page.texts["machine-count"] == f"{machine_count} of {machine_count}", page.texts
+    # A bookmarked view: the script filters and sorts as the query string says.
+    filtered = PageTables()
+    filtered.feed(chromium("--dump-dom", f"{url}?filter=f2.dash&sort=machine&order=desc"))
+    shown = [row[1] for row in filtered.tables["machines"]]
+    assert shown == sorted((name for factory, name, *_ in after if factory.startswith("f2.")), reverse=True), shown
+    assert filtered.hidden_rows["machines"] == machine_count - len(shown)
+    assert filtered.texts["machine-count"] == f"{len(shown)} of {machine_count}"
 
     # The screenshots a reader of the README sees (desktop and phone width), kept as artefacts.
     artefacts = artefacts_dir()

@@ -11,7 +11,8 @@ Rules:
   Content-Security-Policy header (`content_security_policy`), and nothing else is: even
   markup that slipped past escaping could run no script and load nothing.
 - The script only re-fetches this page when /dashboard.json says a newer pass or listing
-  exists, swaps in the new <main>, and keeps the machines table's sort and filter. With
+  exists, swaps in the new <main>, and keeps the machines table's sort and filter (which
+  `?filter=TEXT&sort=HEADING&order=desc` set at load, so a view can be bookmarked). With
   scripts off the page is complete; it just does not update itself.
 """
 
@@ -57,11 +58,13 @@ function applyView(){
   r.hidden=!hit;if(hit)shown++;});
  var count=document.getElementById("machine-count");if(count)count.textContent=shown+" of "+rows.length;
 }
-function wire(){
+function wire(first){
  var input=document.getElementById("machine-filter");if(input)input.oninput=applyView;
- var heads=document.querySelectorAll("#machines th[data-sort]");
+ var heads=document.querySelectorAll("#machines th[data-sort]"),q=new URLSearchParams(location.search);
  Array.prototype.forEach.call(heads,function(th,i){th.onclick=function(){
-  if(sortKey===i)sortDown=!sortDown;else{sortKey=i;sortDown=false;}applyView();};});
+  if(sortKey===i)sortDown=!sortDown;else{sortKey=i;sortDown=false;}applyView();};
+  if(first&&th.textContent.toLowerCase()===(q.get("sort")||"").toLowerCase()){sortKey=i;sortDown=q.get("order")==="desc";}});
+ if(first&&input&&q.get("filter"))input.value=q.get("filter");
  applyView();
 }
 function refresh(){
@@ -69,7 +72,7 @@ function refresh(){
   var fresh=new DOMParser().parseFromString(text,"text/html").querySelector("main");
   var input=document.getElementById("machine-filter"),words=input?input.value:"";
   if(fresh){document.querySelector("main").replaceWith(fresh);}
-  input=document.getElementById("machine-filter");if(input)input.value=words;wire();
+  input=document.getElementById("machine-filter");if(input)input.value=words;wire(false);
  });
 }
 function poll(){
@@ -77,7 +80,7 @@ function poll(){
   var s=stamp(d);if(seen!==null&&s!==seen)refresh();seen=s;
  }).catch(function(){}).then(function(){setTimeout(poll,POLL);});
 }
-wire();poll();
+wire(true);poll();
 })();
 """ % POLL_SECONDS
 
@@ -244,14 +247,14 @@ def _machines_section(document: Mapping[str, Any], now: float) -> str:
         started = _number(machine.get("started_time"))
         up = now - started if state == "Running" and started else None
         processors = machine.get("num_processors", machine.get("num_cpus"))  # wire names (vacquery.codec)
+        cpu = _number(machine.get("cpu_percentage"))
         rows.append(
             f'<tr data-machine="{_e(machine.get("machine"))}">'
             + _cell(machine.get("factory")) + _cell(machine.get("machine")) + _cell(machine.get("machinetype"))
             + _cell(state, css="ok" if state == "Running" else "")
             + _cell(_count(processors), processors, numeric=True)
             + _cell("" if up is None else _age(now, started), up, numeric=True)
-            + _cell("" if machine.get("cpu_percentage") is None else f"{machine['cpu_percentage']:.0f}%",
-                    machine.get("cpu_percentage"), numeric=True)
+            + _cell("" if cpu is None else f"{cpu:.0f}%", cpu, numeric=True)
             + f'<td class="msg" data-v="{_e(machine.get("shutdown_message") or "")}">'
             f'{_e(machine.get("shutdown_message") or "")}</td></tr>'
         )

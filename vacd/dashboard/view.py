@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from vacd.dashboard.history import SAMPLE_INTERVAL_SECONDS, Sample
-from vacd.outcomes import FIRST_ABORT_CODE, shutdown_code
+from vacd.outcomes import FIRST_ABORT_CODE, is_factory_ending, shutdown_code
 
 DOCUMENT_VERSION = 1
 
@@ -236,8 +236,10 @@ def _backoffs(facts: PassFacts, statuses: Sequence[Mapping[str, Any]], machinety
         for status in statuses:
             if status.get("machinetype") != row["name"]:
                 continue
-            code = shutdown_code(_text(status.get("shutdown_message")))
-            if code is None or code < FIRST_ABORT_CODE:
+            message = _text(status.get("shutdown_message"))
+            code = shutdown_code(message)
+            # The factory's own endings (wallclock limit, failed start) back nothing off.
+            if code is None or code < FIRST_ABORT_CODE or is_factory_ending(message):
                 continue
             if latest is None or (_number(status.get("shutdown_time")) or 0) > (_number(latest.get("shutdown_time")) or 0):
                 latest = status
