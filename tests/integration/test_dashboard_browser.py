@@ -298,8 +298,13 @@ def dashboard_json(port: int) -> Optional[dict[str, Any]]:
         raise
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (tools/install-deps)")
 def test_chromium_shows_the_space_as_vac_machines_lists_it_with_hostile_text_escaped(space: dict[str, Factory]) -> None:
+    if shutil.which("chromium") is None:
+        # CI must show the page in a browser (issue 14): there a missing chromium fails.
+        message = "chromium is not installed (tools/install-deps installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     first = space[f"f1.{SPACE}"]
     factories = list(space.values())
     port = wait_until("f1 serves its metrics and dashboard", first.metrics_port, factories)
