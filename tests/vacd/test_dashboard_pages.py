@@ -46,8 +46,8 @@ def publish(dashboard: Dashboard, time: int = NOW, messages: tuple[str, ...] = (
     dashboard.observe_pass(PassFacts(time, status_document(time=time), own), messages)
 
 
-def test_before_the_first_pass_both_paths_say_not_ready(server: MetricsServer) -> None:
-    for path in ("/dashboard", "/dashboard.json"):
+def test_before_the_first_pass_every_path_says_not_ready(server: MetricsServer) -> None:
+    for path in ("/dashboard", "/dashboard.json", "/dashboard-times.json"):
         status, _, body = get(server, path)
         assert status == 503 and body.startswith(b"not ready")
 
@@ -69,6 +69,13 @@ def test_the_json_is_the_documented_document(server: MetricsServer, dashboard: D
     assert document["document_version"] == 1 and document["time"] == NOW + 1
     assert {"factories", "machinetypes", "backoffs", "outcomes", "machines", "this_factory", "history",
             "share_error", "pass_time", "census_time", "listing_time", "machinetypes_heard_time"} <= set(document)
+
+
+def test_the_times_the_script_polls_are_a_few_bytes(server: MetricsServer, dashboard: Dashboard) -> None:
+    publish(dashboard)
+    status, headers, body = get(server, "/dashboard-times.json")
+    assert status == 200 and headers["Cache-Control"] == "no-store" and len(body) < 200
+    assert json.loads(body) == {"time": NOW + 1, "pass_time": NOW, "census_time": None, "listing_time": None}
 
 
 def test_metrics_and_healthz_are_still_served_beside_it(server: MetricsServer) -> None:

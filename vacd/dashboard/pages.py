@@ -1,4 +1,6 @@
-"""The dashboard's routes on the metrics server: `/dashboard` (HTML) and `/dashboard.json`.
+"""The dashboard's routes on the metrics server: `/dashboard` (HTML), `/dashboard.json` and
+`/dashboard-times.json` (the few bytes the page's script polls: a full document with a
+day of history is hundreds of KiB, docs/benchmarks.md).
 
 Both are read-only and send no cookies, keys or configuration (the document holds what
 `vac status` and `vac machines` show). The HTML carries the Content-Security-Policy of
@@ -37,4 +39,10 @@ def dashboard_pages(dashboard: Dashboard) -> dict[str, PageSource]:
             return None
         return Page("application/json", (json.dumps(document, indent=1, sort_keys=True) + "\n").encode(), COMMON_HEADERS)
 
-    return {"/dashboard": html_page, "/dashboard.json": json_page}
+    def times_page() -> Optional[Page]:
+        times = dashboard.times()
+        if times is None:
+            return None
+        return Page("application/json", (json.dumps(times, sort_keys=True) + "\n").encode(), COMMON_HEADERS)
+
+    return {"/dashboard": html_page, "/dashboard.json": json_page, "/dashboard-times.json": times_page}

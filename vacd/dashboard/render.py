@@ -10,7 +10,7 @@ Rules:
 - The one inline script and the one inline style are allowed by their SHA-256 in the
   Content-Security-Policy header (`content_security_policy`), and nothing else is: even
   markup that slipped past escaping could run no script and load nothing.
-- The script only re-fetches this page when /dashboard.json says a newer pass or listing
+- The script only re-fetches this page when /dashboard-times.json says a newer pass or listing
   exists, swaps in the new <main>, and keeps the machines table's sort and filter (which
   `?filter=TEXT&sort=HEADING&order=desc` set at load, so a view can be bookmarked). With
   scripts off the page is complete; it just does not update itself.
@@ -24,7 +24,7 @@ import html
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-# Seconds between the script's looks at /dashboard.json (the factory's pass is 30 s by default).
+# Seconds between the script's looks at /dashboard-times.json (the factory's pass is 30 s by default).
 POLL_SECONDS = 5
 # Colours for the machinetypes' lines, in order; more machinetypes reuse them.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -73,12 +73,15 @@ function refresh(){
   var input=document.getElementById("machine-filter"),words=input?input.value:"";
   if(fresh){document.querySelector("main").replaceWith(fresh);}
   input=document.getElementById("machine-filter");if(input)input.value=words;wire(false);
+  live("updated");
  });
 }
+function live(what){var e=document.getElementById("live");
+ if(e)e.textContent="Live: "+what+" "+new Date().toLocaleTimeString()+".";}
 function poll(){
- fetch("dashboard.json",{cache:"no-store"}).then(function(r){return r.json();}).then(function(d){
-  var s=stamp(d);if(seen!==null&&s!==seen)refresh();seen=s;
- }).catch(function(){}).then(function(){setTimeout(poll,POLL);});
+ fetch("dashboard-times.json",{cache:"no-store"}).then(function(r){return r.json();}).then(function(d){
+  var s=stamp(d);if(seen!==null&&s!==seen)refresh();else live("checked");seen=s;
+ }).catch(function(){live("cannot reach vacd, retrying; last");}).then(function(){setTimeout(poll,POLL);});
 }
 wire(true);poll();
 })();
@@ -418,5 +421,6 @@ def render_page(document: Mapping[str, Any]) -> str:
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
             '<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{_e(title)}</title><style>{STYLE}</style></head><body>{main}"
-            '<footer class=muted><p>Read-only. Machine-readable: <a href="dashboard.json">dashboard.json</a>, '
+            '<footer class=muted><p><span id="live">Not updating by itself (scripts are off).</span> '
+            'Read-only. Machine-readable: <a href="dashboard.json">dashboard.json</a>, '
             f'<a href="metrics">metrics</a>.</p></footer><script>{SCRIPT}</script></body></html>\n')

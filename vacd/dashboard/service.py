@@ -89,6 +89,23 @@ class Dashboard:
         now = self.clock()
         return space_view(facts, listing, self.history.samples(since=now - 86400), now)
 
+    def times(self) -> Optional[dict[str, Any]]:
+        """When the pass, the census and the listing shown were made: what the page's script polls.
+
+        Asking counts as watching: a listing older than its minimum age is started (not waited for).
+        """
+        with self._lock:
+            facts = self._facts
+        if facts is None:
+            return None
+        listing = self.listing.want() if self.listing is not None else None
+        return {
+            "time": self.clock(),
+            "pass_time": facts.time,
+            "census_time": facts.census.time if facts.census is not None else None,
+            "listing_time": listing.time if listing is not None else None,
+        }
+
     def page(self) -> Optional[str]:
         document = self.document()
         return None if document is None else render_page(document)
