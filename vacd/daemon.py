@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import dataclasses
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -697,21 +696,15 @@ class Daemon:
             if self.responder is not None:
                 self.metrics.observe_responder_counters(self.responder.counters)
 
-
     def _publish_to_dashboard(self, report: PassReport, document: Mapping[str, Any], snapshot: Any, now: int) -> None:
         """The pass's facts for the page: status, own statuses, the last census as heard."""
-        from vacd.dashboard.listing import heard_from
+        from vacd.dashboard.listing import heard_from, wire_form
         from vacd.dashboard.view import PassFacts
-        from vacquery.codec import encode_reply
         from vacquery.messages import Reply
 
         assert self.dashboard is not None
-        own = []
-        for status in (*snapshot.machines, *snapshot.machinetypes, snapshot.factory):
-            wire = json.loads(encode_reply(Reply("0", now, status)))
-            wire.pop("cookie", None)
-            wire.pop("time_sent", None)
-            own.append(wire)
+        own = tuple(wire_form(Reply("0", now, status))
+                    for status in (*snapshot.machines, *snapshot.machinetypes, snapshot.factory))
         census = None
         outcome = self.peer_census.last_outcome if self.peer_census is not None else None
         if outcome is not None:
@@ -721,7 +714,7 @@ class Daemon:
             census = heard_from([outcome.result], self._census_seen[1])
         if self.dashboard.listing is not None and report.settings is not None:
             self.dashboard.listing.follow(report.settings)
-        self.dashboard.observe_pass(PassFacts(now, document, tuple(own), census),
+        self.dashboard.observe_pass(PassFacts(now, document, own, census),
                                     [finish.shutdown_message for _, finish in report.finished])
 
 

@@ -21,7 +21,7 @@ from vacd.config import Settings
 from vacd.dashboard.view import Heard
 from vacquery.client import CensusResult
 from vacquery.codec import encode_reply
-from vacquery.messages import MessageType
+from vacquery.messages import MessageType, Reply
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +32,17 @@ LISTING_MIN_AGE_SECONDS = 15.0
 LISTING_KINDS = (MessageType.MACHINES_QUERY, MessageType.FACTORY_QUERY, MessageType.MACHINETYPES_QUERY)
 
 
+def wire_form(reply: Reply) -> dict[str, Any]:
+    """A status as `vac ... --json` prints it, less the reply's cookie and send time."""
+    wire = dict(json.loads(encode_reply(dataclasses.replace(reply, limited=None))))
+    wire.pop("cookie", None)
+    wire.pop("time_sent", None)
+    return wire
+
+
 def wire_statuses(result: CensusResult) -> list[Mapping[str, Any]]:
-    """Every status a census heard in wire form, as `vac ... --json` prints them (less cookie and send time)."""
-    statuses = []
-    for name in result.factories:
-        for reply in result.replies.get(name, ()):
-            wire = json.loads(encode_reply(dataclasses.replace(reply, limited=None)))
-            wire.pop("cookie", None)
-            wire.pop("time_sent", None)
-            statuses.append(wire)
-    return statuses
+    """Every status a census heard, in wire form, factory by factory."""
+    return [wire_form(reply) for name in result.factories for reply in result.replies.get(name, ())]
 
 
 def heard_from(results: list[CensusResult], wall_time: float) -> Heard:
