@@ -37,6 +37,8 @@ CORE_MODULES = (
     "vacquery.client",
     "vacquery.responder",
     "vacquery.tables",
+    "vacd.dashboard.view",
+    "vacd.dashboard.render",
 )
 
 

@@ -174,6 +174,8 @@ class Settings:
     vacquery_key_file: tuple[str, ...] = ()
     vacquery_auth: str = "required"
     metrics_address: Optional[str] = None
+    # Serve the read-only /dashboard page and /dashboard.json beside /metrics (issue 14).
+    dashboard: bool = False
     joboutputs_quota_bytes: int = 100 * 1024 * 1024
     metadata_port: int = 80
     # "required": the metadata paths cloud-init does not read need a session token.

@@ -393,6 +393,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         vacquery_key_file=reader.get("vacquery_key_file", (), _to_key_files),
         vacquery_auth=reader.get("vacquery_auth", "required", partial(to_choice, choices=VACQUERY_AUTH_MODES)),
         metrics_address=reader.get("metrics_address", None, _to_host_port),
+        dashboard=reader.get("dashboard", False, to_boolean),
         joboutputs_quota_bytes=reader.get("joboutputs_quota_bytes", 100 * 1024 * 1024,
                                           partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_QUOTA_BYTES)),
         metadata_port=reader.get("metadata_port", 80, _to_port),
@@ -405,6 +406,8 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                                                     maximum=MAX_IMAGECACHE_DAYS)),
         imagecache_max_gb=reader.get("imagecache_max_gb", 0, partial(to_integer, minimum=0, maximum=MAX_DISK_MB)),
     )
+    if settings.dashboard and not settings.metrics_address:
+        reader.warn("dashboard", "no page is served without metrics_address (the dashboard is served there)")
     _check_unimplemented_settings(reader)
     reader.warn_unknown("[settings]")
     return settings if len(findings.problems) == before else None

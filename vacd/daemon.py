@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, TextIO
+from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 
 from vacd import MANAGER_VERSION, VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, host_name, load_config
@@ -208,6 +208,11 @@ class Daemon:
         self.link_identity: Optional[Any] = None
         self.metrics: Optional[Any] = None
         self.metrics_server: Optional[Any] = None
+        self.dashboard: Optional[Any] = None  # vacd.dashboard.service.Dashboard, with `dashboard = true`
+        self.listing_auth: Optional[Any] = None
+        self.listing_census: Optional[Any] = None
+        # The census outcome the dashboard last saw, and when (wall clock) it was first seen.
+        self._census_seen: tuple[Optional[Any], int] = (None, 0)
         self._guest_counts_seen: dict[tuple[str, str, int], int] = {}
         self.responder: Optional[Any] = None
         self.responder_transport: Optional[Any] = None
@@ -299,6 +304,7 @@ class Daemon:
                                             link_check=self.link_identity.confirms_slot)
             services.call(self.guest_api.start())
         self._start_peer_protocol(settings, services)
+        self._start_dashboard_listing(settings)
         if self.peer_census is not None and factory.hooks is not None:
             factory.hooks.peer_reports = self.peer_census.peer_reports
         self.services = services
@@ -324,6 +330,8 @@ class Daemon:
             backend.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
+            if self.dashboard is not None and self.dashboard.listing is not None:
+                self.dashboard.listing.stop()
             self.notifier.status("stopped: machines keep running and will be adopted at the next start")
             self.notifier.close()
         return 0
@@ -433,7 +441,7 @@ class Daemon:
 
     def _start_metrics(self, settings: Settings) -> None:
         if not settings.metrics_address:
-            return
+            return  # `dashboard = true` alone: the configuration's warning has said so
         from prometheus_client import CollectorRegistry
 
         from vacd.metrics import FactoryMetrics, register_process_collectors, serve_metrics
@@ -442,8 +450,42 @@ class Daemon:
         self.metrics = FactoryMetrics(registry)
         register_process_collectors(registry)
         healthy = self.metrics.healthy_if_fresh(max(120.0, 4 * settings.cycle_seconds))
-        self.metrics_server = serve_metrics(settings.metrics_address, registry, healthy)
-        log.info("serving metrics address=%s", settings.metrics_address)
+        pages = None
+        if settings.dashboard:
+            from vacd.dashboard.history import HistoryRing
+            from vacd.dashboard.pages import dashboard_pages
+            from vacd.dashboard.service import Dashboard
+
+            self.dashboard = Dashboard(HistoryRing(self.paths.dashboard_history_file))
+            pages = dashboard_pages(self.dashboard)
+        self.metrics_server = serve_metrics(settings.metrics_address, registry, healthy, pages)
+        log.info("serving metrics address=%s dashboard=%s", settings.metrics_address,
+                 "/dashboard" if pages else "off")
+
+    def _start_dashboard_listing(self, settings: Settings) -> None:
+        """The dashboard's own census of the peers' machines and factories (vacd/dashboard/listing.py)."""
+        if self.dashboard is None:
+            return
+        from vacd.dashboard.listing import LISTING_KINDS, SpaceListing, heard_from
+        from vacd.dashboard.view import Heard
+        from vacd.peers import PeerCensus, PeerResolver
+        from vacquery.auth import ReloadableAuthenticator
+
+        # Its own authenticator: each keeps its own replay state and is used from one thread.
+        self.listing_auth = ReloadableAuthenticator(settings)
+        census = PeerCensus(PeerResolver(), self.listing_auth.current, client_name="vacd-dashboard")
+        self.listing_census = census
+
+        def gather(current: Settings) -> Optional[Heard]:
+            if not current.factories:
+                return None
+            results = [census.run(current, kind).result for kind in LISTING_KINDS]
+            return heard_from(results, time.time())
+
+        listing = SpaceListing(gather)
+        listing.follow(settings)
+        listing.start()
+        self.dashboard.listing = listing
 
     def _hooks(self) -> FactoryHooks:
         from vacd.accounting import write_apel_record
@@ -465,6 +507,8 @@ class Daemon:
         def count_creation(record: Any, seconds: float, ok: bool) -> None:
             if self.metrics is not None:
                 self.metrics.creation_finished(record.machinetype, seconds, ok)
+            if self.dashboard is not None:
+                self.dashboard.creation_finished(ok)
 
         images = ImageCache(paths)
         self.images = images
@@ -617,6 +661,7 @@ class Daemon:
         """The key and vacquery_auth follow a reload, as vacd(8) says every edit does (issue 9 item 6)."""
         _swap_authenticator(self.responder_auth, self.responder, settings)
         _swap_authenticator(self.census_auth, self.peer_census, settings)
+        _swap_authenticator(self.listing_auth, self.listing_census, settings)
 
     def _publish(self, factory: Factory, report: PassReport) -> None:
         """Status file, heartbeats, the responder's snapshot, VacMon and metrics, after each pass."""
@@ -687,7 +732,13 @@ class Daemon:
                 if slot.identity.machine_name in finished_names:
                     status = machine_status(report, slot, snapshot.factory.daemon_version or "")
                     self.vacmon.send_machine_finished(encode_reply(Reply("0", now, status)))
+        if self.dashboard is not None:
+            self._publish_to_dashboard(report, document, snapshot, now)
         if self.metrics is not None:
+            from vacd.dashboard.view import outcome_key
+
+            for _, finish in report.finished:
+                self.metrics.machine_finished(outcome_key(finish.shutdown_message))
             if self.guest_api is not None:
                 for key, count in list(self.guest_api.counters.items()):
                     new = count - self._guest_counts_seen.get(key, 0)
@@ -696,6 +747,27 @@ class Daemon:
                     self._guest_counts_seen[key] = count
             if self.responder is not None:
                 self.metrics.observe_responder_counters(self.responder.counters)
+
+    def _publish_to_dashboard(self, report: PassReport, document: Mapping[str, Any], snapshot: Any, now: int) -> None:
+        """The pass's facts for the page: status, own statuses, the last census as heard."""
+        from vacd.dashboard.listing import heard_from, wire_form
+        from vacd.dashboard.view import PassFacts
+        from vacquery.messages import Reply
+
+        assert self.dashboard is not None
+        own = tuple(wire_form(Reply("0", now, status))
+                    for status in (*snapshot.machines, *snapshot.machinetypes, snapshot.factory))
+        census = None
+        outcome = self.peer_census.last_outcome if self.peer_census is not None else None
+        if outcome is not None:
+            if outcome is not self._census_seen[0]:
+                # A full or draining factory runs no census: the page shows how old this one is.
+                self._census_seen = (outcome, now)
+            census = heard_from([outcome.result], self._census_seen[1])
+        if self.dashboard.listing is not None and report.settings is not None:
+            self.dashboard.listing.follow(report.settings)
+        self.dashboard.observe_pass(PassFacts(now, document, own, census),
+                                    [finish.shutdown_message for _, finish in report.finished])
 
 
 def service_status_line(report: PassReport, elapsed_seconds: float, draining: bool) -> str:

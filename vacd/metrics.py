@@ -76,6 +76,19 @@ RESPONDER_SOCKET_ERROR = "socket_error"
 
 
 @dataclass(frozen=True)
+class Page:
+    """An extra page served beside /metrics (the dashboard's): its body and headers."""
+
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# A page's callable returns None while it has nothing to show yet (503 "not ready").
+PageSource = Callable[[], Optional[Page]]
+
+
+@dataclass(frozen=True)
 class Health:
     """The /healthz verdict: healthy, or the reasons it is not (the body of the 503)."""
 
@@ -190,6 +203,11 @@ class FactoryMetrics:
             ["machinetype"],
             buckets=CREATION_BUCKETS_SECONDS,
             registry=registry,
+        )
+        # The code is the 3-digit prefix or "none" (vacd.dashboard.view.outcome_key): at most
+        # 901 values whatever guests write, so the series stay bounded.
+        self.outcomes = Counter(
+            "vac_outcomes", "Machines finished, by the 3-digit code of their shutdown message", ["code"], registry=registry
         )
         self.destructions = Counter("vac_destructions", "Machine destructions finished, by outcome", ["outcome"], registry=registry)
         self.destruction_seconds = Histogram(
@@ -331,6 +349,10 @@ class FactoryMetrics:
         self.creations.labels(machinetype, "ok" if ok else "failed").inc()
         self.creation_seconds.labels(machinetype).observe(max(0.0, seconds))
 
+    def machine_finished(self, code: str) -> None:
+        """A machine was finalised with this outcome code ("none" when its message had none)."""
+        self.outcomes.labels(code).inc()
+
     def destruction_finished(self, seconds: float, ok: bool) -> None:
         self.destructions.labels("ok" if ok else "failed").inc()
         self.destruction_seconds.observe(max(0.0, seconds))
@@ -465,10 +487,13 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return (host or "0.0.0.0", int(port_text))
 
 
-def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[], Union[bool, Health]]) -> MetricsServer:
+def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[], Union[bool, Health]],
+                  pages: Optional[Mapping[str, PageSource]] = None) -> MetricsServer:
     """Serve `registry` on `/metrics` and `healthy()` on `/healthz` from a daemon thread.
 
-    A `Health` verdict's problems are the body of the 503, one per line.
+    A `Health` verdict's problems are the body of the 503, one per line. `pages` maps more
+    paths to their sources (the dashboard's `/dashboard` and `/dashboard.json`); a source
+    that raises is a 500 with nothing of the error in the body (it is logged).
 
     Raises:
         ValueError: `address` is not host:port.
@@ -487,7 +512,10 @@ def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[
 
         def _answer(self, send_body: bool) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            headers: tuple[tuple[str, str], ...] = ()
+            if pages is not None and path in pages:
+                status, content_type, body, headers = _page_answer(path, pages[path])
+            elif path == "/metrics":
                 status, content_type, body = 200, CONTENT_TYPE_LATEST, generate_latest(registry)
             elif path == "/healthz":
                 problems: tuple[str, ...]
@@ -508,6 +536,8 @@ def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers:
+                self.send_header(name, value)
             self.end_headers()
             if send_body:
                 self.wfile.write(body)
@@ -525,6 +555,18 @@ def serve_metrics(address: str, registry: CollectorRegistry, healthy: Callable[[
     thread.start()
     log.info("metrics served address=%s:%d", host, server.server_address[1])
     return MetricsServer(server, thread)
+
+
+def _page_answer(path: str, source: PageSource) -> tuple[int, str, bytes, tuple[tuple[str, str], ...]]:
+    """Status, content type, body and headers of an extra page (500 if its source raised)."""
+    try:
+        page = source()
+    except Exception:  # boundary: one failing page must not take the server (or /metrics) down
+        log.exception("page failed path=%s", path)
+        return 500, "text/plain; charset=utf-8", b"internal error (see the vacd log)\n", ()
+    if page is None:
+        return 503, "text/plain; charset=utf-8", b"not ready: no pass has been published yet\n", ()
+    return 200, page.content_type, page.body, page.headers
 
 
 def _family_of(host: str) -> int:

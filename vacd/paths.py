@@ -108,6 +108,11 @@ class Paths:
         return self.state_dir / "space-census"
 
     @property
+    def dashboard_history_file(self) -> Path:
+        """The dashboard's day of samples, a fixed-size ring (vacd/dashboard/history.py)."""
+        return self.state_dir / "dashboard-history"
+
+    @property
     def counts_file(self) -> Path:
         return self.state_dir / "counts"
 

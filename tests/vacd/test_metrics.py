@@ -320,12 +320,21 @@ def test_grafana_dashboard_uses_only_metrics_that_exist(registry: CollectorRegis
     metrics.destruction_finished(1.0, ok=True)
     metrics.datagram("factory_query", "malformed")
     metrics.guest_request("metadata", 200)
+    metrics.machine_finished("300")
     exposed = {sample.name for family in registry.collect() for sample in family.samples}
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "etc/grafana-dashboard.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
 
     used = {name for expression in expressions for name in re.findall(r"\bvac_[a-z0-9_]+", expression)}
     assert used and used <= exposed, used - exposed
+
+
+def test_outcomes_are_counted_by_code(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    for code in ("200", "300", "300", "none"):
+        metrics.machine_finished(code)
+    samples = scrape(server)
+    assert value(samples, "vac_outcomes_total", code="300") == 2
+    assert value(samples, "vac_outcomes_total", code="200") == 1 and value(samples, "vac_outcomes_total", code="none") == 1
 
 
 # ---------------------------------------------------------------- faults (issue 8 item 8)

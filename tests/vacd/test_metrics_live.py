@@ -1,5 +1,7 @@
 """A real vacd's /metrics: `promtool check metrics` clean, and its counters count what they say.
 
+The same vacd serves its dashboard (issue 14): alone in its space, it shows itself.
+
 One vacd runs for the module on libvirt's in-memory test:///default driver, with its
 responder and /metrics on 127.0.0.1 (issue 12 item 7). Two VacQuery queries are sent to it
 over real UDP, one answered and one for another space, and /metrics is scraped after the
@@ -9,6 +11,7 @@ pass that counted them. promtool comes from Debian's `prometheus` package (tools
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -19,7 +22,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,6 +46,8 @@ class Scraped:
     text: str
     samples: Samples
     answered_reply_cookie: Optional[str]
+    dashboard: dict[str, Any]  # /dashboard.json, as decoded
+    history_file_size: int
 
 
 def wait_for(condition: Callable[[], Optional[Found]], what: str, log_path: Path) -> Found:
@@ -94,6 +99,7 @@ libvirt_uri = test:///default
 vacquery_port = {vacquery_port}
 vacquery_bind_address = 127.0.0.1
 metrics_address = 127.0.0.1:0
+dashboard = true
 cycle_seconds = 1
 
 [machinetype atlas]
@@ -151,7 +157,10 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         ask(client, vacquery_port, "another-space.example.com", "wrong-space-1")
         # The responder's tally reaches the metrics at the end of each pass (every second).
         text = wait_for(lambda: query_counted(port, 2), "count both queries in /metrics", log_path)
-        yield Scraped(text, parse(text), cookie)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard.json", timeout=5) as response:
+            dashboard = json.loads(response.read())
+        history = prefix / "var/lib/vac/dashboard-history"
+        yield Scraped(text, parse(text), cookie, dashboard, history.stat().st_size if history.exists() else -1)
     finally:
         client.close()
         process.send_signal(signal.SIGTERM)
@@ -198,3 +207,13 @@ def test_live_queries_are_each_received_once_and_only_the_refused_one_dropped(sc
              if name == "vac_datagrams_dropped_total"}
     assert drops == {"wrong_space": 1}
     assert scraped.samples[("vac_vacquery_replies_capped_total", frozenset())] == 0
+
+
+def test_a_lone_factory_serves_its_dashboard_and_keeps_a_history_sample(scraped: Scraped) -> None:
+    """With no peers the page shows this factory alone, and the first pass's sample is on disk."""
+    document = scraped.dashboard
+    assert document["factory"] == FACTORY and [row["name"] for row in document["factories"]] == [FACTORY]
+    assert {machine["machine"] for machine in document["machines"]} == {"f1-00.example.com", "f1-01.example.com"}
+    assert document["listing_time"] is None and document["census_time"] is None
+    assert [sample["sequence"] for sample in document["history"]["samples"]] == [0]
+    assert scraped.history_file_size == 2048  # one slot of the ring written, in place
