@@ -64,6 +64,8 @@ HEARTBEAT_COMPONENTS = ("factory", "responder", "metadata", "mjf")
 # A VM creation may download an image (Vac 03's fetch timeout was 120 s, Appendix C).
 CREATION_BUCKETS_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 # A destroy is an ACPI request then, after shutdown_grace_seconds (30 s default), a hard one.
+# A pass over an unchanged node should cost milliseconds; one over the 30 s budget is logged too.
+PASS_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DESTRUCTION_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # The factory-wide fault kinds (vacd.factory.Fault), always exported so an alert can test for 1.
 FAULT_KINDS = ("config", "listing", "disk", "network")
@@ -216,7 +218,22 @@ class FactoryMetrics:
             buckets=DESTRUCTION_BUCKETS_SECONDS,
             registry=registry,
         )
+        # The pass cost in production (issue 15 item 2): a node whose passes grow dearer shows it here.
+        self.passes = Counter(
+            "vac_passes", "Reconcile passes run, by whether they completed (listing and config good)", ["outcome"],
+            registry=registry,
+        )
+        self.pass_cpu_seconds = Counter(
+            "vac_pass_cpu_seconds", "CPU time of the reconcile loop's thread spent in passes and their publication",
+            registry=registry,
+        )
+        self.pass_seconds = Histogram(
+            "vac_pass_duration_seconds", "Wall time of one reconcile pass and its publication",
+            buckets=PASS_BUCKETS_SECONDS, registry=registry,
+        )
         registry.register(_HeartbeatCollector(self))
+        for outcome in ("complete", "incomplete"):
+            self.passes.labels(outcome)
         for state in SLOT_STATES:
             self.slots.labels(state).set(0)
         for kind in FAULT_KINDS:
@@ -345,6 +362,12 @@ class FactoryMetrics:
         self.census_duration.set(_number(census.get("duration_seconds")))
 
     # ------------------------------------------------------------------ events
+    def pass_finished(self, seconds: float, cpu_seconds: float, completed: bool) -> None:
+        """One reconcile pass (and its publication) took `seconds` of wall and `cpu_seconds` of the loop's CPU."""
+        self.passes.labels("complete" if completed else "incomplete").inc()
+        self.pass_cpu_seconds.inc(max(0.0, cpu_seconds))
+        self.pass_seconds.observe(max(0.0, seconds))
+
     def creation_finished(self, machinetype: str, seconds: float, ok: bool) -> None:
         self.creations.labels(machinetype, "ok" if ok else "failed").inc()
         self.creation_seconds.labels(machinetype).observe(max(0.0, seconds))

@@ -182,6 +182,22 @@ def test_event_counters_and_histograms(metrics: FactoryMetrics, server: MetricsS
     assert value(samples, "vac_guest_requests_total", path_class="joboutputs", status="403") == 1
 
 
+def test_each_pass_counts_its_outcome_cpu_and_duration(metrics: FactoryMetrics, server: MetricsServer) -> None:
+    assert value(scrape(server), "vac_passes_total", outcome="incomplete") == 0
+    metrics.pass_finished(0.02, 0.015, completed=True)
+    metrics.pass_finished(0.3, 0.1, completed=True)
+    metrics.pass_finished(0.004, 0.001, completed=False)
+    samples = scrape(server)
+
+    assert value(samples, "vac_passes_total", outcome="complete") == 2
+    assert value(samples, "vac_passes_total", outcome="incomplete") == 1
+    assert value(samples, "vac_pass_cpu_seconds_total") == pytest.approx(0.116)
+    assert value(samples, "vac_pass_duration_seconds_count") == 3
+    assert value(samples, "vac_pass_duration_seconds_bucket", le="0.025") == 2
+    assert value(samples, "vac_pass_duration_seconds_bucket", le="0.25") == 2
+    assert value(samples, "vac_pass_duration_seconds_bucket", le="0.5") == 3
+
+
 def test_an_answered_query_is_received_once_and_dropped_never(metrics: FactoryMetrics, server: MetricsServer) -> None:
     metrics.observe_responder_counters(Counter({"answered": 3}))
     samples = scrape(server)

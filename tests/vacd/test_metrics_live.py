@@ -217,3 +217,11 @@ def test_a_lone_factory_serves_its_dashboard_and_keeps_a_history_sample(scraped:
     assert document["listing_time"] is None and document["census_time"] is None
     assert [sample["sequence"] for sample in document["history"]["samples"]] == [0]
     assert scraped.history_file_size == 2048  # one slot of the ring written, in place
+
+
+def test_live_passes_are_counted_with_the_loop_threads_cpu_time(scraped: Scraped) -> None:
+    """The pass cost is visible in production (issue 15 item 2), from the real loop."""
+    complete = scraped.samples[("vac_passes_total", frozenset({("outcome", "complete")}))]
+    assert complete >= 1
+    assert scraped.samples[("vac_pass_duration_seconds_count", frozenset())] >= complete
+    assert scraped.samples[("vac_pass_cpu_seconds_total", frozenset())] > 0
