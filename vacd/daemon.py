@@ -240,6 +240,7 @@ class Daemon:
         from vacd.imageeviction import ImageEviction
         from vacd.network import BRIDGE_NAME, NETWORK_NAME, uses_test_driver
         from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
+        from vacd.backends.bymodel import machine_backends
 
         settings = self.config.settings
         self.notifier.status("starting: cleaning up, connecting to libvirt, opening the VacQuery port")
@@ -255,8 +256,11 @@ class Daemon:
         self._refuse_busy_ports(settings)
         self._ensure_network_at_start(settings)
         warn_if_factory_renamed(self.paths, settings.factory_name)
-        backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
-                                 tmp_dir=self.paths.tmp_dir)
+        backend = machine_backends(
+            LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
+                           tmp_dir=self.paths.tmp_dir),
+            bridge=BRIDGE_NAME,
+        )
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         executor = ThreadPoolExecutor(max_workers=max(4, settings.max_creations_per_cycle * 2),
                                       thread_name_prefix="vacd-act")

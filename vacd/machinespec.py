@@ -2,8 +2,10 @@
 
 Kept from Vac 03 (§1.11): an image name starting with `/` is used as it is; any other name
 is `<machinetype_path>/files/<name>`; http(s) images come from the image cache. Memory is
-processors x mb_per_processor (acceptance 9). Container models are not built yet: asking
-for one is a clear creation error, not a silent no-op.
+processors x mb_per_processor (acceptance 9). A docker machine's spec carries its
+`docker://` image and container_command as written (vacd.backends.podman resolves and runs
+them); singularity has no backend in this version, and asking for one is a clear creation
+error, not a silent no-op.
 
 Under qemu:///system every file handed to QEMU (root image, kernel, initrd) is checked
 with `qemu_access` first (vacd.qemuaccess, issue 8 item 12), so a file QEMU cannot open
@@ -55,10 +57,12 @@ def machine_spec(
     default CA directory does the same with no digest cache.
     """
     verifier = image_verifier or ImageVerifier(Paths().certificates_dir)
+    if machinetype.machine_model == "docker":
+        return container_spec(machinetype, record, identity, machine_dir)
     if machinetype.machine_model not in VM_MACHINE_MODELS:
         raise UnsupportedMachineModel(
             f"machinetype {machinetype.name}: machine_model {machinetype.machine_model} is not supported by this "
-            "vacd (VM models only: cernvm3, cernvm4, vm-raw)"
+            "vacd (VM models cernvm3, cernvm4, vm-raw, and docker under podman)"
         )
 
     def locate(option: str, name: Optional[str]) -> Optional[Path]:
@@ -102,4 +106,28 @@ def machine_spec(
         root_device=machinetype.root_device,
         scratch_device=machinetype.scratch_device,
         disk_bytes=disk_gb * record.processors * 10**9,
+    )
+
+
+def container_spec(machinetype: Machinetype, record: MachineRecord, identity: SlotIdentity,
+                   machine_dir: Path) -> MachineSpec:
+    """The spec of a docker machine: its image reference, command and binds, with the slot's identity."""
+    if machinetype.root_image is None or not machinetype.root_image.startswith("docker://"):
+        raise VacError(f"machinetype {machinetype.name}: machine_model docker needs root_image = docker://IMAGE, "
+                       f"got {machinetype.root_image!r}")
+    return MachineSpec(
+        name=record.name,
+        uuid=record.uuid,
+        ordinal=record.ordinal,
+        mac_address=identity.mac_address,
+        ip_address=identity.ip_address,
+        vnc_port=identity.vnc_port,
+        processors=record.processors,
+        memory_mib=record.mb,
+        machine_dir=machine_dir,
+        machine_model=machinetype.machine_model,
+        container_image=machinetype.root_image,
+        container_command=machinetype.container_command,
+        cvmfs_repositories=tuple(machinetype.cvmfs_repositories),
+        tmp_binds=tuple(machinetype.tmp_binds),
     )

@@ -43,6 +43,11 @@ class MachineSpec:
     root_device: str = "vda"
     scratch_device: str = "vdb"
     disk_bytes: Optional[int] = None  # size of a sparse root disk (cernvm3)
+    # Container models (docker, singularity; issue 13): what runs, and what is bound in.
+    container_image: Optional[str] = None  # docker://IMAGE as vac.conf wrote it, or an apptainer image
+    container_command: str = "/user_data"  # one argv element, never a shell string
+    cvmfs_repositories: tuple[str, ...] = ()  # /cvmfs is bound read-only when set and present
+    tmp_binds: tuple[str, ...] = ()  # docker: a fresh MD/mnt directory bound at each path
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,85 @@
+"""One backend made of several, chosen by machine model: VMs to libvirt, docker to podman.
+
+Rules:
+- create() goes to the backend of the spec's machine model; a model with no backend here is
+  a BackendError naming the model and what is missing (podman not installed), so the factory
+  backs the machinetype off and says why in factory-error.
+- Names are the factory's slot names whichever backend runs them, so list_machines() is the
+  union of every backend's list, and shutdown() and destroy() go to every backend: each is
+  idempotent by name (gone is success), and a destroy with a UUID touches only the machine
+  with that UUID, so a backend that does not run the machine does nothing.
+- If any backend cannot list, the whole listing fails (BackendError): the factory then makes
+  no destroy decision that pass, rather than taking a container for a missing machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Callable, Mapping, Optional, Sequence
+
+from vacd.backends.base import Backend, MachineSpec, ObservedMachine
+from vacd.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+VM_MODELS = ("cernvm3", "vm-raw")  # cernvm4 reaches the backend as cernvm3 (vacd.machinespec)
+SINGULARITY_MISSING = ("no backend in this version: apptainer is not run by vacd yet (docs/containers.md); "
+                       "set target_share = 0")
+
+
+class BackendsByModel:
+    """Dispatch to a backend per machine model; observe through all of them."""
+
+    def __init__(self, backends: Mapping[str, Backend], missing: Optional[Mapping[str, str]] = None) -> None:
+        self._by_model = dict(backends)
+        self._missing = dict(missing or {})
+        # Each distinct backend once, in the order given, for listing, stopping and closing.
+        self._backends: list[Backend] = []
+        for backend in self._by_model.values():
+            if all(backend is not known for known in self._backends):
+                self._backends.append(backend)
+
+    def create(self, spec: MachineSpec) -> None:
+        backend = self._by_model.get(spec.machine_model)
+        if backend is None:
+            reason = self._missing.get(spec.machine_model, "no backend runs this machine model")
+            raise BackendError("create", spec.name, f"machine_model {spec.machine_model}: {reason}")
+        backend.create(spec)
+
+    def shutdown(self, name: str) -> None:
+        for backend in self._backends:
+            backend.shutdown(name)
+
+    def destroy(self, name: str, uuid: Optional[str] = None) -> None:
+        for backend in self._backends:
+            backend.destroy(name, uuid)
+
+    def list_machines(self) -> Sequence[ObservedMachine]:
+        observed: list[ObservedMachine] = []
+        for backend in self._backends:
+            observed.extend(backend.list_machines())
+        return observed
+
+    def watch(self, wake: Callable[[str], None]) -> None:
+        for backend in self._backends:
+            backend.watch(wake)
+
+    def close(self) -> None:
+        for backend in self._backends:
+            backend.close()
+
+
+def machine_backends(vm_backend: Backend, *, bridge: str, podman: Optional[str] = None) -> BackendsByModel:
+    """libvirt for VMs and, where a podman binary is installed, podman for docker machines."""
+    from vacd.backends.podman import PodmanBackend
+
+    backends: dict[str, Backend] = {model: vm_backend for model in VM_MODELS}
+    missing = {"singularity": SINGULARITY_MISSING}
+    podman_path = podman or shutil.which("podman")
+    if podman_path is None:
+        missing["docker"] = "podman is not installed on this host (install the podman package)"
+        log.info("no podman on this host: docker machinetypes cannot be created")
+    else:
+        backends["docker"] = PodmanBackend(bridge=bridge, podman=podman_path)
+    return BackendsByModel(backends, missing)
