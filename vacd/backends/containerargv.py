@@ -166,6 +166,11 @@ def podman_run_argv(
         source = _checked(str(bind.source), ":,", "bind source")
         target = _checked(bind.target, ":,", "bind target")
         argv += ["--volume", f"{source}:{target}:{'ro' if bind.read_only else 'rw'}"]
+    # The MJF variables (HEPiX MJF: $MACHINEFEATURES, $JOBFEATURES) and $JOBOUTPUTS name the
+    # bound directories, so a payload need not know which model it runs under.
+    for variable, target in (("MACHINEFEATURES", DOCKER_MACHINEFEATURES), ("JOBFEATURES", DOCKER_JOBFEATURES),
+                             ("JOBOUTPUTS", DOCKER_JOBOUTPUTS)):
+        argv += ["--env", f"{variable}={target}"]
     argv += [image, command]
     return argv
 

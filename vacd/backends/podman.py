@@ -79,6 +79,19 @@ def host_rlimit(which: int, ceiling: int = PODMAN_DEFAULT_NOFILE) -> int:
     return ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
 
 
+def host_nproc_limit(pid_max_file: Path = Path("/proc/sys/kernel/pid_max")) -> int:
+    """The hard process limit a container can be given: also at most the kernel's pid_max.
+
+    podman lowers its own (and so conmon's and the runtime's) RLIMIT_NPROC to pid_max; a
+    container asking for more fails with EPERM (seen here: pid_max 32768, hard limit 96367).
+    """
+    limit = host_rlimit(resource.RLIMIT_NPROC)
+    try:
+        return min(limit, int(pid_max_file.read_text()))
+    except (OSError, ValueError):
+        return limit
+
+
 def default_runtime(layout: CgroupLayout) -> Optional[str]:
     """runc on cgroup v1 or hybrid hosts (crun refuses hybrid mode); podman's own choice on v2."""
     return "runc" if layout == CgroupLayout.V1 else None
@@ -107,7 +120,7 @@ class PodmanBackend:
         self._runtime = default_runtime(cgroups.layout) if runtime == "default" else runtime
         self._run_command = run_command
         self._nofile = nofile if nofile is not None else host_rlimit(resource.RLIMIT_NOFILE)
-        self._nproc = nproc if nproc is not None else host_rlimit(resource.RLIMIT_NPROC)
+        self._nproc = nproc if nproc is not None else host_nproc_limit()
         self._cvmfs_root = cvmfs_root
         self._lock = threading.Lock()
         self._reported_ended: set[str] = set()
@@ -140,6 +153,13 @@ class PodmanBackend:
         try:
             container_id = self._run_command(argv, timeout_seconds=RUN_TIMEOUT_SECONDS).strip().splitlines()[-1]
         except (CommandFailed, IndexError) as error:
+            # podman leaves a container that failed to start in state "created": remove it,
+            # or the next listing would show the slot occupied by it.
+            try:
+                self._run_command([self._podman, "rm", "--force", "--time", "0", spec.name])
+            except CommandFailed as removal:
+                if not _NO_SUCH_CONTAINER.search(removal.stderr_tail):
+                    log.error("cannot remove failed container name=%s error=%s", spec.name, removal)
             self._remove_leftovers(spec.name, spec.ordinal)
             raise BackendError("create", spec.name, str(error)) from error
         log.info("container started name=%s container_id=%s image=%s", spec.name, container_id[:12], image)
