@@ -62,6 +62,8 @@ i=0; while [ $i -lt 2000000 ]; do i=$((i+1)); done
 timeout 20 wget -q -O $JOBOUTPUTS/api_job_id http://169.254.169.253/jobfeatures/job_id
 if ip addr add ##user_data_option_neighbour##/16 dev eth0; then echo took > $JOBOUTPUTS/neighbour; \
 else echo refused > $JOBOUTPUTS/neighbour; fi
+if arping -q -U -c 1 -s ##user_data_option_neighbour## -I eth0 169.254.169.253; then echo sent > $JOBOUTPUTS/raw; \
+else echo refused > $JOBOUTPUTS/raw; fi
 ##user_data_option_then##
 echo '200 Success' > $JOBOUTPUTS/shutdown_message
 """
@@ -199,6 +201,8 @@ def test_two_containers_each_see_only_their_own_machine(factory: ContainerFactor
     for record in records:
         outputs = Path(record["directory"]) / "joboutputs"
         assert (outputs / "neighbour").read_text().strip() == "refused", (outputs / "payload.log").read_text()
+        # Nor send an ARP claiming it (no CAP_NET_RAW).
+        assert (outputs / "raw").read_text().strip() == "refused", (outputs / "payload.log").read_text()
         assert (outputs / "api_job_id").read_text().strip() == record["uuid"]
         assert (outputs / "mjf_job_id").read_text().strip() == record["uuid"]
     assert records[0]["uuid"] != records[1]["uuid"]

@@ -89,6 +89,7 @@ def test_podman_run_argv_sets_limits_labels_network_and_runs_the_command_without
     assert options(argv, "--ulimit") == ["nofile=20000:20000", "nproc=96367:96367"]
     assert options(argv, "--network") == ["ns:/run/netns/vac-slot-03"]
     assert options(argv, "--runtime") == ["runc"]
+    assert options(argv, "--cap-drop") == ["NET_ADMIN", "NET_RAW"]
     assert options(argv, "--cgroup-parent") == ["/vac/f1-03.example.org"]
     assert options(argv, "--volume") == [
         f"{MD}/machinefeatures:/etc/machinefeatures:ro", f"{MD}/jobfeatures:/etc/jobfeatures:ro",

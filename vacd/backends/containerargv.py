@@ -159,7 +159,10 @@ def podman_run_argv(
             "--ulimit", f"nofile={limits.nofile}:{limits.nofile}",
             "--ulimit", f"nproc={limits.nproc}:{limits.nproc}",
             "--network", "none" if network_namespace is None
-            else "ns:" + _checked(str(network_namespace), ":,", "network namespace")]
+            else "ns:" + _checked(str(network_namespace), ":,", "network namespace"),
+            # Whatever the host's containers.conf grants: with either of these a container
+            # could speak with another slot's address or MAC on the guest bridge.
+            "--cap-drop", "NET_ADMIN", "--cap-drop", "NET_RAW"]
     if runtime is not None:
         argv += ["--runtime", runtime]
     for bind in binds:
