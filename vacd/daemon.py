@@ -260,6 +260,9 @@ class Daemon:
             LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                            tmp_dir=self.paths.tmp_dir),
             bridge=BRIDGE_NAME,
+            docker_machinetypes=sorted(name for name, machinetype in self.config.machinetypes.items()
+                                       if machinetype.machine_model == "docker"),
+            simulated=uses_test_driver(settings.libvirt_uri),
         )
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         executor = ThreadPoolExecutor(max_workers=max(4, settings.max_creations_per_cycle * 2),

@@ -70,16 +70,28 @@ class BackendsByModel:
             backend.close()
 
 
-def machine_backends(vm_backend: Backend, *, bridge: str, podman: Optional[str] = None) -> BackendsByModel:
-    """libvirt for VMs and, where a podman binary is installed, podman for docker machines."""
+def machine_backends(vm_backend: Backend, *, bridge: str, podman: Optional[str] = None,
+                     docker_machinetypes: Sequence[str] = (), simulated: bool = False) -> BackendsByModel:
+    """libvirt for VMs and, where a podman binary is installed, podman for docker machines.
+
+    `docker_machinetypes` (those configured at start) only decide how loudly a missing
+    podman is said: a warning naming them, else a line at INFO. A `simulated` factory
+    (libvirt's test driver: no guest network, no real guests) runs no containers either.
+    """
     from vacd.backends.podman import PodmanBackend
 
     backends: dict[str, Backend] = {model: vm_backend for model in VM_MODELS}
     missing = {"singularity": SINGULARITY_MISSING}
     podman_path = podman or shutil.which("podman")
-    if podman_path is None:
+    if simulated:
+        missing["docker"] = "libvirt's test driver: this factory runs no real machines, so no containers"
+    elif podman_path is None:
         missing["docker"] = "podman is not installed on this host (install the podman package)"
-        log.info("no podman on this host: docker machinetypes cannot be created")
+        if docker_machinetypes:
+            log.warning("no podman on this host: docker machinetypes %s cannot be created (install the podman "
+                        "package)", " ".join(docker_machinetypes))
+        else:
+            log.info("no podman on this host: docker machinetypes cannot be created")
     else:
         backends["docker"] = PodmanBackend(bridge=bridge, podman=podman_path)
     return BackendsByModel(backends, missing)
