@@ -142,6 +142,22 @@ def factory(tmp_path: Path, libvirtd: str, vac_network: VacNetwork) -> Iterator[
         backend.close()
 
 
+def event_readers(vacd_pid: int) -> list[int]:
+    """The `podman events` processes whose parent is `vacd_pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == vacd_pid and b"events" in command:
+            found.append(int(entry.name))
+    return found
+
+
 def docker_machinetype(image: str, *, share: int = 1, then: str = "", neighbour: str = "169.254.169.1",
                        processors: int = 1) -> str:
     return f"""target_share = {share}
@@ -215,7 +231,15 @@ def test_sigkilled_vacd_restarted_adopts_running_containers(factory: ContainerFa
     factory.wait_for("two running containers", lambda: len(
         [entry for entry in factory.containers().values() if entry["state"] == "running"]) == 2, timeout=120)
     before = factory.containers()
+    assert factory.process is not None
+    readers = event_readers(factory.process.pid)
+    assert readers, "vacd started no podman events reader"
     factory.kill(signal.SIGKILL)
+    # The events reader dies with vacd (parent-death signal), not at the next container event.
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{pid}").exists() for pid in readers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in readers), readers
     (factory.prefix / "var/lib/vac/vacd.pid").unlink(missing_ok=True)
     factory.start()
     first_time = factory.status().get("time", 0)

@@ -19,7 +19,8 @@ Rules:
   counterpart); destroy() is `podman rm --force` and is idempotent: gone is success, and
   with a UUID only the container with that label is removed.
 - Lifecycle events: a `podman events` process, read on a thread, wakes the factory when a
-  container dies; the periodic pass is the safety net, as for libvirt.
+  container dies; the periodic pass is the safety net, as for libvirt. The reader gets a
+  parent-death signal, so a vacd killed with SIGKILL leaves none behind.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import os
 import re
 import resource
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -313,6 +315,12 @@ class PodmanBackend:
             return
         argv = [self._podman, "events", "--filter", "type=container", "--filter", "event=died",
                 "--format", "{{.Name}}"]
+        # The reader must not outlive a vacd killed with SIGKILL: setpriv (util-linux, Debian
+        # and EL9) sets the parent-death signal and execs podman, which keeps it. The signal
+        # follows the thread that started it, so watch() is called from vacd's main thread.
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            argv = [setpriv, "--pdeathsig", "TERM", "--", *argv]
         try:
             self._events = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                             stdin=subprocess.DEVNULL, text=True)
