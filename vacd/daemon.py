@@ -260,6 +260,8 @@ class Daemon:
             LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                            tmp_dir=self.paths.tmp_dir),
             bridge=BRIDGE_NAME,
+            state_dir=self.paths.state_dir / "apptainer",
+            singularity_user=settings.singularity_user,
             docker_machinetypes=sorted(name for name, machinetype in self.config.machinetypes.items()
                                        if machinetype.machine_model == "docker"),
             simulated=uses_test_driver(settings.libvirt_uri),

@@ -30,8 +30,9 @@ import pytest
 from tests.integration.conftest import TEST_FACTORY_NAME, TestGuest, VacNetwork
 from tests.integration.test_vacd_real_vms import REPOSITORY, RunningFactory, slot_name
 from vacd.backends.podman import PodmanBackend
-from vacd.backends.slotnetwork import NETNS_DIR
+from vacd.backends.slotnetwork import NETNS_DIR, SlotNetwork, tear_down_slot_network
 from vacd.network import BRIDGE_NAME
+from vacd.slots import ip_address_for, mac_address_for
 
 pytestmark = [pytest.mark.vm, pytest.mark.allow_commands("podman", sys.executable)]
 
@@ -137,9 +138,10 @@ def factory(tmp_path: Path, libvirtd: str, vac_network: VacNetwork) -> Iterator[
         backend = PodmanBackend(bridge=BRIDGE_NAME)
         for name in running.containers():
             backend.destroy(name)
-        for ordinal in range(4):
-            backend.destroy(slot_name(ordinal))  # slot namespaces and cgroups of containers gone already
         backend.close()
+        for ordinal in range(4):  # what a failed test may have left between namespace and container
+            tear_down_slot_network(SlotNetwork(ordinal, mac_address_for(ip_address_for(ordinal)),
+                                               ip_address_for(ordinal)))
 
 
 def event_readers(vacd_pid: int) -> list[int]:

@@ -235,8 +235,6 @@ def test_a_node_name_without_a_dot_is_refused_as_vac03_refused_it() -> None:
 
 @pytest.mark.parametrize("text, option, line", [
     (SETTINGS + "volume_group = vac_volume_group\n", "volume_group", 3),
-    (SETTINGS + "singularity_user = vac\n[machinetype m]\nmachine_model = singularity\ntarget_share = 1\n",
-     "machine_model", 5),
 ])
 def test_what_vac03_did_and_this_version_cannot_is_an_error(text: str, option: str, line: int) -> None:
     problem = only_problem(text)
@@ -247,11 +245,18 @@ def test_what_vac03_did_and_this_version_cannot_is_an_error(text: str, option: s
 @pytest.mark.parametrize("text, option", [
     (SETTINGS + "gocdb_cert_file = /c.pem\ngocdb_key_file = /k.pem\n", "gocdb_cert_file"),
     (SETTINGS + "version_logger = 2\n", "version_logger"),
-    (SETTINGS + "singularity_user = vac\n", "singularity_user"),
-    (SETTINGS + "singularity_user = vac\n[machinetype m]\nmachine_model = singularity\n", "machine_model"),
 ])
 def test_what_only_reports_or_did_nothing_in_vac03_is_a_loud_warning(text: str, option: str) -> None:
     assert warnings_about(parse(text), f"{option}: NOT IMPLEMENTED in this version")
+
+
+def test_singularity_with_a_share_is_accepted_and_singularity_user_warns_what_is_not_killed() -> None:
+    # Issue 13: singularity machinetypes run under apptainer (vacd.backends.apptainer).
+    config = parse(SETTINGS + "singularity_user = vac\n[machinetype m]\nmachine_model = singularity\n"
+                   "root_image = /cvmfs/unpacked.cern.ch/x\ntarget_share = 1\n")
+    assert config.machinetypes["m"].machine_model == "singularity"
+    assert not warnings_about(config, "NOT IMPLEMENTED")
+    assert warnings_about(config, "singularity_user: vacd runs singularity machines as this user but does not kill")
 
 
 @pytest.mark.parametrize("model_option", ["machine_model", "vm_model"])

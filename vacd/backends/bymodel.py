@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from vacd.backends.base import Backend, MachineSpec, ObservedMachine
@@ -24,8 +25,6 @@ from vacd.errors import BackendError
 log = logging.getLogger(__name__)
 
 VM_MODELS = ("cernvm3", "vm-raw")  # cernvm4 reaches the backend as cernvm3 (vacd.machinespec)
-SINGULARITY_MISSING = ("no backend in this version: apptainer is not run by vacd yet (docs/containers.md); "
-                       "set target_share = 0")
 
 
 class BackendsByModel:
@@ -70,19 +69,34 @@ class BackendsByModel:
             backend.close()
 
 
-def machine_backends(vm_backend: Backend, *, bridge: str, podman: Optional[str] = None,
+def machine_backends(vm_backend: Backend, *, bridge: str, state_dir: Path, singularity_user: Optional[str] = None,
+                     podman: Optional[str] = None, apptainer: Optional[str] = None,
                      docker_machinetypes: Sequence[str] = (), simulated: bool = False) -> BackendsByModel:
-    """libvirt for VMs and, where a podman binary is installed, podman for docker machines.
+    """libvirt for VMs; podman for docker and apptainer for singularity where they are installed.
 
     `docker_machinetypes` (those configured at start) only decide how loudly a missing
     podman is said: a warning naming them, else a line at INFO. A `simulated` factory
     (libvirt's test driver: no guest network, no real guests) runs no containers either.
+    apptainer needs `singularity_user` too (configuration refuses singularity without it).
     """
+    from vacd.backends.apptainer import ApptainerBackend
+    from vacd.backends.cgroupcpu import CGROUP_ROOT, MachineCgroups, cgroup_layout
     from vacd.backends.podman import PodmanBackend
 
     backends: dict[str, Backend] = {model: vm_backend for model in VM_MODELS}
-    missing = {"singularity": SINGULARITY_MISSING}
+    missing: dict[str, str] = {}
     podman_path = podman or shutil.which("podman")
+    apptainer_path = apptainer or shutil.which("apptainer")
+    if simulated:
+        missing["singularity"] = "libvirt's test driver: this factory runs no real machines, so no containers"
+    elif apptainer_path is None:
+        missing["singularity"] = "apptainer is not installed on this host (docs/containers.md)"
+    elif singularity_user is None:
+        missing["singularity"] = "singularity_user is not set in [settings]"
+    else:
+        backends["singularity"] = ApptainerBackend(
+            bridge=bridge, user=singularity_user, state_dir=state_dir, apptainer=apptainer_path,
+            cgroups=MachineCgroups(cgroup_layout(CGROUP_ROOT), CGROUP_ROOT))
     if simulated:
         missing["docker"] = "libvirt's test driver: this factory runs no real machines, so no containers"
     elif podman_path is None:

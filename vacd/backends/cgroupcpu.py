@@ -1,4 +1,4 @@
-"""CPU time of a container machine, read from its own cgroup, on cgroup v1 and v2 hosts.
+"""A container machine's own cgroup, on cgroup v1 and v2 hosts: CPU time read, limits made.
 
 Every container machine gets a cgroup parent of its own, `/vac/<machine name>`
 (vacd.backends.containerargv); the runtime makes the container's cgroup under it. The
@@ -13,7 +13,11 @@ Layouts (issue 13 item 3):
 - v1 or hybrid (this Debian host: v1 controllers and an empty `unified` hierarchy): CPU
   time is `cpuacct.usage` (nanoseconds) in `/sys/fs/cgroup/cpuacct/vac/NAME/`.
 
-The cgroup root is an argument, so the tests read made-up trees of both layouts.
+podman makes its cgroups itself; for apptainer, which runs no monitor of its own, vacd makes
+the machine's cgroup (`create`) with the same limits podman sets: a CFS quota of the
+machine's processors, `cpu.shares` 1024 per processor (Vac 03's), and a hard memory limit.
+
+The cgroup root is an argument, so the tests read and make trees of both layouts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 VAC_CGROUP = "vac"
 # The child cgroup podman's cgroupfs manager gives the container monitor under the parent.
 CONMON_CGROUP = "conmon"
+
+
+# The CFS period podman uses for --cpus; the quota is processors times this.
+CFS_PERIOD_MICROSECONDS = 100000
+# v1 controllers a machine's cgroup is made in: its limits (cpu, memory), its CPU time
+# (cpuacct) and its process count (pids, so destroy can find every process).
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids")
 
 
 class CgroupLayout(str, Enum):
@@ -81,6 +92,54 @@ class MachineCgroups:
             return int((directory / "cpuacct.usage").read_text()) / 1e9
         except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
+
+    def create(self, machine_name: str, processors: int, memory_mib: int) -> list[Path]:
+        """Make the machine's cgroup with its limits; return the cgroup.procs files to join.
+
+        Raises OSError naming the file that could not be made or written.
+        """
+        quota = processors * CFS_PERIOD_MICROSECONDS
+        memory_bytes = memory_mib * 1024 * 1024
+        if self.layout == CgroupLayout.V2:
+            # Controllers reach a child only if every ancestor enables them for its children.
+            for parent in (self.root, self.root / VAC_CGROUP):
+                parent.mkdir(exist_ok=True)
+                (parent / "cgroup.subtree_control").write_text("+cpu +memory +pids\n")
+            directory = self.root / VAC_CGROUP / machine_name
+            directory.mkdir(exist_ok=True)
+            (directory / "cpu.max").write_text(f"{quota} {CFS_PERIOD_MICROSECONDS}\n")
+            (directory / "cpu.weight").write_text(f"{min(10000, 100 * processors)}\n")
+            (directory / "memory.max").write_text(f"{memory_bytes}\n")
+            return [directory / "cgroup.procs"]
+        procs: list[Path] = []
+        seen: set[Path] = set()
+        for controller in V1_CONTROLLERS:
+            mount = self.root / controller
+            if not mount.exists() or mount.resolve() in seen:
+                continue  # cpu and cpuacct are one hierarchy (cpu,cpuacct) on some hosts
+            seen.add(mount.resolve())
+            directory = mount / VAC_CGROUP / machine_name
+            directory.mkdir(parents=True, exist_ok=True)
+            if (directory / "cpu.cfs_quota_us").exists() or controller == "cpu":
+                (directory / "cpu.cfs_period_us").write_text(f"{CFS_PERIOD_MICROSECONDS}\n")
+                (directory / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+                (directory / "cpu.shares").write_text(f"{1024 * processors}\n")
+            if controller == "memory":
+                (directory / "memory.limit_in_bytes").write_text(f"{memory_bytes}\n")
+            procs.append(directory / "cgroup.procs")
+        return procs
+
+    def process_ids(self, machine_name: str) -> list[int]:
+        """Every process in the machine's cgroup (its pids or v2 cgroup, and all below)."""
+        directory = (self.root / VAC_CGROUP / machine_name if self.layout == CgroupLayout.V2
+                     else self.root / "pids" / VAC_CGROUP / machine_name)
+        found: set[int] = set()
+        for procs in [directory / "cgroup.procs", *directory.rglob("*/cgroup.procs")] if directory.is_dir() else []:
+            try:
+                found.update(int(line) for line in procs.read_text().split())
+            except (OSError, ValueError):
+                continue
+        return sorted(found)
 
     def directories(self, machine_name: str) -> list[Path]:
         """Every directory of this machine's cgroup parent, deepest layout first (for removal)."""

@@ -184,18 +184,18 @@ def apptainer_exec_argv(
     command: str,
     binds: tuple[Bind, ...],
     workdir: Path,
-    hostname: str,
     apptainer: str = "apptainer",
 ) -> list[str]:
     """`apptainer exec ...` for one singularity machine, as Vac 03 ran `singularity exec` (§1.11).
 
-    Options are apptainer's documented ones (apptainer exec --help, 1.1 and later):
+    Options are apptainer's documented ones (`apptainer exec --help`, 1.0 and later):
     `--contain` (no host /home, /tmp, /var/tmp), `--workdir DIR` (where those come from
-    instead), `--bind SRC:DST[:ro]` (repeatable), `--hostname NAME` (needs a UTS namespace,
-    so `--uts`, which replaces Vac 03's unshare(CLONE_NEWUTS) in a forked child).
+    instead), `--bind SRC:DST[:ro]` (repeatable). The host name, network and cgroups are not
+    apptainer's to set: vacd.backends.apptainerlaunch enters the slot's namespaces and the
+    machine's cgroups before it execs this, as Vac 03's forked child did, and apptainer
+    (no `--net`, no `--uts`) keeps them.
     """
-    argv = [apptainer, "exec", "--contain", "--workdir", _checked(str(workdir), ":,", "workdir"),
-            "--uts", "--hostname", hostname]
+    argv = [apptainer, "exec", "--contain", "--workdir", _checked(str(workdir), ":,", "workdir")]
     for bind in binds:
         source = _checked(str(bind.source), ":,", "bind source")
         target = _checked(bind.target, ":,", "bind target")

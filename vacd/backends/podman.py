@@ -222,18 +222,12 @@ class PodmanBackend:
             except CommandFailed as error:
                 if not _NO_SUCH_CONTAINER.search(error.stderr_tail):
                     raise BackendError("destroy", name, str(error)) from error
-        ordinal = container["ordinal"] if container is not None else slot_of_machine_name(name)
-        if container is None and ordinal is not None and self._slot_network_taken_by_other(name, ordinal):
-            return
-        self._remove_leftovers(name, ordinal)
-
-    def _slot_network_taken_by_other(self, name: str, ordinal: int) -> bool:
-        """Whether a container of another name holds this slot (a renamed factory's; never torn down)."""
-        try:
-            listed = self._list()
-        except BackendError:
-            return True
-        return any(entry["ordinal"] == ordinal and entry["name"] != name for entry in listed)
+        # Only a container of ours has its network and cgroup torn down here: a destroy of
+        # the name is also sent for VMs and apptainer machines (vacd.backends.bymodel), whose
+        # slot network is not podman's. What a crash left between the slot network and
+        # `podman run` is replaced by the next creation in the slot.
+        if container is not None:
+            self._remove_leftovers(name, container["ordinal"])
 
     def _remove_leftovers(self, name: str, ordinal: Optional[int]) -> None:
         """The slot network and the cgroup parent of a container that is gone."""
