@@ -57,3 +57,41 @@ def test_removing_a_machines_cgroup_removes_it_under_every_controller(tmp_path: 
 
 def test_the_cgroup_parent_is_a_path_of_its_own_per_machine() -> None:
     assert cgroup_parent_for(NAME) == f"/vac/{NAME}"
+
+
+def test_v1_cgroup_is_made_in_each_controller_with_quota_shares_and_memory_limit(tmp_path: Path) -> None:
+    for controller in ("cpu", "cpuacct", "memory", "pids"):
+        (tmp_path / controller).mkdir()
+    procs = MachineCgroups(CgroupLayout.V1, tmp_path).create(NAME, processors=2, memory_mib=512)
+    assert procs == [tmp_path / controller / "vac" / NAME / "cgroup.procs"
+                     for controller in ("cpu", "cpuacct", "memory", "pids")]
+    cpu = tmp_path / "cpu/vac" / NAME
+    assert (cpu / "cpu.cfs_quota_us").read_text() == "200000\n"
+    assert (cpu / "cpu.cfs_period_us").read_text() == "100000\n"
+    assert (cpu / "cpu.shares").read_text() == "2048\n"
+    assert (tmp_path / "memory/vac" / NAME / "memory.limit_in_bytes").read_text() == f"{512 * 1024 * 1024}\n"
+
+
+def test_v1_cpu_and_cpuacct_in_one_hierarchy_are_joined_once(tmp_path: Path) -> None:
+    (tmp_path / "cpu,cpuacct").mkdir()
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")
+    (tmp_path / "cpuacct").symlink_to("cpu,cpuacct")
+    procs = MachineCgroups(CgroupLayout.V1, tmp_path).create(NAME, processors=1, memory_mib=128)
+    assert procs == [tmp_path / "cpu/vac" / NAME / "cgroup.procs"]
+
+
+def test_v2_cgroup_enables_the_controllers_down_to_it_and_sets_cpu_max_and_memory_max(tmp_path: Path) -> None:
+    procs = MachineCgroups(CgroupLayout.V2, tmp_path).create(NAME, processors=3, memory_mib=256)
+    assert procs == [tmp_path / "vac" / NAME / "cgroup.procs"]
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory +pids\n"
+    assert (tmp_path / "vac/cgroup.subtree_control").read_text() == "+cpu +memory +pids\n"
+    assert (tmp_path / "vac" / NAME / "cpu.max").read_text() == "300000 100000\n"
+    assert (tmp_path / "vac" / NAME / "memory.max").read_text() == f"{256 * 1024 * 1024}\n"
+
+
+def test_the_processes_of_a_machine_are_those_in_its_cgroup_and_below(tmp_path: Path) -> None:
+    v2_tree(tmp_path, 1)
+    (tmp_path / "vac" / NAME / "cgroup.procs").write_text("12\n7\n")
+    (tmp_path / "vac" / NAME / "child").mkdir()
+    (tmp_path / "vac" / NAME / "child/cgroup.procs").write_text("99\n")
+    assert MachineCgroups(CgroupLayout.V2, tmp_path).process_ids(NAME) == [7, 12, 99]
