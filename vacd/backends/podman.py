@@ -34,8 +34,9 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.backends.cgroupcpu import CgroupLayout, MachineCgroups, cgroup_layout, cgroup_parent_for
@@ -66,7 +67,47 @@ _LIVE_STATES = {"running": ObservedState.RUNNING, "paused": ObservedState.PAUSED
                 "stopping": ObservedState.SHUTTING_DOWN}
 # Stopped, exited, created and never started, or removing: the container's process is gone.
 _ENDED_STATES = {"exited", "stopped", "created", "configured", "dead", "removing"}
-_SLOT_IN_NAME = re.compile(r"[^.]*-([0-9]+)(?:\.|$)")
+_SLOT_IN_NAME = re.compile(r"[^.]*-([0-9]{1,6})(?:\.|$)")
+_SLOT_LABEL = re.compile(r"[0-9]{1,6}")
+
+
+@dataclass(frozen=True)
+class ListedContainer:
+    """One vac-labelled container as `podman ps` shows it."""
+
+    container_id: str
+    name: str
+    uuid: str
+    state: str  # podman's word, lower case: running, paused, exited, created ...
+    ordinal: Optional[int]
+
+
+def parse_podman_ps(raw_output: str) -> list[ListedContainer]:
+    """`podman ps --all --format json` output, as containers carrying vac's labels.
+
+    Raises BackendError for output that is not a JSON list; entries without vac's labels
+    or a name, or with fields of the wrong type, are skipped (not ours to judge).
+    """
+    try:
+        listed = json.loads(raw_output or "[]")
+    except ValueError as error:
+        raise BackendError("list", "containers", f"podman ps output is not JSON: {error}") from error
+    if not isinstance(listed, list):
+        raise BackendError("list", "containers", "podman ps output is not a JSON list")
+    containers = []
+    for item in listed:
+        labels = item.get("Labels") if isinstance(item, dict) else None
+        names = item.get("Names") if isinstance(item, dict) else None
+        if not isinstance(labels, dict) or not isinstance(names, list) or not names:
+            continue
+        uuid, machine, slot = labels.get(LABEL_UUID), labels.get(LABEL_MACHINE) or names[0], labels.get(LABEL_SLOT)
+        if not isinstance(uuid, str) or not isinstance(machine, str):
+            continue
+        ordinal = (int(slot) if isinstance(slot, str) and _SLOT_LABEL.fullmatch(slot)
+                   else slot_of_machine_name(machine))
+        containers.append(ListedContainer(str(item.get("Id", "")), machine, uuid, str(item.get("State", "")).lower(),
+                                          ordinal))
+    return containers
 
 
 def slot_of_machine_name(machine_name: str) -> Optional[int]:
@@ -213,8 +254,8 @@ class PodmanBackend:
 
     def destroy(self, name: str, uuid: Optional[str] = None) -> None:
         container = self._inspect(name)
-        if container is not None and uuid is not None and container.get("uuid") != uuid:
-            log.debug("not destroying container name=%s: its uuid=%s is not %s", name, container.get("uuid"), uuid)
+        if container is not None and uuid is not None and container.uuid != uuid:
+            log.debug("not destroying container name=%s: its uuid=%s is not %s", name, container.uuid, uuid)
             return
         if container is not None:
             try:
@@ -227,7 +268,7 @@ class PodmanBackend:
         # slot network is not podman's. What a crash left between the slot network and
         # `podman run` is replaced by the next creation in the slot.
         if container is not None:
-            self._remove_leftovers(name, container["ordinal"])
+            self._remove_leftovers(name, container.ordinal)
 
     def _remove_leftovers(self, name: str, ordinal: Optional[int]) -> None:
         """The slot network and the cgroup parent of a container that is gone."""
@@ -243,61 +284,46 @@ class PodmanBackend:
                         name, "; ".join(left))
 
     # Observing -----------------------------------------------------------------------
-    def _inspect(self, name: str) -> Optional[dict[str, Any]]:
+    def _inspect(self, name: str) -> Optional[ListedContainer]:
         for entry in self._list():
-            if entry["name"] == name:
+            if entry.name == name:
                 return entry
         return None
 
-    def _list(self) -> list[dict[str, Any]]:
+    def _list(self) -> list[ListedContainer]:
         argv = [self._podman, "ps", "--all", "--filter", f"label={LABEL_UUID}", "--format", "json"]
         try:
-            listed = json.loads(self._run_command(argv) or "[]")
-        except (CommandFailed, ValueError) as error:
+            return parse_podman_ps(self._run_command(argv))
+        except CommandFailed as error:
             raise BackendError("list", "containers", str(error)) from error
-        entries = []
-        for container in listed if isinstance(listed, list) else []:
-            labels = container.get("Labels") or {}
-            names = container.get("Names") or []
-            if not names or LABEL_UUID not in labels:
-                continue
-            slot = labels.get(LABEL_SLOT, "")
-            entries.append({
-                "id": str(container.get("Id", "")),
-                "name": str(labels.get(LABEL_MACHINE) or names[0]),
-                "uuid": str(labels[LABEL_UUID]),
-                "state": str(container.get("State", "")).lower(),
-                "ordinal": int(slot) if slot.isdigit() else slot_of_machine_name(str(names[0])),
-            })
-        return entries
 
     def list_machines(self) -> Sequence[ObservedMachine]:
         observed = []
         ended_now = set()
         for entry in self._list():
-            name, state = entry["name"], entry["state"]
+            name, state = entry.name, entry.state
             cpu_seconds = self._cgroups.cpu_seconds(name) or 0.0
             if state in _LIVE_STATES:
-                observed.append(ObservedMachine(name, entry["uuid"], _LIVE_STATES[state], cpu_seconds))
+                observed.append(ObservedMachine(name, entry.uuid, _LIVE_STATES[state], cpu_seconds))
                 continue
             if state not in _ENDED_STATES:
                 log.warning("container in unknown state name=%s state=%s: listed as paused", name, state)
-                observed.append(ObservedMachine(name, entry["uuid"], ObservedState.PAUSED, cpu_seconds))
+                observed.append(ObservedMachine(name, entry.uuid, ObservedState.PAUSED, cpu_seconds))
                 continue
-            ended_now.add(entry["id"])
+            ended_now.add(entry.container_id)
             with self._lock:
-                reported = entry["id"] in self._reported_ended
+                reported = entry.container_id in self._reported_ended
             if not reported:
                 # Once, so the factory records the final CPU time in the heartbeat it accounts from.
-                observed.append(ObservedMachine(name, entry["uuid"], ObservedState.SHUTTING_DOWN, cpu_seconds))
+                observed.append(ObservedMachine(name, entry.uuid, ObservedState.SHUTTING_DOWN, cpu_seconds))
                 continue
             try:
-                self.destroy(name, entry["uuid"])
-                log.info("ended container removed name=%s uuid=%s cpu_seconds=%.1f", name, entry["uuid"],
+                self.destroy(name, entry.uuid)
+                log.info("ended container removed name=%s uuid=%s cpu_seconds=%.1f", name, entry.uuid,
                          cpu_seconds)
             except (BackendError, VacError) as error:
                 log.error("cannot remove ended container name=%s error=%s retry=next listing", name, error)
-                observed.append(ObservedMachine(name, entry["uuid"], ObservedState.SHUTTING_DOWN, cpu_seconds))
+                observed.append(ObservedMachine(name, entry.uuid, ObservedState.SHUTTING_DOWN, cpu_seconds))
         with self._lock:
             # Remember only containers still there; a removed one's ID never comes back.
             self._reported_ended = ended_now
