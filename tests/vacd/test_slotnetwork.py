@@ -49,7 +49,8 @@ def test_the_slot_has_its_mac_and_address_inside_and_a_tap_mac_on_the_bridge(bri
         (index,) = inside.link_lookup(ifname="eth0")
         (link,) = inside.get_links(index)
         assert link.get_attr("IFLA_ADDRESS") == SLOT.mac_address.lower()
-        addresses = [(address.get_attr("IFA_ADDRESS"), address["prefixlen"]) for address in inside.get_addr(index=index, family=2)]
+        addresses = [(address.get_attr("IFA_ADDRESS"), address["prefixlen"])
+                     for address in inside.get_addr(index=index, family=2)]
         assert addresses == [(SLOT.ip_address, 16)]
         gateways = [route.get_attr("RTA_GATEWAY") for route in inside.get_routes(family=2)
                     if route.get_attr("RTA_GATEWAY")]

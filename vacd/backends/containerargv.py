@@ -152,7 +152,8 @@ def podman_run_argv(
     of adoption after a restart.
     """
     argv = [podman, "--cgroup-manager", "cgroupfs", "run", "--detach", "--name", name, "--hostname", name,
-            "--label", f"{LABEL_UUID}={uuid}", "--label", f"{LABEL_MACHINE}={name}", "--label", f"{LABEL_SLOT}={ordinal}",
+            "--label", f"{LABEL_UUID}={uuid}", "--label", f"{LABEL_MACHINE}={name}",
+            "--label", f"{LABEL_SLOT}={ordinal}",
             "--cgroup-parent", _checked(cgroup_parent, ":, ", "cgroup parent"),
             "--cpus", str(limits.processors), "--cpu-shares", str(1024 * limits.processors),
             "--memory", f"{limits.memory_mib}m",

@@ -63,6 +63,8 @@ CommandRunner = Callable[..., str]
 RUN_TIMEOUT_SECONDS = 900.0
 # podman's exit status and message for "no such container" (podman 4: 125 and this text).
 _NO_SUCH_CONTAINER = re.compile(r"no such container|no container with (name|ID)", re.IGNORECASE)
+# podman 4: "can only kill running containers. ID is in state exited: container state improper".
+_NOT_RUNNING = re.compile(r"can only kill running containers|container state improper|not running", re.IGNORECASE)
 _LIVE_STATES = {"running": ObservedState.RUNNING, "paused": ObservedState.PAUSED,
                 "stopping": ObservedState.SHUTTING_DOWN}
 # Stopped, exited, created and never started, or removing: the container's process is gone.
@@ -175,20 +177,20 @@ class PodmanBackend:
     def create(self, spec: MachineSpec) -> None:
         if spec.machine_model != "docker" or spec.container_image is None:
             raise BackendError("create", spec.name, f"podman runs docker machines, not {spec.machine_model}")
+        slot = SlotNetwork(spec.ordinal, spec.mac_address, spec.ip_address)
         try:
             image = podman_image_reference(spec.container_image)
             binds = docker_binds(spec.machine_dir, has_user_data=self._prepare_user_data(spec.machine_dir),
                                  cvmfs=self._cvmfs_available(spec.cvmfs_repositories),
                                  tmp_binds=self._make_tmp_binds(spec.machine_dir, spec.tmp_binds))
-        except (ValueError, OSError) as error:
+            argv = podman_run_argv(
+                name=spec.name, uuid=spec.uuid, ordinal=spec.ordinal, image=image, command=spec.container_command,
+                binds=binds, limits=ContainerLimits(spec.processors, spec.memory_mib, self._nofile, self._nproc),
+                cgroup_parent=cgroup_parent_for(spec.name), network_namespace=slot.namespace_path,
+                runtime=self._runtime, podman=self._podman,
+            )
+        except (ValueError, OSError) as error:  # a path that cannot be bound, an image name, MD/mnt
             raise BackendError("create", spec.name, str(error)) from error
-        slot = SlotNetwork(spec.ordinal, spec.mac_address, spec.ip_address)
-        argv = podman_run_argv(
-            name=spec.name, uuid=spec.uuid, ordinal=spec.ordinal, image=image, command=spec.container_command, binds=binds,
-            limits=ContainerLimits(spec.processors, spec.memory_mib, self._nofile, self._nproc),
-            cgroup_parent=cgroup_parent_for(spec.name), network_namespace=slot.namespace_path,
-            runtime=self._runtime, podman=self._podman,
-        )
         try:
             set_up_slot_network(slot, self._bridge)
         except Exception as error:  # pyroute2's NetlinkError is no OSError; any failure is this creation's
@@ -248,7 +250,8 @@ class PodmanBackend:
         try:
             self._run_command([self._podman, "kill", "--signal", "TERM", name])
         except CommandFailed as error:
-            if _NO_SUCH_CONTAINER.search(error.stderr_tail) or "not running" in error.stderr_tail:
+            # Gone, or not running (exited, or created and never started): nothing to stop.
+            if _NO_SUCH_CONTAINER.search(error.stderr_tail) or _NOT_RUNNING.search(error.stderr_tail):
                 return
             raise BackendError("shutdown", name, str(error)) from error
 
