@@ -282,3 +282,30 @@ backoff_seconds = 5
         row = rows[name.partition(".")[0]]
         machinetype, model_column = ("box", "DC") if model == "docker" else ("vm", "VM")
         assert row.split()[1:3] == [machinetype, "Running"] and model_column in row.split(), listing
+
+
+def test_container_past_max_wallclock_seconds_is_stopped_and_finalised(
+    factory: ContainerFactory, busybox_image: str
+) -> None:
+    # The payload's sleep is PID 1 and ignores SIGTERM: the hard removal after the grace ends it.
+    factory.write_config(SETTINGS + "total_processors = 1\n[machinetype long]\n"
+                         + docker_machinetype(busybox_image, then="sleep 600")
+                         + "max_wallclock_seconds = 8\nmin_wallclock_seconds = 8\n", {"long": PAYLOAD})
+    factory.start()
+    factory.wait_for("the first container finalised", lambda: bool(factory.records())
+                     and factory.records()[0]["finished"] is not None, timeout=120)
+    first = factory.records()[0]
+    assert first["finished"]["shutdown_message"] == "700 Exceeded max_wallclock_seconds"
+    assert first["uuid"] not in [entry["uuid"] for entry in factory.containers().values()]
+
+
+def test_zombie_container_in_a_slot_name_is_removed(factory: ContainerFactory, busybox_image: str) -> None:
+    podman("run", "--detach", "--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024",
+           "--ulimit", "nproc=1024:1024", "--name", slot_name(3), "--label", "vac.uuid=not-a-record",
+           "--label", f"vac.machine={slot_name(3)}", "--label", "vac.slot=3", busybox_image, "sleep", "600")
+    assert slot_name(3) in factory.containers()
+    factory.write_config(SETTINGS + "total_processors = 1\ndraining = yes\n[machinetype box]\n"
+                         + docker_machinetype(busybox_image), {"box": PAYLOAD})
+    factory.start()
+    factory.wait_for("the zombie removed", lambda: slot_name(3) not in factory.containers(), timeout=60)
+    assert factory.records() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -53,6 +54,23 @@ def test_destroy_with_a_uuid_removes_only_that_machine_whichever_backend_runs_it
     combined.destroy("f1-00.example.com", "container")
     assert combined.list_machines() == []
     assert ("destroy", "f1-00.example.com") in vms.actions  # asked, and had nothing of that name
+
+
+class RefusingBackend(FakeBackend):
+    """libvirt's answer to a UUID it cannot parse (a container's label), for every name."""
+
+    def destroy(self, name: str, uuid: Optional[str] = None) -> None:
+        super().destroy(name, uuid)
+        raise BackendError("destroy", name, "Invalid UUID")
+
+
+def test_a_backend_that_fails_a_destroy_does_not_stop_the_one_that_runs_the_machine() -> None:
+    containers = FakeBackend()
+    combined = BackendsByModel({"vm-raw": RefusingBackend(), "docker": containers})
+    combined.create(spec("f1-03.example.com", "docker", uuid="not-a-uuid"))
+    with pytest.raises(BackendError, match="Invalid UUID"):
+        combined.destroy("f1-03.example.com", "not-a-uuid")
+    assert combined.list_machines() == []
 
 
 def test_one_backend_that_cannot_list_fails_the_whole_listing() -> None:

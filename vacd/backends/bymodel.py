@@ -47,12 +47,23 @@ class BackendsByModel:
         backend.create(spec)
 
     def shutdown(self, name: str) -> None:
-        for backend in self._backends:
-            backend.shutdown(name)
+        self._to_every_backend(lambda backend: backend.shutdown(name))
 
     def destroy(self, name: str, uuid: Optional[str] = None) -> None:
+        self._to_every_backend(lambda backend: backend.destroy(name, uuid))
+
+    def _to_every_backend(self, action: Callable[[Backend], None]) -> None:
+        """Every backend is asked even if one fails (libvirt refuses a container's label as a
+        UUID, say): the machine is stopped by the backend that runs it, and the first failure
+        is raised afterwards so the factory retries."""
+        failure: Optional[BackendError] = None
         for backend in self._backends:
-            backend.destroy(name, uuid)
+            try:
+                action(backend)
+            except BackendError as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     def list_machines(self) -> Sequence[ObservedMachine]:
         observed: list[ObservedMachine] = []
