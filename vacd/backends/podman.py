@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -61,6 +62,8 @@ CommandRunner = Callable[..., str]
 # `podman run` pulls a missing image first; a large one over a slow link takes minutes,
 # and creation runs on the factory's pool, so a hung registry costs one worker this long.
 RUN_TIMEOUT_SECONDS = 900.0
+# How long a destroy waits for the container's monitor to leave the cgroup parent.
+CGROUP_RELEASE_SECONDS = 3.0
 # podman's exit status and message for "no such container" (podman 4: 125 and this text).
 _NO_SUCH_CONTAINER = re.compile(r"no such container|no container with (name|ID)", re.IGNORECASE)
 # podman 4: "can only kill running containers. ID is in state exited: container state improper".
@@ -281,9 +284,14 @@ class PodmanBackend:
                                                    ip_address_for(ordinal)))
             except Exception as error:  # pyroute2 errors: the next destroy tries again
                 raise BackendError("destroy", name, f"slot network: {error}") from error
+        # conmon leaves its cgroup a moment after `podman rm` returns: wait for it, briefly.
+        deadline = time.monotonic() + CGROUP_RELEASE_SECONDS
         left = self._cgroups.remove(name)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = self._cgroups.remove(name)
         if left:
-            log.warning("cgroup of container not removed name=%s left=%s; tried again at the next destroy",
+            log.warning("cgroup of container not removed name=%s left=%s; reused by the slot's next container",
                         name, "; ".join(left))
 
     # Observing -----------------------------------------------------------------------
