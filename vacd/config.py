@@ -424,10 +424,7 @@ NOT_ACTED_ON = {
     "version_logger": "no version messages are sent",
     "gocdb_cert_file": "no GOCDB updates are sent",
     "gocdb_key_file": "no GOCDB updates are sent",
-    "singularity_user": "no Singularity containers are made",
     "fix_networking": "Vac 03's network repair commands are never run",
-    "cvmfs_repositories": "only containers used it",
-    "tmp_binds": "only docker containers used it",
 }
 
 

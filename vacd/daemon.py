@@ -247,6 +247,7 @@ class Daemon:
         from vacd.imageeviction import ImageEviction
         from vacd.network import BRIDGE_NAME, NETWORK_NAME, uses_test_driver
         from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
+        from vacd.backends.bymodel import machine_backends
 
         settings = self.config.settings
         self.notifier.status("starting: cleaning up, connecting to libvirt, opening the VacQuery port")
@@ -266,10 +267,18 @@ class Daemon:
         warn_if_factory_renamed(self.paths, settings.factory_name)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         # A sparse disk is made only where all it may grow to leaves the kept minimum free (issue 13).
-        backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
-                                 tmp_dir=self.paths.tmp_dir,
-                                 room_check=lambda directory, size_bytes: check_room(
-                                     directory, size_bytes, config_source.last_good.settings))
+        backend = machine_backends(
+            LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
+                           tmp_dir=self.paths.tmp_dir,
+                           room_check=lambda directory, size_bytes: check_room(
+                               directory, size_bytes, config_source.last_good.settings)),
+            bridge=BRIDGE_NAME,
+            state_dir=self.paths.state_dir / "apptainer",
+            singularity_user=settings.singularity_user,
+            docker_machinetypes=sorted(name for name, machinetype in self.config.machinetypes.items()
+                                       if machinetype.machine_model == "docker"),
+            simulated=uses_test_driver(settings.libvirt_uri),
+        )
         executor = ThreadPoolExecutor(max_workers=max(4, settings.max_creations_per_cycle * 2),
                                       thread_name_prefix="vacd-act")
         self._start_metrics(settings)

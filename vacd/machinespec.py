@@ -2,8 +2,11 @@
 
 Kept from Vac 03 (§1.11): an image name starting with `/` is used as it is; any other name
 is `<machinetype_path>/files/<name>`; http(s) images come from the image cache. Memory is
-processors x mb_per_processor (acceptance 9). Container models are not built yet: asking
-for one is a clear creation error, not a silent no-op.
+processors x mb_per_processor (acceptance 9). A docker machine's spec carries its
+`docker://` image and container_command as written (vacd.backends.podman resolves and runs
+them); a singularity machine's image is resolved here as Vac 03 resolved it (a cached
+URL, an absolute path or tree such as /cvmfs/unpacked.cern.ch/..., or a name under files/)
+and run by vacd.backends.apptainer.
 
 Under qemu:///system every file handed to QEMU (root image, kernel, initrd) is checked
 with `qemu_access` first (vacd.qemuaccess, issue 8 item 12), so a file QEMU cannot open
@@ -56,10 +59,15 @@ def machine_spec(
     default CA directory does the same with no digest cache.
     """
     verifier = image_verifier or ImageVerifier(Paths().certificates_dir)
+    if machinetype.machine_model == "docker":
+        return container_spec(machinetype, record, identity, machine_dir, machinetype.root_image)
+    if machinetype.machine_model == "singularity":
+        return container_spec(machinetype, record, identity, machine_dir,
+                              singularity_image(machinetype, fetch_image))
     if machinetype.machine_model not in VM_MACHINE_MODELS:
         raise UnsupportedMachineModel(
             f"machinetype {machinetype.name}: machine_model {machinetype.machine_model} is not supported by this "
-            "vacd (VM models only: cernvm3, cernvm4, vm-raw)"
+            "vacd (VM models cernvm3, cernvm4, vm-raw, and docker under podman)"
         )
 
     def locate(option: str, name: Optional[str]) -> Optional[Path]:
@@ -118,4 +126,45 @@ def machine_volume(settings: Settings, machinetype: Machinetype, record: Machine
         total_processors=max(settings.total_processors, record.processors),
         gb_per_processor=volume_gb_per_processor(machinetype.disk_gb_per_processor, settings.disk_gb_per_processor),
         factory_name=settings.factory_name,
+    )
+
+
+def singularity_image(machinetype: Machinetype, fetch_image: Optional[Callable[[str], Path]]) -> str:
+    """What apptainer runs (§1.11): a cached URL, a docker:// reference, an image file or a tree."""
+    name = machinetype.root_image
+    if name is None:
+        raise VacError(f"machinetype {machinetype.name}: machine_model singularity needs a root_image")
+    if name.startswith("docker://"):
+        return name
+    if name.startswith(("http://", "https://")):
+        if fetch_image is None:
+            raise VacError(f"machinetype {machinetype.name}: {name}: no image cache to fetch it with")
+        return str(fetch_image(name))
+    path = Path(machinetype.resolve_file(name))
+    if not path.exists():
+        raise VacError(f"machinetype {machinetype.name}: {path} does not exist")
+    return str(path)
+
+
+def container_spec(machinetype: Machinetype, record: MachineRecord, identity: SlotIdentity,
+                   machine_dir: Path, image: Optional[str]) -> MachineSpec:
+    """The spec of a container machine: its image, command and binds, with the slot's identity."""
+    if image is None or (machinetype.machine_model == "docker" and not image.startswith("docker://")):
+        raise VacError(f"machinetype {machinetype.name}: machine_model docker needs root_image = docker://IMAGE, "
+                       f"got {image!r}")
+    return MachineSpec(
+        name=record.name,
+        uuid=record.uuid,
+        ordinal=record.ordinal,
+        mac_address=identity.mac_address,
+        ip_address=identity.ip_address,
+        vnc_port=identity.vnc_port,
+        processors=record.processors,
+        memory_mib=record.mb,
+        machine_dir=machine_dir,
+        machine_model=machinetype.machine_model,
+        container_image=image,
+        container_command=machinetype.container_command,
+        cvmfs_repositories=tuple(machinetype.cvmfs_repositories),
+        tmp_binds=tuple(machinetype.tmp_binds),
     )

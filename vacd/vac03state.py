@@ -16,8 +16,9 @@ A Vac 03 slot is one whose binding names a directory that holds no `machine.json
   `shutdown_message`, accounted exactly once (Vac 03 had not finished it, so had not
   accounted it: it writes `finished` right after the APEL record, §1.5).
 - HOLD: a domain runs under the name but is not the machine the files describe (another
-  UUID), or the files cannot be read, or the model is not one this vacd runs (docker,
-  singularity), or the name is not one of this factory's slots. The machine is left running
+  UUID), or the files cannot be read, or the machine is a Vac 03 container (docker,
+  singularity: vacd runs docker machinetypes under podman, but never takes over one
+  Vac 03 started under Docker), or the name is not one of this factory's slots. The machine is left running
   and reported by name; its slot is neither used nor freed while the domain runs.
 - IGNORE: nothing runs under the name and the files cannot describe a machine: the slot is
   free, nothing is accounted, and the admin is told once.
@@ -125,10 +126,13 @@ def plan_vac03_slot(
         action = TakeOver.HOLD if running else TakeOver.IGNORE
         return Vac03Plan(machine_name, directory, action, reason, running=running, processors=processors)
     if facts.machine_model not in VM_MACHINE_MODELS:
-        # Vac 03's containers are not libvirt domains: vacd cannot see whether they run.
+        # Vac 03's containers are not libvirt domains, and its docker containers ran under
+        # Docker with Docker's network and no cgroup parent of vacd's (§1.11): vacd's podman
+        # backend neither sees them nor could police or account them, so they are held.
         return Vac03Plan(machine_name, directory, TakeOver.HOLD,
-                         f"machine_model {facts.machine_model} is not run by this vacd; stop it with Vac 03's "
-                         "tools, then remove its slots/ file", running=running, processors=processors)
+                         f"machine_model {facts.machine_model}: a Vac 03 container is not taken over by this vacd; "
+                         "stop it with Vac 03's tools (docker rm), then remove its slots/ file",
+                         running=running, processors=processors)
     if domain is not None and domain.uuid.lower() != facts.uuid.lower():
         return Vac03Plan(machine_name, directory, TakeOver.HOLD,
                          f"the running domain has uuid {domain.uuid}, the slot's job_id is {facts.uuid}",

@@ -233,25 +233,32 @@ def test_a_node_name_without_a_dot_is_refused_as_vac03_refused_it() -> None:
 
 # --- options this version does not act on ---------------------------------------------------
 
-@pytest.mark.parametrize("text, option, line", [
-    (SETTINGS + "singularity_user = vac\n[machinetype m]\nmachine_model = singularity\ntarget_share = 1\n",
-     "machine_model", 5),
-    (SETTINGS + "[machinetype m]\nvm_model = docker\nroot_image = docker://x\ntarget_share = 1\n", "vm_model", 4),
-])
-def test_what_vac03_did_and_this_version_cannot_is_an_error(text: str, option: str, line: int) -> None:
-    problem = only_problem(text)
-    assert (problem.option, problem.line) == (option, line)
-    assert problem.reason.startswith("NOT IMPLEMENTED in this version")
-
-
 @pytest.mark.parametrize("text, option", [
     (SETTINGS + "gocdb_cert_file = /c.pem\ngocdb_key_file = /k.pem\n", "gocdb_cert_file"),
     (SETTINGS + "version_logger = 2\n", "version_logger"),
-    (SETTINGS + "singularity_user = vac\n", "singularity_user"),
-    (SETTINGS + "[machinetype m]\nmachine_model = docker\nroot_image = docker://x\n", "machine_model"),
 ])
 def test_what_only_reports_or_did_nothing_in_vac03_is_a_loud_warning(text: str, option: str) -> None:
     assert warnings_about(parse(text), f"{option}: NOT IMPLEMENTED in this version")
+
+
+def test_singularity_with_a_share_is_accepted_and_singularity_user_warns_what_is_not_killed() -> None:
+    # Issue 13: singularity machinetypes run under apptainer (vacd.backends.apptainer).
+    config = parse(SETTINGS + "singularity_user = vac\n[machinetype m]\nmachine_model = singularity\n"
+                   "root_image = /cvmfs/unpacked.cern.ch/x\ntarget_share = 1\n")
+    assert config.machinetypes["m"].machine_model == "singularity"
+    assert not warnings_about(config, "NOT IMPLEMENTED")
+    assert warnings_about(config, "singularity_user: vacd runs singularity machines as this user but does not kill")
+
+
+@pytest.mark.parametrize("model_option", ["machine_model", "vm_model"])
+def test_a_docker_machinetype_with_a_share_is_accepted_as_podman_runs_it(model_option: str) -> None:
+    # Issue 13: docker machinetypes run under podman (vacd.backends.podman), with Vac 03's binds.
+    config = parse(SETTINGS + f"[machinetype m]\n{model_option} = docker\nroot_image = docker://x\ntarget_share = 1\n"
+                   "cvmfs_repositories = lhcb.cern.ch\ntmp_binds = /scratch\n")
+    assert config.machinetypes["m"].machine_model == "docker"
+    assert not warnings_about(config, "NOT IMPLEMENTED")
+    section = effective_config_text(config).partition("[machinetype m]")[2]
+    assert "cvmfs_repositories = lhcb.cern.ch" in section and "NOT IMPLEMENTED" not in section
 
 
 def test_fix_networking_set_is_a_warning_that_it_is_ignored() -> None:

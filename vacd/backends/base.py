@@ -48,6 +48,11 @@ class MachineSpec:
     # With volume_group set: the machine's logical volume, a cernvm root disk or a vm-raw
     # scratch disk in place of the sparse file (§1.11).
     logical_volume: Optional[VolumeRequest] = None
+    # Container models (docker, singularity; issue 13): what runs, and what is bound in.
+    container_image: Optional[str] = None  # docker://IMAGE as vac.conf wrote it, or an apptainer image
+    container_command: str = "/user_data"  # one argv element, never a shell string
+    cvmfs_repositories: tuple[str, ...] = ()  # /cvmfs is bound read-only when set and present
+    tmp_binds: tuple[str, ...] = ()  # docker: a fresh MD/mnt directory bound at each path
 
 
 @dataclass(frozen=True)
