@@ -173,6 +173,8 @@ class Settings:
     vacquery_auth: str = "required"
     metrics_address: Optional[str] = None
     joboutputs_quota_bytes: int = 100 * 1024 * 1024
+    # All machines' joboutputs together (issue 11 item 3; vacd.guestapi.joboutputstotal).
+    joboutputs_total_bytes: int = 20 * 1024 * 1024 * 1024
     metadata_port: int = 80
     log_destination: str = "file"
     # Free space the state, tmp and imagecache directories must keep for creations to go on

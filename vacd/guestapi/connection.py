@@ -55,8 +55,24 @@ class ConnectionLimits:
     write_stall_timeout_seconds: float = 30.0
     # nginx's keepalive_requests default.
     max_requests_per_connection: int = 1000
+    # The server-wide cap, for file descriptors (vacd.fdlimit derives it from the limit).
     max_connections: int = 4096
-    max_connections_per_source: int = 64
+    # Per slot (every address of the slot together), and never more than the slot's share
+    # of max_connections (vacd.guestapi.slotlimits.connection_share).
+    max_connections_per_slot: int = 64
+    # Each slot's request bucket: cloud-init fetches about 40 metadata paths in its first
+    # seconds and a payload polls MJF every few seconds, so 200 at once and 100/s refilled
+    # never touch a working guest, while a flood costs the server a 429, not a document.
+    requests_per_second_per_slot: float = 100.0
+    request_burst_per_slot: int = 200
+    # One PUT body; a larger Content-Length is refused with 413 before anything is read.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Upload bodies are held in memory until written (vacd.guestapi.slotlimits.UploadMemory):
+    # a shared pool, at most this much per slot, and a reserve per slot that is always there
+    # for a shutdown_message (4 KiB, vacd.outcomes) and heartbeat files.
+    max_upload_bytes_in_flight: int = 256 * 1024 * 1024
+    max_upload_bytes_in_flight_per_slot: int = 64 * 1024 * 1024
+    upload_reserve_bytes_per_slot: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,11 +89,11 @@ class Upload:
 
 
 class ConnectionHandler(Protocol):
-    def admit(self, source: str) -> bool:
-        """Whether a new connection from `source` may be served (connection limits)."""
+    def admit(self, part: str, source: str) -> Optional[int]:
+        """The slot a new connection from `source` is served as, or None to refuse it (limits)."""
 
-    def connection_closed(self, source: str) -> None:
-        """A connection `admit` let in has ended."""
+    def connection_closed(self, slot: int) -> None:
+        """A connection `admit` let in as `slot` has ended."""
 
     def on_head(self, part: str, source: str, head: RequestHead) -> Union[Response, Upload]:
         """Answer a request, or accept its body."""
@@ -110,7 +126,7 @@ class GuestConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: Optional[asyncio.Transport] = None
         self.source = ""
-        self._admitted = False
+        self.slot: Optional[int] = None
         self._state = _HEAD
         self._buffer = bytearray()
         self._requests = 0
@@ -144,12 +160,12 @@ class GuestConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.source = str(peer[0]) if peer else ""
-        if not self.handler.admit(self.source):
+        self.slot = self.handler.admit(self.part, self.source)
+        if self.slot is None:
+            # The handler counted and logged why; a reset costs us nothing more.
             self._state = _CLOSED
-            self.handler.on_rejected(self.part, self.source, 503, "connection limit")
             transport.abort()
             return
-        self._admitted = True
         self._set_deadline(self.limits.head_timeout_seconds, "head")
 
     def data_received(self, data: bytes) -> None:
@@ -192,9 +208,9 @@ class GuestConnection(asyncio.Protocol):
         self._state = _CLOSED
         if self._upload is not None and self._task is None:
             self._release_upload()
-        if self._admitted:
-            self._admitted = False
-            self.handler.connection_closed(self.source)
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            self.handler.connection_closed(slot)
 
     def pause_writing(self) -> None:
         self._write_paused = True

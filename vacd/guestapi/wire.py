@@ -46,6 +46,7 @@ REASONS = {
     408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
     505: "HTTP Version Not Supported",
