@@ -30,6 +30,7 @@ CORE_MODULES = (
     "vacd.guestapi.features",
     "vacd.guestapi.requestpath",
     "vacd.guestapi.uploadnames",
+    "vacd.guestapi.slotlimits",
     "vacquery.messages",
     "vacquery.codec",
     "vacquery.client",

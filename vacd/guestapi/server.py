@@ -169,7 +169,7 @@ class GuestApiServer:
         log.info("guest server connection cap=%s per_slot=%s fd_limit=%s requests_per_second_per_slot=%s burst=%s",
                  self.limits.max_connections, self._connection_share(), self.fd_limit,
                  self.limits.requests_per_second_per_slot, self.limits.request_burst_per_slot)
-        await self._rescan_joboutputs()
+        await self.rescan_joboutputs()
         for part, address in self._wanted:
             await self._try_bind(part, address)
         now = self.clock()
@@ -414,7 +414,7 @@ class GuestApiServer:
             return None
         return ordinal
 
-    async def _rescan_joboutputs(self) -> None:
+    async def rescan_joboutputs(self) -> None:
         """Recount every machine's joboutputs on the thread pool (the running total's safety net)."""
         self._next_rescan = time.monotonic() + RESCAN_SECONDS
         try:
@@ -468,7 +468,7 @@ class GuestApiServer:
                 self.heartbeats[part] = max(self.heartbeats.get(part, 0.0), now)
             self.slot_limiter.forget_idle(self.monotonic())
             if time.monotonic() >= self._next_rescan:
-                await self._rescan_joboutputs()
+                await self.rescan_joboutputs()
 
     def _listening_parts(self) -> set[str]:
         return {part for part, _address in self._servers}
