@@ -28,7 +28,7 @@ Rules (behaviour reference §1.2, §6; design rule 6):
 - File descriptors (issue 8 item 11): unless told otherwise, the server holds at most
   `vacd.fdlimit.guest_connection_cap` connections, which leaves the factory its share of
   the process's limit. If accept() still fails for want of descriptors (EMFILE, ENFILE),
-  asyncio stops accepting on that socket for a second and retries; the server logs that
+  accepting on that socket stops for a second and is retried (vacd.guestapi.acceptor); the server logs that
   once per RESOURCE_LOG_SECONDS with the count of failures in between, not once per
   failure with a traceback.
 """
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import errno
 import logging
 import math
 import socket
@@ -51,6 +50,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from vacd.config import Settings
 from vacd.fdlimit import current_fd_limit, guest_connection_cap
+from vacd.guestapi.acceptor import ACCEPT_RETRY_SECONDS, Acceptor
 from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
 from vacd.guestapi.features import features_response
 from vacd.guestapi.guest import GuestMachine
@@ -78,10 +78,6 @@ LISTEN_BACKLOG = 1024
 MAX_CACHED_SOURCES = 4096
 # A slot over its request rate is logged at most this often, with the count in between.
 RATE_LOG_SECONDS = 60.0
-# The message asyncio's accept loop reports EMFILE, ENFILE, ENOBUFS and ENOMEM with (then it
-# pauses that listener for a second, asyncio.constants.ACCEPT_RETRY_DELAY).
-ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
-_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 RESOURCE_LOG_SECONDS = 60.0
 # Linux <netinet/in.h>; the socket module gained the name only in Python 3.12.
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -135,7 +131,7 @@ class GuestApiServer:
         self._wanted = [(METADATA, address) for address in metadata_addresses] + [
             (MJF, address) for address in mjf_addresses
         ]
-        self._servers: dict[tuple[str, str], asyncio.AbstractServer] = {}
+        self._servers: dict[tuple[str, str], Acceptor] = {}
         self._connections: "weakref.WeakSet[GuestConnection]" = weakref.WeakSet()
         self._connection_count = 0
         self._ordinals: dict[str, Optional[int]] = {}
@@ -153,8 +149,6 @@ class GuestApiServer:
         self._head_cache = HeadCache()
         self._date_second = -1
         self._date_text = ""
-        self._previous_exception_handler: Optional[Callable[..., object]] = None
-        self._exception_handler_installed = False
         self.accept_resource_failures = 0
         self._resource_failures_unlogged = 0
         self._next_resource_log = 0.0
@@ -162,10 +156,6 @@ class GuestApiServer:
     # Lifecycle
     async def start(self) -> None:
         """Bind every address that can be bound now; keep retrying the others."""
-        loop = asyncio.get_running_loop()
-        self._previous_exception_handler = loop.get_exception_handler()
-        loop.set_exception_handler(self._on_loop_exception)
-        self._exception_handler_installed = True
         log.info("guest server connection cap=%s per_slot=%s fd_limit=%s requests_per_second_per_slot=%s burst=%s",
                  self.limits.max_connections, self._connection_share(), self.fd_limit,
                  self.limits.requests_per_second_per_slot, self.limits.request_burst_per_slot)
@@ -191,54 +181,60 @@ class GuestApiServer:
         self.listening = []
         for server in servers:
             server.close()
+        for server in servers:
+            await server.wait_closed()
         pending = [connection.pending_task for connection in list(self._connections) if connection.pending_task]
         if pending:
             await asyncio.wait(pending, timeout=30.0)
         for connection in list(self._connections):
             connection.close_now()
-        for server in servers:
-            await server.wait_closed()
-        if self._exception_handler_installed:
-            asyncio.get_running_loop().set_exception_handler(self._previous_exception_handler)
-            self._exception_handler_installed = False
 
-    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        """Rate-limit asyncio's accept() resource failures; hand everything else on."""
-        error = context.get("exception")
-        if context.get("message") == ACCEPT_OUT_OF_RESOURCES and isinstance(error, OSError) \
-                and error.errno in _RESOURCE_ERRNOS:
-            self.accept_resource_failures += 1
-            self._resource_failures_unlogged += 1
-            now = time.monotonic()
-            if now >= self._next_resource_log:
-                log.warning("guest server cannot accept, out of resources: accepting paused for 1s "
-                            "error=%s failures=%s connections=%s cap=%s fd_limit=%s next_report_in=%.0fs",
-                            error.strerror or error, self._resource_failures_unlogged, self._connection_count,
-                            self.limits.max_connections, self.fd_limit, RESOURCE_LOG_SECONDS)
-                self._resource_failures_unlogged = 0
-                self._next_resource_log = now + RESOURCE_LOG_SECONDS
-            return
-        if self._previous_exception_handler is not None:
-            self._previous_exception_handler(loop, context)
-        else:
-            loop.default_exception_handler(context)
+    def _on_accept_resource_failure(self, error: OSError) -> None:
+        """Log accept()'s resource failures once per RESOURCE_LOG_SECONDS, with the count between."""
+        self.accept_resource_failures += 1
+        self._resource_failures_unlogged += 1
+        now = time.monotonic()
+        if now >= self._next_resource_log:
+            log.warning("guest server cannot accept, out of resources: accepting paused for %.0fs "
+                        "error=%s failures=%s connections=%s cap=%s fd_limit=%s next_report_in=%.0fs",
+                        ACCEPT_RETRY_SECONDS, error.strerror or error, self._resource_failures_unlogged,
+                        self._connection_count, self.limits.max_connections, self.fd_limit, RESOURCE_LOG_SECONDS)
+            self._resource_failures_unlogged = 0
+            self._next_resource_log = now + RESOURCE_LOG_SECONDS
 
     # ConnectionHandler
+    def screen(self, part: str, source: str) -> bool:
+        """Whether a connection just accepted may become one (vacd.guestapi.acceptor); counts nothing."""
+        slot, status, reason = self._admission(source)
+        if slot is None:
+            self._refuse_connection(part, source, status, reason)
+            return False
+        return True
+
     def admit(self, part: str, source: str) -> Optional[int]:
         """The slot a new connection is served as, or None: identified before it is counted."""
-        slot = self._slot_of(source)
+        slot, status, reason = self._admission(source)
         if slot is None:
-            return self._refuse_connection(part, source, 404, "no slot")
-        if self.slot_limiter.connection_count(slot) >= self._connection_share():
-            return self._refuse_connection(part, source, 503, f"slot {slot} at its connection share")
-        if self.slot_limiter.is_over_rate(slot, self.monotonic()):
+            return self._refuse_connection(part, source, status, reason)
+        if self.slot_limiter.open_connection(slot, self.monotonic()) > 0.0:
             self._note_rate_refusal(slot)
             return self._refuse_connection(part, source, 429, f"slot {slot} over its request rate")
-        if self._connection_count >= self.limits.max_connections:
-            return self._refuse_connection(part, source, 503, "server connection cap")
         self._connection_count += 1
-        self.slot_limiter.open_connection(slot)
         return slot
+
+    def _admission(self, source: str) -> tuple[Optional[int], int, str]:
+        """(slot, 0, "") if a connection from `source` may be opened now, else (None, status, reason)."""
+        slot = self._slot_of(source)
+        if slot is None:
+            return None, 404, "no slot"
+        if self.slot_limiter.connection_count(slot) >= self._connection_share():
+            return None, 503, f"slot {slot} at its connection share"
+        if self.slot_limiter.is_over_rate(slot, self.monotonic()):
+            self._note_rate_refusal(slot)
+            return None, 429, f"slot {slot} over its request rate"
+        if self._connection_count >= self.limits.max_connections:
+            return None, 503, "server connection cap"
+        return slot, 0, ""
 
     def connection_closed(self, slot: int) -> None:
         self._connection_count -= 1
@@ -442,11 +438,9 @@ class GuestApiServer:
                 BIND_RETRY_SECONDS,
             )
             return False
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: self._new_connection(part), sock=listening_socket, backlog=LISTEN_BACKLOG
-        )
-        self._servers[(part, address)] = server
+        self._servers[(part, address)] = Acceptor(
+            listening_socket, lambda: self._new_connection(part), partial(self.screen, part),
+            self._on_accept_resource_failure)
         host, port = listening_socket.getsockname()[:2]
         self.listening.append(Listening(part, str(host), int(port)))
         log.info("guest server listening part=%s address=%s port=%s", part, host, port)

@@ -91,7 +91,8 @@ class UploadMemory:
     def hold(self, slot: int, length: int) -> None:
         held = self.by_slot.get(slot, 0)
         self.shared_used += self._from_shared(held + length) - self._from_shared(held)
-        self.by_slot[slot] = held + length
+        if held + length:
+            self.by_slot[slot] = held + length
 
     def release(self, slot: int, length: int) -> None:
         held = self.by_slot.get(slot, 0)
@@ -101,7 +102,7 @@ class UploadMemory:
         if after:
             self.by_slot[slot] = after
         else:
-            del self.by_slot[slot]
+            self.by_slot.pop(slot, None)
 
     @property
     def total(self) -> int:
@@ -110,18 +111,31 @@ class UploadMemory:
 
 @dataclass
 class SlotLimiter:
-    """Each slot's connections and request bucket (the server's per-slot bookkeeping)."""
+    """Each slot's connections and request bucket (the server's per-slot bookkeeping).
+
+    A connection takes its first request's token when it is opened, so a slot with an
+    empty bucket is refused at accept (cheap) rather than after its request is read, and
+    a burst of connections cannot each slip in on one token. `prepaid` holds those tokens
+    until a request uses them; it never exceeds the slot's open connections.
+    """
 
     rate: float
     burst: float
     connections: dict[int, int] = field(default_factory=dict)
+    prepaid: dict[int, int] = field(default_factory=dict)
     buckets: dict[int, TokenBucket] = field(default_factory=dict)
 
     def connection_count(self, slot: int) -> int:
         return self.connections.get(slot, 0)
 
-    def open_connection(self, slot: int) -> None:
+    def open_connection(self, slot: int, now: float) -> float:
+        """A new connection from `slot`: 0.0 if opened, else the seconds until it could be (not opened)."""
+        wait = self.bucket(slot).take(now)
+        if wait > 0.0:
+            return wait
         self.connections[slot] = self.connections.get(slot, 0) + 1
+        self.prepaid[slot] = self.prepaid.get(slot, 0) + 1
+        return 0.0
 
     def close_connection(self, slot: int) -> None:
         remaining = self.connections.get(slot, 0) - 1
@@ -129,6 +143,8 @@ class SlotLimiter:
             self.connections[slot] = remaining
         else:
             self.connections.pop(slot, None)
+        if self.prepaid.get(slot, 0) > max(0, remaining):
+            self._set_prepaid(slot, max(0, remaining))
 
     def bucket(self, slot: int) -> TokenBucket:
         bucket = self.buckets.get(slot)
@@ -138,6 +154,10 @@ class SlotLimiter:
 
     def take(self, slot: int, now: float) -> float:
         """A request from `slot`: 0.0 to serve it, else the seconds until it may be served."""
+        prepaid = self.prepaid.get(slot, 0)
+        if prepaid > 0:
+            self._set_prepaid(slot, prepaid - 1)
+            return 0.0
         return self.bucket(slot).take(now)
 
     def is_over_rate(self, slot: int, now: float) -> bool:
@@ -149,3 +169,9 @@ class SlotLimiter:
         for slot in [slot for slot, bucket in self.buckets.items()
                      if slot not in self.connections and bucket.is_full(now)]:
             del self.buckets[slot]
+
+    def _set_prepaid(self, slot: int, count: int) -> None:
+        if count > 0:
+            self.prepaid[slot] = count
+        else:
+            self.prepaid.pop(slot, None)

@@ -46,18 +46,32 @@ def test_connection_share_keeps_every_slot_under_the_server_cap() -> None:
 
 def test_limiter_counts_connections_per_slot_and_forgets_quiet_full_buckets() -> None:
     limiter = SlotLimiter(rate=1.0, burst=2)
-    limiter.open_connection(3)
-    limiter.open_connection(3)
-    limiter.take(3, 0.0)
+    assert limiter.open_connection(3, 0.0) == 0.0
+    assert limiter.open_connection(3, 0.0) == 0.0
+    # Each connection took its first request's token.
+    assert limiter.open_connection(3, 0.0) == 1.0
+    assert limiter.connection_count(3) == 2
+    assert [limiter.take(3, 0.0), limiter.take(3, 0.0), limiter.take(3, 0.0)] == [0.0, 0.0, 1.0]
     limiter.take(4, 0.0)
     limiter.take(4, 0.0)
-    assert limiter.is_over_rate(4, 0.0) and not limiter.is_over_rate(3, 0.0)
+    assert limiter.is_over_rate(4, 0.0) and limiter.is_over_rate(3, 0.0)
     limiter.close_connection(3)
     assert limiter.connection_count(3) == 1
     limiter.forget_idle(100.0)
     assert set(limiter.buckets) == {3}
     limiter.close_connection(3)
-    assert limiter.connections == {}
+    assert (limiter.connections, limiter.prepaid) == ({}, {})
+
+
+def test_a_connection_closed_unused_leaves_no_more_prepaid_tokens_than_connections() -> None:
+    limiter = SlotLimiter(rate=1.0, burst=5)
+    for _ in range(3):
+        limiter.open_connection(3, 0.0)
+    limiter.close_connection(3)
+    limiter.close_connection(3)
+    assert limiter.prepaid == {3: 1}
+    assert [limiter.take(3, 0.0), limiter.take(3, 0.0), limiter.take(3, 0.0)] == [0.0, 0.0, 0.0]
+    assert limiter.take(3, 0.0) == 1.0
 
 
 def test_upload_memory_keeps_a_reserve_for_each_slot_when_the_pool_is_full() -> None:
