@@ -1,7 +1,8 @@
 """The guest HTTP servers: metadata on 169.254.169.254:80, MJF and $JOBOUTPUTS on .253:80.
 
 Rules (behaviour reference §1.2, §6; design rule 6):
-- Both run as asyncio servers inside the daemon's event loop; each connection is a
+- Both run on one asyncio event loop, the guest servers' own in vacd (the VacQuery
+  responder has another, on its own thread); each connection is a
   GuestConnection, so timeouts and limits are per connection and a stuck guest blocks
   no one. Blocking upload writes (fsync) run on a thread pool, one at a time per machine.
 - Every request is answered for the one machine whose slot owns the source address
@@ -28,9 +29,9 @@ Rules (behaviour reference §1.2, §6; design rule 6):
 - File descriptors (issue 8 item 11): unless told otherwise, the server holds at most
   `vacd.fdlimit.guest_connection_cap` connections, which leaves the factory its share of
   the process's limit. If accept() still fails for want of descriptors (EMFILE, ENFILE),
-  accepting on that socket stops for a second and is retried (vacd.guestapi.acceptor); the server logs that
-  once per RESOURCE_LOG_SECONDS with the count of failures in between, not once per
-  failure with a traceback.
+  accepting on that socket stops for a second and is retried (vacd.guestapi.acceptor);
+  the server logs that once per RESOURCE_LOG_SECONDS with the count of failures in
+  between, not once per failure with a traceback.
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ from vacd.guestapi.requestpath import normalise_path
 from vacd.guestapi.slotlimits import SlotLimiter, UploadMemory, connection_share
 from vacd.guestapi.uploadnames import RefusedUpload, safe_repr, upload_name
 from vacd.guestapi.wire import HeadCache, RequestHead, Response
+from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES
 from vacd.paths import Paths
 from vacd.slots import GATEWAY_ADDRESS, METADATA_ADDRESS
-from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES
 from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
 
 log = logging.getLogger(__name__)
