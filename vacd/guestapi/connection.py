@@ -16,6 +16,9 @@ Rules:
 - Pipelined requests are answered in order; while the transport's write buffer is full no
   further request is parsed (asyncio flow control), so a client that does not read cannot
   make us buffer without bound.
+- A response the handler says to hold (`Response.hold_seconds`, a slot over its request
+  rate) is sent after that long, and nothing is read from the connection meanwhile, so a
+  flooding client waits on its own connections instead of making new ones.
 - The handler decides; this class only moves bytes. It is told a request head and answers
   a Response, or an Upload: then the body is read and the upload's `complete` awaited
   while reading is paused.
@@ -24,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional, Protocol, Union
@@ -143,6 +147,7 @@ class GuestConnection(asyncio.Protocol):
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_when = 0.0
         self._drained_bytes = 0
+        self._held: Optional[asyncio.TimerHandle] = None
 
     @property
     def pending_task(self) -> "Optional[asyncio.Task[None]]":
@@ -205,6 +210,7 @@ class GuestConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._cancel_timer()
+        self._cancel_held()
         self._state = _CLOSED
         if self._upload is not None and self._task is None:
             self._release_upload()
@@ -258,6 +264,13 @@ class GuestConnection(asyncio.Protocol):
     def _respond(self, response: Response, head: Optional[RequestHead]) -> None:
         if self._state == _CLOSED or self.transport is None:
             return
+        if response.hold_seconds > 0.0:
+            self._state = _BUSY
+            self._clear_deadline()
+            self.transport.pause_reading()
+            self._held = self.loop.call_later(
+                response.hold_seconds, self._send_held, dataclasses.replace(response, hold_seconds=0.0), head)
+            return
         keep_alive = (
             head is not None
             and head.keep_alive
@@ -276,6 +289,16 @@ class GuestConnection(asyncio.Protocol):
             return
         self._state = _HEAD
         self._await_next_request()
+
+    def _send_held(self, response: Response, head: Optional[RequestHead]) -> None:
+        self._held = None
+        if self._state != _BUSY:
+            return
+        self._state = _HEAD
+        self._respond(response, head)
+        if self._state == _HEAD and self.transport is not None:
+            self.transport.resume_reading()
+            self._process()
 
     def _await_next_request(self) -> None:
         self._head_started = bool(self._buffer)
@@ -365,6 +388,11 @@ class GuestConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def _cancel_held(self) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+
     def _on_timer(self) -> None:
         self._timer = None
         if self._state == _CLOSED or self._deadline is None:
@@ -403,6 +431,7 @@ class GuestConnection(asyncio.Protocol):
     def _close_now(self) -> None:
         self._state = _CLOSED
         self._cancel_timer()
+        self._cancel_held()
         if self.transport is not None:
             self.transport.close()
 
@@ -410,5 +439,6 @@ class GuestConnection(asyncio.Protocol):
         log.debug("aborting guest connection part=%s source=%s reason=%s", self.part, self.source, reason)
         self._state = _CLOSED
         self._cancel_timer()
+        self._cancel_held()
         if self.transport is not None:
             self.transport.abort()

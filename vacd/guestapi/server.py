@@ -12,10 +12,11 @@ Rules (behaviour reference §1.2, §6; design rule 6):
   offer: 405.
 - Fair shares (issue 11 item 3, vacd.guestapi.slotlimits): a connection is identified
   first, then counted. A source that is no slot, or fails the link check, is reset at
-  accept and holds nothing; a slot's connections are capped at its share; a slot whose
-  request bucket is empty gets 429 with Retry-After (and the connection closed), and its
-  new connections are reset at accept until the bucket refills, which costs the loop less
-  than answering them. Upload bodies in memory are capped per slot with a reserve each,
+  accept and holds nothing; a slot's connections beyond its share are reset at accept. A
+  request from a slot whose bucket is empty is answered 429 with Retry-After: N, held N
+  seconds before it is sent, with nothing read from that connection meanwhile: a flood
+  then waits on its own connections (at most its share) instead of making new ones, whose
+  handshakes and resets would cost the loop more than the requests. Upload bodies in memory are capped per slot with a reserve each,
   so one guest's slow uploads cannot make another's shutdown_message wait. The guests'
   joboutputs together are capped (`joboutputs_total_bytes`, vacd.guestapi.joboutputstotal).
 - Listeners bind with IP_FREEBIND, so the servers may start before the bridge has its
@@ -205,7 +206,11 @@ class GuestApiServer:
 
     # ConnectionHandler
     def screen(self, part: str, source: str) -> bool:
-        """Whether a connection just accepted may become one (vacd.guestapi.acceptor); counts nothing."""
+        """Whether a connection just accepted may become one (vacd.guestapi.acceptor).
+
+        Only the source's slot and the slot's share: the server-wide cap is left to `admit`,
+        which runs after connections closing in the same loop turn have let go of it.
+        """
         slot, status, reason = self._admission(source)
         if slot is None:
             self._refuse_connection(part, source, status, reason)
@@ -217,24 +222,19 @@ class GuestApiServer:
         slot, status, reason = self._admission(source)
         if slot is None:
             return self._refuse_connection(part, source, status, reason)
-        if self.slot_limiter.open_connection(slot, self.monotonic()) > 0.0:
-            self._note_rate_refusal(slot)
-            return self._refuse_connection(part, source, 429, f"slot {slot} over its request rate")
+        if self._connection_count >= self.limits.max_connections:
+            return self._refuse_connection(part, source, 503, "server connection cap")
+        self.slot_limiter.open_connection(slot, self.monotonic())
         self._connection_count += 1
         return slot
 
     def _admission(self, source: str) -> tuple[Optional[int], int, str]:
-        """(slot, 0, "") if a connection from `source` may be opened now, else (None, status, reason)."""
+        """(slot, 0, "") if `source` is a slot with room for a connection, else (None, status, reason)."""
         slot = self._slot_of(source)
         if slot is None:
             return None, 404, "no slot"
         if self.slot_limiter.connection_count(slot) >= self._connection_share():
             return None, 503, f"slot {slot} at its connection share"
-        if self.slot_limiter.is_over_rate(slot, self.monotonic()):
-            self._note_rate_refusal(slot)
-            return None, 429, f"slot {slot} over its request rate"
-        if self._connection_count >= self.limits.max_connections:
-            return None, 503, "server connection cap"
         return slot, 0, ""
 
     def connection_closed(self, slot: int) -> None:
@@ -279,9 +279,10 @@ class GuestApiServer:
         retry_after = 0.0 if slot is None else self.slot_limiter.take(slot, self.monotonic())
         if slot is not None and retry_after > 0.0:
             self._note_rate_refusal(slot)
-            # Closed, so the flood goes on (if it does) as new connections, reset at accept.
+            # Held for as long as it tells the guest to wait (see the module's rules).
+            seconds = max(1, math.ceil(retry_after))
             return self._counted(part, Response(429, b"over this machine's request rate\n", path_class="rate",
-                                                close=True, headers=(("Retry-After", str(math.ceil(retry_after))),)))
+                                                headers=(("Retry-After", str(seconds)),), hold_seconds=seconds))
         machine = None if slot is None else self.resolver.machine_for(slot, self.settings_provider())
         if slot is None or machine is None:
             log.debug("guest request from no live machine part=%s source=%s", part, source)

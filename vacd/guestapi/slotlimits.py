@@ -113,9 +113,8 @@ class UploadMemory:
 class SlotLimiter:
     """Each slot's connections and request bucket (the server's per-slot bookkeeping).
 
-    A connection takes its first request's token when it is opened, so a slot with an
-    empty bucket is refused at accept (cheap) rather than after its request is read, and
-    a burst of connections cannot each slip in on one token. `prepaid` holds those tokens
+    A connection takes its first request's token, if there is one, when it is opened, so a
+    burst of connections cannot each slip in on one token. `prepaid` holds those tokens
     until a request uses them; it never exceeds the slot's open connections.
     """
 
@@ -128,14 +127,11 @@ class SlotLimiter:
     def connection_count(self, slot: int) -> int:
         return self.connections.get(slot, 0)
 
-    def open_connection(self, slot: int, now: float) -> float:
-        """A new connection from `slot`: 0.0 if opened, else the seconds until it could be (not opened)."""
-        wait = self.bucket(slot).take(now)
-        if wait > 0.0:
-            return wait
+    def open_connection(self, slot: int, now: float) -> None:
+        """A new connection from `slot`, with its first request's token if the bucket has one."""
         self.connections[slot] = self.connections.get(slot, 0) + 1
-        self.prepaid[slot] = self.prepaid.get(slot, 0) + 1
-        return 0.0
+        if self.bucket(slot).take(now) == 0.0:
+            self.prepaid[slot] = self.prepaid.get(slot, 0) + 1
 
     def close_connection(self, slot: int) -> None:
         remaining = self.connections.get(slot, 0) - 1
@@ -159,10 +155,6 @@ class SlotLimiter:
             self._set_prepaid(slot, prepaid - 1)
             return 0.0
         return self.bucket(slot).take(now)
-
-    def is_over_rate(self, slot: int, now: float) -> bool:
-        bucket = self.buckets.get(slot)
-        return bucket is not None and bucket.is_empty(now)
 
     def forget_idle(self, now: float) -> None:
         """Drop the buckets of slots that are full again and hold no connection (bounded memory)."""

@@ -46,15 +46,15 @@ def test_connection_share_keeps_every_slot_under_the_server_cap() -> None:
 
 def test_limiter_counts_connections_per_slot_and_forgets_quiet_full_buckets() -> None:
     limiter = SlotLimiter(rate=1.0, burst=2)
-    assert limiter.open_connection(3, 0.0) == 0.0
-    assert limiter.open_connection(3, 0.0) == 0.0
-    # Each connection took its first request's token.
-    assert limiter.open_connection(3, 0.0) == 1.0
-    assert limiter.connection_count(3) == 2
+    for _ in range(3):
+        limiter.open_connection(3, 0.0)
+    # The first two connections took their first request's token; the third found none.
+    assert (limiter.connection_count(3), limiter.prepaid) == (3, {3: 2})
     assert [limiter.take(3, 0.0), limiter.take(3, 0.0), limiter.take(3, 0.0)] == [0.0, 0.0, 1.0]
     limiter.take(4, 0.0)
     limiter.take(4, 0.0)
-    assert limiter.is_over_rate(4, 0.0) and limiter.is_over_rate(3, 0.0)
+    assert limiter.bucket(4).is_empty(0.0) and limiter.bucket(3).is_empty(0.0)
+    limiter.close_connection(3)
     limiter.close_connection(3)
     assert limiter.connection_count(3) == 1
     limiter.forget_idle(100.0)
