@@ -29,7 +29,6 @@ the `before` over `after` ratio of the flooded p99s.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing
 import os

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from vacd.config import load_config
 from vacd.daemon import Daemon
@@ -23,10 +24,10 @@ SPACE = "vac01.example.com"
 DEADLINE_SECONDS = 60.0
 
 
-def wait_until(condition: object, what: str) -> None:
+def wait_until(condition: Callable[[], object], what: str) -> None:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return
         time.sleep(0.05)
     raise AssertionError(f"vacd did not {what} within {DEADLINE_SECONDS:.0f}s")

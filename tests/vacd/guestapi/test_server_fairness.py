@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import socket
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-from tests.vacd.guestapi.conftest import RunningServer, Site, parse_responses, read_until_closed
+from tests.vacd.guestapi.conftest import RunningServer, Site, parse_responses
 from tests.vacd.guestapi.test_connection import read_responses
 from vacd.guestapi.connection import ConnectionLimits
 
