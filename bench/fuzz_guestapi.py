@@ -3,8 +3,9 @@
 Run (issue 11's full size; loopback only, no root needed):
     .venv/bin/python bench/fuzz_guestapi.py --requests 10000 [--seed 11] [--head-timeout 10]
 
-Starts vacd's GuestApiServer, unchanged and with its default limits (head timeout 10 s),
-in a process of its own (tests/hostile_http.py), over a real Store with machines in slots
+Starts vacd's GuestApiServer, unchanged and with its default limits (head timeout 10 s)
+except the per-slot request rate, opened wide so that the fuzz reaches the parsers behind
+it rather than drawing held 429s, in a process of its own (tests/hostile_http.py), over a real Store with machines in slots
 2-9, and sends it the seeded corpus of tests/hostile_http.py, 16 connections at a time.
 Prints the statuses answered, the server's RSS and open descriptors at start, after the
 warm-up (the first tenth) and at the end (each once the server has closed what the cases

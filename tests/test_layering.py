@@ -32,6 +32,7 @@ CORE_MODULES = (
     "vacd.guestapi.requestpath",
     "vacd.guestapi.uploadnames",
     "vacd.guestapi.tokens",
+    "vacd.guestapi.slotlimits",
     "vacquery.messages",
     "vacquery.codec",
     "vacquery.client",

@@ -177,6 +177,8 @@ class Settings:
     # Serve the read-only /dashboard page and /dashboard.json beside /metrics (issue 14).
     dashboard: bool = False
     joboutputs_quota_bytes: int = 100 * 1024 * 1024
+    # All machines' joboutputs together (issue 11 item 3; vacd.guestapi.joboutputstotal).
+    joboutputs_total_bytes: int = 20 * 1024 * 1024 * 1024
     metadata_port: int = 80
     # "required": the metadata paths cloud-init does not read need a session token.
     metadata_tokens: str = "optional"

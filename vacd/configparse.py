@@ -61,6 +61,7 @@ MAX_TARGET_SHARE = 1e12
 MIN_POSITIVE_TARGET_SHARE = 1e-100
 MAX_VERSION_LOGGER = 86400
 MAX_JOBOUTPUTS_QUOTA_BYTES = 1 << 40
+MAX_JOBOUTPUTS_TOTAL_BYTES = 1 << 50
 # A rotation needs the current key and the one before it; each more key is one more HMAC
 # per unrecognised datagram.
 MAX_VACQUERY_KEYS = 2
@@ -396,6 +397,8 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         dashboard=reader.get("dashboard", False, to_boolean),
         joboutputs_quota_bytes=reader.get("joboutputs_quota_bytes", 100 * 1024 * 1024,
                                           partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_QUOTA_BYTES)),
+        joboutputs_total_bytes=reader.get("joboutputs_total_bytes", 20 * 1024 * 1024 * 1024,
+                                          partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_TOTAL_BYTES)),
         metadata_port=reader.get("metadata_port", 80, _to_port),
         metadata_tokens=reader.get("metadata_tokens", "optional", partial(to_choice, choices=METADATA_TOKEN_MODES)),
         log_destination=reader.get("log_destination", "file", partial(to_choice, choices=LOG_DESTINATIONS)),

@@ -1,9 +1,12 @@
 """`vacd`: wire the factory's parts together in one process and run them until told to stop.
 
 Rules (design.md rule 6): one process. The main thread runs the reconcile loop; blocking
-backend work runs on a bounded thread pool; the guest HTTP servers, the VacQuery responder
-and the metrics endpoint run on one asyncio event loop in a second thread. A stuck part
-does not stall the others, and each part stamps a heartbeat. Only this module configures
+backend work runs on a bounded thread pool; the guest HTTP servers run on an asyncio event
+loop in their own thread (`vacd-guestapi`) and the VacQuery responder on another
+(`vacd-vacquery`), so a guest flooding its servers cannot delay the answers peers and
+`vac` wait for (issue 11 item 3); the metrics endpoint has its own thread. A stuck part
+does not stall the others, and each part stamps a heartbeat: the responder's from its own
+loop answering a ping, the guest servers' from their supervisor on theirs. Only this module configures
 logging and signal handlers; nothing runs at import time.
 
 Stopping vacd (SIGTERM, SIGINT) never stops machines: they keep running and the next start
@@ -118,11 +121,11 @@ def load_average() -> float:
 
 
 class ServiceLoop:
-    """An asyncio event loop in its own thread, for the network services."""
+    """An asyncio event loop in its own thread, for one network part (guest API or VacQuery)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="vacd-services", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -145,9 +148,18 @@ class ServiceLoop:
         except Exception:  # boundary: a stuck or dead loop is what this detects
             return False
 
+    def run_soon(self, function: Callable[[], object]) -> None:
+        """Run `function` on the loop's thread and wait for it (asyncio objects are not thread-safe)."""
+
+        async def run() -> None:
+            function()
+
+        self.call(run())
+
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
 
 
 class StartupError(VacError):
@@ -220,7 +232,8 @@ class Daemon:
         self.responder_auth: Optional[Any] = None  # ReloadableAuthenticators (vacquery.auth)
         self.census_auth: Optional[Any] = None
         self.vacmon: Optional[Any] = None
-        self.services: Optional[ServiceLoop] = None
+        self.guest_services: Optional[ServiceLoop] = None
+        self.vacquery_services: Optional[ServiceLoop] = None
         self.images: Optional[Any] = None
         # When a pass last completed (status.json `last_pass_completed`, the factory heartbeat).
         self.last_pass_completed: Optional[int] = None
@@ -302,21 +315,30 @@ class Daemon:
             self.image_eviction = ImageEviction(store, self.images.path_for)
         if settings.wake_on_events:
             backend.watch(factory.wake)
-        services = ServiceLoop()
-        services.start()
-        if uses_test_driver(settings.libvirt_uri):
-            log.info("libvirt test driver: its machines are not real guests, so no guest API is served")
-        else:
-            self.link_identity = LinkIdentity(BRIDGE_NAME)
-            self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
-                                            port=settings.metadata_port, clock=self.clock,
-                                            link_check=self.link_identity.confirms_slot)
-            services.call(self.guest_api.start())
-        self._start_peer_protocol(settings, services)
-        self._start_dashboard_listing(settings)
+        # Two loops, two threads: a guest's flood keeps the guest loop busy, not VacQuery's.
+        vacquery_services = ServiceLoop("vacd-vacquery")
+        vacquery_services.start()
+        self.vacquery_services = vacquery_services
+        guest_services = ServiceLoop("vacd-guestapi")
+        guest_services.start()
+        self.guest_services = guest_services
+        try:
+            if uses_test_driver(settings.libvirt_uri):
+                log.info("libvirt test driver: its machines are not real guests, so no guest API is served")
+            else:
+                self.link_identity = LinkIdentity(BRIDGE_NAME)
+                self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
+                                                port=settings.metadata_port, clock=self.clock,
+                                                link_check=self.link_identity.confirms_slot)
+                guest_services.call(self.guest_api.start())
+            self._start_peer_protocol(settings, vacquery_services)
+            self._start_dashboard_listing(settings)
+        except BaseException:
+            # A part that failed to start (a port in use, say) leaves no loop thread behind.
+            self._stop_services()
+            raise
         if self.peer_census is not None and factory.hooks is not None:
             factory.hooks.peer_reports = self.peer_census.peer_reports
-        self.services = services
         try:
             self._loop(factory, config_source)
         finally:
@@ -327,13 +349,7 @@ class Daemon:
             config_source.close()
             factory.wait_for_background_work()
             executor.shutdown(wait=True)
-            if self.guest_api is not None:
-                services.call(self.guest_api.stop())
-            if self.link_identity is not None:
-                self.link_identity.close()
-            if self.responder_transport is not None:
-                self.responder_transport.close()
-            services.stop()
+            self._stop_services()
             if self.vacmon is not None:
                 self.vacmon.close()
             backend.close()
@@ -344,6 +360,26 @@ class Daemon:
             self.notifier.status("stopped: machines keep running and will be adopted at the next start")
             self.notifier.close()
         return 0
+
+    def _stop_services(self) -> None:
+        """Stop the guest servers and the responder, each on its own loop, then both loops."""
+        if self.guest_services is not None:
+            if self.guest_api is not None:
+                try:
+                    self.guest_services.call(self.guest_api.stop())
+                except Exception:  # boundary: the responder and the rest must still stop
+                    log.exception("guest servers did not stop cleanly")
+            self.guest_services.stop()
+        if self.link_identity is not None:
+            self.link_identity.close()
+        if self.vacquery_services is not None:
+            transport = self.responder_transport
+            if transport is not None:
+                try:
+                    self.vacquery_services.run_soon(transport.close)
+                except Exception:  # boundary: as above
+                    log.exception("VacQuery responder did not stop cleanly")
+            self.vacquery_services.stop()
 
     def _refuse_busy_ports(self, settings: Settings) -> None:
         """Stop start-up, naming each port and its holder, if any port vacd listens on is taken.
@@ -691,12 +727,14 @@ class Daemon:
         heartbeats = {"loop": now}
         if self.last_pass_completed is not None:
             heartbeats["factory"] = self.last_pass_completed
-        if self.services is not None and self.services.is_responsive():
-            # The responder and guest servers share this event loop: it answered just now.
+        if self.vacquery_services is not None and self.vacquery_services.is_responsive():
+            # The responder's own loop answered just now (the guest loop's state does not matter).
             heartbeats["responder"] = now
             write_heartbeat(self.paths, "responder", now)
         if self.guest_api is not None:
-            for part, last in self.guest_api.heartbeats.items():
+            # Stamped on the guest loop (requests, and its supervisor's tick): a stuck guest
+            # loop shows as stale metadata and mjf heartbeats.
+            for part, last in list(self.guest_api.heartbeats.items()):
                 heartbeats[part] = int(last)
                 write_heartbeat(self.paths, part, int(last))
         census = None

@@ -53,6 +53,8 @@ total_processors = {total_processors}
 mb_per_processor = 128
 cycle_seconds = 5
 shutdown_grace_seconds = 10
+# These tests are about machines, not load: a busy test machine must not hold creations back.
+overload_per_processor = 100
 vacquery_port = 0
 vacquery_bind_address = 127.0.0.1
 {extra_settings}

@@ -56,7 +56,7 @@ def probe():
 
 async def main():
     limits = None if cap == "derived" else ConnectionLimits(max_connections=int(cap),
-                                                            max_connections_per_source=100000)
+                                                            max_connections_per_slot=100000)
     server = GuestApiServer(site.paths, site.store, lambda: site.settings, metadata_addresses=(METADATA_HOST,),
                             mjf_addresses=(MJF_HOST,), port=0, source_to_ordinal=loopback_source_to_ordinal,
                             limits=limits)

@@ -9,8 +9,11 @@
 - `uploadnames`: which `PUT` targets name a $JOBOUTPUTS file (any safe name Vac took).
 - `machines`: which machine a source address is, read from the store with a stat cache.
 - `joboutputs`: writing a guest's upload, with its quota and the time it was received.
+- `joboutputstotal`: all machines' joboutputs bytes, a running total for the disk-wide cap.
+- `slotlimits`: each slot's fair share (connections, request bucket, upload memory).
+- `acceptor`: accepting connections, resetting refused ones before they cost anything.
 - `connection`, `server`: the asyncio HTTP servers that tie these together.
 
 The format modules (`wire`, `requestpath`, `metadata`, `features`,
-`uploadnames`) do no I/O of their own.
+`uploadnames`) and `slotlimits` do no I/O of their own.
 """

@@ -16,6 +16,9 @@ Rules:
 - Pipelined requests are answered in order; while the transport's write buffer is full no
   further request is parsed (asyncio flow control), so a client that does not read cannot
   make us buffer without bound.
+- A response the handler says to hold (`Response.hold_seconds`, a slot over its request
+  rate) is sent after that long, and nothing is read from the connection meanwhile, so a
+  flooding client waits on its own connections instead of making new ones.
 - The handler decides; this class only moves bytes. It is told a request head and answers
   a Response, or an Upload: then the body is read and the upload's `complete` awaited
   while reading is paused.
@@ -24,6 +27,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional, Protocol, Union
@@ -55,8 +59,24 @@ class ConnectionLimits:
     write_stall_timeout_seconds: float = 30.0
     # nginx's keepalive_requests default.
     max_requests_per_connection: int = 1000
+    # The server-wide cap, for file descriptors (vacd.fdlimit derives it from the limit).
     max_connections: int = 4096
-    max_connections_per_source: int = 64
+    # Per slot (every address of the slot together), and never more than the slot's share
+    # of max_connections (vacd.guestapi.slotlimits.connection_share).
+    max_connections_per_slot: int = 64
+    # Each slot's request bucket: cloud-init fetches about 40 metadata paths in its first
+    # seconds and a payload polls MJF every few seconds, so 200 at once and 100/s refilled
+    # never touch a working guest, while a flood costs the server a 429, not a document.
+    requests_per_second_per_slot: float = 100.0
+    request_burst_per_slot: int = 200
+    # One PUT body; a larger Content-Length is refused with 413 before anything is read.
+    max_body_bytes: int = 64 * 1024 * 1024
+    # Upload bodies are held in memory until written (vacd.guestapi.slotlimits.UploadMemory):
+    # a shared pool, at most this much per slot, and a reserve per slot that is always there
+    # for a shutdown_message (4 KiB, vacd.outcomes) and heartbeat files.
+    max_upload_bytes_in_flight: int = 256 * 1024 * 1024
+    max_upload_bytes_in_flight_per_slot: int = 64 * 1024 * 1024
+    upload_reserve_bytes_per_slot: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,11 +93,11 @@ class Upload:
 
 
 class ConnectionHandler(Protocol):
-    def admit(self, source: str) -> bool:
-        """Whether a new connection from `source` may be served (connection limits)."""
+    def admit(self, part: str, source: str) -> Optional[int]:
+        """The slot a new connection from `source` is served as, or None to refuse it (limits)."""
 
-    def connection_closed(self, source: str) -> None:
-        """A connection `admit` let in has ended."""
+    def connection_closed(self, slot: int) -> None:
+        """A connection `admit` let in as `slot` has ended."""
 
     def on_head(self, part: str, source: str, head: RequestHead) -> Union[Response, Upload]:
         """Answer a request, or accept its body."""
@@ -110,7 +130,7 @@ class GuestConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: Optional[asyncio.Transport] = None
         self.source = ""
-        self._admitted = False
+        self.slot: Optional[int] = None
         self._state = _HEAD
         self._buffer = bytearray()
         self._requests = 0
@@ -127,6 +147,7 @@ class GuestConnection(asyncio.Protocol):
         self._timer: Optional[asyncio.TimerHandle] = None
         self._timer_when = 0.0
         self._drained_bytes = 0
+        self._held: Optional[asyncio.TimerHandle] = None
 
     @property
     def pending_task(self) -> "Optional[asyncio.Task[None]]":
@@ -144,12 +165,12 @@ class GuestConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.source = str(peer[0]) if peer else ""
-        if not self.handler.admit(self.source):
+        self.slot = self.handler.admit(self.part, self.source)
+        if self.slot is None:
+            # The handler counted and logged why; a reset costs us nothing more.
             self._state = _CLOSED
-            self.handler.on_rejected(self.part, self.source, 503, "connection limit")
             transport.abort()
             return
-        self._admitted = True
         self._set_deadline(self.limits.head_timeout_seconds, "head")
 
     def data_received(self, data: bytes) -> None:
@@ -189,12 +210,13 @@ class GuestConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._cancel_timer()
+        self._cancel_held()
         self._state = _CLOSED
         if self._upload is not None and self._task is None:
             self._release_upload()
-        if self._admitted:
-            self._admitted = False
-            self.handler.connection_closed(self.source)
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            self.handler.connection_closed(slot)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -242,6 +264,13 @@ class GuestConnection(asyncio.Protocol):
     def _respond(self, response: Response, head: Optional[RequestHead]) -> None:
         if self._state == _CLOSED or self.transport is None:
             return
+        if response.hold_seconds > 0.0:
+            self._state = _BUSY
+            self._clear_deadline()
+            self.transport.pause_reading()
+            self._held = self.loop.call_later(
+                response.hold_seconds, self._send_held, dataclasses.replace(response, hold_seconds=0.0), head)
+            return
         keep_alive = (
             head is not None
             and head.keep_alive
@@ -260,6 +289,16 @@ class GuestConnection(asyncio.Protocol):
             return
         self._state = _HEAD
         self._await_next_request()
+
+    def _send_held(self, response: Response, head: Optional[RequestHead]) -> None:
+        self._held = None
+        if self._state != _BUSY:
+            return
+        self._state = _HEAD
+        self._respond(response, head)
+        if self._state == _HEAD and self.transport is not None:
+            self.transport.resume_reading()
+            self._process()
 
     def _await_next_request(self) -> None:
         self._head_started = bool(self._buffer)
@@ -349,6 +388,11 @@ class GuestConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def _cancel_held(self) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+
     def _on_timer(self) -> None:
         self._timer = None
         if self._state == _CLOSED or self._deadline is None:
@@ -387,6 +431,7 @@ class GuestConnection(asyncio.Protocol):
     def _close_now(self) -> None:
         self._state = _CLOSED
         self._cancel_timer()
+        self._cancel_held()
         if self.transport is not None:
             self.transport.close()
 
@@ -394,5 +439,6 @@ class GuestConnection(asyncio.Protocol):
         log.debug("aborting guest connection part=%s source=%s reason=%s", self.part, self.source, reason)
         self._state = _CLOSED
         self._cancel_timer()
+        self._cancel_held()
         if self.transport is not None:
             self.transport.abort()

@@ -109,12 +109,18 @@ def _usage_at(directory: int) -> Usage:
 
 def quota_problem(joboutputs_dir: Path, name: str, length: int, quota_bytes: int) -> Optional[str]:
     """Why writing `length` bytes to NAME would break the quota, or None if it would not."""
-    return _quota_problem(usage(joboutputs_dir), name, length, quota_bytes)
+    return usage_problem(usage(joboutputs_dir), name, length, quota_bytes)
 
 
-def _quota_problem(current: Usage, name: str, length: int, quota_bytes: int) -> Optional[str]:
+def bytes_after(current: Usage, name: str, length: int) -> int:
+    """The guest's bytes in joboutputs once NAME holds `length` bytes."""
+    return current.total_bytes - current.sizes.get(name, 0) + length
+
+
+def usage_problem(current: Usage, name: str, length: int, quota_bytes: int) -> Optional[str]:
+    """Why writing `length` bytes to NAME, given `current` usage, would break the quota; or None."""
     replaced = current.sizes.get(name)
-    after = current.total_bytes - (replaced or 0) + length
+    after = bytes_after(current, name, length)
     if after > quota_bytes:
         return f"joboutputs would hold {after} bytes, quota {quota_bytes}"
     if replaced is None and current.file_count + 1 > MAX_FILES:
@@ -124,10 +130,13 @@ def _quota_problem(current: Usage, name: str, length: int, quota_bytes: int) -> 
 
 def store_upload(
     joboutputs_dir: Path, name: str, content: bytes, now: int, quota_bytes: int, sender: Optional[Sender] = None
-) -> None:
+) -> int:
     """Write NAME atomically and record when it was received (and, for shutdown_message, from whom).
 
     `joboutputs_dir` is MD/joboutputs; it is reached from MD with no link followed.
+
+    Returns:
+        The guest's bytes in joboutputs after the write (for the disk-wide total).
 
     Raises:
         QuotaExceeded: the write would break the quota; nothing is written.
@@ -141,9 +150,11 @@ def store_upload(
     if directory is None:
         raise FileNotFoundError(f"{joboutputs_dir.parent}: no machine directory")
     try:
-        problem = _quota_problem(_usage_at(directory), name, len(content), quota_bytes)
+        current = _usage_at(directory)
+        problem = usage_problem(current, name, len(content), quota_bytes)
         if problem is not None:
             raise QuotaExceeded(problem)
+        held_after = bytes_after(current, name, len(content))
         write_atomic_at(directory, name, content)
         times = _received_times_at(directory, joboutputs_dir)
         previous = times.get(name)
@@ -166,6 +177,7 @@ def store_upload(
                 message=message.text if message is not None else None,
             ),
         )
+    return held_after
 
 
 def received_times(joboutputs_dir: Path) -> dict[str, ReceivedTimes]:

@@ -1,7 +1,8 @@
 """The guest HTTP servers: metadata on 169.254.169.254:80, MJF and $JOBOUTPUTS on .253:80.
 
 Rules (behaviour reference §1.2, §6; design rule 6):
-- Both run as asyncio servers inside the daemon's event loop; each connection is a
+- Both run on one asyncio event loop, the guest servers' own in vacd (the VacQuery
+  responder has another, on its own thread); each connection is a
   GuestConnection, so timeouts and limits are per connection and a stuck guest blocks
   no one. Blocking upload writes (fsync) run on a thread pool, one at a time per machine.
 - Every request is answered for the one machine whose slot owns the source address
@@ -9,6 +10,15 @@ Rules (behaviour reference §1.2, §6; design rule 6):
   frames come from that slot's tap (vacd.guestapi.linkidentity). No machine, a finished
   one or one being destroyed: 404 and nothing changes. A method the server does not
   offer: 405.
+- Fair shares (issue 11 item 3, vacd.guestapi.slotlimits): a connection is identified
+  first, then counted. A source that is no slot, or fails the link check, is reset at
+  accept and holds nothing; a slot's connections beyond its share are reset at accept. A
+  request from a slot whose bucket is empty is answered 429 with Retry-After: N, held N
+  seconds before it is sent, with nothing read from that connection meanwhile: a flood
+  then waits on its own connections (at most its share) instead of making new ones, whose
+  handshakes and resets would cost the loop more than the requests. Upload bodies in memory are capped per slot with a reserve each,
+  so one guest's slow uploads cannot make another's shutdown_message wait. The guests'
+  joboutputs together are capped (`joboutputs_total_bytes`, vacd.guestapi.joboutputstotal).
 - Listeners bind with IP_FREEBIND, so the servers may start before the bridge has its
   addresses; an address that cannot be bound (an IPv6 link-local address whose interface
   does not exist yet, a port in use) is retried every BIND_RETRY_SECONDS, as Vac restarted
@@ -20,17 +30,17 @@ Rules (behaviour reference §1.2, §6; design rule 6):
 - File descriptors (issue 8 item 11): unless told otherwise, the server holds at most
   `vacd.fdlimit.guest_connection_cap` connections, which leaves the factory its share of
   the process's limit. If accept() still fails for want of descriptors (EMFILE, ENFILE),
-  asyncio stops accepting on that socket for a second and retries; the server logs that
-  once per RESOURCE_LOG_SECONDS with the count of failures in between, not once per
-  failure with a traceback.
+  accepting on that socket stops for a second and is retried (vacd.guestapi.acceptor);
+  the server logs that once per RESOURCE_LOG_SECONDS with the count of failures in
+  between, not once per failure with a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import errno
 import logging
+import math
 import socket
 import time
 import weakref
@@ -42,16 +52,20 @@ from typing import Callable, Optional, Sequence, Union
 
 from vacd.config import Settings
 from vacd.fdlimit import current_fd_limit, guest_connection_cap
+from vacd.guestapi.acceptor import ACCEPT_RETRY_SECONDS, Acceptor
 from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
 from vacd.guestapi.features import features_response
 from vacd.guestapi.guest import GuestMachine
-from vacd.guestapi.joboutputs import QuotaExceeded, Sender, quota_problem, store_upload
+from vacd.guestapi.joboutputs import QuotaExceeded, Sender, bytes_after, store_upload, usage, usage_problem
+from vacd.guestapi.joboutputstotal import RESCAN_SECONDS, JoboutputsTotal, scan
 from vacd.guestapi.machines import MachineResolver, default_source_to_ordinal
 from vacd.guestapi.metadata import metadata_response
 from vacd.guestapi.requestpath import normalise_path
 from vacd.guestapi.tokens import TOKEN_PATH, TOKEN_REQUIRED, SessionTokens, TokenHolder, new_key
+from vacd.guestapi.slotlimits import SlotLimiter, UploadMemory, connection_share
 from vacd.guestapi.uploadnames import RefusedUpload, safe_repr, upload_name
 from vacd.guestapi.wire import HeadCache, RequestHead, Response
+from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES
 from vacd.paths import Paths
 from vacd.slots import GATEWAY_ADDRESS, METADATA_ADDRESS
 from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
@@ -64,13 +78,9 @@ PARTS = (METADATA, MJF)
 BIND_RETRY_SECONDS = 10.0
 HEARTBEAT_SECONDS = 10.0
 LISTEN_BACKLOG = 1024
-# Upload bodies are held in memory until written; this bounds them across all guests.
-MAX_UPLOAD_BYTES_IN_FLIGHT = 256 * 1024 * 1024
 MAX_CACHED_SOURCES = 4096
-# The message asyncio's accept loop reports EMFILE, ENFILE, ENOBUFS and ENOMEM with (then it
-# pauses that listener for a second, asyncio.constants.ACCEPT_RETRY_DELAY).
-ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
-_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# A slot over its request rate is logged at most this often, with the count in between.
+RATE_LOG_SECONDS = 60.0
 RESOURCE_LOG_SECONDS = 60.0
 # Linux <netinet/in.h>; the socket module gained the name only in Python 3.12.
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
@@ -101,6 +111,7 @@ class GuestApiServer:
         executor: Optional[Executor] = None,
         clock: Callable[[], float] = time.time,
         token_key: Optional[bytes] = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.paths = paths
         self.store = store
@@ -111,6 +122,8 @@ class GuestApiServer:
         self.limits = limits or ConnectionLimits(max_connections=guest_connection_cap(self.fd_limit))
         self.executor = executor
         self.clock = clock
+        # Request buckets refill on this clock (tests stop it, so no bucket refills mid-test).
+        self.monotonic = monotonic
         self.source_to_ordinal = source_to_ordinal or default_source_to_ordinal
         # The second lock beside clean-traffic (vacd.guestapi.linkidentity): does the source's
         # traffic come from that slot's tap? Not cached here: the check has its own short cache.
@@ -124,19 +137,24 @@ class GuestApiServer:
         self._wanted = [(METADATA, address) for address in metadata_addresses] + [
             (MJF, address) for address in mjf_addresses
         ]
-        self._servers: dict[tuple[str, str], asyncio.AbstractServer] = {}
+        self._servers: dict[tuple[str, str], Acceptor] = {}
         self._connections: "weakref.WeakSet[GuestConnection]" = weakref.WeakSet()
-        self._connections_by_source: Counter[str] = Counter()
         self._connection_count = 0
         self._ordinals: dict[str, Optional[int]] = {}
-        self._upload_bytes_in_flight = 0
+        self.slot_limiter = SlotLimiter(self.limits.requests_per_second_per_slot,
+                                        float(self.limits.request_burst_per_slot))
+        self.upload_memory = UploadMemory(self.limits.max_upload_bytes_in_flight,
+                                          self.limits.max_upload_bytes_in_flight_per_slot,
+                                          self.limits.upload_reserve_bytes_per_slot)
+        self.joboutputs_total = JoboutputsTotal()
+        self._next_rescan = 0.0
+        self._rate_refusals: Counter[int] = Counter()
+        self._next_rate_log: dict[int, float] = {}
         self._upload_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._supervisor: Optional[asyncio.Task[None]] = None
         self._head_cache = HeadCache()
         self._date_second = -1
         self._date_text = ""
-        self._previous_exception_handler: Optional[Callable[..., object]] = None
-        self._exception_handler_installed = False
         self.accept_resource_failures = 0
         self._resource_failures_unlogged = 0
         self._next_resource_log = 0.0
@@ -144,11 +162,10 @@ class GuestApiServer:
     # Lifecycle
     async def start(self) -> None:
         """Bind every address that can be bound now; keep retrying the others."""
-        loop = asyncio.get_running_loop()
-        self._previous_exception_handler = loop.get_exception_handler()
-        loop.set_exception_handler(self._on_loop_exception)
-        self._exception_handler_installed = True
-        log.info("guest server connection cap=%s fd_limit=%s", self.limits.max_connections, self.fd_limit)
+        log.info("guest server connection cap=%s per_slot=%s fd_limit=%s requests_per_second_per_slot=%s burst=%s",
+                 self.limits.max_connections, self._connection_share(), self.fd_limit,
+                 self.limits.requests_per_second_per_slot, self.limits.request_burst_per_slot)
+        await self.rescan_joboutputs()
         for part, address in self._wanted:
             await self._try_bind(part, address)
         now = self.clock()
@@ -170,53 +187,84 @@ class GuestApiServer:
         self.listening = []
         for server in servers:
             server.close()
+        for server in servers:
+            await server.wait_closed()
         pending = [connection.pending_task for connection in list(self._connections) if connection.pending_task]
         if pending:
             await asyncio.wait(pending, timeout=30.0)
         for connection in list(self._connections):
             connection.close_now()
-        for server in servers:
-            await server.wait_closed()
-        if self._exception_handler_installed:
-            asyncio.get_running_loop().set_exception_handler(self._previous_exception_handler)
-            self._exception_handler_installed = False
 
-    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        """Rate-limit asyncio's accept() resource failures; hand everything else on."""
-        error = context.get("exception")
-        if context.get("message") == ACCEPT_OUT_OF_RESOURCES and isinstance(error, OSError) \
-                and error.errno in _RESOURCE_ERRNOS:
-            self.accept_resource_failures += 1
-            self._resource_failures_unlogged += 1
-            now = time.monotonic()
-            if now >= self._next_resource_log:
-                log.warning("guest server cannot accept, out of resources: accepting paused for 1s "
-                            "error=%s failures=%s connections=%s cap=%s fd_limit=%s next_report_in=%.0fs",
-                            error.strerror or error, self._resource_failures_unlogged, self._connection_count,
-                            self.limits.max_connections, self.fd_limit, RESOURCE_LOG_SECONDS)
-                self._resource_failures_unlogged = 0
-                self._next_resource_log = now + RESOURCE_LOG_SECONDS
-            return
-        if self._previous_exception_handler is not None:
-            self._previous_exception_handler(loop, context)
-        else:
-            loop.default_exception_handler(context)
+    def _on_accept_resource_failure(self, error: OSError) -> None:
+        """Log accept()'s resource failures once per RESOURCE_LOG_SECONDS, with the count between."""
+        self.accept_resource_failures += 1
+        self._resource_failures_unlogged += 1
+        now = time.monotonic()
+        if now >= self._next_resource_log:
+            log.warning("guest server cannot accept, out of resources: accepting paused for %.0fs "
+                        "error=%s failures=%s connections=%s cap=%s fd_limit=%s next_report_in=%.0fs",
+                        ACCEPT_RETRY_SECONDS, error.strerror or error, self._resource_failures_unlogged,
+                        self._connection_count, self.limits.max_connections, self.fd_limit, RESOURCE_LOG_SECONDS)
+            self._resource_failures_unlogged = 0
+            self._next_resource_log = now + RESOURCE_LOG_SECONDS
 
     # ConnectionHandler
-    def admit(self, source: str) -> bool:
-        if self._connection_count >= self.limits.max_connections:
+    def screen(self, part: str, source: str) -> bool:
+        """Whether a connection just accepted may become one (vacd.guestapi.acceptor).
+
+        Only the source's slot and the slot's share: the server-wide cap is left to `admit`,
+        which runs after connections closing in the same loop turn have let go of it.
+        """
+        slot, status, reason = self._admission(source)
+        if slot is None:
+            self._refuse_connection(part, source, status, reason)
             return False
-        if self._connections_by_source[source] >= self.limits.max_connections_per_source:
-            return False
-        self._connection_count += 1
-        self._connections_by_source[source] += 1
         return True
 
-    def connection_closed(self, source: str) -> None:
+    def admit(self, part: str, source: str) -> Optional[int]:
+        """The slot a new connection is served as, or None: identified before it is counted."""
+        slot, status, reason = self._admission(source)
+        if slot is None:
+            return self._refuse_connection(part, source, status, reason)
+        if self._connection_count >= self.limits.max_connections:
+            return self._refuse_connection(part, source, 503, "server connection cap")
+        self.slot_limiter.open_connection(slot, self.monotonic())
+        self._connection_count += 1
+        return slot
+
+    def _admission(self, source: str) -> tuple[Optional[int], int, str]:
+        """(slot, 0, "") if `source` is a slot with room for a connection, else (None, status, reason)."""
+        slot = self._slot_of(source)
+        if slot is None:
+            return None, 404, "no slot"
+        if self.slot_limiter.connection_count(slot) >= self._connection_share():
+            return None, 503, f"slot {slot} at its connection share"
+        return slot, 0, ""
+
+    def connection_closed(self, slot: int) -> None:
         self._connection_count -= 1
-        self._connections_by_source[source] -= 1
-        if self._connections_by_source[source] <= 0:
-            del self._connections_by_source[source]
+        self.slot_limiter.close_connection(slot)
+
+    def _refuse_connection(self, part: str, source: str, status: int, reason: str) -> Optional[int]:
+        self.counters[(part, "connection", status)] += 1
+        log.debug("guest connection refused part=%s source=%s reason=%s", part, source, reason)
+        return None
+
+    def _connection_share(self) -> int:
+        return connection_share(self.limits.max_connections, self.limits.max_connections_per_slot,
+                                self.settings_provider().num_machine_slots)
+
+    def _note_rate_refusal(self, slot: int) -> None:
+        """Count a refusal for the slot's rate; log the count once per RATE_LOG_SECONDS."""
+        self._rate_refusals[slot] += 1
+        now = self.monotonic()
+        if now >= self._next_rate_log.get(slot, 0.0):
+            # An admin should know: a guest is flooding its factory (or is broken).
+            log.warning("guest slot over its request rate slot=%s requests_per_second=%s burst=%s refused=%s "
+                        "next_report_in=%.0fs", slot, self.limits.requests_per_second_per_slot,
+                        self.limits.request_burst_per_slot, self._rate_refusals[slot], RATE_LOG_SECONDS)
+            self._rate_refusals[slot] = 0
+            self._next_rate_log[slot] = now + RATE_LOG_SECONDS
 
     def on_rejected(self, part: str, source: str, status: int, reason: str) -> None:
         self.counters[(part, "rejected", status)] += 1
@@ -231,8 +279,16 @@ class GuestApiServer:
 
     def on_head(self, part: str, source: str, head: RequestHead) -> Union[Response, Upload]:
         self.heartbeats[part] = self.clock()
-        machine = self._machine_of(source)
-        if machine is None:
+        slot = self._slot_of(source)
+        retry_after = 0.0 if slot is None else self.slot_limiter.take(slot, self.monotonic())
+        if slot is not None and retry_after > 0.0:
+            self._note_rate_refusal(slot)
+            # Held for as long as it tells the guest to wait (see the module's rules).
+            seconds = max(1, math.ceil(retry_after))
+            return self._counted(part, Response(429, b"over this machine's request rate\n", path_class="rate",
+                                                headers=(("Retry-After", str(seconds)),), hold_seconds=seconds))
+        machine = None if slot is None else self.resolver.machine_for(slot, self.settings_provider())
+        if slot is None or machine is None:
             log.debug("guest request from no live machine part=%s source=%s", part, source)
             # Not a guest we serve: answer and drop the connection rather than keep it.
             return self._counted(part, Response(404, path_class="identity", close=True))
@@ -243,7 +299,7 @@ class GuestApiServer:
             allowed = "GET, HEAD" if part == METADATA else "GET, HEAD, PUT"
             return self._counted(part, Response(405, path_class="method", close=True, headers=(("Allow", allowed),)))
         if method == "PUT":
-            return self._accept_upload(part, source, machine, head)
+            return self._accept_upload(part, source, slot, machine, head)
         path = normalise_path(head.target)
         if path is None:
             return self._counted(part, Response(404, path_class="refused_path"))
@@ -284,7 +340,7 @@ class GuestApiServer:
 
     # Uploads ($JOBOUTPUTS, §6.3, §6.7)
     def _accept_upload(
-        self, part: str, source: str, machine: GuestMachine, head: RequestHead
+        self, part: str, source: str, slot: int, machine: GuestMachine, head: RequestHead
     ) -> Union[Response, Upload]:
         upload = upload_name(head.target)
         if isinstance(upload, RefusedUpload):
@@ -297,25 +353,31 @@ class GuestApiServer:
         length = head.content_length
         if length is None:
             return self._counted(part, Response(411, path_class="joboutputs", close=True))
-        quota_bytes = self.settings_provider().joboutputs_quota_bytes
-        problem = quota_problem(machine.directory / "joboutputs", name, length, quota_bytes)
+        settings = self.settings_provider()
+        if length > self.limits.max_body_bytes:
+            problem: Optional[str] = f"body of {length} bytes, at most {self.limits.max_body_bytes}"
+        else:
+            current = usage(machine.directory / "joboutputs")
+            problem = usage_problem(current, name, length, settings.joboutputs_quota_bytes)
+            if problem is None and not (name == SHUTDOWN_MESSAGE_FILE and length <= MAX_SHUTDOWN_MESSAGE_BYTES):
+                problem = self.joboutputs_total.refusal(
+                    machine.directory, bytes_after(current, name, length), self.upload_memory.total,
+                    settings.joboutputs_total_bytes) or None
         if problem is not None:
             log.warning("joboutputs upload refused machine=%s name=%s reason=%s",
                         machine.record.name, safe_repr(name), problem)
             return self._counted(part, Response(413, path_class="joboutputs", close=True))
-        if self._upload_bytes_in_flight + length > MAX_UPLOAD_BYTES_IN_FLIGHT:
-            log.warning("joboutputs upload deferred machine=%s name=%s bytes=%s",
-                        machine.record.name, safe_repr(name), length)
+        deferred = self.upload_memory.refusal(slot, length)
+        if deferred:
+            log.warning("joboutputs upload deferred machine=%s name=%s bytes=%s reason=%s retry_in=10s",
+                        machine.record.name, safe_repr(name), length, deferred)
             return self._counted(part, Response(503, path_class="joboutputs", close=True, headers=(("Retry-After", "10"),)))
-        self._upload_bytes_in_flight += length
+        self.upload_memory.hold(slot, length)
         return Upload(
             length=length,
             complete=partial(self._complete_upload, part, source, machine, name),
-            release=partial(self._release_upload_bytes, length),
+            release=partial(self.upload_memory.release, slot, length),
         )
-
-    def _release_upload_bytes(self, length: int) -> None:
-        self._upload_bytes_in_flight -= length
 
     async def _complete_upload(self, part: str, source: str, machine: GuestMachine, name: str, body: bytes) -> Response:
         current = self._machine_of(source)
@@ -328,12 +390,13 @@ class GuestApiServer:
             async with lock:
                 quota_bytes = self.settings_provider().joboutputs_quota_bytes
                 now = int(self.clock())
-                await asyncio.get_running_loop().run_in_executor(
+                held_after = await asyncio.get_running_loop().run_in_executor(
                     self.executor, store_upload, machine.directory / "joboutputs", name, body, now, quota_bytes,
                     # The receipt that lets this machine's message back the space off (issue 11 item 4):
                     # `source` was just resolved to this slot's current machine, this UUID.
                     Sender(machine.record.uuid, source),
                 )
+                self.joboutputs_total.set_machine(machine.directory, held_after)
         except QuotaExceeded as error:
             log.warning("joboutputs upload refused machine=%s name=%s reason=%s",
                         machine.record.name, safe_repr(name), error)
@@ -361,6 +424,13 @@ class GuestApiServer:
 
     # Identity
     def _machine_of(self, source: str) -> Optional[GuestMachine]:
+        slot = self._slot_of(source)
+        if slot is None:
+            return None
+        return self.resolver.machine_for(slot, self.settings_provider())
+
+    def _slot_of(self, source: str) -> Optional[int]:
+        """The slot `source` is, once the link check agrees; None for any other source."""
         if source in self._ordinals:
             ordinal = self._ordinals[source]
         else:
@@ -372,7 +442,17 @@ class GuestApiServer:
             return None
         if self.link_check is not None and not self.link_check(source, ordinal):
             return None
-        return self.resolver.machine_for(ordinal, self.settings_provider())
+        return ordinal
+
+    async def rescan_joboutputs(self) -> None:
+        """Recount every machine's joboutputs on the thread pool (the running total's safety net)."""
+        self._next_rescan = time.monotonic() + RESCAN_SECONDS
+        try:
+            totals = await asyncio.get_running_loop().run_in_executor(self.executor, scan, self.paths.machines_dir)
+        except OSError as error:
+            log.warning("cannot recount joboutputs error=%s retry_in=%.0fs", error, RESCAN_SECONDS)
+            return
+        self.joboutputs_total.replace_all(totals)
 
     def _counted(self, part: str, response: Response) -> Response:
         self.counters[(part, response.path_class, response.status)] += 1
@@ -392,11 +472,9 @@ class GuestApiServer:
                 BIND_RETRY_SECONDS,
             )
             return False
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: self._new_connection(part), sock=listening_socket, backlog=LISTEN_BACKLOG
-        )
-        self._servers[(part, address)] = server
+        self._servers[(part, address)] = Acceptor(
+            listening_socket, lambda: self._new_connection(part), partial(self.screen, part),
+            self._on_accept_resource_failure)
         host, port = listening_socket.getsockname()[:2]
         self.listening.append(Listening(part, str(host), int(port)))
         log.info("guest server listening part=%s address=%s port=%s", part, host, port)
@@ -416,6 +494,9 @@ class GuestApiServer:
             now = self.clock()
             for part in self._listening_parts():
                 self.heartbeats[part] = max(self.heartbeats.get(part, 0.0), now)
+            self.slot_limiter.forget_idle(self.monotonic())
+            if time.monotonic() >= self._next_rescan:
+                await self.rescan_joboutputs()
 
     def _listening_parts(self) -> set[str]:
         return {part for part, _address in self._servers}

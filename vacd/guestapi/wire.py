@@ -47,6 +47,7 @@ REASONS = {
     408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",
     505: "HTTP Version Not Supported",
@@ -91,7 +92,11 @@ class RequestHead:
 
 @dataclass(frozen=True)
 class Response:
-    """What to answer; `path_class` names the kind of request for the counters."""
+    """What to answer; `path_class` names the kind of request for the counters.
+
+    `hold_seconds`: send it only after this long, reading nothing more from the connection
+    meanwhile (the answer to a slot over its request rate).
+    """
 
     status: int
     body: bytes = b""
@@ -99,6 +104,7 @@ class Response:
     path_class: str = "other"
     close: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    hold_seconds: float = 0.0
 
 
 def find_head_end(buffer: Union[bytes, bytearray]) -> int:

@@ -189,6 +189,17 @@ class RunningServer:
         assert len(responses) == 1
         return responses[0]
 
+    def is_refused(self, raw_request: bytes = b"GET /latest/meta-data/instance-id HTTP/1.0\r\n\r\n", *,
+                   part: str = "metadata", source: str = "127.0.0.3") -> bool:
+        """Whether the server closes a connection from `source` without answering a byte (reset at accept)."""
+        try:
+            # The reset may come before connect() has returned.
+            with self.connect(part, source) as client:
+                client.sendall(raw_request)
+                return read_until_closed(client) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+
     def call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
 

@@ -27,11 +27,13 @@ def test_requests_stamp_their_part_and_are_counted(machine_dir: Path, running_se
     before = dict(server.heartbeats)
     running_server.get("/latest/meta-data/instance-id")
     running_server.get("/jobfeatures/job_id", part="mjf")
-    running_server.get("/latest/meta-data/instance-id", source="127.0.0.1")
+    running_server.get("/latest/meta-data/instance-id", source="127.0.0.4")
+    assert running_server.is_refused(source="127.0.0.1")
     assert server.heartbeats["metadata"] >= before["metadata"]
     assert server.counters[("metadata", "ec2", 200)] == 1
     assert server.counters[("mjf", "jobfeatures", 200)] == 1
     assert server.counters[("metadata", "identity", 404)] == 1
+    assert server.counters[("metadata", "connection", 404)] == 1
 
 
 def test_unknown_method_is_not_allowed_and_lists_allowed_ones(machine_dir: Path, running_server: RunningServer) -> None:
@@ -41,7 +43,8 @@ def test_unknown_method_is_not_allowed_and_lists_allowed_ones(machine_dir: Path,
 
 
 def test_unknown_source_learns_nothing_about_methods(machine_dir: Path, running_server: RunningServer) -> None:
-    (response,) = running_server.exchange(b"DELETE /joboutputs/x HTTP/1.1\r\n\r\n", part="mjf", source="127.0.0.1")
+    assert running_server.is_refused(b"DELETE /joboutputs/x HTTP/1.1\r\n\r\n", part="mjf", source="127.0.0.1")
+    (response,) = running_server.exchange(b"DELETE /joboutputs/x HTTP/1.1\r\n\r\n", part="mjf", source="127.0.0.4")
     assert response.status == 404
 
 
@@ -122,10 +125,10 @@ def test_source_the_link_check_refuses_is_served_nothing(machine_dir: Path, runn
         return False
 
     server.link_check = link_check
-    metadata = running_server.get("/latest/meta-data/instance-id")
-    upload = running_server.exchange(b"PUT /joboutputs/shutdown_message HTTP/1.1\r\nContent-Length: 12\r\n\r\n"
-                                     b"300 Hijacked", part="mjf")[0]
-    assert (metadata.status, upload.status) == (404, 404)
+    # Refused at accept, before the connection holds any of the capacity real guests need.
+    assert running_server.is_refused()
+    assert running_server.is_refused(b"PUT /joboutputs/shutdown_message HTTP/1.1\r\nContent-Length: 12\r\n\r\n"
+                                     b"300 Hijacked", part="mjf")
     assert asked == [("127.0.0.3", 3), ("127.0.0.3", 3)]
     assert not (machine_dir / "joboutputs" / "shutdown_message").exists()
     server.link_check = lambda source, ordinal: True

@@ -1,0 +1,111 @@
+"""Accepting guest connections, with those we will not serve reset before they cost anything.
+
+Rules (issue 11 item 3):
+- asyncio's own accept path builds a transport, a task and a protocol for every
+  connection before anyone can look at its source, so a slot flooding new connections
+  was paid for in full even when each was then refused. Here each accepted socket is
+  first shown to `screen(source)`; a refused one is reset at once (SO_LINGER 0, so no
+  TIME_WAIT either) for about the price of the accept() call, and only a screened one
+  becomes a transport (`loop.connect_accepted_socket`).
+- One readiness callback accepts at most ACCEPT_BATCH connections, so the loop turns
+  between batches and the connections already open are read in between.
+- When accept() fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+  ENOMEM), accepting on that socket pauses for ACCEPT_RETRY_SECONDS, as asyncio's own
+  loop does, and `on_resource_failure` is told (the server logs it, rate-limited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from typing import Callable, Optional
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 128
+ACCEPT_RETRY_SECONDS = 1.0
+RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# SO_LINGER on, 0 s: close() sends RST and keeps no state.
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+class Acceptor:
+    """Accepts on one listening socket for the running event loop."""
+
+    def __init__(
+        self,
+        listening_socket: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        screen: Callable[[str], bool],
+        on_resource_failure: Callable[[OSError], None],
+    ) -> None:
+        self.socket = listening_socket
+        self.protocol_factory = protocol_factory
+        self.screen = screen
+        self.on_resource_failure = on_resource_failure
+        self.loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retry: Optional[asyncio.TimerHandle] = None
+        self._closed = False
+        self.loop.add_reader(self.socket.fileno(), self._accept_ready)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (connections made stay open)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+        else:
+            self.loop.remove_reader(self.socket.fileno())
+        self.socket.close()
+
+    async def wait_closed(self) -> None:
+        """Wait for connections accepted but not yet handed to their protocol."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    def _accept_ready(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while in the queue
+            except OSError as error:
+                if error.errno in RESOURCE_ERRNOS:
+                    self._pause(error)
+                    return
+                raise
+            source = str(address[0]) if address else ""
+            if not self.screen(source):
+                try:
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+                finally:
+                    connection.close()
+                continue
+            connection.setblocking(False)
+            task = self.loop.create_task(self._hand_over(connection))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _hand_over(self, connection: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.protocol_factory, connection)
+        except OSError as error:
+            log.debug("guest connection lost before it was set up error=%s", error)
+            connection.close()
+
+    def _pause(self, error: OSError) -> None:
+        self.loop.remove_reader(self.socket.fileno())
+        self._retry = self.loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
+        self.on_resource_failure(error)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self.loop.add_reader(self.socket.fileno(), self._accept_ready)
