@@ -6,7 +6,8 @@ test) owns time and sockets:
     census = Census(MessageType.MACHINETYPES_QUERY, space, factories, now, deadline_seconds=2, salt=salt)
     while not census.done:
         for factory, datagram in census.datagrams_to_send(now): send it to the factory
-        wait until census.next_wakeup, feeding each arriving datagram to census.receive(data, source, now)
+        wait until census.next_wakeup, feeding each arriving datagram to
+        census.receive(data, source, arrival time)
     census.result
 
 Kept from Vac 03 (§3.7, acceptance 39): one query per factory, cookie =
@@ -26,7 +27,12 @@ Changed from Vac 03:
   about 17 datagrams a second until the deadline.
   The smoothed RTT uses only replies to a factory asked once (Karn's rule: a reply to a
   repeated query cannot say which query it answers) and can be carried from the previous
-  census (`initial_rtt_seconds`);
+  census (`initial_rtt_seconds`), capped at `max_carried_rtt_seconds` so that one slow
+  census does not slow the next. `receive` takes the datagram's arrival time, not the
+  time it was handled: a driver that handles a burst of replies one after another must
+  not count the handling of the earlier ones into the later ones' round trips (issue 15
+  item 4: on loopback that inflated the estimate to 20-190 ms and cut 400 factories at
+  50 % loss to 96 % heard);
 - retransmissions stay within Vac's own rounds for a peer not known to be fast: the
   driver passes `fast_peers`, the factories an earlier census heard answer within the
   retransmission ceiling (60 ms), and every other factory (never heard, silent last
@@ -78,6 +84,11 @@ class RetransmitPolicy:
     smoothing: float = 0.125  # RFC 6298 alpha
     # Queries per census to a factory not known to answer within max_timeout_seconds.
     max_attempts_unless_fast: int = VAC_ROUNDS
+    # The most an RTT carried from the previous census may count for, until this census
+    # measures its own: one slow census (a loaded host, a burst handled late) must not
+    # stretch the next one's first retransmissions (issue 15 item 4). At 15 ms the first
+    # timeout is at most the ceiling (4 x 15 ms = 60 ms).
+    max_carried_rtt_seconds: float = 0.015
 
     def timeout(self, smoothed_rtt: float, attempts: int) -> float:
         """Seconds to wait after the `attempts`-th query before sending the next."""
@@ -237,7 +248,8 @@ class Census:
         self.datagrams_sent = 0
         self._reply_type = REPLY_TYPE[kind]
         self._smoothed_rtt: Optional[float] = None
-        self._rtt_guess = policy.initial_rtt_seconds if initial_rtt_seconds is None else initial_rtt_seconds
+        self._rtt_guess = (policy.initial_rtt_seconds if initial_rtt_seconds is None
+                           else min(initial_rtt_seconds, policy.max_carried_rtt_seconds))
         self._now = now
         self._finished: Optional[float] = None
         self._factories: dict[str, _FactoryState] = {}
@@ -310,7 +322,12 @@ class Census:
         heapq.heappush(self._timers, (when, self._sequence, name))
 
     def receive(self, data: bytes, source: str, now: float) -> None:
-        """Take one datagram that arrived from `source`; invalid ones are counted and dropped."""
+        """Take one datagram that arrived from `source` at `now`; invalid ones are counted and dropped.
+
+        `now` is when the datagram arrived (the kernel's stamp, or the wake-up that found
+        it), which may be earlier than a time this census was given before: round trips
+        are measured to it.
+        """
         self._now = max(self._now, now)
         if self.done:
             self.drops["late"] += 1

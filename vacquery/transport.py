@@ -29,6 +29,7 @@ import logging
 import random
 import selectors
 import socket
+import struct
 import sys
 import time
 from collections import Counter
@@ -180,6 +181,7 @@ def run_census(
         sockets.for_family(family)
     selector = selectors.DefaultSelector()
     try:
+        stamped = {sock: stamp_arrivals(sock) for sock in sockets.open_sockets}
         for sock in sockets.open_sockets:
             selector.register(sock, selectors.EVENT_READ)
         while True:
@@ -194,7 +196,9 @@ def run_census(
                 break
             timeout = max(0.0, census.next_wakeup - monotonic())
             for key, _ in selector.select(timeout):
-                _drain(key.fileobj, census, authenticator, monotonic, wall_clock, tally)  # type: ignore[arg-type]
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                _drain(sock, census, authenticator, monotonic, wall_clock, tally, stamped[sock])
     finally:
         selector.close()
     return census.result
@@ -228,6 +232,70 @@ def _send(
         log.debug("cannot send query factory=%s address=%s error=%s", name, host, error)
 
 
+# SO_TIMESTAMPNS (socket(7)): the kernel stamps each datagram with its arrival time
+# (CLOCK_REALTIME) and recvmsg returns it as a struct timespec. Python does not name the
+# option; 35 is its value in Linux's asm-generic/socket.h (x86, Arm, RISC-V, s390, ppc).
+_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
+_TIMESPEC = struct.Struct("@qq")
+# recvmsg's ancillary buffer: room for one timespec.
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+def stamp_arrivals(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp each datagram on `sock` with its arrival time; whether it will."""
+    if _SO_TIMESTAMPNS is None or not _ANCILLARY_BYTES:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError as error:
+        log.debug("no kernel arrival timestamps error=%s", error)
+        return False
+    return True
+
+
+def _kernel_arrival(ancillary: list[tuple[int, int, bytes]]) -> Optional[float]:
+    """The CLOCK_REALTIME arrival time in recvmsg's ancillary data, if the kernel gave one."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+            return seconds + nanoseconds * 1e-9
+    return None
+
+
+def receive_batch(
+    sock: socket.socket, woke_monotonic: float, woke_realtime: float, stamped: bool
+) -> tuple[list[tuple[bytes, Any, float]], int]:
+    """Every datagram waiting on `sock` as (data, address, arrival), read before any is handled.
+
+    The arrival is on the monotonic clock read at `woke_monotonic`: the kernel's stamp
+    when `stamped` (moved onto the monotonic clock by how long before `woke_realtime`
+    it was), else the wake-up itself. Either way it is not the time a datagram's turn
+    came to be handled, which a burst of hundreds of replies would push back by the
+    time spent on the ones before it (issue 15 item 4). Also returns how many receive
+    errors were met (ICMP port unreachable from a dead peer surfaces as one on Linux).
+    """
+    batch: list[tuple[bytes, Any, float]] = []
+    errors = 0
+    while True:
+        try:
+            if stamped:
+                data, ancillary, _, address = sock.recvmsg(MAX_DATAGRAM_BYTES + 1, _ANCILLARY_BYTES)
+                kernel_time = _kernel_arrival(ancillary)
+                # Never later than the wake-up, whatever a stepped real-time clock says.
+                age = 0.0 if kernel_time is None else max(0.0, woke_realtime - kernel_time)
+                batch.append((data, address, woke_monotonic - age))
+            else:
+                data, address = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
+                batch.append((data, address, woke_monotonic))
+        except (BlockingIOError, InterruptedError):
+            return batch, errors
+        except OSError as error:
+            errors += 1
+            log.debug("receive error error=%s", error)
+            if errors > 16:  # each read reports and clears one error; a flood of them can wait
+                return batch, errors
+
+
 def _drain(
     sock: socket.socket,
     census: Census,
@@ -235,26 +303,22 @@ def _drain(
     monotonic: Callable[[], float],
     wall_clock: Callable[[], float],
     tally: Counter[str],
+    stamped: bool,
 ) -> None:
-    """Read every datagram waiting on `sock` into the census."""
-    while True:
-        try:
-            data, address = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as error:
-            # ICMP port unreachable from a dead peer surfaces here on Linux.
-            tally["receive_error"] += 1
-            log.debug("receive error error=%s", error)
-            return
+    """Read every datagram waiting on `sock`, then hand each to the census with its arrival time."""
+    batch, errors = receive_batch(sock, monotonic(), time.time(), stamped)
+    if errors:
+        tally["receive_error"] += errors
+    verified_at = wall_clock() if authenticator is not None else 0.0
+    for data, address, arrival in batch:
         host = source_host(address)
         if authenticator is not None:
             try:
-                data = authenticator.verify(data, wall_clock(), Scope.reply_in(census.space), host).body
+                data = authenticator.verify(data, verified_at, Scope.reply_in(census.space), host).body
             except AuthRejected as rejection:
                 tally[f"auth_{rejection.reason}"] += 1
                 continue
-        census.receive(data, host, monotonic())
+        census.receive(data, host, arrival)
 
 
 class ResponderProtocol(asyncio.DatagramProtocol):
