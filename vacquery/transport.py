@@ -196,9 +196,8 @@ def run_census(
                 break
             timeout = max(0.0, census.next_wakeup - monotonic())
             for key, _ in selector.select(timeout):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
-                _drain(sock, census, authenticator, monotonic, wall_clock, tally, stamped[sock])
+                ready: socket.socket = key.fileobj  # type: ignore[assignment]  # registered above
+                _drain(ready, census, authenticator, monotonic, wall_clock, tally, stamped[ready])
     finally:
         selector.close()
     return census.result
@@ -258,7 +257,7 @@ def _kernel_arrival(ancillary: list[tuple[int, int, bytes]]) -> Optional[float]:
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
-            return seconds + nanoseconds * 1e-9
+            return float(seconds) + float(nanoseconds) * 1e-9
     return None
 
 
