@@ -181,6 +181,18 @@ def test_slow_network_retransmits_after_four_smoothed_rtts() -> None:
     assert times[1] - times[0] == pytest.approx(4 * 0.1)
 
 
+def test_after_the_first_wait_a_silent_factory_is_asked_again_every_round_trip() -> None:
+    # A 100 ms RTT: the first re-ask waits 4 RTTs (a later reply is lost, not late); the
+    # next ones each wait one, so loss is retried as often as the path allows.
+    snapshots = {name: SNAPSHOTS[name] for name in FACTORIES[:2]}
+    network = InMemoryNetwork(fate=lambda direction, datagram: [0.05], snapshots=snapshots)
+    network.run(new_census(deadline=2.0))
+    times = [when for when, name in network.sent if name == "f3.example.com"]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert gaps[0] == pytest.approx(0.4)
+    assert gaps[1:] == pytest.approx([0.1] * len(gaps[1:])) and len(gaps) > 10
+
+
 def test_carried_rtt_sets_the_first_retransmission() -> None:
     network = InMemoryNetwork(snapshots={})
     network.run(new_census(factories=("f9.example.com",), deadline=1.0, initial_rtt_seconds=0.01))
