@@ -5,7 +5,7 @@ Run (as root, for the raised case): `.venv/bin/python bench/census_loopback.py
 `VAC_TREE=/path/to/checkout` measures another checkout of vac (before/after comparisons)
 with this script.
 
-N `vacquery.transport.ResponderProtocol`s listen on 127.0.0.2, 127.0.0.3 … (one port,
+N `vacquery.responder_transport.ResponderProtocol`s listen on 127.0.0.2, 127.0.0.3 … (one port,
 one address each; 127.0.0.0/8 is all local on Linux), spread over `--processes` child
 processes so that they answer at once, as a site's factories do. This process runs the
 factory's census as vacd does (`vacd.peers.PeerCensus`: the real `Census` and
@@ -52,8 +52,12 @@ from tests.vacquery.sample_statuses import SPACE, snapshot  # noqa: E402
 from vacd.config import FactoryAddress, Settings  # noqa: E402
 from vacd.peers import PeerCensus, PeerResolver  # noqa: E402
 from vacquery import transport  # noqa: E402
-from vacquery.transport import (  # noqa: E402
-    SOCKET_BUFFER_BYTES, CensusSockets, InjectedLoss, ResponderProtocol, start_responder)
+from vacquery.transport import SOCKET_BUFFER_BYTES, CensusSockets, InjectedLoss  # noqa: E402
+
+try:
+    from vacquery.responder_transport import ResponderProtocol, start_responder  # noqa: E402
+except ImportError:  # a checkout from before issue 15 (VAC_TREE, for the before/after table)
+    from vacquery.transport import ResponderProtocol, start_responder  # type: ignore[attr-defined,no-redef]  # noqa: E402
 
 SYSCTLS = (Path("/proc/sys/net/core/rmem_max"), Path("/proc/sys/net/core/wmem_max"))
 MACHINETYPE_NAMES = ("lhcb", "atlas", "cms", "alice", "dune", "lz", "belle", "na62", "t2k", "lsst")

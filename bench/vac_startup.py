@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from responder import FACTORY, SPACE, site_snapshot  # noqa: E402  (bench/responder.py)
 
-from vacquery.transport import ResponderProtocol, start_responder  # noqa: E402
+from vacquery.responder_transport import ResponderProtocol, start_responder  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SLOTS = 8

@@ -1,13 +1,18 @@
-"""Carry VacQuery datagrams over UDP: the only vacquery module that touches sockets or clocks.
+"""Carry VacQuery datagrams over UDP: the census's sockets and what both sides share.
 
-Two drivers around the sans-I/O core:
+With vacquery.responder_transport (the responder's asyncio side), the only vacquery
+modules that touch sockets or clocks:
 - `run_census(census, sockets, addresses, port=...)`: a blocking loop (selectors) for the
   factory's pass (run it in a worker thread) and for the `vac` command. It signs what it
   sends (each query for the factory it is sent to) and verifies what it receives when
-  given an `Authenticator`, so the census itself never sees auth trailers.
-- `ResponderProtocol`: an asyncio DatagramProtocol answering with `responder.respond`
-  from the last published snapshot, bound by `start_responder` to
-  `[settings] vacquery_bind_address`:`vacquery_port` (`::` listens on IPv6 and IPv4).
+  given an `Authenticator`, so the census itself never sees auth trailers. Each wake-up
+  reads every waiting datagram before handling any, and hands each to the census with
+  its arrival time (the kernel's SO_TIMESTAMPNS stamp), so the time spent on a burst of
+  replies is not counted into their round trips (issue 15 item 4).
+- socket buffer sizing, source addresses and injected loss, used by both sides.
+
+This module imports no asyncio: `vac machines` loads only what a listing uses (issue 15
+item 4; tests/test_vac_command_imports.py).
 
 Rules: IPv4 and IPv6 alike; every datagram dropped is counted by reason; a failure to
 handle one datagram is logged and counted, never raised into the event loop.
@@ -23,7 +28,6 @@ back and logged, with a warning naming the drop-in when it is less than asked.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import random
@@ -33,13 +37,11 @@ import struct
 import sys
 import time
 from collections import Counter
-from typing import Any, AbstractSet, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from vacquery.auth import AuthRejected, Authenticator, Scope
 from vacquery.client import Census, CensusResult
-from vacquery.codec import MAX_DATAGRAM_BYTES, EncodedSnapshot, encode_snapshot
-from vacquery.messages import Snapshot
-from vacquery.responder import ReplyBudget, respond
+from vacquery.codec import MAX_DATAGRAM_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def source_host(address: Any) -> str:
     return host
 
 
-def _family_of(host: str) -> socket.AddressFamily:
+def family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
@@ -177,7 +179,7 @@ def run_census(
     tally: Counter[str] = counters if counters is not None else Counter()
     sent_per_factory: Counter[str] = Counter()
     addresses = {name.lower(): hosts for name, hosts in addresses.items()}  # the census lower-cases names
-    for family in {_family_of(host) for hosts in addresses.values() for host in hosts}:
+    for family in {family_of(host) for hosts in addresses.values() for host in hosts}:
         sockets.for_family(family)
     selector = selectors.DefaultSelector()
     try:
@@ -225,7 +227,7 @@ def _send(
         # Bound to the factory it is for: captured, it draws nothing from the others (issue 9 item 6).
         datagram = authenticator.sign(datagram, wall_clock(), Scope.query_to(name, space))
     try:
-        sockets.for_family(_family_of(host)).sendto(datagram, (host, port))
+        sockets.for_family(family_of(host)).sendto(datagram, (host, port))
     except OSError as error:
         tally["send_error"] += 1
         log.debug("cannot send query factory=%s address=%s error=%s", name, host, error)
@@ -318,114 +320,3 @@ def _drain(
                 tally[f"auth_{rejection.reason}"] += 1
                 continue
         census.receive(data, host, arrival)
-
-
-class ResponderProtocol(asyncio.DatagramProtocol):
-    """Answers VacQuery requests from the snapshot the factory last published.
-
-    `authenticator` may be replaced from another thread when a reload changes the key or
-    the mode (vacd's `_follow_auth_settings`): one attribute assignment, as for `publish`.
-    """
-
-    def __init__(
-        self,
-        *,
-        authenticator: Optional[Authenticator] = None,
-        budget: Optional[ReplyBudget] = None,
-        trusted_sources: AbstractSet[str] = frozenset(),
-        clock: Callable[[], float] = time.time,
-        loss: Optional[InjectedLoss] = None,
-        trust_loopback: bool = True,
-    ) -> None:
-        self.authenticator = authenticator
-        # False only in benchmarks and tests that play unlisted sources on loopback.
-        self.trust_loopback = trust_loopback
-        self.loss = loss
-        self.budget = budget if budget is not None else ReplyBudget()
-        self.trusted_sources: AbstractSet[str] = frozenset(trusted_sources)
-        self.counters: Counter[str] = Counter()
-        self.last_datagram_time: Optional[float] = None
-        self._clock = clock
-        self._encoded: Optional[EncodedSnapshot] = None
-        self._transport: Optional[asyncio.DatagramTransport] = None
-
-    def publish(self, snapshot: Snapshot) -> None:
-        """Answer from `snapshot` from now on (encoded once here).
-
-        Safe to call from the factory's thread: the encoded snapshot is swapped in by one
-        attribute assignment, which the event loop thread sees whole or not at all.
-        """
-        self._encoded = encode_snapshot(snapshot)
-
-    def set_trusted_sources(self, hosts: AbstractSet[str]) -> None:
-        """The addresses of the space's factories (amplification rule 3b of responder.py)."""
-        self.trusted_sources = frozenset(hosts)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        now = self._clock()
-        self.last_datagram_time = now
-        if self._encoded is None or self._transport is None:
-            self.counters["no_snapshot"] += 1
-            return
-        host = source_host(addr)
-        try:
-            replies = respond(
-                data,
-                host,
-                self._encoded,
-                now,
-                authenticator=self.authenticator,
-                budget=self.budget,
-                trusted_sources=self.trusted_sources,
-                counters=self.counters,
-                trust_loopback=self.trust_loopback,
-            )
-        except Exception:  # boundary: one datagram must never stop the responder
-            self.counters["error"] += 1
-            log.exception("failed to answer datagram peer=%s", host)
-            return
-        for reply in replies:
-            if self.loss is not None and self.loss.drops():
-                continue
-            self._transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self.counters["socket_error"] += 1
-        log.debug("responder socket error error=%s", exc)
-
-
-def open_responder_socket(
-    bind_address: str, port: int, buffer_bytes: Optional[int] = SOCKET_BUFFER_BYTES
-) -> socket.socket:
-    """A bound, non-blocking UDP socket; `::` also accepts IPv4 (dual stack).
-
-    `buffer_bytes` as for `CensusSockets` (None: the kernel's default).
-    """
-    family = _family_of(bind_address)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind_address == "::" else 1)
-        if buffer_bytes is not None:
-            size_socket_buffers(sock, "responder", buffer_bytes)
-        sock.bind((bind_address, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-async def start_responder(
-    bind_address: str, port: int, protocol: ResponderProtocol, buffer_bytes: Optional[int] = SOCKET_BUFFER_BYTES
-) -> asyncio.DatagramTransport:
-    """Serve `protocol` on bind_address:port; close the returned transport to stop."""
-    sock = open_responder_socket(bind_address, port, buffer_bytes)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-    log.info("VacQuery responder listening address=%s port=%s receive_buffer=%d", bind_address,
-             sock.getsockname()[1], sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
-    return transport
