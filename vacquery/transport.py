@@ -12,7 +12,7 @@ modules that touch sockets or clocks:
 - socket buffer sizing, source addresses and injected loss, used by both sides.
 
 This module imports no asyncio: `vac machines` loads only what a listing uses (issue 15
-item 4; tests/test_vac_command_imports.py).
+item 4; tests/vacd/test_cli.py pins it).
 
 Rules: IPv4 and IPv6 alike; every datagram dropped is counted by reason; a failure to
 handle one datagram is logged and counted, never raised into the event loop.
