@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import random
 import selectors
 import socket
@@ -235,8 +236,10 @@ def _send(
 
 # SO_TIMESTAMPNS (socket(7)): the kernel stamps each datagram with its arrival time
 # (CLOCK_REALTIME) and recvmsg returns it as a struct timespec. Python does not name the
-# option; 35 is its value in Linux's asm-generic/socket.h (x86, Arm, RISC-V, s390, ppc).
-_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
+# option; 35 is its value in Linux's asm-generic/socket.h, which these architectures use
+# (alpha, mips, parisc and sparc number it differently: there the wake-up time is used).
+_GENERIC_SOCKET_ABI = ("x86_64", "i686", "aarch64", "armv7l", "ppc64le", "ppc64", "s390x", "riscv64")
+_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") and os.uname().machine in _GENERIC_SOCKET_ABI else None
 _TIMESPEC = struct.Struct("@qq")
 # recvmsg's ancillary buffer: room for one timespec.
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
