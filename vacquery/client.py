@@ -22,9 +22,9 @@ Changed from Vac 03:
 - retransmission is timed from the measured round-trip time instead of 2 s of silence:
   after max(4 x smoothed RTT, 20 ms), growing 1.5x per attempt to at most
   max(60 ms, smoothed RTT) (the first wait is never cut short). A loss-free LAN census
-  ends after one round trip; at 50 % loss about 35 attempts fit in 2 s, so a status is missed with probability
-  0.75^35 < 0.01 % (Vac: 6 rounds of 2 s of silence, 0.75^6 = 18 %). A silent peer costs
-  about 17 datagrams a second until the deadline.
+  ends after one round trip; at 50 % loss about 35 attempts fit in 2 s, so a status is
+  missed with probability 0.75^35 < 0.01 % (Vac: 6 rounds of 2 s of silence, 0.75^6 =
+  18 %). A silent peer costs about 17 datagrams a second until the deadline.
   The smoothed RTT uses only replies to a factory asked once (Karn's rule: a reply to a
   repeated query cannot say which query it answers) and can be carried from the previous
   census (`initial_rtt_seconds`), capped at `max_carried_rtt_seconds` so that one slow
