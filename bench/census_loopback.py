@@ -22,7 +22,8 @@ the next), `--censuses` times in a row, for each case:
   afterwards, in a `finally`.
 
 `--loss P` drops each datagram with probability P on both sides (`InjectedLoss` in the
-responders and in the census, as VAC_TEST_DATAGRAM_LOSS does in vacd), independently.
+responders and in the census, as VAC_TEST_DATAGRAM_LOSS does in vacd), independently, from
+random generators seeded by `--seed`: one seed repeats one loss pattern (timing aside).
 
 Prints a Markdown table: receive buffer granted, factories heard in full, statuses heard
 (worst, mean, censuses at >= 99.9 %), censuses that hit the deadline, time to completion,
@@ -73,13 +74,13 @@ def name_of(index: int) -> str:
 
 
 def serve(indices: Sequence[int], port: int, machinetypes: Sequence[str], buffer_bytes: Optional[int],
-          loss: float, ready: "multiprocessing.connection.Connection") -> None:
+          loss: float, seed: int, ready: "multiprocessing.connection.Connection") -> None:
     """A child process: one asyncio loop answering for the factories `indices`."""
 
     async def run() -> None:
         for index in indices:
             protocol = ResponderProtocol(trusted_sources=frozenset(["127.0.0.1"]),
-                                         loss=InjectedLoss(loss, seed=index) if loss else None)
+                                         loss=InjectedLoss(loss, seed=seed * 100_000 + index) if loss else None)
             protocol.publish(snapshot(name_of(index), machinetypes=machinetypes))
             await start_responder(address_of(index), port, protocol, buffer_bytes=buffer_bytes)
         ready.send("ready")
@@ -90,14 +91,14 @@ def serve(indices: Sequence[int], port: int, machinetypes: Sequence[str], buffer
 
 @contextmanager
 def responders(count: int, machinetypes: Sequence[str], buffer_bytes: Optional[int], processes: int,
-               port: int, loss: float) -> Iterator[None]:
+               port: int, loss: float, seed: int = 0) -> Iterator[None]:
     context = multiprocessing.get_context("fork")
     children = []
     try:
         for share in range(processes):
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(target=serve, args=(range(share, count, processes), port, machinetypes,
-                                                        buffer_bytes, loss, sender), daemon=True)
+                                                        buffer_bytes, loss, seed, sender), daemon=True)
             child.start()
             children.append(child)
             if not receiver.poll(120):
@@ -146,9 +147,10 @@ def run_case(case: str, options: argparse.Namespace) -> str:
     cpu = []
     rtts = []
     with socket_buffer_maxima(buffer_bytes if case == "raised" else None), \
-            responders(options.factories, machinetypes, buffer_bytes, options.processes, port, options.loss):
+            responders(options.factories, machinetypes, buffer_bytes, options.processes, port, options.loss,
+                       options.seed):
         peer_census = PeerCensus(PeerResolver(lambda name, record_type: ((), 60)),
-                                 loss=InjectedLoss(options.loss, seed=1) if options.loss else None)
+                                 loss=InjectedLoss(options.loss, seed=options.seed * 100_000 + 99_999) if options.loss else None)
 
         def sized_sockets() -> CensusSockets:
             sockets = CensusSockets(buffer_bytes=buffer_bytes)
@@ -189,6 +191,8 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between censuses (late replies drain)")
     parser.add_argument("--cases", default="default,raised")
     parser.add_argument("--loss", type=float, default=0.0, help="loss probability per datagram, each way")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the injected loss: one seed repeats one loss pattern (timing aside)")
     parser.add_argument("--no-header", action="store_true", help="rows only (to append runs to one table)")
     options = parser.parse_args()
     cases = options.cases.split(",")
