@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python bench/amplification.py [--slots 64] [--machinetypes 4]`.
 
-The real `vacquery.transport.ResponderProtocol` (the real `respond()`, its default
+The real `vacquery.responder_transport.ResponderProtocol` (the real `respond()`, its default
 `ReplyBudget`) listens on 127.0.0.1 over real UDP; clients send from other loopback
 addresses of this host. The responder is told not to count loopback as listed
 (`trust_loopback=False`, which vacd never sets), and lists 127.0.0.2 as a factory of the
@@ -53,7 +53,7 @@ from vacquery.messages import (  # noqa: E402
     Snapshot,
 )
 from vacquery.responder import PER_SOURCE_BURST_BYTES, PER_SOURCE_BYTES_PER_SECOND, ReplyBudget  # noqa: E402
-from vacquery.transport import ResponderProtocol, start_responder  # noqa: E402
+from vacquery.responder_transport import ResponderProtocol, start_responder  # noqa: E402
 
 SPACE = "vac01.example.com"
 FACTORY = "vac-factory-01.example.com"

@@ -39,7 +39,7 @@ from vacquery.messages import (  # noqa: E402
     Snapshot,
 )
 from vacquery.responder import ReplyBudget, TokenBuckets, respond  # noqa: E402
-from vacquery.transport import ResponderProtocol, start_responder  # noqa: E402
+from vacquery.responder_transport import ResponderProtocol, start_responder  # noqa: E402
 
 SPACE = "vac01.example.com"
 FACTORY = "f1.example.com"

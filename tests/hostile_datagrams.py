@@ -48,7 +48,7 @@ import psutil
 from vacquery.auth import AuthMode, Authenticator, Scope
 from vacquery.codec import QUERY_PAD_BYTES, MalformedDatagram, decode_reply, encode, encode_query
 from vacquery.messages import QUERY_CLASSES, FactoryQuery, MessageType, Snapshot
-from vacquery.transport import ResponderProtocol, start_responder
+from vacquery.responder_transport import ResponderProtocol, start_responder
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SPACE = "vac01.example.com"

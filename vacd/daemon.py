@@ -462,7 +462,7 @@ class Daemon:
         from vacd.peers import PeerCensus, PeerResolver
         from vacd.vacmon import VacmonSender
         from vacquery.auth import ReloadableAuthenticator
-        from vacquery.transport import ResponderProtocol, start_responder
+        from vacquery.responder_transport import ResponderProtocol, start_responder
 
         loss = injected_datagram_loss()
         # Two authenticators: each keeps its own replay state and is used from one thread.

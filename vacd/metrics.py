@@ -69,7 +69,7 @@ PASS_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 DESTRUCTION_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # The factory-wide fault kinds (vacd.factory.Fault), always exported so an alert can test for 1.
 FAULT_KINDS = ("config", "listing", "disk", "network")
-# The responder's tally (vacquery.transport.ResponderProtocol.counters) holds one outcome per
+# The responder's tally (vacquery.responder_transport.ResponderProtocol.counters) holds one outcome per
 # datagram received, plus two marks that are not datagrams received: a capped answer was
 # also tallied "answered", and a socket error is the kernel reporting a failed send.
 RESPONDER_ANSWERED = "answered"

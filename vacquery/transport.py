@@ -1,13 +1,18 @@
-"""Carry VacQuery datagrams over UDP: the only vacquery module that touches sockets or clocks.
+"""Carry VacQuery datagrams over UDP: the census's sockets and what both sides share.
 
-Two drivers around the sans-I/O core:
+With vacquery.responder_transport (the responder's asyncio side), the only vacquery
+modules that touch sockets or clocks:
 - `run_census(census, sockets, addresses, port=...)`: a blocking loop (selectors) for the
   factory's pass (run it in a worker thread) and for the `vac` command. It signs what it
   sends (each query for the factory it is sent to) and verifies what it receives when
-  given an `Authenticator`, so the census itself never sees auth trailers.
-- `ResponderProtocol`: an asyncio DatagramProtocol answering with `responder.respond`
-  from the last published snapshot, bound by `start_responder` to
-  `[settings] vacquery_bind_address`:`vacquery_port` (`::` listens on IPv6 and IPv4).
+  given an `Authenticator`, so the census itself never sees auth trailers. Each wake-up
+  reads every waiting datagram before handling any, and hands each to the census with
+  its arrival time (the kernel's SO_TIMESTAMPNS stamp), so the time spent on a burst of
+  replies is not counted into their round trips (issue 15 item 4).
+- socket buffer sizing, source addresses and injected loss, used by both sides.
+
+This module imports no asyncio: `vac machines` loads only what a listing uses (issue 15
+item 4; tests/vacd/test_cli.py pins it).
 
 Rules: IPv4 and IPv6 alike; every datagram dropped is counted by reason; a failure to
 handle one datagram is logged and counted, never raised into the event loop.
@@ -23,22 +28,21 @@ back and logged, with a warning naming the drop-in when it is less than asked.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
+import os
 import random
 import selectors
 import socket
+import struct
 import sys
 import time
 from collections import Counter
-from typing import Any, AbstractSet, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from vacquery.auth import AuthRejected, Authenticator, Scope
 from vacquery.client import Census, CensusResult
-from vacquery.codec import MAX_DATAGRAM_BYTES, EncodedSnapshot, encode_snapshot
-from vacquery.messages import Snapshot
-from vacquery.responder import ReplyBudget, respond
+from vacquery.codec import MAX_DATAGRAM_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def source_host(address: Any) -> str:
     return host
 
 
-def _family_of(host: str) -> socket.AddressFamily:
+def family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
 
@@ -176,10 +180,11 @@ def run_census(
     tally: Counter[str] = counters if counters is not None else Counter()
     sent_per_factory: Counter[str] = Counter()
     addresses = {name.lower(): hosts for name, hosts in addresses.items()}  # the census lower-cases names
-    for family in {_family_of(host) for hosts in addresses.values() for host in hosts}:
+    for family in {family_of(host) for hosts in addresses.values() for host in hosts}:
         sockets.for_family(family)
     selector = selectors.DefaultSelector()
     try:
+        stamped = {sock: stamp_arrivals(sock) for sock in sockets.open_sockets}
         for sock in sockets.open_sockets:
             selector.register(sock, selectors.EVENT_READ)
         while True:
@@ -194,7 +199,8 @@ def run_census(
                 break
             timeout = max(0.0, census.next_wakeup - monotonic())
             for key, _ in selector.select(timeout):
-                _drain(key.fileobj, census, authenticator, monotonic, wall_clock, tally)  # type: ignore[arg-type]
+                ready: socket.socket = key.fileobj  # type: ignore[assignment]  # registered above
+                _drain(ready, census, authenticator, monotonic, wall_clock, tally, stamped[ready])
     finally:
         selector.close()
     return census.result
@@ -222,10 +228,76 @@ def _send(
         # Bound to the factory it is for: captured, it draws nothing from the others (issue 9 item 6).
         datagram = authenticator.sign(datagram, wall_clock(), Scope.query_to(name, space))
     try:
-        sockets.for_family(_family_of(host)).sendto(datagram, (host, port))
+        sockets.for_family(family_of(host)).sendto(datagram, (host, port))
     except OSError as error:
         tally["send_error"] += 1
         log.debug("cannot send query factory=%s address=%s error=%s", name, host, error)
+
+
+# SO_TIMESTAMPNS (socket(7)): the kernel stamps each datagram with its arrival time
+# (CLOCK_REALTIME) and recvmsg returns it as a struct timespec. Python does not name the
+# option; 35 is its value in Linux's asm-generic/socket.h, which these architectures use
+# (alpha, mips, parisc and sparc number it differently: there the wake-up time is used).
+_GENERIC_SOCKET_ABI = ("x86_64", "i686", "aarch64", "armv7l", "ppc64le", "ppc64", "s390x", "riscv64")
+_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") and os.uname().machine in _GENERIC_SOCKET_ABI else None
+_TIMESPEC = struct.Struct("@qq")
+# recvmsg's ancillary buffer: room for one timespec.
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+def stamp_arrivals(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp each datagram on `sock` with its arrival time; whether it will."""
+    if _SO_TIMESTAMPNS is None or not _ANCILLARY_BYTES:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError as error:
+        log.debug("no kernel arrival timestamps error=%s", error)
+        return False
+    return True
+
+
+def _kernel_arrival(ancillary: list[tuple[int, int, bytes]]) -> Optional[float]:
+    """The CLOCK_REALTIME arrival time in recvmsg's ancillary data, if the kernel gave one."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(payload)
+            return float(seconds) + float(nanoseconds) * 1e-9
+    return None
+
+
+def receive_batch(
+    sock: socket.socket, woke_monotonic: float, woke_realtime: float, stamped: bool
+) -> tuple[list[tuple[bytes, Any, float]], int]:
+    """Every datagram waiting on `sock` as (data, address, arrival), read before any is handled.
+
+    The arrival is on the monotonic clock read at `woke_monotonic`: the kernel's stamp
+    when `stamped` (moved onto the monotonic clock by how long before `woke_realtime`
+    it was), else the wake-up itself. Either way it is not the time a datagram's turn
+    came to be handled, which a burst of hundreds of replies would push back by the
+    time spent on the ones before it (issue 15 item 4). Also returns how many receive
+    errors were met (ICMP port unreachable from a dead peer surfaces as one on Linux).
+    """
+    batch: list[tuple[bytes, Any, float]] = []
+    errors = 0
+    while True:
+        try:
+            if stamped:
+                data, ancillary, _, address = sock.recvmsg(MAX_DATAGRAM_BYTES + 1, _ANCILLARY_BYTES)
+                kernel_time = _kernel_arrival(ancillary)
+                # Never later than the wake-up, whatever a stepped real-time clock says.
+                age = 0.0 if kernel_time is None else max(0.0, woke_realtime - kernel_time)
+                batch.append((data, address, woke_monotonic - age))
+            else:
+                data, address = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
+                batch.append((data, address, woke_monotonic))
+        except (BlockingIOError, InterruptedError):
+            return batch, errors
+        except OSError as error:
+            errors += 1
+            log.debug("receive error error=%s", error)
+            if errors > 16:  # each read reports and clears one error; a flood of them can wait
+                return batch, errors
 
 
 def _drain(
@@ -235,134 +307,19 @@ def _drain(
     monotonic: Callable[[], float],
     wall_clock: Callable[[], float],
     tally: Counter[str],
+    stamped: bool,
 ) -> None:
-    """Read every datagram waiting on `sock` into the census."""
-    while True:
-        try:
-            data, address = sock.recvfrom(MAX_DATAGRAM_BYTES + 1)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as error:
-            # ICMP port unreachable from a dead peer surfaces here on Linux.
-            tally["receive_error"] += 1
-            log.debug("receive error error=%s", error)
-            return
+    """Read every datagram waiting on `sock`, then hand each to the census with its arrival time."""
+    batch, errors = receive_batch(sock, monotonic(), time.time(), stamped)
+    if errors:
+        tally["receive_error"] += errors
+    verified_at = wall_clock() if authenticator is not None else 0.0
+    for data, address, arrival in batch:
         host = source_host(address)
         if authenticator is not None:
             try:
-                data = authenticator.verify(data, wall_clock(), Scope.reply_in(census.space), host).body
+                data = authenticator.verify(data, verified_at, Scope.reply_in(census.space), host).body
             except AuthRejected as rejection:
                 tally[f"auth_{rejection.reason}"] += 1
                 continue
-        census.receive(data, host, monotonic())
-
-
-class ResponderProtocol(asyncio.DatagramProtocol):
-    """Answers VacQuery requests from the snapshot the factory last published.
-
-    `authenticator` may be replaced from another thread when a reload changes the key or
-    the mode (vacd's `_follow_auth_settings`): one attribute assignment, as for `publish`.
-    """
-
-    def __init__(
-        self,
-        *,
-        authenticator: Optional[Authenticator] = None,
-        budget: Optional[ReplyBudget] = None,
-        trusted_sources: AbstractSet[str] = frozenset(),
-        clock: Callable[[], float] = time.time,
-        loss: Optional[InjectedLoss] = None,
-        trust_loopback: bool = True,
-    ) -> None:
-        self.authenticator = authenticator
-        # False only in benchmarks and tests that play unlisted sources on loopback.
-        self.trust_loopback = trust_loopback
-        self.loss = loss
-        self.budget = budget if budget is not None else ReplyBudget()
-        self.trusted_sources: AbstractSet[str] = frozenset(trusted_sources)
-        self.counters: Counter[str] = Counter()
-        self.last_datagram_time: Optional[float] = None
-        self._clock = clock
-        self._encoded: Optional[EncodedSnapshot] = None
-        self._transport: Optional[asyncio.DatagramTransport] = None
-
-    def publish(self, snapshot: Snapshot) -> None:
-        """Answer from `snapshot` from now on (encoded once here).
-
-        Safe to call from the factory's thread: the encoded snapshot is swapped in by one
-        attribute assignment, which the event loop thread sees whole or not at all.
-        """
-        self._encoded = encode_snapshot(snapshot)
-
-    def set_trusted_sources(self, hosts: AbstractSet[str]) -> None:
-        """The addresses of the space's factories (amplification rule 3b of responder.py)."""
-        self.trusted_sources = frozenset(hosts)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        now = self._clock()
-        self.last_datagram_time = now
-        if self._encoded is None or self._transport is None:
-            self.counters["no_snapshot"] += 1
-            return
-        host = source_host(addr)
-        try:
-            replies = respond(
-                data,
-                host,
-                self._encoded,
-                now,
-                authenticator=self.authenticator,
-                budget=self.budget,
-                trusted_sources=self.trusted_sources,
-                counters=self.counters,
-                trust_loopback=self.trust_loopback,
-            )
-        except Exception:  # boundary: one datagram must never stop the responder
-            self.counters["error"] += 1
-            log.exception("failed to answer datagram peer=%s", host)
-            return
-        for reply in replies:
-            if self.loss is not None and self.loss.drops():
-                continue
-            self._transport.sendto(reply, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        self.counters["socket_error"] += 1
-        log.debug("responder socket error error=%s", exc)
-
-
-def open_responder_socket(
-    bind_address: str, port: int, buffer_bytes: Optional[int] = SOCKET_BUFFER_BYTES
-) -> socket.socket:
-    """A bound, non-blocking UDP socket; `::` also accepts IPv4 (dual stack).
-
-    `buffer_bytes` as for `CensusSockets` (None: the kernel's default).
-    """
-    family = _family_of(bind_address)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if bind_address == "::" else 1)
-        if buffer_bytes is not None:
-            size_socket_buffers(sock, "responder", buffer_bytes)
-        sock.bind((bind_address, port))
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-async def start_responder(
-    bind_address: str, port: int, protocol: ResponderProtocol, buffer_bytes: Optional[int] = SOCKET_BUFFER_BYTES
-) -> asyncio.DatagramTransport:
-    """Serve `protocol` on bind_address:port; close the returned transport to stop."""
-    sock = open_responder_socket(bind_address, port, buffer_bytes)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-    log.info("VacQuery responder listening address=%s port=%s receive_buffer=%d", bind_address,
-             sock.getsockname()[1], sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
-    return transport
+        census.receive(data, host, arrival)

@@ -37,7 +37,7 @@ import pytest
 
 from vacd.guestapi.joboutputs import Sender, store_upload
 from vacquery.messages import FactoryStatus, MachineState, MachineStatus, MachinetypeStatus, Snapshot
-from vacquery.transport import ResponderProtocol, start_responder
+from vacquery.responder_transport import ResponderProtocol, start_responder
 
 pytestmark = [pytest.mark.allow_commands(sys.executable, "chromium"), pytest.mark.slow]
 

@@ -20,10 +20,11 @@ from vacd.config import FactoryAddress, Settings
 from vacd.peers import (PeerCensus, PeerResolver, ResolvedPeer, census_deadline_seconds, dns_lookup, fast_retry_peers,
                         reports_from)
 from vacd.scheduler import MachinetypeReport
-from vacquery.client import Census
+from vacquery.client import VAC_ROUNDS, Census
 from vacquery.codec import encode_snapshot
 from vacquery.messages import MessageType, Snapshot
 from vacquery.responder import respond
+from vacquery.transport import InjectedLoss
 
 
 class LoopbackDns:
@@ -237,3 +238,44 @@ def test_peers_not_yet_measured_get_fast_retries_and_slow_or_silent_ones_vacs_si
     chosen = fast_retry_peers({"f2.example.com"}, {"f2.example.com", "f3.example.com"},
                               ["F2.example.com", "f3.example.com", "f4.example.com"])
     assert chosen == {"f2.example.com", "f4.example.com"}
+
+
+class FirstAnswersLost(InjectedLoss):
+    """Drops the first `count` datagrams it is asked about, then none."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(0.0)
+        self.remaining = count
+
+    def drops(self) -> bool:
+        if self.remaining > 0:
+            self.remaining -= 1
+            self.dropped += 1
+            return True
+        return False
+
+
+def test_a_new_peer_whose_first_answers_were_lost_keeps_fast_retries_in_the_next_census() -> None:
+    # Census 1: f2's answers to its first 3 queries (3 machinetypes each) are lost, so its
+    # first reply comes ~95 ms after the first query: not proven fast, not proven slow.
+    responders = LoopbackResponders()
+    try:
+        _, port = responders.start("f2.example.com", "127.0.0.2", 0, trusted_sources=frozenset(["127.0.0.1"]),
+                                   loss=FirstAnswersLost(9))
+        factories = (FactoryAddress("f2.example.com", "127.0.0.2"),)
+        peer_census = PeerCensus(PeerResolver(lambda name, record_type: ((), 60)))
+        first = peer_census.run(settings_for(port, factories, timeout=5.0)).result
+    finally:
+        responders.close()
+    assert first.complete == {"f2.example.com"} and first.datagrams_sent >= 4
+    assert "f2.example.com" not in first.answered_fast | first.answered_slow
+    # Census 2: f2 falls silent. Had the first census forgotten that it gave f2 the fast
+    # retransmissions, f2 would now get Vac's 6 queries (the 96 % census of issue 15 item 4).
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.2", 0))
+    try:
+        second = peer_census.run(settings_for(silent.getsockname()[1], factories, timeout=5.0)).result
+    finally:
+        silent.close()
+    assert second.silent == ("f2.example.com",)
+    assert second.datagrams_sent > VAC_ROUNDS

@@ -21,7 +21,7 @@ from vacd.peers import TRUSTED_REFRESH_SECONDS, PeerCensus, PeerResolver
 from vacquery.client import cookie_for
 from vacquery.codec import encode
 from vacquery.messages import MachinetypesQuery
-from vacquery.transport import ResponderProtocol, open_responder_socket
+from vacquery.responder_transport import ResponderProtocol, open_responder_socket
 
 T = TypeVar("T")
 SIX_MACHINETYPES = ("lhcb", "atlas", "cms", "alice", "dune", "lz")

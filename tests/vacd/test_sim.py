@@ -137,3 +137,18 @@ def test_command_line_writes_csv_and_json(tmp_path: Path, capsys: pytest.Capture
     assert {row["policy"] for row in table} == {"vacd", "vac03"} and "busy_vo-b" in table[0]
     document = json.loads(json_path.read_text())
     assert [run["summary"]["policy"] for run in document] == ["vacd", "vac03"]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_census_busy_with_a_reply_burst_holds_only_when_it_times_replies_by_arrival(seed: int) -> None:
+    # 400 factories x 4 machinetypes at 50 % loss, the client taking 150 us per datagram:
+    # the burst of replies is handled over ~0.2 s. Timed when handled (the transport
+    # before issue 15 item 4), that delay counts into the RTT and the census re-asks too
+    # seldom; timed by arrival it hears what an idle client would.
+    lossy = NetworkConditions(loss=0.5)
+    handled = simulate_census(400, lossy, machinetypes=4, client_seconds_per_datagram=150e-6, stamp="handled",
+                              seed=seed)
+    arrival = simulate_census(400, lossy, machinetypes=4, client_seconds_per_datagram=150e-6, stamp="arrival",
+                              seed=seed)
+    assert handled.final_completeness < 0.995
+    assert arrival.final_completeness >= 0.999

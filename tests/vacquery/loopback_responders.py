@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from tests.vacquery.sample_statuses import snapshot
 from vacquery.messages import Snapshot
-from vacquery.transport import ResponderProtocol, start_responder
+from vacquery.responder_transport import ResponderProtocol, start_responder
 
 
 class LoopbackResponders:

@@ -181,10 +181,45 @@ def test_slow_network_retransmits_after_four_smoothed_rtts() -> None:
     assert times[1] - times[0] == pytest.approx(4 * 0.1)
 
 
+def test_after_the_first_wait_a_silent_factory_is_asked_again_every_round_trip() -> None:
+    # A 100 ms RTT: the first re-ask waits 4 RTTs (a later reply is lost, not late); the
+    # next ones each wait one, so loss is retried as often as the path allows.
+    snapshots = {name: SNAPSHOTS[name] for name in FACTORIES[:2]}
+    network = InMemoryNetwork(fate=lambda direction, datagram: [0.05], snapshots=snapshots)
+    network.run(new_census(deadline=2.0))
+    times = [when for when, name in network.sent if name == "f3.example.com"]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert gaps[0] == pytest.approx(0.4)
+    assert gaps[1:] == pytest.approx([0.1] * len(gaps[1:])) and len(gaps) > 10
+
+
 def test_carried_rtt_sets_the_first_retransmission() -> None:
     network = InMemoryNetwork(snapshots={})
-    network.run(new_census(factories=("f9.example.com",), deadline=1.0, initial_rtt_seconds=0.05))
-    assert network.sent[1][0] - network.sent[0][0] == pytest.approx(0.2)
+    network.run(new_census(factories=("f9.example.com",), deadline=1.0, initial_rtt_seconds=0.01))
+    assert network.sent[1][0] - network.sent[0][0] == pytest.approx(0.04)
+
+
+def test_a_slow_census_carries_no_more_than_the_cap_into_the_next() -> None:
+    policy = RetransmitPolicy()
+    network = InMemoryNetwork(snapshots={})
+    network.run(new_census(factories=("f9.example.com",), deadline=1.0, initial_rtt_seconds=0.19))
+    first_gap = network.sent[1][0] - network.sent[0][0]
+    assert first_gap == pytest.approx(policy.rtt_multiple * policy.max_carried_rtt_seconds)
+    assert first_gap == pytest.approx(policy.max_timeout_seconds)  # not 4 x 190 ms
+
+
+def test_round_trips_are_measured_to_arrival_not_to_when_a_reply_was_handled() -> None:
+    census = new_census(factories=FACTORIES[:1])
+    (name, query), = census.datagrams_to_send(0.0)
+    replies = list(respond(query, "client", SNAPSHOTS[name], 0.0, trusted_sources=frozenset(["client"])))
+    # Arrived 2 ms after the query; handled by a driver busy with a burst at 15 ms, after
+    # the census was last woken at 15 ms (nothing due: the first timeout is 20 ms).
+    assert census.datagrams_to_send(0.015) == []
+    for reply in replies:
+        census.receive(reply, name, 0.002)
+    assert census.result.smoothed_rtt_seconds == pytest.approx(0.002)
+    assert census.result.finished == pytest.approx(0.002)
+    assert name in census.result.answered_fast
 
 
 def test_duplicated_replies_are_counted_once() -> None:

@@ -15,7 +15,7 @@ from tests.vacquery.sample_statuses import SPACE
 from vacquery.auth import AuthMode, Authenticator
 from vacquery.client import Census
 from vacquery.messages import MessageType
-from vacquery.transport import CensusSockets, run_census, source_host
+from vacquery.transport import CensusSockets, receive_batch, run_census, source_host, stamp_arrivals
 
 KEY = b"0123456789abcdef0123456789abcdef"
 NAMES = ("f1.example.com", "f2.example.com", "f3.example.com")
@@ -133,3 +133,34 @@ def test_dual_stack_responder_answers_ipv4_and_sees_plain_ipv4_sources(responder
 def test_ipv4_mapped_sources_become_ipv4() -> None:
     assert source_host(("::ffff:192.0.2.1", 995, 0, 0)) == "192.0.2.1"
     assert source_host(("2001:db8::1", 995, 0, 0)) == "2001:db8::1"
+
+
+def test_a_burst_is_read_whole_and_stamped_with_when_it_arrived_not_when_it_was_read() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        assert stamp_arrivals(receiver)  # Linux: SO_TIMESTAMPNS
+        for number in range(50):
+            sender.sendto(b"reply %d" % number, receiver.getsockname())
+        sent_by = time.monotonic()
+        time.sleep(0.05)  # the datagrams wait in the socket, as a burst does behind a busy census
+        woke = time.monotonic()
+        batch, errors = receive_batch(receiver, woke, time.time(), stamped=True)
+    assert errors == 0
+    assert [data for data, _, _ in batch] == [b"reply %d" % number for number in range(50)]
+    arrivals = [arrival for _, _, arrival in batch]
+    assert all(arrival <= sent_by + 0.001 for arrival in arrivals)  # the kernel's stamp, not the wake-up
+    assert arrivals == sorted(arrivals)
+
+
+def test_without_kernel_stamps_a_burst_is_stamped_with_the_wake_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        for number in range(3):
+            sender.sendto(b"reply %d" % number, receiver.getsockname())
+        time.sleep(0.01)
+        batch, _ = receive_batch(receiver, 123.0, time.time(), stamped=False)
+    assert [(data, arrival) for data, _, arrival in batch] == [(b"reply %d" % number, 123.0) for number in range(3)]

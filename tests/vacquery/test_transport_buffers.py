@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from vacquery import transport
-from vacquery.transport import CensusSockets, open_responder_socket, size_socket_buffers
+from vacquery.transport import CensusSockets, size_socket_buffers
+from vacquery.responder_transport import open_responder_socket
 
 RMEM_MAX = Path("/proc/sys/net/core/rmem_max")
 

@@ -18,7 +18,7 @@ import pytest
 
 from vacquery.auth import Authenticator
 from vacquery.messages import FactoryStatus, MachineState, MachineStatus, MachinetypeStatus, Snapshot
-from vacquery.transport import ResponderProtocol, start_responder
+from vacquery.responder_transport import ResponderProtocol, start_responder
 
 SPACE = "vac01.example.com"
 NOW = 1_700_000_000  # Tue Nov 14 22:13:20 2023 UTC

@@ -4,6 +4,13 @@ A single factory asks `factories` peers for their machinetypes with the real cen
 (`vacquery.client.Census`) or Vac 03's (`vac03.VacCensus`); every peer answers with the
 real `vacquery.responder.respond`; datagrams cross `events.SimNetwork`. Completeness is
 recorded at checkpoints of simulated time.
+
+The client is one thread: with `client_seconds_per_datagram` each datagram it sends or
+handles takes that long, and a reply arriving while it is busy waits in the socket (a
+burst of 1,600 replies at 100 us each is handled over 160 ms). `stamp` says which time
+the census is given with a reply: "arrival" (the kernel's stamp, as vacquery.transport
+does now) or "handled" (the clock read when the reply's turn came, as it did before
+issue 15 item 4, which counted the handling of a burst into its round trips).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ def simulate_census(
     deadline_seconds: float = 2.0,
     checkpoints: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0),
     seed: int = 1,
+    client_seconds_per_datagram: float = 0.0,
+    stamp: str = "arrival",
 ) -> CensusRun:
     """One factory's machinetypes census of `factories` peers, real datagrams on the sim network."""
     rng = random.Random(seed)
@@ -67,18 +76,37 @@ def simulate_census(
     trusted = frozenset(["client"])
     completeness_at: dict[float, float] = {}
 
+    if stamp not in ("arrival", "handled"):
+        raise ValueError(f"stamp must be arrival or handled, got {stamp!r}")
+    busy_until = 0.0  # when the client's one thread has handled what it has taken on
+
+    def take_on(datagrams: int) -> float:
+        """Queue `datagrams` of work on the client thread; when that work starts."""
+        nonlocal busy_until
+        start = max(loop.now, busy_until)
+        busy_until = start + datagrams * client_seconds_per_datagram
+        return start
+
     def deliver_reply(reply: bytes, source: str) -> None:
-        census.receive(reply, source, loop.now)
+        loop.at(take_on(1), handle_reply, reply, source, loop.now)
+
+    def handle_reply(reply: bytes, source: str, arrival: float) -> None:
+        census.receive(reply, source, arrival if stamp == "arrival" else loop.now)
 
     def deliver_query(name: str, datagram: bytes) -> None:
         for reply in respond(datagram, "client", encoded[name], loop.now, trusted_sources=trusted):
             network.send(deliver_reply, reply, name)
 
     def pump() -> None:
-        for name, datagram in census.datagrams_to_send(loop.now):
+        if busy_until > loop.now:  # the thread is still handling replies: it wakes after them
+            loop.at(busy_until, pump)
+            return
+        due = census.datagrams_to_send(loop.now)
+        take_on(len(due))
+        for name, datagram in due:
             network.send(deliver_query, name, datagram)
         if not census.done:
-            loop.at(census.next_wakeup, pump)
+            loop.at(max(census.next_wakeup, busy_until), pump)
 
     def checkpoint(when: float) -> None:
         completeness_at[when] = _true_completeness(census.result, factories * machinetypes)
