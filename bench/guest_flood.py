@@ -62,7 +62,7 @@ def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int
     from vacd.paths import Paths
     from vacd.store import Store
     from vacquery.responder import ReplyBudget, TokenBuckets
-    from vacquery.transport import ResponderProtocol, start_responder
+    from vacquery.responder_transport import ResponderProtocol, start_responder
 
     paths = Paths(Path(prefix))
     settings = make_settings_only()
