@@ -159,7 +159,8 @@ def space_wide_takes(gaps: ShareGaps, gaining: Sequence[str]) -> dict[str, float
     """HS06 to take from each over-share type: the gaining deficits, most over-share type first."""
     wanted = math.fsum(gaps.deficit(name) for name in gaining)
     takes: dict[str, float] = {}
-    for name in sorted((name for name in gaps.target if gaps.deficit(name) < 0), key=lambda name: (gaps.deficit(name), name)):
+    over_share = [name for name in gaps.target if gaps.deficit(name) < 0]
+    for name in sorted(over_share, key=lambda name: (gaps.deficit(name), name)):  # the most over first
         if wanted <= 0:
             break
         take = min(-gaps.deficit(name), wanted)
