@@ -45,7 +45,7 @@ from vacd.imagecheck import ImageVerifier
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.peeroutcomes import PeerOutcomes
-from vacd.preemption import Preempt, PreemptionInput, RunningMachineView, decide_preemptions
+from vacd.preemption import Preempt, PreemptionInput, RunningMachineView, decide_preemptions, remembered_proofs
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
 from vacd.slots import VNC_BASE_PORT, SlotIdentity, mac_address_for, ordinal_of_machine_name, slot_identity
@@ -268,6 +268,7 @@ class Factory:
         self._preempted: dict[str, int] = {}
         self._recent_preemptions: collections.deque[int] = collections.deque()
         self._next_preemption_census = 0
+        self._proven_since: dict[str, int] = {}  # machinetype -> when it was shown to have work
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
@@ -396,6 +397,9 @@ class Factory:
         )
         report.decisions = decisions
         self._log_backoff_changes(decisions.outlook.backoff_until, now)
+        # An abort ends a pre-emption proof of work, also in passes that run no census.
+        for name in [*decisions.outlook.backoff_until, *decisions.outlook.probing_until]:
+            self._proven_since.pop(name, None)
         for create in decisions.creates:
             started = self._start_creation(settings, machinetypes[create.machinetype], create, now)
             if started is not None:
@@ -456,7 +460,7 @@ class Factory:
         live_uuids = {stored.record.uuid for stored in live.values()}
         for uuid in [uuid for uuid in self._preempted if uuid not in live_uuids]:
             del self._preempted[uuid]
-        picks = decide_preemptions(PreemptionInput(
+        state = PreemptionInput(
             now=now,
             factory_name=settings.factory_name,
             grace_seconds=settings.preemption_grace_seconds,
@@ -468,7 +472,10 @@ class Factory:
             backoff_until=decisions.outlook.backoff_until,
             probing_until=decisions.outlook.probing_until,
             free_processors=free_processors,
-        ))
+            proven_since=self._proven_since,
+        )
+        picks = decide_preemptions(state)
+        self._proven_since = remembered_proofs(state)
         for preempt in picks:
             stored = live[preempt.name]
             try:

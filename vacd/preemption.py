@@ -17,8 +17,10 @@ The rule, each bound there so that a site cannot thrash:
   probe time after an abort (`vacd.scheduler.Outlook.probing_until`), and the space shows
   work: the latest outcome any factory reports for it is no abort, or some factory runs it
   with none of its machines before fizzle_seconds (a machine that outlived fizzle found
-  work). A type whose payloads find no work never shows that, even when its last abort is
-  old because full factories made no probe, so nothing is pre-empted for it. The target
+  work). Once shown, the proof holds (`proven_since`, kept by the factory) until the type
+  is backed off or probing again, so later young machines of the type do not hide it. A
+  type whose payloads find no work never shows it, even when its last abort is old
+  because full factories made no probe, so nothing is pre-empted for it. The target
   of a proven type is its target_share over the shares of the proven types, times the
   HS06 running in the space. Only proven types gain or give.
 - A gaining type is below its target by more than `margin` (a fraction of the space's
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Collection, Mapping, Sequence
 
 from vacd.config import Machinetype
@@ -93,6 +95,8 @@ class PreemptionInput:
     backoff_until: Mapping[str, int]
     probing_until: Mapping[str, int]
     free_processors: int
+    # Machinetypes shown to have work by an earlier pass, since when (see proven_types).
+    proven_since: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,9 @@ def proven_types(
     machinetypes: Mapping[str, Machinetype],
     reports: Sequence[MachinetypeReport],
     unproven: Collection[str],
+    proven_before: Collection[str] = (),
 ) -> set[str]:
-    """The machinetypes the space shows to have work now (module rules)."""
+    """The machinetypes the space shows to have work now, or showed since their last abort."""
     latest: dict[str, MachinetypeReport] = {}
     running_past_fizzle: set[str] = set()
     for report in reports:
@@ -127,7 +132,9 @@ def proven_types(
         if machinetype.target_share <= 0 or name in unproven:
             continue
         last = latest.get(name)
-        if name in running_past_fizzle or (last is not None and not is_abort(last.shutdown_message)):
+        if name in proven_before or name in running_past_fizzle or (
+            last is not None and not is_abort(last.shutdown_message)
+        ):
             proven.add(name)
     return proven
 
@@ -193,11 +200,23 @@ def _tie(factory: str, machinetype: str) -> bytes:
     return hashlib.sha256(f"{factory.lower()}\0{machinetype}".encode()).digest()
 
 
+def unproven_types(state: PreemptionInput) -> set[str]:
+    """Types backed off or probing: whatever was shown before, they are not known to have work."""
+    return {*state.backoff_until, *state.probing_until}
+
+
+def remembered_proofs(state: PreemptionInput) -> dict[str, int]:
+    """`proven_since` for the next pass: kept, gained from this pass's reports, or dropped."""
+    unproven = unproven_types(state)
+    proven = proven_types(state.machinetypes, state.reports, unproven, state.proven_since)
+    return {name: state.proven_since.get(name, state.now) for name in sorted(proven)}
+
+
 def decide_preemptions(state: PreemptionInput) -> tuple[Preempt, ...]:
     """The machines to end at now + grace, in order; empty when nothing needs to go."""
     if state.grace_seconds <= 0 or state.max_preemptions <= 0:
         return ()
-    proven = proven_types(state.machinetypes, state.reports, {*state.backoff_until, *state.probing_until})
+    proven = proven_types(state.machinetypes, state.reports, unproven_types(state), state.proven_since)
     gaps = share_gaps(state.machinetypes, state.reports, proven)
     if gaps.total <= 0:
         return ()

@@ -17,6 +17,7 @@ from vacd.preemption import (
     decide_preemptions,
     factory_parts,
     proven_types,
+    remembered_proofs,
     share_gaps,
 )
 from vacd.scheduler import MachinetypeReport
@@ -175,3 +176,17 @@ def test_never_pre_empts_a_type_below_its_target_nor_more_than_the_gap(space: tu
         started = next(m.started_time for m in picked.machines if m.name == pick.name)
         assert picked.now - started >= max(types[pick.machinetype].fizzle_seconds,
                                            types[pick.machinetype].min_wallclock_seconds)
+
+
+def test_a_proof_of_work_is_remembered_until_the_type_backs_off_again() -> None:
+    # The peer's first atlas machine outlived fizzle, then a second, young one hides it.
+    shown = [report(ME, "lhcb", 9.0), report("f2.example.com", "atlas", 1.0, before_fizzle=0,
+                                             message="300 No more work", at=NOW - 3600)]
+    hidden = [report(ME, "lhcb", 8.0), report("f2.example.com", "atlas", 2.0, before_fizzle=1,
+                                              message="300 No more work", at=NOW - 3600)]
+    remembered = remembered_proofs(state(shown, machines("lhcb", 9)))
+    assert "atlas" in remembered
+    assert decide_preemptions(state(hidden, machines("lhcb", 8), proven_since=remembered))
+    assert decide_preemptions(state(hidden, machines("lhcb", 8))) == ()
+    assert "atlas" not in remembered_proofs(state(hidden, machines("lhcb", 8), proven_since=remembered,
+                                                  backoff_until={"atlas": NOW + 10}))
