@@ -13,14 +13,15 @@ Vac 03 never pre-empted, so this is opt-in (`preemption_grace_seconds`, 0 = off)
 
 The rule, each bound there so that a site cannot thrash:
 - Space-wide view: every type's running HS06 summed over all reports (this factory's and
-  its peers'). A type is proven to have work when it is neither backed off nor still in its
-  probe time after an abort (`vacd.scheduler.Outlook.probing_until`), and the space shows
-  work: the latest outcome any factory reports for it is no abort, or some factory runs it
-  with none of its machines before fizzle_seconds (a machine that outlived fizzle found
-  work). Once shown, the proof holds (`proven_since`, kept by the factory) until the type
-  is backed off or probing again, so later young machines of the type do not hide it. A
-  type whose payloads find no work never shows it, even when its last abort is old
-  because full factories made no probe, so nothing is pre-empted for it. The target
+  its peers'). A type is proven to have work when it is not backed off and the space
+  shows work now: the latest outcome any factory reports for it is no abort, this factory
+  runs a machine of it older than fizzle_seconds, or a peer runs it with none of its
+  machines before fizzle_seconds (a machine that outlived fizzle found work). Once shown, the proof is remembered (`proven_since`, kept
+  by the factory) until the type is backed off or in its probe time after an abort again
+  (`vacd.scheduler.Outlook.probing_until`), so the young machines then created for it do
+  not hide it. A type whose payloads find no work never shows it, even when its last
+  abort is old because full factories made no probe, so nothing is pre-empted for it.
+  The target
   of a proven type is its target_share over the shares of the proven types, times the
   HS06 running in the space. Only proven types gain or give.
 - A gaining type is below its target by more than `margin` (a fraction of the space's
@@ -114,8 +115,9 @@ class ShareGaps:
 def proven_types(
     machinetypes: Mapping[str, Machinetype],
     reports: Sequence[MachinetypeReport],
-    unproven: Collection[str],
+    backed_off: Collection[str],
     proven_before: Collection[str] = (),
+    probing: Collection[str] = (),
 ) -> set[str]:
     """The machinetypes the space shows to have work now, or showed since their last abort."""
     latest: dict[str, MachinetypeReport] = {}
@@ -129,12 +131,12 @@ def proven_types(
             running_past_fizzle.add(report.machinetype)
     proven = set()
     for name, machinetype in machinetypes.items():
-        if machinetype.target_share <= 0 or name in unproven:
+        if machinetype.target_share <= 0 or name in backed_off:
             continue
         last = latest.get(name)
-        if name in proven_before or name in running_past_fizzle or (
-            last is not None and not is_abort(last.shutdown_message)
-        ):
+        if name in running_past_fizzle or (last is not None and not is_abort(last.shutdown_message)):
+            proven.add(name)
+        elif name in proven_before and name not in probing:
             proven.add(name)
     return proven
 
@@ -200,23 +202,26 @@ def _tie(factory: str, machinetype: str) -> bytes:
     return hashlib.sha256(f"{factory.lower()}\0{machinetype}".encode()).digest()
 
 
-def unproven_types(state: PreemptionInput) -> set[str]:
-    """Types backed off or probing: whatever was shown before, they are not known to have work."""
-    return {*state.backoff_until, *state.probing_until}
+def proven_now(state: PreemptionInput) -> set[str]:
+    proven = proven_types(state.machinetypes, state.reports, state.backoff_until, state.proven_since, state.probing_until)
+    for machine in state.machines:
+        machinetype = state.machinetypes.get(machine.machinetype)
+        if (machinetype is not None and machinetype.target_share > 0 and machine.machinetype not in state.backoff_until
+                and not machine.preempted and state.now >= machine.started_time + machinetype.fizzle_seconds):
+            proven.add(machine.machinetype)
+    return proven
 
 
 def remembered_proofs(state: PreemptionInput) -> dict[str, int]:
     """`proven_since` for the next pass: kept, gained from this pass's reports, or dropped."""
-    unproven = unproven_types(state)
-    proven = proven_types(state.machinetypes, state.reports, unproven, state.proven_since)
-    return {name: state.proven_since.get(name, state.now) for name in sorted(proven)}
+    return {name: state.proven_since.get(name, state.now) for name in sorted(proven_now(state))}
 
 
 def decide_preemptions(state: PreemptionInput) -> tuple[Preempt, ...]:
     """The machines to end at now + grace, in order; empty when nothing needs to go."""
     if state.grace_seconds <= 0 or state.max_preemptions <= 0:
         return ()
-    proven = proven_types(state.machinetypes, state.reports, unproven_types(state), state.proven_since)
+    proven = proven_now(state)
     gaps = share_gaps(state.machinetypes, state.reports, proven)
     if gaps.total <= 0:
         return ()

@@ -16,6 +16,7 @@ from vacd.preemption import (
     RunningMachineView,
     decide_preemptions,
     factory_parts,
+    proven_now,
     proven_types,
     remembered_proofs,
     share_gaps,
@@ -84,9 +85,17 @@ def test_a_type_running_a_machine_past_fizzle_is_proven_although_its_last_outcom
     assert decide_preemptions(state(reports, machines("lhcb", 9)))
 
 
-def test_nothing_is_pre_empted_for_a_backed_off_or_probing_type() -> None:
+def test_nothing_is_pre_empted_for_a_backed_off_type() -> None:
     assert decide_preemptions(state(atlas_just_proven(), machines("lhcb", 10), backoff_until={"atlas": NOW + 5})) == ()
-    assert decide_preemptions(state(atlas_just_proven(), machines("lhcb", 10), probing_until={"atlas": NOW + 5})) == ()
+
+
+def test_a_probing_type_gains_only_on_work_shown_now_not_on_a_remembered_proof() -> None:
+    probing = {"atlas": NOW + 5}
+    assert decide_preemptions(state(atlas_just_proven(), machines("lhcb", 10), probing_until=probing))
+    no_evidence = [report(ME, "lhcb", 10.0), report(ME, "atlas", 0.0, message="300 No more work", at=NOW - 30)]
+    assert decide_preemptions(state(no_evidence, machines("lhcb", 10), probing_until=probing,
+                                    proven_since={"atlas": NOW - 600})) == ()
+    assert decide_preemptions(state(no_evidence, machines("lhcb", 10), proven_since={"atlas": NOW - 600}))
 
 
 def test_nothing_is_pre_empted_while_the_factory_has_room_to_create_the_starved_type() -> None:
@@ -163,7 +172,7 @@ def spaces(draw: st.DrawFn) -> tuple[PreemptionInput, dict[str, Machinetype]]:
 def test_never_pre_empts_a_type_below_its_target_nor_more_than_the_gap(space: tuple[PreemptionInput, dict[str, Machinetype]]) -> None:
     picked, types = space
     picks = decide_preemptions(picked)
-    gaps = share_gaps(types, picked.reports, proven_types(types, picked.reports, {*picked.backoff_until}))
+    gaps = share_gaps(types, picked.reports, proven_now(picked))
     gap = sum(gaps.deficit(name) for name in gaps.target if gaps.deficit(name) > picked.margin * gaps.total)
     assert sum(pick.hs06 for pick in picks) <= gap + 1e-9
     assert len(picks) <= picked.max_preemptions
@@ -190,3 +199,12 @@ def test_a_proof_of_work_is_remembered_until_the_type_backs_off_again() -> None:
     assert decide_preemptions(state(hidden, machines("lhcb", 8))) == ()
     assert "atlas" not in remembered_proofs(state(hidden, machines("lhcb", 8), proven_since=remembered,
                                                   backoff_until={"atlas": NOW + 10}))
+
+
+def test_a_local_machine_past_fizzle_proves_work_although_the_reports_cannot_show_it() -> None:
+    # Our atlas machine outlived fizzle; a younger one makes our report say "1 before fizzle".
+    local = machines("lhcb", 8) + [RunningMachineView("a0", "atlas", 1, 1.0, NOW - 700),
+                                   RunningMachineView("a1", "atlas", 1, 1.0, NOW - 10)]
+    reports = [report(ME, "lhcb", 8.0), report(ME, "atlas", 2.0, before_fizzle=1, message="300 No more work",
+                                               at=NOW - 3600)]
+    assert [pick.machinetype for pick in decide_preemptions(state(reports, local))] == ["lhcb", "lhcb", "lhcb"]
