@@ -17,6 +17,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"socket", "subprocess", "asyncio", "libvirt", "time", "random"}
 CORE_MODULES = (
     "vacd.scheduler",
+    "vacd.preemption",
     "vacd.diskspace",
     "vacd.policing",
     "vacd.outcomes",

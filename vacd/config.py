@@ -168,6 +168,10 @@ class Settings:
     # "vac03": any payload verdict of 300 or more backs off at once (Vac 03's rule, §4.4).
     abort_rule: str = "failure_rate"
     shutdown_grace_seconds: int = 30
+    # Opt-in pre-emption (vacd/preemption.py): 0 is off, as Vac 03 never pre-empted.
+    preemption_grace_seconds: int = 0
+    preemption_margin_percent: float = 2.0
+    max_preemptions_per_cycle: int = 4
     vacquery_port: int = 995
     vacquery_bind_address: str = "0.0.0.0"
     # One or more key files: the first signs, all are accepted (a key rotation, issue 9 item 6).

@@ -45,6 +45,7 @@ from vacd.imagecheck import ImageVerifier
 from vacd.machinespec import machine_spec
 from vacd.outcomes import FAILED_TO_START, effective_outcome
 from vacd.peeroutcomes import PeerOutcomes
+from vacd.preemption import Preempt, PreemptionInput, RunningMachineView, decide_preemptions, remembered_proofs
 from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
 from vacd.slots import VNC_BASE_PORT, SlotIdentity, mac_address_for, ordinal_of_machine_name, slot_identity
@@ -150,6 +151,8 @@ class PassReport:
     # Contained faults: per-slot errors and factory-wide faults, each with its since-time.
     slot_errors: list[SlotError] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    # Machines this pass told to end early for another machinetype's share (vacd/preemption.py).
+    preemptions: list[Preempt] = field(default_factory=list)
 
     def running_by_machinetype(self) -> dict[str, "RunningTotals"]:
         """Machines, processors and HS06 of the live slots, per machinetype (configured or not)."""
@@ -260,6 +263,12 @@ class Factory:
         self._reported_config_errors: Optional[str] = None
         self._last_local_reports: list[MachinetypeReport] = []
         self._recent_creations: collections.deque[int] = collections.deque()
+        # Pre-emption (opt-in): machine uuid (names are reused per slot) -> the shutdown time it
+        # was given, while it lives.
+        self._preempted: dict[str, int] = {}
+        self._recent_preemptions: collections.deque[int] = collections.deque()
+        self._next_preemption_census = 0
+        self._proven_since: dict[str, int] = {}  # machinetype -> when it was shown to have work
 
     # ------------------------------------------------------------------ the pass
     def wake(self, reason: str = "") -> None:
@@ -358,12 +367,24 @@ class Factory:
         peer_reports: Sequence[MachinetypeReport] = ()
         running_processors = sum(view.processors for view in slot_views if not view.is_free)
         could_create = gate(local_state, running_processors) is None and any(view.is_free for view in slot_views)
+        # A full factory that may pre-empt asks the space once a cycle; one that may not create
+        # for another reason (draining, overload, disk) neither creates nor pre-empts.
+        may_preempt = (
+            settings.preemption_grace_seconds > 0
+            and not could_create
+            and gate(local_state, running_processors, count_capacity=False) is None
+            and now >= self._next_preemption_census
+        )
+        census_heard = False
         # No query is sent when a gate blocks creation (acceptance 28): the census would be wasted.
-        if could_create and self.hooks.peer_reports is not None:
+        if (could_create or may_preempt) and self.hooks.peer_reports is not None:
+            if may_preempt:
+                self._next_preemption_census = now + int(settings.cycle_seconds)
             try:
                 peer_reports = [
                     peer for peer in self.hooks.peer_reports(settings, machinetypes, now) if peer.factory != settings.factory_name
                 ]
+                census_heard = True
             except Exception:  # boundary: a census failure must not stop local scheduling
                 log.exception("census failed; scheduling on local knowledge only")
         now = int(self.clock())
@@ -376,6 +397,9 @@ class Factory:
         )
         report.decisions = decisions
         self._log_backoff_changes(decisions.outlook.backoff_until, now)
+        # An abort ends a pre-emption proof of work, also in passes that run no census.
+        for name in [*decisions.outlook.backoff_until, *decisions.outlook.probing_until]:
+            self._proven_since.pop(name, None)
         for create in decisions.creates:
             started = self._start_creation(settings, machinetypes[create.machinetype], create, now)
             if started is not None:
@@ -385,6 +409,13 @@ class Factory:
             # Peers learn of this pass's creations (and probes) from this pass's report (item 4).
             report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
             self._last_local_reports = list(report.local_reports)
+        if census_heard and settings.preemption_grace_seconds > 0:
+            # Only on a census: on local knowledge alone this factory would take the whole gap.
+            created = sum(create.processors for create in decisions.creates)
+            free_processors = settings.total_processors - running_processors - created
+            self._preempt(settings, machinetypes, report, [*report.local_reports, *peer_reports],
+                          decisions, free_processors, now)
+            wake_times.extend(preempt.shutdown_time + 1 for preempt in report.preemptions)
         for until in decisions.outlook.backoff_until.values():
             wake_times.append(until + 1)
         wake_times.extend(error.retry_at for error in self._slot_errors.values())
@@ -393,6 +424,74 @@ class Factory:
         report.faults = self._fault_list()
         report.slot_errors = list(self._slot_errors.values())
         return report
+
+    def _preempt(
+        self,
+        settings: Settings,
+        machinetypes: Mapping[str, Machinetype],
+        report: PassReport,
+        reports: Sequence[MachinetypeReport],
+        decisions: Decisions,
+        free_processors: int,
+        now: int,
+    ) -> None:
+        """Lower the shutdown time of the machines vacd.preemption picks, MJF files included.
+
+        Policing then stops each at its new time with PREEMPTED, a factory ending (no abort).
+        """
+        window_start = now - settings.cycle_seconds
+        while self._recent_preemptions and self._recent_preemptions[0] <= window_start:
+            self._recent_preemptions.popleft()
+        live: dict[str, StoredMachine] = {}
+        machines: list[RunningMachineView] = []
+        for slot in report.slots:
+            stored = slot.machine
+            if stored is None or stored.started_time is None or slot.state == "Shut down":
+                continue
+            name = stored.record.name
+            live[name] = stored
+            preempted = stored.record.uuid in self._preempted
+            # Running machines may be picked; a pre-empted one still stopping is pending room.
+            if slot.state == "Running" or preempted:
+                record = stored.record
+                machines.append(RunningMachineView(
+                    name, record.machinetype, record.processors, record.hs06, stored.started_time, preempted
+                ))
+        live_uuids = {stored.record.uuid for stored in live.values()}
+        for uuid in [uuid for uuid in self._preempted if uuid not in live_uuids]:
+            del self._preempted[uuid]
+        state = PreemptionInput(
+            now=now,
+            factory_name=settings.factory_name,
+            grace_seconds=settings.preemption_grace_seconds,
+            margin=settings.preemption_margin_percent / 100.0,
+            max_preemptions=settings.max_preemptions_per_cycle - len(self._recent_preemptions),
+            machinetypes=machinetypes,
+            machines=machines,
+            reports=reports,
+            backoff_until=decisions.outlook.backoff_until,
+            probing_until=decisions.outlook.probing_until,
+            free_processors=free_processors,
+            proven_since=self._proven_since,
+        )
+        picks = decide_preemptions(state)
+        self._proven_since = remembered_proofs(state)
+        for preempt in picks:
+            stored = live[preempt.name]
+            try:
+                self.store.update_record(lowered(stored.record, preempt.shutdown_time))
+                if self.hooks.lower_shutdown_time is not None:
+                    self.hooks.lower_shutdown_time(stored, preempt.shutdown_time, now)
+            except OSError as error:
+                log.error("cannot pre-empt machine name=%s error=%s; it runs on", preempt.name, error)
+                continue
+            log.info(
+                "pre-empting machine name=%s machinetype=%s processors=%d shutdown_time=%d for=%s",
+                preempt.name, preempt.machinetype, preempt.processors, preempt.shutdown_time, preempt.gaining,
+            )
+            self._preempted[stored.record.uuid] = preempt.shutdown_time
+            self._recent_preemptions.append(now)
+            report.preemptions.append(preempt)
 
     def _creations_allowed(self, settings: Settings, now: int) -> tuple[int, Optional[int]]:
         """How many creations the last cycle_seconds leave, and when the next one frees up."""
@@ -784,6 +883,7 @@ class Factory:
                 global_shutdown_time=settings.shutdown_time,
                 vacd_start_time=self.vacd_start_time,
                 heartbeat_file_mtime=heartbeat_mtime,
+                preempted=record.uuid in self._preempted,
             ),
             machinetype,
         )
@@ -894,6 +994,7 @@ class Factory:
         self.store.finish(record, finish)
         self._shutdown_sent.discard(record.name)
         self._previous_cpu.pop(record.name, None)
+        self._preempted.pop(record.uuid, None)
         log.info(
             "finished machine name=%s machinetype=%s message=%r",
             record.name,

@@ -11,7 +11,7 @@ Rules (behaviour reference §4.4, §3.5):
   Vcycle's three others (Appendix B), so every machine the factory stops says why.
 - Only the payload's verdict is an abort (issue 9 item 2). The endings the factory itself
   causes, `FACTORY_ENDINGS` (the wallclock limit, the site's shutdown_time, a creation that
-  failed or that vacd's own death cut short), keep their text for the admin but never back
+  failed or that vacd's own death cut short, a pre-emption), keep their text for the admin but never back
   the space off: Vac 03 wrote no message for them, and Vcycle counts only 300-699. A
   stale or missing heartbeat stays an abort: it is the payload's failure, as in Vac 03.
 - What a guest writes to `joboutputs/shutdown_message` is bytes until
@@ -32,11 +32,13 @@ HEARTBEAT_NOT_UPDATED = "700 Heartbeat file not updated"
 EXCEEDED_WALLCLOCK = "700 Exceeded max_wallclock_seconds"
 PASSED_SHUTDOWN_TIME = "700 Passed shutdowntime"
 FAILED_TO_START = "700 Failed to start"
+# The factory ended the machine early to give another machinetype its share (vacd/preemption.py).
+PREEMPTED = "700 Pre-empted for another machinetype's share"
 
 # The lowest code that makes the space back off (§4.4).
 FIRST_ABORT_CODE = 300
 # The factory's verdicts on machines that were not the payload's to judge (issue 9 item 2).
-FACTORY_ENDINGS = frozenset({EXCEEDED_WALLCLOCK, PASSED_SHUTDOWN_TIME, FAILED_TO_START})
+FACTORY_ENDINGS = frozenset({EXCEEDED_WALLCLOCK, PASSED_SHUTDOWN_TIME, FAILED_TO_START, PREEMPTED})
 # Vac 03 kept the first 200 characters of the message's first line (§3.4, §3.5).
 MAX_SHUTDOWN_MESSAGE_CHARS = 200
 # At most this much of the file is read: 200 characters are at most 800 bytes of UTF-8,

@@ -19,6 +19,7 @@ from vacd.outcomes import (
     HEARTBEAT_NOT_CREATED,
     HEARTBEAT_NOT_UPDATED,
     PASSED_SHUTDOWN_TIME,
+    PREEMPTED,
 )
 
 
@@ -32,6 +33,8 @@ class RunningMachine:
     global_shutdown_time: Optional[int]
     vacd_start_time: int
     heartbeat_file_mtime: Optional[float]
+    # Its shutdown time was lowered by pre-emption (vacd/preemption.py) in this run of vacd.
+    preempted: bool = False
 
 
 def stop_reason(machine: RunningMachine, machinetype: Optional[Machinetype]) -> Optional[str]:
@@ -40,7 +43,9 @@ def stop_reason(machine: RunningMachine, machinetype: Optional[Machinetype]) -> 
         lowered_by_site = (
             machine.global_shutdown_time is not None and machine.shutdown_time >= machine.global_shutdown_time
         )
-        return PASSED_SHUTDOWN_TIME if lowered_by_site else EXCEEDED_WALLCLOCK
+        if lowered_by_site:
+            return PASSED_SHUTDOWN_TIME
+        return PREEMPTED if machine.preempted else EXCEEDED_WALLCLOCK
     if machinetype is None or not machinetype.heartbeat_file or machinetype.fizzle_seconds <= 0:
         return None
     if machine.now <= machine.started_time + machinetype.fizzle_seconds:

@@ -94,6 +94,9 @@ class Outlook:
     gate: Optional[str]
     scores: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     backoff_until: Mapping[str, int] = field(default_factory=dict)
+    # Machinetypes whose creations are still probes after an abort (see _is_probe), until when:
+    # the space has not yet seen them find work, so pre-emption makes no room for them.
+    probing_until: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -189,19 +192,24 @@ def backoff_end(
     return end + probe_stagger_seconds(factory_name, machinetype.name, last_abort, spread_seconds)
 
 
+def _settle_time(machinetype: Machinetype, last_abort: int, state: SchedulerInput) -> int:
+    return last_abort + machinetype.backoff_seconds + machinetype.fizzle_seconds + state.probe_spread_seconds
+
+
 def _is_probe(machinetype: Machinetype, last_abort: Optional[int], state: SchedulerInput) -> bool:
     """A creation is a probe while the space has not yet seen the machinetype flow after an abort."""
     if last_abort is None:
         return False
-    settle_time = last_abort + machinetype.backoff_seconds + machinetype.fizzle_seconds + state.probe_spread_seconds
-    return state.now < settle_time
+    return state.now < _settle_time(machinetype, last_abort, state)
 
 
-def gate(state: SchedulerInput, running_processors: int) -> Optional[str]:
+def gate(state: SchedulerInput, running_processors: int, count_capacity: bool = True) -> Optional[str]:
     """The first of the gates that blocks creation, as a reason, or None.
 
     A full disk comes first (a vacd addition, issue 8 item 4): it is a fault the admin
     must see even on a loaded or busy factory. Then Vac's gates (§4.1) in their order.
+    With `count_capacity` False the last gate, all processors in use, is left out: what
+    pre-emption asks (a full factory may make room; a draining or overloaded one may not).
     """
     if state.disk_problem is not None:
         return state.disk_problem
@@ -218,7 +226,7 @@ def gate(state: SchedulerInput, running_processors: int) -> Optional[str]:
         return f"shutdown_time {settings.shutdown_time} has passed"
     if settings.draining or state.draining:
         return "draining"
-    if running_processors >= settings.total_processors:
+    if count_capacity and running_processors >= settings.total_processors:
         return f"all {settings.total_processors} processors in use"
     return None
 
@@ -253,9 +261,17 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         if failure_end is not None and failure_end > state.now:
             backoff_until[name] = max(backoff_until.get(name, 0), failure_end)
 
+    probing_until = {
+        name: _settle_time(machinetype, last_abort[name], state)
+        for name, machinetype in machinetypes.items()
+        if _is_probe(machinetype, last_abort.get(name), state)
+    }
+
     blocked_by = gate(state, running_processors)
     if blocked_by is not None or not free_ordinals:
-        return Decisions((), Outlook(blocked_by or "no free slot", _scores(machinetypes, type_score), backoff_until))
+        return Decisions((), Outlook(
+            blocked_by or "no free slot", _scores(machinetypes, type_score), backoff_until, probing_until
+        ))
 
     superslots: dict[int, int] = {}
     for slot in state.slots:
@@ -287,7 +303,7 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         if gate(state, running_processors) is not None:
             break
     gate_after = gate(state, running_processors)
-    return Decisions(tuple(creates), Outlook(gate_after, _scores(machinetypes, type_score), backoff_until))
+    return Decisions(tuple(creates), Outlook(gate_after, _scores(machinetypes, type_score), backoff_until, probing_until))
 
 
 def _scores(machinetypes: Mapping[str, Machinetype], type_score: Mapping[str, float]) -> dict[str, tuple[float, float]]:

@@ -36,7 +36,8 @@ SOURCE = "/etc/vac.conf"
 SETTINGS_NUMBERS = ("total_processors", "host_processors", "processors_per_superslot", "mb_per_processor",
                     "hs06_per_processor", "disk_gb_per_processor", "overload_per_processor", "shutdown_time",
                     "udp_timeout_seconds", "version_logger", "max_creations_per_cycle", "cycle_seconds",
-                    "shutdown_grace_seconds", "vacquery_port", "joboutputs_quota_bytes", "joboutputs_total_bytes",
+                    "shutdown_grace_seconds", "preemption_grace_seconds", "preemption_margin_percent",
+                    "max_preemptions_per_cycle", "vacquery_port", "joboutputs_quota_bytes", "joboutputs_total_bytes",
                     "metadata_port",
                     "min_free_disk_mb", "min_free_disk_percent", "imagecache_days", "imagecache_max_gb")
 MACHINETYPE_NUMBERS = ("target_share", "min_processors", "max_processors", "max_wallclock_seconds",

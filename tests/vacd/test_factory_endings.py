@@ -18,6 +18,7 @@ from vacd.outcomes import (
     FAILED_TO_START,
     HEARTBEAT_NOT_UPDATED,
     PASSED_SHUTDOWN_TIME,
+    PREEMPTED,
     is_abort,
     is_factory_ending,
 )
@@ -25,7 +26,7 @@ from vacd.scheduler import MachinetypeReport
 from vacd.snapshot import build_snapshot
 
 
-@pytest.mark.parametrize("message", [EXCEEDED_WALLCLOCK, PASSED_SHUTDOWN_TIME, FAILED_TO_START])
+@pytest.mark.parametrize("message", [EXCEEDED_WALLCLOCK, PASSED_SHUTDOWN_TIME, FAILED_TO_START, PREEMPTED])
 def test_factory_endings_are_not_aborts(message: str) -> None:
     assert is_factory_ending(message) and not is_abort(message)
 

@@ -133,3 +133,23 @@ def test_every_simulated_factory_runs_the_scenarios_abort_rule(tmp_path: Path, r
         assert {factory.settings.abort_rule for factory in site.factories} == {rule}
     finally:
         site.close()
+
+
+def test_pre_emption_makes_room_for_a_type_once_it_is_proven_and_not_before(tmp_path: Path) -> None:
+    # "steady" payloads mostly run for hours; a few end early and free the slot a probe needs.
+    steady = (Outcome(0.15, "200 Success", 700, 1200), Outcome(0.85, "200 Success", 20000, 30000))
+    work = (Outcome(1.0, "200 Success", 20000, 30000),)
+    types = (
+        MachinetypeScenario("late", 1.0, (Outcome(1.0, "300 No more work", 60, 60),), step_seconds=600.0,
+                            outcomes_after_step=work, fizzle_seconds=120, min_wallclock_seconds=120),
+        MachinetypeScenario("steady", 1.0, steady, fizzle_seconds=120, min_wallclock_seconds=120),
+    )
+    scenario = Scenario(types, factories=3, processors=6, duration_seconds=1500.0)
+    off = run_site(scenario, tmp_path / "off")[1]
+    on = run_site(replace(scenario, preemption_grace_seconds=30), tmp_path / "on")[1]
+    assert off.summary()["preemptions"] == 0
+    assert isinstance(on.summary()["preemptions"], int) and on.summary()["preemptions"] > 0
+    assert on.work_proven_at is not None
+    # Nothing is pre-empted for "late" while its payloads find no work.
+    assert all(sample.preemptions == 0 for sample in on.samples if sample.time < 600)
+    assert on.samples[-1].busy_processors["late"] >= 8 > off.samples[-1].busy_processors["late"]

@@ -47,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
                              "and the factory stops them")
     parser.add_argument("--step-seconds", type=float, default=None,
                         help="a step change in demand: the --workless type gets work from this site time on")
+    parser.add_argument("--preemption-grace-seconds", type=int, default=0,
+                        help="[settings] preemption_grace_seconds of every factory (0: no pre-emption)")
+    parser.add_argument("--preemption-margin-percent", type=float, default=2.0,
+                        help="[settings] preemption_margin_percent")
+    parser.add_argument("--max-preemptions", type=int, default=4, help="[settings] max_preemptions_per_cycle")
+    parser.add_argument("--min-wallclock-seconds", type=int, default=None,
+                        help="machinetypes' min_wallclock_seconds (default: max_wallclock_seconds, as in "
+                             "vac.conf, which makes no machine pre-emptable); machines are pre-empted only "
+                             "once older than this and fizzle_seconds")
     parser.add_argument("--state-dir", help="where the factories' stores go (default: a fresh directory on "
                         "/dev/shm, removed after the run)")
     parser.add_argument("--sample-seconds", type=float, default=10.0)
@@ -80,12 +89,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         scenario = Scenario(
             machinetypes=standard_machinetypes(options.workless, options.failure_rate,
                                                max_wallclock_seconds=options.max_wallclock_seconds,
-                                               step_seconds=options.step_seconds),
+                                               step_seconds=options.step_seconds,
+                                               min_wallclock_seconds=options.min_wallclock_seconds),
             factories=options.factories,
             processors=options.processors,
             duration_seconds=options.hours * 3600,
             policy=policy,
             abort_rule=options.abort_rule,
+            preemption_grace_seconds=options.preemption_grace_seconds,
+            preemption_margin_percent=options.preemption_margin_percent,
+            max_preemptions_per_cycle=options.max_preemptions,
             network=NetworkConditions(options.loss, options.duplication, options.delay_min, options.delay_max),
             census=options.census,
             census_deadline_seconds=options.census_deadline,

@@ -43,6 +43,8 @@ class MachinetypeScenario:
     backoff_seconds: int = 10
     fizzle_seconds: int = 600
     max_wallclock_seconds: int = 86400
+    # None: max_wallclock_seconds, as vac.conf's default (such a type is never pre-empted).
+    min_wallclock_seconds: Optional[int] = None
     # A step change in demand: from `step_seconds` of site time on, payloads draw these outcomes.
     step_seconds: Optional[float] = None
     outcomes_after_step: tuple[Outcome, ...] = ()
@@ -87,7 +89,9 @@ class MachinetypeScenario:
             backoff_seconds=self.backoff_seconds,
             fizzle_seconds=self.fizzle_seconds,
             max_wallclock_seconds=self.max_wallclock_seconds,
-            min_wallclock_seconds=self.max_wallclock_seconds,
+            min_wallclock_seconds=(
+                self.max_wallclock_seconds if self.min_wallclock_seconds is None else self.min_wallclock_seconds
+            ),
         )
 
 
@@ -106,6 +110,10 @@ class Scenario:
     max_creations_per_cycle: int = 4
     # [settings] abort_rule of every simulated factory (vacd.scheduler.last_abort_times).
     abort_rule: str = "failure_rate"
+    # [settings] pre-emption of every simulated factory (vacd/preemption.py); 0 grace is off.
+    preemption_grace_seconds: int = 0
+    preemption_margin_percent: float = 2.0
+    max_preemptions_per_cycle: int = 4
     probe_spread_seconds: int = 60
     sample_seconds: float = 10.0
     seed: int = 1
@@ -131,13 +139,15 @@ def standard_machinetypes(
     *,
     max_wallclock_seconds: int = 86400,
     step_seconds: Optional[float] = None,
+    min_wallclock_seconds: Optional[int] = None,
 ) -> tuple[MachinetypeScenario, ...]:
     """Shares 4:3:2:1; `workless` finds no work (300 after 1-3 min), the others work 1-3 h
     and end with 200, or with `700` after 10-60 min at `failure_rate`.
 
     A payload still working at `max_wallclock_seconds` is stopped by the factory (a
     wallclock scenario when that is under 3 h). With `step_seconds`, `workless` gets work
-    from then on (a step change in demand).
+    from then on (a step change in demand). `min_wallclock_seconds` under max_wallclock_seconds
+    makes running machines pre-emptable once that old (when the factories pre-empt).
     """
     work: tuple[Outcome, ...] = (Outcome(1.0, "200 Success", 3600, 10800),)
     if failure_rate > 0:
@@ -147,9 +157,11 @@ def standard_machinetypes(
     shares = (("vo-a", 4.0), ("vo-b", 3.0), ("vo-c", 2.0), ("vo-d", 1.0))
     return tuple(
         MachinetypeScenario(name, share, no_work, max_wallclock_seconds=max_wallclock_seconds,
-                            step_seconds=step_seconds, outcomes_after_step=work if step_seconds is not None else ())
+                            min_wallclock_seconds=min_wallclock_seconds, step_seconds=step_seconds,
+                            outcomes_after_step=work if step_seconds is not None else ())
         if name == workless
-        else MachinetypeScenario(name, share, work, max_wallclock_seconds=max_wallclock_seconds)
+        else MachinetypeScenario(name, share, work, max_wallclock_seconds=max_wallclock_seconds,
+                                 min_wallclock_seconds=min_wallclock_seconds)
         for name, share in shares
     )
 
@@ -171,6 +183,11 @@ class SampleTally:
     creations: int = 0
     aborts: int = 0
     backoff_events: int = 0
+    # Machines ended early by pre-emption, their processors, and the processor-seconds they
+    # had run when stopped (the work lost if their payloads could not checkpoint).
+    preemptions: int = 0
+    preempted_processors: int = 0
+    lost_processor_seconds: float = 0.0
 
 
 def take_sample(scenario: Scenario, time: float, busy: dict[str, int], tally: SampleTally) -> Sample:
@@ -188,6 +205,9 @@ def take_sample(scenario: Scenario, time: float, busy: dict[str, int], tally: Sa
         creations=tally.creations,
         aborts=tally.aborts,
         backoff_events=tally.backoff_events,
+        preemptions=tally.preemptions,
+        preempted_processors=tally.preempted_processors,
+        lost_processor_seconds=tally.lost_processor_seconds,
     )
 
 
@@ -224,6 +244,9 @@ class Sample:
     creations: int
     aborts: int
     backoff_events: int
+    preemptions: int = 0
+    preempted_processors: int = 0
+    lost_processor_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -233,6 +256,9 @@ class SiteRun:
     datagrams_sent: int
     events_run: int
     censuses: int
+    # After a demand step: when the first machine of the stepped type that found work passed
+    # fizzle_seconds, the earliest the factories can tell the type has work (vacd policy).
+    work_proven_at: Optional[float] = None
 
     @property
     def capacity(self) -> int:
@@ -289,6 +315,13 @@ class SiteRun:
                 settled = sample.time
         return None if settled is None else settled - step
 
+    def step_recovery_after_proof_seconds(self, within: float = 0.05) -> Optional[float]:
+        """Like step_recovery_seconds, counted from `work_proven_at` instead of the step."""
+        recovery, step = self.step_recovery_seconds(within), self.step_seconds
+        if recovery is None or step is None or self.work_proven_at is None:
+            return None
+        return max(0.0, step + recovery - self.work_proven_at)
+
     def max_share_error_after_step(self) -> Optional[float]:
         step = self.step_seconds
         after = [sample.share_error for sample in self.samples if step is not None and sample.time >= step]
@@ -296,11 +329,19 @@ class SiteRun:
 
     def summary(self) -> dict[str, object]:
         recovery = self.step_recovery_seconds()
+        after_proof = self.step_recovery_after_proof_seconds()
         step = {} if self.step_seconds is None else {
             "step_seconds": self.step_seconds,
             "max_share_error_after_step": self.max_share_error_after_step(),
             "step_recovery_seconds": recovery,
             "step_recovery_cycles": None if recovery is None else recovery / self.scenario.cycle_seconds,
+            "work_proven_after_step_seconds": (
+                None if self.work_proven_at is None or self.step_seconds is None
+                else self.work_proven_at - self.step_seconds
+            ),
+            "step_recovery_after_proof_cycles": (
+                None if after_proof is None else after_proof / self.scenario.cycle_seconds
+            ),
         }
         return {
             "policy": self.scenario.policy,
@@ -319,6 +360,9 @@ class SiteRun:
             "creations": sum(sample.creations for sample in self.samples),
             "aborts": sum(sample.aborts for sample in self.samples),
             "backoff_events": sum(sample.backoff_events for sample in self.samples),
+            "preemptions": sum(sample.preemptions for sample in self.samples),
+            "preempted_processors": sum(sample.preempted_processors for sample in self.samples),
+            "lost_processor_hours": sum(sample.lost_processor_seconds for sample in self.samples) / 3600,
             "datagrams_sent": self.datagrams_sent,
             "events_run": self.events_run,
             **step,

@@ -128,6 +128,9 @@ class BusyCount:
     """Processors running per machinetype, over every backend of the site."""
 
     processors: dict[str, int] = field(default_factory=dict)
+    # After a demand step: when the first machine of each stepped machinetype that found work
+    # was created (its fizzle_seconds later the space can tell the type has work).
+    first_working_creation: dict[str, float] = field(default_factory=dict)
 
     def add(self, machinetype: str, processors: int) -> None:
         self.processors[machinetype] = self.processors.get(machinetype, 0) + processors
@@ -160,6 +163,8 @@ class SimBackend:
         self.busy.add(profile.name, spec.processors)
         self.created += 1
         message, seconds = profile.draw(now, self.rng)
+        if profile.step_seconds is not None and now >= profile.step_seconds and not is_abort(message):
+            self.busy.first_working_creation.setdefault(profile.name, now)
         self.loop.at(now + seconds, self._payload_ends, machine, message)
 
     def shutdown(self, name: str) -> None:
@@ -356,6 +361,10 @@ class SimFactory:
             backoff = frozenset(report.decisions.outlook.backoff_until)
             self.site.tally.backoff_events += len(backoff - self.backoff)
             self.backoff = backoff
+        for preempt in report.preemptions:
+            self.site.tally.preemptions += 1
+            self.site.tally.preempted_processors += preempt.processors
+            self.site.tally.lost_processor_seconds += preempt.processors * (preempt.shutdown_time - preempt.started_time)
         settings = report.settings or self.settings
         wait = settings.cycle_seconds
         if settings.wake_on_events:
@@ -449,7 +458,7 @@ class Site:
                 backoff_seconds=profile.backoff_seconds,
                 fizzle_seconds=profile.fizzle_seconds,
                 max_wallclock_seconds=profile.max_wallclock_seconds,
-                min_wallclock_seconds=profile.max_wallclock_seconds,
+                min_wallclock_seconds=profile.machinetype().min_wallclock_seconds,
             )
         self.machinetypes = machinetypes
         names = [f"f{index:04d}.{SPACE}" for index in range(scenario.factories)]
@@ -468,6 +477,9 @@ class Site:
                 max_creations_per_cycle=scenario.max_creations_per_cycle,
                 cycle_seconds=scenario.cycle_seconds,
                 abort_rule=scenario.abort_rule,
+                preemption_grace_seconds=scenario.preemption_grace_seconds,
+                preemption_margin_percent=scenario.preemption_margin_percent,
+                max_preemptions_per_cycle=scenario.max_preemptions_per_cycle,
                 udp_timeout_seconds=5 * scenario.census_deadline_seconds,
             )
             factory = SimFactory(self, index, settings, state_dir / "factories" / name)
@@ -492,7 +504,12 @@ class Site:
             self.loop.run_until(self.scenario.duration_seconds)
         finally:
             self.close()
-        return SiteRun(self.scenario, tuple(self.samples), self.network.sent, self.loop.events_run, self.censuses)
+        proven = {
+            profile.name: self.busy.first_working_creation[profile.name] + profile.fizzle_seconds
+            for profile in self.scenario.machinetypes if profile.name in self.busy.first_working_creation
+        }
+        return SiteRun(self.scenario, tuple(self.samples), self.network.sent, self.loop.events_run, self.censuses,
+                       work_proven_at=min(proven.values()) if proven else None)
 
     def note_first_publication(self) -> None:
         self._unpublished -= 1
