@@ -31,12 +31,20 @@ def is_temp_file_name(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = None) -> Iterator[BinaryIO]:
+def atomic_replace(
+    path: PathLike, mode: int = 0o644, mtime: Optional[float] = None, durable: bool = True
+) -> Iterator[BinaryIO]:
     """Yield a temp file beside `path`; on a clean exit it replaces `path`, durably.
 
     `mtime`, if given, is set on the file before the rename (the image cache keeps the
     server's Last-Modified there). On an exception the temp file is removed and `path`
     is untouched.
+
+    Without `durable`, neither the file nor the directory is fsync-ed: the replacement is
+    still atomic for every process (a kill -9 of the writer at any instant leaves the old
+    or the new file, as the kernel holds both), but an OS crash or power cut may bring back
+    an older file, or on some filesystems an empty one. Only for files that are rewritten
+    often and whose readers treat an unreadable one as lost (the store's heartbeats).
     """
     target = Path(path)
     descriptor, temp_name = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
@@ -45,7 +53,8 @@ def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = N
             yield temp_file
             temp_file.flush()
             os.fchmod(temp_file.fileno(), mode)
-            os.fsync(temp_file.fileno())
+            if durable:
+                os.fsync(temp_file.fileno())
         if mtime is not None:
             os.utime(temp_name, (mtime, mtime))
         os.replace(temp_name, target)
@@ -55,7 +64,8 @@ def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = N
         except FileNotFoundError:
             pass
         raise
-    fsync_directory(target.parent)
+    if durable:
+        fsync_directory(target.parent)
 
 
 def _temp_prefix(target_name: str) -> str:
@@ -68,9 +78,9 @@ def _temp_prefix(target_name: str) -> str:
     return "." + os.fsdecode(encoded) + "."
 
 
-def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> None:
-    """Replace `path` with `content` atomically and durably."""
-    with atomic_replace(path, mode) as temp_file:
+def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `content` atomically and (unless not `durable`, see atomic_replace) durably."""
+    with atomic_replace(path, mode, durable=durable) as temp_file:
         temp_file.write(content.encode() if isinstance(content, str) else content)
 
 
