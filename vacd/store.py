@@ -435,8 +435,10 @@ class Store:
           durable one, at most HEARTBEAT_DURABLE_SECONDS; on a filesystem that does not
           flush a file renamed over another (ext4 does, auto_da_alloc) a heartbeat may come
           back empty, which the reader quarantines as corrupt and the next pass rewrites.
-        Vac's `heartbeat` line changes only with the whole CPU seconds or the percentage;
-        unchanged, only its mtime is moved (Vac 03 read the heartbeat time from it).
+        Vac's `heartbeat` line is rewritten with the durable heartbeat only (once in
+        HEARTBEAT_DURABLE_SECONDS, as often as Vac 03 rewrote it: once a 60 s cycle);
+        between, only its mtime is moved, as Vac 03 read the heartbeat time from it. vacd reads the line only when heartbeat.json is missing or unreadable, so
+        what vacd itself knows after a kill -9 is heartbeat.json's, one pass old at most.
         The record goes first: a kill between the two leaves the new time in
         heartbeat.json, which the reader prefers, and Vac's line one pass old.
         """
@@ -445,9 +447,9 @@ class Store:
         durable = last_durable is None or not 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS
         self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat), durable=durable)
         vac_path = directory / HEARTBEAT_FILE
-        if not durable and self._cached_text(vac_path) == vac_line:
+        if not durable and self._cached_text(vac_path) is not None:
             os.utime(vac_path, follow_symlinks=False)
-            self._remember_written(vac_path, vac_line)
+            self._remember_touched(vac_path)
         else:
             self._write_record(vac_path, vac_line, durable=durable)
         if durable:
@@ -767,6 +769,17 @@ class Store:
         except OSError:
             return
         self._cache(os.fspath(path), _file_key(status), text)
+
+    def _remember_touched(self, path: Path) -> None:
+        """The cache's entry for `path` follows an mtime this store moved (content unchanged)."""
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return
+        with self._cache_lock:
+            entry = self._record_cache.get(os.fspath(path))
+            if entry is not None:
+                self._record_cache[os.fspath(path)] = (_file_key(status), entry[1])
 
     def _forget_directory(self, directory: Path) -> None:
         prefix = os.fspath(directory) + os.sep

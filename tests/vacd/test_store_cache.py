@@ -164,22 +164,21 @@ def test_heartbeats_are_fsynced_once_a_minute_per_machine_not_every_pass(
     assert loaded is not None and loaded.heartbeat == Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 60.0, 10.0)
 
 
-def test_an_unchanged_vac_heartbeat_line_is_touched_not_rewritten(tmp_path: Path) -> None:
-    """Vac 03 read the heartbeat time from the file's mtime: it still moves every pass."""
+def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_only_touched_between(tmp_path: Path) -> None:
+    """Vac 03 rewrote it once a cycle and read the heartbeat time from its mtime, which still moves every pass."""
     store = Store(Paths(tmp_path))
     directory = store.begin_creation(record())
     store.mark_started(record(), 1001)
-    store.write_heartbeat(record(), Heartbeat(1011, 5.2, 10.0))
     os.utime(directory / "heartbeat", (1, 1))
     store.slot_binding(NAME)  # read back at its old mtime, so the cache knows the file again
     before = os.lstat(directory / "heartbeat")
-    store.write_heartbeat(record(), Heartbeat(1021, 5.9, 10.0))  # still "5 10.0"
+    store.write_heartbeat(record(), Heartbeat(1011, 5.9, 59.0))
     after = os.lstat(directory / "heartbeat")
-    assert (directory / "heartbeat").read_text() == "5 10.0\n"
+    assert (directory / "heartbeat").read_text() == "0.0 0.0\n"
     assert after.st_ino == before.st_ino and after.st_mtime > 1
-    store.write_heartbeat(record(), Heartbeat(1031, 7.0, 20.0))
-    assert (directory / "heartbeat").read_text() == "7 20.0\n"
-    assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1031, 7.0, 20.0)  # type: ignore[union-attr]
+    assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1011, 5.9, 59.0)  # type: ignore[union-attr]
+    store.write_heartbeat(record(), Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 30.0, 50.0))
+    assert (directory / "heartbeat").read_text() == "30 50.0\n"
 
 
 def test_a_pass_over_an_unchanged_node_opens_no_record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
