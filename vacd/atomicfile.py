@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
 
@@ -82,6 +83,45 @@ def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644, 
     """Replace `path` with `content` atomically and (unless not `durable`, see atomic_replace) durably."""
     with atomic_replace(path, mode, durable=durable) as temp_file:
         temp_file.write(content.encode() if isinstance(content, str) else content)
+
+
+# What `write_atomic_if_changed` last wrote at each path, with the file's identity then.
+_last_written: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+_last_written_lock = threading.Lock()
+
+
+def write_atomic_if_changed(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> bool:
+    """`write_atomic`, skipped when `path` still holds exactly what this process last wrote there.
+
+    For files published every pass whose content often repeats (`counts`, the `*-heartbeat`
+    files within one second): the skipped write was durable already, so a crash loses
+    nothing by the skip. "Still holds" is the file's (device, inode, mtime, size, ctime)
+    unchanged since that write, so a file replaced or edited by anyone else is rewritten.
+    Returns whether it wrote.
+    """
+    data = content.encode() if isinstance(content, str) else content
+    key = os.fspath(path)
+    with _last_written_lock:
+        remembered = _last_written.get(key)
+    if remembered is not None and remembered[1] == data:
+        try:
+            status = os.lstat(key)
+        except OSError:
+            status = None
+        if status is not None and _identity(status) == remembered[0]:
+            return False
+    write_atomic(key, data, mode)
+    try:
+        written = os.lstat(key)
+    except OSError:
+        return True
+    with _last_written_lock:
+        _last_written[key] = (_identity(written), data)
+    return True
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size, status.st_ctime_ns)
 
 
 def write_atomic_at(directory_fd: int, name: str, content: bytes, mode: int = 0o644) -> None:
