@@ -26,8 +26,10 @@ Rules (design.md rule 4):
     fields, or one, at the file's mtime). A three-field `heartbeat` newer than
     `heartbeat.json` (an earlier vacd ran on the directory since) wins.
 - Every write is temp + fsync + rename, so a kill -9 at any instant leaves each file old
-  or new, and the next start reconciles from what is there. Heartbeats are the exception
-  to the fsync (issue 15 item 4): see `Store._write_heartbeat_files`.
+  or new, and the next start reconciles from what is there. A running machine's
+  heartbeats between its once-a-minute heartbeat.json go to one file for the node,
+  `heartbeats.json` in the state directory, replaced once a pass (issue 15 item 4; see
+  `Store._write_heartbeat_files`).
 - Records are read through a cache keyed on each file's (inode, mtime, size, ctime), as
   the guest server keys its files (issue 15 item 2): a pass over a machine whose files have
   not changed lstat-s them and opens none. Every write here is a rename, so a rewritten
@@ -141,6 +143,9 @@ RACY_SECONDS = 2
 # Heartbeats are replaced without fsync (Store._write_heartbeat_files) except once in this
 # many seconds per machine: what an OS crash (not a kill -9) may cost of a heartbeat.
 HEARTBEAT_DURABLE_SECONDS = 60
+# In the state directory: every heartbeat of the last pass, one file for the node, replaced
+# once a pass (Store.flush_heartbeats), so a pass renames one file, not one a machine.
+NODE_HEARTBEATS_FILE = "heartbeats.json"
 # A bound on the record cache (entries of removed directories are dropped with them):
 # far above 256 slots x 8 records.
 MAX_CACHED_RECORDS = 65536
@@ -366,6 +371,10 @@ class Store:
         self.record_cache_hits = 0
         # Per machine directory: the time of its last heartbeat written with fsync.
         self._heartbeat_durable_time: dict[str, int] = {}
+        # This pass's heartbeats not yet in NODE_HEARTBEATS_FILE, by machine directory name.
+        self._pending_heartbeats: dict[str, Heartbeat] = {}
+        # The last parse of NODE_HEARTBEATS_FILE, with the text it came from.
+        self._node_heartbeats_parsed: tuple[Optional[str], dict[str, Heartbeat]] = (None, {})
 
     @property
     def quarantined_total(self) -> int:
@@ -422,30 +431,37 @@ class Store:
         self._write_heartbeat_files(self.machine_dir(record), heartbeat, _vac_heartbeat_line(heartbeat))
 
     def _write_heartbeat_files(self, directory: Path, heartbeat: Heartbeat, vac_line: str) -> None:
-        """heartbeat.json, then Vac's line; fsync-ed once in HEARTBEAT_DURABLE_SECONDS only.
+        """heartbeat.json and Vac's line once in HEARTBEAT_DURABLE_SECONDS; between, the node file.
 
-        Every running machine's heartbeat moves every pass, so with fsync each pass cost two
-        file fsyncs and two directory fsyncs per slot (issue 15: 25 % of a pass's CPU at
-        128 slots, and 1-10 ms each on a real disk). Without them each file is still
-        replaced by a rename, atomic for every process. What a crash may lose:
-        - kill -9 of vacd, before and after: nothing the last completed pass wrote (a
-          finished rename is the kernel's, which the process's death does not undo); the
-          heartbeat of the pass it interrupted, one pass's time.
-        - An OS crash or power cut, before: the same. After: the heartbeats since the last
-          durable one, at most HEARTBEAT_DURABLE_SECONDS; on a filesystem that does not
-          flush a file renamed over another (ext4 does, auto_da_alloc) a heartbeat may come
-          back empty, which the reader quarantines as corrupt and the next pass rewrites.
-        Vac's `heartbeat` line is rewritten with the durable heartbeat only (once in
-        HEARTBEAT_DURABLE_SECONDS, as often as Vac 03 rewrote it: once a 60 s cycle);
-        between, only its mtime is moved, as Vac 03 read the heartbeat time from it. vacd reads the line only when heartbeat.json is missing or unreadable, so
-        what vacd itself knows after a kill -9 is heartbeat.json's, one pass old at most.
+        Every running machine's heartbeat moves every pass, and each machine's heartbeat.json
+        and `heartbeat` replaced with fsync each pass cost two renames and four fsyncs per
+        slot (issue 15: a quarter of a pass's CPU at 128 slots, and 1-10 ms an fsync on a
+        real disk). Now, once a minute per machine (HEARTBEAT_DURABLE_SECONDS, and its
+        first heartbeat), heartbeat.json then `heartbeat` are replaced with fsync as before;
+        between, the heartbeat waits for `flush_heartbeats`, which the factory calls once a
+        pass: NODE_HEARTBEATS_FILE, every machine's heartbeat of the pass, one rename and
+        one fsync. The reader takes the newest of heartbeat.json and that file's entry.
+        What a crash may lose:
+        - kill -9 of vacd, before: the heartbeats of the pass it interrupted, for the slots
+          that pass had not yet reached (each on-disk heartbeat at most one pass old).
+          After: the heartbeats of the pass it interrupted, all of them (each on-disk
+          heartbeat still at most one pass old).
+        - An OS crash or power cut: the same as a kill -9, before and after (every write
+          that reaches disk is fsync-ed).
+        Vac's `heartbeat` line is rewritten once a minute (Vac 03 rewrote it once a 60 s
+        cycle); between, only its mtime is moved, as Vac 03 read the heartbeat time from
+        it. vacd reads the line only when heartbeat.json is missing or unreadable.
         The record goes first: a kill between the two leaves the new time in
         heartbeat.json, which the reader prefers, and Vac's line one pass old.
         """
         key = os.fspath(directory)
         last_durable = self._heartbeat_durable_time.get(key)
         durable = last_durable is None or not 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS
-        self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat), durable=durable)
+        if durable:
+            self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
+            self._pending_heartbeats.pop(directory.name, None)
+        else:
+            self._pending_heartbeats[directory.name] = heartbeat
         vac_path = directory / HEARTBEAT_FILE
         if not durable and self._cached_text(vac_path) is not None:
             os.utime(vac_path, follow_symlinks=False)
@@ -454,6 +470,49 @@ class Store:
             self._write_record(vac_path, vac_line, durable=durable)
         if durable:
             self._heartbeat_durable_time[key] = heartbeat.time
+
+    def flush_heartbeats(self) -> None:
+        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory calls it once a pass).
+
+        Between their once-a-minute durable writes, machines' heartbeat.json files are not
+        rewritten: their heartbeats reach disk here, all in one file and one rename, fsync-ed.
+        The reader takes the newest of heartbeat.json and this file's entry. What a kill -9
+        loses is unchanged: the heartbeats of the pass it interrupted (each machine's on-disk
+        heartbeat is at most one pass old, as when each was written at its own turn).
+        """
+        if not self._pending_heartbeats:
+            return
+        document = {name: asdict(heartbeat) for name, heartbeat in sorted(self._pending_heartbeats.items())}
+        self._write_record(self.paths.state_dir / NODE_HEARTBEATS_FILE, json.dumps(document, sort_keys=True) + "\n")
+        self._pending_heartbeats = {}
+
+    def _node_heartbeat(self, directory_name: str) -> Optional[Heartbeat]:
+        """This machine's heartbeat not yet flushed, else its entry in NODE_HEARTBEATS_FILE."""
+        pending = self._pending_heartbeats.get(directory_name)
+        if pending is not None:
+            return pending
+        path = self.paths.state_dir / NODE_HEARTBEATS_FILE
+        try:
+            raw_text = self._read_record_text(path)
+        except CorruptRecord as error:
+            self._quarantine(path, str(error))
+            return None
+        if raw_text is None:
+            return None
+        if self._node_heartbeats_parsed[0] != raw_text:
+            parsed: dict[str, Heartbeat] = {}
+            try:
+                fields = _parse_json_object(raw_text, path)
+            except CorruptRecord as error:
+                self._quarantine(path, str(error))
+                return None
+            for name, entry in fields.items():
+                try:
+                    parsed[name] = _parse_heartbeat_json(json.dumps(entry), path)
+                except CorruptRecord:
+                    continue  # one bad entry costs that machine's node heartbeat only
+            self._node_heartbeats_parsed = (raw_text, parsed)
+        return self._node_heartbeats_parsed[1].get(directory_name)
 
     def update_record(self, record: MachineRecord) -> None:
         """Rewrite machine.json (the shutdown time only ever falls, §4.6 step 2)."""
@@ -802,6 +861,9 @@ class Store:
     def _read_heartbeat(self, directory: Path) -> Optional[Heartbeat]:
         """heartbeat.json if readable, else Vac's `heartbeat`; a newer timed `heartbeat` wins."""
         recorded = self._read_heartbeat_record(directory / HEARTBEAT_RECORD_FILE)
+        node = self._node_heartbeat(directory.name)
+        if node is not None and (recorded is None or node.time > recorded.time):
+            recorded = node
         path = directory / HEARTBEAT_FILE
         raw_text: Optional[str] = None
         try:

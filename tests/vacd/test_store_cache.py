@@ -176,6 +176,7 @@ def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_only_touched_between
     after = os.lstat(directory / "heartbeat")
     assert (directory / "heartbeat").read_text() == "0.0 0.0\n"
     assert after.st_ino == before.st_ino and after.st_mtime > 1
+    store.flush_heartbeats()
     assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1011, 5.9, 59.0)  # type: ignore[union-attr]
     store.write_heartbeat(record(), Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 30.0, 50.0))
     assert (directory / "heartbeat").read_text() == "30 50.0\n"
@@ -207,3 +208,40 @@ def test_a_restarted_factory_reads_each_record_once_then_none(tmp_path: Path, mo
     harness.clock.advance(10)
     harness.run_pass()
     assert counter.take() == []
+
+
+def test_heartbeats_between_durable_ones_reach_disk_in_one_node_file_per_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass renames one file for all its machines' heartbeats; a restart reads the newest."""
+    store = Store(Paths(tmp_path))
+    others = [record(1000), MachineRecord("f1-04.example.com", 4, "22222222-2222-3333-4444-555555555555", "atlas",
+                                          "vm-raw", 2, 1000, 4600, "169.254.169.4", 2.0, 4096)]
+    for machine in others:
+        store.begin_creation(machine)
+        store.mark_started(machine, 1001)
+    renames: list[str] = []
+    real_replace = os.replace
+
+    def counting_replace(source: str, target: str, **options: object) -> None:
+        renames.append(os.path.basename(os.fspath(target)))
+        real_replace(source, target, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", counting_replace)
+    for machine in others:
+        store.write_heartbeat(machine, Heartbeat(1011, 3.0, 30.0))
+    store.flush_heartbeats()
+    assert renames == ["heartbeats.json"]
+    for machine in others:
+        loaded = Store(Paths(tmp_path)).slot_binding(machine.name)
+        assert loaded is not None and loaded.heartbeat == Heartbeat(1011, 3.0, 30.0)
+        directory = tmp_path / "var/lib/vac/machines" / machine.directory_name
+        assert '"time": 1001' in (directory / "heartbeat.json").read_text()  # the durable one, a minute's worth
+
+
+def test_a_heartbeat_not_yet_flushed_is_read_by_the_same_store(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    store.write_heartbeat(record(), Heartbeat(1011, 3.0, 30.0))
+    assert store.slot_binding(NAME).heartbeat == Heartbeat(1011, 3.0, 30.0)  # type: ignore[union-attr]
