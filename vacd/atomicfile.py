@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
 
@@ -31,12 +32,20 @@ def is_temp_file_name(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = None) -> Iterator[BinaryIO]:
+def atomic_replace(
+    path: PathLike, mode: int = 0o644, mtime: Optional[float] = None, durable: bool = True
+) -> Iterator[BinaryIO]:
     """Yield a temp file beside `path`; on a clean exit it replaces `path`, durably.
 
     `mtime`, if given, is set on the file before the rename (the image cache keeps the
     server's Last-Modified there). On an exception the temp file is removed and `path`
     is untouched.
+
+    Without `durable`, neither the file nor the directory is fsync-ed: the replacement is
+    still atomic for every process (a kill -9 of the writer at any instant leaves the old
+    or the new file, as the kernel holds both), but an OS crash or power cut may bring back
+    an older file, or on some filesystems an empty one. Only for files that are rewritten
+    often and whose readers treat an unreadable one as lost (the store's heartbeats).
     """
     target = Path(path)
     descriptor, temp_name = tempfile.mkstemp(prefix=_temp_prefix(target.name), suffix=TEMP_SUFFIX, dir=target.parent)
@@ -45,7 +54,8 @@ def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = N
             yield temp_file
             temp_file.flush()
             os.fchmod(temp_file.fileno(), mode)
-            os.fsync(temp_file.fileno())
+            if durable:
+                os.fsync(temp_file.fileno())
         if mtime is not None:
             os.utime(temp_name, (mtime, mtime))
         os.replace(temp_name, target)
@@ -55,7 +65,8 @@ def atomic_replace(path: PathLike, mode: int = 0o644, mtime: Optional[float] = N
         except FileNotFoundError:
             pass
         raise
-    fsync_directory(target.parent)
+    if durable:
+        fsync_directory(target.parent)
 
 
 def _temp_prefix(target_name: str) -> str:
@@ -68,10 +79,49 @@ def _temp_prefix(target_name: str) -> str:
     return "." + os.fsdecode(encoded) + "."
 
 
-def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> None:
-    """Replace `path` with `content` atomically and durably."""
-    with atomic_replace(path, mode) as temp_file:
+def write_atomic(path: PathLike, content: Union[bytes, str], mode: int = 0o644, durable: bool = True) -> None:
+    """Replace `path` with `content` atomically and (unless not `durable`, see atomic_replace) durably."""
+    with atomic_replace(path, mode, durable=durable) as temp_file:
         temp_file.write(content.encode() if isinstance(content, str) else content)
+
+
+# What `write_atomic_if_changed` last wrote at each path, with the file's identity then.
+_last_written: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
+_last_written_lock = threading.Lock()
+
+
+def write_atomic_if_changed(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> bool:
+    """`write_atomic`, skipped when `path` still holds exactly what this process last wrote there.
+
+    For files published every pass whose content often repeats (`counts`, the `*-heartbeat`
+    files within one second): the skipped write was durable already, so a crash loses
+    nothing by the skip. "Still holds" is the file's (device, inode, mtime, size, ctime)
+    unchanged since that write, so a file replaced or edited by anyone else is rewritten.
+    Returns whether it wrote.
+    """
+    data = content.encode() if isinstance(content, str) else content
+    key = os.fspath(path)
+    with _last_written_lock:
+        remembered = _last_written.get(key)
+    if remembered is not None and remembered[1] == data:
+        try:
+            status = os.lstat(key)
+        except OSError:
+            status = None
+        if status is not None and _identity(status) == remembered[0]:
+            return False
+    write_atomic(key, data, mode)
+    try:
+        written = os.lstat(key)
+    except OSError:
+        return True
+    with _last_written_lock:
+        _last_written[key] = (_identity(written), data)
+    return True
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size, status.st_ctime_ns)
 
 
 def write_atomic_at(directory_fd: int, name: str, content: bytes, mode: int = 0o644) -> None:

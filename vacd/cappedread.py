@@ -132,6 +132,11 @@ def read_capped(path: PathLike, max_bytes: int, dir_fd: Optional[int] = None) ->
     return found[0] if found is not None else None
 
 
+def read_capped_with_status(path: PathLike, max_bytes: int) -> Optional[tuple[bytes, os.stat_result]]:
+    """`read_capped`, with the fstat of the descriptor the bytes were read from (a cache's key)."""
+    return _read_capped(path, path, max_bytes, None)
+
+
 def _read_capped(
     shown: PathLike, path: PathLike, max_bytes: int, dir_fd: Optional[int]
 ) -> Optional[tuple[bytes, os.stat_result]]:

@@ -325,6 +325,11 @@ class Factory:
             if wake_at is not None:
                 wake_times.append(wake_at)
         self._destroy_unbound_zombies(settings, observed, report)
+        try:
+            self.store.flush_heartbeats()
+        except OSError as error:
+            # A full or failing disk costs the heartbeats, never the pass (item 4).
+            log.warning("cannot write this pass's heartbeats error=%s", error)
 
         report.local_reports = self._local_reports(settings, machinetypes, report.slots, now)
         self._last_local_reports = list(report.local_reports)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Optional
 
-from vacd.atomicfile import write_atomic
+from vacd.atomicfile import write_atomic_if_changed
 from vacd.factory import Fault, PassReport, RunningTotals, SlotError
 from vacd.paths import Paths
 
@@ -150,11 +150,16 @@ def counts_line(document: Mapping[str, Any]) -> str:
 
 
 def publish_status(paths: Paths, document: Mapping[str, Any]) -> None:
-    write_atomic(paths.status_file, json.dumps(document, indent=1, sort_keys=True) + "\n")
+    """Write status.json and `counts`, each skipped when it would be written unchanged (issue 15)."""
+    write_atomic_if_changed(paths.status_file, json.dumps(document, indent=1, sort_keys=True) + "\n")
     if document.get("slots"):
-        write_atomic(paths.counts_file, counts_line(document))
+        write_atomic_if_changed(paths.counts_file, counts_line(document))
 
 
 def write_heartbeat(paths: Paths, part: str, now: int) -> None:
-    """`<part>-heartbeat` holds the time itself, so no ctime is read (Vac anti-pattern 3)."""
-    write_atomic(paths.heartbeat_file(part), f"{now}\n")
+    """`<part>-heartbeat` holds the time itself, so no ctime is read (Vac anti-pattern 3).
+
+    A heartbeat stamped again within the same second, or a part's unchanged last time, is
+    not rewritten (write_atomic_if_changed).
+    """
+    write_atomic_if_changed(paths.heartbeat_file(part), f"{now}\n")

@@ -26,7 +26,19 @@ Rules (design.md rule 4):
     fields, or one, at the file's mtime). A three-field `heartbeat` newer than
     `heartbeat.json` (an earlier vacd ran on the directory since) wins.
 - Every write is temp + fsync + rename, so a kill -9 at any instant leaves each file old
-  or new, and the next start reconciles from what is there.
+  or new, and the next start reconciles from what is there. A running machine's
+  heartbeats between its once-a-minute heartbeat.json go to one file for the node,
+  `heartbeats.json` in the state directory, replaced once a pass (issue 15 item 4; see
+  `Store._write_heartbeat_files`).
+- Records are read through a cache keyed on each file's (inode, mtime, size, ctime), as
+  the guest server keys its files (issue 15 item 2): a pass over a machine whose files have
+  not changed lstat-s them and opens none. Every write here is a rename, so a rewritten
+  record has a new inode; a file changed in place shows a new mtime or ctime. A file read
+  within RACY_SECONDS of its mtime is not trusted from the cache (a change in the same
+  timestamp tick could keep every field of the key), so it is read again next time; what
+  vacd wrote itself goes into the cache at write time. A missed change costs nothing
+  worse than what the key cannot see: the cache never holds a file that no longer exists
+  (an absent file is looked up by lstat every time, which opens nothing).
 - A machine directory is never reused (issue 8 item 10): `begin_creation` creates it
   exclusively and refuses one that exists, and the factory then tries the next second.
 - Guest-written files (everything in `joboutputs/`) are bytes until validated: read with a
@@ -85,7 +97,13 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 from vacd.atomicfile import write_atomic
 from vacd.atomicfile import write_atomic_at
-from vacd.cappedread import UnreadableFile, open_directory, read_capped, read_capped_with_status_under
+from vacd.cappedread import (
+    UnreadableFile,
+    open_directory,
+    read_capped,
+    read_capped_with_status,
+    read_capped_with_status_under,
+)
 from vacd.config import VM_MACHINE_MODELS
 from vacd.errors import StoreError
 from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message, shutdown_code
@@ -118,6 +136,25 @@ MAX_RECORD_BYTES = 64 * 1024
 # Vac 03's layout puts the creation time first in a directory name; never look more than
 # this many seconds ahead for a free one (each slot creates at most once a pass).
 MAX_DIRECTORY_NAME_TRIES = 10
+# A record whose mtime is this close to the moment it was read may have changed again in
+# the same timestamp tick without changing its cache key: it is read again next time
+# (git's "racily clean" rule). Far above any filesystem's timestamp granularity.
+RACY_SECONDS = 2
+# Heartbeats are replaced without fsync (Store._write_heartbeat_files) except once in this
+# many seconds per machine: what an OS crash (not a kill -9) may cost of a heartbeat.
+HEARTBEAT_DURABLE_SECONDS = 60
+# In the state directory: every heartbeat of the last pass, one file for the node, replaced
+# once a pass (Store.flush_heartbeats), so a pass renames one file, not one a machine.
+NODE_HEARTBEATS_FILE = "heartbeats.json"
+# A bound on the record cache (entries of removed directories are dropped with them):
+# far above 256 slots x 8 records.
+MAX_CACHED_RECORDS = 65536
+
+_FileKey = tuple[int, int, int, int, int]
+
+
+def _file_key(status: os.stat_result) -> _FileKey:
+    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size, status.st_ctime_ns)
 
 
 class MachineDirectoryExists(StoreError):
@@ -326,6 +363,18 @@ class Store:
         self.clock = clock or _wall_clock
         self._quarantine_lock = threading.Lock()
         self._quarantined_total = 0
+        # The guest API reads through this store from its own thread.
+        self._cache_lock = threading.Lock()
+        self._record_cache: dict[str, tuple[_FileKey, str]] = {}
+        # Record files opened and read, and lookups the cache answered (tests, the bench).
+        self.record_file_reads = 0
+        self.record_cache_hits = 0
+        # Per machine directory: the time of its last heartbeat written with fsync.
+        self._heartbeat_durable_time: dict[str, int] = {}
+        # This pass's heartbeats not yet in NODE_HEARTBEATS_FILE, by machine directory name.
+        self._pending_heartbeats: dict[str, Heartbeat] = {}
+        # The last parse of NODE_HEARTBEATS_FILE, with the text it came from.
+        self._node_heartbeats_parsed: tuple[Optional[str], dict[str, Heartbeat]] = (None, {})
 
     @property
     def quarantined_total(self) -> int:
@@ -364,32 +413,110 @@ class Store:
         for subdirectory in ("machinefeatures", "jobfeatures", "joboutputs"):
             (directory / subdirectory).mkdir(mode=0o755, exist_ok=True)
         self.paths.slots_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(
+        self._write_record(
             self.paths.slots_dir / record.name,
             f"{record.created_time} {record.machinetype} {record.machine_model}\n",
         )
-        write_atomic(directory / RECORD_FILE, record.to_json())
+        self._write_record(directory / RECORD_FILE, record.to_json())
         return directory
 
     def mark_started(self, record: MachineRecord, now: int) -> None:
         """Write the first heartbeat and then `started`, in Vac's formats (§1.6 step 7)."""
         directory = self.machine_dir(record)
         self._write_heartbeat_files(directory, Heartbeat(now, 0.0, 0.0), INITIAL_HEARTBEAT_LINE)
-        write_atomic(directory / STARTED_FILE, f"{now}\n")
+        self._write_record(directory / STARTED_FILE, f"{now}\n")
 
     def write_heartbeat(self, record: MachineRecord, heartbeat: Heartbeat) -> None:
         """`heartbeat.json`, then Vac's `heartbeat` line (module docstring)."""
         self._write_heartbeat_files(self.machine_dir(record), heartbeat, _vac_heartbeat_line(heartbeat))
 
     def _write_heartbeat_files(self, directory: Path, heartbeat: Heartbeat, vac_line: str) -> None:
-        # The record first: a kill between the two leaves the new time in heartbeat.json,
-        # which the reader prefers, and Vac's line one pass old.
-        write_atomic(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
-        write_atomic(directory / HEARTBEAT_FILE, vac_line)
+        """heartbeat.json and Vac's line once in HEARTBEAT_DURABLE_SECONDS; between, the node file.
+
+        Every running machine's heartbeat moves every pass, and each machine's heartbeat.json
+        and `heartbeat` replaced with fsync each pass cost two renames and four fsyncs per
+        slot (issue 15: a quarter of a pass's CPU at 128 slots, and 1-10 ms an fsync on a
+        real disk). Now, once a minute per machine (HEARTBEAT_DURABLE_SECONDS, and its
+        first heartbeat), heartbeat.json then `heartbeat` are replaced with fsync as before;
+        between, the heartbeat waits for `flush_heartbeats`, which the factory calls once a
+        pass: NODE_HEARTBEATS_FILE, every machine's heartbeat of the pass, one rename and
+        one fsync. The reader takes the newest of heartbeat.json and that file's entry.
+        What a crash may lose:
+        - kill -9 of vacd, before: the heartbeats of the pass it interrupted, for the slots
+          that pass had not yet reached (each on-disk heartbeat at most one pass old).
+          After: the heartbeats of the pass it interrupted, all of them (each on-disk
+          heartbeat still at most one pass old).
+        - An OS crash or power cut: the same as a kill -9, before and after (every write
+          that reaches disk is fsync-ed).
+        Vac's `heartbeat` line is rewritten once a minute (Vac 03 rewrote it once a 60 s
+        cycle); between, only its mtime is moved, as Vac 03 read the heartbeat time from
+        it. vacd reads the line only when heartbeat.json is missing or unreadable.
+        The record goes first: a kill between the two leaves the new time in
+        heartbeat.json, which the reader prefers, and Vac's line one pass old.
+        """
+        key = os.fspath(directory)
+        last_durable = self._heartbeat_durable_time.get(key)
+        durable = last_durable is None or not 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS
+        if durable:
+            self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
+            self._pending_heartbeats.pop(directory.name, None)
+        else:
+            self._pending_heartbeats[directory.name] = heartbeat
+        vac_path = directory / HEARTBEAT_FILE
+        if not durable and self._cached_text(vac_path) is not None:
+            os.utime(vac_path, follow_symlinks=False)
+            self._remember_touched(vac_path)
+        else:
+            self._write_record(vac_path, vac_line, durable=durable)
+        if durable:
+            self._heartbeat_durable_time[key] = heartbeat.time
+
+    def flush_heartbeats(self) -> None:
+        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory calls it once a pass).
+
+        Between their once-a-minute durable writes, machines' heartbeat.json files are not
+        rewritten: their heartbeats reach disk here, all in one file and one rename, fsync-ed.
+        The reader takes the newest of heartbeat.json and this file's entry. What a kill -9
+        loses is unchanged: the heartbeats of the pass it interrupted (each machine's on-disk
+        heartbeat is at most one pass old, as when each was written at its own turn).
+        """
+        if not self._pending_heartbeats:
+            return
+        document = {name: asdict(heartbeat) for name, heartbeat in sorted(self._pending_heartbeats.items())}
+        self._write_record(self.paths.state_dir / NODE_HEARTBEATS_FILE, json.dumps(document, sort_keys=True) + "\n")
+        self._pending_heartbeats = {}
+
+    def _node_heartbeat(self, directory_name: str) -> Optional[Heartbeat]:
+        """This machine's heartbeat not yet flushed, else its entry in NODE_HEARTBEATS_FILE."""
+        pending = self._pending_heartbeats.get(directory_name)
+        if pending is not None:
+            return pending
+        path = self.paths.state_dir / NODE_HEARTBEATS_FILE
+        try:
+            raw_text = self._read_record_text(path)
+        except CorruptRecord as error:
+            self._quarantine(path, str(error))
+            return None
+        if raw_text is None:
+            return None
+        if self._node_heartbeats_parsed[0] != raw_text:
+            parsed: dict[str, Heartbeat] = {}
+            try:
+                fields = _parse_json_object(raw_text, path)
+            except CorruptRecord as error:
+                self._quarantine(path, str(error))
+                return None
+            for name, entry in fields.items():
+                try:
+                    parsed[name] = _parse_heartbeat_json(json.dumps(entry), path)
+                except CorruptRecord:
+                    continue  # one bad entry costs that machine's node heartbeat only
+            self._node_heartbeats_parsed = (raw_text, parsed)
+        return self._node_heartbeats_parsed[1].get(directory_name)
 
     def update_record(self, record: MachineRecord) -> None:
         """Rewrite machine.json (the shutdown time only ever falls, §4.6 step 2)."""
-        write_atomic(self.machine_dir(record) / RECORD_FILE, record.to_json())
+        self._write_record(self.machine_dir(record) / RECORD_FILE, record.to_json())
 
     def request_destroy(self, record: MachineRecord, now: int, shutdown_message: Optional[str]) -> None:
         """Record that the factory stops this machine, and why.
@@ -401,7 +528,7 @@ class Store:
         """
         directory = self.machine_dir(record)
         if not os.path.lexists(directory / DESTROY_REQUESTED_FILE):
-            write_atomic(directory / DESTROY_REQUESTED_FILE, _destroy_request_json(now, shutdown_message))
+            self._write_record(directory / DESTROY_REQUESTED_FILE, _destroy_request_json(now, shutdown_message))
         if shutdown_message and self.read_shutdown_message(record) is None:
             target = directory / JOBOUTPUTS_DIR / SHUTDOWN_MESSAGE_FILE
             try:
@@ -416,8 +543,9 @@ class Store:
         finished (module docstring), so a kill between the two cannot finalise it twice.
         """
         directory = self.machine_dir(record)
-        write_atomic(directory / FINISHED_RECORD_FILE, _finish_json(finish))
-        write_atomic(directory / FINISHED_FILE, "")
+        self._write_record(directory / FINISHED_RECORD_FILE, _finish_json(finish))
+        self._write_record(directory / FINISHED_FILE, "")
+        self._heartbeat_durable_time.pop(os.fspath(directory), None)
         self.paths.finishes_dir.mkdir(parents=True, exist_ok=True)
         finishes_file = self.paths.finishes_dir / record.machinetype
         current_created = _created_time_of_finishes_line(_read_line(finishes_file))
@@ -595,6 +723,7 @@ class Store:
         if directory.parent != self.paths.machines_dir:
             raise StoreError(f"refusing to remove {directory}: not a machine directory")
         shutil.rmtree(directory, ignore_errors=True)
+        self._forget_directory(directory)
 
     # Reading records, quarantining the unreadable
     def _bound_directory(self, machine_name: str) -> Optional[Path]:
@@ -636,19 +765,87 @@ class Store:
         )
 
     def _read_record_text(self, path: Path) -> Optional[str]:
-        """A record's text, None if absent; CorruptRecord if it is unusable as one of ours."""
+        """A record's text, None if absent; CorruptRecord if it is unusable as one of ours.
+
+        Answered from the cache when the file's key is unchanged (module docstring).
+        """
+        cached = self._cached_text(path)
+        if cached is not None:
+            return cached
         try:
-            raw = read_capped(path, MAX_RECORD_BYTES)
+            found = read_capped_with_status(path, MAX_RECORD_BYTES)
         except UnreadableFile as error:
             raise CorruptRecord(str(error)) from error
-        if raw is None:
+        if found is None:
             return None
+        raw, status = found
+        with self._cache_lock:
+            self.record_file_reads += 1
         if len(raw) >= MAX_RECORD_BYTES:
             raise CorruptRecord(f"{path}: {MAX_RECORD_BYTES} bytes or more, not a record of ours")
         try:
-            return raw.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             raise CorruptRecord(f"{path}: not UTF-8: {error}") from error
+        if _wall_clock_ns() - status.st_mtime_ns >= RACY_SECONDS * 1_000_000_000:
+            self._cache(os.fspath(path), _file_key(status), text)
+        return text
+
+    def _cached_text(self, path: Path) -> Optional[str]:
+        """The cached text of `path` if the file's key still matches; None otherwise (one lstat)."""
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        with self._cache_lock:
+            entry = self._record_cache.get(os.fspath(path))
+            if entry is None or entry[0] != _file_key(status):
+                return None
+            self.record_cache_hits += 1
+            return entry[1]
+
+    def _cache(self, key_path: str, key: _FileKey, text: str) -> None:
+        with self._cache_lock:
+            if len(self._record_cache) >= MAX_CACHED_RECORDS:
+                self._record_cache.clear()
+            self._record_cache[key_path] = (key, text)
+
+    def _write_record(self, path: Path, text: str, durable: bool = True) -> None:
+        """write_atomic, and the cache told what the file now holds."""
+        if durable:
+            write_atomic(path, text)
+        else:
+            write_atomic(path, text, durable=False)
+        self._remember_written(path, text)
+
+    def _remember_written(self, path: Path, text: str) -> None:
+        # Only this store writes these files, and only from the factory's loop, so the file
+        # at `path` just after the write is the one written: no racy rule is needed.
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return
+        self._cache(os.fspath(path), _file_key(status), text)
+
+    def _remember_touched(self, path: Path) -> None:
+        """The cache's entry for `path` follows an mtime this store moved (content unchanged)."""
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return
+        with self._cache_lock:
+            entry = self._record_cache.get(os.fspath(path))
+            if entry is not None:
+                self._record_cache[os.fspath(path)] = (_file_key(status), entry[1])
+
+    def _forget_directory(self, directory: Path) -> None:
+        prefix = os.fspath(directory) + os.sep
+        with self._cache_lock:
+            for key_path in [key_path for key_path in self._record_cache if key_path.startswith(prefix)]:
+                del self._record_cache[key_path]
+        self._heartbeat_durable_time.pop(os.fspath(directory), None)
 
     def _read_started(self, path: Path) -> Optional[int]:
         try:
@@ -664,6 +861,9 @@ class Store:
     def _read_heartbeat(self, directory: Path) -> Optional[Heartbeat]:
         """heartbeat.json if readable, else Vac's `heartbeat`; a newer timed `heartbeat` wins."""
         recorded = self._read_heartbeat_record(directory / HEARTBEAT_RECORD_FILE)
+        node = self._node_heartbeat(directory.name)
+        if node is not None and (recorded is None or node.time > recorded.time):
+            recorded = node
         path = directory / HEARTBEAT_FILE
         raw_text: Optional[str] = None
         try:
@@ -815,6 +1015,12 @@ def _wall_clock() -> float:
     import time
 
     return time.time()
+
+
+def _wall_clock_ns() -> int:
+    import time
+
+    return time.time_ns()
 
 
 def lowered(record: MachineRecord, shutdown_time: int) -> MachineRecord:

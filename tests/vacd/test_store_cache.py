@@ -1,0 +1,247 @@
+"""Records are read through a cache keyed on each file's identity (issue 15 items 2 and 4).
+
+A pass over an unchanged node opens no record; a file changed in any way its key shows
+(new inode, mtime, size or ctime) is read again; heartbeats are fsync-ed once a minute
+per machine, not every pass. Opens are counted by wrapping the store's read function.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+import vacd.store
+from tests.vacd.test_factory import Harness, make_machinetype, make_settings
+from vacd.atomicfile import write_atomic
+from vacd.paths import Paths
+from vacd.store import HEARTBEAT_DURABLE_SECONDS, Heartbeat, MachineRecord, Store
+
+NAME = "f1-03.example.com"
+
+
+def record(created: int = 1000) -> MachineRecord:
+    return MachineRecord(NAME, 3, "11111111-2222-3333-4444-555555555555", "atlas", "vm-raw", 2, created,
+                         created + 3600, "169.254.169.3", 2.0, 4096)
+
+
+class OpenCounter:
+    """Wraps the store's read function: which record files were opened and read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.opened: list[str] = []
+        real = vacd.store.read_capped_with_status
+
+        def counting(path: "os.PathLike[str]", max_bytes: int) -> Optional[tuple[bytes, os.stat_result]]:
+            found = real(path, max_bytes)
+            if found is not None:
+                self.opened.append(os.fspath(path))
+            return found
+
+        monkeypatch.setattr(vacd.store, "read_capped_with_status", counting)
+
+    def take(self) -> list[str]:
+        opened, self.opened = self.opened, []
+        return sorted(Path(path).name for path in opened)
+
+
+def age_everything(root: Path, seconds: float = 3600.0) -> None:
+    """Move every file's mtime into the past, as if written long before this read."""
+    past = time.time() - seconds
+    for directory, _, files in os.walk(root):
+        for name in files:
+            os.utime(os.path.join(directory, name), (past, past))
+
+
+def test_a_second_lookup_of_an_unchanged_machine_opens_no_record_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Store(Paths(tmp_path)).begin_creation(record())
+    writer = Store(Paths(tmp_path))
+    writer.mark_started(record(), 1001)
+    writer.write_heartbeat(record(), Heartbeat(1500, 42.0, 8.4))
+    age_everything(tmp_path)
+    counter = OpenCounter(monkeypatch)
+    store = Store(Paths(tmp_path))  # a restart: nothing cached yet
+    first = store.slot_binding(NAME)
+    assert counter.take() == ["f1-03.example.com", "heartbeat", "heartbeat.json", "machine.json", "started"]
+    second = store.slot_binding(NAME)
+    assert counter.take() == []
+    assert first == second and second is not None and second.heartbeat == Heartbeat(1500, 42.0, 8.4)
+    assert store.record_cache_hits >= 5
+
+
+def test_what_the_store_wrote_itself_is_never_read_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = OpenCounter(monkeypatch)
+    store = Store(Paths(tmp_path))
+    store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    store.write_heartbeat(record(), Heartbeat(1500, 42.0, 8.4))
+    loaded = store.slot_binding(NAME)
+    assert loaded is not None and loaded.started_time == 1001 and loaded.heartbeat == Heartbeat(1500, 42.0, 8.4)
+    assert counter.take() == []
+    assert store.record_file_reads == 0
+
+
+def test_a_record_replaced_by_rename_is_read_again_even_with_the_same_size_and_mtime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    write_atomic(directory / "started", "1001\n")
+    age_everything(tmp_path)
+    counter = OpenCounter(monkeypatch)
+    assert store.slot_binding(NAME).started_time == 1001  # type: ignore[union-attr]
+    counter.take()
+    old = os.lstat(directory / "started")
+    write_atomic(directory / "started", "1002\n")  # another writer: a new inode, same size
+    os.utime(directory / "started", ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert store.slot_binding(NAME).started_time == 1002  # type: ignore[union-attr]
+    assert counter.take() == ["started"]
+
+
+def test_a_record_changed_in_place_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    write_atomic(directory / "started", "1001\n")
+    age_everything(tmp_path)
+    counter = OpenCounter(monkeypatch)
+    assert store.slot_binding(NAME).started_time == 1001  # type: ignore[union-attr]
+    counter.take()
+    inode = os.lstat(directory / "started").st_ino
+    (directory / "started").write_text("1777\n")  # same inode, same size: mtime and ctime move
+    past = time.time() - 60
+    os.utime(directory / "started", (past, past))
+    assert os.lstat(directory / "started").st_ino == inode
+    assert store.slot_binding(NAME).started_time == 1777  # type: ignore[union-attr]
+    assert counter.take() == ["started"]
+
+
+def test_a_file_read_within_the_racy_window_of_its_mtime_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change in the same timestamp tick could keep every field of the key: not trusted."""
+    Store(Paths(tmp_path)).begin_creation(record())
+    write_atomic(tmp_path / "var/lib/vac/machines/1000_atlas_f1-03.example.com/started", "1001\n")
+    counter = OpenCounter(monkeypatch)
+    store = Store(Paths(tmp_path))
+    store.slot_binding(NAME)
+    store.slot_binding(NAME)
+    assert counter.take().count("started") == 2
+
+
+def test_a_removed_record_is_not_answered_from_the_cache(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    (directory / "started").unlink()
+    assert store.slot_binding(NAME).started_time is None  # type: ignore[union-attr]
+
+
+def test_heartbeats_are_fsynced_once_a_minute_per_machine_not_every_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(Paths(tmp_path))
+    store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(descriptor: int) -> None:
+        fsyncs.append(descriptor)
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    for now in range(1011, 1001 + HEARTBEAT_DURABLE_SECONDS, 10):
+        store.write_heartbeat(record(), Heartbeat(now, float(now - 1001), 10.0))
+    assert fsyncs == []
+    store.write_heartbeat(record(), Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 60.0, 10.0))
+    assert len(fsyncs) == 4  # each file and the directory after each rename
+    loaded = Store(Paths(tmp_path)).slot_binding(NAME)  # what a restarted vacd reads
+    assert loaded is not None and loaded.heartbeat == Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 60.0, 10.0)
+
+
+def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_only_touched_between(tmp_path: Path) -> None:
+    """Vac 03 rewrote it once a cycle and read the heartbeat time from its mtime, which still moves every pass."""
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    os.utime(directory / "heartbeat", (1, 1))
+    store.slot_binding(NAME)  # read back at its old mtime, so the cache knows the file again
+    before = os.lstat(directory / "heartbeat")
+    store.write_heartbeat(record(), Heartbeat(1011, 5.9, 59.0))
+    after = os.lstat(directory / "heartbeat")
+    assert (directory / "heartbeat").read_text() == "0.0 0.0\n"
+    assert after.st_ino == before.st_ino and after.st_mtime > 1
+    store.flush_heartbeats()
+    assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1011, 5.9, 59.0)  # type: ignore[union-attr]
+    store.write_heartbeat(record(), Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 30.0, 50.0))
+    assert (directory / "heartbeat").read_text() == "30 50.0\n"
+
+
+def test_a_pass_over_an_unchanged_node_opens_no_record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()  # fills the four slots
+    harness.clock.advance(10)
+    harness.run_pass()
+    counter = OpenCounter(monkeypatch)
+    for _ in range(3):
+        harness.clock.advance(10)
+        report = harness.run_pass()
+        assert [slot.state for slot in report.slots] == ["Running"] * 4
+        assert counter.take() == []
+
+
+def test_a_restarted_factory_reads_each_record_once_then_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    age_everything(tmp_path / "root")
+    harness.store = Store(harness.paths)  # a restart over the same state directory
+    harness.factory = harness.new_factory()
+    counter = OpenCounter(monkeypatch)
+    harness.clock.advance(10)
+    harness.run_pass()
+    assert counter.take().count("machine.json") == 4
+    harness.clock.advance(10)
+    harness.run_pass()
+    assert counter.take() == []
+
+
+def test_heartbeats_between_durable_ones_reach_disk_in_one_node_file_per_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass renames one file for all its machines' heartbeats; a restart reads the newest."""
+    store = Store(Paths(tmp_path))
+    others = [record(1000), MachineRecord("f1-04.example.com", 4, "22222222-2222-3333-4444-555555555555", "atlas",
+                                          "vm-raw", 2, 1000, 4600, "169.254.169.4", 2.0, 4096)]
+    for machine in others:
+        store.begin_creation(machine)
+        store.mark_started(machine, 1001)
+    renames: list[str] = []
+    real_replace = os.replace
+
+    def counting_replace(source: str, target: str, **options: object) -> None:
+        renames.append(os.path.basename(os.fspath(target)))
+        real_replace(source, target, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", counting_replace)
+    for machine in others:
+        store.write_heartbeat(machine, Heartbeat(1011, 3.0, 30.0))
+    store.flush_heartbeats()
+    assert renames == ["heartbeats.json"]
+    for machine in others:
+        loaded = Store(Paths(tmp_path)).slot_binding(machine.name)
+        assert loaded is not None and loaded.heartbeat == Heartbeat(1011, 3.0, 30.0)
+        directory = tmp_path / "var/lib/vac/machines" / machine.directory_name
+        assert '"time": 1001' in (directory / "heartbeat.json").read_text()  # the durable one, a minute's worth
+
+
+def test_a_heartbeat_not_yet_flushed_is_read_by_the_same_store(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    store.write_heartbeat(record(), Heartbeat(1011, 3.0, 30.0))
+    assert store.slot_binding(NAME).heartbeat == Heartbeat(1011, 3.0, 30.0)  # type: ignore[union-attr]
