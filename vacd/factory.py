@@ -74,6 +74,10 @@ HOUSEKEEPING_SECONDS = 3600
 # slot that fails the same way pass after pass is not retried hot (the kubelet's per-pod backoff).
 SLOT_ERROR_FIRST_BACKOFF_SECONDS = 10
 SLOT_ERROR_MAX_BACKOFF_SECONDS = 900
+# A failed destroy is retried for its slot after 1 s, doubling to a minute: a libvirtd that
+# refuses destroys is asked again soon, but never many times a second (the loop is not woken).
+DESTROY_RETRY_FIRST_SECONDS = 1
+DESTROY_RETRY_MAX_SECONDS = 60
 
 
 class ConfigSource(Protocol):
@@ -243,6 +247,8 @@ class Factory:
         self._futures: set[Future[None]] = set()
         self._shutdown_sent: set[str] = set()
         self._creation_failures: dict[str, tuple[int, int]] = {}  # machinetype -> (failures, until)
+        # Machine name -> (destroys failed in a row, no new attempt before this clock time).
+        self._destroy_failures: dict[str, tuple[int, float]] = {}
         self._previous_cpu: dict[str, tuple[float, float]] = {}  # name -> (time, cpu seconds)
         self.last_error: Optional[str] = None
         self._next_housekeeping = 0
@@ -388,6 +394,7 @@ class Factory:
         for until in decisions.outlook.backoff_until.values():
             wake_times.append(until + 1)
         wake_times.extend(error.retry_at for error in self._slot_errors.values())
+        wake_times.extend(self._destroy_retry_times(now))
         if wake_times:
             report.next_wake_seconds = max(1.0, min(wake_times) - now)
         report.faults = self._fault_list()
@@ -1067,6 +1074,9 @@ class Factory:
         with self._lock:
             if name in self._in_flight:
                 return
+            failures = self._destroy_failures.get(name)
+            if failures is not None and self.clock() < failures[1]:
+                return  # the pass that follows the retry time asks again (_destroy_retry_times)
             self._in_flight[name] = "destroy"
         self._submit(self._destroy, name, uuid)
 
@@ -1074,14 +1084,26 @@ class Factory:
         try:
             self.backend.destroy(name, uuid)
             log.info("destroyed machine name=%s uuid=%s", name, uuid)
-        except Exception as error:  # boundary: retried by the next pass
+        except Exception as error:  # boundary: retried for this slot after its backoff
             with self._lock:
                 self.slot_error_totals["destroy"] = self.slot_error_totals.get("destroy", 0) + 1
-            log.error("destroy failed name=%s error=%s retry=next pass", name, error)
-        finally:
-            with self._lock:
+                failures, _ = self._destroy_failures.get(name, (0, 0.0))
+                delay = min(DESTROY_RETRY_MAX_SECONDS, DESTROY_RETRY_FIRST_SECONDS * 2 ** min(failures, 20))
+                self._destroy_failures[name] = (failures + 1, self.clock() + delay)
                 self._in_flight.pop(name, None)
-            self.wake("destroyed")
+            log.error("destroy failed name=%s error=%s failures_in_a_row=%d retry_in=%ds",
+                      name, error, failures + 1, delay)
+            # No wake: nothing changed, and a woken pass would only find the retry not yet due.
+            return
+        with self._lock:
+            self._destroy_failures.pop(name, None)
+            self._in_flight.pop(name, None)
+        self.wake("destroyed")
+
+    def _destroy_retry_times(self, now: int) -> list[int]:
+        """When failed destroys fall due again: the loop wakes for them, not before."""
+        with self._lock:
+            return [int(math.ceil(at)) for _, at in self._destroy_failures.values() if at > now]
 
     def in_flight(self) -> dict[str, str]:
         """Machine name -> the action running for it on the pool, as of now."""
