@@ -29,6 +29,7 @@ import logging
 import math
 import random
 import threading
+import time
 import uuid as uuid_module
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
+from vacd.creationphases import PhaseObserver, observe, timed
 from vacd.errors import AccountingDeferred, BackendError, BackendOutcomeUnknown, ConfigErrors, StoreError, VacError
 from vacd.housekeeping import MachineDirectory, expired
 from vacd.imagecache import remote_image_urls
@@ -190,6 +192,8 @@ class FactoryHooks:
         default_factory=list
     )
     on_created: list[Callable[[MachineRecord, float, bool], None]] = field(default_factory=list)
+    # Each timed phase of a creation (vacd.creationphases), as it ends: vac_creation_phase_seconds.
+    creation_phase: Optional[PhaseObserver] = None
     lower_shutdown_time: Optional[Callable[[StoredMachine, int, int], None]] = None
     heartbeat_file_mtime: Optional[Callable[[StoredMachine, str], Optional[float]]] = None
     shutdown_message_time: Optional[Callable[[StoredMachine], Optional[int]]] = None
@@ -980,10 +984,11 @@ class Factory:
             # The record stays in flight while its images download, so its slot is not reused.
             images = self.hooks.prefetch_images(urls)
             images.add_done_callback(
-                lambda done: self._submit(self._create_in_background, record, settings, machinetype, identity, done)
+                lambda done: self._submit(self._create_in_background, record, settings, machinetype, identity, done,
+                                          time.monotonic())
             )
         else:
-            self._submit(self._create_in_background, record, settings, machinetype, identity, None)
+            self._submit(self._create_in_background, record, settings, machinetype, identity, None, time.monotonic())
         return record
 
     def _submit(self, function: Callable[..., None], *arguments: object) -> None:
@@ -1004,18 +1009,25 @@ class Factory:
         machinetype: Machinetype,
         identity: SlotIdentity,
         images: "Optional[Future[dict[str, Path]]]",
+        submitted_at: float,
     ) -> None:
         """Contextualise (a user_data URL may be slow), build the spec and create the machine, off the loop."""
         started = self.clock()
+        # Phases are timed on the monotonic clock (vacd.creationphases); the backend times its own.
+        observe_phase = self.hooks.creation_phase
+        observe(observe_phase, "queue", time.monotonic() - submitted_at)
         ok = False
         try:
             if self.hooks.contextualise is not None:
-                self.hooks.contextualise(settings, machinetype, record, record.created_time)
+                with timed(observe_phase, "contextualise"):
+                    self.hooks.contextualise(settings, machinetype, record, record.created_time)
             fetch_image = images.result().__getitem__ if images is not None else self.hooks.fetch_image
-            spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record), fetch_image,
-                                self.hooks.qemu_access, self.image_verifier)
+            with timed(observe_phase, "machine_spec"):
+                spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record),
+                                    fetch_image, self.hooks.qemu_access, self.image_verifier)
             self.backend.create(spec)
-            self.store.mark_started(record, int(self.clock()))
+            with timed(observe_phase, "record"):
+                self.store.mark_started(record, int(self.clock()))
             with self._lock:
                 self._creation_failures.pop(record.machinetype, None)
             self._clear_error()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -46,6 +47,7 @@ import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.t
 from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.backends.domainxml import Disk, domain_xml, machine_disks
 from vacd.commands import run_command
+from vacd.creationphases import PhaseObserver, observe, timed
 from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
 from vacd.imagecheck import ImageRefused, layered_image_format
 from vacd.lvm import LogicalVolumes, LvmError, VolumeRequest, is_volume_name
@@ -55,6 +57,9 @@ log = logging.getLogger(__name__)
 CommandRunner = Callable[[Sequence[str]], str]
 # (directory, bytes a file there may grow to) -> why it must not be made, or None.
 RoomCheck = Callable[[Path, int], Optional[str]]
+
+# Marks a machine whose STARTED event arrived before its createXML returned.
+_EVENT_CAME_FIRST = -1.0
 
 # qemu-img on a local file takes well under a second; a minute means a hung NFS mount.
 
@@ -112,6 +117,7 @@ class LibvirtBackend:
         run_command: CommandRunner = run_command,
         logical_volumes: Optional[LogicalVolumes] = None,
         room_check: Optional[RoomCheck] = None,
+        creation_phase: Optional[PhaseObserver] = None,
     ) -> None:
         _start_event_loop()
         self._uri = uri
@@ -121,6 +127,9 @@ class LibvirtBackend:
         self._run_command = run_command
         self._logical_volumes = logical_volumes if logical_volumes is not None else LogicalVolumes()
         self._room_check = room_check
+        self._creation_phase = creation_phase
+        # Machine name -> when its createXML returned, until its STARTED event is seen.
+        self._awaiting_started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._connection: Optional[libvirt.virConnect] = None
         self._connection_broken = False
@@ -199,6 +208,8 @@ class LibvirtBackend:
         self, connection: libvirt.virConnect, domain: libvirt.virDomain, event: int, detail: int,
         opaque: Any,
     ) -> None:
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            self._note_started_event(domain.name())
         wake = self._wake
         if wake is None:
             return
@@ -206,6 +217,28 @@ class LibvirtBackend:
             wake(domain.name())
         except Exception:  # boundary: a failing wake must not kill libvirt's event thread
             log.exception("wake callback failed name=%s event=%d", domain.name(), event)
+
+    def _note_created(self, machine_name: str) -> None:
+        """createXML returned: the STARTED event's lag is timed from here (or 0 if it came first)."""
+        if self._creation_phase is None or self._wake is None:
+            return  # no lifecycle events without watch(): the phase would never end
+        with self._lock:
+            if self._awaiting_started.pop(machine_name, None) == _EVENT_CAME_FIRST:
+                observe(self._creation_phase, "started_event", 0.0)
+                return
+            self._awaiting_started[machine_name] = time.monotonic()
+
+    def _note_started_event(self, machine_name: str) -> None:
+        if self._creation_phase is None:
+            return
+        with self._lock:
+            returned_at = self._awaiting_started.pop(machine_name, None)
+            if returned_at is None:
+                # libvirt sends STARTED before createXML's reply reaches this thread; bounded
+                # by the slots: a name's mark is replaced by its next creation.
+                self._awaiting_started[machine_name] = _EVENT_CAME_FIRST
+                return
+        observe(self._creation_phase, "started_event", time.monotonic() - returned_at)
 
     # Backend protocol -----------------------------------------------------------------
 
@@ -225,19 +258,24 @@ class LibvirtBackend:
                     self._logical_volumes.create(disk.logical_volume)
                     made_volumes.append(disk.logical_volume)
                     continue
-                self._check_room(spec.name, disk)
-                self._make_disk_file(disk)
+                with timed(self._creation_phase, "disk"):
+                    self._check_room(spec.name, disk)
+                with timed(self._creation_phase, "overlay" if disk.backing_image is not None else "disk"):
+                    self._make_disk_file(disk)
                 if disk.is_file_made_by_backend:
                     made.append(disk.path)
-            xml = domain_xml(
-                spec,
-                domain_type=self._domain_type,
-                network_name=self._network_name,
-                disks=disks,
-                emulator=self._emulator_path(connection, spec.name),
-            )
-            connection.createXML(xml, 0)
+            with timed(self._creation_phase, "xml"):
+                xml = domain_xml(
+                    spec,
+                    domain_type=self._domain_type,
+                    network_name=self._network_name,
+                    disks=disks,
+                    emulator=self._emulator_path(connection, spec.name),
+                )
+            with timed(self._creation_phase, "createXML"):
+                connection.createXML(xml, 0)
             started = True
+            self._note_created(spec.name)
         except (CommandFailed, ImageRefused, LvmError) as error:
             raise BackendError("create", spec.name, str(error)) from error
         except (OSError, ValueError) as error:
