@@ -15,6 +15,11 @@ Rules:
   pool. libvirt connections are thread-safe; the lock guards only opening, replacing and
   closing the connection. A connection found dead (closed by libvirtd, daemon restarted)
   is replaced on the next call, and the lifecycle callback re-registered on it.
+- Each pool thread creates on a connection of its own (issue 15 item 1): libvirtd runs at
+  most `max_client_requests` (5) calls of one connection at once and stops reading it
+  beyond that, so 32 createXML calls on the shared connection queued each other and the
+  loop's listing behind them. The shared connection keeps listing, destroys and events.
+  The test driver keeps one connection: its domains belong to the connection that made them.
 - Lifecycle events need libvirt's default event loop, registered once per process before
   any connection is opened and run by one daemon thread (libvirt's loop is itself
   process-global, so this module keeps the one flag that says it is running).
@@ -138,6 +143,11 @@ class LibvirtBackend:
         self._emulator_known = False
         self._emulator: Optional[str] = None
         self._closed = False
+        # Creation connections, one per pool thread (closed with the backend), unless the
+        # driver's state is per connection (test:///).
+        self._connection_per_creating_thread = not uri.startswith("test:")
+        self._thread_connection = threading.local()
+        self._creation_connections: list[libvirt.virConnect] = []
 
     # Connection handling -------------------------------------------------------------
 
@@ -168,6 +178,29 @@ class LibvirtBackend:
                 if self._wake is not None:
                     self._register_lifecycle_locked(connection, operation, machine_name)
             return connection
+
+    def _creation_connection(self, machine_name: str) -> libvirt.virConnect:
+        """This thread's own connection for createXML (opened, or replaced if dead, here)."""
+        if not self._connection_per_creating_thread:
+            return self._connect("create", machine_name)
+        connection: Optional[libvirt.virConnect] = getattr(self._thread_connection, "connection", None)
+        if connection is not None and _is_alive(connection):
+            return connection
+        with self._lock:
+            if self._closed:
+                raise BackendError("create", machine_name, "backend is closed")
+            if connection is not None:
+                log.warning("libvirt creation connection lost uri=%s; reconnecting", self._uri)
+                if connection in self._creation_connections:
+                    self._creation_connections.remove(connection)
+                _close_quietly(connection)
+            try:
+                connection = libvirt.open(self._uri)
+            except libvirt.libvirtError as error:
+                raise BackendError("create", machine_name, f"cannot connect to {self._uri}: {error}") from error
+            self._creation_connections.append(connection)
+        self._thread_connection.connection = connection
+        return connection
 
     def _on_connection_closed(self, connection: libvirt.virConnect, reason: int, opaque: Any) -> None:
         log.warning("libvirt closed the connection uri=%s reason=%d", self._uri, reason)
@@ -248,7 +281,7 @@ class LibvirtBackend:
             disks = machine_disks(spec, self._tmp_dir)
         except ValueError as error:
             raise BackendError("create", spec.name, str(error)) from error
-        connection = self._connect("create", spec.name)
+        connection = self._creation_connection(spec.name)
         made: list[Path] = []
         made_volumes: list[VolumeRequest] = []
         started = False
@@ -380,6 +413,9 @@ class LibvirtBackend:
             self._closed = True
             self._wake = None
             self._drop_connection_locked()
+            for creation_connection in self._creation_connections:
+                _close_quietly(creation_connection)
+            self._creation_connections.clear()
 
     # Helpers --------------------------------------------------------------------------
 
@@ -465,6 +501,13 @@ def _is_alive(connection: libvirt.virConnect) -> bool:
         return bool(connection.isAlive())
     except libvirt.libvirtError:
         return False
+
+
+def _close_quietly(connection: libvirt.virConnect) -> None:
+    try:
+        connection.close()
+    except libvirt.libvirtError as error:
+        log.debug("connection close failed error=%s", error)
 
 
 def _unlink_quietly(path: Path) -> None:
