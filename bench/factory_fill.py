@@ -128,7 +128,9 @@ class DomainWatcher:
                 self.events.append((time.monotonic(), name, kind))
 
     def running_names(self) -> set[str]:
-        return {domain.name() for domain in self.connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        # Running, not merely active: libvirt lists a domain while QEMU waits paused for its
+        # network filter, before createXML returns.
+        return {domain.name() for domain in self.connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
                 if domain.name().startswith("bench-")}
 
     def close(self) -> None:
