@@ -284,7 +284,8 @@ class Daemon:
             LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                            tmp_dir=self.paths.tmp_dir,
                            room_check=lambda directory, size_bytes: check_room(
-                               directory, size_bytes, config_source.last_good.settings)),
+                               directory, size_bytes, config_source.last_good.settings),
+                           creation_phase=self._observe_creation_phase),
             bridge=BRIDGE_NAME,
             state_dir=self.paths.state_dir / "apptainer",
             singularity_user=settings.singularity_user,
@@ -602,9 +603,15 @@ class Daemon:
             qemu_access=qemu_access,
             account=account,
             on_created=[count_creation],
+            creation_phase=self._observe_creation_phase,
             on_finished=[remove_volume],
             contextualise=contextualise,
         ))
+
+    def _observe_creation_phase(self, phase: str, seconds: float) -> None:
+        """A creation phase ended (pool or libvirt event thread): vac_creation_phase_seconds."""
+        if self.metrics is not None:
+            self.metrics.creation_phase(phase, seconds)
 
     def _log_clock_jump(self, skew: float) -> None:
         log.warning("wall clock is %+.0fs from vacd's steady clock (a jump?); machines are policed on the "

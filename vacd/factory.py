@@ -29,6 +29,7 @@ import logging
 import math
 import random
 import threading
+import time
 import uuid as uuid_module
 from concurrent.futures import Executor, Future, wait
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from typing import Callable, Iterator, Mapping, Optional, Protocol, Sequence
 from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend, ObservedMachine, ObservedState
 from vacd.config import Config, Machinetype, Settings
+from vacd.creationphases import PhaseObserver, observe, timed
 from vacd.errors import AccountingDeferred, BackendError, BackendOutcomeUnknown, ConfigErrors, StoreError, VacError
 from vacd.housekeeping import MachineDirectory, expired
 from vacd.imagecache import remote_image_urls
@@ -75,6 +77,10 @@ HOUSEKEEPING_SECONDS = 3600
 # slot that fails the same way pass after pass is not retried hot (the kubelet's per-pod backoff).
 SLOT_ERROR_FIRST_BACKOFF_SECONDS = 10
 SLOT_ERROR_MAX_BACKOFF_SECONDS = 900
+# A failed destroy is retried for its slot after 1 s, doubling to a minute: a libvirtd that
+# refuses destroys is asked again soon, but never many times a second (the loop is not woken).
+DESTROY_RETRY_FIRST_SECONDS = 1
+DESTROY_RETRY_MAX_SECONDS = 60
 
 
 class ConfigSource(Protocol):
@@ -189,6 +195,8 @@ class FactoryHooks:
         default_factory=list
     )
     on_created: list[Callable[[MachineRecord, float, bool], None]] = field(default_factory=list)
+    # Each timed phase of a creation (vacd.creationphases), as it ends: vac_creation_phase_seconds.
+    creation_phase: Optional[PhaseObserver] = None
     lower_shutdown_time: Optional[Callable[[StoredMachine, int, int], None]] = None
     heartbeat_file_mtime: Optional[Callable[[StoredMachine, str], Optional[float]]] = None
     shutdown_message_time: Optional[Callable[[StoredMachine], Optional[int]]] = None
@@ -246,6 +254,8 @@ class Factory:
         self._futures: set[Future[None]] = set()
         self._shutdown_sent: set[str] = set()
         self._creation_failures: dict[str, tuple[int, int]] = {}  # machinetype -> (failures, until)
+        # Machine name -> (destroys failed in a row, no new attempt before this clock time).
+        self._destroy_failures: dict[str, tuple[int, float]] = {}
         self._previous_cpu: dict[str, tuple[float, float]] = {}  # name -> (time, cpu seconds)
         self.last_error: Optional[str] = None
         self._next_housekeeping = 0
@@ -424,6 +434,7 @@ class Factory:
         for until in decisions.outlook.backoff_until.values():
             wake_times.append(until + 1)
         wake_times.extend(error.retry_at for error in self._slot_errors.values())
+        wake_times.extend(self._destroy_retry_times(now))
         if wake_times:
             report.next_wake_seconds = max(1.0, min(wake_times) - now)
         report.faults = self._fault_list()
@@ -1079,10 +1090,11 @@ class Factory:
             # The record stays in flight while its images download, so its slot is not reused.
             images = self.hooks.prefetch_images(urls)
             images.add_done_callback(
-                lambda done: self._submit(self._create_in_background, record, settings, machinetype, identity, done)
+                lambda done: self._submit(self._create_in_background, record, settings, machinetype, identity, done,
+                                          time.monotonic())
             )
         else:
-            self._submit(self._create_in_background, record, settings, machinetype, identity, None)
+            self._submit(self._create_in_background, record, settings, machinetype, identity, None, time.monotonic())
         return record
 
     def _submit(self, function: Callable[..., None], *arguments: object) -> None:
@@ -1103,18 +1115,25 @@ class Factory:
         machinetype: Machinetype,
         identity: SlotIdentity,
         images: "Optional[Future[dict[str, Path]]]",
+        submitted_at: float,
     ) -> None:
         """Contextualise (a user_data URL may be slow), build the spec and create the machine, off the loop."""
         started = self.clock()
+        # Phases are timed on the monotonic clock (vacd.creationphases); the backend times its own.
+        observe_phase = self.hooks.creation_phase
+        observe(observe_phase, "queue", time.monotonic() - submitted_at)
         ok = False
         try:
             if self.hooks.contextualise is not None:
-                self.hooks.contextualise(settings, machinetype, record, record.created_time)
+                with timed(observe_phase, "contextualise"):
+                    self.hooks.contextualise(settings, machinetype, record, record.created_time)
             fetch_image = images.result().__getitem__ if images is not None else self.hooks.fetch_image
-            spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record), fetch_image,
-                                self.hooks.qemu_access, self.image_verifier)
+            with timed(observe_phase, "machine_spec"):
+                spec = machine_spec(settings, machinetype, record, identity, self.store.machine_dir(record),
+                                    fetch_image, self.hooks.qemu_access, self.image_verifier)
             self.backend.create(spec)
-            self.store.mark_started(record, int(self.clock()))
+            with timed(observe_phase, "record"):
+                self.store.mark_started(record, int(self.clock()))
             with self._lock:
                 self._creation_failures.pop(record.machinetype, None)
             self._clear_error()
@@ -1173,6 +1192,9 @@ class Factory:
         with self._lock:
             if name in self._in_flight:
                 return
+            failures = self._destroy_failures.get(name)
+            if failures is not None and self.clock() < failures[1]:
+                return  # the pass that follows the retry time asks again (_destroy_retry_times)
             self._in_flight[name] = "destroy"
         self._submit(self._destroy, name, uuid)
 
@@ -1180,14 +1202,26 @@ class Factory:
         try:
             self.backend.destroy(name, uuid)
             log.info("destroyed machine name=%s uuid=%s", name, uuid)
-        except Exception as error:  # boundary: retried by the next pass
+        except Exception as error:  # boundary: retried for this slot after its backoff
             with self._lock:
                 self.slot_error_totals["destroy"] = self.slot_error_totals.get("destroy", 0) + 1
-            log.error("destroy failed name=%s error=%s retry=next pass", name, error)
-        finally:
-            with self._lock:
+                failures, _ = self._destroy_failures.get(name, (0, 0.0))
+                delay = min(DESTROY_RETRY_MAX_SECONDS, DESTROY_RETRY_FIRST_SECONDS * 2 ** min(failures, 20))
+                self._destroy_failures[name] = (failures + 1, self.clock() + delay)
                 self._in_flight.pop(name, None)
-            self.wake("destroyed")
+            log.error("destroy failed name=%s error=%s failures_in_a_row=%d retry_in=%ds",
+                      name, error, failures + 1, delay)
+            # No wake: nothing changed, and a woken pass would only find the retry not yet due.
+            return
+        with self._lock:
+            self._destroy_failures.pop(name, None)
+            self._in_flight.pop(name, None)
+        self.wake("destroyed")
+
+    def _destroy_retry_times(self, now: int) -> list[int]:
+        """When failed destroys fall due again: the loop wakes for them, not before."""
+        with self._lock:
+            return [int(math.ceil(at)) for _, at in self._destroy_failures.values() if at > now]
 
     def in_flight(self) -> dict[str, str]:
         """Machine name -> the action running for it on the pool, as of now."""

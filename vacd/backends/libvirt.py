@@ -15,6 +15,11 @@ Rules:
   pool. libvirt connections are thread-safe; the lock guards only opening, replacing and
   closing the connection. A connection found dead (closed by libvirtd, daemon restarted)
   is replaced on the next call, and the lifecycle callback re-registered on it.
+- Each pool thread creates on a connection of its own (issue 15 item 1): libvirtd runs at
+  most `max_client_requests` (5) calls of one connection at once and stops reading it
+  beyond that, so 32 createXML calls on the shared connection queued each other and the
+  loop's listing behind them. The shared connection keeps listing, destroys and events.
+  The test driver keeps one connection: its domains belong to the connection that made them.
 - Lifecycle events need libvirt's default event loop, registered once per process before
   any connection is opened and run by one daemon thread (libvirt's loop is itself
   process-global, so this module keeps the one flag that says it is running).
@@ -37,6 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -46,6 +52,7 @@ import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.t
 from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.backends.domainxml import Disk, domain_xml, machine_disks
 from vacd.commands import run_command
+from vacd.creationphases import PhaseObserver, observe, timed
 from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
 from vacd.imagecheck import ImageRefused, layered_image_format
 from vacd.lvm import LogicalVolumes, LvmError, VolumeRequest, is_volume_name
@@ -55,6 +62,9 @@ log = logging.getLogger(__name__)
 CommandRunner = Callable[[Sequence[str]], str]
 # (directory, bytes a file there may grow to) -> why it must not be made, or None.
 RoomCheck = Callable[[Path, int], Optional[str]]
+
+# Marks a machine whose STARTED event arrived before its createXML returned.
+_EVENT_CAME_FIRST = -1.0
 
 # qemu-img on a local file takes well under a second; a minute means a hung NFS mount.
 
@@ -112,6 +122,7 @@ class LibvirtBackend:
         run_command: CommandRunner = run_command,
         logical_volumes: Optional[LogicalVolumes] = None,
         room_check: Optional[RoomCheck] = None,
+        creation_phase: Optional[PhaseObserver] = None,
     ) -> None:
         _start_event_loop()
         self._uri = uri
@@ -121,6 +132,9 @@ class LibvirtBackend:
         self._run_command = run_command
         self._logical_volumes = logical_volumes if logical_volumes is not None else LogicalVolumes()
         self._room_check = room_check
+        self._creation_phase = creation_phase
+        # Machine name -> when its createXML returned, until its STARTED event is seen.
+        self._awaiting_started: dict[str, float] = {}
         self._lock = threading.Lock()
         self._connection: Optional[libvirt.virConnect] = None
         self._connection_broken = False
@@ -129,6 +143,11 @@ class LibvirtBackend:
         self._emulator_known = False
         self._emulator: Optional[str] = None
         self._closed = False
+        # Creation connections, one per pool thread (closed with the backend), unless the
+        # driver's state is per connection (test:///).
+        self._connection_per_creating_thread = not uri.startswith("test:")
+        self._thread_connection = threading.local()
+        self._creation_connections: list[libvirt.virConnect] = []
 
     # Connection handling -------------------------------------------------------------
 
@@ -159,6 +178,29 @@ class LibvirtBackend:
                 if self._wake is not None:
                     self._register_lifecycle_locked(connection, operation, machine_name)
             return connection
+
+    def _creation_connection(self, machine_name: str) -> libvirt.virConnect:
+        """This thread's own connection for createXML (opened, or replaced if dead, here)."""
+        if not self._connection_per_creating_thread:
+            return self._connect("create", machine_name)
+        connection: Optional[libvirt.virConnect] = getattr(self._thread_connection, "connection", None)
+        if connection is not None and _is_alive(connection):
+            return connection
+        with self._lock:
+            if self._closed:
+                raise BackendError("create", machine_name, "backend is closed")
+            if connection is not None:
+                log.warning("libvirt creation connection lost uri=%s; reconnecting", self._uri)
+                if connection in self._creation_connections:
+                    self._creation_connections.remove(connection)
+                _close_quietly(connection)
+            try:
+                connection = libvirt.open(self._uri)
+            except libvirt.libvirtError as error:
+                raise BackendError("create", machine_name, f"cannot connect to {self._uri}: {error}") from error
+            self._creation_connections.append(connection)
+        self._thread_connection.connection = connection
+        return connection
 
     def _on_connection_closed(self, connection: libvirt.virConnect, reason: int, opaque: Any) -> None:
         log.warning("libvirt closed the connection uri=%s reason=%d", self._uri, reason)
@@ -199,6 +241,8 @@ class LibvirtBackend:
         self, connection: libvirt.virConnect, domain: libvirt.virDomain, event: int, detail: int,
         opaque: Any,
     ) -> None:
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            self._note_started_event(domain.name())
         wake = self._wake
         if wake is None:
             return
@@ -206,6 +250,28 @@ class LibvirtBackend:
             wake(domain.name())
         except Exception:  # boundary: a failing wake must not kill libvirt's event thread
             log.exception("wake callback failed name=%s event=%d", domain.name(), event)
+
+    def _note_created(self, machine_name: str) -> None:
+        """createXML returned: the STARTED event's lag is timed from here (or 0 if it came first)."""
+        if self._creation_phase is None or self._wake is None:
+            return  # no lifecycle events without watch(): the phase would never end
+        with self._lock:
+            if self._awaiting_started.pop(machine_name, None) == _EVENT_CAME_FIRST:
+                observe(self._creation_phase, "started_event", 0.0)
+                return
+            self._awaiting_started[machine_name] = time.monotonic()
+
+    def _note_started_event(self, machine_name: str) -> None:
+        if self._creation_phase is None:
+            return
+        with self._lock:
+            returned_at = self._awaiting_started.pop(machine_name, None)
+            if returned_at is None:
+                # libvirt sends STARTED before createXML's reply reaches this thread; bounded
+                # by the slots: a name's mark is replaced by its next creation.
+                self._awaiting_started[machine_name] = _EVENT_CAME_FIRST
+                return
+        observe(self._creation_phase, "started_event", time.monotonic() - returned_at)
 
     # Backend protocol -----------------------------------------------------------------
 
@@ -215,7 +281,7 @@ class LibvirtBackend:
             disks = machine_disks(spec, self._tmp_dir)
         except ValueError as error:
             raise BackendError("create", spec.name, str(error)) from error
-        connection = self._connect("create", spec.name)
+        connection = self._creation_connection(spec.name)
         made: list[Path] = []
         made_volumes: list[VolumeRequest] = []
         started = False
@@ -225,19 +291,24 @@ class LibvirtBackend:
                     self._logical_volumes.create(disk.logical_volume)
                     made_volumes.append(disk.logical_volume)
                     continue
-                self._check_room(spec.name, disk)
-                self._make_disk_file(disk)
+                with timed(self._creation_phase, "disk"):
+                    self._check_room(spec.name, disk)
+                with timed(self._creation_phase, "overlay" if disk.backing_image is not None else "disk"):
+                    self._make_disk_file(disk)
                 if disk.is_file_made_by_backend:
                     made.append(disk.path)
-            xml = domain_xml(
-                spec,
-                domain_type=self._domain_type,
-                network_name=self._network_name,
-                disks=disks,
-                emulator=self._emulator_path(connection, spec.name),
-            )
-            connection.createXML(xml, 0)
+            with timed(self._creation_phase, "xml"):
+                xml = domain_xml(
+                    spec,
+                    domain_type=self._domain_type,
+                    network_name=self._network_name,
+                    disks=disks,
+                    emulator=self._emulator_path(connection, spec.name),
+                )
+            with timed(self._creation_phase, "createXML"):
+                connection.createXML(xml, 0)
             started = True
+            self._note_created(spec.name)
         except (CommandFailed, ImageRefused, LvmError) as error:
             raise BackendError("create", spec.name, str(error)) from error
         except (OSError, ValueError) as error:
@@ -342,6 +413,9 @@ class LibvirtBackend:
             self._closed = True
             self._wake = None
             self._drop_connection_locked()
+            for creation_connection in self._creation_connections:
+                _close_quietly(creation_connection)
+            self._creation_connections.clear()
 
     # Helpers --------------------------------------------------------------------------
 
@@ -427,6 +501,13 @@ def _is_alive(connection: libvirt.virConnect) -> bool:
         return bool(connection.isAlive())
     except libvirt.libvirtError:
         return False
+
+
+def _close_quietly(connection: libvirt.virConnect) -> None:
+    try:
+        connection.close()
+    except libvirt.libvirtError as error:
+        log.debug("connection close failed error=%s", error)
 
 
 def _unlink_quietly(path: Path) -> None:
