@@ -47,9 +47,8 @@ from vacd.backends.containerargv import (
     apptainer_exec_argv,
     singularity_binds,
 )
-from vacd.backends.slotnetwork import SlotNetwork, set_up_slot_network, tear_down_slot_network
+from vacd.backends.slotnetwork import SlotNetwork, remove_slot_network, set_up_slot_network
 from vacd.errors import BackendError
-from vacd.slots import ip_address_for, mac_address_for
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +235,7 @@ class ApptainerBackend:
 
     def _remove_leftovers(self, name: str, ordinal: Optional[int]) -> None:
         if ordinal is not None:
-            try:
-                tear_down_slot_network(SlotNetwork(ordinal, mac_address_for(ip_address_for(ordinal)),
-                                                   ip_address_for(ordinal)))
-            except Exception as error:  # pyroute2 errors: the next destroy tries again
-                raise BackendError("destroy", name, f"slot network: {error}") from error
+            remove_slot_network(name, ordinal)
         left = self._cgroups.remove(name)
         if left:
             log.warning("cgroup of apptainer machine not removed name=%s left=%s", name, "; ".join(left))

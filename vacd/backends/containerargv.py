@@ -96,25 +96,29 @@ def podman_image_reference(root_image: str) -> str:
 def docker_binds(machine_dir: Path, *, has_user_data: bool, cvmfs: bool,
                  tmp_binds: tuple[tuple[str, Path], ...] = ()) -> tuple[Bind, ...]:
     """Vac 03's binds for a docker machine (§1.11); tmp_binds pairs are (target, host dir)."""
-    binds = [
-        Bind(machine_dir / "machinefeatures", DOCKER_MACHINEFEATURES, True),
-        Bind(machine_dir / "jobfeatures", DOCKER_JOBFEATURES, True),
-        Bind(machine_dir / "joboutputs", DOCKER_JOBOUTPUTS, False),
-    ]
-    if has_user_data:
-        binds.append(Bind(machine_dir / "user_data", USER_DATA_PATH, True))
-    if cvmfs:
-        binds.append(Bind(Path(CVMFS), CVMFS, True))
-    binds.extend(Bind(host, target, False) for target, host in tmp_binds)
-    return tuple(binds)
+    return _machine_binds(machine_dir, (DOCKER_MACHINEFEATURES, DOCKER_JOBFEATURES, DOCKER_JOBOUTPUTS),
+                          has_user_data=has_user_data, cvmfs=cvmfs) + tuple(
+        Bind(host, target, False) for target, host in tmp_binds)
 
 
 def singularity_binds(machine_dir: Path, *, has_user_data: bool, cvmfs: bool) -> tuple[Bind, ...]:
     """Vac 03's binds for a singularity machine (§1.11)."""
+    return _machine_binds(
+        machine_dir, (SINGULARITY_MACHINEFEATURES, SINGULARITY_JOBFEATURES, SINGULARITY_JOBOUTPUTS),
+        has_user_data=has_user_data, cvmfs=cvmfs)
+
+
+def _machine_binds(machine_dir: Path, feature_targets: tuple[str, str, str], *, has_user_data: bool,
+                   cvmfs: bool) -> tuple[Bind, ...]:
+    """MJF read-only, joboutputs writable, then user_data and /cvmfs: the order both models use.
+
+    `feature_targets` are the model's paths for machinefeatures, jobfeatures and joboutputs.
+    """
+    machinefeatures, jobfeatures, joboutputs = feature_targets
     binds = [
-        Bind(machine_dir / "machinefeatures", SINGULARITY_MACHINEFEATURES, True),
-        Bind(machine_dir / "jobfeatures", SINGULARITY_JOBFEATURES, True),
-        Bind(machine_dir / "joboutputs", SINGULARITY_JOBOUTPUTS, False),
+        Bind(machine_dir / "machinefeatures", machinefeatures, True),
+        Bind(machine_dir / "jobfeatures", jobfeatures, True),
+        Bind(machine_dir / "joboutputs", joboutputs, False),
     ]
     if has_user_data:
         binds.append(Bind(machine_dir / "user_data", USER_DATA_PATH, True))

@@ -51,10 +51,9 @@ from vacd.backends.containerargv import (
     podman_image_reference,
     podman_run_argv,
 )
-from vacd.backends.slotnetwork import SlotNetwork, set_up_slot_network, tear_down_slot_network
+from vacd.backends.slotnetwork import SlotNetwork, remove_slot_network, set_up_slot_network
 from vacd.commands import run_command
 from vacd.errors import BackendError, CommandFailed, VacError
-from vacd.slots import ip_address_for, mac_address_for
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +278,7 @@ class PodmanBackend:
     def _remove_leftovers(self, name: str, ordinal: Optional[int]) -> None:
         """The slot network and the cgroup parent of a container that is gone."""
         if ordinal is not None:
-            try:
-                tear_down_slot_network(SlotNetwork(ordinal, mac_address_for(ip_address_for(ordinal)),
-                                                   ip_address_for(ordinal)))
-            except Exception as error:  # pyroute2 errors: the next destroy tries again
-                raise BackendError("destroy", name, f"slot network: {error}") from error
+            remove_slot_network(name, ordinal)
         # conmon leaves its cgroup a moment after `podman rm` returns: wait for it, briefly.
         deadline = time.monotonic() + CGROUP_RELEASE_SECONDS
         left = self._cgroups.remove(name)

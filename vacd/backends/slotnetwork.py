@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vacd.errors import BackendError
 from vacd.guestapi.linkidentity import tap_mac_for
+from vacd.slots import GATEWAY_ADDRESS, ip_address_for, mac_address_for
 
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/run/netns")
-GATEWAY_ADDRESS = "169.254.169.253"
 # The guest network is 169.254.0.0/16 (§1.9); every slot address is on it.
 GUEST_PREFIX_LENGTH = 16
 CONTAINER_INTERFACE = "eth0"
@@ -115,6 +116,18 @@ def tear_down_slot_network(slot: SlotNetwork) -> None:
                         raise
     if os.path.exists(slot.namespace_path):
         pyroute2.netns.remove(slot.namespace)
+
+
+def remove_slot_network(machine_name: str, ordinal: int) -> None:
+    """A destroy's last step for a container machine in slot `ordinal`: its slot network goes.
+
+    A failure is the destroy's (BackendError), so the next destroy of the machine tries again.
+    """
+    address = ip_address_for(ordinal)
+    try:
+        tear_down_slot_network(SlotNetwork(ordinal, mac_address_for(address), address))
+    except Exception as error:  # pyroute2 errors
+        raise BackendError("destroy", machine_name, f"slot network: {error}") from error
 
 
 def slot_network_exists(slot: SlotNetwork) -> bool:
