@@ -87,12 +87,14 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: S
     return "\n".join(lines) + "\n"
 
 
-def _number(value: Any) -> Optional[float]:
+def as_number(value: Any) -> Optional[float]:
+    """A JSON number as a float; None for anything else (booleans included), as peers send what they like."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _count(value: Any) -> str:
-    number = _number(value)
+def count_text(value: Any) -> str:
+    """A count for a table cell: whole numbers without a point, '-' for no number."""
+    number = as_number(value)
     if number is None:
         return "-"
     return f"{number:.0f}" if number == int(number) else f"{number:.1f}"
@@ -116,16 +118,16 @@ def machines_table(statuses: Sequence[Mapping[str, Any]], now: float) -> str:
             short_name(status.get("machine")),
             str(status.get("machinetype") or "-")[:14],
             state,
-            _count(processors),
+            count_text(processors),
             MODEL_CLASSES.get(str(model), "??") if model else "",
         ]
-        started, created = _number(status.get("started_time")), _number(status.get("created_time"))
-        heartbeat, cpu_seconds = _number(status.get("heartbeat_time")), _number(status.get("cpu_seconds"))
+        started, created = as_number(status.get("started_time")), as_number(status.get("created_time"))
+        heartbeat, cpu_seconds = as_number(status.get("heartbeat_time")), as_number(status.get("cpu_seconds"))
         if state == "Running" and started:
             efficiency = ""
             if heartbeat and cpu_seconds is not None and heartbeat > started:
                 efficiency = f"{100 * cpu_seconds / (heartbeat - started):.0f}%"
-            recent = _number(status.get("cpu_percentage"))
+            recent = as_number(status.get("cpu_percentage"))
             row += [human_duration(now - started), efficiency, "" if recent is None else f"{recent:.0f}%"]
         elif state == "Starting" and created:
             row += [human_duration(now - created), "", ""]
@@ -140,16 +142,16 @@ def machinetypes_table(statuses: Sequence[Mapping[str, Any]], machinetype: Optio
     rows = []
     chosen = [status for status in statuses if machinetype is None or status.get("machinetype") == machinetype]
     for status in sorted(chosen, key=lambda status: (str(status.get("factory")), str(status.get("machinetype")))):
-        hs06 = _number(status.get("running_hs06"))
+        hs06 = as_number(status.get("running_hs06"))
         row = [
             short_name(status.get("factory")),
             str(status.get("machinetype") or "-"),
-            _count(status.get("running_machines", status.get("total_machines"))),
-            _count(status.get("running_processors", status.get("running_cpus"))),
+            count_text(status.get("running_machines", status.get("total_machines"))),
+            count_text(status.get("running_processors", status.get("running_cpus"))),
             "-" if hs06 is None else f"{hs06:.1f}",
         ]
         if status.get("shutdown_message"):
-            row.append(f"{local_time(_number(status.get('shutdown_time')))} {_quoted(status.get('shutdown_message'))}")
+            row.append(f"{local_time(as_number(status.get('shutdown_time')))} {_quoted(status.get('shutdown_message'))}")
         rows.append(row)
     headers = ["FACTORY", "MACHINETYPE", "MACHINES", "PROCS", "HS06", "LAST OUTCOME"]
     return format_table(headers, rows, right=(2, 3, 4))
@@ -159,19 +161,19 @@ def factories_table(statuses: Sequence[Mapping[str, Any]]) -> str:
     """One row per factory that answered: usage against capacity, load, disk, memory (§9)."""
     rows = []
     for status in sorted(statuses, key=lambda status: str(status.get("factory"))):
-        load = _number(status.get("load_average"))
+        load = as_number(status.get("load_average"))
         version = str(status.get("daemon_version", status.get("vac_version")) or "-")
         words = version.split()
         rows.append(
             [
                 short_name(status.get("factory")),
-                f"{_count(status.get('running_processors', status.get('running_cpus')))}"
-                f"/{_count(status.get('max_processors', status.get('total_cpus')))}",
-                f"{_count(status.get('running_machines'))}/{_count(status.get('max_machines', status.get('total_machines')))}",
+                f"{count_text(status.get('running_processors', status.get('running_cpus')))}"
+                f"/{count_text(status.get('max_processors', status.get('total_cpus')))}",
+                f"{count_text(status.get('running_machines'))}/{count_text(status.get('max_machines', status.get('total_machines')))}",
                 "-" if load is None else f"{load:.2f}",
-                human_kilobytes(_number(status.get("root_disk_avail_kb"))),
-                human_kilobytes(_number(status.get("daemon_disk_avail_kb", status.get("vac_disk_avail_kb")))),
-                f"{human_kilobytes(_number(status.get('mem_used_kb')))}/{human_kilobytes(_number(status.get('mem_total_kb')))}",
+                human_kilobytes(as_number(status.get("root_disk_avail_kb"))),
+                human_kilobytes(as_number(status.get("daemon_disk_avail_kb", status.get("vac_disk_avail_kb")))),
+                f"{human_kilobytes(as_number(status.get('mem_used_kb')))}/{human_kilobytes(as_number(status.get('mem_total_kb')))}",
                 words[1] if len(words) > 1 and words[0] == "Vac" else version,
             ]
         )
@@ -184,20 +186,20 @@ def factories_table(statuses: Sequence[Mapping[str, Any]]) -> str:
 
 def status_report(document: Mapping[str, Any], now: float) -> str:
     """`vac status`: this factory's last pass as status.json recorded it."""
-    status_time = _number(document.get("time"))
+    status_time = as_number(document.get("time"))
     census = document.get("census")
     lines = [
         f"{document.get('factory') or '-'} in space {document.get('space') or '-'}, "
         f"last pass {local_time(status_time, with_seconds=True)} "
         f"({human_duration(None if status_time is None else now - status_time)} ago)",
-        f"Processors: {_count(document.get('running_processors'))}/{_count(document.get('total_processors'))} running"
+        f"Processors: {count_text(document.get('running_processors'))}/{count_text(document.get('total_processors'))} running"
         f"   Draining: {'yes' if document.get('draining') else 'no'}"
         f"   Gate: {document.get('gate') or 'none'}",
     ]
     if isinstance(census, Mapping):
         lines.append(
-            f"Census: heard {_count(census.get('heard'))} of {_count(census.get('expected'))} factories"
-            f" in {_number(census.get('duration_seconds')) or 0.0:.2f}s"
+            f"Census: heard {count_text(census.get('heard'))} of {count_text(census.get('expected'))} factories"
+            f" in {as_number(census.get('duration_seconds')) or 0.0:.2f}s"
         )
     faults = [fault for fault in document.get("faults") or () if isinstance(fault, Mapping)]
     fault_kinds = {fault.get("kind") for fault in faults}
@@ -210,7 +212,7 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
         if document.get(key) and kind not in fault_kinds:
             lines.append(f"{label}: {str(document[key]).splitlines()[0]}")
     if "last_pass_completed" in document:
-        completed = _number(document.get("last_pass_completed"))
+        completed = as_number(document.get("last_pass_completed"))
         if completed is None:
             lines.append("No pass has completed since vacd started")
         elif status_time is not None and completed < status_time:
@@ -221,7 +223,7 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
         lines.append("Faults:")
         for fault in faults:
             message_lines = str(fault.get("message") or "").strip().splitlines() or [""]
-            since = _number(fault.get("since"))
+            since = as_number(fault.get("since"))
             when = f" since {local_time(since, with_seconds=True)}" if since else ""
             lines.append(f"  {fault.get('kind') or '-'}{when}: {message_lines[0]}")
             lines += [f"    {line}" for line in message_lines[1:]]
@@ -230,15 +232,15 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
     for slot in document.get("slots") or ():
         state = str(slot.get("state") or "-")
         row = [
-            _count(slot.get("ordinal")),
+            count_text(slot.get("ordinal")),
             short_name(slot.get("name")),
             str(slot.get("machinetype") or "-"),
             state,
-            _count(slot.get("processors")),
+            count_text(slot.get("processors")),
         ]
-        started, created = _number(slot.get("started_time")), _number(slot.get("created_time"))
+        started, created = as_number(slot.get("started_time")), as_number(slot.get("created_time"))
         if state in ("Running", "Stopping", "Paused") and started:
-            row += [human_duration(now - started), human_duration(_number(slot.get("cpu_seconds")) or 0.0)]
+            row += [human_duration(now - started), human_duration(as_number(slot.get("cpu_seconds")) or 0.0)]
         elif state == "Starting" and created:
             row += [human_duration(now - created), ""]
         elif slot.get("shutdown_message"):
@@ -247,27 +249,27 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
 
     machinetype_rows, outcome_rows = [], []
     for name, values in sorted((document.get("machinetypes") or {}).items()):
-        until = _number(values.get("backoff_until"))
+        until = as_number(values.get("backoff_until"))
         in_force = until is not None and status_time is not None and until > status_time
         machinetype_rows.append(
             [
                 name,
-                f"{_number(values.get('target_share')) or 0.0:g}",
-                _count(values.get("running_machines")),
-                _count(values.get("running_processors")),
-                f"{_number(values.get('running_hs06')) or 0.0:.1f}",
+                f"{as_number(values.get('target_share')) or 0.0:g}",
+                count_text(values.get("running_machines")),
+                count_text(values.get("running_processors")),
+                f"{as_number(values.get('running_hs06')) or 0.0:.1f}",
                 local_time(until, with_seconds=True) if in_force else "-",
             ]
         )
         outcome = values.get("last_outcome")
         if isinstance(outcome, Mapping) and outcome.get("message"):
             outcome_rows.append(
-                [name, local_time(_number(outcome.get("time"))), short_name(outcome.get("machine")), _quoted(outcome.get("message"))]
+                [name, local_time(as_number(outcome.get("time"))), short_name(outcome.get("machine")), _quoted(outcome.get("message"))]
             )
 
     heartbeat_rows = []
     for component, beat in sorted((document.get("heartbeats") or {}).items()):
-        beat_time = _number(beat)
+        beat_time = as_number(beat)
         heartbeat_rows.append(
             [component, local_time(beat_time, with_seconds=True), human_duration(now - beat_time) if beat_time else "never"]
         )
@@ -280,9 +282,9 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
             [
                 short_name(error.get("name")),
                 str(error.get("step") or "-"),
-                _count(error.get("count")),
-                local_time(_number(error.get("since"))),
-                local_time(_number(error.get("retry_at"))),
+                count_text(error.get("count")),
+                local_time(as_number(error.get("since"))),
+                local_time(as_number(error.get("retry_at"))),
                 Span((str(error.get("error") or "").strip().splitlines() or [""])[0]),
             ]
         )

@@ -22,7 +22,9 @@ import base64
 import hashlib
 import html
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+from vacquery.tables import as_number, count_text
 
 # Seconds between the script's looks at /dashboard-times.json (the factory's pass is 30 s by default).
 POLL_SECONDS = 5
@@ -103,24 +105,13 @@ def _e(value: Any) -> str:
     return html.escape("-" if value is None else str(value), quote=True)
 
 
-def _number(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _count(value: Any) -> str:
-    number = _number(value)
-    if number is None:
-        return "-"
-    return f"{number:.0f}" if number == int(number) else f"{number:.1f}"
-
-
 def _when(epoch_seconds: Any) -> str:
-    number = _number(epoch_seconds)
+    number = as_number(epoch_seconds)
     return "-" if not number else datetime.fromtimestamp(number, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _age(now: float, epoch_seconds: Any) -> str:
-    number = _number(epoch_seconds)
+    number = as_number(epoch_seconds)
     return "never" if not number else _duration(now - number)
 
 
@@ -164,9 +155,9 @@ def _factories_section(document: Mapping[str, Any]) -> str:
         rows.append(
             f'<tr data-factory="{_e(factory.get("name"))}">' + _cell(factory.get("name"))
             + _cell(label, css=css)
-            + _cell(f"{_count(factory.get('running_processors'))}/{_count(factory.get('max_processors'))}",
+            + _cell(f"{count_text(factory.get('running_processors'))}/{count_text(factory.get('max_processors'))}",
                     factory.get("running_processors"), numeric=True)
-            + _cell(_count(factory.get("running_machines")), factory.get("running_machines"), numeric=True)
+            + _cell(count_text(factory.get("running_machines")), factory.get("running_machines"), numeric=True)
             + _cell("-" if factory.get("load_average") is None else f"{factory['load_average']:.2f}", numeric=True)
             + _cell("unknown" if draining is None else ("yes" if draining else "no"))
             + _cell(factory.get("version")) + "</tr>"
@@ -179,7 +170,7 @@ def _factories_section(document: Mapping[str, Any]) -> str:
 def _machinetypes_section(document: Mapping[str, Any]) -> str:
     rows = []
     for row in document.get("machinetypes") or ():
-        target, achieved = _number(row.get("target_share")) or 0.0, _number(row.get("achieved_share")) or 0.0
+        target, achieved = as_number(row.get("target_share")) or 0.0, as_number(row.get("achieved_share")) or 0.0
         bars = _bar_svg(target, "#999") + _bar_svg(achieved, "#1f77b4")
         until = row.get("backoff_until")
         rows.append(
@@ -187,14 +178,14 @@ def _machinetypes_section(document: Mapping[str, Any]) -> str:
             + f'<td class="n" data-v="{target:.4f}">{100 * target:.1f}%</td>'
             + f'<td class="n" data-v="{achieved:.4f}">{100 * achieved:.1f}%</td>'
             + f"<td>{bars}</td>"
-            + _cell(_count(row.get("running_processors")), row.get("running_processors"), numeric=True)
-            + _cell(_count(row.get("running_machines")), row.get("running_machines"), numeric=True)
+            + _cell(count_text(row.get("running_processors")), row.get("running_processors"), numeric=True)
+            + _cell(count_text(row.get("running_machines")), row.get("running_machines"), numeric=True)
             + _cell(_when(until) if until else "-", css="warn" if until else "") + "</tr>"
         )
     headers = [("machinetype", False), ("target", True), ("actual", True), ("target (grey) / actual (blue)", False),
                ("processors", True), ("machines", True), ("backed off until", False)]
-    error = _number(document.get("share_error")) or 0.0
-    now = _number(document.get("time")) or 0.0
+    error = as_number(document.get("share_error")) or 0.0
+    now = as_number(document.get("time")) or 0.0
     heard = document.get("machinetypes_heard_time")
     source = f"peers heard {_age(now, heard)} ago" if heard else "no peer heard yet"
     return (f"<h2>Machinetypes</h2><p>Share error across the space: <b>{100 * error:.1f}%</b> "
@@ -215,7 +206,7 @@ def _backoffs_section(document: Mapping[str, Any], now: float) -> str:
         return "<h2>Back-offs</h2><p>No machinetype is backed off.</p>"
     rows = [
         "<tr>" + _cell(backoff.get("machinetype")) + _cell(_when(backoff.get("until")))
-        + _cell(_duration((_number(backoff.get("until")) or now) - now))
+        + _cell(_duration((as_number(backoff.get("until")) or now) - now))
         + f'<td class="msg">{_e(backoff.get("reason"))}</td>'
         + _cell(backoff.get("factory")) + _cell(_when(backoff.get("time"))) + "</tr>"
         for backoff in backoffs
@@ -234,7 +225,7 @@ def _outcomes_section(document: Mapping[str, Any]) -> str:
         code = str(outcome.get("code"))
         css = "bad" if code.isdigit() and int(code) >= 300 else ""
         rows.append(
-            f'<tr data-code="{_e(code)}">' + _cell(code, css=css) + _cell(_count(outcome.get("count")), outcome.get("count"), True)
+            f'<tr data-code="{_e(code)}">' + _cell(code, css=css) + _cell(count_text(outcome.get("count")), outcome.get("count"), True)
             + _cell(", ".join(outcome.get("machinetypes") or ()))
             + f'<td class="msg">{_e(outcome.get("last_message"))}</td>' + _cell(_when(outcome.get("last_time"))) + "</tr>"
         )
@@ -247,15 +238,15 @@ def _machines_section(document: Mapping[str, Any], now: float) -> str:
     rows = []
     for machine in document.get("machines") or ():
         state = str(machine.get("state") or "-")
-        started = _number(machine.get("started_time"))
+        started = as_number(machine.get("started_time"))
         up = now - started if state == "Running" and started else None
         processors = machine.get("num_processors", machine.get("num_cpus"))  # wire names (vacquery.codec)
-        cpu = _number(machine.get("cpu_percentage"))
+        cpu = as_number(machine.get("cpu_percentage"))
         rows.append(
             f'<tr data-machine="{_e(machine.get("machine"))}">'
             + _cell(machine.get("factory")) + _cell(machine.get("machine")) + _cell(machine.get("machinetype"))
             + _cell(state, css="ok" if state == "Running" else "")
-            + _cell(_count(processors), processors, numeric=True)
+            + _cell(count_text(processors), processors, numeric=True)
             + _cell("" if up is None else _age(now, started), up, numeric=True)
             + _cell("" if cpu is None else f"{cpu:.0f}%", cpu, numeric=True)
             + f'<td class="msg" data-v="{_e(machine.get("shutdown_message") or "")}">'
@@ -274,13 +265,13 @@ def _machines_section(document: Mapping[str, Any], now: float) -> str:
 def _this_factory_section(document: Mapping[str, Any], now: float) -> str:
     this = document.get("this_factory") or {}
     parts = [f"<h2>This factory: {_e(this.get('name'))}</h2><ul>"]
-    parts.append(f"<li>Processors: {_e(_count(this.get('running_processors')))}/{_e(_count(this.get('total_processors')))} "
+    parts.append(f"<li>Processors: {_e(count_text(this.get('running_processors')))}/{_e(count_text(this.get('total_processors')))} "
                  f"running; draining: {'yes' if this.get('draining') else 'no'}</li>")
     parts.append(f"<li>Gate: {_e(this.get('gate') or 'none')}</li>")
     census = this.get("census")
     if isinstance(census, Mapping):
         silent = ", ".join(str(name) for name in census.get("silent") or ()) or "none"
-        parts.append(f"<li>Last census: heard {_e(_count(census.get('heard')))} of {_e(_count(census.get('expected')))} "
+        parts.append(f"<li>Last census: heard {_e(count_text(census.get('heard')))} of {_e(count_text(census.get('expected')))} "
                      f"factories in {_e(census.get('duration_seconds'))}s; silent: {_e(silent)}</li>")
     completed = this.get("last_pass_completed")
     parts.append(f"<li>Last completed pass: {_e(_when(completed))} ({_e(_age(now, completed))} ago)</li>")
@@ -300,7 +291,7 @@ def _this_factory_section(document: Mapping[str, Any], now: float) -> str:
     parts.append(_table("heartbeats", [("part", False), ("last heartbeat", False), ("age", True)], beats))
     slots = [
         "<tr>" + _cell(slot.get("ordinal"), numeric=True) + _cell(slot.get("name")) + _cell(slot.get("machinetype"))
-        + _cell(slot.get("state")) + _cell(_count(slot.get("processors")), slot.get("processors"), True)
+        + _cell(slot.get("state")) + _cell(count_text(slot.get("processors")), slot.get("processors"), True)
         + f'<td class="msg">{_e(slot.get("shutdown_message") or slot.get("note") or "")}</td></tr>'
         for slot in this.get("slots") or ()
     ]
@@ -351,7 +342,7 @@ def _frame(title: str, top: float, unit: str, body: str, legend: str = "") -> st
 def _history_section(document: Mapping[str, Any], now: float) -> str:
     samples = [sample for sample in (document.get("history") or {}).get("samples") or () if isinstance(sample, Mapping)]
     day_ago = now - 86400
-    samples = [sample for sample in samples if (_number(sample.get("time")) or 0) >= day_ago]
+    samples = [sample for sample in samples if (as_number(sample.get("time")) or 0) >= day_ago]
     if not samples:
         return "<h2>Last day</h2><p>No history yet: vacd keeps one sample a minute.</p>"
     # The x axis spans the day, or less while vacd has kept less: a young history is readable.
@@ -401,7 +392,7 @@ def _history_section(document: Mapping[str, Any], now: float) -> str:
 
 def render_page(document: Mapping[str, Any]) -> str:
     """The whole page for one /dashboard.json document."""
-    now = _number(document.get("time")) or 0.0
+    now = as_number(document.get("time")) or 0.0
     title = f"vac space {document.get('space') or '-'} from {document.get('factory') or '-'}"
     machines = document.get("machines") or ()
     running = sum(1 for machine in machines if machine.get("state") == "Running")

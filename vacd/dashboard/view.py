@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from vacd.dashboard.history import SAMPLE_INTERVAL_SECONDS, Sample
 from vacd.outcomes import FIRST_ABORT_CODE, is_factory_ending, shutdown_code
+from vacquery.tables import as_number
 
 DOCUMENT_VERSION = 1
 
@@ -50,10 +51,6 @@ class PassFacts:
     status: Mapping[str, Any]
     own_statuses: tuple[Mapping[str, Any], ...] = ()
     census: Optional[Heard] = None
-
-
-def _number(value: Any) -> Optional[float]:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _text(value: Any) -> Optional[str]:
@@ -89,7 +86,7 @@ def peers_heard_time(facts: PassFacts, listing: Optional[Heard]) -> Optional[flo
 def target_shares(status: Mapping[str, Any]) -> dict[str, float]:
     """Configured target_share normalised to fractions (0 for all if none is positive)."""
     configured = {
-        str(name): max(0.0, _number(values.get("target_share")) or 0.0)
+        str(name): max(0.0, as_number(values.get("target_share")) or 0.0)
         for name, values in (status.get("machinetypes") or {}).items()
         if isinstance(values, Mapping)
     }
@@ -103,7 +100,7 @@ def achieved_shares(machinetype_statuses: Sequence[Mapping[str, Any]]) -> dict[s
     for status in machinetype_statuses:
         name = _text(status.get("machinetype"))
         if name is not None:
-            hs06[name] = hs06.get(name, 0.0) + max(0.0, _number(status.get("running_hs06")) or 0.0)
+            hs06[name] = hs06.get(name, 0.0) + max(0.0, as_number(status.get("running_hs06")) or 0.0)
     total = sum(hs06.values())
     return {name: (value / total if total else 0.0) for name, value in hs06.items()}
 
@@ -124,7 +121,7 @@ def running_processors(machinetype_statuses: Sequence[Mapping[str, Any]]) -> dic
     for status in machinetype_statuses:
         name = _text(status.get("machinetype"))
         if name is not None:
-            processors[name] = processors.get(name, 0.0) + max(0.0, _number(status.get("running_processors")) or 0.0)
+            processors[name] = processors.get(name, 0.0) + max(0.0, as_number(status.get("running_processors")) or 0.0)
     return processors
 
 
@@ -132,7 +129,7 @@ def census_completeness(facts: PassFacts) -> float:
     census = facts.status.get("census")
     if not isinstance(census, Mapping):
         return 1.0
-    heard, expected = _number(census.get("heard")) or 0.0, _number(census.get("expected")) or 0.0
+    heard, expected = as_number(census.get("heard")) or 0.0, as_number(census.get("expected")) or 0.0
     return heard / expected if expected else 1.0
 
 
@@ -166,7 +163,7 @@ def _factories(facts: PassFacts, listing: Optional[Heard]) -> list[dict[str, Any
     heard = list(own_factory) + (_of_kind(listing.statuses, "factory_status") if listing is not None else [])
     for factory_status in heard:
         name = _text(factory_status.get("factory")) or "-"
-        running, capacity = _number(factory_status.get("running_processors")), _number(factory_status.get("max_processors"))
+        running, capacity = as_number(factory_status.get("running_processors")), as_number(factory_status.get("max_processors"))
         rows[name] = {
             "name": name,
             "state": "up",
@@ -176,8 +173,8 @@ def _factories(facts: PassFacts, listing: Optional[Heard]) -> list[dict[str, Any
             "version": _text(factory_status.get("daemon_version")),
             "running_processors": running,
             "max_processors": capacity,
-            "running_machines": _number(factory_status.get("running_machines")),
-            "load_average": _number(factory_status.get("load_average")),
+            "running_machines": as_number(factory_status.get("running_machines")),
+            "load_average": as_number(factory_status.get("load_average")),
             "heard_time": facts.time if name == own_name else (listing.time if listing is not None else None),
         }
     silent: set[str] = set()
@@ -207,13 +204,13 @@ def _machinetypes(facts: PassFacts, statuses: Sequence[Mapping[str, Any]]) -> li
     for status in statuses:
         name = _text(status.get("machinetype"))
         if name is not None:
-            machines[name] = machines.get(name, 0.0) + max(0.0, _number(status.get("running_machines")) or 0.0)
+            machines[name] = machines.get(name, 0.0) + max(0.0, as_number(status.get("running_machines")) or 0.0)
     local = facts.status.get("machinetypes") or {}
     rows = []
     for name in sorted(set(targets) | set(achieved)):
         entry = local.get(name)
         values: Mapping[str, Any] = entry if isinstance(entry, Mapping) else {}
-        until = _number(values.get("backoff_until"))
+        until = as_number(values.get("backoff_until"))
         rows.append({
             "name": name,
             "configured_here": name in targets,
@@ -241,7 +238,7 @@ def _backoffs(facts: PassFacts, statuses: Sequence[Mapping[str, Any]], machinety
             # The factory's own endings (wallclock limit, failed start) back nothing off.
             if code is None or code < FIRST_ABORT_CODE or is_factory_ending(message):
                 continue
-            if latest is None or (_number(status.get("shutdown_time")) or 0) > (_number(latest.get("shutdown_time")) or 0):
+            if latest is None or (as_number(status.get("shutdown_time")) or 0) > (as_number(latest.get("shutdown_time")) or 0):
                 latest = status
         rows.append({
             "machinetype": row["name"],
@@ -250,7 +247,7 @@ def _backoffs(facts: PassFacts, statuses: Sequence[Mapping[str, Any]], machinety
             "creations failed on this factory (no abort heard in the space)",
             "factory": _text(latest.get("factory")) if latest is not None else _text(facts.status.get("factory")),
             "machine": _text(latest.get("shutdown_machine")) if latest is not None else None,
-            "time": _number(latest.get("shutdown_time")) if latest is not None else None,
+            "time": as_number(latest.get("shutdown_time")) if latest is not None else None,
         })
     return rows
 
@@ -269,7 +266,7 @@ def _outcomes(machines: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         machinetype = _text(machine.get("machinetype"))
         if machinetype:
             entry["machinetypes"].add(machinetype)
-        when = _number(machine.get("shutdown_time"))
+        when = as_number(machine.get("shutdown_time"))
         if entry["last_time"] is None or (when is not None and when >= entry["last_time"]):
             entry["last_time"], entry["last_message"] = when, message
     return [dict(entry, machinetypes=sorted(entry["machinetypes"])) for _, entry in sorted(by_code.items())]
@@ -279,7 +276,7 @@ def _this_factory(facts: PassFacts, now: float) -> dict[str, Any]:
     status = facts.status
     heartbeats = {}
     for component, beat in sorted((status.get("heartbeats") or {}).items()):
-        beat_time = _number(beat)
+        beat_time = as_number(beat)
         heartbeats[str(component)] = {"time": beat_time, "age_seconds": max(0.0, now - beat_time) if beat_time else None}
     slots = [
         {key: slot.get(key) for key in ("ordinal", "name", "state", "machinetype", "processors", "created_time",
