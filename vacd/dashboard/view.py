@@ -96,11 +96,7 @@ def target_shares(status: Mapping[str, Any]) -> dict[str, float]:
 
 def achieved_shares(machinetype_statuses: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Each machinetype's fraction of the running HS06 heard across the space."""
-    hs06: dict[str, float] = {}
-    for status in machinetype_statuses:
-        name = _text(status.get("machinetype"))
-        if name is not None:
-            hs06[name] = hs06.get(name, 0.0) + max(0.0, as_number(status.get("running_hs06")) or 0.0)
+    hs06 = _sum_by_machinetype(machinetype_statuses, "running_hs06")
     total = sum(hs06.values())
     return {name: (value / total if total else 0.0) for name, value in hs06.items()}
 
@@ -117,12 +113,17 @@ def share_error(targets: Mapping[str, float], achieved: Mapping[str, float]) -> 
 
 
 def running_processors(machinetype_statuses: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    processors: dict[str, float] = {}
+    return _sum_by_machinetype(machinetype_statuses, "running_processors")
+
+
+def _sum_by_machinetype(machinetype_statuses: Sequence[Mapping[str, Any]], field_name: str) -> dict[str, float]:
+    """`field_name` summed per machinetype over the statuses heard; a missing or negative figure counts 0."""
+    sums: dict[str, float] = {}
     for status in machinetype_statuses:
         name = _text(status.get("machinetype"))
         if name is not None:
-            processors[name] = processors.get(name, 0.0) + max(0.0, as_number(status.get("running_processors")) or 0.0)
-    return processors
+            sums[name] = sums.get(name, 0.0) + max(0.0, as_number(status.get(field_name)) or 0.0)
+    return sums
 
 
 def census_completeness(facts: PassFacts) -> float:
