@@ -854,6 +854,18 @@ class Factory:
             return SlotStatus(identity, "Shut down", stored, shutdown_message=finish.shutdown_message), free_view, None
 
         cpu_seconds = domain.cpu_seconds
+        if not stored.has_started and domain.state != ObservedState.RUNNING:
+            # Unconfirmed and not running: after its own restart libvirtd lists a domain it was
+            # still starting ("paused, starting up") and then kills it as not fully started.
+            # Adopting it now would call that death a 0-second fizzle and back the space off.
+            if now < record.created_time + PAUSED_GRACE_SECONDS:
+                return SlotStatus(identity, "Starting", stored, cpu_seconds), live_view, record.created_time + PAUSED_GRACE_SECONDS
+            log.warning("machine never confirmed and not running, destroying name=%s uuid=%s state=%s",
+                        name, record.uuid, domain.state.value)
+            progress.step = "destroy"
+            self.store.request_destroy(record, now, FAILED_TO_START)
+            self._destroy_in_background(name, record.uuid)
+            return SlotStatus(identity, "Stopping", stored), live_view, None
         if not stored.has_started:
             # The backend created it but we died before writing `started`: adopt it.
             log.info("adopting machine whose creation was not confirmed (a restart, a lost libvirt connection) name=%s uuid=%s", name, record.uuid)

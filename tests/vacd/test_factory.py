@@ -12,9 +12,9 @@ import pytest
 
 from tests.fakes import FakeBackend, InlineExecutor, ManualClock
 from vacd.config import Config, Machinetype, Settings
-from vacd.backends.base import MachineSpec
+from vacd.backends.base import MachineSpec, ObservedState
 from vacd.errors import BackendOutcomeUnknown, ConfigErrors, ConfigProblem
-from vacd.factory import Factory, FactoryHooks
+from vacd.factory import PAUSED_GRACE_SECONDS, Factory, FactoryHooks
 from vacd.paths import Paths
 from vacd.outcomes import EXCEEDED_WALLCLOCK, FAILED_TO_START, HEARTBEAT_NOT_CREATED
 from vacd.scheduler import MachinetypeReport
@@ -424,3 +424,51 @@ def test_a_creation_cut_short_by_libvirtd_dying_is_judged_by_the_next_listing(
     else:
         assert report.finished[0][1].shutdown_message == FAILED_TO_START
         assert "atlas" not in report.decisions.outlook.backoff_until  # no local failure backoff for a lost call
+
+
+def cut_short_creation_listed_paused(tmp_path: Path) -> tuple[Harness, CutShortBackend]:
+    """libvirtd died inside createXML and, restarted, lists the domain as it saved it: paused, starting up."""
+    backend = CutShortBackend(domain_survives=True)
+    harness = Harness(tmp_path, make_settings(total_processors=1, host_processors=1),
+                      make_machinetype(tmp_path, "atlas"), backend=backend)
+    harness.run_pass()
+    backend.pause("f1-00.example.com")
+    return harness, backend
+
+
+def test_a_cut_short_creation_listed_paused_is_not_adopted_and_its_death_is_a_failed_start_not_a_fizzle(
+    tmp_path: Path,
+) -> None:
+    harness, backend = cut_short_creation_listed_paused(tmp_path)
+    harness.clock.advance(1)
+    harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None and not stored.has_started, "a domain libvirtd may yet kill is not adopted"
+    backend.power_off("f1-00.example.com")  # libvirtd's reconnect kills a domain that was not fully started
+    harness.clock.advance(1)
+    report = harness.run_pass()
+    assert report.finished[0][1].shutdown_message == FAILED_TO_START
+    assert "atlas" not in report.decisions.outlook.backoff_until
+
+
+def test_a_cut_short_creation_that_resumes_is_adopted(tmp_path: Path) -> None:
+    harness, backend = cut_short_creation_listed_paused(tmp_path)
+    harness.clock.advance(1)
+    harness.run_pass()
+    machine = backend.machines["f1-00.example.com"]
+    backend.machines[machine.name] = dataclasses.replace(machine, state=ObservedState.RUNNING)
+    harness.clock.advance(1)
+    report = harness.run_pass()
+    stored = harness.store.slot_binding("f1-00.example.com")
+    assert stored is not None and stored.has_started and not stored.has_finished
+    assert report.finished == [] and ("destroy", "f1-00.example.com") not in backend.actions
+
+
+def test_a_cut_short_creation_still_paused_after_the_grace_is_destroyed_as_a_failed_start(tmp_path: Path) -> None:
+    harness, backend = cut_short_creation_listed_paused(tmp_path)
+    harness.clock.advance(PAUSED_GRACE_SECONDS + 1)
+    harness.run_pass()
+    assert ("destroy", "f1-00.example.com") in backend.actions
+    report = harness.run_pass()
+    assert report.finished[0][1].shutdown_message == FAILED_TO_START
+    assert "atlas" not in report.decisions.outlook.backoff_until
