@@ -164,22 +164,22 @@ def test_heartbeats_are_fsynced_once_a_minute_per_machine_not_every_pass(
     assert loaded is not None and loaded.heartbeat == Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 60.0, 10.0)
 
 
-def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_only_touched_between(tmp_path: Path) -> None:
-    """Vac 03 rewrote it once a cycle and read the heartbeat time from its mtime, which still moves every pass."""
+def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_left_alone_between(tmp_path: Path) -> None:
+    """Vac 03 rewrote it once a 60 s cycle (its mtime was the heartbeat time): so does vacd, and no more."""
     store = Store(Paths(tmp_path))
     directory = store.begin_creation(record())
     store.mark_started(record(), 1001)
-    os.utime(directory / "heartbeat", (1, 1))
-    store.slot_binding(NAME)  # read back at its old mtime, so the cache knows the file again
     before = os.lstat(directory / "heartbeat")
-    store.write_heartbeat(record(), Heartbeat(1011, 5.9, 59.0))
+    for now in range(1011, 1001 + HEARTBEAT_DURABLE_SECONDS, 10):
+        store.write_heartbeat(record(), Heartbeat(now, float(now - 1001), 59.0))
     after = os.lstat(directory / "heartbeat")
     assert (directory / "heartbeat").read_text() == "0.0 0.0\n"
-    assert after.st_ino == before.st_ino and after.st_mtime > 1
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not even touched
     store.flush_heartbeats()
-    assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1011, 5.9, 59.0)  # type: ignore[union-attr]
+    assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1051, 50.0, 59.0)  # type: ignore[union-attr]
     store.write_heartbeat(record(), Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 30.0, 50.0))
     assert (directory / "heartbeat").read_text() == "30 50.0\n"
+    assert os.lstat(directory / "heartbeat").st_ino != before.st_ino
 
 
 def test_a_pass_over_an_unchanged_node_opens_no_record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
