@@ -49,6 +49,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 FACTORY_NAME = "f1.passcost.invalid"
 FILL_TIMEOUT_SECONDS = 600.0
 SETTLE_PASSES = 3
+METRICS_TRIES = 3
 STRACE_CALLS = ("openat", "fsync", "rename", "newfstatat", "statx", "utimensat")
 
 
@@ -93,7 +94,13 @@ min_wallclock_seconds = 86400
 
 def metric_sums(port: int) -> dict[str, float]:
     """The pass counters on /metrics, summed over their labels."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for attempt in range(METRICS_TRIES):
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            break
+        except OSError:  # a scrape lost on a loaded machine (seen under load 15): ask again
+            if attempt == METRICS_TRIES - 1:
+                raise
     sums: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r"^(vac_passes_total|vac_pass_cpu_seconds_total|vac_pass_duration_seconds_(?:sum|count))"
