@@ -13,14 +13,18 @@ figures are vacd's own cost), at each slot count given. For each:
 3. RSS (VmRSS, VmHWM) from /proc/<pid>/status;
 4. with `--strace` (and strace installed), attach `strace -f -c` for `--passes` more passes
    and print the openat / fsync / rename / stat counts per pass (strace slows vacd, so
-   this window is separate from the CPU window).
+   this window is separate from the CPU window);
+5. with `--profile DIR`, vacd runs under bench/profiled_vacd.py, and its loop thread is
+   profiled (cProfile on the thread's CPU time) for `--passes` more passes, again outside
+   the CPU window; the stats go to DIR/<tree>-<slots>.pstats and the top functions are
+   printed.
 
 `--code DIR` runs the vacd found in DIR (a checkout or `git archive` export), so two trees
 can be measured side by side in one run: `--code /tmp/vac-before --code .` prints both
 and their ratios.
 
 Usage: .venv/bin/python bench/pass_cost.py [--slots 16,64,128,256] [--passes 20]
-       [--code DIR ...] [--strace]
+       [--code DIR ...] [--strace] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pstats
 import re
 import shutil
 import signal
@@ -44,6 +49,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 FACTORY_NAME = "f1.passcost.invalid"
 FILL_TIMEOUT_SECONDS = 600.0
 SETTLE_PASSES = 3
+METRICS_TRIES = 3
 STRACE_CALLS = ("openat", "fsync", "rename", "newfstatat", "statx", "utimensat")
 
 
@@ -88,7 +94,13 @@ min_wallclock_seconds = 86400
 
 def metric_sums(port: int) -> dict[str, float]:
     """The pass counters on /metrics, summed over their labels."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for attempt in range(METRICS_TRIES):
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            break
+        except OSError:  # a scrape lost on a loaded machine (seen under load 15): ask again
+            if attempt == METRICS_TRIES - 1:
+                raise
     sums: dict[str, float] = {}
     for line in text.splitlines():
         match = re.match(r"^(vac_passes_total|vac_pass_cpu_seconds_total|vac_pass_duration_seconds_(?:sum|count))"
@@ -153,15 +165,35 @@ def strace_counts(pid: int, port: int, passes: int, process: "subprocess.Popen[b
     return counts
 
 
-def measure(code: Path, slots: int, passes: int, trace: bool) -> dict[str, object]:
+def profile_passes(pid: int, port: int, passes: int, output: Path, process: "subprocess.Popen[bytes]") -> None:
+    """cProfile vacd's loop thread for `passes` passes (bench/profiled_vacd.py) and print its top."""
+    os.kill(pid, signal.SIGUSR2)
+    wait_for_passes(port, passes, process)
+    os.kill(pid, signal.SIGUSR2)
+    wait_until(lambda: output.exists() and output.stat().st_size > 0, 60.0, process)
+    time.sleep(0.5)  # dump_stats has created the file; let it finish writing
+    print(f"profile of {passes} passes: {output}", flush=True)
+    statistics = pstats.Stats(str(output))
+    statistics.sort_stats("tottime").print_stats(25)
+    statistics.sort_stats("cumulative").print_stats(30)
+    sys.stdout.flush()
+
+
+def measure(code: Path, slots: int, passes: int, trace: bool, profile_dir: Optional[Path] = None) -> dict[str, object]:
     prefix = Path(tempfile.mkdtemp(prefix="vac-passcost-"))
     port = write_config(prefix, slots)
     log_path = prefix / "vacd.log"
+    profile_output = profile_dir / f"{code.name}-{slots}.pstats" if profile_dir is not None else None
+    command = [sys.executable, "-m", "vacd.daemon"]
+    environment = dict(os.environ, PYTHONPATH=str(code))
+    if profile_output is not None:
+        profile_output.unlink(missing_ok=True)
+        command = [sys.executable, str(REPOSITORY / "bench/profiled_vacd.py")]
+        environment["VAC_BENCH_PROFILE"] = str(profile_output)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "vacd.daemon", "--prefix", str(prefix), "--stderr"],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=code,
-            env=dict(os.environ, PYTHONPATH=str(code)),
+            [*command, "--prefix", str(prefix), "--stderr"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, cwd=code, env=environment,
         )
     try:
         started = time.monotonic()
@@ -185,6 +217,8 @@ def measure(code: Path, slots: int, passes: int, trace: bool) -> dict[str, objec
         }
         if trace and shutil.which("strace"):
             result["syscalls_per_pass"] = strace_counts(process.pid, port, passes, process)
+        if profile_output is not None:
+            profile_passes(process.pid, port, passes, profile_output, process)
         return result
     finally:
         process.send_signal(signal.SIGTERM)
@@ -207,14 +241,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--code", action="append", type=Path,
                         help="a tree whose vacd is run (repeatable; default this repository)")
     parser.add_argument("--strace", action="store_true", help="also count system calls per pass (slow)")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="also cProfile the loop thread over --passes more passes; stats go to DIR")
     arguments = parser.parse_args(argv)
     trees = [path.resolve() for path in (arguments.code or [REPOSITORY])]
     slot_counts = [int(part) for part in arguments.slots.split(",")]
+    profile_dir: Optional[Path] = None
+    if arguments.profile is not None:
+        profile_dir = arguments.profile.resolve()
+        profile_dir.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {load_average()}", flush=True)
     results: dict[Path, list[dict[str, object]]] = {tree: [] for tree in trees}
     for slots in slot_counts:
         for tree in trees:
-            result = measure(tree, slots, arguments.passes, arguments.strace)
+            result = measure(tree, slots, arguments.passes, arguments.strace, profile_dir)
             results[tree].append(result)
             print(json.dumps({"code": str(tree), **result}), flush=True)
     print(f"load average at end: {load_average()}")

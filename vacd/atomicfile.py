@@ -90,13 +90,15 @@ _last_written: dict[str, tuple[tuple[int, int, int, int, int], bytes]] = {}
 _last_written_lock = threading.Lock()
 
 
-def write_atomic_if_changed(path: PathLike, content: Union[bytes, str], mode: int = 0o644) -> bool:
+def write_atomic_if_changed(path: PathLike, content: Union[bytes, str], mode: int = 0o644,
+                            durable: bool = True) -> bool:
     """`write_atomic`, skipped when `path` still holds exactly what this process last wrote there.
 
     For files published every pass whose content often repeats (`counts`, the `*-heartbeat`
     files within one second): the skipped write was durable already, so a crash loses
     nothing by the skip. "Still holds" is the file's (device, inode, mtime, size, ctime)
     unchanged since that write, so a file replaced or edited by anyone else is rewritten.
+    `durable` as for `write_atomic` (only a skipped write is then not durable already).
     Returns whether it wrote.
     """
     data = content.encode() if isinstance(content, str) else content
@@ -110,7 +112,7 @@ def write_atomic_if_changed(path: PathLike, content: Union[bytes, str], mode: in
             status = None
         if status is not None and _identity(status) == remembered[0]:
             return False
-    write_atomic(key, data, mode)
+    write_atomic(key, data, mode, durable=durable)
     try:
         written = os.lstat(key)
     except OSError:

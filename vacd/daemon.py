@@ -57,6 +57,48 @@ PASS_ERROR_FIRST_BACKOFF_SECONDS = 1.0
 PASS_ERROR_MAX_BACKOFF_SECONDS = 60.0
 # Where vacd remembers the factory name it last ran as (a rename strands machines, item 7).
 FACTORY_NAME_FILE = "factory-name"
+# A usable guest network is checked again after this long (Vac 03 checked it once a 60 s
+# cycle, §1.3 step 8); an unusable one every pass (NetworkCheckSchedule).
+NETWORK_CHECK_SECONDS = 60.0
+
+
+class NetworkCheckSchedule:
+    """When the loop checks (and mends) the guest network: not every pass (issue 15 item 2).
+
+    A check opens a libvirt connection, reads and compares the network's XML, asks netlink
+    for the bridge's addresses and reads /etc/hosts: with events waking the loop, that was
+    done several times a second on a busy node, for a network that changes only when an
+    admin or libvirtd changes it. A check is due:
+    - at the first pass, and whenever what the network is made from changes (libvirt URI,
+      factory name, slot count, forward_dev: a reload);
+    - every pass while the last check failed (the fault holds creation until it clears);
+    - after a creation failed since the last check (a network gone under vacd is the
+      first thing to rule out, and creation backs off meanwhile);
+    - NETWORK_CHECK_SECONDS after the last good check otherwise.
+    Time is the caller's steady clock, passed in.
+    """
+
+    def __init__(self, interval_seconds: float = NETWORK_CHECK_SECONDS) -> None:
+        self.interval_seconds = interval_seconds
+        # (what it was made from, when, creation failures then) of the last good check.
+        self._last_good: Optional[tuple[tuple[object, ...], float, int]] = None
+
+    @staticmethod
+    def made_from(settings: Settings) -> tuple[object, ...]:
+        return (settings.libvirt_uri, settings.factory_name, settings.num_machine_slots, settings.forward_dev)
+
+    def due(self, settings: Settings, now: float, creation_failures: int) -> bool:
+        if self._last_good is None:
+            return True
+        made_from, checked_at, failures_then = self._last_good
+        return (
+            made_from != self.made_from(settings)
+            or creation_failures != failures_then
+            or not 0 <= now - checked_at < self.interval_seconds
+        )
+
+    def checked(self, settings: Settings, now: float, creation_failures: int, usable: bool) -> None:
+        self._last_good = (self.made_from(settings), now, creation_failures) if usable else None
 
 
 class ReloadingConfig:
@@ -241,6 +283,7 @@ class Daemon:
         # The service manager (systemd) hears of readiness, status, liveness and stopping.
         self.notifier = notifier if notifier is not None else ServiceNotifier(None)
         self.is_ready = False
+        self.network_checks = NetworkCheckSchedule()
 
     def request_stop(self, *_: object) -> None:
         if not self.stopping.is_set():
@@ -678,12 +721,16 @@ class Daemon:
         except OSError as error:  # a full disk costs the heartbeat, not the pass (item 4)
             log.warning("cannot write the loop heartbeat error=%s", error)
         self.clock_watch.check()
-        network_problem = self._network_problem(config_source.last_good.settings)
-        if network_problem is None:
-            factory.clear_fault("network")
-        else:
-            # Creation waits for the network; policing, finalising and accounting do not.
-            factory.note_fault("network", network_problem)
+        network_settings = config_source.last_good.settings
+        creation_failures = factory.slot_error_totals.get("create", 0)
+        if self.network_checks.due(network_settings, started, creation_failures):
+            network_problem = self._network_problem(network_settings)
+            self.network_checks.checked(network_settings, started, creation_failures, network_problem is None)
+            if network_problem is None:
+                factory.clear_fault("network")
+            else:
+                # Creation waits for the network; policing, finalising and accounting do not.
+                factory.note_fault("network", network_problem)
         if self.image_eviction is not None:
             last_good = config_source.last_good
             self.image_eviction.run_if_due(last_good.settings, last_good.machinetypes, time.time())

@@ -160,6 +160,10 @@ def write_heartbeat(paths: Paths, part: str, now: int) -> None:
     """`<part>-heartbeat` holds the time itself, so no ctime is read (Vac anti-pattern 3).
 
     A heartbeat stamped again within the same second, or a part's unchanged last time, is
-    not rewritten (write_atomic_if_changed).
+    not rewritten (write_atomic_if_changed). Replaced atomically but without fsync (issue
+    15 item 2: three fsync-ed renames a pass for times that are stale after an OS crash
+    anyway): a kill -9 leaves the old time or the new; an OS crash may leave an older time
+    or an empty file, which `vac status` and check-vacd read as no heartbeat until the
+    restarted vacd's first pass stamps it again.
     """
-    write_atomic_if_changed(paths.heartbeat_file(part), f"{now}\n")
+    write_atomic_if_changed(paths.heartbeat_file(part), f"{now}\n", durable=False)

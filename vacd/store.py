@@ -27,9 +27,9 @@ Rules (design.md rule 4):
     `heartbeat.json` (an earlier vacd ran on the directory since) wins.
 - Every write is temp + fsync + rename, so a kill -9 at any instant leaves each file old
   or new, and the next start reconciles from what is there. A running machine's
-  heartbeats between its once-a-minute heartbeat.json go to one file for the node,
-  `heartbeats.json` in the state directory, replaced once a pass (issue 15 item 4; see
-  `Store._write_heartbeat_files`).
+  heartbeats between its once-a-minute heartbeat.json and `heartbeat` go to one file for
+  the node, `heartbeats.json` in the state directory, replaced once a pass (issue 15 item
+  4; see `Store._write_heartbeat_files`).
 - Records are read through a cache keyed on each file's (inode, mtime, size, ctime), as
   the guest server keys its files (issue 15 item 2): a pass over a machine whose files have
   not changed lstat-s them and opens none. Every write here is a rename, so a rewritten
@@ -39,6 +39,13 @@ Rules (design.md rule 4):
   vacd wrote itself goes into the cache at write time. A missed change costs nothing
   worse than what the key cannot see: the cache never holds a file that no longer exists
   (an absent file is looked up by lstat every time, which opens nothing).
+- What a machine directory's records parse to is kept too, keyed on the keys of all its
+  record files (absent ones included), and used only while one lstat of each file shows
+  every key unchanged and the store read each file under that key (none was racy): a
+  pass over an unchanged machine lstat-s its seven files and parses nothing (issue 15
+  item 2). Each file is still looked at every pass, so a record changed, replaced,
+  removed or added by anyone (an admin, a restore, a corrupting disk) is seen by the next
+  pass as before.
 - A machine directory is never reused (issue 8 item 10): `begin_creation` creates it
   exclusively and refuses one that exists, and the factory then tries the next second.
 - Guest-written files (everything in `joboutputs/`) are bytes until validated: read with a
@@ -93,7 +100,7 @@ import threading
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Union
 
 from vacd.atomicfile import write_atomic
 from vacd.atomicfile import write_atomic_at
@@ -149,8 +156,21 @@ NODE_HEARTBEATS_FILE = "heartbeats.json"
 # A bound on the record cache (entries of removed directories are dropped with them):
 # far above 256 slots x 8 records.
 MAX_CACHED_RECORDS = 65536
+# The same for the parsed machines (one per machine directory).
+MAX_CACHED_MACHINES = MAX_CACHED_RECORDS // 8
 
 _FileKey = tuple[int, int, int, int, int]
+# The record files of a machine directory that `Store._load` reads, in that order: the keys
+# of all of them validate a parsed machine (_ParsedMachine).
+_MACHINE_FILES = (
+    RECORD_FILE,
+    STARTED_FILE,
+    HEARTBEAT_RECORD_FILE,
+    HEARTBEAT_FILE,
+    FINISHED_RECORD_FILE,
+    FINISHED_FILE,
+    DESTROY_REQUESTED_FILE,
+)
 
 
 def _file_key(status: os.stat_result) -> _FileKey:
@@ -330,6 +350,21 @@ class StoredMachine:
         return self.finish is not None
 
 
+@dataclass(frozen=True)
+class _ParsedMachine:
+    """A machine as `Store._load` parsed it, and the keys of the files it came from.
+
+    The heartbeat is kept in its parts, because the node file's entry (which moves every
+    pass and is no file of the directory) is laid over them at each lookup.
+    """
+
+    keys: tuple[Optional[_FileKey], ...]  # per _MACHINE_FILES; None: absent
+    stored: StoredMachine
+    recorded_heartbeat: Optional[Heartbeat]  # heartbeat.json
+    line_heartbeat: Optional[Heartbeat]  # Vac's `heartbeat`
+    line_has_time: bool
+
+
 class SlotCondition(Enum):
     """What a slot's binding turned out to be when it was looked up."""
 
@@ -366,6 +401,15 @@ class Store:
         # The guest API reads through this store from its own thread.
         self._cache_lock = threading.Lock()
         self._record_cache: dict[str, tuple[_FileKey, str]] = {}
+        # Machine directory -> what its records parsed to (module docstring).
+        self._machine_cache: dict[str, _ParsedMachine] = {}
+        # Machine name -> (the text of slots/<name>, the directory it names).
+        self._binding_cache: dict[str, tuple[str, Path]] = {}
+        # The layout's directories, built once: a pass looks up every slot under them.
+        self._state_dir = paths.state_dir
+        self._slots_dir = paths.slots_dir
+        self._machines_dir = paths.machines_dir
+        self._node_heartbeats_path = self._state_dir / NODE_HEARTBEATS_FILE
         # Record files opened and read, and lookups the cache answered (tests, the bench).
         self.record_file_reads = 0
         self.record_cache_hits = 0
@@ -375,6 +419,9 @@ class Store:
         self._pending_heartbeats: dict[str, Heartbeat] = {}
         # The last parse of NODE_HEARTBEATS_FILE, with the text it came from.
         self._node_heartbeats_parsed: tuple[Optional[str], dict[str, Heartbeat]] = (None, {})
+        # Whether this store has replaced NODE_HEARTBEATS_FILE: from then on it holds what
+        # `_node_heartbeats_parsed` says (only this store writes it, once a pass).
+        self._node_heartbeats_written = False
 
     @property
     def quarantined_total(self) -> int:
@@ -384,7 +431,7 @@ class Store:
 
     # Paths
     def machine_dir(self, record: MachineRecord) -> Path:
-        return self.paths.machines_dir / record.directory_name
+        return self._machines_dir / record.directory_name
 
     def joboutputs_dir(self, record: MachineRecord) -> Path:
         return self.machine_dir(record) / "joboutputs"
@@ -431,7 +478,7 @@ class Store:
         self._write_heartbeat_files(self.machine_dir(record), heartbeat, _vac_heartbeat_line(heartbeat))
 
     def _write_heartbeat_files(self, directory: Path, heartbeat: Heartbeat, vac_line: str) -> None:
-        """heartbeat.json and Vac's line once in HEARTBEAT_DURABLE_SECONDS; between, the node file.
+        """heartbeat.json and Vac's line once in HEARTBEAT_DURABLE_SECONDS; between, the node file only.
 
         Every running machine's heartbeat moves every pass, and each machine's heartbeat.json
         and `heartbeat` replaced with fsync each pass cost two renames and four fsyncs per
@@ -448,28 +495,23 @@ class Store:
           heartbeat still at most one pass old).
         - An OS crash or power cut: the same as a kill -9, before and after (every write
           that reaches disk is fsync-ed).
-        Vac's `heartbeat` line is rewritten once a minute (Vac 03 rewrote it once a 60 s
-        cycle); between, only its mtime is moved, as Vac 03 read the heartbeat time from
-        it. vacd reads the line only when heartbeat.json is missing or unreadable.
+        Vac's `heartbeat` line is rewritten with heartbeat.json, once a minute, as Vac 03
+        rewrote it once a 60 s cycle: its time (the mtime, which Vac 03 read) is at most a
+        minute old, as under Vac 03. Between, it is not touched (moving its mtime every pass
+        cost an utimensat and two lstat-s per machine per pass, issue 15 item 2). vacd reads
+        the line only when heartbeat.json is missing or unreadable.
         The record goes first: a kill between the two leaves the new time in
-        heartbeat.json, which the reader prefers, and Vac's line one pass old.
+        heartbeat.json, which the reader prefers, and Vac's line a minute old.
         """
         key = os.fspath(directory)
         last_durable = self._heartbeat_durable_time.get(key)
-        durable = last_durable is None or not 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS
-        if durable:
-            self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
-            self._pending_heartbeats.pop(directory.name, None)
-        else:
+        if last_durable is not None and 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS:
             self._pending_heartbeats[directory.name] = heartbeat
-        vac_path = directory / HEARTBEAT_FILE
-        if not durable and self._cached_text(vac_path) is not None:
-            os.utime(vac_path, follow_symlinks=False)
-            self._remember_touched(vac_path)
-        else:
-            self._write_record(vac_path, vac_line, durable=durable)
-        if durable:
-            self._heartbeat_durable_time[key] = heartbeat.time
+            return
+        self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
+        self._pending_heartbeats.pop(directory.name, None)
+        self._write_record(directory / HEARTBEAT_FILE, vac_line)
+        self._heartbeat_durable_time[key] = heartbeat.time
 
     def flush_heartbeats(self) -> None:
         """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory calls it once a pass).
@@ -482,8 +524,15 @@ class Store:
         """
         if not self._pending_heartbeats:
             return
-        document = {name: asdict(heartbeat) for name, heartbeat in sorted(self._pending_heartbeats.items())}
-        self._write_record(self.paths.state_dir / NODE_HEARTBEATS_FILE, json.dumps(document, sort_keys=True) + "\n")
+        document = {
+            name: {"cpu_percentage": heartbeat.cpu_percentage, "cpu_seconds": heartbeat.cpu_seconds,
+                   "time": heartbeat.time}
+            for name, heartbeat in sorted(self._pending_heartbeats.items())
+        }
+        self._write_record(self._node_heartbeats_path, json.dumps(document, sort_keys=True) + "\n")
+        # What the file now holds, so lookups until the next flush read none of it.
+        self._node_heartbeats_parsed = (None, self._pending_heartbeats)
+        self._node_heartbeats_written = True
         self._pending_heartbeats = {}
 
     def _node_heartbeat(self, directory_name: str) -> Optional[Heartbeat]:
@@ -491,7 +540,9 @@ class Store:
         pending = self._pending_heartbeats.get(directory_name)
         if pending is not None:
             return pending
-        path = self.paths.state_dir / NODE_HEARTBEATS_FILE
+        if self._node_heartbeats_written:
+            return self._node_heartbeats_parsed[1].get(directory_name)
+        path = self._node_heartbeats_path
         try:
             raw_text = self._read_record_text(path)
         except CorruptRecord as error:
@@ -650,11 +701,10 @@ class Store:
 
     def lookup_slot(self, machine_name: str) -> SlotLookup:
         """What the slot is bound to; a corrupt binding or record is quarantined and reported once."""
-        slot_file = self.paths.slots_dir / machine_name
         try:
             directory = self._bound_directory(machine_name)
         except CorruptRecord as error:
-            self._quarantine(slot_file, str(error))
+            self._quarantine(self._slots_dir / machine_name, str(error))
             return SlotLookup(machine_name, SlotCondition.CORRUPT, problem=str(error))
         if directory is None:
             return SlotLookup(machine_name, SlotCondition.FREE)
@@ -688,12 +738,16 @@ class Store:
         return self.load_machine(self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{parts[2]}")
 
     def bound_machine_names(self) -> list[str]:
-        """The machine names that slots/ binds, in any range (sorted; dot files are temp files)."""
+        """The machine names that slots/ binds, in any range (sorted; dot files are temp files).
+
+        The directory's entry types say which are files (scandir), so no entry is stat-ed
+        but a symlink (followed, as Path.is_file does).
+        """
         try:
-            entries = sorted(self.paths.slots_dir.iterdir())
+            with os.scandir(self._slots_dir) as entries:
+                return sorted(entry.name for entry in entries if not entry.name.startswith(".") and entry.is_file())
         except FileNotFoundError:
             return []
-        return [entry.name for entry in entries if not entry.name.startswith(".") and entry.is_file()]
 
     def all_machine_dirs(self) -> Iterator[Path]:
         if not self.paths.machines_dir.is_dir():
@@ -727,17 +781,68 @@ class Store:
 
     # Reading records, quarantining the unreadable
     def _bound_directory(self, machine_name: str) -> Optional[Path]:
-        slot_file = self.paths.slots_dir / machine_name
+        slot_file = os.path.join(self._slots_dir, machine_name)
         raw_text = self._read_record_text(slot_file)
         if raw_text is None:
             return None
+        remembered = self._binding_cache.get(machine_name)
+        if remembered is not None and remembered[0] == raw_text:
+            return remembered[1]
         parts = raw_text.split()
         if len(parts) < 2 or not _is_directory_part(parts[0], parts[1], machine_name):
             raise CorruptRecord(f"{slot_file}: unreadable slot binding {raw_text[:80]!r}")
-        return self.paths.machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
+        directory = self._machines_dir / f"{parts[0]}_{parts[1]}_{machine_name}"
+        with self._cache_lock:
+            if len(self._binding_cache) >= MAX_CACHED_MACHINES:
+                self._binding_cache.clear()
+            self._binding_cache[machine_name] = (raw_text, directory)
+        return directory
 
     def _load(self, directory: Path) -> Optional[StoredMachine]:
-        """The machine in `directory`; raises CorruptRecord (after quarantining) if machine.json is bad."""
+        """The machine in `directory`; raises CorruptRecord (after quarantining) if machine.json is bad.
+
+        Answered from the parsed machine while every record file's key is the one it was
+        parsed under (module docstring); read from the files otherwise.
+        """
+        key_path = os.fspath(directory)
+        keys = _machine_file_keys(key_path)
+        parsed = self._machine_cache.get(key_path) if keys is not None else None
+        if parsed is not None and parsed.keys == keys:
+            with self._cache_lock:
+                self.record_cache_hits += sum(1 for key in keys if key is not None)
+            heartbeat = _newest_heartbeat(parsed.recorded_heartbeat, self._node_heartbeat(directory.name),
+                                          parsed.line_heartbeat, parsed.line_has_time)
+            if heartbeat == parsed.stored.heartbeat:
+                return parsed.stored
+            return replace(parsed.stored, heartbeat=heartbeat)
+        loaded = self._load_from_files(directory)
+        if loaded is None:
+            return None
+        stored, heartbeat_parts = loaded
+        # Kept only if no file changed while it was read and each was read under its key
+        # (a racy file is not in the record cache: it is read again next time).
+        if keys is not None and _machine_file_keys(key_path) == keys and self._all_cached(key_path, keys):
+            with self._cache_lock:
+                if len(self._machine_cache) >= MAX_CACHED_MACHINES:
+                    self._machine_cache.clear()
+                self._machine_cache[key_path] = _ParsedMachine(keys, stored, *heartbeat_parts)
+        return stored
+
+    def _all_cached(self, key_path: str, keys: tuple[Optional[_FileKey], ...]) -> bool:
+        """Whether the record cache holds each present file of the directory under its key."""
+        with self._cache_lock:
+            for name, key in zip(_MACHINE_FILES, keys):
+                if key is None:
+                    continue
+                entry = self._record_cache.get(os.path.join(key_path, name))
+                if entry is None or entry[0] != key:
+                    return False
+        return True
+
+    def _load_from_files(
+        self, directory: Path
+    ) -> Optional[tuple[StoredMachine, tuple[Optional[Heartbeat], Optional[Heartbeat], bool]]]:
+        """The machine in `directory` read from its files, with its heartbeat's parts (_ParsedMachine)."""
         record_path = directory / RECORD_FILE
         try:
             raw_record = self._read_record_text(record_path)
@@ -755,23 +860,38 @@ class Store:
             # whatever runs under its name is destroyed (module docstring).
             self._unbind_if_bound_to(_machine_name_of(directory.name), directory)
             raise
-        return StoredMachine(
+        started_time = self._read_started(directory / STARTED_FILE)
+        recorded, line, line_has_time = self._read_heartbeat_parts(directory)
+        stored = StoredMachine(
             record=record,
             directory=directory,
-            started_time=self._read_started(directory / STARTED_FILE),
-            heartbeat=self._read_heartbeat(directory),
+            started_time=started_time,
+            heartbeat=_newest_heartbeat(recorded, self._node_heartbeat(directory.name), line, line_has_time),
             finish=self._read_finish(directory),
             destroy_request=self._read_destroy_request(directory / DESTROY_REQUESTED_FILE),
         )
+        return stored, (recorded, line, line_has_time)
 
-    def _read_record_text(self, path: Path) -> Optional[str]:
+    def _read_record_text(self, path: Union[str, Path]) -> Optional[str]:
         """A record's text, None if absent; CorruptRecord if it is unusable as one of ours.
 
-        Answered from the cache when the file's key is unchanged (module docstring).
+        Answered from the cache when the file's key is unchanged (module docstring); an
+        absent file costs one lstat.
         """
-        cached = self._cached_text(path)
-        if cached is not None:
-            return cached
+        key_path = os.fspath(path)
+        try:
+            status = os.lstat(key_path)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass  # read_capped_with_status says what is wrong
+        else:
+            if stat.S_ISREG(status.st_mode):
+                with self._cache_lock:
+                    entry = self._record_cache.get(key_path)
+                    if entry is not None and entry[0] == _file_key(status):
+                        self.record_cache_hits += 1
+                        return entry[1]
         try:
             found = read_capped_with_status(path, MAX_RECORD_BYTES)
         except UnreadableFile as error:
@@ -788,23 +908,8 @@ class Store:
         except UnicodeDecodeError as error:
             raise CorruptRecord(f"{path}: not UTF-8: {error}") from error
         if _wall_clock_ns() - status.st_mtime_ns >= RACY_SECONDS * 1_000_000_000:
-            self._cache(os.fspath(path), _file_key(status), text)
+            self._cache(key_path, _file_key(status), text)
         return text
-
-    def _cached_text(self, path: Path) -> Optional[str]:
-        """The cached text of `path` if the file's key still matches; None otherwise (one lstat)."""
-        try:
-            status = os.lstat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(status.st_mode):
-            return None
-        with self._cache_lock:
-            entry = self._record_cache.get(os.fspath(path))
-            if entry is None or entry[0] != _file_key(status):
-                return None
-            self.record_cache_hits += 1
-            return entry[1]
 
     def _cache(self, key_path: str, key: _FileKey, text: str) -> None:
         with self._cache_lock:
@@ -829,22 +934,12 @@ class Store:
             return
         self._cache(os.fspath(path), _file_key(status), text)
 
-    def _remember_touched(self, path: Path) -> None:
-        """The cache's entry for `path` follows an mtime this store moved (content unchanged)."""
-        try:
-            status = os.lstat(path)
-        except OSError:
-            return
-        with self._cache_lock:
-            entry = self._record_cache.get(os.fspath(path))
-            if entry is not None:
-                self._record_cache[os.fspath(path)] = (_file_key(status), entry[1])
-
     def _forget_directory(self, directory: Path) -> None:
         prefix = os.fspath(directory) + os.sep
         with self._cache_lock:
             for key_path in [key_path for key_path in self._record_cache if key_path.startswith(prefix)]:
                 del self._record_cache[key_path]
+            self._machine_cache.pop(os.fspath(directory), None)
         self._heartbeat_durable_time.pop(os.fspath(directory), None)
 
     def _read_started(self, path: Path) -> Optional[int]:
@@ -858,12 +953,9 @@ class Store:
             self._quarantine(path, str(error), replacement=f"{started_time}\n")
             return started_time
 
-    def _read_heartbeat(self, directory: Path) -> Optional[Heartbeat]:
-        """heartbeat.json if readable, else Vac's `heartbeat`; a newer timed `heartbeat` wins."""
+    def _read_heartbeat_parts(self, directory: Path) -> tuple[Optional[Heartbeat], Optional[Heartbeat], bool]:
+        """heartbeat.json, Vac's `heartbeat`, and whether that line has its own time (_newest_heartbeat)."""
         recorded = self._read_heartbeat_record(directory / HEARTBEAT_RECORD_FILE)
-        node = self._node_heartbeat(directory.name)
-        if node is not None and (recorded is None or node.time > recorded.time):
-            recorded = node
         path = directory / HEARTBEAT_FILE
         raw_text: Optional[str] = None
         try:
@@ -872,13 +964,7 @@ class Store:
         except CorruptRecord as error:
             self._quarantine(path, str(error))
             line = None
-        if recorded is None:
-            return line
-        # Only a line with its own time (an earlier vacd's third field) can be compared:
-        # Vac's two fields carry none, and its mtime is always a moment after the record's.
-        if line is not None and _heartbeat_line_has_time(raw_text) and line.time > recorded.time:
-            return line
-        return recorded
+        return recorded, line, line is not None and _heartbeat_line_has_time(raw_text)
 
     def _read_heartbeat_record(self, path: Path) -> Optional[Heartbeat]:
         try:
@@ -1008,6 +1094,42 @@ class Store:
                 (self.paths.slots_dir / machine_name).unlink()
             except FileNotFoundError:
                 pass
+
+
+def _machine_file_keys(directory: str) -> Optional[tuple[Optional[_FileKey], ...]]:
+    """One lstat of each of a machine directory's record files: its key, or None if absent.
+
+    None for the whole if any is there but not a regular file: that machine is read from
+    its files every time (they say what is wrong with it).
+    """
+    keys: list[Optional[_FileKey]] = []
+    for name in _MACHINE_FILES:
+        try:
+            status = os.lstat(os.path.join(directory, name))
+        except FileNotFoundError:
+            keys.append(None)
+            continue
+        except OSError:
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            return None
+        keys.append(_file_key(status))
+    return tuple(keys)
+
+
+def _newest_heartbeat(
+    recorded: Optional[Heartbeat], node: Optional[Heartbeat], line: Optional[Heartbeat], line_has_time: bool
+) -> Optional[Heartbeat]:
+    """heartbeat.json or the node file's entry, the newer; else Vac's line; a newer timed line wins."""
+    if node is not None and (recorded is None or node.time > recorded.time):
+        recorded = node
+    if recorded is None:
+        return line
+    # Only a line with its own time (an earlier vacd's third field) can be compared:
+    # Vac's two fields carry none, and its mtime is always a moment after the record's.
+    if line is not None and line_has_time and line.time > recorded.time:
+        return line
+    return recorded
 
 
 def _wall_clock() -> float:

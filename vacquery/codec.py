@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from vacquery.errors import MalformedDatagram as MalformedDatagram  # re-exported: callers catch it from here
 from vacquery.messages import (
@@ -353,9 +353,42 @@ def encode(message: Message) -> bytes:
     return encode_query(message)
 
 
+class EncodedBodies(Mapping[MessageType, tuple[bytes, ...]]):
+    """A snapshot's status bodies per query type, each type encoded the first time it is asked for.
+
+    A factory publishes a snapshot every pass, and most are never asked for machines (one
+    status per slot): encoding those at publication cost a pass at 128 slots about as much
+    as reading every slot's records (issue 15 item 2). Once encoded, a type's bodies are
+    kept with the snapshot, so every later answer costs a join. Read from one thread (the
+    responder's event loop); two threads asking at once would encode the same bytes twice.
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._encoded: dict[MessageType, tuple[bytes, ...]] = {}
+
+    def __getitem__(self, query_type: MessageType) -> tuple[bytes, ...]:
+        bodies = self._encoded.get(query_type)
+        if bodies is None:
+            if query_type not in QUERY_CLASSES:
+                raise KeyError(query_type)
+            bodies = tuple(encode_status_body(status) for status in self._snapshot.statuses_for(query_type))
+            for body in bodies:
+                if len(body) + _STAMP_OVERHEAD_BYTES > MAX_DATAGRAM_BYTES:
+                    raise ValueError(f"status of {len(body)} bytes cannot fit a datagram")
+            self._encoded[query_type] = bodies
+        return bodies
+
+    def __iter__(self) -> Iterator[MessageType]:
+        return iter(QUERY_CLASSES)
+
+    def __len__(self) -> int:
+        return len(QUERY_CLASSES)
+
+
 @dataclass(frozen=True)
 class EncodedSnapshot:
-    """A snapshot with every status pre-encoded, so answering costs a join, not a json.dumps."""
+    """A snapshot whose statuses are encoded once, so answering costs a join, not a json.dumps."""
 
     snapshot: Snapshot
     bodies: Mapping[MessageType, tuple[bytes, ...]]  # keyed by query type
@@ -371,16 +404,12 @@ class EncodedSnapshot:
 
 
 def encode_snapshot(snapshot: Snapshot) -> EncodedSnapshot:
-    """Encode a published snapshot once; the responder stamps cookie and time per reply."""
-    bodies = {
-        query_type: tuple(encode_status_body(status) for status in snapshot.statuses_for(query_type))
-        for query_type in QUERY_CLASSES
-    }
-    for encoded in bodies.values():
-        for body in encoded:
-            if len(body) + _STAMP_OVERHEAD_BYTES > MAX_DATAGRAM_BYTES:
-                raise ValueError(f"status of {len(body)} bytes cannot fit a datagram")
-    return EncodedSnapshot(snapshot, bodies)
+    """A published snapshot, each query type's statuses encoded once, when first asked for.
+
+    The responder stamps cookie and time per reply. A status too big for a datagram raises
+    ValueError when its type is first asked for (our own statuses cap every text, so none is).
+    """
+    return EncodedSnapshot(snapshot, EncodedBodies(snapshot))
 
 
 # Decoding

@@ -17,7 +17,7 @@ Rules:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional, Union
 
@@ -47,11 +47,15 @@ class MachineState(str, Enum):
 
 
 def _check_finite(message: object) -> None:
-    """Reject NaN and infinities in float fields: they have no JSON form (§3.1)."""
-    for field in fields(message):  # type: ignore[arg-type]
-        value = getattr(message, field.name)
+    """Reject NaN and infinities in float fields: they have no JSON form (§3.1).
+
+    The instance's own attributes are its fields (these dataclasses have no slots, and the
+    class's `message_type` is not one): read at once, not field by field through
+    dataclasses.fields, as the factory makes one status per slot every pass (issue 15).
+    """
+    for name, value in vars(message).items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{type(message).__name__}.{field.name} is not finite: {value!r}")
+            raise ValueError(f"{type(message).__name__}.{name} is not finite: {value!r}")
 
 
 def _check_not_negative(message: object, *names: str) -> None:

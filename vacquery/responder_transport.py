@@ -58,10 +58,11 @@ class ResponderProtocol(asyncio.DatagramProtocol):
         self._transport: Optional[asyncio.DatagramTransport] = None
 
     def publish(self, snapshot: Snapshot) -> None:
-        """Answer from `snapshot` from now on (encoded once here).
+        """Answer from `snapshot` from now on (each query type encoded once, when first asked for).
 
-        Safe to call from the factory's thread: the encoded snapshot is swapped in by one
-        attribute assignment, which the event loop thread sees whole or not at all.
+        Safe to call from the factory's thread: the snapshot is swapped in by one attribute
+        assignment, which the event loop thread sees whole or not at all; the encoding
+        (vacquery.codec.EncodedBodies) then happens on the event loop's thread only.
         """
         self._encoded = encode_snapshot(snapshot)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 from tests.vacd.test_factory import Harness, make_machinetype, make_settings
 from vacd.factory import Fault, PassReport, SlotError
 from vacd.paths import Paths
-from vacd.status import counts_line, pass_completed, publish_status, status_document
+from vacd.status import counts_line, pass_completed, publish_status, status_document, write_heartbeat
 
 
 def test_status_counts_live_machines_per_machinetype_and_vac_counts_line(tmp_path: Path) -> None:
@@ -74,3 +77,18 @@ def test_a_pass_under_a_bad_configuration_or_without_a_listing_has_not_completed
     assert not pass_completed(PassReport(1, settings, {}, observe_error="list machines: libvirtd gone"))
     assert not pass_completed(PassReport(1, settings, {}, faults=[Fault("listing", "libvirtd gone", 1)]))
     assert pass_completed(PassReport(1, settings, {}, faults=[Fault("disk", "312 MiB free", 1)]))
+
+
+def test_part_heartbeats_are_replaced_whole_without_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three renames a pass, each stale after an OS crash anyway: atomic for readers, never fsync-ed (issue 15)."""
+    paths = Paths(tmp_path)
+    paths.heartbeat_file("loop").parent.mkdir(parents=True)
+    fsyncs: list[int] = []
+    monkeypatch.setattr(os, "fsync", fsyncs.append)
+    for now in (1_700_000_000, 1_700_000_001):
+        for part in ("loop", "factory", "responder"):
+            write_heartbeat(paths, part, now)
+    assert fsyncs == []
+    assert {part: paths.heartbeat_file(part).read_text() for part in ("loop", "factory", "responder")} == {
+        part: "1700000001\n" for part in ("loop", "factory", "responder")}
+    assert not [name for name in os.listdir(paths.heartbeat_file("loop").parent) if name.endswith(".tmp")]

@@ -164,22 +164,22 @@ def test_heartbeats_are_fsynced_once_a_minute_per_machine_not_every_pass(
     assert loaded is not None and loaded.heartbeat == Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 60.0, 10.0)
 
 
-def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_only_touched_between(tmp_path: Path) -> None:
-    """Vac 03 rewrote it once a cycle and read the heartbeat time from its mtime, which still moves every pass."""
+def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_left_alone_between(tmp_path: Path) -> None:
+    """Vac 03 rewrote it once a 60 s cycle (its mtime was the heartbeat time): so does vacd, and no more."""
     store = Store(Paths(tmp_path))
     directory = store.begin_creation(record())
     store.mark_started(record(), 1001)
-    os.utime(directory / "heartbeat", (1, 1))
-    store.slot_binding(NAME)  # read back at its old mtime, so the cache knows the file again
     before = os.lstat(directory / "heartbeat")
-    store.write_heartbeat(record(), Heartbeat(1011, 5.9, 59.0))
+    for now in range(1011, 1001 + HEARTBEAT_DURABLE_SECONDS, 10):
+        store.write_heartbeat(record(), Heartbeat(now, float(now - 1001), 59.0))
     after = os.lstat(directory / "heartbeat")
     assert (directory / "heartbeat").read_text() == "0.0 0.0\n"
-    assert after.st_ino == before.st_ino and after.st_mtime > 1
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not even touched
     store.flush_heartbeats()
-    assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1011, 5.9, 59.0)  # type: ignore[union-attr]
+    assert Store(Paths(tmp_path)).slot_binding(NAME).heartbeat == Heartbeat(1051, 50.0, 59.0)  # type: ignore[union-attr]
     store.write_heartbeat(record(), Heartbeat(1001 + HEARTBEAT_DURABLE_SECONDS, 30.0, 50.0))
     assert (directory / "heartbeat").read_text() == "30 50.0\n"
+    assert os.lstat(directory / "heartbeat").st_ino != before.st_ino
 
 
 def test_a_pass_over_an_unchanged_node_opens_no_record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -245,3 +245,129 @@ def test_a_heartbeat_not_yet_flushed_is_read_by_the_same_store(tmp_path: Path) -
     store.mark_started(record(), 1001)
     store.write_heartbeat(record(), Heartbeat(1011, 3.0, 30.0))
     assert store.slot_binding(NAME).heartbeat == Heartbeat(1011, 3.0, 30.0)  # type: ignore[union-attr]
+
+
+class ParseCounter:
+    """Counts the store's parses of machine records, by wrapping its parsers."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.parsed: list[str] = []
+        real_record = vacd.store.MachineRecord.from_json.__func__  # type: ignore[attr-defined]
+        real_time = vacd.store._parse_time
+        real_heartbeat = vacd.store._parse_heartbeat_json
+
+        def record_from_json(cls: type, raw_text: str) -> MachineRecord:
+            self.parsed.append("machine.json")
+            return real_record(cls, raw_text)  # type: ignore[no-any-return]
+
+        def parse_time(raw_text: str) -> int:
+            self.parsed.append("started")
+            return real_time(raw_text)
+
+        def parse_heartbeat_json(raw_text: str, path: Path) -> Heartbeat:
+            self.parsed.append(path.name)
+            return real_heartbeat(raw_text, path)
+
+        monkeypatch.setattr(vacd.store.MachineRecord, "from_json", classmethod(record_from_json))
+        monkeypatch.setattr(vacd.store, "_parse_time", parse_time)
+        monkeypatch.setattr(vacd.store, "_parse_heartbeat_json", parse_heartbeat_json)
+
+    def take(self) -> list[str]:
+        parsed, self.parsed = self.parsed, []
+        return sorted(parsed)
+
+
+def test_a_pass_over_an_unchanged_node_parses_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()  # fills the four slots
+    harness.clock.advance(10)
+    harness.run_pass()
+    parses = ParseCounter(monkeypatch)
+    for _ in range(3):
+        harness.clock.advance(10)
+        report = harness.run_pass()
+        assert [slot.state for slot in report.slots] == ["Running"] * 4
+        assert parses.take() == []
+    # The heartbeats still move every pass (a slot shows the last pass's, read before this
+    # pass writes its own): they come from memory, not from a parse.
+    assert {slot.machine.heartbeat.time for slot in report.slots if slot.machine and slot.machine.heartbeat} == {
+        int(harness.clock()) - 10}
+
+
+def test_a_record_another_writer_adds_between_lookups_is_seen(tmp_path: Path) -> None:
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    assert store.slot_binding(NAME).destroy_request is None  # type: ignore[union-attr]
+    assert store.slot_binding(NAME).destroy_request is None  # type: ignore[union-attr]  # now from the parsed machine
+    write_atomic(directory / "destroy_requested", '{"requested_time": 1500, "shutdown_message": null}\n')
+    stopping = store.slot_binding(NAME)
+    assert stopping is not None and stopping.destroy_request is not None
+    assert stopping.destroy_request.requested_time == 1500
+    (directory / "destroy_requested").unlink()
+    assert store.slot_binding(NAME).destroy_request is None  # type: ignore[union-attr]
+
+
+def test_a_machine_record_edited_in_place_with_its_size_and_mtime_kept_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the ctime shows this edit: the parsed machine must not hide it."""
+    store = Store(Paths(tmp_path))
+    directory = store.begin_creation(record())
+    store.mark_started(record(), 1001)
+    age_everything(tmp_path)
+    first = store.slot_binding(NAME)
+    assert first is not None and store.slot_binding(NAME) is first  # answered from the parsed machine
+    path = directory / "machine.json"
+    old = os.lstat(path)
+    edited = path.read_text().replace('"shutdown_time": 4600', '"shutdown_time": 4000')
+    assert len(edited) == old.st_size
+    with open(path, "r+") as in_place:
+        in_place.write(edited)
+    os.utime(path, ns=(old.st_atime_ns, old.st_mtime_ns))
+    parses = ParseCounter(monkeypatch)
+    second = store.slot_binding(NAME)
+    assert second is not None and second.record.shutdown_time == 4000
+    assert parses.take() == ["heartbeat.json", "machine.json", "started"]
+
+
+def test_a_machine_whose_files_are_within_the_racy_window_is_parsed_at_every_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change in the same timestamp tick could keep every key: such files are never trusted."""
+    writer = Store(Paths(tmp_path))
+    writer.begin_creation(record())
+    writer.mark_started(record(), 1001)
+    store = Store(Paths(tmp_path))  # did not write them, and they are seconds old
+    parses = ParseCounter(monkeypatch)
+    store.slot_binding(NAME)
+    store.slot_binding(NAME)
+    assert parses.take().count("machine.json") == 2
+
+
+def test_a_pass_lstats_each_record_file_once_and_opens_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work left in an unchanged pass: one lstat per record file (a change by hand is seen at once)."""
+    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
+    harness.run_pass()
+    harness.clock.advance(10)
+    harness.run_pass()
+    looked_at: list[str] = []
+    real_lstat = os.lstat
+
+    def counting_lstat(path: "os.PathLike[str] | str", *arguments: object, **options: object) -> os.stat_result:
+        looked_at.append(os.path.basename(os.fspath(path)))
+        return real_lstat(path, *arguments, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "lstat", counting_lstat)
+    counter = OpenCounter(monkeypatch)
+    harness.clock.advance(10)
+    harness.run_pass()
+    assert counter.take() == []
+    per_slot = sorted(name for name in looked_at if name in (
+        "machine.json", "started", "heartbeat.json", "heartbeat", "finished.json", "finished", "destroy_requested"))
+    assert per_slot == sorted(["machine.json", "started", "heartbeat.json", "heartbeat", "finished.json", "finished",
+                               "destroy_requested"] * 4)
+    # The node file is this store's own: looked at once, after its write, not once a slot.
+    assert looked_at.count("heartbeats.json") == 1
