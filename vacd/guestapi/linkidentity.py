@@ -16,8 +16,8 @@ the kernel's own tables must say that its frames come from slot n's tap.
    takes a neighbour's MAC as well as its address is learnt on its own tap, and fails here.
 
 Rules:
-- One refresh reads the bridge's tables whole (its neighbours, its forwarding database and
-  the links), and every source is answered from that snapshot with dictionary lookups. A
+- One refresh reads the bridge's tables whole (its neighbours, IPv4 and IPv6 in one dump,
+  and its forwarding database, whose permanent entries are the ports' own MACs), and every source is answered from that snapshot with dictionary lookups. A
   snapshot answers for CACHE_SECONDS from the moment its reading began; then the next
   check waits for a new one. Under traffic it is renewed ahead of time: a check that finds
   it older than REFRESH_AHEAD_SECONDS starts a refresh and answers from the one it has, so
@@ -67,6 +67,7 @@ TAP_FIRST_OCTET = "fe"
 _NUD_INCOMPLETE = 0x01
 _NUD_FAILED = 0x20
 _NUD_NOARP = 0x40
+_NUD_PERMANENT = 0x80
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,9 @@ class BridgeTables:
     neighbour_macs: dict[str, str] = field(default_factory=dict)
     # MAC -> index of the bridge port it was learnt on (the first entry, as the kernel lists them).
     fdb_ports: dict[str, int] = field(default_factory=dict)
-    # Interface index -> (name, MAC).
-    links: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Port index -> the port's own MACs: the bridge keeps a permanent ("local") forwarding
+    # entry for each port's address, so the tap's MAC is read with the FDB, no link dump.
+    port_macs: dict[int, frozenset[str]] = field(default_factory=dict)
 
     def refusal(self, address: str, slot_mac: str) -> Optional[str]:
         """None if `address`'s frames come from the tap of the guest whose MAC is `slot_mac`, else why not."""
@@ -92,9 +94,10 @@ class BridgeTables:
         port_index = self.fdb_ports.get(slot_mac)
         if port_index is None:
             return f"{slot_mac} is in no forwarding entry of {self.bridge}"
-        port_name, port_mac = self.links.get(port_index, (str(port_index), ""))
-        if port_mac != tap_mac_for(slot_mac):
-            return f"{slot_mac} arrives on port {port_name} whose MAC {port_mac} is not that slot's tap"
+        own_macs = self.port_macs.get(port_index, frozenset())
+        if tap_mac_for(slot_mac) not in own_macs:
+            shown = ", ".join(sorted(own_macs)) or "unknown"
+            return f"{slot_mac} arrives on port ifindex {port_index} whose MAC ({shown}) is not that slot's tap"
         return None
 
 
@@ -117,6 +120,8 @@ class LinkIdentity:
         self._tables: Union[BridgeTables, tuple[float, str], None] = None
         self._refresh_ahead: Optional["Future[None]"] = None
         self._refusals_confirmed: dict[tuple[str, str], float] = {}
+        # (source, MAC) -> the snapshot that confirmed it: the hot path is two dictionary lookups.
+        self._confirmed_by: dict[tuple[str, str], BridgeTables] = {}
         self._refusals_logged: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self.refusals = 0
@@ -150,6 +155,13 @@ class LinkIdentity:
         slot_mac = slot_mac.lower()
         key = (source, slot_mac)
         now = self.clock()
+        current = self._tables
+        if isinstance(current, BridgeTables) and self._confirmed_by.get(key) is current:
+            age = now - current.taken_at
+            if 0.0 <= age < CACHE_SECONDS:
+                if age >= REFRESH_AHEAD_SECONDS:
+                    self._start_refresh_ahead()
+                return True
         confirmed = self._refusals_confirmed.get(key)
         if confirmed is not None and now - confirmed < CACHE_SECONDS:
             return False
@@ -161,9 +173,14 @@ class LinkIdentity:
         reason = self._answer(tables, address, slot_mac)
         if reason is not None and not read_now:
             # The snapshot may predate this guest's first frames: ask the kernel again.
-            reason = self._answer(self._read(now), address, slot_mac)
+            tables = self._read(now)
+            reason = self._answer(tables, address, slot_mac)
         if reason is not None:
             return self._refused(key, reason, now)
+        if isinstance(tables, BridgeTables):
+            if len(self._confirmed_by) >= MAX_CACHED_SOURCES:
+                self._confirmed_by.clear()
+            self._confirmed_by[key] = tables
         return True
 
     @property
@@ -230,23 +247,27 @@ class LinkIdentity:
         try:
             handle, bridge_index = self._netlink()
             neighbour_macs: dict[str, str] = {}
-            for family in (socket.AF_INET, socket.AF_INET6):
-                for entry in handle.get_neighbours(family=family, ifindex=bridge_index):
-                    if entry["state"] & (_NUD_INCOMPLETE | _NUD_FAILED | _NUD_NOARP):
-                        continue
-                    destination = entry.get_attr("NDA_DST")
-                    lladdr = entry.get_attr("NDA_LLADDR")
-                    if destination and lladdr:
-                        neighbour_macs.setdefault(str(ipaddress.ip_address(destination)), str(lladdr).lower())
+            # IPv4 and IPv6 in one dump (AF_UNSPEC), of the bridge's entries only.
+            for entry in handle.get_neighbours(family=socket.AF_UNSPEC, ifindex=bridge_index):
+                if entry["family"] not in (socket.AF_INET, socket.AF_INET6) or \
+                        entry["state"] & (_NUD_INCOMPLETE | _NUD_FAILED | _NUD_NOARP):
+                    continue
+                destination = entry.get_attr("NDA_DST")
+                lladdr = entry.get_attr("NDA_LLADDR")
+                if destination and lladdr:
+                    neighbour_macs.setdefault(str(ipaddress.ip_address(destination)), str(lladdr).lower())
             fdb_ports: dict[str, int] = {}
+            port_macs: dict[int, set[str]] = {}
             for entry in handle.get_neighbours(family=socket.AF_BRIDGE, master=bridge_index):
                 lladdr = entry.get_attr("NDA_LLADDR")
-                if lladdr:
-                    fdb_ports.setdefault(str(lladdr).lower(), int(entry["ifindex"]))
-            links = {int(link["index"]): (str(link.get_attr("IFLA_IFNAME") or link["index"]),
-                                          str(link.get_attr("IFLA_ADDRESS") or "").lower())
-                     for link in handle.get_links()}
-            return BridgeTables(taken_at, self.bridge, neighbour_macs, fdb_ports, links)
+                if not lladdr:
+                    continue
+                mac, port_index = str(lladdr).lower(), int(entry["ifindex"])
+                fdb_ports.setdefault(mac, port_index)
+                if entry["state"] & _NUD_PERMANENT:
+                    port_macs.setdefault(port_index, set()).add(mac)
+            return BridgeTables(taken_at, self.bridge, neighbour_macs, fdb_ports,
+                                {port_index: frozenset(macs) for port_index, macs in port_macs.items()})
         except Exception as error:  # pyroute2 raises NetlinkError and OSError subclasses
             self._close_handle()
             self._bridge_index = None
@@ -269,6 +290,7 @@ class LinkIdentity:
         if len(self._refusals_confirmed) >= MAX_CACHED_SOURCES:
             self._refusals_confirmed.clear()
         self._refusals_confirmed[key] = now
+        self._confirmed_by.pop(key, None)
         self.refusals += 1
         self._log_refusal(key[0], reason, now)
         return False
