@@ -21,6 +21,12 @@ Runs, one after the other against fresh server processes:
   20 x the forking server's measured throughput) with exponential think times, and
   latency counts from each request's scheduled start (no coordinated omission).
 
+`--runs` picks runs, `--loop` vacd's event loop (default: uvloop where installed, as vacd
+picks), `--load-nice` and `--pin` how the load processes share the CPUs with the server.
+Where the host tracks connections (nf_conntrack), each run first waits for room in the
+table, and reports the packets the table dropped during it ("ct drops": non-zero means
+SYNs were lost and the latencies are not the server's).
+
 Run as root or not (loopback only):
     .venv/bin/python bench/metadata_service.py --duration 10
 """
@@ -534,6 +540,39 @@ def stop_server(process: multiprocessing.process.BaseProcess) -> None:
 
 
 RUNS = ("fork", "close", "keepalive", "paced")
+CONNTRACK_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
+CONNTRACK_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+CONNTRACK_STAT = Path("/proc/net/stat/nf_conntrack")
+# Where the host loads nf_conntrack (libvirt's NAT rules do), every loopback connection of a
+# run is tracked for 120 s after it closes. A full table drops SYNs, and the clients then wait
+# out 1 s and 3 s retransmissions, which would be charged to the server: before each run the
+# table must have room for this many entries (about 12 s at 10,000 connections a second).
+CONNTRACK_ROOM = 130_000
+CONNTRACK_WAIT_SECONDS = 180.0
+
+
+def conntrack_drops() -> int:
+    """Packets nf_conntrack dropped so far (table full), summed over CPUs; 0 without conntrack."""
+    try:
+        lines = CONNTRACK_STAT.read_text().split("\n")
+    except OSError:
+        return 0
+    column = lines[0].split().index("drop")
+    return sum(int(line.split()[column], 16) for line in lines[1:] if line.strip())
+
+
+def wait_for_conntrack_room() -> float:
+    """Wait (at most CONNTRACK_WAIT_SECONDS) until the table has CONNTRACK_ROOM free; seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < CONNTRACK_WAIT_SECONDS:
+        try:
+            free = int(CONNTRACK_MAX.read_text()) - int(CONNTRACK_COUNT.read_text())
+        except (OSError, ValueError):
+            return 0.0
+        if free >= CONNTRACK_ROOM:
+            break
+        time.sleep(5)
+    return time.monotonic() - started
 
 
 def default_loop_kind() -> str:
@@ -592,10 +631,12 @@ def main() -> None:
             if rate is not None:
                 rate = arguments.paced_rate or 20 * results[forking]["requests_per_second"]
                 name = f"{name} {rate:.0f}/s"
+            waited = wait_for_conntrack_room()
             process, port = start_server(target, prefix, loop_kind, server_cpus)
             try:
                 assert process.pid is not None
                 load_average = os.getloadavg()[0]
+                drops_before = conntrack_drops()
                 results[name] = measure(
                     port,
                     process.pid,
@@ -609,6 +650,9 @@ def main() -> None:
                     load_cpus,
                 )
                 results[name]["load_average_at_start"] = load_average
+                results[name]["conntrack_wait_seconds"] = waited
+                # Non-zero: SYNs were lost to a full table and the latencies are not the server's.
+                results[name]["conntrack_drops"] = conntrack_drops() - drops_before
             finally:
                 stop_server(process)
     if arguments.json:
@@ -620,7 +664,7 @@ def main() -> None:
           f" {os.cpu_count()} CPUs")
     print(
         f"{'server':40} {'req/s':>9} {'x fork':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
-        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9} {'loadavg':>7}"
+        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9} {'loadavg':>7} {'ct drops':>8}"
     )
     for name, result in results.items():
         print(
@@ -628,6 +672,7 @@ def main() -> None:
             f" {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} {result['max_ms']:8.1f} {result['errors']:7d}"
             f" {result['server_cpu_percent']:8.0f} {result['server_cpu_us_per_request']:10.0f}"
             f" {result['load_cpu_percent']:9.0f} {result['load_average_at_start']:7.2f}"
+            f" {result['conntrack_drops']:8d}"
         )
 
 
