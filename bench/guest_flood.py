@@ -44,7 +44,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.metadata_service import SERVER_ADDRESS, make_site, make_settings_only, source_to_ordinal  # noqa: E402
+from bench.metadata_service import (SERVER_ADDRESS, default_loop_kind, make_site, make_settings_only,  # noqa: E402
+                                    source_to_ordinal)
 from bench.responder import FACTORY, SPACE, site_snapshot  # noqa: E402
 
 QUIET_SOURCE = "127.0.0.3"
@@ -55,7 +56,8 @@ LAYOUTS = ("before", "after")
 
 
 # The server process (spawned: a fresh interpreter, as vacd is)
-def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int, int]]") -> None:
+def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int, int]]",
+               guest_loop_kind: str = "asyncio") -> None:
     from vacd.daemon import ServiceLoop
     from vacd.guestapi.connection import ConnectionLimits
     from vacd.guestapi.server import GuestApiServer
@@ -71,7 +73,12 @@ def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int
         limits = ConnectionLimits(requests_per_second_per_slot=1e12, request_burst_per_slot=10**12)
     else:
         limits = ConnectionLimits()
-    guest_loop = ServiceLoop("vacd-guestapi")
+    # As vacd runs them since issue 15 item 3: the guest loop on uvloop where installed. The
+    # keyword is passed only when needed, so this script also runs a tree from before it.
+    if layout == "before":
+        guest_loop_kind = "asyncio"  # one asyncio loop for both, as before either change
+    guest_loop = ServiceLoop("vacd-guestapi", guest_loop_kind) if guest_loop_kind != "asyncio" else \
+        ServiceLoop("vacd-guestapi")
     vacquery_loop = guest_loop if layout == "before" else ServiceLoop("vacd-vacquery")
     for loop in {id(guest_loop): guest_loop, id(vacquery_loop): vacquery_loop}.values():
         loop.start()
@@ -330,7 +337,7 @@ def phase(ports: tuple[int, int], server_pid: int, arguments: argparse.Namespace
 def run_layout(layout: str, arguments: argparse.Namespace, prefix: str) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     ports: "multiprocessing.Queue[tuple[int, int]]" = context.Queue()
-    server = context.Process(target=run_server, args=(prefix, layout, ports))
+    server = context.Process(target=run_server, args=(prefix, layout, ports, arguments.guest_loop))
     server.start()
     try:
         server_ports = ports.get(timeout=60)
@@ -362,8 +369,12 @@ def main() -> None:
                         help="the flooding slot reuses its connections (HTTP/1.1), reconnecting when closed")
     parser.add_argument("--flood-nice", type=int, default=10, help="the flooding process's niceness")
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--guest-loop", choices=("asyncio", "uvloop"), default=None,
+                        help="the guest servers' event loop (default: what vacd picks here, uvloop if installed)")
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
+    if arguments.guest_loop is None:
+        arguments.guest_loop = default_loop_kind()
     results = []
     with tempfile.TemporaryDirectory(prefix="vac-guest-flood-") as prefix:
         make_site(Path(prefix))

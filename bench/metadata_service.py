@@ -21,6 +21,12 @@ Runs, one after the other against fresh server processes:
   20 x the forking server's measured throughput) with exponential think times, and
   latency counts from each request's scheduled start (no coordinated omission).
 
+`--runs` picks runs, `--loop` vacd's event loop (default: uvloop where installed, as vacd
+picks), `--load-nice` and `--pin` how the load processes share the CPUs with the server.
+Where the host tracks connections (nf_conntrack), each run first waits for room in the
+table, and reports the packets the table dropped during it ("ct drops": non-zero means
+SYNs were lost and the latencies are not the server's).
+
 Run as root or not (loopback only):
     .venv/bin/python bench/metadata_service.py --duration 10
 """
@@ -138,10 +144,28 @@ def make_site(prefix: Path) -> tuple[Paths, Settings]:
 
 
 # Servers
-def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]") -> None:
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """An event loop of `kind`, chosen here rather than through vacd.eventloop, so that the
+    same script can run a tree from before that module (`--loop asyncio`)."""
+    if kind == "uvloop":
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        return loop
+    return asyncio.new_event_loop()
+
+
+def pin_to(cpus: Optional[set[int]]) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_kind: str = "asyncio",
+                    cpus: Optional[set[int]] = None) -> None:
     from vacd.guestapi.connection import ConnectionLimits
     from vacd.guestapi.server import GuestApiServer
 
+    pin_to(cpus)
     paths = Paths(Path(prefix))
     settings = make_settings_only()
 
@@ -166,7 +190,11 @@ def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]") -> No
         await stop.wait()
         await server.stop()
 
-    asyncio.run(main())
+    loop = new_loop(loop_kind)
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 def make_settings_only() -> Settings:
@@ -199,7 +227,9 @@ class UncachedFiles:
             return []
 
 
-def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[int]") -> None:
+def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_kind: str = "asyncio",
+                       cpus: Optional[set[int]] = None) -> None:
+    pin_to(cpus)
     paths = Paths(Path(prefix))
     settings = make_settings_only()
     store = Store(paths)
@@ -281,6 +311,8 @@ def run_load_process(
     duration: float,
     out: Any,
     interval: Optional[float] = None,
+    nice: int = 0,
+    cpus: Optional[set[int]] = None,
 ) -> None:
     """Drive `clients` clients with one epoll loop (cheaper per request than asyncio).
 
@@ -289,6 +321,9 @@ def run_load_process(
     previous *scheduled* start, and latency runs from the scheduled start, so a slow server
     is charged for the queueing it causes (no coordinated omission).
     """
+    pin_to(cpus)
+    if nice:
+        os.nice(nice)
     pacing = random.Random(first_client)
     waiting: list[tuple[float, int, _Client]] = []
     version = "HTTP/1.1" if keepalive else "HTTP/1.0"
@@ -430,6 +465,8 @@ def measure(
     warmup: float,
     duration: float,
     rate: Optional[float] = None,
+    load_nice: int = 0,
+    load_cpus: Optional[set[int]] = None,
 ) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     pipes = []
@@ -440,7 +477,8 @@ def measure(
         receiver, sender = context.Pipe(duplex=False)
         interval = clients / rate if rate else None
         worker = context.Process(
-            target=run_load_process, args=(first, count, port, keepalive, warmup, duration, sender, interval)
+            target=run_load_process, args=(first, count, port, keepalive, warmup, duration, sender, interval, load_nice,
+                                              load_cpus)
         )
         worker.start()
         sender.close()
@@ -482,11 +520,12 @@ def measure(
     }
 
 
-def start_server(target: Any, prefix: str) -> tuple[multiprocessing.process.BaseProcess, int]:
+def start_server(target: Any, prefix: str, loop_kind: str = "asyncio",
+                 cpus: Optional[set[int]] = None) -> tuple[multiprocessing.process.BaseProcess, int]:
     # A fresh interpreter, not a fork of this one (which has imported the factory side).
     context = multiprocessing.get_context("spawn")
     port_queue: "multiprocessing.Queue[int]" = context.Queue()
-    process = context.Process(target=target, args=(prefix, port_queue))
+    process = context.Process(target=target, args=(prefix, port_queue, loop_kind, cpus))
     process.start()
     return process, port_queue.get(timeout=30)
 
@@ -498,6 +537,51 @@ def stop_server(process: multiprocessing.process.BaseProcess) -> None:
     if process.is_alive() and process.pid is not None:
         os.kill(process.pid, signal.SIGKILL)
         process.join()
+
+
+RUNS = ("fork", "close", "keepalive", "paced")
+CONNTRACK_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
+CONNTRACK_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
+CONNTRACK_STAT = Path("/proc/net/stat/nf_conntrack")
+# Where the host loads nf_conntrack (libvirt's NAT rules do), every loopback connection of a
+# run is tracked for 120 s after it closes. A full table drops SYNs, and the clients then wait
+# out 1 s and 3 s retransmissions, which would be charged to the server: before each run the
+# table must have room for this many entries (about 12 s at 10,000 connections a second).
+CONNTRACK_ROOM = 130_000
+CONNTRACK_WAIT_SECONDS = 180.0
+
+
+def conntrack_drops() -> int:
+    """Packets nf_conntrack dropped so far (table full), summed over CPUs; 0 without conntrack."""
+    try:
+        lines = CONNTRACK_STAT.read_text().split("\n")
+    except OSError:
+        return 0
+    column = lines[0].split().index("drop")
+    return sum(int(line.split()[column], 16) for line in lines[1:] if line.strip())
+
+
+def wait_for_conntrack_room() -> float:
+    """Wait (at most CONNTRACK_WAIT_SECONDS) until the table has CONNTRACK_ROOM free; seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < CONNTRACK_WAIT_SECONDS:
+        try:
+            free = int(CONNTRACK_MAX.read_text()) - int(CONNTRACK_COUNT.read_text())
+        except (OSError, ValueError):
+            return 0.0
+        if free >= CONNTRACK_ROOM:
+            break
+        time.sleep(5)
+    return time.monotonic() - started
+
+
+def default_loop_kind() -> str:
+    """What vacd's guest servers run on here (vacd.eventloop's `auto`): uvloop if it imports."""
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
 
 
 def main() -> None:
@@ -512,26 +596,47 @@ def main() -> None:
         default=None,
         help="offered requests/s of the paced run (default: 20 x the forking server's throughput)",
     )
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help=f"which runs, comma-separated, of {','.join(RUNS)} (paced without fork needs --paced-rate)")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None,
+                        help="vacd's event loop (default: what vacd picks here, uvloop if installed)")
+    parser.add_argument("--load-nice", type=int, default=0, help="niceness of the load processes")
+    parser.add_argument("--pin", action="store_true",
+                        help="server on CPU 0, load processes on CPU 1 (each its own core)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     arguments = parser.parse_args()
+    wanted = arguments.runs.split(",")
+    unknown = set(wanted) - set(RUNS)
+    if unknown:
+        parser.error(f"unknown runs {sorted(unknown)}; choose from {','.join(RUNS)}")
+    if "paced" in wanted and "fork" not in wanted and arguments.paced_rate is None:
+        parser.error("the paced run without the forking one needs --paced-rate")
+    loop_kind = arguments.loop or default_loop_kind()
+    server_cpus = {0} if arguments.pin else None
+    load_cpus = {1} if arguments.pin else None
 
     results: dict[str, dict[str, Any]] = {}
     forking = "forking HTTP/1.0 (Vac 03)"
     with tempfile.TemporaryDirectory(prefix="vac-bench-") as prefix:
         make_site(Path(prefix))
-        runs: list[tuple[str, Any, bool, Optional[float]]] = [
-            (forking, run_forking_server, False, None),
-            ("vacd asyncio, connection per request", run_vacd_server, False, None),
-            ("vacd asyncio, HTTP/1.1 keep-alive", run_vacd_server, True, None),
-            ("vacd asyncio, conn/request, paced", run_vacd_server, False, -1.0),
+        runs: list[tuple[str, str, Any, bool, Optional[float]]] = [
+            ("fork", forking, run_forking_server, False, None),
+            ("close", f"vacd {loop_kind}, connection per request", run_vacd_server, False, None),
+            ("keepalive", f"vacd {loop_kind}, HTTP/1.1 keep-alive", run_vacd_server, True, None),
+            ("paced", f"vacd {loop_kind}, conn/request, paced", run_vacd_server, False, -1.0),
         ]
-        for name, target, keepalive, rate in runs:
+        for key, name, target, keepalive, rate in runs:
+            if key not in wanted:
+                continue
             if rate is not None:
                 rate = arguments.paced_rate or 20 * results[forking]["requests_per_second"]
                 name = f"{name} {rate:.0f}/s"
-            process, port = start_server(target, prefix)
+            waited = wait_for_conntrack_room()
+            process, port = start_server(target, prefix, loop_kind, server_cpus)
             try:
                 assert process.pid is not None
+                load_average = os.getloadavg()[0]
+                drops_before = conntrack_drops()
                 results[name] = measure(
                     port,
                     process.pid,
@@ -541,24 +646,33 @@ def main() -> None:
                     arguments.warmup,
                     arguments.duration,
                     rate,
+                    arguments.load_nice,
+                    load_cpus,
                 )
+                results[name]["load_average_at_start"] = load_average
+                results[name]["conntrack_wait_seconds"] = waited
+                # Non-zero: SYNs were lost to a full table and the latencies are not the server's.
+                results[name]["conntrack_drops"] = conntrack_drops() - drops_before
             finally:
                 stop_server(process)
     if arguments.json:
         print(json.dumps(results, indent=1))
         return
-    baseline = results[forking]["requests_per_second"]
-    print(f"{arguments.clients} clients, {SLOTS} slots, {arguments.processes} load processes, {arguments.duration:.0f} s each, {os.cpu_count()} CPUs")
+    baseline = results[forking]["requests_per_second"] if forking in results else float("nan")
+    print(f"{arguments.clients} clients, {SLOTS} slots, {arguments.processes} load processes"
+          f" (nice {arguments.load_nice}{', pinned' if arguments.pin else ''}), {arguments.duration:.0f} s each,"
+          f" {os.cpu_count()} CPUs")
     print(
         f"{'server':40} {'req/s':>9} {'x fork':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
-        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9}"
+        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9} {'loadavg':>7} {'ct drops':>8}"
     )
     for name, result in results.items():
         print(
             f"{name:40} {result['requests_per_second']:9.0f} {result['requests_per_second'] / baseline:7.1f}"
             f" {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} {result['max_ms']:8.1f} {result['errors']:7d}"
             f" {result['server_cpu_percent']:8.0f} {result['server_cpu_us_per_request']:10.0f}"
-            f" {result['load_cpu_percent']:9.0f}"
+            f" {result['load_cpu_percent']:9.0f} {result['load_average_at_start']:7.2f}"
+            f" {result['conntrack_drops']:8d}"
         )
 
 

@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
 from vacd import MANAGER_VERSION, VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, host_name, load_config
 from vacd.errors import ConfigErrors, VacError, VacqueryError
+from vacd.eventloop import ASYNCIO, AUTO, EVENT_LOOP_VARIABLE, EventLoopUnavailable, chosen_kind, new_event_loop
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.fdlimit import raise_fd_limit
@@ -163,10 +164,15 @@ def load_average() -> float:
 
 
 class ServiceLoop:
-    """An asyncio event loop in its own thread, for one network part (guest API or VacQuery)."""
+    """An asyncio event loop in its own thread, for one network part (guest API or VacQuery).
 
-    def __init__(self, name: str) -> None:
-        self.loop = asyncio.new_event_loop()
+    `kind` is `asyncio` or `uvloop` (vacd.eventloop): the guest servers take uvloop where it
+    is installed; the responder, a few datagrams a second, keeps asyncio's own.
+    """
+
+    def __init__(self, name: str, kind: str = ASYNCIO) -> None:
+        self.kind = kind
+        self.loop = new_event_loop(kind)
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
@@ -317,6 +323,12 @@ class Daemon:
         # Before the network, interfaces, /etc/hosts or domains are touched (issue 10 item 2): a
         # Vac 03 still running holds these ports, and vacd must stop with the host as it found it.
         self._refuse_busy_ports(settings)
+        try:
+            guest_loop_kind = chosen_kind()
+        except EventLoopUnavailable as error:
+            raise StartupError(f"{error} (vacd stopped before touching the guest network)") from error
+        log.info("guest servers' event loop: %s (%s=%s)", guest_loop_kind, EVENT_LOOP_VARIABLE,
+                 os.environ.get(EVENT_LOOP_VARIABLE) or AUTO)
         self._refuse_missing_volume_group(settings)
         self._remove_leftover_volumes(settings, store)
         self._ensure_network_at_start(settings)
@@ -363,7 +375,7 @@ class Daemon:
         vacquery_services = ServiceLoop("vacd-vacquery")
         vacquery_services.start()
         self.vacquery_services = vacquery_services
-        guest_services = ServiceLoop("vacd-guestapi")
+        guest_services = ServiceLoop("vacd-guestapi", guest_loop_kind)
         guest_services.start()
         self.guest_services = guest_services
         try:

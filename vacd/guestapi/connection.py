@@ -30,7 +30,7 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Optional, Protocol, Union
+from typing import Awaitable, Callable, Optional, Protocol, Union, cast
 
 from vacd.guestapi.wire import (
     CONTINUE,
@@ -161,15 +161,15 @@ class GuestConnection(asyncio.Protocol):
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
+        # A stream transport, though not always an asyncio.Transport subclass (uvloop's are not).
+        self.transport = stream = cast(asyncio.Transport, transport)
+        peer = stream.get_extra_info("peername")
         self.source = str(peer[0]) if peer else ""
         self.slot = self.handler.admit(self.part, self.source)
         if self.slot is None:
             # The handler counted and logged why; a reset costs us nothing more.
             self._state = _CLOSED
-            transport.abort()
+            stream.abort()
             return
         self._set_deadline(self.limits.head_timeout_seconds, "head")
 

@@ -16,8 +16,19 @@ the kernel's own tables must say that its frames come from slot n's tap.
    takes a neighbour's MAC as well as its address is learnt on its own tap, and fails here.
 
 Rules:
-- Answers are cached for CACHE_SECONDS per source address, so a flood of requests costs
-  one netlink round trip per address per interval, not one per request.
+- One refresh reads the bridge's tables whole (its neighbours, IPv4 and IPv6 in one dump,
+  and its forwarding database, whose permanent entries are the ports' own MACs), and every source is answered from that snapshot with dictionary lookups. A
+  snapshot answers for CACHE_SECONDS from the moment its reading began; then the next
+  check waits for a new one. Under traffic it is renewed ahead of time: a check that finds
+  it older than REFRESH_AHEAD_SECONDS starts a refresh and answers from the one it has, so
+  the guest servers' loop does not wait on netlink while guests keep asking. Before
+  (issue 15 item 3) each source had its own lookup of whole-table dumps every CACHE_SECONDS,
+  on the loop's time: 64 busy slots made 32 lookups a second.
+- The guarantee is unchanged: an answer rests on the kernel's tables as they were at most
+  CACHE_SECONDS ago. A refusal from a snapshot taken before this check is confirmed with a
+  new reading (a guest's first connection may be younger than the snapshot), and a
+  confirmed refusal is remembered per (source, MAC) for CACHE_SECONDS, so a source posing
+  as another slot costs at most one reading per interval.
 - Netlink is spoken on one thread of this module's own: the guest API calls the check from
   its asyncio loop, and pyroute2 (0.8 and later) refuses its synchronous calls inside a
   running event loop. The caller waits at most LOOKUP_TIMEOUT_SECONDS.
@@ -33,16 +44,20 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
 
 from vacd.slots import ip_address_for, mac_address_for
 
 log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 2.0
+# Renewed ahead of expiry, so that a busy server seldom waits for a reading.
+REFRESH_AHEAD_SECONDS = 1.0
 LOOKUP_TIMEOUT_SECONDS = 2.0
 REFUSAL_LOG_SECONDS = 300.0
 MAX_CACHED_SOURCES = 4096
@@ -52,6 +67,38 @@ TAP_FIRST_OCTET = "fe"
 _NUD_INCOMPLETE = 0x01
 _NUD_FAILED = 0x20
 _NUD_NOARP = 0x40
+_NUD_PERMANENT = 0x80
+
+
+@dataclass(frozen=True)
+class BridgeTables:
+    """What the kernel said about one bridge, read at `taken_at` (the checker's clock)."""
+
+    taken_at: float
+    bridge: str
+    # IP address (normalised text) -> the MAC the bridge's neighbour entry has for it.
+    neighbour_macs: dict[str, str] = field(default_factory=dict)
+    # MAC -> index of the bridge port it was learnt on (the first entry, as the kernel lists them).
+    fdb_ports: dict[str, int] = field(default_factory=dict)
+    # Port index -> the port's own MACs: the bridge keeps a permanent ("local") forwarding
+    # entry for each port's address, so the tap's MAC is read with the FDB, no link dump.
+    port_macs: dict[int, frozenset[str]] = field(default_factory=dict)
+
+    def refusal(self, address: str, slot_mac: str) -> Optional[str]:
+        """None if `address`'s frames come from the tap of the guest whose MAC is `slot_mac`, else why not."""
+        neighbour_mac = self.neighbour_macs.get(address)
+        if neighbour_mac is None:
+            return f"no neighbour entry on {self.bridge}"
+        if neighbour_mac != slot_mac:
+            return f"its MAC is {neighbour_mac}, the slot's is {slot_mac}"
+        port_index = self.fdb_ports.get(slot_mac)
+        if port_index is None:
+            return f"{slot_mac} is in no forwarding entry of {self.bridge}"
+        own_macs = self.port_macs.get(port_index, frozenset())
+        if tap_mac_for(slot_mac) not in own_macs:
+            shown = ", ".join(sorted(own_macs)) or "unknown"
+            return f"{slot_mac} arrives on port ifindex {port_index} whose MAC ({shown}) is not that slot's tap"
+        return None
 
 
 def tap_mac_for(guest_mac: str) -> str:
@@ -69,9 +116,16 @@ class LinkIdentity:
         self.clock = clock
         self._handle: Optional[Any] = None
         self._bridge_index: Optional[int] = None
-        self._answers: dict[tuple[str, str], tuple[float, bool]] = {}
+        # The newest snapshot, or why the last reading failed (with when it began).
+        self._tables: Union[BridgeTables, tuple[float, str], None] = None
+        self._refresh_ahead: Optional["Future[None]"] = None
+        self._refusals_confirmed: dict[tuple[str, str], float] = {}
+        # (source, MAC) -> the snapshot that confirmed it: the hot path is two dictionary lookups.
+        self._confirmed_by: dict[tuple[str, str], BridgeTables] = {}
         self._refusals_logged: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
         self.refusals = 0
+        self.readings = 0
         self._closed = False
         self._netlink_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vac-linkidentity")
 
@@ -98,61 +152,126 @@ class LinkIdentity:
 
     def confirms(self, source: str, slot_mac: str) -> bool:
         """Whether frames from `source` come from the tap of the guest whose MAC is `slot_mac`."""
-        key = (source, slot_mac.lower())
+        slot_mac = slot_mac.lower()
+        key = (source, slot_mac)
         now = self.clock()
-        cached = self._answers.get(key)
-        if cached is not None and now - cached[0] < CACHE_SECONDS:
-            return cached[1]
+        current = self._tables
+        if isinstance(current, BridgeTables) and self._confirmed_by.get(key) is current:
+            age = now - current.taken_at
+            if 0.0 <= age < CACHE_SECONDS:
+                if age >= REFRESH_AHEAD_SECONDS:
+                    self._start_refresh_ahead()
+                return True
+        confirmed = self._refusals_confirmed.get(key)
+        if confirmed is not None and now - confirmed < CACHE_SECONDS:
+            return False
         try:
-            reason = self._netlink_thread.submit(
-                self._refusal, source.split("%", 1)[0], slot_mac.lower()).result(timeout=LOOKUP_TIMEOUT_SECONDS)
-        except FutureTimeout:
-            reason = f"netlink lookup on {self.bridge} took over {LOOKUP_TIMEOUT_SECONDS:.0f}s"
-        except RuntimeError as error:  # submit after close: the daemon is stopping
-            reason = f"link check closed: {error}"
-        if len(self._answers) >= MAX_CACHED_SOURCES:
-            self._answers.clear()
-        self._answers[key] = (now, reason is None)
-        if reason is not None:
-            self.refusals += 1
-            self._log_refusal(source, reason, now)
-        return reason is None
-
-    def _refusal(self, address_text: str, slot_mac: str) -> Optional[str]:
-        try:
-            address = ipaddress.ip_address(address_text)
+            address = str(ipaddress.ip_address(source.split("%", 1)[0]))
         except ValueError:
-            return "not an IP address"
+            return self._refused(key, "not an IP address", now)
+        tables, read_now = self._current_tables(now)
+        reason = self._answer(tables, address, slot_mac)
+        if reason is not None and not read_now:
+            # The snapshot may predate this guest's first frames: ask the kernel again.
+            tables = self._read(now)
+            reason = self._answer(tables, address, slot_mac)
+        if reason is not None:
+            return self._refused(key, reason, now)
+        if isinstance(tables, BridgeTables):
+            if len(self._confirmed_by) >= MAX_CACHED_SOURCES:
+                self._confirmed_by.clear()
+            self._confirmed_by[key] = tables
+        return True
+
+    @property
+    def tables(self) -> Optional[BridgeTables]:
+        """The newest snapshot, if the last reading succeeded (for tests and diagnostics)."""
+        return self._tables if isinstance(self._tables, BridgeTables) else None
+
+    def wait_for_refresh(self, timeout: float = LOOKUP_TIMEOUT_SECONDS) -> None:
+        """Wait for a refresh started ahead of time, if any (tests)."""
+        pending = self._refresh_ahead
+        if pending is not None:
+            pending.result(timeout=timeout)
+
+    @staticmethod
+    def _answer(tables: Union[BridgeTables, tuple[float, str], None], address: str, slot_mac: str) -> Optional[str]:
+        if isinstance(tables, BridgeTables):
+            return tables.refusal(address, slot_mac)
+        if tables is None:
+            return "no reading of the bridge's tables"
+        return tables[1]
+
+    def _current_tables(self, now: float) -> tuple[Union[BridgeTables, tuple[float, str], None], bool]:
+        """(a snapshot at most CACHE_SECONDS old, whether it was read for this call)."""
+        tables = self._tables
+        taken_at = tables.taken_at if isinstance(tables, BridgeTables) else None
+        if taken_at is None or now - taken_at >= CACHE_SECONDS or now < taken_at:
+            return self._read(now), True
+        if now - taken_at >= REFRESH_AHEAD_SECONDS:
+            self._start_refresh_ahead()
+        return tables, False
+
+    def _start_refresh_ahead(self) -> None:
+        with self._lock:
+            if self._closed or (self._refresh_ahead is not None and not self._refresh_ahead.done()):
+                return
+            try:
+                self._refresh_ahead = self._netlink_thread.submit(self._refresh)
+            except RuntimeError:  # shut down between the check and the submit: the daemon is stopping
+                self._refresh_ahead = None
+
+    def _refresh(self) -> None:
+        """On the netlink thread: read the tables and publish them, unless a newer reading is in."""
+        tables = self._read_tables(self.clock())
+        current = self._tables
+        current_at = current.taken_at if isinstance(current, BridgeTables) else current[0] if current else None
+        taken_at = tables.taken_at if isinstance(tables, BridgeTables) else tables[0]
+        if current_at is None or taken_at >= current_at:
+            self._tables = tables
+
+    def _read(self, now: float) -> Union[BridgeTables, tuple[float, str]]:
+        """A new reading, waited for (at most LOOKUP_TIMEOUT_SECONDS), published and returned."""
+        try:
+            tables = self._netlink_thread.submit(self._read_tables, now).result(timeout=LOOKUP_TIMEOUT_SECONDS)
+        except FutureTimeout:
+            return now, f"netlink lookup on {self.bridge} took over {LOOKUP_TIMEOUT_SECONDS:.0f}s"
+        except RuntimeError as error:  # submit after close: the daemon is stopping
+            return now, f"link check closed: {error}"
+        self._tables = tables
+        return tables
+
+    def _read_tables(self, taken_at: float) -> Union[BridgeTables, tuple[float, str]]:
+        """On the netlink thread: the bridge's tables now, or (taken_at, why they could not be read)."""
+        self.readings += 1
         try:
             handle, bridge_index = self._netlink()
-            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-            neighbour_mac = None
-            for entry in handle.get_neighbours(family=family, ifindex=bridge_index):
-                if entry.get_attr("NDA_DST") == str(address) and \
-                        not entry["state"] & (_NUD_INCOMPLETE | _NUD_FAILED | _NUD_NOARP):
-                    neighbour_mac = str(entry.get_attr("NDA_LLADDR") or "").lower()
-                    break
-            if neighbour_mac is None:
-                return f"no neighbour entry on {self.bridge}"
-            if neighbour_mac != slot_mac:
-                return f"its MAC is {neighbour_mac}, the slot's is {slot_mac}"
-            port_index = None
+            neighbour_macs: dict[str, str] = {}
+            # IPv4 and IPv6 in one dump (AF_UNSPEC), of the bridge's entries only.
+            for entry in handle.get_neighbours(family=socket.AF_UNSPEC, ifindex=bridge_index):
+                if entry["family"] not in (socket.AF_INET, socket.AF_INET6) or \
+                        entry["state"] & (_NUD_INCOMPLETE | _NUD_FAILED | _NUD_NOARP):
+                    continue
+                destination = entry.get_attr("NDA_DST")
+                lladdr = entry.get_attr("NDA_LLADDR")
+                if destination and lladdr:
+                    neighbour_macs.setdefault(str(ipaddress.ip_address(destination)), str(lladdr).lower())
+            fdb_ports: dict[str, int] = {}
+            port_macs: dict[int, set[str]] = {}
             for entry in handle.get_neighbours(family=socket.AF_BRIDGE, master=bridge_index):
-                if str(entry.get_attr("NDA_LLADDR") or "").lower() == slot_mac:
-                    port_index = entry["ifindex"]
-                    break
-            if port_index is None:
-                return f"{slot_mac} is in no forwarding entry of {self.bridge}"
-            links = handle.get_links(port_index)
-            port_mac = str(links[0].get_attr("IFLA_ADDRESS") or "").lower() if links else ""
-            if port_mac != tap_mac_for(slot_mac):
-                port_name = links[0].get_attr("IFLA_IFNAME") if links else port_index
-                return f"{slot_mac} arrives on port {port_name} whose MAC {port_mac} is not that slot's tap"
-            return None
+                lladdr = entry.get_attr("NDA_LLADDR")
+                if not lladdr:
+                    continue
+                mac, port_index = str(lladdr).lower(), int(entry["ifindex"])
+                fdb_ports.setdefault(mac, port_index)
+                if entry["state"] & _NUD_PERMANENT:
+                    port_macs.setdefault(port_index, set()).add(mac)
+            return BridgeTables(taken_at, self.bridge, neighbour_macs, fdb_ports,
+                                {port_index: frozenset(macs) for port_index, macs in port_macs.items()})
         except Exception as error:  # pyroute2 raises NetlinkError and OSError subclasses
             self._close_handle()
             self._bridge_index = None
-            return f"netlink error on {self.bridge}: {error}"
+            return taken_at, f"netlink error on {self.bridge}: {error}"
 
     def _netlink(self) -> tuple[Any, int]:
         if self._handle is None:
@@ -167,6 +286,15 @@ class LinkIdentity:
             self._bridge_index = int(indexes[0])
         return self._handle, self._bridge_index
 
+    def _refused(self, key: tuple[str, str], reason: str, now: float) -> bool:
+        if len(self._refusals_confirmed) >= MAX_CACHED_SOURCES:
+            self._refusals_confirmed.clear()
+        self._refusals_confirmed[key] = now
+        self._confirmed_by.pop(key, None)
+        self.refusals += 1
+        self._log_refusal(key[0], reason, now)
+        return False
+
     def _log_refusal(self, source: str, reason: str, now: float) -> None:
         key = (source, reason)
         last = self._refusals_logged.get(key)
@@ -178,4 +306,4 @@ class LinkIdentity:
         log.warning("guest request refused: source=%s is not its slot's guest: %s", source, reason)
 
 
-__all__ = ["CACHE_SECONDS", "LOOKUP_TIMEOUT_SECONDS", "LinkIdentity", "tap_mac_for"]
+__all__ = ["BridgeTables", "CACHE_SECONDS", "LOOKUP_TIMEOUT_SECONDS", "LinkIdentity", "REFRESH_AHEAD_SECONDS", "tap_mac_for"]

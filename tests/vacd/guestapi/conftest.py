@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 import pytest
 
 from vacd.config import Machinetype, Settings
+from vacd.eventloop import ASYNCIO, UVLOOP, new_event_loop, uvloop_factory
 from vacd.guestapi.connection import ConnectionLimits
 from vacd.guestapi.contextualise import prepare_machine_dir
 from vacd.guestapi.server import GuestApiServer
@@ -218,9 +219,19 @@ def limits() -> ConnectionLimits:
     return ConnectionLimits()
 
 
+# Every server test runs on asyncio's own loop and, where it is installed, on uvloop's, which
+# vacd's guest servers prefer (vacd.eventloop).
+LOOP_KINDS = [ASYNCIO] + ([UVLOOP] if uvloop_factory() is not None else [])
+
+
+@pytest.fixture(params=LOOP_KINDS)
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def running_server(site: Site, limits: ConnectionLimits) -> Iterator[RunningServer]:
-    loop = asyncio.new_event_loop()
+def running_server(site: Site, limits: ConnectionLimits, loop_kind: str) -> Iterator[RunningServer]:
+    loop = new_event_loop(loop_kind)
     thread = threading.Thread(target=loop.run_forever, name="guestapi-test-loop", daemon=True)
     thread.start()
     server = GuestApiServer(

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from vacd.guestapi.linkidentity import LinkIdentity, tap_mac_for
+from vacd.guestapi.linkidentity import CACHE_SECONDS, REFRESH_AHEAD_SECONDS, LinkIdentity, tap_mac_for
 from vacd.slots import ip_address_for, mac_address_for
 
 pytestmark = pytest.mark.allow_commands("ip", "ldconfig")
@@ -172,3 +172,90 @@ def test_missing_bridge_is_refused_not_raised(site: Site) -> None:
         assert not checker.confirms(ip_address_for(1), slot_mac(1))
     finally:
         checker.close()
+
+
+class SteppedClock:
+    """The checker's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> SteppedClock:
+    return SteppedClock()
+
+
+@pytest.fixture
+def stepped_identity(site: Site, clock: SteppedClock) -> Iterator[LinkIdentity]:
+    checker = LinkIdentity(BRIDGE, netns=site.host, clock=clock)
+    try:
+        yield checker
+    finally:
+        checker.close()
+
+
+def test_every_source_is_answered_from_one_reading_of_the_tables(site: Site, stepped_identity: LinkIdentity) -> None:
+    site.guest_talks(1)
+    site.guest_talks(2)
+    for _ in range(50):
+        assert stepped_identity.confirms(ip_address_for(1), slot_mac(1))
+        assert stepped_identity.confirms_slot(ip_address_for(2), 2)
+    assert stepped_identity.readings == 1
+
+
+def test_a_guest_newer_than_the_reading_is_confirmed_by_a_new_reading(
+        site: Site, stepped_identity: LinkIdentity, clock: SteppedClock) -> None:
+    site.guest_talks(1)
+    assert stepped_identity.confirms(ip_address_for(1), slot_mac(1))
+    site.guest_talks(2)  # its first frames: not in the reading just taken
+    clock.now += 0.1
+    assert stepped_identity.confirms(ip_address_for(2), slot_mac(2))
+    assert stepped_identity.readings == 2
+    assert stepped_identity.refusals == 0
+
+
+def test_a_neighbour_entry_that_moves_to_another_mac_is_refused_once_the_reading_expires(
+        site: Site, stepped_identity: LinkIdentity, clock: SteppedClock) -> None:
+    site.guest_talks(1)
+    assert stepped_identity.confirms(ip_address_for(1), slot_mac(1))
+    # Slot 2's guest takes slot 1's address with its own MAC: the neighbour entry moves.
+    site.run(site.guests[1], "ip", "link", "set", "eth0", "down")
+    site.run(site.guests[2], "ip", "addr", "flush", "dev", "eth0")
+    site.run(site.guests[2], "ip", "addr", "add", f"{ip_address_for(1)}/16", "dev", "eth0")
+    site.guest_talks(2)
+    clock.now += CACHE_SECONDS
+    assert not stepped_identity.confirms(ip_address_for(1), slot_mac(1))
+    assert stepped_identity.refusals == 1
+
+
+def test_a_busy_checker_renews_its_reading_ahead_and_then_sees_the_move(
+        site: Site, stepped_identity: LinkIdentity, clock: SteppedClock) -> None:
+    site.guest_talks(1)
+    assert stepped_identity.confirms(ip_address_for(1), slot_mac(1))
+    site.run(site.guests[1], "ip", "link", "set", "eth0", "down")
+    site.run(site.guests[2], "ip", "addr", "flush", "dev", "eth0")
+    site.run(site.guests[2], "ip", "addr", "add", f"{ip_address_for(1)}/16", "dev", "eth0")
+    site.guest_talks(2)
+    # Past REFRESH_AHEAD_SECONDS, within CACHE_SECONDS: answered from the reading it has (the
+    # guarantee: tables at most CACHE_SECONDS old), while a new reading is taken off the caller's time.
+    clock.now += REFRESH_AHEAD_SECONDS + 0.1
+    assert stepped_identity.confirms(ip_address_for(1), slot_mac(1))
+    stepped_identity.wait_for_refresh()
+    assert stepped_identity.readings == 2
+    assert not stepped_identity.confirms(ip_address_for(1), slot_mac(1))
+
+
+def test_a_refused_source_costs_one_reading_per_interval_however_often_it_asks(
+        site: Site, stepped_identity: LinkIdentity, clock: SteppedClock) -> None:
+    site.guest_talks(1)
+    for _ in range(100):
+        assert not stepped_identity.confirms(ip_address_for(1), slot_mac(2))
+    assert stepped_identity.readings == 1
+    assert stepped_identity.refusals == 1
+    clock.now += CACHE_SECONDS
+    assert not stepped_identity.confirms(ip_address_for(1), slot_mac(2))
+    assert stepped_identity.readings == 2
