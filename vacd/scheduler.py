@@ -141,6 +141,9 @@ class SchedulerInput:
     draining: bool = False
     creation_failure_until: Mapping[str, int] = field(default_factory=dict)
     probe_spread_seconds: int = DEFAULT_PROBE_SPREAD_SECONDS
+    # vacd's probe limit: no probe beside this factory's own young one. Only the replay of
+    # Vac 03's loop (vacd/sim/vac03_site.py) turns it off: Vac made one creation a cycle.
+    one_probe_at_a_time: bool = True
     # A factory-wide fault that stops creation (a bad reload, a full disk), as the gate reason.
     blocked_by: Optional[str] = None
     # Why the disk cannot take a new machine (vacd.diskspace), or None (issue 8 item 4).
@@ -343,7 +346,7 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         report.machinetype for report in state.reports
         if report.factory.lower() == settings.factory_name.lower() and report.num_before_fizzle > 0
     }
-    probed: set[str] = {name for name in probing_until if name in own_young}
+    probed: set[str] = {name for name in probing_until if name in own_young} if state.one_probe_at_a_time else set()
     hs06_per_processor = settings.hs06_per_processor or 1.0
     while len(creates) < settings.max_creations_per_cycle and free_ordinals:
         eligible = _eligible_in_order(

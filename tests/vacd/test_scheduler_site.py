@@ -180,6 +180,16 @@ def test_a_factory_makes_no_second_probe_while_its_own_is_before_fizzle() -> Non
     assert created(run(types, reports, max_creations_per_cycle=4)) == ["b", "b", "b", "b"]
 
 
+def test_the_replay_of_vac_03s_loop_probes_beside_its_own_young_probe_as_vac_did() -> None:
+    types = {"a": machinetype("a", backoff_seconds=10, fizzle_seconds=600), "b": machinetype("b")}
+    reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
+               report("f1.example.com", "a", 1.0, num_before_fizzle=1, running_machines=1),
+               report("f2", "b", 100.0, running_machines=1)]
+    state = SchedulerInput(NOW, site_settings(), types, free_slots(8), reports, host_cpu_count=8,
+                           probe_spread_seconds=0, one_probe_at_a_time=False)
+    assert created(decide(state, FixedTieBreak())) == ["a"]
+
+
 def test_a_young_probe_on_another_factory_does_not_stop_this_ones_probe_after_backoff_and_fizzle() -> None:
     # Acceptance 20 as Vac 03 wrote it: the extra wait is fizzle_seconds after the backoff.
     types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]

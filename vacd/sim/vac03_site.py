@@ -321,6 +321,7 @@ class Vac03Site:
             reports=[*local.values(), *peer_reports],
             host_cpu_count=self.scenario.processors,
             probe_spread_seconds=self.probe_spread,
+            one_probe_at_a_time=False,  # Vac 03 created one machine a cycle, its own probes young or not
         )
         decisions = decide(state, self.rng)
         backoff = frozenset(decisions.outlook.backoff_until)
