@@ -106,6 +106,8 @@ class Vac03Site:
                 gocdb_sitename="sim",
                 max_creations_per_cycle=VAC_CREATIONS_PER_CYCLE,
                 cycle_seconds=VAC_SLEEP_SECONDS,
+                # Vac 03's rule: every code of 300 or more backs off (§4.4), not vacd's default.
+                abort_rule="vac03",
             )
             factory = _Factory(index, settings, scenario.processors)
             self.factories.append(factory)
