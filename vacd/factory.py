@@ -1294,6 +1294,7 @@ class Factory:
     ) -> list[MachinetypeReport]:
         """This factory's own machinetype_status values (§3.5), from this pass's observations."""
         running_hs06 = {name: 0.0 for name in machinetypes}
+        running_machines = {name: 0 for name in machinetypes}
         before_fizzle = {name: 0 for name in machinetypes}
         for slot in slots:
             stored = slot.machine
@@ -1301,6 +1302,7 @@ class Factory:
                 continue
             record = stored.record
             running_hs06[record.machinetype] += record.hs06
+            running_machines[record.machinetype] += 1
             fizzle_seconds = machinetypes[record.machinetype].fizzle_seconds
             if stored.started_time is None or now < stored.started_time + fizzle_seconds:
                 before_fizzle[record.machinetype] += 1
@@ -1325,6 +1327,7 @@ class Factory:
                     shutdown_message=message,
                     shutdown_time=message_time,
                     shutdown_machine=last.record.name if last is not None else None,
+                    running_machines=running_machines[name],
                 )
             )
         return reports

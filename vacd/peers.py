@@ -217,6 +217,7 @@ def reports_from(result: CensusResult) -> list[MachinetypeReport]:
                         shutdown_message=status.shutdown_message,
                         shutdown_time=status.shutdown_time,
                         shutdown_machine=status.shutdown_machine,
+                        running_machines=status.running_machines,
                     )
                 )
     return reports

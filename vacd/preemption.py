@@ -15,8 +15,10 @@ The rule, each bound there so that a site cannot thrash:
 - Space-wide view: every type's running HS06 summed over all reports (this factory's and
   its peers'). A type is proven to have work when it is not backed off and the space
   shows work now: the latest outcome any factory reports for it is no abort, this factory
-  runs a machine of it older than fizzle_seconds, or a peer runs it with none of its
-  machines before fizzle_seconds (a machine that outlived fizzle found work). Once shown, the proof is remembered (`proven_since`, kept
+  runs a machine of it older than fizzle_seconds, or a peer runs more machines of it than
+  it has before fizzle_seconds (`MachinetypeReport.runs_past_fizzle`: a machine that
+  outlived fizzle found work; a peer that does not send running_machines shows it only
+  with none young). Once shown, the proof is remembered (`proven_since`, kept
   by the factory) until the type is backed off or in its probe time after an abort again
   (`vacd.scheduler.Outlook.probing_until`), so the young machines then created for it do
   not hide it. A type whose payloads find no work never shows it, even when its last
@@ -127,7 +129,7 @@ def proven_types(
             known = latest.get(report.machinetype)
             if known is None or known.shutdown_time is None or report.shutdown_time > known.shutdown_time:
                 latest[report.machinetype] = report
-        if report.running_hs06 > 0 and report.num_before_fizzle == 0:
+        if report.runs_past_fizzle:
             running_past_fizzle.add(report.machinetype)
     proven = set()
     for name, machinetype in machinetypes.items():

@@ -23,7 +23,17 @@ Changes from Vac 03, each a fix or a documented improvement:
   may probe. Every factory computes the same order, so one factory probes first and the
   others then see its machine before fizzle in their next census and wait the fizzle time.
   Vac admitted that all factories could probe at the same instant (§4.3, §11). At most one
-  probe per machinetype is made per pass by one factory;
+  probe per machinetype is made per pass by one factory, and none while that factory's own
+  machine of the type is still before fizzle (Vac, creating one machine a minute, could
+  have ten such probes young at once);
+- a creation stays a probe, after that time too, for as long as nothing in the space shows
+  the machinetype to have work since its abort (a machine of it past fizzle_seconds, from
+  the reports' running_machines and num_before_fizzle, or a later outcome that is no
+  abort). Vac's eligibility (§4.3, acceptance 20) is unchanged; what changes is how many a
+  factory makes: when the backoff lapsed while every factory was full, the type with no
+  work was the most starved when slots freed, and took up to max_creations_per_cycle on
+  every factory at once (issue 9: 528 of 3,200 processors, a 9.6 % share error, when a
+  whole site reached max_wallclock_seconds together);
 - machinetypes whose creation failed locally are skipped until their failure backoff ends
   (Vac retried a broken machinetype every cycle, §11).
 """
@@ -74,6 +84,18 @@ class MachinetypeReport:
     shutdown_message: Optional[str] = None
     shutdown_time: Optional[int] = None
     shutdown_machine: Optional[str] = None
+    # Live machines of the type on that factory, starting ones included (§3.5's
+    # running_machines); None when the peer did not say. More than num_before_fizzle means a
+    # machine of the type has outlived fizzle_seconds there: it found work.
+    running_machines: Optional[int] = None
+
+    @property
+    def runs_past_fizzle(self) -> bool:
+        """A machine of the type has outlived fizzle_seconds on this factory (it found work)."""
+        if self.running_machines is not None:
+            return self.running_machines > self.num_before_fizzle
+        # A peer that does not say how many run: only when none of them is young.
+        return self.running_hs06 > 0 and self.num_before_fizzle == 0
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,7 @@ class Outlook:
     gate: Optional[str]
     scores: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     backoff_until: Mapping[str, int] = field(default_factory=dict)
-    # Machinetypes whose creations are still probes after an abort (see _is_probe), until when:
+    # Machinetypes whose creations are still probes after an abort (see probe_end), until when:
     # the space has not yet seen them find work, so pre-emption makes no room for them.
     probing_until: Mapping[str, int] = field(default_factory=dict)
 
@@ -119,6 +141,9 @@ class SchedulerInput:
     draining: bool = False
     creation_failure_until: Mapping[str, int] = field(default_factory=dict)
     probe_spread_seconds: int = DEFAULT_PROBE_SPREAD_SECONDS
+    # vacd's probe limit: no probe beside this factory's own young one. Only the replay of
+    # Vac 03's loop (vacd/sim/vac03_site.py) turns it off: Vac made one creation a cycle.
+    one_probe_at_a_time: bool = True
     # A factory-wide fault that stops creation (a bad reload, a full disk), as the gate reason.
     blocked_by: Optional[str] = None
     # Why the disk cannot take a new machine (vacd.diskspace), or None (issue 8 item 4).
@@ -192,15 +217,49 @@ def backoff_end(
     return end + probe_stagger_seconds(factory_name, machinetype.name, last_abort, spread_seconds)
 
 
+def types_showing_work(reports: Sequence[MachinetypeReport], last_abort: Mapping[str, int]) -> set[str]:
+    """The machinetypes the space shows to have work since their last abort, or never aborted.
+
+    Shown: a machine of the type has outlived fizzle_seconds on some factory (a payload with
+    no work ends before it, §4.3), or some factory's latest outcome of it is later than the
+    abort and is no abort.
+    """
+    shown = set()
+    for report in reports:
+        abort = last_abort.get(report.machinetype)
+        if abort is None or report.runs_past_fizzle:
+            shown.add(report.machinetype)
+        elif (report.shutdown_time is not None and report.shutdown_time > abort
+              and not is_abort(report.shutdown_message)):
+            shown.add(report.machinetype)
+    return shown
+
+
 def _settle_time(machinetype: Machinetype, last_abort: int, state: SchedulerInput) -> int:
     return last_abort + machinetype.backoff_seconds + machinetype.fizzle_seconds + state.probe_spread_seconds
 
 
-def _is_probe(machinetype: Machinetype, last_abort: Optional[int], state: SchedulerInput) -> bool:
-    """A creation is a probe while the space has not yet seen the machinetype flow after an abort."""
+def probe_end(machinetype: Machinetype, last_abort: Optional[int], shows_work: bool, state: SchedulerInput) -> Optional[int]:
+    """Until when a creation of the machinetype is a probe (one a pass, others wait for it), or None.
+
+    A probe while the space has not seen the type flow since its abort: for backoff,
+    fizzle and the probe spread after the abort (the time a probe takes to show work),
+    and beyond that for as long as nothing shows the type to have work. The second part
+    matters when no probe could be made in that time (every factory was full): without
+    it, the first slots to free after the backoff lapsed went to the type with no work,
+    the most starved type, up to max_creations_per_cycle on every factory at once (issue
+    9: 528 of 3,200 processors when a whole site's machines reached
+    max_wallclock_seconds together). Then the end is now + fizzle_seconds, the earliest a
+    probe made now could show work.
+    """
     if last_abort is None:
-        return False
-    return state.now < _settle_time(machinetype, last_abort, state)
+        return None
+    settle = _settle_time(machinetype, last_abort, state)
+    if state.now < settle:
+        return settle
+    if shows_work:
+        return None
+    return state.now + machinetype.fizzle_seconds
 
 
 def gate(state: SchedulerInput, running_processors: int, count_capacity: bool = True) -> Optional[str]:
@@ -249,6 +308,7 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
             before_fizzle[report.machinetype] += report.num_before_fizzle
     type_score = {name: math.fsum(terms) for name, terms in score_terms.items()}
     last_abort = last_abort_times(state.reports, state.now, settings.abort_rule)
+    shown = types_showing_work(state.reports, last_abort)
 
     backoff_until: dict[str, int] = {}
     for name, machinetype in machinetypes.items():
@@ -261,11 +321,11 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         if failure_end is not None and failure_end > state.now:
             backoff_until[name] = max(backoff_until.get(name, 0), failure_end)
 
-    probing_until = {
-        name: _settle_time(machinetype, last_abort[name], state)
-        for name, machinetype in machinetypes.items()
-        if _is_probe(machinetype, last_abort.get(name), state)
-    }
+    probing_until: dict[str, int] = {}
+    for name, machinetype in machinetypes.items():
+        end = probe_end(machinetype, last_abort.get(name), name in shown, state)
+        if end is not None:
+            probing_until[name] = end
 
     blocked_by = gate(state, running_processors)
     if blocked_by is not None or not free_ordinals:
@@ -280,10 +340,18 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
 
     tie = {name: tie_break.random() for name in sorted(machinetypes)}
     creates: list[Create] = []
-    probed: set[str] = set()
+    # One probe of a type at a time per factory: a factory whose own probe is still before
+    # fizzle makes no other until it has found work or aborted.
+    own_young = {
+        report.machinetype for report in state.reports
+        if report.factory.lower() == settings.factory_name.lower() and report.num_before_fizzle > 0
+    }
+    probed: set[str] = {name for name in probing_until if name in own_young} if state.one_probe_at_a_time else set()
     hs06_per_processor = settings.hs06_per_processor or 1.0
     while len(creates) < settings.max_creations_per_cycle and free_ordinals:
-        eligible = _eligible_in_order(state, machinetypes, type_score, before_fizzle, backoff_until, probed, tie)
+        eligible = _eligible_in_order(
+            state, machinetypes, type_score, before_fizzle, backoff_until, probed, tie
+        )
         if not eligible:
             break
         free_processors = settings.total_processors - running_processors
@@ -291,7 +359,7 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         if choice is None:
             break
         name, processors, shutdown_time = choice
-        is_probe = _is_probe(machinetypes[name], last_abort.get(name), state)
+        is_probe = name in probing_until
         creates.append(Create(free_ordinals.pop(0), name, processors, shutdown_time, is_probe))
         running_processors += processors
         superslots[shutdown_time] = superslots.get(shutdown_time, 0) + processors
@@ -303,7 +371,9 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
         if gate(state, running_processors) is not None:
             break
     gate_after = gate(state, running_processors)
-    return Decisions(tuple(creates), Outlook(gate_after, _scores(machinetypes, type_score), backoff_until, probing_until))
+    return Decisions(tuple(creates), Outlook(
+        gate_after, _scores(machinetypes, type_score), backoff_until, probing_until
+    ))
 
 
 def _scores(machinetypes: Mapping[str, Machinetype], type_score: Mapping[str, float]) -> dict[str, tuple[float, float]]:

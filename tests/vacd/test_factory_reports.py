@@ -16,6 +16,8 @@ def test_report_of_a_pass_includes_the_creations_it_made(tmp_path: Path) -> None
     [atlas] = report.local_reports
     # Before, peers heard of these machines (and of a probe) only at the next pass.
     assert atlas.running_hs06 == 40.0 and atlas.num_before_fizzle == 4
+    # The scheduler's own report counts them as peers' statuses do: none has outlived fizzle.
+    assert atlas.running_machines == 4 and not atlas.runs_past_fizzle
     [status] = build_snapshot(report, HOST, {"factory": report.now}).machinetypes
     assert status.running_machines == 4 and status.num_before_fizzle == 4
 

@@ -169,7 +169,8 @@ def test_reports_carry_every_field_the_scheduler_uses() -> None:
     for reply in respond(query, "127.0.0.1", encode_snapshot(published), 0.0, trusted_sources=frozenset(["127.0.0.1"])):
         census.receive(reply, "127.0.0.2", 0.001)
     assert reports_from(census.result) == [
-        MachinetypeReport("f2.example.com", "lhcb", 42.0, 2, "300 Nothing to do", 990, "f2-00.example.com")]
+        MachinetypeReport("f2.example.com", "lhcb", 42.0, 2, "300 Nothing to do", 990, "f2-00.example.com",
+                          running_machines=2)]
 
 
 def settings_for(port: int, factories: tuple[FactoryAddress, ...], timeout: float = 10.0) -> Settings:

@@ -85,6 +85,20 @@ def test_a_type_running_a_machine_past_fizzle_is_proven_although_its_last_outcom
     assert decide_preemptions(state(reports, machines("lhcb", 9)))
 
 
+def test_a_peers_machine_past_fizzle_proves_work_although_a_young_one_runs_beside_it() -> None:
+    # The peer's count of running machines says one of its two atlas machines is old: the
+    # proof reaches every factory in the census that first hears it (issue 9 item 3).
+    old_and_young = MachinetypeReport("f2.example.com", "atlas", 2.0, 1, "300 No more work", NOW - 3600, None,
+                                      running_machines=2)
+    reports = [report(ME, "lhcb", 8.0), old_and_young]
+    assert proven_types(TYPES, reports, (), probing={"atlas"}) == {"atlas", "lhcb"}
+    assert decide_preemptions(state(reports, machines("lhcb", 8), probing_until={"atlas": NOW + 600}))
+    # Without the count (a Vac 03 peer sends it, an older report may not) the young one hides it.
+    hidden = [report(ME, "lhcb", 8.0), report("f2.example.com", "atlas", 2.0, before_fizzle=1,
+                                              message="300 No more work", at=NOW - 3600)]
+    assert proven_types(TYPES, hidden, (), probing={"atlas"}) == {"lhcb"}
+
+
 def test_nothing_is_pre_empted_for_a_backed_off_type() -> None:
     assert decide_preemptions(state(atlas_just_proven(), machines("lhcb", 10), backoff_until={"atlas": NOW + 5})) == ()
 

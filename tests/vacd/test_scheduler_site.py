@@ -47,8 +47,9 @@ def free_slots(count: int) -> list[SlotView]:
 
 
 def report(factory: str, name: str, hs06: float, num_before_fizzle: int = 0, message: Optional[str] = None,
-           shutdown_time: Optional[int] = None) -> MachinetypeReport:
-    return MachinetypeReport(factory, name, hs06, num_before_fizzle, message, shutdown_time)
+           shutdown_time: Optional[int] = None, running_machines: Optional[int] = None) -> MachinetypeReport:
+    return MachinetypeReport(factory, name, hs06, num_before_fizzle, message, shutdown_time,
+                             running_machines=running_machines)
 
 
 def run(machinetypes: Sequence[Machinetype], reports: Sequence[MachinetypeReport] = (), *,
@@ -154,6 +155,77 @@ def test_young_machine_anywhere_extends_the_backoff_by_fizzle_seconds() -> None:
     assert run(types, probing, now=ABORT_TIME + 11).creates == ()
     assert run(types, probing, now=ABORT_TIME + 610).creates == ()
     assert created(run(types, probing, now=ABORT_TIME + 611)) == ["a"]
+
+
+# Issue 9: a backoff that lapsed while every factory was full. The type with no work is the
+# most starved when slots free; each factory probes it once, not with every free slot.
+LONG_AGO = NOW - 10_000
+
+
+def test_a_type_not_shown_to_have_work_is_still_probed_once_a_pass_after_its_backoff_lapsed() -> None:
+    types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]
+    reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
+               report("f2", "b", 100.0, running_machines=1)]
+    decisions = run(types, reports, max_creations_per_cycle=4)
+    assert created(decisions) == ["a", "b", "b", "b"]
+    assert [create.is_probe for create in decisions.creates] == [True, False, False, False]
+    assert decisions.outlook.probing_until == {"a": NOW + 600}
+
+
+def test_a_factory_makes_no_second_probe_while_its_own_is_before_fizzle() -> None:
+    types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]
+    reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
+               report("f1.example.com", "a", 1.0, num_before_fizzle=1, running_machines=1),
+               report("f2", "b", 100.0, running_machines=1)]
+    assert created(run(types, reports, max_creations_per_cycle=4)) == ["b", "b", "b", "b"]
+
+
+def test_the_replay_of_vac_03s_loop_probes_beside_its_own_young_probe_as_vac_did() -> None:
+    types = {"a": machinetype("a", backoff_seconds=10, fizzle_seconds=600), "b": machinetype("b")}
+    reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
+               report("f1.example.com", "a", 1.0, num_before_fizzle=1, running_machines=1),
+               report("f2", "b", 100.0, running_machines=1)]
+    state = SchedulerInput(NOW, site_settings(), types, free_slots(8), reports, host_cpu_count=8,
+                           probe_spread_seconds=0, one_probe_at_a_time=False)
+    assert created(decide(state, FixedTieBreak())) == ["a"]
+
+
+def test_a_young_probe_on_another_factory_does_not_stop_this_ones_probe_after_backoff_and_fizzle() -> None:
+    # Acceptance 20 as Vac 03 wrote it: the extra wait is fizzle_seconds after the backoff.
+    types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]
+    reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
+               report("f3", "a", 1.0, num_before_fizzle=1, running_machines=1),
+               report("f2", "b", 100.0, running_machines=1)]
+    decisions = run(types, reports, max_creations_per_cycle=4)
+    assert created(decisions) == ["a", "b", "b", "b"] and decisions.creates[0].is_probe
+
+
+def test_a_machine_past_fizzle_anywhere_shows_work_and_the_type_flows() -> None:
+    types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]
+    # f3 runs 3 machines of a, only 1 of them young: 2 have outlived fizzle_seconds.
+    reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
+               report("f3", "a", 3.0, num_before_fizzle=1, running_machines=3),
+               report("f2", "b", 100.0, running_machines=1)]
+    decisions = run(types, reports, max_creations_per_cycle=4)
+    assert created(decisions) == ["a", "a", "a", "a"]
+    assert not any(create.is_probe for create in decisions.creates) and decisions.outlook.probing_until == {}
+
+
+def test_a_peer_that_does_not_say_how_many_run_shows_work_only_with_none_young() -> None:
+    types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]
+    aborted = report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO)
+    hidden = run(types, [aborted, report("f3", "a", 3.0, num_before_fizzle=1)], max_creations_per_cycle=4)
+    assert "a" in hidden.outlook.probing_until
+    shown = run(types, [aborted, report("f3", "a", 3.0)], max_creations_per_cycle=4)
+    assert "a" not in shown.outlook.probing_until
+
+
+def test_an_outcome_after_the_abort_that_is_no_abort_shows_work() -> None:
+    types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600)]
+    reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
+               report("f3", "a", 0.0, message="200 Success", shutdown_time=LONG_AGO + 1)]
+    decisions = run(types, reports, max_creations_per_cycle=4)
+    assert created(decisions) == ["a"] * 4 and not decisions.creates[0].is_probe
 
 
 @pytest.mark.parametrize("message", ["100 Shutdown as requested", "200 Success", "abc", "30 short", "", "2000 ok"])
@@ -318,9 +390,10 @@ def scheduler_inputs(draw: Any) -> SchedulerInput:
             slots.append(SlotView(ordinal, draw(names), draw(st.integers(min_value=1, max_value=4)),
                                   NOW + draw(st.sampled_from([60, 3600, 7200])), 1.0))
     reports = draw(st.lists(st.builds(
-        MachinetypeReport, st.sampled_from(["f1", "f2", "f3"]), names,
+        MachinetypeReport, st.sampled_from(["f1.example.com", "f2", "f3"]), names,
         st.integers(min_value=0, max_value=64).map(float), st.integers(min_value=0, max_value=3), messages,
-        st.integers(min_value=NOW - 2000, max_value=NOW)), max_size=12))
+        st.integers(min_value=NOW - 20000, max_value=NOW),
+        running_machines=st.one_of(st.none(), st.integers(min_value=0, max_value=5))), max_size=12))
     chosen_settings = site_settings(total_processors=total, host_processors=slot_count,
                                     processors_per_superslot=per_superslot,
                                     max_creations_per_cycle=draw(st.integers(min_value=1, max_value=6)))
@@ -345,6 +418,20 @@ def test_decisions_never_exceed_free_processors_or_reuse_a_slot(state: Scheduler
         assert chosen.min_processors <= create.processors <= min(chosen.max_processors,
                                                                  state.settings.processors_per_superslot)
         assert create.shutdown_time > state.now
+
+
+@settings(max_examples=400)
+@given(state=scheduler_inputs())
+def test_a_factory_probes_a_type_at_most_once_and_never_beside_its_own_young_probe(state: SchedulerInput) -> None:
+    decisions = decide(state, FixedTieBreak((0.3, 0.7, 0.1)))
+    own_young = {report.machinetype for report in state.reports
+                 if report.factory == state.settings.factory_name and report.num_before_fizzle > 0}
+    probes = [create.machinetype for create in decisions.creates if create.is_probe]
+    assert len(probes) == len(set(probes))
+    assert not set(probes) & own_young
+    # A type still probing is never also created as a non-probe in the same pass.
+    for create in decisions.creates:
+        assert create.is_probe == (create.machinetype in decisions.outlook.probing_until)
 
 
 @settings(max_examples=400)

@@ -16,6 +16,7 @@ from vacd.sim.model import CensusModel, binomial_count
 from vacd.sim.census import simulate_census
 from vacd.sim.scenario import MachinetypeScenario, Outcome, Scenario, standard_machinetypes
 from vacd.sim.site import run_scenario
+from vacd.sim.vac03_site import Vac03Site
 
 SMALL = Scenario(standard_machinetypes(), factories=4, processors=6, duration_seconds=1200.0, sample_seconds=10.0)
 
@@ -40,6 +41,12 @@ def test_network_loses_and_duplicates_at_the_configured_rates() -> None:
     assert network.lost / network.sent == pytest.approx(0.5, abs=0.02)
     assert len(arrivals) == pytest.approx(20_000 * 0.5 * 1.1, rel=0.03)
     assert all(0.0002 <= when <= 0.001 for when in arrivals)
+
+
+def test_the_replay_of_vac_03s_loop_backs_off_on_every_code_of_300_or_more() -> None:
+    # Vac 03 had one abort rule (§4.4); the replay must not take vacd's default, failure_rate.
+    site = Vac03Site(replace(SMALL, policy="vac03"))
+    assert {factory.settings.abort_rule for factory in site.factories} == {"vac03"}
 
 
 def test_same_seed_same_site() -> None:

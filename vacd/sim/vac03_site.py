@@ -106,6 +106,8 @@ class Vac03Site:
                 gocdb_sitename="sim",
                 max_creations_per_cycle=VAC_CREATIONS_PER_CYCLE,
                 cycle_seconds=VAC_SLEEP_SECONDS,
+                # Vac 03's rule: every code of 300 or more backs off (§4.4), not vacd's default.
+                abort_rule="vac03",
             )
             factory = _Factory(index, settings, scenario.processors)
             self.factories.append(factory)
@@ -321,6 +323,7 @@ class Vac03Site:
             reports=[*local.values(), *peer_reports],
             host_cpu_count=self.scenario.processors,
             probe_spread_seconds=self.probe_spread,
+            one_probe_at_a_time=False,  # Vac 03 created one machine a cycle, its own probes young or not
         )
         decisions = decide(state, self.rng)
         backoff = frozenset(decisions.outlook.backoff_until)
