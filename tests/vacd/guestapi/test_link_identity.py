@@ -44,6 +44,14 @@ class Site:
         """
         self.run(self.guests[ordinal], sys.executable, "-c", CONNECT_TO_GATEWAY)
 
+    def guest_takes_address_of(self, thief: int, victim: int) -> None:
+        """The thief's guest moves to the victim's address with its own MAC, the victim gone
+        quiet (not up to object), and talks from it."""
+        self.run(self.guests[victim], "ip", "link", "set", "eth0", "down")
+        self.run(self.guests[thief], "ip", "addr", "flush", "dev", "eth0")
+        self.run(self.guests[thief], "ip", "addr", "add", f"{ip_address_for(victim)}/16", "dev", "eth0")
+        self.guest_talks(thief)
+
 
 def ip(*arguments: str) -> None:
     subprocess.run(["ip", *arguments], check=True, capture_output=True, timeout=30)
@@ -110,11 +118,7 @@ def test_guest_on_its_own_address_and_tap_is_its_slot(site: Site, identity: Link
 
 
 def test_guest_that_takes_a_neighbours_address_is_not_that_slot(site: Site, identity: LinkIdentity) -> None:
-    # Slot 2's guest moves to slot 1's address, with its own MAC (slot 1 is not up to object).
-    site.run(site.guests[1], "ip", "link", "set", "eth0", "down")
-    site.run(site.guests[2], "ip", "addr", "flush", "dev", "eth0")
-    site.run(site.guests[2], "ip", "addr", "add", f"{ip_address_for(1)}/16", "dev", "eth0")
-    site.guest_talks(2)
+    site.guest_takes_address_of(2, 1)
     assert not identity.confirms(ip_address_for(1), slot_mac(1))
     assert identity.refusals == 1
 
@@ -222,11 +226,7 @@ def test_a_neighbour_entry_that_moves_to_another_mac_is_refused_once_the_reading
         site: Site, stepped_identity: LinkIdentity, clock: SteppedClock) -> None:
     site.guest_talks(1)
     assert stepped_identity.confirms(ip_address_for(1), slot_mac(1))
-    # Slot 2's guest takes slot 1's address with its own MAC: the neighbour entry moves.
-    site.run(site.guests[1], "ip", "link", "set", "eth0", "down")
-    site.run(site.guests[2], "ip", "addr", "flush", "dev", "eth0")
-    site.run(site.guests[2], "ip", "addr", "add", f"{ip_address_for(1)}/16", "dev", "eth0")
-    site.guest_talks(2)
+    site.guest_takes_address_of(2, 1)  # the neighbour entry moves to slot 2's MAC
     clock.now += CACHE_SECONDS
     assert not stepped_identity.confirms(ip_address_for(1), slot_mac(1))
     assert stepped_identity.refusals == 1
@@ -236,10 +236,7 @@ def test_a_busy_checker_renews_its_reading_ahead_and_then_sees_the_move(
         site: Site, stepped_identity: LinkIdentity, clock: SteppedClock) -> None:
     site.guest_talks(1)
     assert stepped_identity.confirms(ip_address_for(1), slot_mac(1))
-    site.run(site.guests[1], "ip", "link", "set", "eth0", "down")
-    site.run(site.guests[2], "ip", "addr", "flush", "dev", "eth0")
-    site.run(site.guests[2], "ip", "addr", "add", f"{ip_address_for(1)}/16", "dev", "eth0")
-    site.guest_talks(2)
+    site.guest_takes_address_of(2, 1)
     # Past REFRESH_AHEAD_SECONDS, within CACHE_SECONDS: answered from the reading it has (the
     # guarantee: tables at most CACHE_SECONDS old), while a new reading is taken off the caller's time.
     clock.now += REFRESH_AHEAD_SECONDS + 0.1
