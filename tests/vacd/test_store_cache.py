@@ -182,11 +182,17 @@ def test_vacs_heartbeat_line_is_rewritten_once_a_minute_and_left_alone_between(t
     assert os.lstat(directory / "heartbeat").st_ino != before.st_ino
 
 
-def test_a_pass_over_an_unchanged_node_opens_no_record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def settled_four_slot_node(tmp_path: Path) -> Harness:
+    """A factory whose four slots were filled one pass ago and read once since: nothing changes now."""
     harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
     harness.run_pass()  # fills the four slots
     harness.clock.advance(10)
     harness.run_pass()
+    return harness
+
+
+def test_a_pass_over_an_unchanged_node_opens_no_record_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    harness = settled_four_slot_node(tmp_path)
     counter = OpenCounter(monkeypatch)
     for _ in range(3):
         harness.clock.advance(10)
@@ -278,10 +284,7 @@ class ParseCounter:
 
 
 def test_a_pass_over_an_unchanged_node_parses_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    harness = Harness(tmp_path, make_settings(), make_machinetype(tmp_path, "atlas"))
-    harness.run_pass()  # fills the four slots
-    harness.clock.advance(10)
-    harness.run_pass()
+    harness = settled_four_slot_node(tmp_path)
     parses = ParseCounter(monkeypatch)
     for _ in range(3):
         harness.clock.advance(10)
