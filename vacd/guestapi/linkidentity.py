@@ -101,6 +101,21 @@ class BridgeTables:
         return None
 
 
+@dataclass(frozen=True)
+class FailedReading:
+    """A reading of the bridge's tables that failed: it refuses every source, saying why."""
+
+    taken_at: float
+    reason: str
+
+    def refusal(self, address: str, slot_mac: str) -> str:
+        return self.reason
+
+
+# What one reading of the bridge gave: its tables, or why there are none.
+Reading = Union[BridgeTables, FailedReading]
+
+
 def tap_mac_for(guest_mac: str) -> str:
     """The MAC libvirt gives the host side (tap) of a guest interface with `guest_mac`."""
     return TAP_FIRST_OCTET + guest_mac.lower()[2:]
@@ -117,7 +132,7 @@ class LinkIdentity:
         self._handle: Optional[Any] = None
         self._bridge_index: Optional[int] = None
         # The newest snapshot, or why the last reading failed (with when it began).
-        self._tables: Union[BridgeTables, tuple[float, str], None] = None
+        self._tables: Optional[Reading] = None
         self._refresh_ahead: Optional["Future[None]"] = None
         self._refusals_confirmed: dict[tuple[str, str], float] = {}
         # (source, MAC) -> the snapshot that confirmed it: the hot path is two dictionary lookups.
@@ -170,11 +185,11 @@ class LinkIdentity:
         except ValueError:
             return self._refused(key, "not an IP address", now)
         tables, read_now = self._current_tables(now)
-        reason = self._answer(tables, address, slot_mac)
+        reason = tables.refusal(address, slot_mac)
         if reason is not None and not read_now:
             # The snapshot may predate this guest's first frames: ask the kernel again.
             tables = self._read(now)
-            reason = self._answer(tables, address, slot_mac)
+            reason = tables.refusal(address, slot_mac)
         if reason is not None:
             return self._refused(key, reason, now)
         if isinstance(tables, BridgeTables):
@@ -194,21 +209,12 @@ class LinkIdentity:
         if pending is not None:
             pending.result(timeout=timeout)
 
-    @staticmethod
-    def _answer(tables: Union[BridgeTables, tuple[float, str], None], address: str, slot_mac: str) -> Optional[str]:
-        if isinstance(tables, BridgeTables):
-            return tables.refusal(address, slot_mac)
-        if tables is None:
-            return "no reading of the bridge's tables"
-        return tables[1]
-
-    def _current_tables(self, now: float) -> tuple[Union[BridgeTables, tuple[float, str], None], bool]:
+    def _current_tables(self, now: float) -> tuple[Reading, bool]:
         """(a snapshot at most CACHE_SECONDS old, whether it was read for this call)."""
         tables = self._tables
-        taken_at = tables.taken_at if isinstance(tables, BridgeTables) else None
-        if taken_at is None or now - taken_at >= CACHE_SECONDS or now < taken_at:
+        if not isinstance(tables, BridgeTables) or not 0.0 <= now - tables.taken_at < CACHE_SECONDS:
             return self._read(now), True
-        if now - taken_at >= REFRESH_AHEAD_SECONDS:
+        if now - tables.taken_at >= REFRESH_AHEAD_SECONDS:
             self._start_refresh_ahead()
         return tables, False
 
@@ -225,24 +231,22 @@ class LinkIdentity:
         """On the netlink thread: read the tables and publish them, unless a newer reading is in."""
         tables = self._read_tables(self.clock())
         current = self._tables
-        current_at = current.taken_at if isinstance(current, BridgeTables) else current[0] if current else None
-        taken_at = tables.taken_at if isinstance(tables, BridgeTables) else tables[0]
-        if current_at is None or taken_at >= current_at:
+        if current is None or tables.taken_at >= current.taken_at:
             self._tables = tables
 
-    def _read(self, now: float) -> Union[BridgeTables, tuple[float, str]]:
+    def _read(self, now: float) -> Reading:
         """A new reading, waited for (at most LOOKUP_TIMEOUT_SECONDS), published and returned."""
         try:
             tables = self._netlink_thread.submit(self._read_tables, now).result(timeout=LOOKUP_TIMEOUT_SECONDS)
         except FutureTimeout:
-            return now, f"netlink lookup on {self.bridge} took over {LOOKUP_TIMEOUT_SECONDS:.0f}s"
+            return FailedReading(now, f"netlink lookup on {self.bridge} took over {LOOKUP_TIMEOUT_SECONDS:.0f}s")
         except RuntimeError as error:  # submit after close: the daemon is stopping
-            return now, f"link check closed: {error}"
+            return FailedReading(now, f"link check closed: {error}")
         self._tables = tables
         return tables
 
-    def _read_tables(self, taken_at: float) -> Union[BridgeTables, tuple[float, str]]:
-        """On the netlink thread: the bridge's tables now, or (taken_at, why they could not be read)."""
+    def _read_tables(self, taken_at: float) -> Reading:
+        """On the netlink thread: the bridge's tables now, or why they could not be read."""
         self.readings += 1
         try:
             handle, bridge_index = self._netlink()
@@ -271,7 +275,7 @@ class LinkIdentity:
         except Exception as error:  # pyroute2 raises NetlinkError and OSError subclasses
             self._close_handle()
             self._bridge_index = None
-            return taken_at, f"netlink error on {self.bridge}: {error}"
+            return FailedReading(taken_at, f"netlink error on {self.bridge}: {error}")
 
     def _netlink(self) -> tuple[Any, int]:
         if self._handle is None:
