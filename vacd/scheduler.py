@@ -23,16 +23,19 @@ Changes from Vac 03, each a fix or a documented improvement:
   may probe. Every factory computes the same order, so one factory probes first and the
   others then see its machine before fizzle in their next census and wait the fizzle time.
   Vac admitted that all factories could probe at the same instant (§4.3, §11). At most one
-  probe per machinetype is made per pass by one factory, and none while that factory's own
-  machine of the type is still before fizzle (Vac, creating one machine a minute, could
-  have ten such probes young at once);
+  probe per machinetype is made per pass by one factory, and none while a machine of the
+  type is before fizzle anywhere in the space: the probe gets its whole fizzle_seconds to
+  find work or abort, as §4.3 intends. Vac's code let the wait end at t + backoff + fizzle
+  although a probe made after the backoff was still young, and then every factory with a
+  free slot probed (up to a quarter of a site of 4-processor factories held by a type with
+  no work, issue 9); the replay of Vac 03's loop keeps Vac's timing;
 - a creation stays a probe, after that time too, for as long as nothing in the space shows
   the machinetype to have work since its abort (a machine of it past fizzle_seconds, from
   the reports' running_machines and num_before_fizzle, or a later outcome that is no
-  abort). Vac's eligibility (§4.3, acceptance 20) is unchanged; what changes is how many a
-  factory makes: when the backoff lapsed while every factory was full, the type with no
-  work was the most starved when slots freed, and took up to max_creations_per_cycle on
-  every factory at once (issue 9: 528 of 3,200 processors, a 9.6 % share error, when a
+  abort). Vac's ineligibility (§4.3, acceptance 20: none before t + backoff + fizzle while
+  a probe is young) is kept; what changes is how many are made: when the backoff lapsed
+  while every factory was full, the type with no work was the most starved when slots
+  freed, and took up to max_creations_per_cycle on every factory at once (issue 9: 528 of 3,200 processors, a 9.6 % share error, when a
   whole site reached max_wallclock_seconds together);
 - machinetypes whose creation failed locally are skipped until their failure backoff ends
   (Vac retried a broken machinetype every cycle, §11).
@@ -141,7 +144,7 @@ class SchedulerInput:
     draining: bool = False
     creation_failure_until: Mapping[str, int] = field(default_factory=dict)
     probe_spread_seconds: int = DEFAULT_PROBE_SPREAD_SECONDS
-    # vacd's probe limit: no probe beside this factory's own young one. Only the replay of
+    # vacd's probe limit: no probe while one of the type is young anywhere. Only the replay of
     # Vac 03's loop (vacd/sim/vac03_site.py) turns it off: Vac made one creation a cycle.
     one_probe_at_a_time: bool = True
     # A factory-wide fault that stops creation (a bad reload, a full disk), as the gate reason.
@@ -154,6 +157,10 @@ class SchedulerInput:
 # only 300-699 as "no work". Alone such failures back off no one; once they are at least half
 # of a machinetype's recent outcomes across the space, it has no usable work and backs off
 # (issue 9 item 3; 5 % of payloads failing skewed shares by 7.7 % under Vac 03's rule).
+# Each factory has one vote per machinetype: its latest outcome in the window or, if it has
+# none there, a machine of the type running past fizzle_seconds (it found work). Without
+# that second kind of vote, a type's only outcomes in its first hour were its early
+# failures (working payloads run for hours), and 5 % failing backed it off site-wide.
 FIRST_FAILURE_CODE = 700
 FAILURE_RATE_WINDOW_SECONDS = 3600
 FAILURE_RATE_THRESHOLD = 0.5
@@ -166,17 +173,22 @@ def last_abort_times(
 
     "vac03": every payload verdict of 300 or more is an abort at once (§4.4). "failure_rate":
     300-699 are aborts at once; 700 and more count only while they are at least
-    FAILURE_RATE_THRESHOLD of the machinetype's outcomes (each factory's latest) of the last
-    FAILURE_RATE_WINDOW_SECONDS, and then from the latest of them.
+    FAILURE_RATE_THRESHOLD of the machinetype's votes of the last FAILURE_RATE_WINDOW_SECONDS
+    (each factory's latest outcome, or a machine past fizzle where it has no outcome in the
+    window), and then from the latest of them.
     """
     last_abort: dict[str, int] = {}
-    outcomes: dict[str, int] = {}
+    votes: dict[str, int] = {}
     failures: dict[str, list[int]] = {}
     for report in reports:
+        in_window = (
+            now is not None and report.shutdown_time is not None
+            and report.shutdown_time >= now - FAILURE_RATE_WINDOW_SECONDS
+        )
+        if rule == "failure_rate" and now is not None and (in_window or report.runs_past_fizzle):
+            votes[report.machinetype] = votes.get(report.machinetype, 0) + 1
         if report.shutdown_time is None:
             continue
-        if rule == "failure_rate" and now is not None and report.shutdown_time >= now - FAILURE_RATE_WINDOW_SECONDS:
-            outcomes[report.machinetype] = outcomes.get(report.machinetype, 0) + 1
         if not is_abort(report.shutdown_message):
             continue
         code = shutdown_code(report.shutdown_message)
@@ -187,7 +199,7 @@ def last_abort_times(
         previous = last_abort.get(report.machinetype, report.shutdown_time)
         last_abort[report.machinetype] = max(previous, report.shutdown_time)
     for machinetype, times in failures.items():
-        if len(times) >= FAILURE_RATE_THRESHOLD * max(1, outcomes.get(machinetype, 0)):
+        if len(times) >= FAILURE_RATE_THRESHOLD * max(1, votes.get(machinetype, 0)):
             last_abort[machinetype] = max(last_abort.get(machinetype, max(times)), max(times))
     return last_abort
 
@@ -340,13 +352,12 @@ def decide(state: SchedulerInput, tie_break: RandomSource) -> Decisions:
 
     tie = {name: tie_break.random() for name in sorted(machinetypes)}
     creates: list[Create] = []
-    # One probe of a type at a time per factory: a factory whose own probe is still before
-    # fizzle makes no other until it has found work or aborted.
-    own_young = {
-        report.machinetype for report in state.reports
-        if report.factory.lower() == settings.factory_name.lower() and report.num_before_fizzle > 0
-    }
-    probed: set[str] = {name for name in probing_until if name in own_young} if state.one_probe_at_a_time else set()
+    # One probe of a type at a time in the space: while a machine of a type not yet shown to
+    # have work is before fizzle anywhere, it is the probe, and no factory makes another
+    # until it has found work or aborted.
+    probed: set[str] = (
+        {name for name in probing_until if before_fizzle[name] > 0} if state.one_probe_at_a_time else set()
+    )
     hs06_per_processor = settings.hs06_per_processor or 1.0
     while len(creates) < settings.max_creations_per_cycle and free_ordinals:
         eligible = _eligible_in_order(

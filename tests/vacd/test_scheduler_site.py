@@ -148,13 +148,37 @@ def test_probe_stagger_delays_eligibility_by_at_most_the_spread() -> None:
     assert created(probe) == ["a"] and probe.creates[0].is_probe
 
 
+def vac03_probing(types: Sequence[Machinetype], reports: Sequence[MachinetypeReport], now: int) -> Decisions:
+    """decide() as the replay of Vac 03's loop runs it: no wait for a probe young elsewhere."""
+    state = SchedulerInput(now, site_settings(), {mt.name: mt for mt in types}, free_slots(8), reports,
+                           host_cpu_count=8, probe_spread_seconds=0, one_probe_at_a_time=False)
+    return decide(state, FixedTieBreak())
+
+
 def test_young_machine_anywhere_extends_the_backoff_by_fizzle_seconds() -> None:
+    # Acceptance 20: ineligible until t + backoff + fizzle, under Vac 03's probing and vacd's.
     types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600)]
     probing = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=ABORT_TIME),
                report("f3", "a", 1.0, num_before_fizzle=1)]
-    assert run(types, probing, now=ABORT_TIME + 11).creates == ()
-    assert run(types, probing, now=ABORT_TIME + 610).creates == ()
-    assert created(run(types, probing, now=ABORT_TIME + 611)) == ["a"]
+    for now in (ABORT_TIME + 11, ABORT_TIME + 610):
+        assert run(types, probing, now=now).creates == ()
+        assert vac03_probing(types, probing, now).creates == ()
+    assert created(vac03_probing(types, probing, ABORT_TIME + 611)) == ["a"]
+
+
+def test_vacd_makes_no_second_probe_while_one_is_young_anywhere_then_flows_once_it_shows_work() -> None:
+    # Vac 03 let the wait end fizzle_seconds after the backoff although the probe, made some
+    # time after the backoff, was still young; vacd gives the probe its whole fizzle_seconds
+    # (§4.3's "giving the probe LM time to either find work or abort"), so a workless type
+    # holds one machine of the space, not one per factory (issue 9).
+    types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600)]
+    aborted = report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=ABORT_TIME)
+    young = report("f3", "a", 1.0, num_before_fizzle=1, running_machines=1)
+    assert run(types, [aborted, young], now=ABORT_TIME + 611).creates == ()
+    assert run(types, [aborted, young], now=ABORT_TIME + 5000).creates == ()
+    past_fizzle = report("f3", "a", 1.0, num_before_fizzle=0, running_machines=1)
+    flowing = run(types, [aborted, past_fizzle], now=ABORT_TIME + 700)
+    assert created(flowing) == ["a"] and not flowing.creates[0].is_probe
 
 
 # Issue 9: a backoff that lapsed while every factory was full. The type with no work is the
@@ -190,16 +214,15 @@ def test_the_replay_of_vac_03s_loop_probes_beside_its_own_young_probe_as_vac_did
     assert created(decide(state, FixedTieBreak())) == ["a"]
 
 
-def test_a_young_probe_on_another_factory_does_not_stop_this_ones_probe_after_backoff_and_fizzle() -> None:
-    # Acceptance 20 as Vac 03 wrote it: the extra wait is fizzle_seconds after the backoff.
+def test_a_young_probe_on_another_factory_stops_this_ones_probe_however_long_ago_the_abort() -> None:
+    # The backoff and fizzle after the abort lapsed long ago (every factory was full); the
+    # first factory to free a slot probed, and the others wait for its probe.
     types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]
     reports = [report("f2", "a", 0.0, message="300 Nothing to do", shutdown_time=LONG_AGO),
                report("f3", "a", 1.0, num_before_fizzle=1, running_machines=1),
                report("f2", "b", 100.0, running_machines=1)]
-    decisions = run(types, reports, max_creations_per_cycle=4)
-    assert created(decisions) == ["a", "b", "b", "b"] and decisions.creates[0].is_probe
-
-
+    assert created(run(types, reports, max_creations_per_cycle=4)) == ["b", "b", "b", "b"]
+    assert created(vac03_probing(types, reports, NOW)) == ["a"]
 def test_a_machine_past_fizzle_anywhere_shows_work_and_the_type_flows() -> None:
     types = [machinetype("a", backoff_seconds=10, fizzle_seconds=600), machinetype("b")]
     # f3 runs 3 machines of a, only 1 of them young: 2 have outlived fizzle_seconds.
@@ -422,13 +445,14 @@ def test_decisions_never_exceed_free_processors_or_reuse_a_slot(state: Scheduler
 
 @settings(max_examples=400)
 @given(state=scheduler_inputs())
-def test_a_factory_probes_a_type_at_most_once_and_never_beside_its_own_young_probe(state: SchedulerInput) -> None:
+def test_a_factory_probes_a_type_at_most_once_and_never_beside_a_young_machine_of_it_anywhere(
+    state: SchedulerInput,
+) -> None:
     decisions = decide(state, FixedTieBreak((0.3, 0.7, 0.1)))
-    own_young = {report.machinetype for report in state.reports
-                 if report.factory == state.settings.factory_name and report.num_before_fizzle > 0}
+    young_anywhere = {report.machinetype for report in state.reports if report.num_before_fizzle > 0}
     probes = [create.machinetype for create in decisions.creates if create.is_probe]
     assert len(probes) == len(set(probes))
-    assert not set(probes) & own_young
+    assert not set(probes) & young_anywhere
     # A type still probing is never also created as a non-probe in the same pass.
     for create in decisions.creates:
         assert create.is_probe == (create.machinetype in decisions.outlook.probing_until)
