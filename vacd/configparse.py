@@ -13,8 +13,6 @@ one Config, or one ConfigErrors listing every problem, out. Rules:
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from functools import partial
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
@@ -22,75 +20,22 @@ from typing import Mapping, Optional, Sequence
 from vacd.config import (ABORT_RULES, HYPERVISORS, LOG_DESTINATIONS, MACHINE_MODELS, METADATA_TOKEN_MODES,
                          VACQUERY_AUTH_MODES, VM_MACHINE_MODELS,
                          Config, FactoryAddress, Machinetype, Settings, VacuumPipe)
-from vacd.configini import (Findings, InvalidValue, Location, OptionSource, RawConfig, SectionReader,
+from vacd.configini import (Findings, Location, OptionSource, RawConfig, SectionReader,
                             ascii_lower, ascii_split, read_sources, to_absolute_path, to_boolean, to_choice, to_integer,
                             to_matching, to_number, to_words)
+from vacd.configvalues import (COMMAND_WORD, CVMFS_REPOSITORY, DEVICE_NAME, DOCKER_IMAGE, DRAINING, FIX_NETWORKING,
+                               HOSTNAME, INTERFACE_NAME, JOBOUTPUTS_FILE_NAME, LIBVIRT_URI, MACHINETYPE_NAME,
+                               MAX_CYCLE_SECONDS, MAX_DAYS, MAX_DISK_GB_PER_PROCESSOR, MAX_DISK_MB, MAX_EPOCH_SECONDS,
+                               MAX_HS06_PER_PROCESSOR, MAX_IMAGECACHE_DAYS, MAX_JOBOUTPUTS_QUOTA_BYTES,
+                               MAX_JOBOUTPUTS_TOTAL_BYTES, MAX_MB_PER_PROCESSOR, MAX_OVERLOAD_PER_PROCESSOR,
+                               MAX_PROCESSORS, MAX_SHUTDOWN_GRACE_SECONDS, MAX_UDP_TIMEOUT_SECONDS, MIN_CYCLE_SECONDS,
+                               OPTION_NAME_SUFFIX, PIPE_URL, PROXY_SWITCH, SAFE_ABSOLUTE_PATH, SPACE_NAME, USER_NAME,
+                               VOLUME_GROUP, to_duration, to_duration_from_one, to_factories, to_host_port,
+                               to_ip_address, to_key_files, to_optional_regular_expression, to_optional_sha256,
+                               to_port, to_share, to_vacmon_hostports, to_version_logger)
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.paths import Paths
-from vacd.slots import MAX_SLOTS
 
-# Ranges the daemon can run with (issue 8 item 9: `cycle_seconds = 1e300` raised
-# OverflowError in Event.wait at the first idle pass, `host_processors = 30000` a
-# ValueError from the slot address scheme at start). Every numeric option has both bounds;
-# the limits are far beyond any real site's values, and exist so that no accepted value
-# overflows a timeout, a date, a libvirt size or the slot scheme.
-# One slot per host processor (§1.5): vacd.slots can address MAX_SLOTS of them.
-MAX_PROCESSORS = MAX_SLOTS
-# Durations: 10 years, far below threading.TIMEOUT_MAX (292 years) and datetime's year 9999.
-MAX_DURATION_SECONDS = 10 * 366 * 86400
-MAX_DAYS = MAX_DURATION_SECONDS / 86400
-# The loop waits at most cycle_seconds between passes: below 0.1 s it would spin, and above
-# a day nothing would be policed in time.
-MIN_CYCLE_SECONDS = 0.1
-MAX_CYCLE_SECONDS = 86400.0
-# A census round is udp_timeout_seconds / 5 and runs inside a pass.
-MAX_UDP_TIMEOUT_SECONDS = 3600.0
-MAX_SHUTDOWN_GRACE_SECONDS = 86400
-# 9999-12-31T23:59:59Z: the last second datetime (APEL records, status) can represent.
-MAX_EPOCH_SECONDS = 253402300799
-# 1 TiB of memory and 100 TB of scratch disk per processor: times MAX_PROCESSORS this
-# still fits the 64-bit sizes libvirt and qemu-img take.
-MAX_MB_PER_PROCESSOR = 1024 * 1024
-MAX_DISK_GB_PER_PROCESSOR = 100_000
-MAX_HS06_PER_PROCESSOR = 100_000.0
-MAX_OVERLOAD_PER_PROCESSOR = 1000.0
-# Shares are summed over every machinetype and pipe: this keeps the sum finite.
-MAX_TARGET_SHARE = 1e12
-# The scheduler divides processors x HS06 by a share and sums the quotients: a positive share
-# below this (1e-308 was found) overflows that sum. No site's ratio of shares comes near.
-MIN_POSITIVE_TARGET_SHARE = 1e-100
-MAX_VERSION_LOGGER = 86400
-MAX_JOBOUTPUTS_QUOTA_BYTES = 1 << 40
-MAX_JOBOUTPUTS_TOTAL_BYTES = 1 << 50
-# A rotation needs the current key and the one before it; each more key is one more HMAC
-# per unrecognised datagram.
-MAX_VACQUERY_KEYS = 2
-
-MACHINETYPE_NAME = re.compile(r"[a-z0-9-]+")
-OPTION_NAME_SUFFIX = re.compile(r"[a-z0-9_]+")
-_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
-HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_SPACE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_DEVICE = re.compile(r"[a-z0-9]+")
-_VACMON_HOSTPORT = re.compile(r"[a-z0-9.-]+:[0-9]+")
-CVMFS_REPOSITORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# A file name inside $JOBOUTPUTS: no directory part, not "." or "..".
-JOBOUTPUTS_FILE_NAME = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]+")
-# Absolute path of safe characters with no "." or ".." component (becomes a bind mount).
-SAFE_ABSOLUTE_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9._+-]+)+")
-# One argv word: printable ASCII, no spaces (Vac ran it through a shell, §11).
-_COMMAND = re.compile(r"[!-~]+")
-DOCKER_IMAGE = re.compile(r"docker://[A-Za-z0-9][A-Za-z0-9._/:@-]*")
-_INTERFACE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
-_VOLUME_GROUP = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*")
-_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]*\$?")
-_LIBVIRT_URI = re.compile(r"[a-z][a-z0-9+]*://[!-~]*")
-_PIPE_URL = re.compile(r"https?://[!-~]+")
-
-# Upper bounds of the disk options: an exbibyte, and a century (a larger day count would
-# overflow the seconds arithmetic of the eviction rule, issue 8 item 9).
-MAX_DISK_MB = 2**40
-MAX_IMAGECACHE_DAYS = 36500
 
 # Options Vac 03 accepted but no longer used: each gives a warning (§2.2, §2.4).
 _IGNORED_SETTINGS = (
@@ -131,142 +76,6 @@ def _reader(raw: RawConfig, section: str, findings: Findings) -> SectionReader:
                          raw.headers.get(section, Location("<unknown>")), findings)
 
 
-def _to_ip_address(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text.strip().strip("[]")))
-    except ValueError:
-        raise InvalidValue(f"expected an IPv4 or IPv6 address, got {text.strip()!r}") from None
-
-
-def _to_port(text: str) -> int:
-    # Port 0 lets the kernel choose: only useful in tests (peers cannot find the port).
-    return to_integer(text, 0, 65535)
-
-
-def _to_host_port(text: str) -> Optional[str]:
-    """`host:port`, `[v6 address]:port` or `:port` (every IPv4 address), or empty for none."""
-    word = text.strip()
-    if not word:
-        return None
-    host, colon, port = word.rpartition(":")
-    if not colon:
-        raise InvalidValue(f"expected host:port (or [address]:port), got {word!r}")
-    if host.startswith("["):
-        _to_ip_address(host)
-    elif host and not HOSTNAME.fullmatch(host.lower()):  # ":port": every IPv4 address (vacd/metrics.py)
-        raise InvalidValue(f"expected host:port (or [address]:port), got {word!r}")
-    _to_port(port)
-    return word
-
-
-def _to_key_files(text: str) -> tuple[str, ...]:
-    """One or more absolute paths, the current key's first (a rotation holds two, issue 9 item 6)."""
-    key_files = tuple(dict.fromkeys(to_absolute_path(word) for word in text.split()))
-    if len(key_files) > MAX_VACQUERY_KEYS:
-        raise InvalidValue(f"expected at most {MAX_VACQUERY_KEYS} key files (the current key and the previous "
-                           f"one), got {len(key_files)}")
-    return key_files
-
-
-def _to_vacmon_hostports(text: str) -> tuple[str, ...]:
-    hostports = to_words(text.lower(), _VACMON_HOSTPORT, "host:port items")
-    for hostport in hostports:
-        to_integer(hostport.rpartition(":")[2], 1, 65535)
-    return hostports
-
-
-def _to_factories(text: str, factory_name: str) -> tuple[FactoryAddress, ...]:
-    """§2.2: lower-cased; `.` is this factory; a name without a dot gets this factory's domain."""
-    domain = factory_name.partition(".")[2]
-    factories: dict[str, FactoryAddress] = {}
-    for token in text.lower().split():
-        name, equals, address = token.partition("=")
-        if name == ".":
-            name = factory_name
-        elif "." not in name and domain:
-            name = f"{name}.{domain}"
-        if not HOSTNAME.fullmatch(name):
-            raise InvalidValue(f"expected host names (optionally name=address), got {token!r}")
-        factories.setdefault(name, FactoryAddress(name, _to_ip_address(address) if equals else None))
-    return tuple(factories.values())
-
-
-class VacBoolean:
-    """A yes/no option of Vac 03's, read as Vac read it or refused (issue 10 item 4).
-
-    Vac 03 compared each of these with one word and took anything else as the other answer
-    (`draining = true` did not drain). vacd reads yes/no, true/false, on/off and 1/0; where
-    that reading is not Vac's, the factory would silently change, so the value is refused
-    with both readings. Words vacd does not know at all are refused as before.
-    """
-
-    def __init__(self, vac_word: str, vac_word_means: bool) -> None:
-        self.vac_word = vac_word
-        self.vac_word_means = vac_word_means
-
-    def vac_reading(self, text: str) -> bool:
-        # Vac compared the value (stripped by ConfigParser) in lower case.
-        is_the_word = ascii_lower(text.strip()) == self.vac_word
-        return self.vac_word_means if is_the_word else not self.vac_word_means
-
-    def __call__(self, text: str) -> bool:
-        value = to_boolean(text)
-        if value != self.vac_reading(text):
-            vac_answer, vacd_answer = ("yes", "no") if self.vac_reading(text) else ("no", "yes")
-            raise InvalidValue(
-                f"Vac 03 read {text.strip()!r} as {vac_answer} (only {self.vac_word!r} meant "
-                f"{'yes' if self.vac_word_means else 'no'} to it) and vacd would read it as {vacd_answer}: "
-                f"write {vac_answer} to keep what Vac 03 did, or {vacd_answer} to change it")
-        return value
-
-
-# vac/shared.py: draining only with "yes"; fix_networking off only with "false";
-# user_data_proxy and legacy_proxy only with "true".
-DRAINING = VacBoolean("yes", True)
-FIX_NETWORKING = VacBoolean("false", False)
-PROXY_SWITCH = VacBoolean("true", True)
-
-
-def _to_version_logger(text: str, reader: SectionReader) -> int:
-    word = text.strip().lower()
-    if word in ("true", "false"):
-        reader.warn("version_logger", f"{word} is deprecated, use a number of messages per day")
-        return 1 if word == "true" else 0
-    return to_integer(text, 0, MAX_VERSION_LOGGER)
-
-
-def _to_regular_expression(text: str) -> str:
-    try:
-        re.compile(text)
-    except (re.error, OverflowError, RecursionError, ValueError) as error:
-        raise InvalidValue(f"expected a regular expression: {error}") from None
-    return text
-
-
-def _to_optional_regular_expression(text: str) -> Optional[str]:
-    """An empty value means no pattern (as the option left out), so it reads back the same."""
-    return _to_regular_expression(text) if text.strip() else None
-
-
-def _to_optional_sha256(text: str) -> Optional[str]:
-    """root_image_sha256 (issue 11 item 1): 64 hex digits, kept in lower case; empty means unset."""
-    word = text.strip().lower()
-    if not word:
-        return None
-    if not re.fullmatch(r"[0-9a-f]{64}", word):
-        raise InvalidValue(f"expected a SHA-256 digest of 64 hexadecimal digits, got {text.strip()[:80]!r}")
-    return word
-
-
-_to_duration = partial(to_integer, minimum=0, maximum=MAX_DURATION_SECONDS)
-_to_duration_from_one = partial(to_integer, minimum=1, maximum=MAX_DURATION_SECONDS)
-def _to_share(text: str) -> float:
-    share = to_number(text, minimum=0, maximum=MAX_TARGET_SHARE)
-    if 0 < share < MIN_POSITIVE_TARGET_SHARE:
-        raise InvalidValue(f"must be 0 or at least {MIN_POSITIVE_TARGET_SHARE}, got {share}")
-    return share
-
-
 def _optional_text(reader: SectionReader, option: str) -> Optional[str]:
     text = reader.raw(option)
     return text.strip() or None if text is not None else None
@@ -287,7 +96,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
     for option, reason in _IGNORED_SETTINGS:
         reader.ignore(option, reason)
 
-    vac_space = reader.get("vac_space", "", partial(to_matching, pattern=_SPACE_NAME, what="a space name"))
+    vac_space = reader.get("vac_space", "", partial(to_matching, pattern=SPACE_NAME, what="a space name"))
     if not reader.has("vac_space"):
         reader.problem("vac_space", "required option missing")
     configured_name = reader.raw("factory_name")
@@ -331,11 +140,11 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         reader.warn("gocdb_cert_file" if gocdb_cert_file else "gocdb_key_file",
                     "GOCDB updates need both gocdb_cert_file and gocdb_key_file")
     singularity_user = reader.get("singularity_user", None,
-                                  partial(to_matching, pattern=_USER_NAME, what="a user name"))
+                                  partial(to_matching, pattern=USER_NAME, what="a user name"))
     if singularity_user == "root":
         reader.problem("singularity_user", "must not be root (Vac kills this user's stray processes)")
     no_factories: tuple[FactoryAddress, ...] = ()
-    factories = reader.get("factories", no_factories, partial(_to_factories, factory_name=factory_name))
+    factories = reader.get("factories", no_factories, partial(to_factories, factory_name=factory_name))
     if factories and factory_name not in {factory.name for factory in factories}:
         reader.warn("factories", f"does not list this factory ({factory_name}): its own machines "
                                  "will be missing from the space's shares")
@@ -358,15 +167,15 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
             reader.renamed("disk_gb_per_processor", VAC_ORDER["disk_gb_per_processor"]), None,
             partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
         volume_group=reader.get("volume_group", None,
-                                partial(to_matching, pattern=_VOLUME_GROUP, what="an LVM volume group name")),
+                                partial(to_matching, pattern=VOLUME_GROUP, what="an LVM volume group name")),
         overload_per_processor=reader.get(reader.renamed("overload_per_processor", VAC_ORDER["overload_per_processor"]),
                                           1.25, partial(to_number, positive=True, maximum=MAX_OVERLOAD_PER_PROCESSOR)),
         shutdown_time=reader.get("shutdown_time", None, partial(to_integer, minimum=0, maximum=MAX_EPOCH_SECONDS)),
         draining=reader.get("draining", False, DRAINING),
         udp_timeout_seconds=reader.get("udp_timeout_seconds", 10.0,
                                        partial(to_number, positive=True, maximum=MAX_UDP_TIMEOUT_SECONDS)),
-        vacmon_hostport=reader.get("vacmon_hostport", (), _to_vacmon_hostports),
-        version_logger=reader.get("version_logger", 1, partial(_to_version_logger, reader=reader)),
+        vacmon_hostport=reader.get("vacmon_hostport", (), to_vacmon_hostports),
+        version_logger=reader.get("version_logger", 1, partial(to_version_logger, reader=reader)),
         gocdb_cert_file=gocdb_cert_file,
         gocdb_key_file=gocdb_key_file,
         root_public_key=reader.get("root_public_key", str(paths.under_prefix("/root/.ssh/id_rsa.pub")),
@@ -374,13 +183,13 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
         singularity_user=singularity_user,
         fix_networking=reader.get("fix_networking", True, FIX_NETWORKING),
         forward_dev=reader.get("forward_dev", None,
-                               partial(to_matching, pattern=_INTERFACE, what="a network interface name")),
+                               partial(to_matching, pattern=INTERFACE_NAME, what="a network interface name")),
         machinefeatures_options=reader.prefixed("machinefeatures_option_", OPTION_NAME_SUFFIX),
         user_data_options=reader.prefixed("user_data_option_", OPTION_NAME_SUFFIX),
         user_data_files=reader.prefixed("user_data_file_", OPTION_NAME_SUFFIX),
         hypervisor=reader.get("hypervisor", "auto", partial(to_choice, choices=HYPERVISORS)),
         libvirt_uri=reader.get("libvirt_uri", "qemu:///system",
-                               partial(to_matching, pattern=_LIBVIRT_URI, what="a libvirt URI")),
+                               partial(to_matching, pattern=LIBVIRT_URI, what="a libvirt URI")),
         max_creations_per_cycle=reader.get("max_creations_per_cycle", 4,
                                            partial(to_integer, minimum=1, maximum=MAX_PROCESSORS)),
         cycle_seconds=reader.get("cycle_seconds", 30.0, partial(to_number, minimum=MIN_CYCLE_SECONDS,
@@ -395,17 +204,17 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                              partial(to_number, minimum=0.0, maximum=100.0)),
         max_preemptions_per_cycle=reader.get("max_preemptions_per_cycle", 4,
                                              partial(to_integer, minimum=1, maximum=MAX_PROCESSORS)),
-        vacquery_port=reader.get("vacquery_port", 995, _to_port),
-        vacquery_bind_address=reader.get("vacquery_bind_address", "0.0.0.0", _to_ip_address),
-        vacquery_key_file=reader.get("vacquery_key_file", (), _to_key_files),
+        vacquery_port=reader.get("vacquery_port", 995, to_port),
+        vacquery_bind_address=reader.get("vacquery_bind_address", "0.0.0.0", to_ip_address),
+        vacquery_key_file=reader.get("vacquery_key_file", (), to_key_files),
         vacquery_auth=reader.get("vacquery_auth", "required", partial(to_choice, choices=VACQUERY_AUTH_MODES)),
-        metrics_address=reader.get("metrics_address", None, _to_host_port),
+        metrics_address=reader.get("metrics_address", None, to_host_port),
         dashboard=reader.get("dashboard", False, to_boolean),
         joboutputs_quota_bytes=reader.get("joboutputs_quota_bytes", 100 * 1024 * 1024,
                                           partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_QUOTA_BYTES)),
         joboutputs_total_bytes=reader.get("joboutputs_total_bytes", 20 * 1024 * 1024 * 1024,
                                           partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_TOTAL_BYTES)),
-        metadata_port=reader.get("metadata_port", 80, _to_port),
+        metadata_port=reader.get("metadata_port", 80, to_port),
         metadata_tokens=reader.get("metadata_tokens", "optional", partial(to_choice, choices=METADATA_TOKEN_MODES)),
         log_destination=reader.get("log_destination", "file", partial(to_choice, choices=LOG_DESTINATIONS)),
         min_free_disk_mb=reader.get("min_free_disk_mb", 1024, partial(to_integer, minimum=0,
@@ -497,9 +306,9 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
                                    "would use the machinetype's name; give a value or remove the line")
     min_processors = reader.get("min_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
     max_processors = reader.get("max_processors", 1, partial(to_integer, minimum=1, maximum=MAX_PROCESSORS))
-    max_wallclock_seconds = reader.get("max_wallclock_seconds", 86400, _to_duration_from_one)
+    max_wallclock_seconds = reader.get("max_wallclock_seconds", 86400, to_duration_from_one)
     # §2.4, acceptance 3: min_wallclock_seconds defaults to max_wallclock_seconds.
-    min_wallclock_seconds = reader.get("min_wallclock_seconds", max_wallclock_seconds, _to_duration)
+    min_wallclock_seconds = reader.get("min_wallclock_seconds", max_wallclock_seconds, to_duration)
     root_image = _optional_text(reader, "root_image")
     user_data_options, user_data_files = _user_data_mappings(reader, settings)
     machinetype = Machinetype(
@@ -507,7 +316,7 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         machinegroup=_optional_text(reader, "machinegroup") or accounting_fqan or name,
         machinetype_path=reader.get("machinetype_path", paths.machinetypes_dir / name,
                                     lambda text: Path(to_absolute_path(text))),
-        target_share=reader.get("target_share", 0.0, _to_share),
+        target_share=reader.get("target_share", 0.0, to_share),
         machine_model=machine_model,
         root_image=root_image,
         root_kernel=_optional_text(reader, "root_kernel"),
@@ -522,31 +331,31 @@ def read_machinetype(name: str, reader: SectionReader, settings: Optional[Settin
         max_processors=max_processors,
         max_wallclock_seconds=max_wallclock_seconds,
         min_wallclock_seconds=min_wallclock_seconds,
-        backoff_seconds=reader.get("backoff_seconds", 10, _to_duration),
-        fizzle_seconds=reader.get("fizzle_seconds", 600, _to_duration),
+        backoff_seconds=reader.get("backoff_seconds", 10, to_duration),
+        fizzle_seconds=reader.get("fizzle_seconds", 600, to_duration),
         heartbeat_file=reader.get("heartbeat_file", None, partial(
             to_matching, pattern=JOBOUTPUTS_FILE_NAME, what="a file name without a directory")),
-        heartbeat_seconds=reader.get("heartbeat_seconds", 0, _to_duration),
+        heartbeat_seconds=reader.get("heartbeat_seconds", 0, to_duration),
         accounting_fqan=accounting_fqan,
         machines_dir_days=reader.get(reader.renamed("machines_dir_days", VAC_ORDER["machines_dir_days"]), 3.0,
                                      partial(to_number, minimum=0, maximum=MAX_DAYS)),
         disk_gb_per_processor=reader.get("disk_gb_per_processor", None,
                                          partial(to_integer, minimum=0, maximum=MAX_DISK_GB_PER_PROCESSOR)),
-        root_device=reader.get("root_device", "vda", partial(to_matching, pattern=_DEVICE,
+        root_device=reader.get("root_device", "vda", partial(to_matching, pattern=DEVICE_NAME,
                                                              what="a device name of a-z and 0-9")),
         # Vac 03 never stored a valid scratch_device (§2.4 [BUG]); it is kept here.
-        scratch_device=reader.get("scratch_device", "vdb", partial(to_matching, pattern=_DEVICE,
+        scratch_device=reader.get("scratch_device", "vdb", partial(to_matching, pattern=DEVICE_NAME,
                                                                    what="a device name of a-z and 0-9")),
         # Vac 03 enforced only the deprecated cernvm_signing_dn (§1.12 [BUG]); both names work here.
         image_signing_dn=reader.get(reader.renamed("image_signing_dn", VAC_ORDER["image_signing_dn"]), None,
-                                    _to_optional_regular_expression),
-        root_image_sha256=reader.get("root_image_sha256", None, _to_optional_sha256),
+                                    to_optional_regular_expression),
+        root_image_sha256=reader.get("root_image_sha256", None, to_optional_sha256),
         cvmfs_repositories=reader.get("cvmfs_repositories", (), partial(
             to_words, pattern=CVMFS_REPOSITORY, what="cvmfs repository names")),
         tmp_binds=reader.get("tmp_binds", (), partial(
             to_words, pattern=SAFE_ABSOLUTE_PATH, what="absolute paths without . or .. parts")),
         container_command=reader.get("container_command", "/user_data", partial(
-            to_matching, pattern=_COMMAND, what="one command without spaces or arguments")),
+            to_matching, pattern=COMMAND_WORD, what="one command without spaces or arguments")),
         vacuum_pipe=vacuum_pipe,
     )
     if root_image is not None and root_image.startswith("docker://"):
@@ -708,11 +517,11 @@ def _read_pipe(section: str, prefix: str, raw: RawConfig, settings: Optional[Set
     if not MACHINETYPE_NAME.fullmatch(prefix):
         reader.problem(None, f"pipe prefixes may use only a-z, 0-9 and -, got {prefix!r}"
                        if prefix else "needs a prefix: [vacuum_pipe PREFIX]")
-    url = reader.get("vacuum_pipe_url", "", partial(to_matching, pattern=_PIPE_URL,
+    url = reader.get("vacuum_pipe_url", "", partial(to_matching, pattern=PIPE_URL,
                                                     what="an http:// or https:// URL"))
     if not reader.has("vacuum_pipe_url"):
         reader.problem("vacuum_pipe_url", "required option missing")
-    target_share = reader.get("target_share", 0.0, _to_share)
+    target_share = reader.get("target_share", 0.0, to_share)
     # The other options are copied into each generated machinetype (§2.3): check them as
     # machinetype options now, so a typo is reported against this section's line.
     copied = {option: source for option, source in reader.options.items()

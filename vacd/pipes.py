@@ -49,8 +49,9 @@ from typing import Any, Callable, Mapping, Optional
 
 from vacd.config import Config, Machinetype, VacuumPipe
 from vacd.configini import Findings, InvalidValue, Location, OptionSource, SectionReader, ascii_lower, to_number
-from vacd.configparse import (CVMFS_REPOSITORY, DOCKER_IMAGE, MACHINETYPE_NAME, MAX_TARGET_SHARE, OPTION_NAME_SUFFIX,
-                              SAFE_ABSOLUTE_PATH, read_machinetype)
+from vacd.configparse import read_machinetype
+from vacd.configvalues import (CVMFS_REPOSITORY, DOCKER_IMAGE, MACHINETYPE_NAME, MAX_TARGET_SHARE, OPTION_NAME_SUFFIX,
+                               SAFE_ABSOLUTE_PATH)
 from vacd.errors import ConfigProblem
 
 DEFAULT_CACHE_SECONDS = 3600
@@ -307,7 +308,7 @@ def _words_matching(pattern: re.Pattern[str], what: str) -> Callable[[str], Opti
 
 
 # What a pipe's value of each option that names something must look like, beyond the vac.conf
-# checks it then passes too (vacd.configparse.read_machinetype). Each is stricter than vac.conf,
+# checks it then passes too (vacd.configparse.read_machinetype, with the value checks of vacd.configvalues). Each is stricter than vac.conf,
 # which is the site's own word: nothing from a pipe names a file outside <machinetype_path>/files,
 # /cvmfs or $JOBOUTPUTS, nor can be taken for an option or split by a shell.
 _PIPE_CHECKS: Mapping[str, Callable[[str], Optional[str]]] = {

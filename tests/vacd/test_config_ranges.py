@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 
 from tests.fakes import FakeBackend, InlineExecutor, ManualClock
 from vacd.config import Config, Machinetype, Settings, load_config
-from vacd import configparse
-from vacd.configparse import MAX_CYCLE_SECONDS, MAX_PROCESSORS, parse_config
+from vacd import configvalues
+from vacd.configparse import parse_config
+from vacd.configvalues import MAX_CYCLE_SECONDS, MAX_PROCESSORS
 from vacd.errors import ConfigErrors
 from vacd.factory import Factory
 from vacd.paths import Paths
@@ -204,14 +205,14 @@ def run_two_passes(config: Config, tmp_path: Path) -> None:
 
 # The largest value each bound allows, and the smallest it refuses: the edges are where
 # overflows hide, so they are drawn often.
-EDGES = sorted({str(value) for bound in (configparse.MAX_PROCESSORS, configparse.MAX_DURATION_SECONDS,
-                                         configparse.MAX_DAYS, configparse.MAX_CYCLE_SECONDS,
-                                         configparse.MIN_CYCLE_SECONDS, configparse.MAX_UDP_TIMEOUT_SECONDS,
-                                         configparse.MAX_SHUTDOWN_GRACE_SECONDS, configparse.MAX_EPOCH_SECONDS,
-                                         configparse.MAX_MB_PER_PROCESSOR, configparse.MAX_DISK_GB_PER_PROCESSOR,
-                                         configparse.MAX_HS06_PER_PROCESSOR, configparse.MAX_OVERLOAD_PER_PROCESSOR,
-                                         configparse.MAX_TARGET_SHARE, configparse.MAX_VERSION_LOGGER,
-                                         configparse.MAX_JOBOUTPUTS_QUOTA_BYTES, 65535, 0, 1)
+EDGES = sorted({str(value) for bound in (configvalues.MAX_PROCESSORS, configvalues.MAX_DURATION_SECONDS,
+                                         configvalues.MAX_DAYS, configvalues.MAX_CYCLE_SECONDS,
+                                         configvalues.MIN_CYCLE_SECONDS, configvalues.MAX_UDP_TIMEOUT_SECONDS,
+                                         configvalues.MAX_SHUTDOWN_GRACE_SECONDS, configvalues.MAX_EPOCH_SECONDS,
+                                         configvalues.MAX_MB_PER_PROCESSOR, configvalues.MAX_DISK_GB_PER_PROCESSOR,
+                                         configvalues.MAX_HS06_PER_PROCESSOR, configvalues.MAX_OVERLOAD_PER_PROCESSOR,
+                                         configvalues.MAX_TARGET_SHARE, configvalues.MAX_VERSION_LOGGER,
+                                         configvalues.MAX_JOBOUTPUTS_QUOTA_BYTES, 65535, 0, 1)
                 for value in (bound, bound + 1 if isinstance(bound, int) else bound * 1.0001)})
 NUMERIC_TEXT = st.one_of(
     st.sampled_from(EDGES),

@@ -16,7 +16,8 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 
 from vacd import config as config_module
 from vacd.config import Config, effective_config_text, load_config
-from vacd.configparse import DRAINING, FIX_NETWORKING, PROXY_SWITCH, VAC_ORDER, VacBoolean, parse_config
+from vacd.configparse import VAC_ORDER, parse_config
+from vacd.configvalues import DRAINING, FIX_NETWORKING, PROXY_SWITCH, VacBoolean
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.paths import Paths
 from vacd.startupcheck import startup_findings

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 from tests.fakes import FakeBackend, InlineExecutor, ManualClock
 from tests.vacd.loopback_http import LoopbackServer, ScriptedRequest, answer
 from vacd.config import Config, Machinetype, effective_config_text, load_config
-from vacd.configparse import CVMFS_REPOSITORY, SAFE_ABSOLUTE_PATH, parse_config
+from vacd.configparse import parse_config
+from vacd.configvalues import CVMFS_REPOSITORY, SAFE_ABSOLUTE_PATH
 from vacd.daemon import ReloadingConfig
 from vacd.factory import Factory, FactoryHooks
 from vacd.paths import Paths
