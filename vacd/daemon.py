@@ -620,9 +620,9 @@ class Daemon:
             mark_image_used(path, time.time())
             return path
 
-        def prefetch_images(urls: Sequence[str]) -> "Future[dict[str, Path]]":
+        def prefetch_images(urls: Sequence[str], public_only: bool) -> "Future[dict[str, Path]]":
             """Downloads on the image pool; each image is stamped as used when it is there."""
-            downloads = images.prefetch(urls)
+            downloads = images.prefetch(urls, public_only=public_only)
 
             def stamp(done: "Future[dict[str, Path]]") -> None:
                 if not done.cancelled() and done.exception() is None:

@@ -203,7 +203,8 @@ class FactoryHooks:
     fetch_image: Optional[Callable[[str], Path]] = None
     # Downloads a creation's http(s) images on the image cache's own pool (item 6): the action
     # pool's workers stay free for destroys while a slow image server drips.
-    prefetch_images: Optional[Callable[[Sequence[str]], "Future[dict[str, Path]]"]] = None
+    # (URLs, public_only): public_only for a vacuum pipe's machinetype (vacd.fetch).
+    prefetch_images: Optional[Callable[[Sequence[str], bool], "Future[dict[str, Path]]"]] = None
     # Raises VacError if QEMU could not open the file (vacd.qemuaccess, issue 8 item 12).
     qemu_access: Optional[Callable[[Path], None]] = None
 
@@ -1100,7 +1101,7 @@ class Factory:
         urls = remote_image_urls(machinetype)
         if urls and self.hooks.prefetch_images is not None:
             # The record stays in flight while its images download, so its slot is not reused.
-            images = self.hooks.prefetch_images(urls)
+            images = self.hooks.prefetch_images(urls, machinetype.vacuum_pipe is not None)
             images.add_done_callback(
                 lambda done: self._submit(self._create_in_background, record, settings, machinetype, identity, done,
                                           time.monotonic())

@@ -19,6 +19,12 @@ Rules:
   never leaves a partial file under its final name.
 - Each fetch uses its own requests.Session (no connection reuse), so concurrent fetches from
   the pipe thread, the image pool and creation threads share no state but the abort list.
+- A fetch for a vacuum pipe's machinetype (`public_only`) connects only to global addresses:
+  every connection, redirects included, is checked for the address it reached, after the
+  name was resolved. vacd.pipes refuses URLs that name a private host, but a public name can
+  resolve to 127.0.0.1, 169.254.169.254 or a site address (DNS rebinding), and vacd hands
+  what it fetched to the VO's guest. Through a proxy the check is the proxy's: vacd reaches
+  only the proxy, which the site chose.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import email.utils
 import functools
 import hashlib
 import http.client
+import ipaddress
 import logging
 import socket
 import threading
@@ -39,6 +46,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Union
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager
 from urllib3.poolmanager import pool_classes_by_scheme as DEFAULT_POOL_CLASSES
@@ -153,33 +161,69 @@ def _shut_down(connection: object) -> None:
         pass  # already closed or never connected: nothing left to wake
 
 
+class _CheckedHTTPConnection(HTTPConnection):
+    """An HTTP connection that lets its fetch check the address it reached before using it."""
+
+    peer_check: Optional[Callable[[socket.socket], None]] = None
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()
+        _check_peer(self.peer_check, sock)
+        return sock
+
+
+class _CheckedHTTPSConnection(HTTPSConnection):
+    """The same for HTTPS: checked after the TCP connect, before the TLS handshake."""
+
+    peer_check: Optional[Callable[[socket.socket], None]] = None
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()
+        _check_peer(self.peer_check, sock)
+        return sock
+
+
+def _check_peer(peer_check: Optional[Callable[[socket.socket], None]], sock: socket.socket) -> None:
+    if peer_check is None:
+        return
+    try:
+        peer_check(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 class _WatchedHTTPPool(HTTPConnectionPool):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+    ConnectionCls = _CheckedHTTPConnection
+
+    def __init__(self, *args: Any, fetch: _Fetch, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline = deadline
+        self._fetch = fetch
 
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
         connection = super()._get_conn(timeout)
-        self._deadline.watch(connection)
+        self._fetch.watch(connection, through_proxy=self.proxy is not None)
         return connection
 
 
 class _WatchedHTTPSPool(HTTPSConnectionPool):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+    ConnectionCls = _CheckedHTTPSConnection
+
+    def __init__(self, *args: Any, fetch: _Fetch, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deadline = deadline
+        self._fetch = fetch
 
     def _get_conn(self, timeout: Optional[float] = None) -> Any:
         connection = super()._get_conn(timeout)
-        self._deadline.watch(connection)
+        self._fetch.watch(connection, through_proxy=self.proxy is not None)
         return connection
 
 
 class _DeadlineAdapter(HTTPAdapter):
-    """An HTTPAdapter whose every connection (redirects and proxies included) is watched by one deadline."""
+    """An HTTPAdapter whose every connection (redirects and proxies included) is watched by one fetch."""
 
-    def __init__(self, deadline: _Deadline) -> None:
-        self._deadline = deadline  # before super().__init__, which calls init_poolmanager
+    def __init__(self, fetch: _Fetch) -> None:
+        self._fetch = fetch  # before super().__init__, which calls init_poolmanager
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
@@ -195,28 +239,49 @@ class _DeadlineAdapter(HTTPAdapter):
         # A SOCKS proxy manager brings its own pools; it keeps them and only the body loop's clock check.
         if manager.pool_classes_by_scheme is DEFAULT_POOL_CLASSES:
             manager.pool_classes_by_scheme = {
-                "http": functools.partial(_WatchedHTTPPool, deadline=self._deadline),  # type: ignore[dict-item]
-                "https": functools.partial(_WatchedHTTPSPool, deadline=self._deadline),  # type: ignore[dict-item]
+                "http": functools.partial(_WatchedHTTPPool, fetch=self._fetch),  # type: ignore[dict-item]
+                "https": functools.partial(_WatchedHTTPSPool, fetch=self._fetch),  # type: ignore[dict-item]
             }
 
 
 class _Fetch:
-    """One GET in progress: its URL, start time, deadline watchdog and limits."""
+    """One GET in progress: its URL, start time, deadline watchdog, limits and address rule."""
 
-    def __init__(self, url: str, limits: FetchLimits, clock: Callable[[], float]) -> None:
+    def __init__(self, url: str, limits: FetchLimits, clock: Callable[[], float], public_only: bool = False) -> None:
         self.url = url
         self.limits = limits
         self.clock = clock
+        self.public_only = public_only
         self.started = clock()
         self.deadline = _Deadline(limits.deadline_seconds)
+        self.refusal: Optional[str] = None
+
+    def watch(self, connection: Any, *, through_proxy: bool) -> None:
+        """Put a connection taken from a pool under this fetch's deadline and address rule."""
+        if self.public_only and not through_proxy and isinstance(connection, (HTTPConnection, HTTPSConnection)):
+            connection.peer_check = self.check_peer  # type: ignore[attr-defined]
+        self.deadline.watch(connection)
+
+    def check_peer(self, sock: socket.socket) -> None:
+        """Refuse a connection that reached an address that is not global (see the module rules)."""
+        host = str(sock.getpeername()[0]).partition("%")[0]
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global:
+            self.refusal = (f"the host resolved to {address}, which is not a global address: a vacuum pipe's "
+                            f"URL must name a public host")
+            raise ConnectionRefusedError(self.refusal)
 
     def error(self, reason: str) -> FetchError:
         return FetchError(self.url, reason, self.clock() - self.started)
 
     def failure(self, error: BaseException) -> FetchError:
-        """The FetchError for a network exception: the deadline's reason if the watchdog caused it."""
+        """The FetchError for a network exception: the deadline's or the address rule's reason if it caused it."""
         if self.deadline.reason is not None:
             return self.error(self.deadline.reason)
+        if self.refusal is not None:
+            return self.error(self.refusal)
         return self.error(str(error) or type(error).__name__)
 
     def check(self, received_bytes: int) -> None:
@@ -257,19 +322,21 @@ class Fetcher:
         self._lock = threading.Lock()
         self._active: set[_Deadline] = set()
 
-    def fetch_bytes(self, url: str, limits: FetchLimits) -> bytes:
-        """The body of a 200 answer to GET `url`.
+    def fetch_bytes(self, url: str, limits: FetchLimits, *, public_only: bool = False) -> bytes:
+        """The body of a 200 answer to GET `url`; with `public_only`, from global addresses only.
 
         Raises:
-            FetchError: unreachable, TLS refused, not 200, past the deadline or larger than the cap.
+            FetchError: unreachable, TLS refused, not 200, past the deadline or larger than the cap,
+                or (`public_only`) a connection reached an address that is not global.
         """
-        with self._get(url, limits, {}) as (fetch, response):
+        with self._get(url, limits, {}, public_only) as (fetch, response):
             if response.status_code != 200:
                 raise fetch.error(f"HTTP {response.status_code}")
             return b"".join(fetch.body(response, CHUNK_BYTES))
 
     def fetch_to_file(self, url: str, target: Path, limits: FetchLimits, *, modified_since: Optional[float] = None,
-                      require_last_modified: bool = False, mode: int = 0o644) -> Optional[FetchedFile]:
+                      require_last_modified: bool = False, mode: int = 0o644,
+                      public_only: bool = False) -> Optional[FetchedFile]:
         """Stream GET `url` into `target` (atomically, mtime = Last-Modified); None if not modified since.
 
         `modified_since` (epoch s) is sent as If-Modified-Since, and a 304 answer returns None with
@@ -283,7 +350,7 @@ class Fetcher:
         headers = {}
         if modified_since is not None:
             headers["If-Modified-Since"] = email.utils.formatdate(modified_since, usegmt=True)
-        with self._get(url, limits, headers) as (fetch, response):
+        with self._get(url, limits, headers, public_only) as (fetch, response):
             if response.status_code == 304 and modified_since is not None:
                 return None
             if response.status_code != 200:
@@ -309,17 +376,17 @@ class Fetcher:
             deadline.expire(reason)
 
     @contextlib.contextmanager
-    def _get(self, url: str, limits: FetchLimits,
-             headers: Mapping[str, str]) -> Iterator[tuple[_Fetch, requests.Response]]:
-        fetch = _Fetch(url, limits, self.clock)
+    def _get(self, url: str, limits: FetchLimits, headers: Mapping[str, str],
+             public_only: bool = False) -> Iterator[tuple[_Fetch, requests.Response]]:
+        fetch = _Fetch(url, limits, self.clock, public_only)
         verify: Union[bool, str] = str(self.certificates_dir) if self.certificates_dir.is_dir() else True
         with self._lock:
             self._active.add(fetch.deadline)
         fetch.deadline.start()
         try:
             with requests.Session() as session:
-                session.mount("http://", _DeadlineAdapter(fetch.deadline))
-                session.mount("https://", _DeadlineAdapter(fetch.deadline))
+                session.mount("http://", _DeadlineAdapter(fetch))
+                session.mount("https://", _DeadlineAdapter(fetch))
                 session.headers["User-Agent"] = self.user_agent
                 try:
                     # The per-read timeout only bounds a silent server; the watchdog bounds the total.

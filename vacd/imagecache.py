@@ -56,17 +56,19 @@ class ImageCache:
         self.limits = limits
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vacd-image")
         self._lock = threading.Lock()
-        self._downloads: dict[str, Future[Path]] = {}
+        self._downloads: dict[tuple[str, bool], Future[Path]] = {}
 
     def path_for(self, url: str) -> Path:
         return self.paths.imagecache_dir / urllib.parse.quote(url, safe="")
 
-    def prefetch(self, urls: Iterable[str]) -> Future[dict[str, Path]]:
+    def prefetch(self, urls: Iterable[str], *, public_only: bool = False) -> Future[dict[str, Path]]:
         """A future of URL -> local copy for every URL, refreshed on the image pool; returns at once.
 
         The future fails with FetchError if any URL has neither a fresh nor a cached copy.
+        `public_only` (a vacuum pipe's machinetype): downloaded from global addresses only
+        (vacd.fetch); a cached copy is still used when such a refresh is refused.
         """
-        downloads = {url: self._download(url) for url in dict.fromkeys(urls)}
+        downloads = {url: self._download(url, public_only) for url in dict.fromkeys(urls)}
         combined: Future[dict[str, Path]] = Future()
         if not downloads:
             combined.set_result({})
@@ -88,35 +90,38 @@ class ImageCache:
             download.add_done_callback(one_done)
         return combined
 
-    def fetch(self, url: str) -> Path:
+    def fetch(self, url: str, *, public_only: bool = False) -> Path:
         """The local copy of `url`, refreshed on the image pool; blocks the caller until it is there.
 
         Raises:
             FetchError: the image could not be fetched and no cached copy exists.
         """
-        return self.prefetch([url]).result()[url]
+        return self.prefetch([url], public_only=public_only).result()[url]
 
     def close(self) -> None:
         """Cut downloads in progress and drop queued ones (vacd is stopping; the next start fetches again)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.fetcher.abort_all()
 
-    def _download(self, url: str) -> Future[Path]:
+    def _download(self, url: str, public_only: bool) -> Future[Path]:
+        # A pipe's download and the site's of the same URL are separate: the site's may reach
+        # addresses the pipe's must not (both write the same cached file atomically).
+        key = (url, public_only)
         with self._lock:
-            running = self._downloads.get(url)
+            running = self._downloads.get(key)
             if running is not None:
                 return running
-            download = self._pool.submit(self._refresh, url)
-            self._downloads[url] = download
-        download.add_done_callback(lambda _: self._forget(url, download))
+            download = self._pool.submit(self._refresh, url, public_only)
+            self._downloads[key] = download
+        download.add_done_callback(lambda _: self._forget(key, download))
         return download
 
-    def _forget(self, url: str, download: Future[Path]) -> None:
+    def _forget(self, key: tuple[str, bool], download: Future[Path]) -> None:
         with self._lock:
-            if self._downloads.get(url) is download:
-                del self._downloads[url]
+            if self._downloads.get(key) is download:
+                del self._downloads[key]
 
-    def _refresh(self, url: str) -> Path:
+    def _refresh(self, url: str, public_only: bool = False) -> Path:
         cached = self.path_for(url)
         try:
             modified_time: Optional[float] = cached.stat().st_mtime
@@ -125,7 +130,7 @@ class ImageCache:
         try:
             # Vac required Last-Modified: without it the next creation could not ask If-Modified-Since.
             fetched = self.fetcher.fetch_to_file(url, cached, self.limits, modified_since=modified_time,
-                                                 require_last_modified=True)
+                                                 require_last_modified=True, public_only=public_only)
         except FetchError as error:
             if modified_time is not None:
                 log.warning("image fetch failed, using the cached image url=%s error=%s", url, error)

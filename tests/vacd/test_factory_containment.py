@@ -388,7 +388,7 @@ def test_image_download_holds_no_action_worker_and_keeps_its_slot_in_flight(tmp_
                           executor=one_worker)
         downloads: list["Future[dict[str, Path]]"] = []
 
-        def prefetch(urls: Sequence[str]) -> "Future[dict[str, Path]]":
+        def prefetch(urls: Sequence[str], public_only: bool) -> "Future[dict[str, Path]]":
             downloads.append(Future())
             return downloads[-1]
 

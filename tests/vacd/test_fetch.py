@@ -159,3 +159,29 @@ def test_file_comes_with_its_size_and_the_sha256_of_what_was_written(tmp_path: P
     assert fetched is not None
     assert (fetched.size_bytes, fetched.sha256) == (len(body), hashlib.sha256(body).hexdigest())
     assert (tmp_path / "image").read_bytes() == body
+
+
+# A vacuum pipe's URLs (public_only): vacd.pipes refuses private hosts by name, but a public
+# name can resolve to the factory's own addresses (DNS rebinding). "localhost" stands in for
+# such a name here: it is a name, resolved at connect time, to a loopback address.
+def test_a_pipes_fetch_refuses_a_name_that_resolves_to_loopback_before_sending_anything(
+    tmp_path: Path, serve: object,
+) -> None:
+    server = started(serve, lambda request: answer(request, b"the factory's secret"))
+    rebound = server.url("/secret").replace("127.0.0.1", "localhost")
+    with pytest.raises(FetchError, match=r"resolved to 127\.0\.0\.1, which is not a global address"):
+        fetcher(tmp_path).fetch_bytes(rebound, SHORT, public_only=True)
+    assert server.paths == []
+
+
+def test_a_pipes_file_fetch_to_a_loopback_address_writes_nothing(tmp_path: Path, serve: object) -> None:
+    server = started(serve, lambda request: answer(request, b"image"))
+    target = tmp_path / "cache" / "image"
+    with pytest.raises(FetchError, match="not a global address"):
+        fetcher(tmp_path).fetch_to_file(server.url("/image"), target, SHORT, public_only=True)
+    assert server.paths == [] and not target.exists()
+
+
+def test_the_sites_own_fetch_may_reach_a_name_that_resolves_to_loopback(tmp_path: Path, serve: object) -> None:
+    server = started(serve, lambda request: answer(request, b"site pipe"))
+    assert fetcher(tmp_path).fetch_bytes(server.url("/pipe").replace("127.0.0.1", "localhost"), SHORT) == b"site pipe"

@@ -230,3 +230,16 @@ def test_image_dripping_past_the_total_deadline_is_cut_and_nothing_is_cached(tmp
         images.close()
         server.stop()
     assert not Paths(tmp_path).imagecache_dir.exists() or list(Paths(tmp_path).imagecache_dir.iterdir()) == []
+
+
+def test_a_pipes_image_is_not_downloaded_from_a_loopback_address_and_the_sites_is(
+    tmp_path: Path, image_server: ImageServer,
+) -> None:
+    images = ImageCache(Paths(tmp_path))
+    try:
+        with pytest.raises(FetchError, match="not a global address"):
+            images.prefetch([image_server.url], public_only=True).result(timeout=10)
+        assert not images.path_for(image_server.url).exists() and image_server.requests == []
+        assert images.prefetch([image_server.url]).result(timeout=10)[image_server.url].exists()
+    finally:
+        images.close()

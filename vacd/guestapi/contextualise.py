@@ -148,14 +148,15 @@ def build_user_data(
 def load_template(paths: Paths, machinetype: Machinetype, source: str) -> tuple[str, Optional[str]]:
     """(template text, URL if it was fetched) for a `user_data` option value."""
     if source.startswith(("http://", "https://")):
-        return fetch_template(paths, source), source
+        # A pipe's URL is fetched from public addresses only (vacd.fetch: DNS rebinding).
+        return fetch_template(paths, source, public_only=machinetype.vacuum_pipe is not None), source
     return _read_local(paths, machinetype, source, "user_data"), None
 
 
-def fetch_template(paths: Paths, url: str) -> str:
+def fetch_template(paths: Paths, url: str, *, public_only: bool = False) -> str:
     """GET a user_data template within USER_DATA_LIMITS, TLS verified against the grid CA directory if present."""
     try:
-        body = Fetcher(paths.certificates_dir).fetch_bytes(url, USER_DATA_LIMITS)
+        body = Fetcher(paths.certificates_dir).fetch_bytes(url, USER_DATA_LIMITS, public_only=public_only)
     except FetchError as error:
         raise ContextualisationError(f"user_data fetch failed: {error}") from error
     return body.decode("utf-8", errors="surrogateescape")

@@ -348,3 +348,21 @@ def test_https_template_is_verified_against_the_grid_ca_directory(tls_template_s
     url = f"https://127.0.0.1:{server.server_address[1]}/template"
     site.machinetype = replace(site.machinetype, user_data=url)
     assert (prepare(site) / "user_data").read_text() == f"from {url} for f1-03.example.com"
+
+
+@pytest.mark.allow_commands("openssl")
+def test_a_pipes_template_is_not_fetched_from_a_loopback_address(
+    tls_template_server: tuple, tmp_path: Path,
+) -> None:
+    # The same verified HTTPS server: only the machinetype's origin differs (vacd.fetch, DNS rebinding).
+    server, certificate = tls_template_server
+    site = make_site(tmp_path / "site")
+    certificates_dir = site.paths.certificates_dir
+    certificates_dir.mkdir(parents=True)
+    (certificates_dir / "vac-test-ca.pem").write_bytes(certificate.read_bytes())
+    subprocess.run(["openssl", "rehash", str(certificates_dir)], check=True, capture_output=True, timeout=30)
+    url = f"https://127.0.0.1:{server.server_address[1]}/template"
+    site.machinetype = replace(site.machinetype, user_data=url, vacuum_pipe="lhcb-")
+    with pytest.raises(ContextualisationError, match="not a global address"):
+        prepare(site)
+    # The site's own machinetype with the same URL: test_https_template_is_verified_against_the_grid_ca_directory.
