@@ -327,6 +327,25 @@ class SlotTaps:
         Raises:
             SlotTapError: a step failed (the next pass tries again).
         """
+        done, present = self.tend_links(num_slots)
+        try:
+            for name, binding in slot_tap_bindings(connection).items():
+                ordinal = ordinal_of_slot_tap(name)
+                if ordinal is not None and ordinal >= num_slots and name not in present:
+                    try:
+                        binding.delete()
+                    except libvirt.libvirtError as error:
+                        if error.get_error_code() != libvirt.VIR_ERR_NO_NWFILTER_BINDING:
+                            raise
+                    done.append(f"unbound {name}")
+        except libvirt.libvirtError as error:
+            raise SlotTapError(f"removing the bindings of slot taps beyond slot {num_slots - 1}: {error}") from error
+        if done:
+            log.info("slot taps tended slots=%d: %s", num_slots, ", ".join(done))
+        return done
+
+    def tend_links(self, num_slots: int) -> tuple[list[str], set[str]]:
+        """The kernel's part of `tend`: (what was done, the slot taps left)."""
         pyroute2 = _pyroute2()
         done = []
         try:
@@ -347,22 +366,11 @@ class SlotTaps:
                         if not link.up:
                             host.link("set", index=link.index, state="up")
                             done.append(f"{link.name} up")
-            for name, binding in slot_tap_bindings(connection).items():
-                ordinal = ordinal_of_slot_tap(name)
-                if ordinal is not None and ordinal >= num_slots and (name in gone or name not in links):
-                    try:
-                        binding.delete()
-                    except libvirt.libvirtError as error:
-                        if error.get_error_code() != libvirt.VIR_ERR_NO_NWFILTER_BINDING:
-                            raise
-                    done.append(f"unbound {name}")
         except SlotTapError:
             raise
-        except Exception as error:  # pyroute2's NetlinkError, OSError, libvirtError
+        except Exception as error:  # pyroute2's NetlinkError, OSError
             raise SlotTapError(f"tending slot taps on {self.bridge}: {error}") from error
-        if done:
-            log.info("slot taps tended slots=%d: %s", num_slots, ", ".join(done))
-        return done
+        return done, {link.name for link in kept}
 
 
 __all__ = [
