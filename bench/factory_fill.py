@@ -180,7 +180,7 @@ def remove_slot_taps() -> list[str]:
 
     connection = libvirt.open("qemu:///system")
     try:
-        return SlotTaps(BRIDGE_NAME).tend(connection, 0)
+        return SlotTaps().tend(connection, 0, BRIDGE_NAME)
     finally:
         connection.close()
 

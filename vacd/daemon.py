@@ -344,7 +344,7 @@ class Daemon:
                                          room_check=lambda directory, size_bytes: check_room(
                                              directory, size_bytes, config_source.last_good.settings),
                                          creation_phase=self._observe_creation_phase,
-                                         slot_tap_bridge=BRIDGE_NAME)
+                                         slot_taps=True)
         backend = machine_backends(
             self.vm_backend,
             bridge=BRIDGE_NAME,

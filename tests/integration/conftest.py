@@ -142,7 +142,7 @@ def remove_slot_taps(uri: str, bridge: str) -> list[str]:
     """Remove every slot tap no domain holds and its binding (what vacd does for slots beyond 0)."""
     connection = libvirt.open(uri)
     try:
-        return SlotTaps(bridge).tend(connection, 0)
+        return SlotTaps().tend(connection, 0, bridge)
     finally:
         connection.close()
 
@@ -210,7 +210,7 @@ def libvirt_backend(libvirtd: str, domain_type: DomainTypeChoice, vac_network: V
                     tmp_path: Path) -> Iterator[LibvirtBackend]:
     """A LibvirtBackend on qemu:///system and the vac network with slot taps (as vacd), closed after the test."""
     backend = LibvirtBackend(libvirtd, domain_type=domain_type.domain_type, network_name=vac_network.name,
-                             tmp_dir=tmp_path / "tmp", slot_tap_bridge=vac_network.bridge)
+                             tmp_dir=tmp_path / "tmp", slot_taps=True)
     try:
         yield backend
     finally:

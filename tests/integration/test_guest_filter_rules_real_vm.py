@@ -31,7 +31,9 @@ from tests.integration.conftest import VacNetwork
 from tests.integration.ebtables_rules import chains_naming, clean_traffic_problems, nat_chains
 from vacd.backends.base import MachineSpec
 from vacd.backends.libvirt import LibvirtBackend
-from vacd.backends.slottaps import SlotTap, ensure_slot_tap, remove_slot_tap
+from pyroute2 import IPRoute
+
+from vacd.backends.slottaps import SlotTap, SlotTaps, ensure_slot_tap, remove_slot_tap
 
 pytestmark = pytest.mark.vm
 
@@ -121,3 +123,33 @@ def test_slot_tap_deleted_and_made_again_under_its_binding_has_its_rules_back_be
     libvirt_backend.create(second)
     assert tap_of(libvirtd, second.name) == tap.name
     assert slot_rules_problems(second) == [], "a binding libvirt listed was trusted without its rules"
+
+
+def test_tending_removes_idle_taps_of_slots_gone_with_their_bindings_and_puts_the_rest_back_on_the_bridge(
+    libvirtd: str, libvirt_backend: LibvirtBackend, guest_spec: Callable[..., MachineSpec],
+    vac_network: VacNetwork
+) -> None:
+    gone, held, kept = guest_spec(12), guest_spec(13), guest_spec(3)
+    libvirt_backend.create(gone)
+    libvirt_backend.destroy(gone.name, gone.uuid)
+    libvirt_backend.create(held)  # still running in a slot beyond the new count: its tap stays
+    kept_tap = SlotTap(kept.ordinal, kept.mac_address, kept.ip_address)
+    ensure_slot_tap(kept_tap, vac_network.bridge)
+    with IPRoute() as host:
+        host.link("set", index=host.link_lookup(ifname=kept_tap.name)[0], master=0)  # as a network restart leaves it
+
+    connection = libvirt.open(libvirtd)
+    try:
+        done = SlotTaps().tend(connection, 12, vac_network.bridge)
+        bound = {binding.portDev() for binding in connection.listAllNWFilterBindings(0)}
+    finally:
+        connection.close()
+
+    assert "removed vact12" in done and "unbound vact12" in done and f"vact03 back on {vac_network.bridge}" in done
+    assert not any("vact13" in what for what in done)
+    assert "vact12" not in bound and "vact13" in bound
+    assert slot_rules_problems(held) == []
+    with IPRoute() as host:
+        assert not host.link_lookup(ifname="vact12")
+        (bridge_index,) = host.link_lookup(ifname=vac_network.bridge)
+        assert host.get_links(host.link_lookup(ifname=kept_tap.name)[0])[0].get_attr("IFLA_MASTER") == bridge_index

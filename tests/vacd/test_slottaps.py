@@ -3,8 +3,9 @@
 The pure parts (names, the binding's XML, what to repair, what to remove, reading the nat
 table) are tested directly; the kernel's part is made for real with netlink on a bridge of
 the test's own, with slot ordinals 9990 and up, which no factory here has, so nothing
-touches the guest network or a real factory's taps. Binding for real, and guests on the
-taps, are the real-VM tests' part (tests/integration/test_guest_filter_rules_real_vm.py).
+touches the guest network or a real factory's taps. Binding for real, guests on the taps,
+and tending (which acts on every slot tap of the host) are the real-VM tests' part, under
+their lock (tests/integration/test_guest_filter_rules_real_vm.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from vacd.backends.libvirt import LibvirtBackend
 from vacd.backends.slotnetwork import SlotNetwork, remove_container_links, set_up_slot_network
 from vacd.backends.slottaps import (
     SlotTap,
-    SlotTaps,
     TapLink,
     binding_xml,
     bindings_supported,
@@ -265,7 +265,7 @@ def test_the_test_driver_keeps_filterref_on_the_network(tmp_path: Path) -> None:
     finally:
         connection.close()
     backend = LibvirtBackend("test:///default", domain_type="kvm", network_name="default", tmp_dir=tmp_path,
-                             slot_tap_bridge="vacbr0")
+                             slot_taps=True)
     try:
         spec = spec_for(3, tmp_path)
         backend.create(spec)
@@ -342,19 +342,3 @@ def test_a_container_in_the_slot_removes_its_vm_tap_and_a_vm_removes_the_contain
                  if message.get_attr("IFLA_MASTER") == bridge_index(bridge)
                  and message.get_attr("IFLA_ADDRESS") == tap.tap_mac]
     assert ports == [tap.name]
-
-
-@pytest.mark.allow_commands("ldconfig")
-def test_tending_removes_taps_of_slots_gone_and_puts_the_others_back_on_the_bridge(bridge: str) -> None:
-    for ordinal in range(ORDINAL, ORDINAL + 3):
-        ensure_slot_tap(slot_tap(ordinal), bridge)
-    kept = slot_tap(ORDINAL)
-    with IPRoute() as host:
-        host.link("set", index=host.link_lookup(ifname=kept.name)[0], master=0)
-    done, present = SlotTaps(bridge).tend_links(ORDINAL + 1)
-    assert sorted(done) == sorted([f"removed {slot_tap_name(ORDINAL + 1)}", f"removed {slot_tap_name(ORDINAL + 2)}",
-                                   f"{kept.name} back on {bridge}"])
-    assert kept.name in present and slot_tap_name(ORDINAL + 1) not in present
-    assert tap_state(kept.name)[1] == bridge_index(bridge)
-    with IPRoute() as host:
-        assert not host.link_lookup(ifname=slot_tap_name(ORDINAL + 2))

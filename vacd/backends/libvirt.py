@@ -20,7 +20,7 @@ Rules:
   beyond that, so 32 createXML calls on the shared connection queued each other and the
   loop's listing behind them. The shared connection keeps listing, destroys and events.
   The test driver keeps one connection: its domains belong to the connection that made them.
-- With `slot_tap_bridge`, a VM's interface is its slot's own tap, made ready before each
+- With `slot_taps`, a VM's interface is its slot's own tap, made ready before each
   createXML with its clean-traffic binding in force (vacd.backends.slottaps): libvirt then
   sets up no filter per domain, which serialised creations (issue 15 item 1). A connection
   that cannot use bindings (test driver, libvirt < 4.5) keeps `<filterref>`; a slot whose
@@ -130,10 +130,10 @@ class LibvirtBackend:
         logical_volumes: Optional[LogicalVolumes] = None,
         room_check: Optional[RoomCheck] = None,
         creation_phase: Optional[PhaseObserver] = None,
-        slot_tap_bridge: Optional[str] = None,
+        slot_taps: bool = False,
     ) -> None:
-        """`slot_tap_bridge`: give each VM slot its own bound tap on this bridge where libvirt
-        can (vacd.backends.slottaps); None keeps `<filterref>` on the network for every domain."""
+        """`slot_taps`: give each VM slot its own bound tap on the network's bridge where libvirt
+        can (vacd.backends.slottaps); False keeps `<filterref>` on the network for every domain."""
         _start_event_loop()
         self._uri = uri
         self._domain_type = domain_type
@@ -158,7 +158,7 @@ class LibvirtBackend:
         self._connection_per_creating_thread = not uri.startswith("test:")
         self._thread_connection = threading.local()
         self._creation_connections: list[libvirt.virConnect] = []
-        self._slot_taps = SlotTaps(slot_tap_bridge) if slot_tap_bridge else None
+        self._slot_taps = SlotTaps() if slot_taps else None
         # Connection -> why it cannot use slot taps ("" if it can), decided once per connection.
         self._slot_tap_refusals: "weakref.WeakKeyDictionary[libvirt.virConnect, str]" = weakref.WeakKeyDictionary()
 
@@ -445,7 +445,7 @@ class LibvirtBackend:
         if self._slot_tap_refusal(connection):
             return
         try:
-            self._slot_taps.tend(connection, num_slots)
+            self._slot_taps.tend(connection, num_slots, self._network_bridge(connection))
         except SlotTapError as error:
             self._note_failure(connection)
             raise BackendError("tend slot taps", "*", str(error)) from error
@@ -467,8 +467,8 @@ class LibvirtBackend:
                     "no slot taps uri=%s: %s; each domain's interface has libvirt's clean-traffic filter "
                     "(<filterref>), set up one domain at a time", self._uri, refusal)
         else:
-            log.info("slot taps in use uri=%s bridge=%s: each VM slot has its own tap, bound to clean-traffic once",
-                     self._uri, self._slot_taps.bridge if self._slot_taps else "-")
+            log.info("slot taps in use uri=%s network=%s: each VM slot has its own tap, bound to clean-traffic once",
+                     self._uri, self._network_name)
         return refusal
 
     def _ready_slot_tap(self, connection: libvirt.virConnect, spec: MachineSpec) -> Optional[str]:
@@ -481,8 +481,22 @@ class LibvirtBackend:
             return None
         tap = SlotTap(spec.ordinal, spec.mac_address, spec.ip_address)
         with timed(self._creation_phase, "slot_tap"):
-            self._slot_taps.prepare(connection, tap)
+            self._slot_taps.prepare(connection, tap, self._network_bridge(connection))
         return tap.name
+
+    def _network_bridge(self, connection: libvirt.virConnect) -> str:
+        """The guest network's bridge as libvirt has it now (vacbr0, or a kept Vac 03 network's).
+
+        Raises:
+            SlotTapError: libvirt does not know the network or its bridge.
+        """
+        try:
+            bridge = connection.networkLookupByName(self._network_name).bridgeName()
+        except libvirt.libvirtError as error:
+            raise SlotTapError(f"bridge of network {self._network_name}: {error}") from error
+        if not bridge:
+            raise SlotTapError(f"network {self._network_name} has no bridge")
+        return str(bridge)
 
     def _note_failure(self, connection: libvirt.virConnect) -> None:
         """After a failed call, mark a connection that died so the next call reconnects."""

@@ -274,29 +274,32 @@ def delete_binding(connection: libvirt.virConnect, tap_name: str) -> bool:
 
 
 class SlotTaps:
-    """The VM slots' taps and bindings on one guest bridge."""
+    """The VM slots' taps and bindings, and the nat-table readings their creations share.
 
-    def __init__(self, bridge: str, nat_table: Optional[NatTable] = None) -> None:
-        self.bridge = bridge
+    The bridge is the caller's to name at each call: the network's bridge as libvirt says
+    now (vacbr0, or the bridge of a Vac 03 network kept while its guests run).
+    """
+
+    def __init__(self, nat_table: Optional[NatTable] = None) -> None:
         self.nat_table = nat_table if nat_table is not None else NatTable()
 
-    def prepare(self, connection: libvirt.virConnect, tap: SlotTap,
+    def prepare(self, connection: libvirt.virConnect, tap: SlotTap, bridge: str,
                 remove_container_link: Callable[[SlotNetwork], None] = remove_container_links) -> None:
-        """Make `tap` ready for a domain: on the bridge, with clean-traffic's rules in force.
+        """Make `tap` ready for a domain: on `bridge`, with clean-traffic's rules in force.
 
         Raises:
             SlotTapError: it cannot be made ready; the message says which step and why.
         """
         try:
             remove_container_link(SlotNetwork(tap.ordinal, tap.mac_address, tap.ip_address))
-            repairs = ensure_slot_tap(tap, self.bridge)
+            repairs = ensure_slot_tap(tap, bridge)
         except SlotTapError:
             raise
         except Exception as error:  # pyroute2's NetlinkError, OSError
             raise SlotTapError(f"tap {tap.name}: {error}") from error
         if repairs:
             log.info("slot tap ready tap=%s slot=%d made=%s bridge=%s", tap.name, tap.ordinal, ",".join(repairs),
-                     self.bridge)
+                     bridge)
         problems = self._problems(tap, self.nat_table.now() - NAT_READING_FRESH_SECONDS)
         if not problems:
             return
@@ -320,14 +323,14 @@ class SlotTaps:
             raise SlotTapError(f"cannot read the ebtables nat table to check tap {tap.name}: {error}") from error
         return clean_traffic_problems(chains, tap.name, tap.mac_address, tap.ip_address)
 
-    def tend(self, connection: libvirt.virConnect, num_slots: int) -> list[str]:
+    def tend(self, connection: libvirt.virConnect, num_slots: int, bridge: str) -> list[str]:
         """Remove the taps and bindings of slots beyond `num_slots` no domain holds; put the rest
         back on the bridge and up. Returns what was done, one phrase each.
 
         Raises:
             SlotTapError: a step failed (the next pass tries again).
         """
-        done, present = self.tend_links(num_slots)
+        done, present = self.tend_links(num_slots, bridge)
         try:
             for name, binding in slot_tap_bindings(connection).items():
                 ordinal = ordinal_of_slot_tap(name)
@@ -344,7 +347,7 @@ class SlotTaps:
             log.info("slot taps tended slots=%d: %s", num_slots, ", ".join(done))
         return done
 
-    def tend_links(self, num_slots: int) -> tuple[list[str], set[str]]:
+    def tend_links(self, num_slots: int, bridge: str) -> tuple[list[str], set[str]]:
         """The kernel's part of `tend`: (what was done, the slot taps left)."""
         pyroute2 = _pyroute2()
         done = []
@@ -358,18 +361,18 @@ class SlotTaps:
                 # A tap beyond the slots still held by its domain is put back too: its guest runs.
                 kept = [link for name, link in links.items() if name not in gone]
                 if kept:
-                    bridge_index = _bridge_index(host, self.bridge)
+                    bridge_index = _bridge_index(host, bridge)
                     for link in kept:
                         if link.master != bridge_index:
                             host.link("set", index=link.index, master=bridge_index)
-                            done.append(f"{link.name} back on {self.bridge}")
+                            done.append(f"{link.name} back on {bridge}")
                         if not link.up:
                             host.link("set", index=link.index, state="up")
                             done.append(f"{link.name} up")
         except SlotTapError:
             raise
         except Exception as error:  # pyroute2's NetlinkError, OSError
-            raise SlotTapError(f"tending slot taps on {self.bridge}: {error}") from error
+            raise SlotTapError(f"tending slot taps on {bridge}: {error}") from error
         return done, {link.name for link in kept}
 
 
