@@ -235,23 +235,23 @@ def test_a_nat_listing_reads_back_as_the_chains_it_lists(chains: dict[str, list[
     assert parse_nat_listing(listing) == chains
 
 
-def test_creations_that_ask_together_share_one_reading_and_a_binding_gets_a_new_one() -> None:
+def test_a_reading_serves_every_creation_that_asked_before_it_began_and_no_later_one() -> None:
     now = [100.0]
     readings: list[float] = []
 
     def read() -> dict[str, list[str]]:
         readings.append(now[0])
+        now[0] += 0.01  # a reading takes time: later askers come after it began
         return parse_nat_listing(BOUND_LISTING)
 
     table = NatTable(read, clock=lambda: now[0])
-    for _ in range(32):
-        table.chains_since(now[0] - 2.0)
+    asked = [now[0] - 0.005 * waiting for waiting in range(32)]  # 32 creations waiting when it begins
+    for moment in asked:
+        table.chains_since(moment)
     assert readings == [100.0]
-    now[0] = 101.0
-    table.chains_since(now[0] - 2.0)  # 1 s old: still fresh enough
-    assert readings == [100.0]
-    table.chains_since(now[0])  # a binding was just made: only a reading begun since will do
-    assert readings == [100.0, 101.0]
+    # A creation that asks afterwards never gets rules read before it asked.
+    table.chains_since(now[0])
+    assert readings == [100.0, 100.01]
 
 
 # Where bindings cannot be used --------------------------------------------------------

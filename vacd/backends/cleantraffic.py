@@ -7,8 +7,9 @@ guests"), so vacd reads the rules themselves before it creates a domain on a slo
 
 Rules:
 - `parse_nat_listing` and `clean_traffic_problems` are pure; `NatTable` runs
-  `ebtables -t nat -L` and shares one reading among the threads that want one taken after
-  a given moment, so a batch of creations started together costs one read, not one each.
+  `ebtables -t nat -L` for threads that each want a reading begun after a given moment (when
+  they asked), one reading at a time: the threads waiting while one is taken are all served
+  by the next, so a batch of creations started together costs two or three readings, not one each.
 - `clean_traffic_problems` compares one tap's chains with what libvirt (9.0) installs for
   `clean-traffic` with parameter IP: every frame from the tap passes a source-MAC check,
   IPv4 and ARP a source-address check (DHCP's unconfigured source excepted), and anything

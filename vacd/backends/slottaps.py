@@ -19,8 +19,10 @@ Rules:
 - Trust no binding the kernel does not show: libvirt lists a binding made while its tap
   was missing (a tap deleted and made again, libvirtd restarted meanwhile) that has no
   rule in force. So the slot's rules are read in the ebtables nat table
-  (vacd.backends.cleantraffic; one reading serves every creation that asks within
-  NAT_READING_FRESH_SECONDS) and, if they are not clean-traffic pinned to the slot's MAC
+  (vacd.backends.cleantraffic) in a reading begun after the creation asked: a reading
+  serves every creation that was waiting when it began, so a batch started together costs
+  two or three, and no creation trusts rules read before it came) and, if they are not
+  clean-traffic pinned to the slot's MAC
   and address, any binding of the tap is deleted and a new one made, and the table is read
   again. Rules still not in force fail the creation (SlotTapError): a domain is never
   created on a tap without them, and never with neither filter.
@@ -60,9 +62,6 @@ log = logging.getLogger(__name__)
 # libvirt 4.5.0 added virNWFilterBindingCreateXML.
 FIRST_LIBVIRT_WITH_BINDINGS = 4_005_000
 FILTER_NAME = "clean-traffic"
-# A nat-table reading this young serves a creation's check: creations started together
-# share one `ebtables -t nat -L`. A binding made is always checked with a reading begun after it.
-NAT_READING_FRESH_SECONDS = 2.0
 # Owners of vacd's bindings are named so (and given a UUID made from the tap's name), so
 # `virsh nwfilter-binding-list` says whose they are.
 BINDING_OWNER_PREFIX = "vac-slot-tap-"
@@ -300,7 +299,8 @@ class SlotTaps:
         if repairs:
             log.info("slot tap ready tap=%s slot=%d made=%s bridge=%s", tap.name, tap.ordinal, ",".join(repairs),
                      bridge)
-        problems = self._problems(tap, self.nat_table.now() - NAT_READING_FRESH_SECONDS)
+        # Only a reading begun from now on: rules read for an earlier creation may have gone since.
+        problems = self._problems(tap, self.nat_table.now())
         if not problems:
             return
         log.info("binding %s to slot tap tap=%s slot=%d ip=%s: %s", FILTER_NAME, tap.name, tap.ordinal,
