@@ -10,6 +10,7 @@ their lock (tests/integration/test_guest_filter_rules_real_vm.py).
 
 from __future__ import annotations
 
+import os
 import uuid
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -22,7 +23,14 @@ from hypothesis import strategies as st
 from pyroute2 import IPRoute
 
 from vacd.backends.base import MachineSpec
-from vacd.backends.cleantraffic import NatTable, chains_naming, clean_traffic_problems, parse_nat_listing
+from vacd.backends.cleantraffic import (
+    NatTable,
+    NatTableUnreadable,
+    chains_naming,
+    clean_traffic_problems,
+    parse_nat_listing,
+    read_nat_chains,
+)
 from vacd.backends.domainxml import domain_xml
 from vacd.backends.libvirt import LibvirtBackend
 from vacd.backends.slotnetwork import SlotNetwork, remove_container_links, set_up_slot_network
@@ -252,6 +260,43 @@ def test_a_reading_serves_every_creation_that_asked_before_it_began_and_no_later
     # A creation that asks afterwards never gets rules read before it asked.
     table.chains_since(now[0])
     assert readings == [100.0, 100.01]
+
+
+def fake_ebtables(directory: Path, failures: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An `ebtables` first on PATH that fails `failures` times as nf_tables does under contention, then lists."""
+    count = directory / "calls"
+    (directory / "listing").write_text(BOUND_LISTING)
+    script = directory / "ebtables"
+    script.write_text(f"""#!/bin/sh
+echo x >> {count}
+if [ "$(wc -l < {count})" -le {failures} ]; then
+    echo "ebtables v1.8.9 (nf_tables): RULE_LIST failed (Resource busy)" >&2
+    exit 4
+fi
+cat {directory / "listing"}
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}:{os.environ["PATH"]}")
+    return count
+
+
+@pytest.mark.allow_commands("ebtables")
+def test_a_listing_that_fails_while_libvirt_changes_the_table_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = fake_ebtables(tmp_path, 2, monkeypatch)
+    pauses: list[float] = []
+    chains = read_nat_chains(sleep=pauses.append)
+    tap = slot_tap(ORDINAL)
+    assert clean_traffic_problems(chains, tap.name, tap.mac_address, tap.ip_address) == []
+    assert len(calls.read_text().split()) == 3
+    assert pauses == [0.05, 0.1]
+
+
+@pytest.mark.allow_commands("ebtables")
+def test_a_listing_that_keeps_failing_says_how_it_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_ebtables(tmp_path, 99, monkeypatch)
+    with pytest.raises(NatTableUnreadable, match=r"failed 5 times, last: exit status 4: .*Resource busy"):
+        read_nat_chains(sleep=lambda seconds: None)
 
 
 # Where bindings cannot be used --------------------------------------------------------

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 EBTABLES_TIMEOUT_SECONDS = 30.0
+READ_ATTEMPTS = 5
+# Pauses between attempts: 0.05, 0.1, 0.2, 0.4 s.
+READ_RETRY_SECONDS = 0.05
 
 NatChains = dict[str, list[str]]
 
@@ -42,16 +45,35 @@ def parse_nat_listing(listing: str) -> NatChains:
     return chains
 
 
-def read_nat_chains() -> NatChains:
+class NatTableUnreadable(Exception):
+    """`ebtables -t nat -L` failed every time it was tried; the message has its last words."""
+
+
+def read_nat_chains(attempts: int = READ_ATTEMPTS, sleep: Callable[[float], None] = time.sleep) -> NatChains:
     """The kernel's ebtables nat table now.
+
+    ebtables (nf_tables) fails a listing now and then while libvirt changes the table (a
+    filter being bound for another slot: exit status 4), so a failed listing is tried again
+    after a short pause, `attempts` times in all.
 
     Raises:
         OSError: ebtables is not installed or cannot run.
-        subprocess.CalledProcessError, subprocess.TimeoutExpired: it failed or hung.
+        NatTableUnreadable: every attempt failed or hung.
     """
-    listing = subprocess.run(["ebtables", "-t", "nat", "-L"], check=True, capture_output=True, text=True,
-                             timeout=EBTABLES_TIMEOUT_SECONDS).stdout
-    return parse_nat_listing(listing)
+    failure = ""
+    for attempt in range(attempts):
+        if attempt:
+            sleep(READ_RETRY_SECONDS * 2 ** (attempt - 1))
+        try:
+            completed = subprocess.run(["ebtables", "-t", "nat", "-L"], capture_output=True, text=True,
+                                       timeout=EBTABLES_TIMEOUT_SECONDS, check=False)
+        except subprocess.TimeoutExpired:
+            failure = f"no answer in {EBTABLES_TIMEOUT_SECONDS:.0f} s"
+            continue
+        if completed.returncode == 0:
+            return parse_nat_listing(completed.stdout)
+        failure = f"exit status {completed.returncode}: {completed.stderr.strip()[-300:] or 'no message'}"
+    raise NatTableUnreadable(f"ebtables -t nat -L failed {attempts} times, last: {failure}")
 
 
 def chains_naming(chains: NatChains, tap: str) -> list[str]:
@@ -126,5 +148,5 @@ class NatTable:
         return self._clock()
 
 
-__all__ = ["NatChains", "NatTable", "chains_naming", "clean_traffic_problems", "parse_nat_listing",
+__all__ = ["NatChains", "NatTable", "NatTableUnreadable", "chains_naming", "clean_traffic_problems", "parse_nat_listing",
            "read_nat_chains"]

@@ -161,6 +161,7 @@ class LibvirtBackend:
         self._slot_taps = SlotTaps() if slot_taps else None
         # Connection -> why it cannot use slot taps ("" if it can), decided once per connection.
         self._slot_tap_refusals: "weakref.WeakKeyDictionary[libvirt.virConnect, str]" = weakref.WeakKeyDictionary()
+        self._slot_tap_decision_said: Optional[str] = None
 
     # Connection handling -------------------------------------------------------------
 
@@ -461,7 +462,11 @@ class LibvirtBackend:
         refusal = bindings_supported(connection, self._uri) or ""
         with self._lock:
             self._slot_tap_refusals[connection] = refusal
-        if refusal:
+            # Said once, and again only if a later connection decides otherwise (one per creating thread).
+            unchanged, self._slot_tap_decision_said = self._slot_tap_decision_said == refusal, refusal
+        if unchanged:
+            log.debug("slot taps uri=%s: %s", self._uri, refusal or "in use")
+        elif refusal:
             # Expected of the test driver; elsewhere an admin should know why creations queue.
             log.log(logging.INFO if self._uri.startswith("test:") else logging.WARNING,
                     "no slot taps uri=%s: %s; each domain's interface has libvirt's clean-traffic filter "
