@@ -276,7 +276,7 @@ fi
 cat {directory / "listing"}
 """)
     script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{directory}:{os.environ["PATH"]}")
+    monkeypatch.setenv("PATH", f"{directory}:{os.environ['PATH']}")
     return count
 
 
