@@ -19,6 +19,8 @@ Measured with a libvirt event listener of its own, independent of vacd's logs:
 - refill: a guest's domain gone (powered off by its payload) -> a new domain running in
   that slot (mean and max over the refills seen; only with --observe-seconds past the payload);
 - the load average (1 min) at start and when the slots are full;
+- rules in force: for how many running guests the ebtables nat table holds their slot's
+  clean-traffic rules on their tap, once all N run;
 - vac_creation_phase_seconds from vacd's own /metrics: count, mean and max bucket per phase.
 
 Both runs set overload_per_processor = 100, as the real-VM tests do: this 2-processor machine
@@ -173,6 +175,30 @@ def phase_histogram(metrics_text: str) -> dict[str, dict[str, float]]:
     return table
 
 
+def rules_in_force(connection: libvirt.virConnect) -> str:
+    """How many running bench guests' taps have their slot's clean-traffic rules in the kernel, and on what taps."""
+    import xml.etree.ElementTree as ElementTree
+
+    from vacd.backends.cleantraffic import clean_traffic_problems, read_nat_chains
+    from vacd.slots import ordinal_of_machine_name, slot_identity
+
+    chains = read_nat_chains()
+    good, kinds = 0, set()
+    domains = [domain for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
+               if domain.name().startswith("bench-")]
+    for domain in domains:
+        interface = ElementTree.fromstring(domain.XMLDesc(0)).find("devices/interface")
+        target = None if interface is None else interface.find("target")
+        ordinal = ordinal_of_machine_name(FACTORY_NAME, domain.name())
+        if interface is None or target is None or ordinal is None:
+            continue
+        kinds.add(interface.get("type", "?"))
+        identity = slot_identity(FACTORY_NAME, ordinal)
+        if not clean_traffic_problems(chains, target.get("dev", ""), identity.mac_address, identity.ip_address):
+            good += 1
+    return f"{good} of {len(domains)} (interfaces: {', '.join(sorted(kinds))})"
+
+
 def remove_slot_taps() -> list[str]:
     """Every slot tap no domain holds, and its binding, as vacd removes those of slots gone."""
     from vacd.backends.slottaps import SlotTaps
@@ -208,6 +234,7 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
     running_at: list[float] = []
     load_at_fill: Optional[float] = None
     phases: dict[str, dict[str, float]] = {}
+    rules = ""
     try:
         while time.monotonic() - start < max(observe_seconds, GIVE_UP_SECONDS):
             running = len(watcher.running_names())
@@ -227,6 +254,7 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
             if vacd.poll() is not None:
                 raise RuntimeError(f"vacd exited {vacd.returncode}")
             time.sleep(0.1)
+        rules = rules_in_force(watcher.connection)
         try:
             phases = phase_histogram(scrape_metrics())
         except OSError as error:
@@ -263,6 +291,7 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
         "refills": len(refills),
         "refill_mean_seconds": round(statistics.mean(refills), 1) if refills else None,
         "refill_max_seconds": round(max(refills), 1) if refills else None,
+        "rules_in_force": rules,
         "phases": phases,
     }
     if fill_seconds is None and len(running_at) >= 2:
