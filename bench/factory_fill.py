@@ -14,17 +14,27 @@ test guest) run a payload and power off:
 Measured with a libvirt event listener of its own, independent of vacd's logs:
 - fill: vacd start -> all N slots hold running domains; per slot = fill / N;
 - first domain: vacd start -> the first running domain (start-up: network, first pass);
+- first decision: vacd start -> the first machine directory (the factory makes it when it
+  decides a creation), and from there to all N running (what start-up does not explain);
 - refill: a guest's domain gone (powered off by its payload) -> a new domain running in
   that slot (mean and max over the refills seen; only with --observe-seconds past the payload);
 - the load average (1 min) at start and when the slots are full;
+- rules in force: for how many running guests the ebtables nat table holds their slot's
+  clean-traffic rules on their tap, once all N run;
 - vac_creation_phase_seconds from vacd's own /metrics: count, mean and max bucket per phase.
 
 Both runs set overload_per_processor = 100, as the real-VM tests do: this 2-processor machine
 is shared, and Vac's load gate (load > 1.25 x host processors) would otherwise hold the first
 pass for minutes whenever other work runs, which measures the neighbours, not the fill.
 
+With `--rounds R` the vacd fill runs R times in a row, each a new vacd with its guests
+destroyed in between: VM slots keep their taps and filter bindings from one round to the
+next (vacd.backends.slottaps), so round 0 after `--fresh-slot-taps` (every slot tap removed
+first) is the first fill after a host boot, and later rounds are a vacd restart or a refill.
+The bench removes every slot tap and binding left at its end.
+
 Usage: .venv/bin/python bench/factory_fill.py --slots 16 [--max-creations 16] [--payload-seconds 600]
-       [--observe-seconds 0] [--vac03-creations 3]
+       [--observe-seconds 0] [--vac03-creations 3] [--rounds 1] [--fresh-slot-taps]
 Needs root, libvirtd (tools/libvirtd-up) and the test guest (tests/guest/build-guest); real
 guests: run under `flock /tmp/vac-realvm.lock`.
 """
@@ -165,6 +175,42 @@ def phase_histogram(metrics_text: str) -> dict[str, dict[str, float]]:
     return table
 
 
+def rules_in_force(connection: libvirt.virConnect) -> str:
+    """How many running bench guests' taps have their slot's clean-traffic rules in the kernel, and on what taps."""
+    import xml.etree.ElementTree as ElementTree
+
+    from vacd.backends.cleantraffic import clean_traffic_problems, read_nat_chains
+    from vacd.slots import ordinal_of_machine_name, slot_identity
+
+    chains = read_nat_chains()
+    good, kinds = 0, set()
+    domains = [domain for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
+               if domain.name().startswith("bench-")]
+    for domain in domains:
+        interface = ElementTree.fromstring(domain.XMLDesc(0)).find("devices/interface")
+        target = None if interface is None else interface.find("target")
+        ordinal = ordinal_of_machine_name(FACTORY_NAME, domain.name())
+        if interface is None or target is None or ordinal is None:
+            continue
+        kinds.add(interface.get("type", "?"))
+        identity = slot_identity(FACTORY_NAME, ordinal)
+        if not clean_traffic_problems(chains, target.get("dev", ""), identity.mac_address, identity.ip_address):
+            good += 1
+    return f"{good} of {len(domains)} (interfaces: {', '.join(sorted(kinds))})"
+
+
+def remove_slot_taps() -> list[str]:
+    """Every slot tap no domain holds, and its binding, as vacd removes those of slots gone."""
+    from vacd.backends.slottaps import SlotTaps
+    from vacd.network import BRIDGE_NAME
+
+    connection = libvirt.open("qemu:///system")
+    try:
+        return SlotTaps().tend(connection, 0, BRIDGE_NAME)
+    finally:
+        connection.close()
+
+
 def scrape_metrics() -> str:
     with urllib.request.urlopen(f"http://{METRICS_ADDRESS}/metrics", timeout=10) as response:
         return response.read().decode()  # type: ignore[no-any-return]
@@ -183,9 +229,12 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environment, cwd=REPOSITORY)
     fill_seconds: Optional[float] = None
     first_seconds: Optional[float] = None
+    first_decision_seconds: Optional[float] = None
+    machines = prefix / "var/lib/vac/machines"
     running_at: list[float] = []
     load_at_fill: Optional[float] = None
     phases: dict[str, dict[str, float]] = {}
+    rules = ""
     try:
         while time.monotonic() - start < max(observe_seconds, GIVE_UP_SECONDS):
             running = len(watcher.running_names())
@@ -193,6 +242,8 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
                 running_at.append(time.monotonic() - start)
             if first_seconds is None and running:
                 first_seconds = time.monotonic() - start
+            if first_decision_seconds is None and machines.is_dir() and any(machines.iterdir()):
+                first_decision_seconds = time.monotonic() - start
             if fill_seconds is None and running == slots:
                 fill_seconds = time.monotonic() - start
                 load_at_fill = os.getloadavg()[0]
@@ -203,6 +254,7 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
             if vacd.poll() is not None:
                 raise RuntimeError(f"vacd exited {vacd.returncode}")
             time.sleep(0.1)
+        rules = rules_in_force(watcher.connection)
         try:
             phases = phase_histogram(scrape_metrics())
         except OSError as error:
@@ -229,6 +281,9 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
         "policy": "vac03-policy" if vac03_policy else f"vacd max_creations_per_cycle={max_creations}",
         "slots": slots,
         "first_running_seconds": None if first_seconds is None else round(first_seconds, 1),
+        "first_decision_seconds": None if first_decision_seconds is None else round(first_decision_seconds, 1),
+        "first_decision_to_all_running_seconds": None if fill_seconds is None or first_decision_seconds is None
+        else round(fill_seconds - first_decision_seconds, 1),
         "fill_seconds": None if fill_seconds is None else round(fill_seconds, 1),
         "per_slot_seconds": None if fill_seconds is None else round(fill_seconds / slots, 2),
         "load_average_start": round(load_at_start, 2),
@@ -236,6 +291,7 @@ def run_once(guest: dict[str, str], vac03_policy: bool, slots: int, max_creation
         "refills": len(refills),
         "refill_mean_seconds": round(statistics.mean(refills), 1) if refills else None,
         "refill_max_seconds": round(max(refills), 1) if refills else None,
+        "rules_in_force": rules,
         "phases": phases,
     }
     if fill_seconds is None and len(running_at) >= 2:
@@ -255,16 +311,29 @@ def main() -> int:
                         help="keep watching this long (refills need it past --payload-seconds); 0: stop when full")
     parser.add_argument("--vac03-creations", type=int, default=3,
                         help="Vac 03 policy: stop after this many guests run and carry the rate to --slots (0: skip)")
+    parser.add_argument("--rounds", type=int, default=1, help="vacd fills in a row (slot taps kept between them)")
+    parser.add_argument("--fresh-slot-taps", action="store_true",
+                        help="remove every slot tap and binding first: round 0 is a first fill after a host boot")
     arguments = parser.parse_args()
     guest = build_guest()
-    ours = run_once(guest, False, arguments.slots, arguments.max_creations or arguments.slots, arguments.payload_seconds,
-                    arguments.observe_seconds, arguments.slots)
-    results = [ours]
-    if arguments.vac03_creations:
-        results.append(run_once(guest, True, arguments.slots, 1, arguments.payload_seconds, arguments.observe_seconds,
-                                min(arguments.vac03_creations, arguments.slots)))
+    if arguments.fresh_slot_taps:
+        print(json.dumps({"slot_taps_removed_first": remove_slot_taps()}), flush=True)
+    results = []
+    try:
+        for round_number in range(arguments.rounds):
+            ours = run_once(guest, False, arguments.slots, arguments.max_creations or arguments.slots,
+                            arguments.payload_seconds, arguments.observe_seconds, arguments.slots)
+            ours["round"] = round_number
+            print(json.dumps(ours), flush=True)
+            results.append(ours)
+        if arguments.vac03_creations:
+            results.append(run_once(guest, True, arguments.slots, 1, arguments.payload_seconds,
+                                    arguments.observe_seconds, min(arguments.vac03_creations, arguments.slots)))
+    finally:
+        removed = remove_slot_taps()
+        print(json.dumps({"slot_taps_removed_at_end": len(removed)}), flush=True)
     print(json.dumps(results, indent=1))
-    vac03 = results[-1] if len(results) > 1 else None
+    vac03 = results[-1] if arguments.vac03_creations else None
     vac03_fill = None if vac03 is None else (vac03["fill_seconds"] or vac03.get("fill_seconds_at_this_rate"))
     if ours["fill_seconds"] and vac03_fill:
         print(f"fill of {arguments.slots}: vacd {ours['fill_seconds']} s ({ours['per_slot_seconds']} s/slot), "

@@ -5,9 +5,10 @@ Rules:
   on the thread that ran it. The factory times what it does (waiting for a pool worker,
   contextualisation, the machine spec, writing the started record); the libvirt backend
   times what it does (the disk: room check, logical volume or sparse file; the qcow2
-  overlay made by qemu-img; the domain XML; createXML, which includes libvirt's network
-  filter binding and QEMU's start; and the STARTED lifecycle event's lag after createXML
-  returned).
+  overlay made by qemu-img; the domain XML; the slot's tap and its filter binding,
+  vacd.backends.slottaps; createXML, which includes QEMU's start and, where slot taps
+  are not used, libvirt's network filter binding; and the STARTED lifecycle event's lag
+  after createXML returned).
 - An observer is any `Callable[[str, float], None]`; it must be cheap and must not raise
   (a failing observer is logged by `timed` and the creation goes on).
 - Only the names in PHASES are used, so the metric's series stay bounded.
@@ -31,6 +32,7 @@ PHASES = (
     "disk",  # room check, logical volume or sparse scratch/root file
     "overlay",  # qemu-img create of the qcow2 overlay on the root image
     "xml",  # the domain XML (and, once, the emulator path)
+    "slot_tap",  # the slot's tap ensured, its clean-traffic rules read (and bound, if not in force)
     "createXML",  # libvirt: network port and filter binding, QEMU started and resumed
     "started_event",  # createXML returned -> libvirt's STARTED lifecycle event (0 if it came first)
     "record",  # the started record written

@@ -266,6 +266,8 @@ class Daemon:
         self.factory: Optional[Factory] = None
         self.guest_api: Optional[Any] = None
         self.link_identity: Optional[Any] = None
+        # The VM backend (vacd.backends.libvirt.LibvirtBackend), for its slot taps' tending.
+        self.vm_backend: Optional[Any] = None
         self.metrics: Optional[Any] = None
         self.metrics_server: Optional[Any] = None
         self.dashboard: Optional[Any] = None  # vacd.dashboard.service.Dashboard, with `dashboard = true`
@@ -335,12 +337,16 @@ class Daemon:
         warn_if_factory_renamed(self.paths, settings.factory_name)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         # A sparse disk is made only where all it may grow to leaves the kept minimum free (issue 13).
+        # Each VM slot has its own tap on the guest bridge, bound to clean-traffic once
+        # (vacd.backends.slottaps), where libvirt can; else <filterref> per domain.
+        self.vm_backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
+                                         tmp_dir=self.paths.tmp_dir,
+                                         room_check=lambda directory, size_bytes: check_room(
+                                             directory, size_bytes, config_source.last_good.settings),
+                                         creation_phase=self._observe_creation_phase,
+                                         slot_taps=True)
         backend = machine_backends(
-            LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
-                           tmp_dir=self.paths.tmp_dir,
-                           room_check=lambda directory, size_bytes: check_room(
-                               directory, size_bytes, config_source.last_good.settings),
-                           creation_phase=self._observe_creation_phase),
+            self.vm_backend,
             bridge=BRIDGE_NAME,
             state_dir=self.paths.state_dir / "apptainer",
             singularity_user=settings.singularity_user,
@@ -511,6 +517,14 @@ class Daemon:
         except VacError as error:
             log.error("guest network unusable, no machine created this pass error=%s", error)
             return f"guest network unusable: {error}"
+        if self.vm_backend is not None:
+            try:
+                # Slots gone (total_processors lowered) lose their taps; the rest are put back
+                # on the bridge if a network restart took them off it.
+                self.vm_backend.tend_slot_taps(settings.num_machine_slots)
+            except VacError as error:
+                # Not the network's fault: each creation ensures its own slot's tap anyway.
+                log.warning("slot taps not tended this pass error=%s", error)
         return None
 
     def _start_peer_protocol(self, settings: Settings, services: "ServiceLoop") -> None:

@@ -12,7 +12,8 @@ Rules (behaviour reference §1.9, acceptance 8):
   never by replacing the network; an entry the slots do not use (Vac 03 had 100) is left
   unless it takes a slot's name or address. What only a new definition can change (its
   address, forwarding, DHCP range, dnsmasq options, a transient network) is changed by
-  replacing it (destroy, undefine, define) only when no running domain is attached to it,
+  replacing it (destroy, undefine, define) only when no running domain is attached to it
+  (through the network, its bridge, or a slot tap on it: vacd.backends.slottaps),
   and only at vacd's start, before any creation is under way, unless the network cannot
   serve the slots at all. With guests on it, the network is kept and vacd says why and
   what to do; if it still gives every slot its address, vacd continues with it (the
@@ -47,7 +48,7 @@ import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.t
 from vacd.config import Settings
 from vacd.errors import VacError
 from vacd.paths import Paths
-from vacd.slots import GATEWAY_ADDRESS, GUEST_NETWORK, METADATA_ADDRESS, slot_identity
+from vacd.slots import GATEWAY_ADDRESS, GUEST_NETWORK, METADATA_ADDRESS, ordinal_of_slot_tap, slot_identity
 
 log = logging.getLogger(__name__)
 
@@ -293,21 +294,35 @@ def network_differences(existing_xml: str, wanted_xml: str) -> list[str]:
 
 
 def guests_on_network(connection: libvirt.virConnect, network_name: str, bridge: Optional[str]) -> list[str]:
-    """Names of the running domains with an interface on the network (or on its bridge), sorted."""
+    """Names of the running domains with an interface on the network (or its bridge, or a slot tap), sorted."""
     names = []
     for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
         try:
             description = ElementTree.fromstring(domain.XMLDesc(0))
         except libvirt.libvirtError:
             continue  # gone between the listing and the look: not on the network any more
-        for interface in description.findall("devices/interface"):
-            source = interface.find("source")
-            if source is None:
-                continue
-            if source.get("network") == network_name or (bridge and source.get("bridge") == bridge):
-                names.append(domain.name())
-                break
+        if domain_is_on_network(description, network_name, bridge):
+            names.append(domain.name())
     return sorted(names)
+
+
+def domain_is_on_network(description: ElementTree.Element, network_name: str, bridge: Optional[str]) -> bool:
+    """Whether a domain (its live XML) has an interface on the network, its bridge, or a slot tap.
+
+    A slot tap (`<interface type='ethernet'>` on `vactNN`, vacd.backends.slottaps) is a port
+    of the network's bridge that libvirt does not know as such: replacing the network would
+    cut its guest off as surely as one on `<source network>`.
+    """
+    for interface in description.findall("devices/interface"):
+        source = interface.find("source")
+        if source is not None and (source.get("network") == network_name
+                                   or (bridge and source.get("bridge") == bridge)):
+            return True
+        target = interface.find("target")
+        if interface.get("type") == "ethernet" and target is not None \
+                and ordinal_of_slot_tap(target.get("dev", "")) is not None:
+            return True
+    return False
 
 
 def _host_xml(host: DhcpHost) -> str:

@@ -99,3 +99,24 @@ def ordinal_of_machine_name(factory_name: str, machine_name: str) -> "int | None
     if ordinal >= MAX_SLOTS or machine_name_for(factory_name, ordinal) != machine_name:
         return None
     return ordinal
+
+
+# A VM slot's own tap (vacd.backends.slottaps), named like a container slot's `vaccNN` veth
+# (vacd.backends.slotnetwork) and never `vnet`: libvirt takes `vnet` names for its own taps.
+SLOT_TAP_PREFIX = "vact"
+
+
+def slot_tap_name(ordinal: int) -> str:
+    """`vact03` for slot 3; at most 9 characters for MAX_SLOTS, within IFNAMSIZ (15)."""
+    if not 0 <= ordinal < MAX_SLOTS:
+        raise ValueError(f"slot ordinal {ordinal} outside 0..{MAX_SLOTS - 1}")
+    return f"{SLOT_TAP_PREFIX}{ordinal:02d}"
+
+
+def ordinal_of_slot_tap(interface: str) -> "int | None":
+    """The ordinal if `interface` is how vacd names a slot's tap, else None."""
+    digits = interface[len(SLOT_TAP_PREFIX):]
+    if not (interface.startswith(SLOT_TAP_PREFIX) and digits.isascii() and digits.isdigit() and len(digits) >= 2):
+        return None
+    ordinal = int(digits)
+    return ordinal if ordinal < MAX_SLOTS and slot_tap_name(ordinal) == interface else None

@@ -12,6 +12,10 @@ Rules:
   its end; one that was there before is left alone.
 - Every domain a test creates is registered with `domain_reaper` and destroyed (by UUID) on
   teardown, whatever the test did.
+- `libvirt_backend` gives each VM slot its own bound tap, as vacd does
+  (vacd.backends.slottaps); `filterref_backend` is the fallback, `<filterref>` per domain.
+  Slot taps outlive their domains by design, so the session removes every one no domain
+  holds, with its binding, at its end.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import pytest
 
 from vacd.backends.base import MachineSpec
 from vacd.backends.libvirt import LibvirtBackend
+from vacd.backends.slottaps import SlotTaps
 from vacd.hypervisor import DomainTypeChoice, decide_domain_type
 from vacd.network import NETWORK_NAME, ensure_guest_network
 from vacd.paths import Paths
@@ -128,8 +133,18 @@ def vac_network(libvirtd: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         yield VacNetwork(guest_network.name, guest_network.bridge, TEST_FACTORY_NAME, TEST_NUM_SLOTS)
     finally:
+        remove_slot_taps(libvirtd, guest_network.bridge)
         if not existed:
             _remove_network(libvirtd)
+
+
+def remove_slot_taps(uri: str, bridge: str) -> list[str]:
+    """Remove every slot tap no domain holds and its binding (what vacd does for slots beyond 0)."""
+    connection = libvirt.open(uri)
+    try:
+        return SlotTaps().tend(connection, 0, bridge)
+    finally:
+        connection.close()
 
 
 def _remove_network(uri: str) -> None:
@@ -193,7 +208,19 @@ def domain_reaper(libvirtd: str) -> Iterator[DomainReaper]:
 @pytest.fixture
 def libvirt_backend(libvirtd: str, domain_type: DomainTypeChoice, vac_network: VacNetwork,
                     tmp_path: Path) -> Iterator[LibvirtBackend]:
-    """A LibvirtBackend on qemu:///system and the vac network, closed after the test."""
+    """A LibvirtBackend on qemu:///system and the vac network with slot taps (as vacd), closed after the test."""
+    backend = LibvirtBackend(libvirtd, domain_type=domain_type.domain_type, network_name=vac_network.name,
+                             tmp_dir=tmp_path / "tmp", slot_taps=True)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.fixture
+def filterref_backend(libvirtd: str, domain_type: DomainTypeChoice, vac_network: VacNetwork,
+                      tmp_path: Path) -> Iterator[LibvirtBackend]:
+    """A LibvirtBackend without slot taps: every domain on the network with `<filterref>` (the fallback)."""
     backend = LibvirtBackend(libvirtd, domain_type=domain_type.domain_type, network_name=vac_network.name,
                              tmp_dir=tmp_path / "tmp")
     try:

@@ -8,7 +8,8 @@ a space-wide backoff ("300 …") into the victim's $JOBOUTPUTS. Then it goes bac
 address and MAC and PUTs what it saw into its own $JOBOUTPUTS, where the test reads it.
 
 Two locks stand in its way: libvirt's clean-traffic filter on each tap (which drops the
-spoofed frames) and vacd's link-layer check (vacd.guestapi.linkidentity, which would refuse
+spoofed frames; vacd binds it once to each slot's own tap, vacd.backends.slottaps, and the
+test reads the rules in the kernel while both guests run) and vacd's link-layer check (vacd.guestapi.linkidentity, which would refuse
 a source whose frames come from another slot's tap); tests/vacd/guestapi/test_link_identity.py
 shows the second one alone on a real bridge.
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.conftest import TestGuest
-from tests.integration.test_vacd_real_vms import RunningFactory, factory  # noqa: F401  (fixture)
-from vacd.slots import ip_address_for, mac_address_for
+from tests.integration.ebtables_rules import clean_traffic_problems, nat_chains
+from tests.integration.test_guest_filter_rules_real_vm import live_interface
+from tests.integration.test_vacd_real_vms import RunningFactory, factory, slot_name  # noqa: F401  (fixture)
+from vacd.slots import ip_address_for, mac_address_for, slot_tap_name
 
 pytestmark = pytest.mark.vm
 
@@ -89,6 +92,16 @@ def test_guest_posing_as_its_neighbour_gets_nothing_and_cannot_end_it(
 
     factory.wait_for("two guests", lambda: len(factory.records()) >= 2, timeout=120)
     first_two = {record["uuid"] for record in factory.records()[:2]}
+    # Both run on their slots' own taps, with the slot's clean-traffic rules in the kernel.
+    factory.wait_for("two running guests", lambda: len(factory.running_domains()) >= 2, timeout=120)
+    chains = nat_chains()
+    for ordinal in (0, 1):
+        interface = live_interface(factory.uri, slot_name(ordinal))
+        target = interface.find("target")
+        assert interface.get("type") == "ethernet" and target is not None
+        assert target.get("dev") == slot_tap_name(ordinal)
+        address = ip_address_for(ordinal)
+        assert clean_traffic_problems(chains, slot_tap_name(ordinal), mac_address_for(address), address) == []
     factory.wait_for("both guests finished", both_finished, timeout=300)
     by_ordinal = {record["ordinal"]: record for record in factory.records() if record["uuid"] in first_two}
     victim, attacker = by_ordinal[0], by_ordinal[1]

@@ -9,6 +9,9 @@ Rules:
   (qcow2 overlays with qemu-img, sparse raw files) or the logical volume (vacd.lvm) and
   `domain_xml` only references them: a file as `<disk type='file'>`, a volume as
   `<disk type='block'>` on its /dev/<vg>/<name> device.
+- The guest's interface is on the libvirt network with libvirt's `clean-traffic` filter
+  (`<filterref>`), or, given a slot tap, that tap as `type='ethernet'` with no filterref:
+  its filter is a binding made once per tap (vacd.backends.slottaps). Never neither.
 - The emulator path is found by the caller (from libvirt's domain capabilities) and passed
   in; None leaves the choice to libvirt.
 """
@@ -141,8 +144,13 @@ def domain_xml(
     network_name: str,
     disks: Sequence[Disk] = (),
     emulator: Optional[str] = None,
+    slot_tap: Optional[str] = None,
 ) -> str:
     """The XML for a transient domain running `spec` (§1.10, acceptance 9).
+
+    With `slot_tap` the interface is that existing tap (vacd.backends.slottaps), whose
+    clean-traffic binding the caller has put in force; without, it is on `network_name`
+    with a `<filterref>` libvirt instantiates for the tap it makes.
 
     Raises:
         ValueError: unknown domain type, bad UUID, or no memory/processors.
@@ -180,7 +188,7 @@ def domain_xml(
     power_management = ElementTree.SubElement(domain, "pm")
     ElementTree.SubElement(power_management, "suspend-to-mem", enabled="no")
     ElementTree.SubElement(power_management, "suspend-to-disk", enabled="no")
-    _devices(domain, spec, network_name, disks, emulator)
+    _devices(domain, spec, network_name, disks, emulator, slot_tap)
     ElementTree.indent(domain)
     return ElementTree.tostring(domain, encoding="unicode")
 
@@ -225,6 +233,7 @@ def _devices(
     network_name: str,
     disks: Sequence[Disk],
     emulator: Optional[str],
+    slot_tap: Optional[str],
 ) -> None:
     devices = ElementTree.SubElement(domain, "devices")
     if emulator is not None:
@@ -232,17 +241,24 @@ def _devices(
     for disk in disks:
         _disk(devices, disk)
 
-    interface = ElementTree.SubElement(devices, "interface", type="network")
-    ElementTree.SubElement(interface, "mac", address=spec.mac_address)
-    ElementTree.SubElement(interface, "source", network=network_name)
+    # libvirt's anti-spoofing filter, pinned to the slot's address: the metadata and MJF
+    # servers tell guests apart by source address only (§6.1), so a guest must not be able
+    # to send as another slot. On a slot tap it is the tap's own binding, already in force.
+    if slot_tap is None:
+        interface = ElementTree.SubElement(devices, "interface", type="network")
+        ElementTree.SubElement(interface, "mac", address=spec.mac_address)
+        ElementTree.SubElement(interface, "source", network=network_name)
+    else:
+        interface = ElementTree.SubElement(devices, "interface", type="ethernet")
+        ElementTree.SubElement(interface, "mac", address=spec.mac_address)
+        # managed='no': libvirt opens the tap vacd made and leaves it (and its rules) when the domain ends.
+        ElementTree.SubElement(interface, "target", dev=slot_tap, managed="no")
     ElementTree.SubElement(interface, "model", type="virtio")
     # No iPXE option ROM: nothing boots from the network, and it saves about 0.3 s per boot.
     ElementTree.SubElement(interface, "rom", enabled="no")
-    # libvirt's anti-spoofing filter, pinned to the slot's address: the metadata and MJF
-    # servers tell guests apart by source address only (§6.1), so a guest must not be able
-    # to send as another slot.
-    filterref = ElementTree.SubElement(interface, "filterref", filter="clean-traffic")
-    ElementTree.SubElement(filterref, "parameter", name="IP", value=spec.ip_address)
+    if slot_tap is None:
+        filterref = ElementTree.SubElement(interface, "filterref", filter="clean-traffic")
+        ElementTree.SubElement(filterref, "parameter", name="IP", value=spec.ip_address)
 
     # A `file` chardev: with libvirt's default stdio_handler = "logd" (qemu.conf) virtlogd,
     # not QEMU, writes it and rolls it over at max_size (2 MiB, 3 kept), so a chatty guest

@@ -20,6 +20,11 @@ Rules:
   beyond that, so 32 createXML calls on the shared connection queued each other and the
   loop's listing behind them. The shared connection keeps listing, destroys and events.
   The test driver keeps one connection: its domains belong to the connection that made them.
+- With `slot_taps`, a VM's interface is its slot's own tap, made ready before each
+  createXML with its clean-traffic binding in force (vacd.backends.slottaps): libvirt then
+  sets up no filter per domain, which serialised creations (issue 15 item 1). A connection
+  that cannot use bindings (test driver, libvirt < 4.5) keeps `<filterref>`; a slot whose
+  rules cannot be shown in force fails its creation.
 - Lifecycle events need libvirt's default event loop, registered once per process before
   any connection is opened and run by one daemon thread (libvirt's loop is itself
   process-global, so this module keeps the one flag that says it is running).
@@ -43,6 +48,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -51,6 +57,7 @@ import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.t
 
 from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.backends.domainxml import Disk, domain_xml, machine_disks
+from vacd.backends.slottaps import SlotTap, SlotTapError, SlotTaps, bindings_supported
 from vacd.commands import run_command
 from vacd.creationphases import PhaseObserver, observe, timed
 from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
@@ -123,7 +130,10 @@ class LibvirtBackend:
         logical_volumes: Optional[LogicalVolumes] = None,
         room_check: Optional[RoomCheck] = None,
         creation_phase: Optional[PhaseObserver] = None,
+        slot_taps: bool = False,
     ) -> None:
+        """`slot_taps`: give each VM slot its own bound tap on the network's bridge where libvirt
+        can (vacd.backends.slottaps); False keeps `<filterref>` on the network for every domain."""
         _start_event_loop()
         self._uri = uri
         self._domain_type = domain_type
@@ -148,6 +158,10 @@ class LibvirtBackend:
         self._connection_per_creating_thread = not uri.startswith("test:")
         self._thread_connection = threading.local()
         self._creation_connections: list[libvirt.virConnect] = []
+        self._slot_taps = SlotTaps() if slot_taps else None
+        # Connection -> why it cannot use slot taps ("" if it can), decided once per connection.
+        self._slot_tap_refusals: "weakref.WeakKeyDictionary[libvirt.virConnect, str]" = weakref.WeakKeyDictionary()
+        self._slot_tap_decision_said: Optional[str] = None
 
     # Connection handling -------------------------------------------------------------
 
@@ -297,6 +311,7 @@ class LibvirtBackend:
                     self._make_disk_file(disk)
                 if disk.is_file_made_by_backend:
                     made.append(disk.path)
+            slot_tap = self._ready_slot_tap(connection, spec)
             with timed(self._creation_phase, "xml"):
                 xml = domain_xml(
                     spec,
@@ -304,12 +319,13 @@ class LibvirtBackend:
                     network_name=self._network_name,
                     disks=disks,
                     emulator=self._emulator_path(connection, spec.name),
+                    slot_tap=slot_tap,
                 )
             with timed(self._creation_phase, "createXML"):
                 connection.createXML(xml, 0)
             started = True
             self._note_created(spec.name)
-        except (CommandFailed, ImageRefused, LvmError) as error:
+        except (CommandFailed, ImageRefused, LvmError, SlotTapError) as error:
             raise BackendError("create", spec.name, str(error)) from error
         except (OSError, ValueError) as error:
             raise BackendError("create", spec.name, str(error)) from error
@@ -417,7 +433,75 @@ class LibvirtBackend:
                 _close_quietly(creation_connection)
             self._creation_connections.clear()
 
+    def tend_slot_taps(self, num_slots: int) -> None:
+        """Each pass: remove slot taps (and bindings) of slots beyond `num_slots` that no domain
+        holds; put the others back on the bridge and up (vacd.backends.slottaps).
+
+        Raises:
+            BackendError: a step failed (the next pass tries again).
+        """
+        if self._slot_taps is None:
+            return
+        connection = self._connect("tend slot taps", "*")
+        if self._slot_tap_refusal(connection):
+            return
+        try:
+            self._slot_taps.tend(connection, num_slots, self._network_bridge(connection))
+        except SlotTapError as error:
+            self._note_failure(connection)
+            raise BackendError("tend slot taps", "*", str(error)) from error
+
     # Helpers --------------------------------------------------------------------------
+
+    def _slot_tap_refusal(self, connection: libvirt.virConnect) -> str:
+        """Why `connection` cannot use slot taps ("" if it can); asked of libvirt once per connection."""
+        with self._lock:
+            refusal = self._slot_tap_refusals.get(connection)
+        if refusal is not None:
+            return refusal
+        refusal = bindings_supported(connection, self._uri) or ""
+        with self._lock:
+            self._slot_tap_refusals[connection] = refusal
+            # Said once, and again only if a later connection decides otherwise (one per creating thread).
+            unchanged, self._slot_tap_decision_said = self._slot_tap_decision_said == refusal, refusal
+        if unchanged:
+            log.debug("slot taps uri=%s: %s", self._uri, refusal or "in use")
+        elif refusal:
+            # Expected of the test driver; elsewhere an admin should know why creations queue.
+            log.log(logging.INFO if self._uri.startswith("test:") else logging.WARNING,
+                    "no slot taps uri=%s: %s; each domain's interface has libvirt's clean-traffic filter "
+                    "(<filterref>), set up one domain at a time", self._uri, refusal)
+        else:
+            log.info("slot taps in use uri=%s network=%s: each VM slot has its own tap, bound to clean-traffic once",
+                     self._uri, self._network_name)
+        return refusal
+
+    def _ready_slot_tap(self, connection: libvirt.virConnect, spec: MachineSpec) -> Optional[str]:
+        """The slot's tap, made ready with its rules in force, or None for `<filterref>` on the network.
+
+        Raises:
+            SlotTapError: slot taps are in use here and this one's rules cannot be put in force.
+        """
+        if self._slot_taps is None or self._slot_tap_refusal(connection):
+            return None
+        tap = SlotTap(spec.ordinal, spec.mac_address, spec.ip_address)
+        with timed(self._creation_phase, "slot_tap"):
+            self._slot_taps.prepare(connection, tap, self._network_bridge(connection))
+        return tap.name
+
+    def _network_bridge(self, connection: libvirt.virConnect) -> str:
+        """The guest network's bridge as libvirt has it now (vacbr0, or a kept Vac 03 network's).
+
+        Raises:
+            SlotTapError: libvirt does not know the network or its bridge.
+        """
+        try:
+            bridge = connection.networkLookupByName(self._network_name).bridgeName()
+        except libvirt.libvirtError as error:
+            raise SlotTapError(f"bridge of network {self._network_name}: {error}") from error
+        if not bridge:
+            raise SlotTapError(f"network {self._network_name} has no bridge")
+        return str(bridge)
 
     def _note_failure(self, connection: libvirt.virConnect) -> None:
         """After a failed call, mark a connection that died so the next call reconnects."""

@@ -13,8 +13,9 @@ Rules:
   The container runs without CAP_NET_ADMIN (podman's default capabilities), so it cannot
   change its address or MAC: it can only speak as its own slot.
 - Names are fixed by the slot, so setting up is idempotent: anything left of an earlier
-  machine in this slot (a crash between steps) is removed first; removing what is gone is
-  success. Removing the namespace removes its veth end, and the kernel removes the pair.
+  machine in this slot (a crash between steps), and the slot's VM tap if a VM had it
+  (vacd.backends.slottaps), is removed first; removing what is gone is success.
+  Removing the namespace removes its veth end, and the kernel removes the pair.
 - Netlink through pyroute2, no `ip` commands (the EL9 pyroute2 0.7.3 and 0.9 APIs used here
   are the same). Calls run on the creating thread, never inside an asyncio loop.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 from vacd.errors import BackendError
 from vacd.guestapi.linkidentity import tap_mac_for
-from vacd.slots import GATEWAY_ADDRESS, ip_address_for, mac_address_for
+from vacd.slots import GATEWAY_ADDRESS, ip_address_for, mac_address_for, slot_tap_name
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ class SlotNetwork:
     def peer_interface(self) -> str:
         """The namespace end's name while it is still on the host, before it becomes eth0."""
         return f"vacp{self.ordinal:02d}"
+
+    @property
+    def vm_tap(self) -> str:
+        """The tap a VM in this slot uses (vacd.backends.slottaps): removed while a container has the slot."""
+        return slot_tap_name(self.ordinal)
 
 
 def _pyroute2() -> Any:
@@ -104,18 +110,36 @@ def set_up_slot_network(slot: SlotNetwork, bridge: str) -> None:
 
 
 def tear_down_slot_network(slot: SlotNetwork) -> None:
-    """Remove the slot's namespace and its veth pair; gone is success."""
+    """Remove the slot's namespace, its veth pair and any VM tap of the slot; gone is success.
+
+    Before a container's veth is made: its host end has the slot's `fe:` MAC, as a VM's tap
+    of the slot has (vacd.backends.slottaps), and the bridge must not have both.
+    """
+    _remove_links(slot, (slot.host_interface, slot.peer_interface, slot.vm_tap))
+    if os.path.exists(slot.namespace_path):
+        _pyroute2().netns.remove(slot.namespace)
+
+
+def remove_container_links(slot: SlotNetwork) -> None:
+    """Remove a container's namespace and veth pair of the slot, if any; keep its VM tap.
+
+    Before a VM's tap of the slot is ensured (vacd.backends.slottaps), the reverse of the above.
+    """
+    _remove_links(slot, (slot.host_interface, slot.peer_interface))
+    if os.path.exists(slot.namespace_path):
+        _pyroute2().netns.remove(slot.namespace)
+
+
+def _remove_links(slot: SlotNetwork, names: tuple[str, ...]) -> None:
     pyroute2 = _pyroute2()
     with pyroute2.IPRoute() as host:
-        for name in (slot.host_interface, slot.peer_interface):
+        for name in names:
             for index in host.link_lookup(ifname=name):
                 try:
                     host.link("del", index=index)
                 except pyroute2.NetlinkError as error:
                     if error.code != 19:  # ENODEV: the other end's removal took it already
                         raise
-    if os.path.exists(slot.namespace_path):
-        pyroute2.netns.remove(slot.namespace)
 
 
 def remove_slot_network(machine_name: str, ordinal: int) -> None:
@@ -125,7 +149,7 @@ def remove_slot_network(machine_name: str, ordinal: int) -> None:
     """
     address = ip_address_for(ordinal)
     try:
-        tear_down_slot_network(SlotNetwork(ordinal, mac_address_for(address), address))
+        remove_container_links(SlotNetwork(ordinal, mac_address_for(address), address))
     except Exception as error:  # pyroute2 errors
         raise BackendError("destroy", machine_name, f"slot network: {error}") from error
 
