@@ -6,7 +6,8 @@ Rules (issue 11 item 3):
   was paid for in full even when each was then refused. Here each accepted socket is
   first shown to `screen(source)`; a refused one is reset at once (SO_LINGER 0, so no
   TIME_WAIT either) for about the price of the accept() call, and only a screened one
-  becomes a transport (`loop.connect_accepted_socket`).
+  becomes a transport (`loop.connect_accepted_socket`), and its protocol is made with the
+  source address accept() returned, so nothing asks the kernel for it again.
 - One readiness callback accepts at most ACCEPT_BATCH connections, so the loop turns
   between batches and the connections already open are read in between.
 - When accept() fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
@@ -21,6 +22,7 @@ import errno
 import logging
 import socket
 import struct
+from functools import partial
 from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class Acceptor:
     def __init__(
         self,
         listening_socket: socket.socket,
-        protocol_factory: Callable[[], asyncio.Protocol],
+        protocol_factory: Callable[[str], asyncio.Protocol],
         screen: Callable[[str], bool],
         on_resource_failure: Callable[[OSError], None],
     ) -> None:
@@ -88,14 +90,14 @@ class Acceptor:
                 finally:
                     connection.close()
                 continue
-            connection.setblocking(False)
-            task = self.loop.create_task(self._hand_over(connection))
+            # Not set non-blocking here: connect_accepted_socket does that on either loop.
+            task = self.loop.create_task(self._hand_over(connection, source))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _hand_over(self, connection: socket.socket) -> None:
+    async def _hand_over(self, connection: socket.socket, source: str) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.protocol_factory, connection)
+            await self.loop.connect_accepted_socket(partial(self.protocol_factory, source), connection)
         except OSError as error:
             log.debug("guest connection lost before it was set up error=%s", error)
             connection.close()

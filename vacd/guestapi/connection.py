@@ -122,14 +122,16 @@ MAX_PIPELINED_BYTES = 4 * MAX_HEAD_BYTES
 class GuestConnection(asyncio.Protocol):
     """The protocol object asyncio creates for each accepted guest connection."""
 
-    def __init__(self, part: str, handler: ConnectionHandler, limits: ConnectionLimits, head_cache: HeadCache) -> None:
+    def __init__(self, part: str, handler: ConnectionHandler, limits: ConnectionLimits, head_cache: HeadCache,
+                 source: str = "") -> None:
         self.part = part
         self.handler = handler
         self.limits = limits
         self.head_cache = head_cache
         self.loop = asyncio.get_running_loop()
         self.transport: Optional[asyncio.Transport] = None
-        self.source = ""
+        # The peer's address as accept() gave it (vacd.guestapi.acceptor), else asked in connection_made.
+        self.source = source
         self.slot: Optional[int] = None
         self._state = _HEAD
         self._buffer = bytearray()
@@ -163,8 +165,9 @@ class GuestConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport, though not always an asyncio.Transport subclass (uvloop's are not).
         self.transport = stream = cast(asyncio.Transport, transport)
-        peer = stream.get_extra_info("peername")
-        self.source = str(peer[0]) if peer else ""
+        if not self.source:
+            peer = stream.get_extra_info("peername")
+            self.source = str(peer[0]) if peer else ""
         self.slot = self.handler.admit(self.part, self.source)
         if self.slot is None:
             # The handler counted and logged why; a reset costs us nothing more.

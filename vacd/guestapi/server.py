@@ -473,15 +473,15 @@ class GuestApiServer:
             )
             return False
         self._servers[(part, address)] = Acceptor(
-            listening_socket, lambda: self._new_connection(part), partial(self.screen, part),
+            listening_socket, partial(self._new_connection, part), partial(self.screen, part),
             self._on_accept_resource_failure)
         host, port = listening_socket.getsockname()[:2]
         self.listening.append(Listening(part, str(host), int(port)))
         log.info("guest server listening part=%s address=%s port=%s", part, host, port)
         return True
 
-    def _new_connection(self, part: str) -> GuestConnection:
-        connection = GuestConnection(part, self, self.limits, self._head_cache)
+    def _new_connection(self, part: str, source: str) -> GuestConnection:
+        connection = GuestConnection(part, self, self.limits, self._head_cache, source)
         self._connections.add(connection)
         return connection
 
