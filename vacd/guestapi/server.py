@@ -61,7 +61,7 @@ from vacd.guestapi.joboutputstotal import RESCAN_SECONDS, JoboutputsTotal, scan
 from vacd.guestapi.machines import MachineResolver, default_source_to_ordinal
 from vacd.guestapi.metadata import metadata_response
 from vacd.guestapi.requestpath import normalise_path
-from vacd.guestapi.tokens import TOKEN_PATH, TOKEN_REQUIRED, SessionTokens, TokenHolder, new_key
+from vacd.guestapi.tokens import TOKEN_PATH, TOKEN_REQUIRED, SessionTokens, TokenHolder, is_needed, new_key, token_need
 from vacd.guestapi.slotlimits import SlotLimiter, UploadMemory, connection_share
 from vacd.guestapi.uploadnames import RefusedUpload, safe_repr, upload_name
 from vacd.guestapi.wire import HeadCache, RequestHead, Response
@@ -327,8 +327,10 @@ class GuestApiServer:
         return self._counted(part, response)
 
     def _token_refusal(self, path: str, machine: GuestMachine, head: RequestHead) -> Optional[Response]:
-        holder = TokenHolder(machine.record.ordinal, machine.record.uuid)
         mode = self.settings_provider().metadata_tokens
+        if not is_needed(token_need(path), mode):
+            return None  # most requests: cloud-init's paths, when tokens are optional
+        holder = TokenHolder(machine.record.ordinal, machine.record.uuid)
         refused = self.tokens.refusal(path, head.headers, mode, holder, self.clock())
         if refused is None:
             return None
