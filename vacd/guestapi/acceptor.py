@@ -64,7 +64,7 @@ class Acceptor:
     def __init__(
         self,
         listening_socket: socket.socket,
-        protocol_factory: Callable[[str], asyncio.Protocol],
+        protocol_factory: Callable[[str, socket.socket], asyncio.Protocol],
         screen: Callable[[str], bool],
         on_resource_failure: Callable[[OSError], None],
     ) -> None:
@@ -127,7 +127,7 @@ class Acceptor:
 
     async def _hand_over(self, connection: socket.socket, source: str) -> None:
         try:
-            await self.loop.connect_accepted_socket(partial(self.protocol_factory, source), connection)
+            await self.loop.connect_accepted_socket(partial(self.protocol_factory, source, connection), connection)
         except OSError as error:
             log.debug("guest connection lost before it was set up error=%s", error)
             connection.close()

@@ -482,8 +482,8 @@ class GuestApiServer:
         log.info("guest server listening part=%s address=%s port=%s", part, host, port)
         return True
 
-    def _new_connection(self, part: str, source: str) -> GuestConnection:
-        connection = GuestConnection(part, self, self.limits, self._head_cache, source)
+    def _new_connection(self, part: str, source: str, sock: socket.socket) -> GuestConnection:
+        connection = GuestConnection(part, self, self.limits, self._head_cache, source, sock)
         self._connections.add(connection)
         return connection
 
