@@ -6,7 +6,9 @@ Rules:
   `head_timeout_seconds` of its first byte, the next request within
   `idle_timeout_seconds`, a body with progress at least every `body_idle_timeout_seconds`
   and complete within `body_total_timeout_seconds`, and a stalled reader is dropped after
-  `write_stall_timeout_seconds`.
+  `write_stall_timeout_seconds`. One DeadlineSweep per server checks every connection's
+  deadline every SWEEP_SECONDS (0.25 s), so a deadline is kept up to that much late; a timer
+  per connection cost more than that precision is worth.
 - HTTP/1.1 keep-alive is allowed for at most `max_requests_per_connection` requests;
   `Connection: close` and HTTP/1.0 close after the response. A request whose body is not
   read (a refused PUT) also closes the connection, so the stream never desynchronises.
@@ -116,8 +118,52 @@ _HEAD, _BODY, _BUSY, _DRAINING, _CLOSED = "head", "body", "busy", "draining", "c
 # sent more than we read (a refused PUT body). nginx does the same ("lingering close").
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
+# How often DeadlineSweep looks: the most a deadline is kept late.
+SWEEP_SECONDS = 0.25
 # Unanswered pipelined requests held before reading stops (flow control, not a refusal).
 MAX_PIPELINED_BYTES = 4 * MAX_HEAD_BYTES
+
+
+class DeadlineSweep:
+    """The deadlines of a server's connections, checked together by one timer.
+
+    A timer per connection, made when it opened and cancelled when it closed, was among the
+    largest costs of a connection per request. Here a connection with a deadline is only
+    watched (a set); every SWEEP_SECONDS the sweep tells each one whose deadline has passed.
+    A deadline is therefore kept up to SWEEP_SECONDS late; the shortest default is 2 s
+    (LINGER_SECONDS). The timer runs only while some connection is watched.
+    """
+
+    def __init__(self, interval: float = SWEEP_SECONDS) -> None:
+        self.interval = interval
+        self._watched: "set[GuestConnection]" = set()
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def watch(self, connection: "GuestConnection") -> None:
+        self._watched.add(connection)
+        if self._timer is None:
+            self._timer = connection.loop.call_later(self.interval, self._sweep, connection.loop)
+
+    def forget(self, connection: "GuestConnection") -> None:
+        self._watched.discard(connection)
+
+    def close(self) -> None:
+        """Stop the timer (the server is stopping)."""
+        self._watched.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for connection in [connection for connection in self._watched if connection.deadline_passed(now)]:
+            connection.on_deadline()
+        if self._watched:
+            self._timer = loop.call_later(self.interval, self._sweep, loop)
 
 
 class GuestConnection(asyncio.Protocol):
@@ -128,13 +174,14 @@ class GuestConnection(asyncio.Protocol):
     __slots__ = (
         "part", "handler", "limits", "head_cache", "loop", "transport", "source", "socket", "slot", "_state", "_buffer",
         "_requests", "_head_started", "_write_paused", "_peer_closed", "_upload", "_upload_head", "_body",
-        "_body_deadline", "_task", "_deadline", "_deadline_reason", "_timer", "_timer_when", "_drained_bytes",
+        "_body_deadline", "_task", "_deadline", "_deadline_reason", "deadlines", "_drained_bytes",
         "_held", "__weakref__",
     )
 
     def __init__(self, part: str, handler: ConnectionHandler, limits: ConnectionLimits, head_cache: HeadCache,
-                 source: str = "", sock: Optional[socket.socket] = None) -> None:
+                 deadlines: "DeadlineSweep", source: str = "", sock: Optional[socket.socket] = None) -> None:
         self.part = part
+        self.deadlines = deadlines
         self.handler = handler
         self.limits = limits
         self.head_cache = head_cache
@@ -157,8 +204,6 @@ class GuestConnection(asyncio.Protocol):
         self._task: Optional[asyncio.Task[None]] = None
         self._deadline: Optional[float] = None
         self._deadline_reason = ""
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._timer_when = 0.0
         self._drained_bytes = 0
         self._held: Optional[asyncio.TimerHandle] = None
 
@@ -396,38 +441,35 @@ class GuestConnection(asyncio.Protocol):
         if upload is not None:
             upload.release()
 
-    # Deadlines: one timer per connection, moved only when a deadline comes earlier.
+    # Deadlines: watched by the server's DeadlineSweep, not a timer of our own.
     def _set_deadline(self, seconds: float, reason: str) -> None:
-        deadline = self.loop.time() + max(0.0, seconds)
-        self._deadline = deadline
+        self._deadline = self.loop.time() + max(0.0, seconds)
         self._deadline_reason = reason
-        if self._timer is not None and self._timer_when <= deadline:
-            return
-        self._cancel_timer()
-        self._timer_when = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        self.deadlines.watch(self)
 
     def _clear_deadline(self) -> None:
         self._deadline = None
+        self.deadlines.forget(self)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
+        self.deadlines.forget(self)
+
+    def deadline_passed(self, now: float) -> bool:
+        """Whether this connection's deadline is at or before `now` (DeadlineSweep asks)."""
+        return self._deadline is not None and self._deadline <= now
 
     def _cancel_held(self) -> None:
         if self._held is not None:
             self._held.cancel()
             self._held = None
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_deadline(self) -> None:
+        """The deadline has passed (DeadlineSweep): close, reset or answer 408 as the wait was."""
+        self.deadlines.forget(self)
         if self._state == _CLOSED or self._deadline is None:
             return
-        if self.loop.time() < self._deadline:
-            self._timer_when = self._deadline
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
-            return
+        self._deadline = None
         reason = self._deadline_reason
         if self._state == _DRAINING:
             self._close_now()

@@ -53,7 +53,7 @@ from typing import Callable, Optional, Sequence, Union
 from vacd.config import Settings
 from vacd.fdlimit import current_fd_limit, guest_connection_cap
 from vacd.guestapi.acceptor import ACCEPT_RETRY_SECONDS, Acceptor
-from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
+from vacd.guestapi.connection import ConnectionLimits, DeadlineSweep, GuestConnection, Upload
 from vacd.guestapi.features import features_response
 from vacd.guestapi.guest import GuestMachine
 from vacd.guestapi.joboutputs import QuotaExceeded, Sender, bytes_after, store_upload, usage, usage_problem
@@ -153,6 +153,7 @@ class GuestApiServer:
         self._upload_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._supervisor: Optional[asyncio.Task[None]] = None
         self._head_cache = HeadCache()
+        self._deadlines = DeadlineSweep()
         self._date_second = -1
         self._date_text = ""
         self.accept_resource_failures = 0
@@ -194,6 +195,7 @@ class GuestApiServer:
             await asyncio.wait(pending, timeout=30.0)
         for connection in list(self._connections):
             connection.close_now()
+        self._deadlines.close()
 
     def _on_accept_resource_failure(self, error: OSError) -> None:
         """Log accept()'s resource failures once per RESOURCE_LOG_SECONDS, with the count between."""
@@ -483,7 +485,7 @@ class GuestApiServer:
         return True
 
     def _new_connection(self, part: str, source: str, sock: socket.socket) -> GuestConnection:
-        connection = GuestConnection(part, self, self.limits, self._head_cache, source, sock)
+        connection = GuestConnection(part, self, self.limits, self._head_cache, self._deadlines, source, sock)
         self._connections.add(connection)
         return connection
 

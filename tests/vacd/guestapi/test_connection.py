@@ -6,6 +6,7 @@ assert what the server did (closed, answered 408), never how long it took.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -187,3 +188,29 @@ def test_connections_per_slot_are_limited(machine_dir: Path, running_server: Run
         first.close()
         second.close()
     assert running_server.server.counters[("metadata", "connection", 503)] == 1
+
+
+def test_deadlines_of_closed_connections_are_forgotten_and_the_sweep_stops(
+        machine_dir: Path, running_server: RunningServer) -> None:
+    for _ in range(3):
+        assert running_server.get("/latest/meta-data/instance-id").status == 200
+    with running_server.connect() as client:
+        client.sendall(GET_USER_DATA)
+        read_responses(client, 1)
+        # A kept-alive connection waits for its next request under an idle deadline.
+        assert running_server.call(_watched(running_server)) == 1
+
+    async def settled() -> int:
+        # Until the server has seen the close (connection_lost) and the sweep has looked once more.
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while asyncio.get_running_loop().time() < deadline:
+            if len(running_server.server._deadlines) == 0 and running_server.server._deadlines._timer is None:
+                return 0
+            await asyncio.sleep(0.05)
+        return len(running_server.server._deadlines)
+
+    assert running_server.call(settled()) == 0
+
+
+async def _watched(running_server: RunningServer) -> int:
+    return len(running_server.server._deadlines)
