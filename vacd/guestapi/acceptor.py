@@ -78,7 +78,8 @@ class Acceptor:
         self.screen = screen
         self.on_resource_failure = on_resource_failure
         self.loop = asyncio.get_running_loop()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Connections accepted and being handed to their protocol, by the task doing it.
+        self._tasks: "dict[asyncio.Task[Any], socket.socket]" = {}
         self._retry: Optional[asyncio.TimerHandle] = None
         self._closed = False
         self.loop.add_reader(self.socket.fileno(), self._accept_ready)
@@ -121,16 +122,22 @@ class Acceptor:
                     connection.close()
                 continue
             # Not set non-blocking here: connect_accepted_socket does that on either loop.
-            task = self.loop.create_task(self._hand_over(connection, source))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # The loop's own coroutine as the task, no wrapper: its outcome is read in _handed_over.
+            task = self.loop.create_task(
+                self.loop.connect_accepted_socket(partial(self.protocol_factory, source, connection), connection))
+            self._tasks[task] = connection
+            task.add_done_callback(self._handed_over)
 
-    async def _hand_over(self, connection: socket.socket, source: str) -> None:
-        try:
-            await self.loop.connect_accepted_socket(partial(self.protocol_factory, source, connection), connection)
-        except OSError as error:
+    def _handed_over(self, task: "asyncio.Task[Any]") -> None:
+        connection = self._tasks.pop(task)
+        error = None if task.cancelled() else task.exception()
+        if error is None and not task.cancelled():
+            return
+        if isinstance(error, OSError):
             log.debug("guest connection lost before it was set up error=%s", error)
-            connection.close()
+        elif error is not None:
+            log.error("guest connection could not be set up", exc_info=error)
+        connection.close()
 
     def _pause(self, error: OSError) -> None:
         self.loop.remove_reader(self.socket.fileno())
