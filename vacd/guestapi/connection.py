@@ -348,9 +348,10 @@ class GuestConnection(asyncio.Protocol):
             and self._requests < self.limits.max_requests_per_connection
         )
         include_body = head is None or head.method != "HEAD"
-        if not keep_alive and self.socket is not None:
+        if not keep_alive and self.socket is not None and not self.transport.is_closing():
             # The last response: corked, it leaves with the FIN of the close that follows in
-            # one segment, not two (one packet and one wake-up fewer for both ends).
+            # one segment, not two (one packet and one wake-up fewer for both ends). Not once
+            # the transport is closing: uvloop has then let go of the descriptor.
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         self.transport.write(serialise_response(response, keep_alive=keep_alive, date=self.handler.date(), include_body=include_body))
         if not keep_alive:
