@@ -348,20 +348,39 @@ class GuestConnection(asyncio.Protocol):
             and self._requests < self.limits.max_requests_per_connection
         )
         include_body = head is None or head.method != "HEAD"
-        if not keep_alive and self.socket is not None and not self.transport.is_closing():
-            # The last response: corked, it leaves with the FIN of the close that follows in
-            # one segment, not two (one packet and one wake-up fewer for both ends). Not once
-            # the transport is closing: uvloop has then let go of the descriptor.
-            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-        self.transport.write(serialise_response(response, keep_alive=keep_alive, date=self.handler.date(), include_body=include_body))
-        if not keep_alive:
-            # Linger only if the client may still be sending: a body we did not read, bytes
-            # after the request, or a request we refused without knowing where it ended.
-            unread = head is None or (head.has_body and self._upload_head is not head) or bool(self._buffer)
-            self._close(linger=unread)
+        payload = serialise_response(response, keep_alive=keep_alive, date=self.handler.date(), include_body=include_body)
+        if keep_alive:
+            self.transport.write(payload)
+            self._state = _HEAD
+            self._await_next_request()
             return
-        self._state = _HEAD
-        self._await_next_request()
+        # Linger only if the client may still be sending: a body we did not read, bytes
+        # after the request, or a request we refused without knowing where it ended.
+        unread = head is None or (head.has_body and self._upload_head is not head) or bool(self._buffer)
+        if unread or self.socket is None or self.transport.is_closing():
+            self.transport.write(payload)
+        else:
+            self._send_last(self.transport, self.socket, payload)
+        self._close(linger=unread)
+
+    @staticmethod
+    def _send_last(transport: asyncio.Transport, sock: socket.socket, payload: bytes) -> None:
+        """Write a connection's last response and, if the kernel took all of it, its FIN at once.
+
+        Corked, the response's tail and the FIN leave in one segment, not two: one packet and
+        one wake-up fewer for both ends. The FIN is sent here, not by the transport's close,
+        because both loops close the descriptor only on their next turn, and until then a
+        corked response would wait. What the kernel did not take follows from the transport's
+        buffer, and its close flushes the cork.
+        """
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        transport.write(payload)
+        if transport.get_write_buffer_size() == 0:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as error:
+                # The client reset meanwhile; the transport reports that itself.
+                log.debug("guest connection gone before its FIN error=%s", error)
 
     def _send_held(self, response: Response, head: Optional[RequestHead]) -> None:
         self._held = None
