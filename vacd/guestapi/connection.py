@@ -273,7 +273,7 @@ class GuestConnection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self._cancel_timer()
+        self._clear_deadline()
         self._cancel_held()
         self._state = _CLOSED
         if self._upload is not None and self._task is None:
@@ -471,10 +471,6 @@ class GuestConnection(asyncio.Protocol):
         self._deadline = None
         self.deadlines.forget(self)
 
-    def _cancel_timer(self) -> None:
-        self._deadline = None
-        self.deadlines.forget(self)
-
     def deadline_passed(self, now: float) -> bool:
         """Whether this connection's deadline is at or before `now` (DeadlineSweep asks)."""
         return self._deadline is not None and self._deadline <= now
@@ -519,7 +515,7 @@ class GuestConnection(asyncio.Protocol):
 
     def _close_now(self) -> None:
         self._state = _CLOSED
-        self._cancel_timer()
+        self._clear_deadline()
         self._cancel_held()
         if self.transport is not None:
             self.transport.close()
@@ -527,7 +523,7 @@ class GuestConnection(asyncio.Protocol):
     def _abort(self, reason: str) -> None:
         log.debug("aborting guest connection part=%s source=%s reason=%s", self.part, self.source, reason)
         self._state = _CLOSED
-        self._cancel_timer()
+        self._clear_deadline()
         self._cancel_held()
         if self.transport is not None:
             self.transport.abort()
