@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,19 @@ def test_deadlines_of_closed_connections_are_forgotten_and_the_sweep_stops(
 
 async def _watched(running_server: RunningServer) -> int:
     return len(running_server.server._deadlines)
+
+
+def test_a_last_response_larger_than_the_socket_buffers_arrives_whole_before_the_close(
+        machine_dir: Path, running_server: RunningServer) -> None:
+    # More than the kernel's buffers at both ends hold (loopback autotuning stops at a few
+    # MiB each), and the client reads nothing at first: the kernel takes only part of it, the
+    # rest goes from the transport's buffer, and the FIN only after it
+    # (connection.GuestConnection._send_last).
+    user_data = bytes(range(256)) * (15 * 1024 * 1024 // 256)
+    (machine_dir / "user_data").write_bytes(user_data)
+    with running_server.connect() as client:
+        client.sendall(b"GET /latest/user-data HTTP/1.0\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)
+        (response,) = parse_responses(read_until_closed(client))
+    assert response.status == 200
+    assert response.body == user_data
