@@ -6,7 +6,9 @@ Rules:
   `head_timeout_seconds` of its first byte, the next request within
   `idle_timeout_seconds`, a body with progress at least every `body_idle_timeout_seconds`
   and complete within `body_total_timeout_seconds`, and a stalled reader is dropped after
-  `write_stall_timeout_seconds`.
+  `write_stall_timeout_seconds`. One DeadlineSweep per server checks every connection's
+  deadline every SWEEP_SECONDS (0.25 s), so a deadline is kept up to that much late; a timer
+  per connection cost more than that precision is worth.
 - HTTP/1.1 keep-alive is allowed for at most `max_requests_per_connection` requests;
   `Connection: close` and HTTP/1.0 close after the response. A request whose body is not
   read (a refused PUT) also closes the connection, so the stream never desynchronises.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional, Protocol, Union, cast
 
@@ -115,21 +118,78 @@ _HEAD, _BODY, _BUSY, _DRAINING, _CLOSED = "head", "body", "busy", "draining", "c
 # sent more than we read (a refused PUT body). nginx does the same ("lingering close").
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 1024 * 1024
+# How often DeadlineSweep looks: the most a deadline is kept late.
+SWEEP_SECONDS = 0.25
 # Unanswered pipelined requests held before reading stops (flow control, not a refusal).
 MAX_PIPELINED_BYTES = 4 * MAX_HEAD_BYTES
+
+
+class DeadlineSweep:
+    """The deadlines of a server's connections, checked together by one timer.
+
+    A timer per connection, made when it opened and cancelled when it closed, was among the
+    largest costs of a connection per request. Here a connection with a deadline is only
+    watched (a set); every SWEEP_SECONDS the sweep tells each one whose deadline has passed.
+    A deadline is therefore kept up to SWEEP_SECONDS late; the shortest default is 2 s
+    (LINGER_SECONDS). The timer runs only while some connection is watched.
+    """
+
+    def __init__(self, interval: float = SWEEP_SECONDS) -> None:
+        self.interval = interval
+        self._watched: "set[GuestConnection]" = set()
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def watch(self, connection: "GuestConnection") -> None:
+        self._watched.add(connection)
+        if self._timer is None:
+            self._timer = connection.loop.call_later(self.interval, self._sweep, connection.loop)
+
+    def forget(self, connection: "GuestConnection") -> None:
+        self._watched.discard(connection)
+
+    def close(self) -> None:
+        """Stop the timer (the server is stopping)."""
+        self._watched.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        now = loop.time()
+        for connection in [connection for connection in self._watched if connection.deadline_passed(now)]:
+            connection.on_deadline()
+        if self._watched:
+            self._timer = loop.call_later(self.interval, self._sweep, loop)
 
 
 class GuestConnection(asyncio.Protocol):
     """The protocol object asyncio creates for each accepted guest connection."""
 
-    def __init__(self, part: str, handler: ConnectionHandler, limits: ConnectionLimits, head_cache: HeadCache) -> None:
+    # One is made per connection (thousands a second under load): slots make that and every
+    # attribute access cheaper; __weakref__ for the server's WeakSet of open connections.
+    __slots__ = (
+        "part", "handler", "limits", "head_cache", "loop", "transport", "source", "socket", "slot", "_state", "_buffer",
+        "_requests", "_head_started", "_write_paused", "_peer_closed", "_upload", "_upload_head", "_body",
+        "_body_deadline", "_task", "_deadline", "_deadline_reason", "deadlines", "_drained_bytes",
+        "_held", "__weakref__",
+    )
+
+    def __init__(self, part: str, handler: ConnectionHandler, limits: ConnectionLimits, head_cache: HeadCache,
+                 deadlines: "DeadlineSweep", source: str = "", sock: Optional[socket.socket] = None) -> None:
         self.part = part
+        self.deadlines = deadlines
         self.handler = handler
         self.limits = limits
         self.head_cache = head_cache
         self.loop = asyncio.get_running_loop()
         self.transport: Optional[asyncio.Transport] = None
-        self.source = ""
+        # The peer's address as accept() gave it (vacd.guestapi.acceptor), else asked in connection_made.
+        self.source = source
+        self.socket = sock
         self.slot: Optional[int] = None
         self._state = _HEAD
         self._buffer = bytearray()
@@ -144,8 +204,6 @@ class GuestConnection(asyncio.Protocol):
         self._task: Optional[asyncio.Task[None]] = None
         self._deadline: Optional[float] = None
         self._deadline_reason = ""
-        self._timer: Optional[asyncio.TimerHandle] = None
-        self._timer_when = 0.0
         self._drained_bytes = 0
         self._held: Optional[asyncio.TimerHandle] = None
 
@@ -163,8 +221,9 @@ class GuestConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport, though not always an asyncio.Transport subclass (uvloop's are not).
         self.transport = stream = cast(asyncio.Transport, transport)
-        peer = stream.get_extra_info("peername")
-        self.source = str(peer[0]) if peer else ""
+        if not self.source:
+            peer = stream.get_extra_info("peername")
+            self.source = str(peer[0]) if peer else ""
         self.slot = self.handler.admit(self.part, self.source)
         if self.slot is None:
             # The handler counted and logged why; a reset costs us nothing more.
@@ -175,8 +234,13 @@ class GuestConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._state == _HEAD:
-            self._buffer += data
-            self._process()
+            if not self._buffer and not self._write_paused and find_head_end(data) == len(data) \
+                    and not data.startswith((b"\r", b"\n")):
+                # The usual case, one whole head in one read: answered without copying it.
+                self._answer(data)
+            else:
+                self._buffer += data
+                self._process()
             if self._state == _HEAD and self._buffer:
                 if not self._head_started:
                     # The head deadline runs from its first byte (slow heads cannot last).
@@ -209,7 +273,7 @@ class GuestConnection(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
-        self._cancel_timer()
+        self._clear_deadline()
         self._cancel_held()
         self._state = _CLOSED
         if self._upload is not None and self._task is None:
@@ -244,22 +308,26 @@ class GuestConnection(asyncio.Protocol):
                 return
             raw_head = bytes(self._buffer[:end])
             del self._buffer[:end]
-            self._requests += 1
-            try:
-                head = self.head_cache.parse(raw_head)
-            except GuestRequestRejected as rejection:
-                self._reject(rejection.status, rejection.reason)
-                return
-            try:
-                result = self.handler.on_head(self.part, self.source, head)
-            except Exception:
-                log.exception("guest request failed part=%s source=%s", self.part, self.source)
-                self._respond(Response(500, b"", close=True), head)
-                return
-            if isinstance(result, Upload):
-                self._start_upload(head, result)
-                return
-            self._respond(result, head)
+            self._answer(raw_head)
+
+    def _answer(self, raw_head: bytes) -> None:
+        """Parse one request head, taken off the stream, and answer it or start its upload."""
+        self._requests += 1
+        try:
+            head = self.head_cache.parse(raw_head)
+        except GuestRequestRejected as rejection:
+            self._reject(rejection.status, rejection.reason)
+            return
+        try:
+            result = self.handler.on_head(self.part, self.source, head)
+        except Exception:
+            log.exception("guest request failed part=%s source=%s", self.part, self.source)
+            self._respond(Response(500, b"", close=True), head)
+            return
+        if isinstance(result, Upload):
+            self._start_upload(head, result)
+            return
+        self._respond(result, head)
 
     def _respond(self, response: Response, head: Optional[RequestHead]) -> None:
         if self._state == _CLOSED or self.transport is None:
@@ -280,15 +348,39 @@ class GuestConnection(asyncio.Protocol):
             and self._requests < self.limits.max_requests_per_connection
         )
         include_body = head is None or head.method != "HEAD"
-        self.transport.write(serialise_response(response, keep_alive=keep_alive, date=self.handler.date(), include_body=include_body))
-        if not keep_alive:
-            # Linger only if the client may still be sending: a body we did not read, bytes
-            # after the request, or a request we refused without knowing where it ended.
-            unread = head is None or (head.has_body and self._upload_head is not head) or bool(self._buffer)
-            self._close(linger=unread)
+        payload = serialise_response(response, keep_alive=keep_alive, date=self.handler.date(), include_body=include_body)
+        if keep_alive:
+            self.transport.write(payload)
+            self._state = _HEAD
+            self._await_next_request()
             return
-        self._state = _HEAD
-        self._await_next_request()
+        # Linger only if the client may still be sending: a body we did not read, bytes
+        # after the request, or a request we refused without knowing where it ended.
+        unread = head is None or (head.has_body and self._upload_head is not head) or bool(self._buffer)
+        if unread or self.socket is None or self.transport.is_closing():
+            self.transport.write(payload)
+        else:
+            self._send_last(self.transport, self.socket, payload)
+        self._close(linger=unread)
+
+    @staticmethod
+    def _send_last(transport: asyncio.Transport, sock: socket.socket, payload: bytes) -> None:
+        """Write a connection's last response and, if the kernel took all of it, its FIN at once.
+
+        Corked, the response's tail and the FIN leave in one segment, not two: one packet and
+        one wake-up fewer for both ends. The FIN is sent here, not by the transport's close,
+        because both loops close the descriptor only on their next turn, and until then a
+        corked response would wait. What the kernel did not take follows from the transport's
+        buffer, and its close flushes the cork.
+        """
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        transport.write(payload)
+        if transport.get_write_buffer_size() == 0:
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as error:
+                # The client reset meanwhile; the transport reports that itself.
+                log.debug("guest connection gone before its FIN error=%s", error)
 
     def _send_held(self, response: Response, head: Optional[RequestHead]) -> None:
         self._held = None
@@ -369,38 +461,31 @@ class GuestConnection(asyncio.Protocol):
         if upload is not None:
             upload.release()
 
-    # Deadlines: one timer per connection, moved only when a deadline comes earlier.
+    # Deadlines: watched by the server's DeadlineSweep, not a timer of our own.
     def _set_deadline(self, seconds: float, reason: str) -> None:
-        deadline = self.loop.time() + max(0.0, seconds)
-        self._deadline = deadline
+        self._deadline = self.loop.time() + max(0.0, seconds)
         self._deadline_reason = reason
-        if self._timer is not None and self._timer_when <= deadline:
-            return
-        self._cancel_timer()
-        self._timer_when = deadline
-        self._timer = self.loop.call_at(deadline, self._on_timer)
+        self.deadlines.watch(self)
 
     def _clear_deadline(self) -> None:
         self._deadline = None
+        self.deadlines.forget(self)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def deadline_passed(self, now: float) -> bool:
+        """Whether this connection's deadline is at or before `now` (DeadlineSweep asks)."""
+        return self._deadline is not None and self._deadline <= now
 
     def _cancel_held(self) -> None:
         if self._held is not None:
             self._held.cancel()
             self._held = None
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_deadline(self) -> None:
+        """The deadline has passed (DeadlineSweep): close, reset or answer 408 as the wait was."""
+        self.deadlines.forget(self)
         if self._state == _CLOSED or self._deadline is None:
             return
-        if self.loop.time() < self._deadline:
-            self._timer_when = self._deadline
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
-            return
+        self._deadline = None
         reason = self._deadline_reason
         if self._state == _DRAINING:
             self._close_now()
@@ -430,7 +515,7 @@ class GuestConnection(asyncio.Protocol):
 
     def _close_now(self) -> None:
         self._state = _CLOSED
-        self._cancel_timer()
+        self._clear_deadline()
         self._cancel_held()
         if self.transport is not None:
             self.transport.close()
@@ -438,7 +523,7 @@ class GuestConnection(asyncio.Protocol):
     def _abort(self, reason: str) -> None:
         log.debug("aborting guest connection part=%s source=%s reason=%s", self.part, self.source, reason)
         self._state = _CLOSED
-        self._cancel_timer()
+        self._clear_deadline()
         self._cancel_held()
         if self.transport is not None:
             self.transport.abort()

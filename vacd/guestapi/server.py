@@ -53,7 +53,7 @@ from typing import Callable, Optional, Sequence, Union
 from vacd.config import Settings
 from vacd.fdlimit import current_fd_limit, guest_connection_cap
 from vacd.guestapi.acceptor import ACCEPT_RETRY_SECONDS, Acceptor
-from vacd.guestapi.connection import ConnectionLimits, GuestConnection, Upload
+from vacd.guestapi.connection import ConnectionLimits, DeadlineSweep, GuestConnection, Upload
 from vacd.guestapi.features import features_response
 from vacd.guestapi.guest import GuestMachine
 from vacd.guestapi.joboutputs import QuotaExceeded, Sender, bytes_after, store_upload, usage, usage_problem
@@ -61,7 +61,7 @@ from vacd.guestapi.joboutputstotal import RESCAN_SECONDS, JoboutputsTotal, scan
 from vacd.guestapi.machines import MachineResolver, default_source_to_ordinal
 from vacd.guestapi.metadata import metadata_response
 from vacd.guestapi.requestpath import normalise_path
-from vacd.guestapi.tokens import TOKEN_PATH, TOKEN_REQUIRED, SessionTokens, TokenHolder, new_key
+from vacd.guestapi.tokens import TOKEN_PATH, TOKEN_REQUIRED, SessionTokens, TokenHolder, is_needed, new_key, token_need
 from vacd.guestapi.slotlimits import SlotLimiter, UploadMemory, connection_share
 from vacd.guestapi.uploadnames import RefusedUpload, safe_repr, upload_name
 from vacd.guestapi.wire import HeadCache, RequestHead, Response
@@ -153,6 +153,7 @@ class GuestApiServer:
         self._upload_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._supervisor: Optional[asyncio.Task[None]] = None
         self._head_cache = HeadCache()
+        self._deadlines = DeadlineSweep()
         self._date_second = -1
         self._date_text = ""
         self.accept_resource_failures = 0
@@ -194,6 +195,7 @@ class GuestApiServer:
             await asyncio.wait(pending, timeout=30.0)
         for connection in list(self._connections):
             connection.close_now()
+        self._deadlines.close()
 
     def _on_accept_resource_failure(self, error: OSError) -> None:
         """Log accept()'s resource failures once per RESOURCE_LOG_SECONDS, with the count between."""
@@ -327,8 +329,10 @@ class GuestApiServer:
         return self._counted(part, response)
 
     def _token_refusal(self, path: str, machine: GuestMachine, head: RequestHead) -> Optional[Response]:
-        holder = TokenHolder(machine.record.ordinal, machine.record.uuid)
         mode = self.settings_provider().metadata_tokens
+        if not is_needed(token_need(path), mode):
+            return None  # most requests: cloud-init's paths, when tokens are optional
+        holder = TokenHolder(machine.record.ordinal, machine.record.uuid)
         refused = self.tokens.refusal(path, head.headers, mode, holder, self.clock())
         if refused is None:
             return None
@@ -473,15 +477,15 @@ class GuestApiServer:
             )
             return False
         self._servers[(part, address)] = Acceptor(
-            listening_socket, lambda: self._new_connection(part), partial(self.screen, part),
+            listening_socket, partial(self._new_connection, part), partial(self.screen, part),
             self._on_accept_resource_failure)
         host, port = listening_socket.getsockname()[:2]
         self.listening.append(Listening(part, str(host), int(port)))
         log.info("guest server listening part=%s address=%s port=%s", part, host, port)
         return True
 
-    def _new_connection(self, part: str) -> GuestConnection:
-        connection = GuestConnection(part, self, self.limits, self._head_cache)
+    def _new_connection(self, part: str, source: str, sock: socket.socket) -> GuestConnection:
+        connection = GuestConnection(part, self, self.limits, self._head_cache, self._deadlines, source, sock)
         self._connections.add(connection)
         return connection
 

@@ -6,7 +6,9 @@ assert what the server did (closed, answered 408), never how long it took.
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,45 @@ def test_connections_per_slot_are_limited(machine_dir: Path, running_server: Run
         first.close()
         second.close()
     assert running_server.server.counters[("metadata", "connection", 503)] == 1
+
+
+def test_deadlines_of_closed_connections_are_forgotten_and_the_sweep_stops(
+        machine_dir: Path, running_server: RunningServer) -> None:
+    for _ in range(3):
+        assert running_server.get("/latest/meta-data/instance-id").status == 200
+    with running_server.connect() as client:
+        client.sendall(GET_USER_DATA)
+        read_responses(client, 1)
+        # A kept-alive connection waits for its next request under an idle deadline.
+        assert running_server.call(_watched(running_server)) == 1
+
+    async def settled() -> int:
+        # Until the server has seen the close (connection_lost) and the sweep has looked once more.
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while asyncio.get_running_loop().time() < deadline:
+            if len(running_server.server._deadlines) == 0 and running_server.server._deadlines._timer is None:
+                return 0
+            await asyncio.sleep(0.05)
+        return len(running_server.server._deadlines)
+
+    assert running_server.call(settled()) == 0
+
+
+async def _watched(running_server: RunningServer) -> int:
+    return len(running_server.server._deadlines)
+
+
+def test_a_last_response_larger_than_the_socket_buffers_arrives_whole_before_the_close(
+        machine_dir: Path, running_server: RunningServer) -> None:
+    # More than the kernel's buffers at both ends hold (loopback autotuning stops at a few
+    # MiB each), and the client reads nothing at first: the kernel takes only part of it, the
+    # rest goes from the transport's buffer, and the FIN only after it
+    # (connection.GuestConnection._send_last).
+    user_data = bytes(range(256)) * (15 * 1024 * 1024 // 256)
+    (machine_dir / "user_data").write_bytes(user_data)
+    with running_server.connect() as client:
+        client.sendall(b"GET /latest/user-data HTTP/1.0\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)
+        (response,) = parse_responses(read_until_closed(client))
+    assert response.status == 200
+    assert response.body == user_data
