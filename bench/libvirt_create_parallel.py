@@ -179,6 +179,15 @@ def destroy_probes(connection: libvirt.virConnect) -> None:
                     raise  # gone already is fine: the test guest powers off once it finds no metadata
 
 
+def release_probes(connections: list[libvirt.virConnect], bindings: list[libvirt.virNWFilterBinding]) -> None:
+    """Destroy the probe domains, delete the bindings made for them and close every connection."""
+    destroy_probes(connections[0])
+    for binding in bindings:
+        binding.delete()
+    for connection in connections:
+        connection.close()
+
+
 def result(connections: str, filter_text: str, wall: float, calls: list[float], rules: str,
            errors: list[str], calls_wall: Optional[float] = None, **extra: object) -> dict[str, object]:
     """One run's figures; the overlap is of the createXML calls, over `calls_wall` (default `wall`)."""
@@ -212,11 +221,7 @@ def run(guest: dict[str, str], domains: int, shared: bool, with_filter: bool, em
         rules = rules_in_force(made)
         listed = len(connections[0].listAllNWFilterBindings(0)) if bound_ahead else 0
     finally:
-        destroy_probes(connections[0])
-        for binding in bindings:
-            binding.delete()
-        for connection in connections:
-            connection.close()
+        release_probes(connections, bindings)
     filter_text = "clean-traffic" if with_filter else "none"
     if bound_ahead:
         filter_text = (f"clean-traffic bound ahead per tap name ({binding_seconds:.2f} s for all, serially; "
@@ -239,11 +244,7 @@ def run_bind_paused(guest: dict[str, str], domains: int, emulator: Optional[str]
             domain.resume()
         rules = rules_in_force(made)
     finally:
-        destroy_probes(connections[0])
-        for binding in bindings:
-            binding.delete()
-        for connection in connections:
-            connection.close()
+        release_probes(connections, bindings)
     return result("one per thread", f"clean-traffic bound to each paused domain's tap from {domains} threads at once "
                   f"({bind_seconds:.2f} s for all)", wall + bind_seconds, calls, rules, errors,
                   calls_wall=wall, create_paused_seconds=round(wall, 2), bind_seconds=round(bind_seconds, 2))

@@ -209,20 +209,20 @@ def domain_reaper(libvirtd: str) -> Iterator[DomainReaper]:
 def libvirt_backend(libvirtd: str, domain_type: DomainTypeChoice, vac_network: VacNetwork,
                     tmp_path: Path) -> Iterator[LibvirtBackend]:
     """A LibvirtBackend on qemu:///system and the vac network with slot taps (as vacd), closed after the test."""
-    backend = LibvirtBackend(libvirtd, domain_type=domain_type.domain_type, network_name=vac_network.name,
-                             tmp_dir=tmp_path / "tmp", slot_taps=True)
-    try:
-        yield backend
-    finally:
-        backend.close()
+    yield from _backend_on_vac_network(libvirtd, domain_type, vac_network, tmp_path, slot_taps=True)
 
 
 @pytest.fixture
 def filterref_backend(libvirtd: str, domain_type: DomainTypeChoice, vac_network: VacNetwork,
                       tmp_path: Path) -> Iterator[LibvirtBackend]:
     """A LibvirtBackend without slot taps: every domain on the network with `<filterref>` (the fallback)."""
+    yield from _backend_on_vac_network(libvirtd, domain_type, vac_network, tmp_path, slot_taps=False)
+
+
+def _backend_on_vac_network(libvirtd: str, domain_type: DomainTypeChoice, vac_network: VacNetwork,
+                            tmp_path: Path, *, slot_taps: bool) -> Iterator[LibvirtBackend]:
     backend = LibvirtBackend(libvirtd, domain_type=domain_type.domain_type, network_name=vac_network.name,
-                             tmp_dir=tmp_path / "tmp")
+                             tmp_dir=tmp_path / "tmp", slot_taps=slot_taps)
     try:
         yield backend
     finally:

@@ -336,15 +336,20 @@ def test_https_template_from_an_unknown_ca_is_refused(tls_template_server: tuple
         prepare(site)
 
 
-@pytest.mark.allow_commands("openssl")
-def test_https_template_is_verified_against_the_grid_ca_directory(tls_template_server: tuple, tmp_path: Path) -> None:
-    server, certificate = tls_template_server
-    site = make_site(tmp_path / "site")
+def trust_in_grid_ca_directory(site: Site, certificate: Path) -> None:
+    """Put the test server's certificate in the site's grid CA directory, as an admin would."""
     certificates_dir = site.paths.certificates_dir
     certificates_dir.mkdir(parents=True)
     (certificates_dir / "vac-test-ca.pem").write_bytes(certificate.read_bytes())
     # A CA directory is looked up by subject hash links, which `openssl rehash` makes.
     subprocess.run(["openssl", "rehash", str(certificates_dir)], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.allow_commands("openssl")
+def test_https_template_is_verified_against_the_grid_ca_directory(tls_template_server: tuple, tmp_path: Path) -> None:
+    server, certificate = tls_template_server
+    site = make_site(tmp_path / "site")
+    trust_in_grid_ca_directory(site, certificate)
     url = f"https://127.0.0.1:{server.server_address[1]}/template"
     site.machinetype = replace(site.machinetype, user_data=url)
     assert (prepare(site) / "user_data").read_text() == f"from {url} for f1-03.example.com"
@@ -357,10 +362,7 @@ def test_a_pipes_template_is_not_fetched_from_a_loopback_address(
     # The same verified HTTPS server: only the machinetype's origin differs (vacd.fetch, DNS rebinding).
     server, certificate = tls_template_server
     site = make_site(tmp_path / "site")
-    certificates_dir = site.paths.certificates_dir
-    certificates_dir.mkdir(parents=True)
-    (certificates_dir / "vac-test-ca.pem").write_bytes(certificate.read_bytes())
-    subprocess.run(["openssl", "rehash", str(certificates_dir)], check=True, capture_output=True, timeout=30)
+    trust_in_grid_ca_directory(site, certificate)
     url = f"https://127.0.0.1:{server.server_address[1]}/template"
     site.machinetype = replace(site.machinetype, user_data=url, vacuum_pipe="lhcb-")
     with pytest.raises(ContextualisationError, match="not a global address"):
