@@ -38,6 +38,7 @@ NETNS_DIR = Path("/run/netns")
 # The guest network is 169.254.0.0/16 (§1.9); every slot address is on it.
 GUEST_PREFIX_LENGTH = 16
 CONTAINER_INTERFACE = "eth0"
+_ENODEV = 19
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def tear_down_slot_network(slot: SlotNetwork) -> None:
     Before a container's veth is made: its host end has the slot's `fe:` MAC, as a VM's tap
     of the slot has (vacd.backends.slottaps), and the bridge must not have both.
     """
-    _remove_links(slot, (slot.host_interface, slot.peer_interface, slot.vm_tap))
+    remove_links((slot.host_interface, slot.peer_interface, slot.vm_tap))
     if os.path.exists(slot.namespace_path):
         _pyroute2().netns.remove(slot.namespace)
 
@@ -125,21 +126,30 @@ def remove_container_links(slot: SlotNetwork) -> None:
 
     Before a VM's tap of the slot is ensured (vacd.backends.slottaps), the reverse of the above.
     """
-    _remove_links(slot, (slot.host_interface, slot.peer_interface))
+    remove_links((slot.host_interface, slot.peer_interface))
     if os.path.exists(slot.namespace_path):
         _pyroute2().netns.remove(slot.namespace)
 
 
-def _remove_links(slot: SlotNetwork, names: tuple[str, ...]) -> None:
+def remove_links(names: tuple[str, ...]) -> int:
+    """Remove the host's links of these names; return how many were found (gone is success)."""
     pyroute2 = _pyroute2()
+    found = 0
     with pyroute2.IPRoute() as host:
         for name in names:
             for index in host.link_lookup(ifname=name):
-                try:
-                    host.link("del", index=index)
-                except pyroute2.NetlinkError as error:
-                    if error.code != 19:  # ENODEV: the other end's removal took it already
-                        raise
+                found += 1
+                delete_link(host, index)
+    return found
+
+
+def delete_link(host: Any, index: int) -> None:
+    """Delete link `index` through the IPRoute `host`; a link gone already is success."""
+    try:
+        host.link("del", index=index)
+    except _pyroute2().NetlinkError as error:
+        if error.code != _ENODEV:  # e.g. the other end of a veth pair took it with it
+            raise
 
 
 def remove_slot_network(machine_name: str, ordinal: int) -> None:

@@ -54,7 +54,7 @@ from typing import Any, Callable, Optional
 import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.typed
 
 from vacd.backends.cleantraffic import NatTable, NatTableUnreadable, clean_traffic_problems
-from vacd.backends.slotnetwork import SlotNetwork, remove_container_links
+from vacd.backends.slotnetwork import SlotNetwork, delete_link, remove_container_links, remove_links
 from vacd.guestapi.linkidentity import tap_mac_for
 from vacd.slots import ordinal_of_slot_tap, slot_tap_name
 
@@ -68,7 +68,6 @@ FILTER_NAME = "clean-traffic"
 BINDING_OWNER_PREFIX = "vac-slot-tap-"
 _BINDING_OWNER_NAMESPACE = uuid_module.UUID("6a0c5f2e-8f4b-4d0e-9a61-3c1f0b7d2e45")
 _IFF_UP = 0x1
-_ENODEV = 19
 
 
 class SlotTapError(Exception):
@@ -201,15 +200,6 @@ def _bridge_index(host: Any, bridge: str) -> int:
     return int(indexes[0])
 
 
-def _delete_link(host: Any, index: int) -> None:
-    pyroute2 = _pyroute2()
-    try:
-        host.link("del", index=index)
-    except pyroute2.NetlinkError as error:
-        if error.code != _ENODEV:  # gone already
-            raise
-
-
 def ensure_slot_tap(tap: SlotTap, bridge: str) -> list[str]:
     """Make `tap` exist, with its MAC, on `bridge` and up; return the repairs made ([] = none).
 
@@ -224,7 +214,7 @@ def ensure_slot_tap(tap: SlotTap, bridge: str) -> list[str]:
         link = _tap_link(host.get_links(indexes[0])[0]) if indexes else None
         repairs = tap_repairs(link, tap, bridge_index)
         if "replace" in repairs and link is not None:
-            _delete_link(host, link.index)
+            delete_link(host, link.index)
         if "create" in repairs:
             host.link("add", ifname=tap.name, kind="tuntap", mode="tap")
         if not repairs:
@@ -241,12 +231,7 @@ def ensure_slot_tap(tap: SlotTap, bridge: str) -> list[str]:
 
 def remove_slot_tap(name: str) -> bool:
     """Remove the tap `name`; False if it was not there."""
-    pyroute2 = _pyroute2()
-    with pyroute2.IPRoute() as host:
-        indexes = host.link_lookup(ifname=name)
-        for index in indexes:
-            _delete_link(host, index)
-    return bool(indexes)
+    return remove_links((name,)) > 0
 
 
 def slot_tap_bindings(connection: libvirt.virConnect) -> dict[str, libvirt.virNWFilterBinding]:
@@ -356,7 +341,7 @@ class SlotTaps:
                 links = read_slot_tap_links(host)
                 gone = taps_to_remove(links, num_slots)
                 for name in gone:
-                    _delete_link(host, links[name].index)
+                    delete_link(host, links[name].index)
                     done.append(f"removed {name}")
                 # A tap beyond the slots still held by its domain is put back too: its guest runs.
                 kept = [link for name, link in links.items() if name not in gone]
