@@ -524,7 +524,7 @@ class Daemon:
                 self.vm_backend.tend_slot_taps(settings.num_machine_slots)
             except VacError as error:
                 # Not the network's fault: each creation ensures its own slot's tap anyway.
-                log.warning("slot taps not tended this pass error=%s", error)
+                log.warning("slot taps not tended at this network check error=%s", error)
         return None
 
     def _start_peer_protocol(self, settings: Settings, services: "ServiceLoop") -> None:

@@ -434,11 +434,11 @@ class LibvirtBackend:
             self._creation_connections.clear()
 
     def tend_slot_taps(self, num_slots: int) -> None:
-        """Each pass: remove slot taps (and bindings) of slots beyond `num_slots` that no domain
-        holds; put the others back on the bridge and up (vacd.backends.slottaps).
+        """With each network check: remove slot taps (and bindings) of slots beyond `num_slots`
+        that no domain holds; put the others back on the bridge and up (vacd.backends.slottaps).
 
         Raises:
-            BackendError: a step failed (the next pass tries again).
+            BackendError: a step failed (the next network check tries again).
         """
         if self._slot_taps is None:
             return

@@ -33,7 +33,7 @@ Rules:
 - Where bindings cannot be used, the backend keeps `<filterref>` on the network
   (`bindings_supported`: libvirt's test driver, libvirt older than 4.5, no nwfilter
   driver, no ebtables command to verify with), decided once per connection.
-- `SlotTaps.tend`, each pass: taps of slots beyond the slot count, not held by a domain
+- `SlotTaps.tend`, with each network check (once a minute while it is usable): taps of slots beyond the slot count, not held by a domain
   (no carrier), are removed with their bindings; every other slot tap not on the bridge or
   down is put back (a network restart that made the bridge anew leaves them off it).
   Container backends remove the slot's tap when they set up its veth (vacd.backends.slotnetwork);
@@ -313,7 +313,7 @@ class SlotTaps:
         back on the bridge and up. Returns what was done, one phrase each.
 
         Raises:
-            SlotTapError: a step failed (the next pass tries again).
+            SlotTapError: a step failed (the next network check tries again).
         """
         done, present = self.tend_links(num_slots, bridge)
         try:
