@@ -16,8 +16,9 @@ Rules:
 - The census deadline defaults to udp_timeout_seconds / 5 (2 s): the census never
   takes longer than one of Vac's silent rounds (§3.7), where Vac took at least that.
 - Peers the last censuses heard answer fast are remembered (`next_fast_peers`); a peer
-  measured slow or found silent is asked at most Vac's 6 times per census (issue 9 item 5),
-  so a Vac 03 responder that forks per datagram is not flooded. A peer no census of this
+  measured slow or found silent by two censuses in a row, or whose replies say it runs
+  Vac 03, is asked at most Vac's 6 times per census (issue 9 item 5), so a Vac 03
+  responder that forks per datagram is not flooded. A peer no census of this
   process has asked yet gets the fast retries: at 50 % loss, 6 queries miss a peer 18 % of
   the time, and a factory that starts must hear the space's aborts at its first census.
 - `factories` entries must be the peers' own FQDNs (as in Vac, §3.7): a reply whose
@@ -278,6 +279,8 @@ class PeerCensus:
         # Peers heard answering within the retransmission ceiling: only they get more than
         # Vac's 6 queries a census (vacquery/client.py; issue 9 item 5).
         self._fast_peers: frozenset[str] = frozenset()
+        # Of those, the ones the last census found silent or slow (a second time loses them).
+        self._doubted_peers: frozenset[str] = frozenset()
         # Every peer a census of this process has asked (lower case): measured fast, slow or silent.
         self._measured_peers: frozenset[str] = frozenset()
         self.last_outcome: Optional[PeerCensusOutcome] = None
@@ -361,7 +364,8 @@ class PeerCensus:
         # finds it silent or slow. Carrying only the proven ones left a peer whose first
         # reply was lost (half of them at 50 % loss) at Vac's 6 queries in every later
         # census, 96 % heard of 400 factories (issue 15 item 4).
-        self._fast_peers = next_fast_peers(treated_fast, result)
+        carried = next_fast_peers(treated_fast, result, self._doubted_peers)
+        self._fast_peers, self._doubted_peers = carried.names, carried.doubted
         self._measured_peers = self._measured_peers | {name.lower() for name in result.factories}
         if silent != self._silent:
             # Logged on change only: an idle pass logs nothing (style guide, Logging).

@@ -21,10 +21,16 @@ Changed from Vac 03:
 - a hard overall deadline (Vac could run on indefinitely, §3.7, §11);
 - retransmission is timed from the measured round-trip time instead of 2 s of silence:
   after max(4 x smoothed RTT, 20 ms), growing 1.5x per attempt to at most
-  max(60 ms, smoothed RTT) (the first wait is never cut short). A loss-free LAN census
-  ends after one round trip; at 50 % loss about 35 attempts fit in 2 s, so a status is
-  missed with probability 0.75^35 < 0.01 % (Vac: 6 rounds of 2 s of silence, 0.75^6 =
-  18 %). A silent peer costs about 17 datagrams a second until the deadline.
+  max(30 ms, smoothed RTT) (the first wait is never cut short). A loss-free LAN census
+  ends after one round trip; at 50 % loss about 60 attempts fit in 2 s, so a status is
+  missed with probability 0.75^60 < 10^-7 (Vac: 6 rounds of 2 s of silence, 0.75^6 =
+  18 %). The ceiling costs a peer that answers nothing: a factory that completes needs
+  as many queries whatever their spacing (4 a status at 50 % loss on average), but a
+  silent one is asked about 33 times a second until the deadline, in the one census
+  that finds it silent (afterwards it is asked Vac's 6 times). With a 60 ms ceiling
+  about 24 attempts landed in 2 s on loopback (the timers fire late behind reply
+  bursts), and 400 factories at 50 % loss missed 1 or 2 of 1,600 statuses in 2 to 4
+  censuses of 10, on a quiet host (issue 15 item 4);
   The smoothed RTT uses only replies to a factory asked once (Karn's rule: a reply to a
   repeated query cannot say which query it answers) and can be carried from the previous
   census (`initial_rtt_seconds`), capped at `max_carried_rtt_seconds` so that one slow
@@ -34,12 +40,17 @@ Changed from Vac 03:
   item 4: on loopback that inflated the estimate to 20-190 ms and cut 400 factories at
   50 % loss to 96 % heard);
 - retransmissions stay within Vac's own rounds for a peer not known to be fast: the
-  driver passes `fast_peers`, the factories an earlier census heard answer within the
-  retransmission ceiling (60 ms), and every other factory (never heard, silent last
+  driver passes `fast_peers`, the factories an earlier census heard answer within
+  `fast_reply_seconds` (60 ms), and every other factory (never heard, silent last
   time, or measured slow, like a Vac 03 responder that forks and re-reads its
   configuration per datagram) is asked at most VAC_ROUNDS (6) times per census, as Vac
   asked it (issue 9 item 5). Only known-fast peers get the extra retransmissions that
-  carry a census through 50 % loss; a dead or slow peer costs at most what Vac sent it.
+  carry a census through 50 % loss; a dead or slow peer costs at most what Vac sent it,
+  once two censuses in a row have found it so (`next_fast_peers`: one late census, a
+  responder descheduled under load, must not cost a peer its retransmissions). A peer
+  whose replies say it runs Vac 03 or earlier is kept to Vac's rounds from its first
+  reply on, whatever its timing: its responder forks for every datagram, and with
+  queries every 30 ms its replies always come soon after one, so it never looks slow.
   `fast_peers=None` (a one-shot census that knows nothing: the `vac` command, benches)
   treats every factory as fast;
 - queries are padded to 880 bytes (a signed one still fits the 1024 bytes a Vac 03
@@ -59,6 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import AbstractSet, Mapping, Optional, Sequence
@@ -70,6 +82,9 @@ from vacquery.messages import QUERY_CLASSES, REPLY_TYPE, MachineStatus, Machinet
 MAX_EXPECTED_PER_FACTORY = 4096
 # Vac 03 asked an incomplete factory at most 6 times per census (§3.7, acceptance 39).
 VAC_ROUNDS = 6
+# "Vac <version> <client>": Vac 03 and earlier are "Vac 03.01.xx ..."; vacd is "Vac 4...".
+_DAEMON_VERSION = re.compile(r"Vac 0*(\d+)[.\s]")
+FIRST_MAJOR_WITHOUT_FORKING_RESPONDER = 4
 
 
 @dataclass(frozen=True)
@@ -80,14 +95,20 @@ class RetransmitPolicy:
     rtt_multiple: float = 4.0
     min_timeout_seconds: float = 0.02
     backoff: float = 1.5
-    max_timeout_seconds: float = 0.06
+    # The retransmission ceiling: after the first wait, an incomplete factory is asked
+    # again every max(this, smoothed RTT).
+    max_timeout_seconds: float = 0.03
     smoothing: float = 0.125  # RFC 6298 alpha
-    # Queries per census to a factory not known to answer within max_timeout_seconds.
+    # A first reply within this of the first query proves a peer fast; one later than this
+    # after the last query sent before it proves it slow. Kept apart from the ceiling: a
+    # peer answering in 30-60 ms (a loaded LAN, a responder handling a burst) is not slow.
+    fast_reply_seconds: float = 0.06
+    # Queries per census to a factory not known to answer within fast_reply_seconds.
     max_attempts_unless_fast: int = VAC_ROUNDS
     # The most an RTT carried from the previous census may count for, until this census
     # measures its own: one slow census (a loaded host, a burst handled late) must not
     # stretch the next one's first retransmissions (issue 15 item 4). At 15 ms the first
-    # timeout is at most the ceiling (4 x 15 ms = 60 ms).
+    # timeout is at most 60 ms (4 x 15 ms).
     max_carried_rtt_seconds: float = 0.015
 
     def timeout(self, smoothed_rtt: float, attempts: int) -> float:
@@ -108,6 +129,14 @@ class RetransmitPolicy:
     def earliest_timeout(self, attempts: int) -> float:
         """A lower bound of `timeout` whatever the RTT, for scheduling before the RTT is known."""
         return min(self.min_timeout_seconds * self.backoff ** (attempts - 1), self.max_timeout_seconds)
+
+
+def is_forking_responder(daemon_version: Optional[str]) -> bool:
+    """Whether a status's `daemon_version` names Vac 03 or earlier, whose responder forks and
+    re-reads its configuration for every datagram (behaviour reference §1.2, §3.3): every
+    query beyond Vac's own rounds costs that node a process, however fast it answers."""
+    match = _DAEMON_VERSION.match(daemon_version or "")
+    return match is not None and int(match.group(1)) < FIRST_MAJOR_WITHOUT_FORKING_RESPONDER
 
 
 def cookie_for(salt: str, factory: str) -> str:
@@ -150,11 +179,13 @@ class CensusResult:
     datagrams_sent: int
     smoothed_rtt_seconds: Optional[float]
     drops: Mapping[str, int] = field(default_factory=dict)
-    # Factories whose first reply came within the retransmission ceiling of the first
-    # query (fast), or later than that after the last query sent before it (slow, for
+    # Factories whose first reply came within `fast_reply_seconds` of the first query
+    # (fast), or later than that after the last query sent before it (slow, for
     # certain). Neither: not heard, or not telling (a late reply just after a resend).
     answered_fast: frozenset[str] = frozenset()
     answered_slow: frozenset[str] = frozenset()
+    # Factories whose replies say they run Vac 03 or earlier (`is_forking_responder`).
+    forking_responders: frozenset[str] = frozenset()
     # Factories that said they cut their answer short, and why (a LimitReason value):
     # marked replies, or a LimitNotice when not one status could be sent.
     limited: Mapping[str, str] = field(default_factory=dict)
@@ -190,22 +221,42 @@ class CensusResult:
         return 1.0 if expected == 0 else self.statuses_heard / expected
 
 
-def next_fast_peers(previous: AbstractSet[str], result: CensusResult) -> frozenset[str]:
+@dataclass(frozen=True)
+class FastPeers:
+    """The peers a census gives the fast retransmissions, carried from census to census.
+
+    `doubted` are those of them the last census found silent or certainly slow: one such
+    census is not enough to lose them (a responder descheduled for 60 ms under load, a
+    burst of late replies, issue 15 item 4), two in a row are.
+    """
+
+    names: frozenset[str] = frozenset()
+    doubted: frozenset[str] = frozenset()
+
+
+def next_fast_peers(previous: AbstractSet[str], result: CensusResult,
+                    doubted: AbstractSet[str] = frozenset()) -> FastPeers:
     """The `fast_peers` for the next census, from the last one and what this one measured.
 
-    A peer stays fast until a census finds it silent or certainly slow; a reply that
-    cannot tell (it came just after a resend) changes nothing.
+    A peer stays fast until two censuses in a row find it silent or certainly slow; a
+    reply that cannot tell (it came just after a resend) changes nothing. A peer whose
+    replies say it runs Vac 03 or earlier loses them at once, whatever its timing: with
+    queries every 30 ms its replies always come soon after one, so it never looks slow,
+    but each query costs it a fork (issue 9 item 5).
     """
     asked = set(result.factories)
     kept = {name.lower() for name in previous} & asked
-    return frozenset((kept | result.answered_fast) - result.answered_slow - set(result.silent))
+    wanting = result.answered_slow | set(result.silent)
+    demoted = wanting & {name.lower() for name in doubted}
+    names = frozenset((kept | result.answered_fast) - demoted - result.forking_responders)
+    return FastPeers(names=names, doubted=frozenset(wanting & names))
 
 
 class _FactoryState:
     """The census's bookkeeping for one factory (mutable, private)."""
 
     __slots__ = ("name", "cookie", "query", "expected", "replies", "attempts", "first_sent", "last_sent",
-                 "is_complete", "is_known_fast", "first_reply_bounds", "limited", "is_refused")
+                 "is_complete", "is_known_fast", "first_reply_bounds", "limited", "is_refused", "is_forking")
 
     def __init__(self, name: str, cookie: str, query: bytes, is_known_fast: bool) -> None:
         self.name = name
@@ -222,6 +273,7 @@ class _FactoryState:
         self.first_reply_bounds: Optional[tuple[float, float]] = None
         self.limited: Optional[str] = None  # the reason the factory gave for cutting its answer
         self.is_refused = False  # it sent a LimitNotice: asking again would bring the same
+        self.is_forking = False  # its replies say Vac 03 or earlier (is_forking_responder)
 
     @property
     def is_settled(self) -> bool:
@@ -371,6 +423,10 @@ class Census:
             state.first_reply_bounds = (now - state.last_sent, now - state.first_sent)
             if state.attempts == 1:
                 self._sample_rtt(now - state.last_sent)
+            if is_forking_responder(status.daemon_version):
+                # From now on within Vac's rounds, in this census too.
+                state.is_forking = True
+                state.is_known_fast = False
         state.replies[key] = reply
         state.expected = expected_count(status)
         if reply.limited is not None:
@@ -429,10 +485,11 @@ class Census:
             drops=dict(self.drops),
             answered_fast=frozenset(name for name, state in self._factories.items()
                                     if state.first_reply_bounds is not None
-                                    and state.first_reply_bounds[1] <= self.policy.max_timeout_seconds),
+                                    and state.first_reply_bounds[1] <= self.policy.fast_reply_seconds),
             answered_slow=frozenset(name for name, state in self._factories.items()
                                     if state.first_reply_bounds is not None
-                                    and state.first_reply_bounds[0] > self.policy.max_timeout_seconds),
+                                    and state.first_reply_bounds[0] > self.policy.fast_reply_seconds),
+            forking_responders=frozenset(name for name, state in self._factories.items() if state.is_forking),
             limited={name: state.limited for name, state in self._factories.items() if state.limited is not None},
             refused=frozenset(name for name, state in self._factories.items() if state.is_refused),
         )
