@@ -36,7 +36,8 @@ from vacd.daemon import Daemon, ReloadingConfig
 from vacd.factory import Factory, PassReport
 from vacd.paths import Paths
 from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
-from vacd.store import FinishRecord, MachineRecord, Store
+from vacd.records import FinishRecord, MachineRecord
+from vacd.store import Store
 
 log = logging.getLogger(__name__)
 

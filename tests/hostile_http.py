@@ -41,7 +41,7 @@ from typing import Callable, Iterator, Optional
 
 import psutil
 
-from vacd.store import SHUTDOWN_RECEIPT_FILE
+from vacd.recordformats import SHUTDOWN_RECEIPT_FILE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 METADATA_HOST = "127.0.0.254"

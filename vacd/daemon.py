@@ -46,7 +46,8 @@ from vacd.fdlimit import raise_fd_limit
 from vacd.paths import Paths
 from vacd.sdnotify import ServiceNotifier
 from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
-from vacd.store import MachineRecord, Store
+from vacd.records import MachineRecord
+from vacd.store import Store
 
 log = logging.getLogger(__name__)
 

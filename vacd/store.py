@@ -6,15 +6,9 @@ Rules (design.md rule 4):
 - The MD holds `machine.json`, our typed record, written once before the machine is
   created (so a crash between the two leaves a record to reconcile, never a stray domain),
   and Vac's marker files: `started`, `heartbeat`, `finished`, and the MJF/joboutputs trees.
-- Vac's marker files keep exactly the format Vac 03 wrote, because admins' scripts read
-  them (issue 10 item 5): `started` is `<unix time>\n`; `heartbeat` is `0.0 0.0\n` at the
-  start, then `<integer CPU seconds> <CPU % to one decimal>\n` (Vac's own reader took the
-  first field with int()); `finished` is empty, its presence meaning "finalised".
-- Times live inside files, never in ctimes (Vac's anti-pattern 3), so what Vac's formats
-  cannot hold goes in a JSON file beside each marker: `heartbeat.json` (`time`,
-  `cpu_seconds`, `cpu_percentage`) and `finished.json` (the FinishRecord: finish time,
-  outcome, start and last heartbeat times, CPU seconds). `destroy_requested` records why
-  and when the factory decided to stop a machine.
+- Vac's marker files keep exactly the format Vac 03 wrote, and what they cannot hold goes
+  in a JSON file beside each marker (issue 10 item 5): the formats are
+  vacd.recordformats', the values they hold vacd.records'.
 - The JSON file is written first, then the marker. Either file present means the same
   thing, so a kill -9 between the two writes never finalises or accounts a machine twice:
   * `finished.json` or `finished` present: the machine is finished. `finished.json` is
@@ -92,15 +86,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import stat
 import threading
 from dataclasses import asdict, dataclass, replace
-from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 from vacd.atomicfile import write_atomic
 from vacd.atomicfile import write_atomic_at
@@ -113,27 +105,53 @@ from vacd.cappedread import (
 )
 from vacd.config import VM_MACHINE_MODELS
 from vacd.errors import StoreError
-from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message, shutdown_code
+from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message
 from vacd.paths import Paths
+from vacd.recordformats import (
+    DESTROY_REQUESTED_FILE,
+    FINISHED_FILE,
+    FINISHED_RECORD_FILE,
+    HEARTBEAT_FILE,
+    HEARTBEAT_RECORD_FILE,
+    INITIAL_HEARTBEAT_LINE,
+    JOBOUTPUTS_DIR,
+    NODE_HEARTBEATS_FILE,
+    RECORD_FILE,
+    SHUTDOWN_RECEIPT_FILE,
+    STARTED_FILE,
+    CorruptRecord,
+    created_time_of_finishes_line,
+    destroy_request_json,
+    finish_at,
+    finish_json,
+    heartbeat_json,
+    heartbeat_line_has_time,
+    parse_destroy_request,
+    parse_finish,
+    parse_finish_json,
+    parse_heartbeat,
+    parse_heartbeat_json,
+    parse_json_object,
+    parse_shutdown_receipt,
+    parse_time,
+    vac_heartbeat_line,
+)
+from vacd.records import DestroyRequest, JudgedShutdownMessage, SlotLookup
+
+# Names that vacd.factory, vacd.guestapi and bench/metadata_service.py still import from
+# here, from before the record types and formats had modules of their own (vacd.records,
+# vacd.recordformats); new code imports them from those.
+from vacd.recordformats import SHUTDOWN_MESSAGE_FILE as SHUTDOWN_MESSAGE_FILE
+from vacd.records import FinishRecord as FinishRecord
+from vacd.records import Heartbeat as Heartbeat
+from vacd.records import MachineRecord as MachineRecord
+from vacd.records import ShutdownReceipt as ShutdownReceipt
+from vacd.records import SlotCondition as SlotCondition
+from vacd.records import StoredMachine as StoredMachine
+from vacd.records import lowered as lowered
 
 log = logging.getLogger(__name__)
 
-RECORD_FILE = "machine.json"
-FINISHED_FILE = "finished"
-# What Vac's empty `finished` cannot hold: the FinishRecord, written before the marker.
-FINISHED_RECORD_FILE = "finished.json"
-STARTED_FILE = "started"
-HEARTBEAT_FILE = "heartbeat"
-# What Vac's two-field `heartbeat` cannot hold: its time, and the CPU figures unrounded.
-HEARTBEAT_RECORD_FILE = "heartbeat.json"
-# Vac 03 started every machine's heartbeat with this line (§1.6 step 7).
-INITIAL_HEARTBEAT_LINE = "0.0 0.0\n"
-DESTROY_REQUESTED_FILE = "destroy_requested"
-SHUTDOWN_MESSAGE_FILE = "shutdown_message"
-JOBOUTPUTS_DIR = "joboutputs"
-# In MD, not joboutputs/: the guest API's record that this machine's guest sent its
-# shutdown_message (ShutdownReceipt). A container can write joboutputs/, never MD.
-SHUTDOWN_RECEIPT_FILE = "shutdown_message_received.json"
 # A container's file may be written after the pass read its `now` and before it listed
 # the machine as gone; a pass takes far less than this.
 MTIME_SLACK_SECONDS = 60
@@ -150,9 +168,6 @@ RACY_SECONDS = 2
 # Heartbeats are replaced without fsync (Store._write_heartbeat_files) except once in this
 # many seconds per machine: what an OS crash (not a kill -9) may cost of a heartbeat.
 HEARTBEAT_DURABLE_SECONDS = 60
-# In the state directory: every heartbeat of the last pass, one file for the node, replaced
-# once a pass (Store.flush_heartbeats), so a pass renames one file, not one a machine.
-NODE_HEARTBEATS_FILE = "heartbeats.json"
 # A bound on the record cache (entries of removed directories are dropped with them):
 # far above 256 slots x 8 records.
 MAX_CACHED_RECORDS = 65536
@@ -185,171 +200,6 @@ class MachineDirectoryExists(StoreError):
         super().__init__(f"{directory}: machine directory exists; a machine directory is never reused")
 
 
-class CorruptRecord(StoreError):
-    """A record file that exists but cannot be read back (internal: always quarantined)."""
-
-
-@dataclass(frozen=True)
-class MachineRecord:
-    """What the factory decided about one machine when it created it."""
-
-    name: str
-    ordinal: int
-    uuid: str
-    machinetype: str
-    machine_model: str
-    processors: int
-    created_time: int
-    shutdown_time: int
-    ip_address: str
-    hs06: float
-    mb: int
-    # Whether `hs06` is a figure the site configured (`hs06_per_processor` was set when the
-    # machine was created) rather than vacd's stand-in of 1.0 per processor. Only such a
-    # machine is sent to APEL (vacd.accounting): its ServiceLevel is the site's real HS06.
-    # For a Vac 03 machine it is whether Vac wrote its `machinefeatures/hs06` file, which
-    # Vac did exactly when `hs06_per_processor` was set. The default is the conservative
-    # "not known": a record that does not say is archived, never sent with ServiceLevel 1.0.
-    hs06_known: bool = False
-
-    @property
-    def directory_name(self) -> str:
-        return f"{self.created_time}_{self.machinetype}_{self.name}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, raw_text: str) -> "MachineRecord":
-        """Parse machine.json; any malformed content raises ValueError."""
-        try:
-            fields = json.loads(raw_text)
-            if not isinstance(fields, dict):
-                raise ValueError("not a JSON object")
-            return cls._from_fields(fields)
-        except (KeyError, TypeError, OverflowError, RecursionError) as error:
-            raise ValueError(f"{type(error).__name__}: {error}") from error
-
-    @classmethod
-    def _from_fields(cls, fields: Mapping[str, Any]) -> "MachineRecord":
-        if not math.isfinite(float(fields["hs06"])):
-            raise ValueError("hs06 is not a finite number")
-        return cls(
-            name=str(fields["name"]),
-            ordinal=int(fields["ordinal"]),
-            uuid=str(fields["uuid"]),
-            machinetype=str(fields["machinetype"]),
-            machine_model=str(fields["machine_model"]),
-            processors=int(fields["processors"]),
-            created_time=int(fields["created_time"]),
-            shutdown_time=int(fields["shutdown_time"]),
-            ip_address=str(fields["ip_address"]),
-            hs06=float(fields["hs06"]),
-            mb=int(fields["mb"]),
-            hs06_known=_hs06_known(fields),
-        )
-
-
-def _hs06_known(fields: Mapping[str, Any]) -> bool:
-    """`hs06_known` of a machine.json, inferred for records written before the field existed.
-
-    Earlier vacd wrote `hs06` as `hs06_per_processor x processors`, with 1.0 per processor
-    when it was not set. So a figure other than `processors` was configured; exactly
-    `processors` was most likely the stand-in, and is taken as "not known" (only a site
-    that configured hs06_per_processor = 1.0 loses anything: its record is archived, not sent).
-    """
-    if "hs06_known" in fields:
-        value = fields["hs06_known"]
-        if not isinstance(value, bool):
-            raise ValueError("hs06_known is not true or false")
-        return value
-    return float(fields["hs06"]) != 1.0 * int(fields["processors"])
-
-
-@dataclass(frozen=True)
-class FinishRecord:
-    """How a machine ended, fixed when the factory finalised it."""
-
-    finished_time: int
-    shutdown_message: Optional[str]
-    shutdown_message_time: Optional[int]
-    started_time: Optional[int]
-    last_heartbeat_time: Optional[int]
-    cpu_seconds: float
-
-    # Set when `shutdown_message` is kept for the admin, APEL and status but the abort rule
-    # must not read it (issue 11 item 4): why it is not shown to be this machine's guest's.
-    distrust_reason: Optional[str] = None
-    # What the abort rule reads then: the outcome as if the guest had said nothing (the
-    # factory's own reason, a fizzle, or None).
-    verdict_instead: Optional[str] = None
-
-    @property
-    def verdict(self) -> Optional[str]:
-        """The outcome the space's abort rule reads (local backoff, peers' reports)."""
-        return self.shutdown_message if self.distrust_reason is None else self.verdict_instead
-
-    @property
-    def outcome_code(self) -> Optional[int]:
-        """The 3-digit code of the shutdown message, or None (§4.4)."""
-        return shutdown_code(self.shutdown_message)
-
-
-@dataclass(frozen=True)
-class ShutdownReceipt:
-    """The guest API received a shutdown_message from a machine's own slot address."""
-
-    uuid: str
-    source_address: str
-    received_time: int
-    # The parsed message the upload held (parse_shutdown_message), None if it held none.
-    message: Optional[str]
-
-
-@dataclass(frozen=True)
-class JudgedShutdownMessage:
-    """The message in joboutputs/shutdown_message, and whether the abort rule may read it."""
-
-    message: ShutdownMessage
-    # None when it is this machine's guest's, said in its life (module docstring).
-    distrust_reason: Optional[str]
-
-
-@dataclass(frozen=True)
-class DestroyRequest:
-    """The factory decided to stop this machine: when, and what it will be told."""
-
-    requested_time: int
-    shutdown_message: Optional[str]
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    time: int
-    cpu_seconds: float
-    cpu_percentage: Optional[float]
-
-
-@dataclass(frozen=True)
-class StoredMachine:
-    """Everything on disk about one machine: the record and its markers."""
-
-    record: MachineRecord
-    directory: Path
-    started_time: Optional[int]
-    heartbeat: Optional[Heartbeat]
-    finish: Optional[FinishRecord]
-    destroy_request: Optional[DestroyRequest]
-
-    @property
-    def has_started(self) -> bool:
-        return self.started_time is not None
-
-    @property
-    def has_finished(self) -> bool:
-        return self.finish is not None
-
-
 @dataclass(frozen=True)
 class _ParsedMachine:
     """A machine as `Store._load` parsed it, and the keys of the files it came from.
@@ -363,30 +213,6 @@ class _ParsedMachine:
     recorded_heartbeat: Optional[Heartbeat]  # heartbeat.json
     line_heartbeat: Optional[Heartbeat]  # Vac's `heartbeat`
     line_has_time: bool
-
-
-class SlotCondition(Enum):
-    """What a slot's binding turned out to be when it was looked up."""
-
-    FREE = "free"  # no binding, or it names a directory without a machine record
-    BOUND = "bound"  # bound to a readable machine (finished or not)
-    CORRUPT = "corrupt"  # the binding or the machine record was unreadable, and is quarantined now
-
-
-@dataclass(frozen=True)
-class SlotLookup:
-    """A slot's binding: free, a machine, or corrupt (quarantined by this lookup)."""
-
-    machine_name: str
-    condition: SlotCondition
-    machine: Optional[StoredMachine] = None
-    problem: Optional[str] = None  # for CORRUPT: which file and why
-
-    def __post_init__(self) -> None:
-        if (self.machine is not None) != (self.condition is SlotCondition.BOUND):
-            raise ValueError("a machine is given exactly when the slot is bound")
-        if (self.problem is not None) != (self.condition is SlotCondition.CORRUPT):
-            raise ValueError("a problem is given exactly when the slot is corrupt")
 
 
 class Store:
@@ -475,7 +301,7 @@ class Store:
 
     def write_heartbeat(self, record: MachineRecord, heartbeat: Heartbeat) -> None:
         """`heartbeat.json`, then Vac's `heartbeat` line (module docstring)."""
-        self._write_heartbeat_files(self.machine_dir(record), heartbeat, _vac_heartbeat_line(heartbeat))
+        self._write_heartbeat_files(self.machine_dir(record), heartbeat, vac_heartbeat_line(heartbeat))
 
     def _write_heartbeat_files(self, directory: Path, heartbeat: Heartbeat, vac_line: str) -> None:
         """heartbeat.json and Vac's line once in HEARTBEAT_DURABLE_SECONDS; between, the node file only.
@@ -508,7 +334,7 @@ class Store:
         if last_durable is not None and 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS:
             self._pending_heartbeats[directory.name] = heartbeat
             return
-        self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
+        self._write_record(directory / HEARTBEAT_RECORD_FILE, heartbeat_json(heartbeat))
         self._pending_heartbeats.pop(directory.name, None)
         self._write_record(directory / HEARTBEAT_FILE, vac_line)
         self._heartbeat_durable_time[key] = heartbeat.time
@@ -553,13 +379,13 @@ class Store:
         if self._node_heartbeats_parsed[0] != raw_text:
             parsed: dict[str, Heartbeat] = {}
             try:
-                fields = _parse_json_object(raw_text, path)
+                fields = parse_json_object(raw_text, path)
             except CorruptRecord as error:
                 self._quarantine(path, str(error))
                 return None
             for name, entry in fields.items():
                 try:
-                    parsed[name] = _parse_heartbeat_json(json.dumps(entry), path)
+                    parsed[name] = parse_heartbeat_json(json.dumps(entry), path)
                 except CorruptRecord:
                     continue  # one bad entry costs that machine's node heartbeat only
             self._node_heartbeats_parsed = (raw_text, parsed)
@@ -579,7 +405,7 @@ class Store:
         """
         directory = self.machine_dir(record)
         if not os.path.lexists(directory / DESTROY_REQUESTED_FILE):
-            self._write_record(directory / DESTROY_REQUESTED_FILE, _destroy_request_json(now, shutdown_message))
+            self._write_record(directory / DESTROY_REQUESTED_FILE, destroy_request_json(now, shutdown_message))
         if shutdown_message and self.read_shutdown_message(record) is None:
             target = directory / JOBOUTPUTS_DIR / SHUTDOWN_MESSAGE_FILE
             try:
@@ -594,12 +420,12 @@ class Store:
         finished (module docstring), so a kill between the two cannot finalise it twice.
         """
         directory = self.machine_dir(record)
-        self._write_record(directory / FINISHED_RECORD_FILE, _finish_json(finish))
+        self._write_record(directory / FINISHED_RECORD_FILE, finish_json(finish))
         self._write_record(directory / FINISHED_FILE, "")
         self._heartbeat_durable_time.pop(os.fspath(directory), None)
         self.paths.finishes_dir.mkdir(parents=True, exist_ok=True)
         finishes_file = self.paths.finishes_dir / record.machinetype
-        current_created = _created_time_of_finishes_line(_read_line(finishes_file))
+        current_created = created_time_of_finishes_line(_read_line(finishes_file))
         if current_created is None or record.created_time >= current_created:
             write_atomic(finishes_file, f"{record.created_time} {record.machinetype} {record.name}\n")
 
@@ -679,7 +505,7 @@ class Store:
             raw_text = self._read_record_text(path)
             if raw_text is None:
                 return None
-            return _parse_shutdown_receipt(raw_text, path)
+            return parse_shutdown_receipt(raw_text, path)
         except CorruptRecord as error:
             log.warning("unreadable shutdown message receipt path=%s reason=%s", path, error)
             return None
@@ -947,7 +773,7 @@ class Store:
             raw_text = self._read_record_text(path)
             if raw_text is None:
                 return None
-            return _parse_time(raw_text)
+            return parse_time(raw_text)
         except CorruptRecord as error:
             started_time = self._mtime(path)
             self._quarantine(path, str(error), replacement=f"{started_time}\n")
@@ -960,18 +786,18 @@ class Store:
         raw_text: Optional[str] = None
         try:
             raw_text = self._read_record_text(path)
-            line = _parse_heartbeat(raw_text, path, self._mtime) if raw_text is not None else None
+            line = parse_heartbeat(raw_text, path, self._mtime) if raw_text is not None else None
         except CorruptRecord as error:
             self._quarantine(path, str(error))
             line = None
-        return recorded, line, line is not None and _heartbeat_line_has_time(raw_text)
+        return recorded, line, line is not None and heartbeat_line_has_time(raw_text)
 
     def _read_heartbeat_record(self, path: Path) -> Optional[Heartbeat]:
         try:
             raw_text = self._read_record_text(path)
             if raw_text is None:
                 return None
-            return _parse_heartbeat_json(raw_text, path)
+            return parse_heartbeat_json(raw_text, path)
         except CorruptRecord as error:
             self._quarantine(path, str(error))
             return None
@@ -982,11 +808,11 @@ class Store:
         marker_path = directory / FINISHED_FILE
         try:
             raw_text = self._read_record_text(record_path)
-            recorded = _parse_finish_json(raw_text, record_path) if raw_text is not None else None
+            recorded = parse_finish_json(raw_text, record_path) if raw_text is not None else None
         except CorruptRecord as error:
             # Still finished: never finalised, accounted or reported twice.
-            fallback = self._read_finished_marker(marker_path, repair=False) or _finish_at(self._mtime(record_path))
-            self._quarantine(record_path, str(error), replacement=_finish_json(fallback))
+            fallback = self._read_finished_marker(marker_path, repair=False) or finish_at(self._mtime(record_path))
+            self._quarantine(record_path, str(error), replacement=finish_json(fallback))
             self._complete_finished_marker(marker_path)
             return fallback
         if recorded is None:
@@ -1004,15 +830,15 @@ class Store:
             raw_text = self._read_record_text(path)
             if raw_text is None:
                 return None
-            return _parse_finish(raw_text, path, self._mtime)
+            return parse_finish(raw_text, path, self._mtime)
         except CorruptRecord as error:
             # Still finished, at the marker's mtime: that time goes to finished.json before
             # the marker is replaced by Vac's empty one, so no instant loses either.
-            finish = _finish_at(self._mtime(path))
+            finish = finish_at(self._mtime(path))
             if not repair:
                 return finish
             try:
-                write_atomic(path.with_name(FINISHED_RECORD_FILE), _finish_json(finish))
+                write_atomic(path.with_name(FINISHED_RECORD_FILE), finish_json(finish))
             except OSError as write_error:
                 log.warning("cannot write finish record path=%s error=%s", path.with_name(FINISHED_RECORD_FILE),
                             write_error)
@@ -1036,11 +862,11 @@ class Store:
             raw_text = self._read_record_text(path)
             if raw_text is None:
                 return None
-            return _parse_destroy_request(raw_text, path)
+            return parse_destroy_request(raw_text, path)
         except CorruptRecord as error:
             # Still being stopped, as from when the file was written.
             request = DestroyRequest(self._mtime(path), None)
-            self._quarantine(path, str(error), replacement=_destroy_request_json(request.requested_time, None))
+            self._quarantine(path, str(error), replacement=destroy_request_json(request.requested_time, None))
             return request
 
     def _mtime(self, path: Path) -> int:
@@ -1145,10 +971,6 @@ def _wall_clock_ns() -> int:
     return time.time_ns()
 
 
-def lowered(record: MachineRecord, shutdown_time: int) -> MachineRecord:
-    return replace(record, shutdown_time=min(record.shutdown_time, shutdown_time))
-
-
 def _is_directory_part(created: str, machinetype: str, machine_name: str) -> bool:
     """True if `<created>_<machinetype>_<name>` is one safe directory name of Vac's shape (§1.4)."""
     return (
@@ -1178,169 +1000,6 @@ def _read_line(path: Path) -> Optional[str]:
     except UnreadableFile:
         return None
     return raw.decode("utf-8", errors="replace") if raw is not None else None
-
-
-def _created_time_of_finishes_line(raw_text: Optional[str]) -> Optional[int]:
-    if raw_text is None:
-        return None
-    first = raw_text.split()[:1]
-    return int(first[0]) if first and (first[0].isascii() and first[0].isdigit()) else None
-
-
-def _finish_json(finish: FinishRecord) -> str:
-    fields = asdict(finish)
-    if finish.distrust_reason is None:
-        # finished.json keeps the shape admins' scripts know when the message is the verdict.
-        del fields["distrust_reason"], fields["verdict_instead"]
-    return json.dumps(fields, sort_keys=True) + "\n"
-
-
-def _finish_at(finished_time: int) -> FinishRecord:
-    """All that is known of a finish whose record was lost: when (from a file's mtime)."""
-    return FinishRecord(finished_time, None, None, None, None, 0.0)
-
-
-def _heartbeat_json(heartbeat: Heartbeat) -> str:
-    return json.dumps(asdict(heartbeat), sort_keys=True) + "\n"
-
-
-def _vac_heartbeat_line(heartbeat: Heartbeat) -> str:
-    """Vac 03's `heartbeat` line: `str(int cpu seconds) + " %.1f" % cpu percent` (§1.4)."""
-    percentage = heartbeat.cpu_percentage if heartbeat.cpu_percentage is not None else 0.0
-    return f"{int(heartbeat.cpu_seconds)} {percentage:.1f}\n"
-
-
-def _destroy_request_json(requested_time: int, shutdown_message: Optional[str]) -> str:
-    return json.dumps({"requested_time": requested_time, "shutdown_message": shutdown_message}) + "\n"
-
-
-def _parse_time(raw_text: str) -> int:
-    """`1700000000\\n` (Vac 03 and ours) -> 1700000000; CorruptRecord otherwise."""
-    parts = raw_text.split()
-    try:
-        return int(float(parts[0]))
-    except (ValueError, IndexError, OverflowError) as error:
-        raise CorruptRecord(f"unreadable time {raw_text[:40]!r}") from error
-
-
-def _parse_heartbeat(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> Heartbeat:
-    """`heartbeat` as Vac 03 (`<cpu> [<cpu %>]`, at the mtime) or earlier vacd (`… <time>`) wrote it."""
-    parts = raw_text.split()
-    try:
-        cpu_seconds = float(parts[0])
-        cpu_percentage = float(parts[1]) if len(parts) > 1 else None
-        # Vac 03 wrote no time: its heartbeat's time was the file's ctime (§1.4).
-        heartbeat_time = int(parts[2]) if len(parts) > 2 else mtime(path)
-    except (ValueError, IndexError, OverflowError) as error:
-        raise CorruptRecord(f"{path}: unreadable heartbeat {raw_text[:40]!r}") from error
-    # NaN or infinite CPU time would break the APEL record made from it.
-    if not math.isfinite(cpu_seconds) or not (cpu_percentage is None or math.isfinite(cpu_percentage)):
-        raise CorruptRecord(f"{path}: heartbeat with a non-finite number {raw_text[:40]!r}")
-    return Heartbeat(heartbeat_time, cpu_seconds, cpu_percentage)
-
-
-def _heartbeat_line_has_time(raw_text: Optional[str]) -> bool:
-    return raw_text is not None and len(raw_text.split()) > 2
-
-
-def _parse_heartbeat_json(raw_text: str, path: Path) -> Heartbeat:
-    """heartbeat.json: `time` and `cpu_seconds` required, `cpu_percentage` a number or null."""
-    fields = _parse_json_object(raw_text, path)
-    heartbeat_time = _optional_int(fields, "time")
-    cpu_seconds: Any = fields.get("cpu_seconds")
-    cpu_percentage: Any = fields.get("cpu_percentage")
-    if heartbeat_time is None or not _is_finite_number(cpu_seconds) or not (
-        cpu_percentage is None or _is_finite_number(cpu_percentage)
-    ):
-        raise CorruptRecord(f"{path}: not a heartbeat record {raw_text[:80]!r}")
-    return Heartbeat(heartbeat_time, float(cpu_seconds), None if cpu_percentage is None else float(cpu_percentage))
-
-
-def _is_finite_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _parse_json_object(raw_text: str, path: Path) -> Mapping[str, Any]:
-    try:
-        value = json.loads(raw_text)
-    except (ValueError, RecursionError) as error:
-        raise CorruptRecord(f"{path}: not JSON: {type(error).__name__}") from error
-    if not isinstance(value, dict):
-        raise CorruptRecord(f"{path}: not a JSON object")
-    return value
-
-
-def _optional_int(fields: Mapping[str, Any], key: str) -> Optional[int]:
-    value = fields.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        return int(value)
-    except (ValueError, OverflowError):  # NaN, infinity
-        return None
-
-
-def _finite_float(value: Any) -> float:
-    """A finite number, else 0.0 (NaN or infinite CPU time would break the APEL record)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    try:
-        number = float(value)
-    except OverflowError:
-        return 0.0
-    return number if math.isfinite(number) else 0.0
-
-
-def _parse_finish(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> FinishRecord:
-    """`finished` as Vac 03 (empty: finished at its ctime, §1.4) or earlier vacd (JSON) wrote it."""
-    fields = _parse_json_object(raw_text, path) if raw_text.strip() else {}
-    return _finish_from_fields(fields, path, mtime)
-
-
-def _parse_finish_json(raw_text: str, path: Path) -> FinishRecord:
-    """finished.json: a JSON object with the finish time (written by Store.finish only)."""
-    fields = _parse_json_object(raw_text, path)
-    if _optional_int(fields, "finished_time") is None:
-        raise CorruptRecord(f"{path}: finish record without a finished_time")
-    return _finish_from_fields(fields, path, lambda _path: 0)
-
-
-def _finish_from_fields(fields: Mapping[str, Any], path: Path, mtime: Callable[[Path], int]) -> FinishRecord:
-    message = fields.get("shutdown_message")
-    return FinishRecord(
-        finished_time=_optional_int(fields, "finished_time") or mtime(path),
-        shutdown_message=message if isinstance(message, str) else None,
-        shutdown_message_time=_optional_int(fields, "shutdown_message_time"),
-        started_time=_optional_int(fields, "started_time"),
-        last_heartbeat_time=_optional_int(fields, "last_heartbeat_time"),
-        cpu_seconds=_finite_float(fields.get("cpu_seconds")),
-        distrust_reason=_optional_str(fields, "distrust_reason"),
-        verdict_instead=_optional_str(fields, "verdict_instead"),
-    )
-
-
-def _optional_str(fields: Mapping[str, Any], key: str) -> Optional[str]:
-    value = fields.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _parse_shutdown_receipt(raw_text: str, path: Path) -> ShutdownReceipt:
-    fields = _parse_json_object(raw_text, path)
-    uuid = _optional_str(fields, "uuid")
-    received_time = _optional_int(fields, "received_time")
-    if uuid is None or received_time is None:
-        raise CorruptRecord(f"{path}: not a shutdown message receipt")
-    return ShutdownReceipt(
-        uuid=uuid,
-        source_address=_optional_str(fields, "source_address") or "",
-        received_time=received_time,
-        message=_optional_str(fields, "message"),
-    )
 
 
 def write_shutdown_receipt(machine_dir: Path, receipt: ShutdownReceipt) -> None:
@@ -1382,10 +1041,3 @@ def _write_joboutputs_file(machine_dir: Path, name: str, content: bytes) -> None
         os.close(directory)
 
 
-def _parse_destroy_request(raw_text: str, path: Path) -> DestroyRequest:
-    fields = _parse_json_object(raw_text, path)
-    message = fields.get("shutdown_message")
-    return DestroyRequest(
-        requested_time=_optional_int(fields, "requested_time") or 0,
-        shutdown_message=message if isinstance(message, str) else None,
-    )

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vacd.paths import Paths
-from vacd.store import CORRUPT_MARK, FinishRecord, Heartbeat, MachineDirectoryExists, MachineRecord, SlotCondition, Store
+from vacd.records import FinishRecord, Heartbeat, MachineRecord, SlotCondition
+from vacd.store import CORRUPT_MARK, MachineDirectoryExists, Store
 
 
 def record(created: int = 1000, name: str = "f1-03.example.com", machinetype: str = "atlas") -> MachineRecord:

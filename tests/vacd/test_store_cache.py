@@ -18,7 +18,8 @@ import vacd.store
 from tests.vacd.test_factory import Harness, make_machinetype, make_settings
 from vacd.atomicfile import write_atomic
 from vacd.paths import Paths
-from vacd.store import HEARTBEAT_DURABLE_SECONDS, Heartbeat, MachineRecord, Store
+from vacd.records import Heartbeat, MachineRecord
+from vacd.store import HEARTBEAT_DURABLE_SECONDS, Store
 
 NAME = "f1-03.example.com"
 
@@ -258,9 +259,9 @@ class ParseCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.parsed: list[str] = []
-        real_record = vacd.store.MachineRecord.from_json.__func__  # type: ignore[attr-defined]
-        real_time = vacd.store._parse_time
-        real_heartbeat = vacd.store._parse_heartbeat_json
+        real_record = MachineRecord.from_json.__func__  # type: ignore[attr-defined]
+        real_time = vacd.store.parse_time
+        real_heartbeat = vacd.store.parse_heartbeat_json
 
         def record_from_json(cls: type, raw_text: str) -> MachineRecord:
             self.parsed.append("machine.json")
@@ -274,9 +275,9 @@ class ParseCounter:
             self.parsed.append(path.name)
             return real_heartbeat(raw_text, path)
 
-        monkeypatch.setattr(vacd.store.MachineRecord, "from_json", classmethod(record_from_json))
-        monkeypatch.setattr(vacd.store, "_parse_time", parse_time)
-        monkeypatch.setattr(vacd.store, "_parse_heartbeat_json", parse_heartbeat_json)
+        monkeypatch.setattr(MachineRecord, "from_json", classmethod(record_from_json))
+        monkeypatch.setattr(vacd.store, "parse_time", parse_time)
+        monkeypatch.setattr(vacd.store, "parse_heartbeat_json", parse_heartbeat_json)
 
     def take(self) -> list[str]:
         parsed, self.parsed = self.parsed, []

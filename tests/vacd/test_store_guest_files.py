@@ -19,7 +19,9 @@ from vacd.cappedread import UnreadableFile, lstat_under, read_capped_under
 from vacd.guestapi.joboutputs import Sender, store_upload, usage
 from vacd.outcomes import HEARTBEAT_NOT_UPDATED
 from vacd.paths import Paths
-from vacd.store import SHUTDOWN_RECEIPT_FILE, MachineRecord, Store
+from vacd.recordformats import SHUTDOWN_RECEIPT_FILE
+from vacd.records import MachineRecord
+from vacd.store import Store
 
 CREATED = 1_700_000_000
 STARTED = CREATED + 5
