@@ -212,4 +212,3 @@ class SlotLookup:
 
 def lowered(record: MachineRecord, shutdown_time: int) -> MachineRecord:
     return replace(record, shutdown_time=min(record.shutdown_time, shutdown_time))
-

@@ -1039,5 +1039,3 @@ def _write_joboutputs_file(machine_dir: Path, name: str, content: bytes) -> None
         write_atomic_at(directory, name, content)
     finally:
         os.close(directory)
-
-
