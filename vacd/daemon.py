@@ -43,6 +43,14 @@ from vacd.networkchecks import NetworkCheckSchedule
 from vacd.paths import Paths
 from vacd.reloadingconfig import ReloadingConfig
 from vacd.sdnotify import ServiceNotifier
+from vacd.startupgate import (
+    StartupError,
+    ensure_network_at_start,
+    refuse_busy_ports,
+    refuse_missing_volume_group,
+    remove_leftover_volumes,
+    warn_if_factory_renamed,
+)
 from vacd.serviceloop import ServiceLoop
 from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
 from vacd.records import MachineRecord
@@ -56,8 +64,6 @@ PASS_BUDGET_SECONDS = 10.0
 # runtime-error backoff, 100 ms to 5 s, stretched: a pass here touches disks and libvirt).
 PASS_ERROR_FIRST_BACKOFF_SECONDS = 1.0
 PASS_ERROR_MAX_BACKOFF_SECONDS = 60.0
-# Where vacd remembers the factory name it last ran as (a rename strands machines, item 7).
-FACTORY_NAME_FILE = "factory-name"
 
 
 LOSS_ENVIRONMENT_VARIABLE = "VAC_TEST_DATAGRAM_LOSS"
@@ -79,10 +85,6 @@ def injected_datagram_loss() -> Optional[Any]:
 def load_average() -> float:
     """The largest of the 1, 5 and 15 minute load averages (§4.1)."""
     return max(os.getloadavg())
-
-
-class StartupError(VacError):
-    """vacd cannot start: the message says what to fix."""
 
 
 class Daemon:
@@ -162,16 +164,16 @@ class Daemon:
                  settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
         # Before the network, interfaces, /etc/hosts or domains are touched (issue 10 item 2): a
         # Vac 03 still running holds these ports, and vacd must stop with the host as it found it.
-        self._refuse_busy_ports(settings)
+        refuse_busy_ports(self.paths, settings)
         try:
             guest_loop_kind = chosen_kind()
         except EventLoopUnavailable as error:
             raise StartupError(f"{error} (vacd stopped before touching the guest network)") from error
         log.info("guest servers' event loop: %s (%s=%s)", guest_loop_kind, EVENT_LOOP_VARIABLE,
                  os.environ.get(EVENT_LOOP_VARIABLE) or AUTO)
-        self._refuse_missing_volume_group(settings)
-        self._remove_leftover_volumes(settings, store)
-        self._ensure_network_at_start(settings)
+        refuse_missing_volume_group(settings)
+        remove_leftover_volumes(settings, store)
+        ensure_network_at_start(self.paths, settings)
         warn_if_factory_renamed(self.paths, settings.factory_name)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         # A sparse disk is made only where all it may grow to leaves the kept minimum free (issue 13).
@@ -280,70 +282,6 @@ class Daemon:
                 except Exception:  # boundary: as above
                     log.exception("VacQuery responder did not stop cleanly")
             self.vacquery_services.stop()
-
-    def _refuse_busy_ports(self, settings: Settings) -> None:
-        """Stop start-up, naming each port and its holder, if any port vacd listens on is taken.
-
-        A Vac 03 daemon still running is refused too, whatever its ports: two factories on one
-        state directory destroy each other's machines as zombies (issue 10 item 1).
-        """
-        from vacd.hostcheck import vac03_daemons_running
-        from vacd.hostports import busy_ports
-
-        problems = vac03_daemons_running(self.paths) + busy_ports(settings)
-        if problems:
-            raise StartupError("; ".join(problems) + " (vacd stopped before touching the guest network, "
-                               "/etc/hosts or any domain)")
-
-    def _refuse_missing_volume_group(self, settings: Settings) -> None:
-        """Stop start-up naming the volume_group if it is not on this host (§2.1, issue 13)."""
-        from vacd.lvm import LogicalVolumes
-        from vacd.startupcheck import volume_group_problem
-
-        problem = volume_group_problem(settings, LogicalVolumes())
-        if problem is not None:
-            raise StartupError(problem + " (vacd stopped before touching the guest network, /etc/hosts or any domain)")
-        if settings.volume_group is not None:
-            log.info("machines' disks are logical volumes in volume_group=%s", settings.volume_group)
-
-    def _remove_leftover_volumes(self, settings: Settings, store: Store) -> None:
-        """Remove this factory's machines' volumes that no live record has (Appendix A's zombie sweep).
-
-        At start nothing is being created, so a volume without a live record is left by a
-        vacd killed between lvcreate and the domain's start, or by a machine finalised while
-        its removal failed. One still open (a Vac 03 machine left running) is kept by lvm2.
-        """
-        from vacd.lvm import LogicalVolumes, LvmError
-        from vacd.startup_cleanup import live_machine_names
-
-        if settings.volume_group is None:
-            return
-        try:
-            removed = LogicalVolumes().remove_leftovers(settings.volume_group, settings.factory_name,
-                                                        live_machine_names(store))
-        except LvmError as error:
-            log.warning("left-over logical volumes not looked for error=%s: each slot's next creation replaces its own",
-                        error)
-            return
-        if removed:
-            log.info("removed left-over logical volumes vg=%s names=%s", settings.volume_group, ",".join(removed))
-
-    def _ensure_network_at_start(self, settings: Settings) -> None:
-        """Make the guest network as wanted, replacing it only if no guest is on it.
-
-        Raises:
-            StartupError: it must be replaced to serve the slots and guests are on it
-                (vacd.network.NetworkRefused): the message says why and what to do.
-        """
-        from vacd.network import NetworkRefused, ensure_network
-
-        try:
-            ensure_network(settings.libvirt_uri, self.paths, settings, may_replace=True)
-        except NetworkRefused as error:
-            raise StartupError(str(error)) from error
-        except VacError as error:
-            # libvirt down at boot, say: the loop retries every pass and shows the fault meanwhile.
-            log.error("guest network unusable, no machine created until it is error=%s", error)
 
     def _network_problem(self, settings: Settings) -> Optional[str]:
         """Why the guest network is unusable (after trying to make it so), or None."""
@@ -760,23 +698,6 @@ def _swap_authenticator(follower: Optional[Any], user: Optional[Any], settings: 
     """Give `user` (responder or census) the Authenticator `follower` rebuilt, if the settings changed it."""
     if follower is not None and user is not None and follower.follow(settings):
         user.authenticator = follower.current
-
-
-def warn_if_factory_renamed(paths: Paths, factory_name: str) -> None:
-    """A factory name that differs from last start is a loud warning (item 7), then remembered."""
-    from vacd.atomicfile import read_text_or_none, write_atomic
-
-    remembered = paths.state_dir / FACTORY_NAME_FILE
-    try:
-        previous = (read_text_or_none(remembered) or "").strip()
-        if previous and previous != factory_name:
-            log.warning("factory name changed from %s to %s since the last start: machines named for %s are "
-                        "policed, finalised and accounted until they are gone, and their slots are not refilled",
-                        previous, factory_name, previous)
-        if previous != factory_name:
-            write_atomic(remembered, factory_name + "\n")
-    except OSError as error:
-        log.warning("cannot remember the factory name in %s error=%s", remembered, error)
 
 
 if __name__ == "__main__":
