@@ -24,15 +24,8 @@ Rules (design.md rule 4):
   heartbeats between its once-a-minute heartbeat.json and `heartbeat` go to one file for
   the node, `heartbeats.json` in the state directory, replaced once a pass (issue 15 item
   4; see `Store._write_heartbeat_files`).
-- Records are read through a cache keyed on each file's (inode, mtime, size, ctime), as
-  the guest server keys its files (issue 15 item 2): a pass over a machine whose files have
-  not changed lstat-s them and opens none. Every write here is a rename, so a rewritten
-  record has a new inode; a file changed in place shows a new mtime or ctime. A file read
-  within RACY_SECONDS of its mtime is not trusted from the cache (a change in the same
-  timestamp tick could keep every field of the key), so it is read again next time; what
-  vacd wrote itself goes into the cache at write time. A missed change costs nothing
-  worse than what the key cannot see: the cache never holds a file that no longer exists
-  (an absent file is looked up by lstat every time, which opens nothing).
+- Records are read through a cache keyed on each file's (inode, mtime, size, ctime), and
+  every write is atomic (vacd.recordfiles, issue 15 item 2).
 - What a machine directory's records parse to is kept too, keyed on the keys of all its
   record files (absent ones included), and used only while one lstat of each file shows
   every key unchanged and the store read each file under that key (none was racy): a
@@ -92,21 +85,16 @@ import stat
 import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional
 
 from vacd.atomicfile import write_atomic
 from vacd.atomicfile import write_atomic_at
-from vacd.cappedread import (
-    UnreadableFile,
-    open_directory,
-    read_capped,
-    read_capped_with_status,
-    read_capped_with_status_under,
-)
+from vacd.cappedread import UnreadableFile, open_directory, read_capped, read_capped_with_status_under
 from vacd.config import VM_MACHINE_MODELS
 from vacd.errors import StoreError
 from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message
 from vacd.paths import Paths
+from vacd.recordfiles import CORRUPT_MARK, MAX_CACHED_RECORDS, MAX_RECORD_BYTES, FileKey, RecordFiles, file_key
 from vacd.recordformats import (
     DESTROY_REQUESTED_FILE,
     FINISHED_FILE,
@@ -155,26 +143,15 @@ log = logging.getLogger(__name__)
 # A container's file may be written after the pass read its `now` and before it listed
 # the machine as gone; a pass takes far less than this.
 MTIME_SLACK_SECONDS = 60
-CORRUPT_MARK = ".corrupt-"
-# Our records are well under 1 KiB; anything near this is not one of ours.
-MAX_RECORD_BYTES = 64 * 1024
 # Vac 03's layout puts the creation time first in a directory name; never look more than
 # this many seconds ahead for a free one (each slot creates at most once a pass).
 MAX_DIRECTORY_NAME_TRIES = 10
-# A record whose mtime is this close to the moment it was read may have changed again in
-# the same timestamp tick without changing its cache key: it is read again next time
-# (git's "racily clean" rule). Far above any filesystem's timestamp granularity.
-RACY_SECONDS = 2
 # Heartbeats are replaced without fsync (Store._write_heartbeat_files) except once in this
 # many seconds per machine: what an OS crash (not a kill -9) may cost of a heartbeat.
 HEARTBEAT_DURABLE_SECONDS = 60
-# A bound on the record cache (entries of removed directories are dropped with them):
-# far above 256 slots x 8 records.
-MAX_CACHED_RECORDS = 65536
-# The same for the parsed machines (one per machine directory).
+# A bound on the parsed machines (one per machine directory), as on the record cache.
 MAX_CACHED_MACHINES = MAX_CACHED_RECORDS // 8
 
-_FileKey = tuple[int, int, int, int, int]
 # The record files of a machine directory that `Store._load` reads, in that order: the keys
 # of all of them validate a parsed machine (_ParsedMachine).
 _MACHINE_FILES = (
@@ -186,10 +163,6 @@ _MACHINE_FILES = (
     FINISHED_FILE,
     DESTROY_REQUESTED_FILE,
 )
-
-
-def _file_key(status: os.stat_result) -> _FileKey:
-    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size, status.st_ctime_ns)
 
 
 class MachineDirectoryExists(StoreError):
@@ -208,7 +181,7 @@ class _ParsedMachine:
     pass and is no file of the directory) is laid over them at each lookup.
     """
 
-    keys: tuple[Optional[_FileKey], ...]  # per _MACHINE_FILES; None: absent
+    keys: tuple[Optional[FileKey], ...]  # per _MACHINE_FILES; None: absent
     stored: StoredMachine
     recorded_heartbeat: Optional[Heartbeat]  # heartbeat.json
     line_heartbeat: Optional[Heartbeat]  # Vac's `heartbeat`
@@ -222,11 +195,9 @@ class Store:
         self.paths = paths
         # Only for the `.corrupt-<unix time>` names of quarantined records.
         self.clock = clock or _wall_clock
-        self._quarantine_lock = threading.Lock()
-        self._quarantined_total = 0
+        self._files = RecordFiles(self.clock)
         # The guest API reads through this store from its own thread.
         self._cache_lock = threading.Lock()
-        self._record_cache: dict[str, tuple[_FileKey, str]] = {}
         # Machine directory -> what its records parsed to (module docstring).
         self._machine_cache: dict[str, _ParsedMachine] = {}
         # Machine name -> (the text of slots/<name>, the directory it names).
@@ -236,9 +207,6 @@ class Store:
         self._slots_dir = paths.slots_dir
         self._machines_dir = paths.machines_dir
         self._node_heartbeats_path = self._state_dir / NODE_HEARTBEATS_FILE
-        # Record files opened and read, and lookups the cache answered (tests, the bench).
-        self.record_file_reads = 0
-        self.record_cache_hits = 0
         # Per machine directory: the time of its last heartbeat written with fsync.
         self._heartbeat_durable_time: dict[str, int] = {}
         # This pass's heartbeats not yet in NODE_HEARTBEATS_FILE, by machine directory name.
@@ -252,8 +220,17 @@ class Store:
     @property
     def quarantined_total(self) -> int:
         """How many corrupt records this store has renamed aside since it was made."""
-        with self._quarantine_lock:
-            return self._quarantined_total
+        return self._files.quarantined_total
+
+    @property
+    def record_file_reads(self) -> int:
+        """Record files opened and read (tests, the bench)."""
+        return self._files.record_file_reads
+
+    @property
+    def record_cache_hits(self) -> int:
+        """Record lookups the cache answered (tests, the bench)."""
+        return self._files.record_cache_hits
 
     # Paths
     def machine_dir(self, record: MachineRecord) -> Path:
@@ -286,18 +263,18 @@ class Store:
         for subdirectory in ("machinefeatures", "jobfeatures", "joboutputs"):
             (directory / subdirectory).mkdir(mode=0o755, exist_ok=True)
         self.paths.slots_dir.mkdir(parents=True, exist_ok=True)
-        self._write_record(
+        self._files.write(
             self.paths.slots_dir / record.name,
             f"{record.created_time} {record.machinetype} {record.machine_model}\n",
         )
-        self._write_record(directory / RECORD_FILE, record.to_json())
+        self._files.write(directory / RECORD_FILE, record.to_json())
         return directory
 
     def mark_started(self, record: MachineRecord, now: int) -> None:
         """Write the first heartbeat and then `started`, in Vac's formats (§1.6 step 7)."""
         directory = self.machine_dir(record)
         self._write_heartbeat_files(directory, Heartbeat(now, 0.0, 0.0), INITIAL_HEARTBEAT_LINE)
-        self._write_record(directory / STARTED_FILE, f"{now}\n")
+        self._files.write(directory / STARTED_FILE, f"{now}\n")
 
     def write_heartbeat(self, record: MachineRecord, heartbeat: Heartbeat) -> None:
         """`heartbeat.json`, then Vac's `heartbeat` line (module docstring)."""
@@ -334,9 +311,9 @@ class Store:
         if last_durable is not None and 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS:
             self._pending_heartbeats[directory.name] = heartbeat
             return
-        self._write_record(directory / HEARTBEAT_RECORD_FILE, heartbeat_json(heartbeat))
+        self._files.write(directory / HEARTBEAT_RECORD_FILE, heartbeat_json(heartbeat))
         self._pending_heartbeats.pop(directory.name, None)
-        self._write_record(directory / HEARTBEAT_FILE, vac_line)
+        self._files.write(directory / HEARTBEAT_FILE, vac_line)
         self._heartbeat_durable_time[key] = heartbeat.time
 
     def flush_heartbeats(self) -> None:
@@ -355,7 +332,7 @@ class Store:
                    "time": heartbeat.time}
             for name, heartbeat in sorted(self._pending_heartbeats.items())
         }
-        self._write_record(self._node_heartbeats_path, json.dumps(document, sort_keys=True) + "\n")
+        self._files.write(self._node_heartbeats_path, json.dumps(document, sort_keys=True) + "\n")
         # What the file now holds, so lookups until the next flush read none of it.
         self._node_heartbeats_parsed = (None, self._pending_heartbeats)
         self._node_heartbeats_written = True
@@ -370,9 +347,9 @@ class Store:
             return self._node_heartbeats_parsed[1].get(directory_name)
         path = self._node_heartbeats_path
         try:
-            raw_text = self._read_record_text(path)
+            raw_text = self._files.read_text(path)
         except CorruptRecord as error:
-            self._quarantine(path, str(error))
+            self._files.quarantine(path, str(error))
             return None
         if raw_text is None:
             return None
@@ -381,7 +358,7 @@ class Store:
             try:
                 fields = parse_json_object(raw_text, path)
             except CorruptRecord as error:
-                self._quarantine(path, str(error))
+                self._files.quarantine(path, str(error))
                 return None
             for name, entry in fields.items():
                 try:
@@ -393,7 +370,7 @@ class Store:
 
     def update_record(self, record: MachineRecord) -> None:
         """Rewrite machine.json (the shutdown time only ever falls, §4.6 step 2)."""
-        self._write_record(self.machine_dir(record) / RECORD_FILE, record.to_json())
+        self._files.write(self.machine_dir(record) / RECORD_FILE, record.to_json())
 
     def request_destroy(self, record: MachineRecord, now: int, shutdown_message: Optional[str]) -> None:
         """Record that the factory stops this machine, and why.
@@ -405,7 +382,7 @@ class Store:
         """
         directory = self.machine_dir(record)
         if not os.path.lexists(directory / DESTROY_REQUESTED_FILE):
-            self._write_record(directory / DESTROY_REQUESTED_FILE, destroy_request_json(now, shutdown_message))
+            self._files.write(directory / DESTROY_REQUESTED_FILE, destroy_request_json(now, shutdown_message))
         if shutdown_message and self.read_shutdown_message(record) is None:
             target = directory / JOBOUTPUTS_DIR / SHUTDOWN_MESSAGE_FILE
             try:
@@ -420,8 +397,8 @@ class Store:
         finished (module docstring), so a kill between the two cannot finalise it twice.
         """
         directory = self.machine_dir(record)
-        self._write_record(directory / FINISHED_RECORD_FILE, finish_json(finish))
-        self._write_record(directory / FINISHED_FILE, "")
+        self._files.write(directory / FINISHED_RECORD_FILE, finish_json(finish))
+        self._files.write(directory / FINISHED_FILE, "")
         self._heartbeat_durable_time.pop(os.fspath(directory), None)
         self.paths.finishes_dir.mkdir(parents=True, exist_ok=True)
         finishes_file = self.paths.finishes_dir / record.machinetype
@@ -502,7 +479,7 @@ class Store:
         """The guest API's receipt of this machine's shutdown_message, or None (unreadable: None, logged)."""
         path = self.machine_dir(record) / SHUTDOWN_RECEIPT_FILE
         try:
-            raw_text = self._read_record_text(path)
+            raw_text = self._files.read_text(path)
             if raw_text is None:
                 return None
             return parse_shutdown_receipt(raw_text, path)
@@ -530,7 +507,7 @@ class Store:
         try:
             directory = self._bound_directory(machine_name)
         except CorruptRecord as error:
-            self._quarantine(self._slots_dir / machine_name, str(error))
+            self._files.quarantine(self._slots_dir / machine_name, str(error))
             return SlotLookup(machine_name, SlotCondition.CORRUPT, problem=str(error))
         if directory is None:
             return SlotLookup(machine_name, SlotCondition.FREE)
@@ -608,7 +585,7 @@ class Store:
     # Reading records, quarantining the unreadable
     def _bound_directory(self, machine_name: str) -> Optional[Path]:
         slot_file = os.path.join(self._slots_dir, machine_name)
-        raw_text = self._read_record_text(slot_file)
+        raw_text = self._files.read_text(slot_file)
         if raw_text is None:
             return None
         remembered = self._binding_cache.get(machine_name)
@@ -634,8 +611,7 @@ class Store:
         keys = _machine_file_keys(key_path)
         parsed = self._machine_cache.get(key_path) if keys is not None else None
         if parsed is not None and parsed.keys == keys:
-            with self._cache_lock:
-                self.record_cache_hits += sum(1 for key in keys if key is not None)
+            self._files.count_cache_hits(sum(1 for key in keys if key is not None))
             heartbeat = _newest_heartbeat(parsed.recorded_heartbeat, self._node_heartbeat(directory.name),
                                           parsed.line_heartbeat, parsed.line_has_time)
             if heartbeat == parsed.stored.heartbeat:
@@ -647,23 +623,12 @@ class Store:
         stored, heartbeat_parts = loaded
         # Kept only if no file changed while it was read and each was read under its key
         # (a racy file is not in the record cache: it is read again next time).
-        if keys is not None and _machine_file_keys(key_path) == keys and self._all_cached(key_path, keys):
+        if keys is not None and _machine_file_keys(key_path) == keys and self._files.all_cached(key_path, _MACHINE_FILES, keys):
             with self._cache_lock:
                 if len(self._machine_cache) >= MAX_CACHED_MACHINES:
                     self._machine_cache.clear()
                 self._machine_cache[key_path] = _ParsedMachine(keys, stored, *heartbeat_parts)
         return stored
-
-    def _all_cached(self, key_path: str, keys: tuple[Optional[_FileKey], ...]) -> bool:
-        """Whether the record cache holds each present file of the directory under its key."""
-        with self._cache_lock:
-            for name, key in zip(_MACHINE_FILES, keys):
-                if key is None:
-                    continue
-                entry = self._record_cache.get(os.path.join(key_path, name))
-                if entry is None or entry[0] != key:
-                    return False
-        return True
 
     def _load_from_files(
         self, directory: Path
@@ -671,7 +636,7 @@ class Store:
         """The machine in `directory` read from its files, with its heartbeat's parts (_ParsedMachine)."""
         record_path = directory / RECORD_FILE
         try:
-            raw_record = self._read_record_text(record_path)
+            raw_record = self._files.read_text(record_path)
             if raw_record is None:
                 return None
             try:
@@ -681,7 +646,7 @@ class Store:
             if record.directory_name != directory.name:
                 raise CorruptRecord(f"{record_path}: record of {record.directory_name} found in {directory.name}")
         except CorruptRecord as error:
-            self._quarantine(record_path, str(error))
+            self._files.quarantine(record_path, str(error))
             # The slot must not stay bound to a machine nobody can read: it is free once
             # whatever runs under its name is destroyed (module docstring).
             self._unbind_if_bound_to(_machine_name_of(directory.name), directory)
@@ -698,85 +663,21 @@ class Store:
         )
         return stored, (recorded, line, line_has_time)
 
-    def _read_record_text(self, path: Union[str, Path]) -> Optional[str]:
-        """A record's text, None if absent; CorruptRecord if it is unusable as one of ours.
-
-        Answered from the cache when the file's key is unchanged (module docstring); an
-        absent file costs one lstat.
-        """
-        key_path = os.fspath(path)
-        try:
-            status = os.lstat(key_path)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            pass  # read_capped_with_status says what is wrong
-        else:
-            if stat.S_ISREG(status.st_mode):
-                with self._cache_lock:
-                    entry = self._record_cache.get(key_path)
-                    if entry is not None and entry[0] == _file_key(status):
-                        self.record_cache_hits += 1
-                        return entry[1]
-        try:
-            found = read_capped_with_status(path, MAX_RECORD_BYTES)
-        except UnreadableFile as error:
-            raise CorruptRecord(str(error)) from error
-        if found is None:
-            return None
-        raw, status = found
-        with self._cache_lock:
-            self.record_file_reads += 1
-        if len(raw) >= MAX_RECORD_BYTES:
-            raise CorruptRecord(f"{path}: {MAX_RECORD_BYTES} bytes or more, not a record of ours")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise CorruptRecord(f"{path}: not UTF-8: {error}") from error
-        if _wall_clock_ns() - status.st_mtime_ns >= RACY_SECONDS * 1_000_000_000:
-            self._cache(key_path, _file_key(status), text)
-        return text
-
-    def _cache(self, key_path: str, key: _FileKey, text: str) -> None:
-        with self._cache_lock:
-            if len(self._record_cache) >= MAX_CACHED_RECORDS:
-                self._record_cache.clear()
-            self._record_cache[key_path] = (key, text)
-
-    def _write_record(self, path: Path, text: str, durable: bool = True) -> None:
-        """write_atomic, and the cache told what the file now holds."""
-        if durable:
-            write_atomic(path, text)
-        else:
-            write_atomic(path, text, durable=False)
-        self._remember_written(path, text)
-
-    def _remember_written(self, path: Path, text: str) -> None:
-        # Only this store writes these files, and only from the factory's loop, so the file
-        # at `path` just after the write is the one written: no racy rule is needed.
-        try:
-            status = os.lstat(path)
-        except OSError:
-            return
-        self._cache(os.fspath(path), _file_key(status), text)
-
     def _forget_directory(self, directory: Path) -> None:
-        prefix = os.fspath(directory) + os.sep
+        self._files.forget_directory(directory)
         with self._cache_lock:
-            for key_path in [key_path for key_path in self._record_cache if key_path.startswith(prefix)]:
-                del self._record_cache[key_path]
             self._machine_cache.pop(os.fspath(directory), None)
         self._heartbeat_durable_time.pop(os.fspath(directory), None)
 
     def _read_started(self, path: Path) -> Optional[int]:
         try:
-            raw_text = self._read_record_text(path)
+            raw_text = self._files.read_text(path)
             if raw_text is None:
                 return None
             return parse_time(raw_text)
         except CorruptRecord as error:
-            started_time = self._mtime(path)
-            self._quarantine(path, str(error), replacement=f"{started_time}\n")
+            started_time = self._files.mtime(path)
+            self._files.quarantine(path, str(error), replacement=f"{started_time}\n")
             return started_time
 
     def _read_heartbeat_parts(self, directory: Path) -> tuple[Optional[Heartbeat], Optional[Heartbeat], bool]:
@@ -785,21 +686,21 @@ class Store:
         path = directory / HEARTBEAT_FILE
         raw_text: Optional[str] = None
         try:
-            raw_text = self._read_record_text(path)
-            line = parse_heartbeat(raw_text, path, self._mtime) if raw_text is not None else None
+            raw_text = self._files.read_text(path)
+            line = parse_heartbeat(raw_text, path, self._files.mtime) if raw_text is not None else None
         except CorruptRecord as error:
-            self._quarantine(path, str(error))
+            self._files.quarantine(path, str(error))
             line = None
         return recorded, line, line is not None and heartbeat_line_has_time(raw_text)
 
     def _read_heartbeat_record(self, path: Path) -> Optional[Heartbeat]:
         try:
-            raw_text = self._read_record_text(path)
+            raw_text = self._files.read_text(path)
             if raw_text is None:
                 return None
             return parse_heartbeat_json(raw_text, path)
         except CorruptRecord as error:
-            self._quarantine(path, str(error))
+            self._files.quarantine(path, str(error))
             return None
 
     def _read_finish(self, directory: Path) -> Optional[FinishRecord]:
@@ -807,12 +708,12 @@ class Store:
         record_path = directory / FINISHED_RECORD_FILE
         marker_path = directory / FINISHED_FILE
         try:
-            raw_text = self._read_record_text(record_path)
+            raw_text = self._files.read_text(record_path)
             recorded = parse_finish_json(raw_text, record_path) if raw_text is not None else None
         except CorruptRecord as error:
             # Still finished: never finalised, accounted or reported twice.
-            fallback = self._read_finished_marker(marker_path, repair=False) or finish_at(self._mtime(record_path))
-            self._quarantine(record_path, str(error), replacement=finish_json(fallback))
+            fallback = self._read_finished_marker(marker_path, repair=False) or finish_at(self._files.mtime(record_path))
+            self._files.quarantine(record_path, str(error), replacement=finish_json(fallback))
             self._complete_finished_marker(marker_path)
             return fallback
         if recorded is None:
@@ -827,14 +728,14 @@ class Store:
         caller is replacing finished.json itself, which then makes the marker's content moot.
         """
         try:
-            raw_text = self._read_record_text(path)
+            raw_text = self._files.read_text(path)
             if raw_text is None:
                 return None
-            return parse_finish(raw_text, path, self._mtime)
+            return parse_finish(raw_text, path, self._files.mtime)
         except CorruptRecord as error:
             # Still finished, at the marker's mtime: that time goes to finished.json before
             # the marker is replaced by Vac's empty one, so no instant loses either.
-            finish = finish_at(self._mtime(path))
+            finish = finish_at(self._files.mtime(path))
             if not repair:
                 return finish
             try:
@@ -843,7 +744,7 @@ class Store:
                 log.warning("cannot write finish record path=%s error=%s", path.with_name(FINISHED_RECORD_FILE),
                             write_error)
                 return finish
-            self._quarantine(path, str(error), replacement="")
+            self._files.quarantine(path, str(error), replacement="")
             return finish
 
     def _complete_finished_marker(self, path: Path) -> None:
@@ -859,60 +760,15 @@ class Store:
 
     def _read_destroy_request(self, path: Path) -> Optional[DestroyRequest]:
         try:
-            raw_text = self._read_record_text(path)
+            raw_text = self._files.read_text(path)
             if raw_text is None:
                 return None
             return parse_destroy_request(raw_text, path)
         except CorruptRecord as error:
             # Still being stopped, as from when the file was written.
-            request = DestroyRequest(self._mtime(path), None)
-            self._quarantine(path, str(error), replacement=destroy_request_json(request.requested_time, None))
+            request = DestroyRequest(self._files.mtime(path), None)
+            self._files.quarantine(path, str(error), replacement=destroy_request_json(request.requested_time, None))
             return request
-
-    def _mtime(self, path: Path) -> int:
-        try:
-            return int(os.lstat(path).st_mtime)
-        except (OSError, OverflowError, ValueError):
-            return int(self.clock())
-
-    def _quarantine(self, path: Path, reason: str, replacement: Optional[str] = None) -> None:
-        """Rename a corrupt record to `<name>.corrupt-<unix time>`; put `replacement` in its place.
-
-        With a replacement, a regular file is hard-linked aside before the replacement is
-        renamed over it, so there is no instant without the record (a kill -9 between the
-        two steps leaves the corrupt file, quarantined again next time). A failure here is
-        logged and leaves things as they were: the caller's in-memory answer stands.
-        """
-        aside = self._aside_name(path)
-        try:
-            if replacement is not None and _is_regular(path):
-                os.link(path, aside, follow_symlinks=False)
-                try:
-                    write_atomic(path, replacement)
-                except OSError:
-                    os.unlink(aside)
-                    raise
-            else:
-                os.rename(path, aside)
-                if replacement is not None:
-                    write_atomic(path, replacement)
-        except FileNotFoundError:
-            return  # another thread (the guest API shares this store) got there first
-        except OSError as error:
-            log.warning("corrupt record left in place path=%s reason=%s error=%s", path, reason, error)
-            return
-        with self._quarantine_lock:
-            self._quarantined_total += 1
-        log.warning("quarantined corrupt record path=%s moved_to=%s reason=%s", path, aside.name, reason)
-
-    def _aside_name(self, path: Path) -> Path:
-        base = f"{path.name}{CORRUPT_MARK}{int(self.clock())}"
-        candidate = path.with_name(base)
-        number = 1
-        while os.path.lexists(candidate):
-            candidate = path.with_name(f"{base}.{number}")
-            number += 1
-        return candidate
 
     def _unbind_if_bound_to(self, machine_name: str, directory: Path) -> None:
         if machine_name and self.bound_directory(machine_name) == directory:
@@ -922,13 +778,13 @@ class Store:
                 pass
 
 
-def _machine_file_keys(directory: str) -> Optional[tuple[Optional[_FileKey], ...]]:
+def _machine_file_keys(directory: str) -> Optional[tuple[Optional[FileKey], ...]]:
     """One lstat of each of a machine directory's record files: its key, or None if absent.
 
     None for the whole if any is there but not a regular file: that machine is read from
     its files every time (they say what is wrong with it).
     """
-    keys: list[Optional[_FileKey]] = []
+    keys: list[Optional[FileKey]] = []
     for name in _MACHINE_FILES:
         try:
             status = os.lstat(os.path.join(directory, name))
@@ -939,7 +795,7 @@ def _machine_file_keys(directory: str) -> Optional[tuple[Optional[_FileKey], ...
             return None
         if not stat.S_ISREG(status.st_mode):
             return None
-        keys.append(_file_key(status))
+        keys.append(file_key(status))
     return tuple(keys)
 
 
@@ -965,12 +821,6 @@ def _wall_clock() -> float:
     return time.time()
 
 
-def _wall_clock_ns() -> int:
-    import time
-
-    return time.time_ns()
-
-
 def _is_directory_part(created: str, machinetype: str, machine_name: str) -> bool:
     """True if `<created>_<machinetype>_<name>` is one safe directory name of Vac's shape (§1.4)."""
     return (
@@ -984,13 +834,6 @@ def _is_directory_part(created: str, machinetype: str, machine_name: str) -> boo
 def _machine_name_of(directory_name: str) -> str:
     parts = directory_name.split("_", 2)
     return parts[2] if len(parts) == 3 else ""
-
-
-def _is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def _read_line(path: Path) -> Optional[str]:

@@ -13,7 +13,7 @@ from vacd.errors import AccountingDeferred
 from vacd.factory import SLOT_ERROR_FIRST_BACKOFF_SECONDS, PassReport
 from vacd.outcomes import EXCEEDED_WALLCLOCK
 from vacd.records import FinishRecord, MachineRecord
-from vacd.store import CORRUPT_MARK
+from vacd.recordfiles import CORRUPT_MARK
 
 SLOT = "f1-00.example.com"
 

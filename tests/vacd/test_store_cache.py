@@ -14,6 +14,7 @@ from typing import Optional
 
 import pytest
 
+import vacd.recordfiles
 import vacd.store
 from tests.vacd.test_factory import Harness, make_machinetype, make_settings
 from vacd.atomicfile import write_atomic
@@ -34,7 +35,7 @@ class OpenCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.opened: list[str] = []
-        real = vacd.store.read_capped_with_status
+        real = vacd.recordfiles.read_capped_with_status
 
         def counting(path: "os.PathLike[str]", max_bytes: int) -> Optional[tuple[bytes, os.stat_result]]:
             found = real(path, max_bytes)
@@ -42,7 +43,7 @@ class OpenCounter:
                 self.opened.append(os.fspath(path))
             return found
 
-        monkeypatch.setattr(vacd.store, "read_capped_with_status", counting)
+        monkeypatch.setattr(vacd.recordfiles, "read_capped_with_status", counting)
 
     def take(self) -> list[str]:
         opened, self.opened = self.opened, []
