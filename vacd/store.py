@@ -35,23 +35,10 @@ Rules (design.md rule 4):
   pass as before.
 - A machine directory is never reused (issue 8 item 10): `begin_creation` creates it
   exclusively and refuses one that exists, and the factory then tries the next second.
-- Guest-written files (everything in `joboutputs/`) are bytes until validated: read with a
-  cap, never through a link, never blocking (vacd.cappedread); a shutdown message is
-  parsed only by vacd.outcomes.parse_shutdown_message. Nothing a guest writes raises out
-  of the store (issue 8 item 2).
-- `joboutputs/` itself is reached through a descriptor opened with O_NOFOLLOW |
-  O_DIRECTORY relative to MD, and its files relative to that (vacd.cappedread,
-  vacd.atomicfile.write_atomic_at): a `joboutputs` replaced by a symlink, or a symlinked
-  directory inside it, is never followed, for a read or a write (issue 11 item 3).
-- A shutdown message drives the whole space's backoff, so the abort rule reads it only if
-  it is this machine's guest's, said in this machine's life (issue 11 item 4,
-  `judged_shutdown_message`): the guest API's receipt in MD (`SHUTDOWN_RECEIPT_FILE`,
-  outside joboutputs, so no guest can write it) names this machine's UUID, a time since
-  its creation, and the message the file holds now; or, for a machine whose guest writes
-  joboutputs directly (a container, not a VM), the file's mtime lies in the machine's
-  life. Anything else (a file there before the start, one written by anyone but the guest
-  API into a VM's directory, one replaced since its receipt) is kept as the text for the
-  admin, APEL and status, and counts as no verdict (`FinishRecord.verdict`).
+- Guest-written files (everything in `joboutputs/`) are bytes until validated, never
+  reached through a link, and a shutdown message counts for the abort rule only if it is
+  this machine's guest's, said in its life (vacd.guestoutputs; issue 8 item 2, issue 11
+  items 3 and 4).
 - A record that cannot be read is quarantined, never fatal (issue 8 item 3): it is renamed
   to `<file>.corrupt-<unix time>` beside where it was (kept for the admin until the
   directory expires), logged at WARNING with its path and counted (`quarantined_total`).
@@ -83,16 +70,15 @@ import os
 import shutil
 import stat
 import threading
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from vacd.atomicfile import write_atomic
-from vacd.atomicfile import write_atomic_at
-from vacd.cappedread import UnreadableFile, open_directory, read_capped, read_capped_with_status_under
-from vacd.config import VM_MACHINE_MODELS
+from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import StoreError
-from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message
+from vacd.guestoutputs import judge_shutdown_message, read_shutdown_file, write_joboutputs_file
+from vacd.outcomes import ShutdownMessage
 from vacd.paths import Paths
 from vacd.recordfiles import CORRUPT_MARK, MAX_CACHED_RECORDS, MAX_RECORD_BYTES, FileKey, RecordFiles, file_key
 from vacd.recordformats import (
@@ -127,8 +113,11 @@ from vacd.recordformats import (
 from vacd.records import DestroyRequest, JudgedShutdownMessage, SlotLookup
 
 # Names that vacd.factory, vacd.guestapi and bench/metadata_service.py still import from
-# here, from before the record types and formats had modules of their own (vacd.records,
-# vacd.recordformats); new code imports them from those.
+# here, from before the record types, their formats and the guest's files had modules of
+# their own (vacd.records, vacd.recordformats, vacd.guestoutputs); new code imports them
+# from those.
+from vacd.guestoutputs import open_guest_directory as open_guest_directory
+from vacd.guestoutputs import write_shutdown_receipt as write_shutdown_receipt
 from vacd.recordformats import SHUTDOWN_MESSAGE_FILE as SHUTDOWN_MESSAGE_FILE
 from vacd.records import FinishRecord as FinishRecord
 from vacd.records import Heartbeat as Heartbeat
@@ -140,9 +129,6 @@ from vacd.records import lowered as lowered
 
 log = logging.getLogger(__name__)
 
-# A container's file may be written after the pass read its `now` and before it listed
-# the machine as gone; a pass takes far less than this.
-MTIME_SLACK_SECONDS = 60
 # Vac 03's layout puts the creation time first in a directory name; never look more than
 # this many seconds ahead for a free one (each slot creates at most once a pass).
 MAX_DIRECTORY_NAME_TRIES = 10
@@ -386,7 +372,7 @@ class Store:
         if shutdown_message and self.read_shutdown_message(record) is None:
             target = directory / JOBOUTPUTS_DIR / SHUTDOWN_MESSAGE_FILE
             try:
-                _write_joboutputs_file(directory, SHUTDOWN_MESSAGE_FILE, (shutdown_message + "\n").encode())
+                write_joboutputs_file(directory, SHUTDOWN_MESSAGE_FILE, (shutdown_message + "\n").encode())
             except (OSError, UnreadableFile) as error:
                 log.warning("cannot write the factory's shutdown message path=%s error=%s", target, error)
 
@@ -416,64 +402,18 @@ class Store:
 
         The file is the guest's: anything there that is not a regular file is no message.
         """
-        found = self._read_shutdown_file(record)
+        found = read_shutdown_file(record, self.machine_dir(record))
         return found[0] if found is not None else None
-
-    def _read_shutdown_file(self, record: MachineRecord) -> Optional[tuple[ShutdownMessage, float]]:
-        """The parsed message and the file's mtime; None if there is none, or it is unusable."""
-        directory = self.machine_dir(record)
-        try:
-            found = read_capped_with_status_under(
-                directory, (JOBOUTPUTS_DIR, SHUTDOWN_MESSAGE_FILE), MAX_SHUTDOWN_MESSAGE_BYTES
-            )
-        except UnreadableFile as error:
-            # A symlinked joboutputs or message is the guest's (or a hostile layout's): an
-            # admin should know why the machine has no outcome (issue 11 item 3).
-            log.warning("no usable shutdown message name=%s path=%s reason=%s", record.name, error.path, error.reason)
-            return None
-        if found is None:
-            return None
-        message = parse_shutdown_message(found[0])
-        return (message, found[1].st_mtime) if message is not None else None
 
     def judged_shutdown_message(
         self, record: MachineRecord, started_time: Optional[int], now: int, factory_message: Optional[str] = None
     ) -> Optional[JudgedShutdownMessage]:
-        """The message in joboutputs/shutdown_message and whether the abort rule may read it.
-
-        Trusted (module docstring, issue 11 item 4): the guest API's receipt for this UUID,
-        received since the machine's creation, holding the same message; for a machine
-        whose guest writes joboutputs itself (not a VM), an mtime between its start and
-        `now` (plus MTIME_SLACK_SECONDS); or the factory's own reason for stopping it (`factory_message`), which is
-        the factory's verdict, not the guest's. Everything else is distrusted, with why.
-        """
-        found = self._read_shutdown_file(record)
+        """The message in joboutputs/shutdown_message and whether the abort rule may read it (judge_shutdown_message)."""
+        found = read_shutdown_file(record, self.machine_dir(record))
         if found is None:
             return None
-        message, mtime = found
-        if factory_message is not None and message.text == factory_message.strip():
-            return JudgedShutdownMessage(message, None)
-        receipt = self.shutdown_receipt(record)
-        # No upper bound on a receipt: the guest API serves no finished machine, so none
-        # postdates the machine's end; `now` was read before this pass listed the machines.
-        if receipt is not None and receipt.uuid == record.uuid and receipt.message == message.text:
-            if record.created_time <= receipt.received_time:
-                return JudgedShutdownMessage(message, None)
-        if record.machine_model not in VM_MACHINE_MODELS:
-            if started_time is not None and started_time <= mtime <= now + MTIME_SLACK_SECONDS:
-                return JudgedShutdownMessage(message, None)
-            return JudgedShutdownMessage(
-                message, f"written at {int(mtime)}, outside the machine's life ({started_time} to {now})"
-            )
-        if receipt is None:
-            reason = "not received from the machine's guest by the guest API (no receipt)"
-        elif receipt.uuid != record.uuid:
-            reason = f"the receipt is for another machine (uuid {receipt.uuid})"
-        elif receipt.message != message.text:
-            reason = "the file was replaced after the guest API received the guest's message"
-        else:
-            reason = f"received at {receipt.received_time}, before the machine was created at {record.created_time}"
-        return JudgedShutdownMessage(message, reason)
+        return judge_shutdown_message(record, found, lambda: self.shutdown_receipt(record), started_time, now,
+                                      factory_message)
 
     def shutdown_receipt(self, record: MachineRecord) -> Optional[ShutdownReceipt]:
         """The guest API's receipt of this machine's shutdown_message, or None (unreadable: None, logged)."""
@@ -843,42 +783,3 @@ def _read_line(path: Path) -> Optional[str]:
     except UnreadableFile:
         return None
     return raw.decode("utf-8", errors="replace") if raw is not None else None
-
-
-def write_shutdown_receipt(machine_dir: Path, receipt: ShutdownReceipt) -> None:
-    """Record, in MD (where no guest writes), that the guest API received this machine's message."""
-    write_atomic(machine_dir / SHUTDOWN_RECEIPT_FILE, json.dumps(asdict(receipt), sort_keys=True) + "\n")
-
-
-def open_guest_directory(path: Path, create: bool = False) -> Optional[int]:
-    """A descriptor of `path` (MD/joboutputs) with no link followed from MD on; None if absent.
-
-    MD (`path.parent`) and `path` are both opened with O_NOFOLLOW | O_DIRECTORY
-    (vacd.cappedread.open_directory). With `create`, a missing `path` is made first,
-    relative to MD's descriptor.
-
-    Raises:
-        UnreadableFile: MD or `path` is a symlink or not a directory.
-    """
-    if create:
-        parent = open_directory(path.parent)
-        if parent is None:
-            return None
-        try:
-            os.mkdir(path.name, 0o755, dir_fd=parent)
-        except FileExistsError:
-            pass
-        finally:
-            os.close(parent)
-    return open_directory(path.parent, (path.name,))
-
-
-def _write_joboutputs_file(machine_dir: Path, name: str, content: bytes) -> None:
-    """Replace MD/joboutputs/NAME atomically, with no link followed on the way."""
-    directory = open_guest_directory(machine_dir / JOBOUTPUTS_DIR, create=True)
-    if directory is None:
-        raise FileNotFoundError(f"{machine_dir}: no machine directory")
-    try:
-        write_atomic_at(directory, name, content)
-    finally:
-        os.close(directory)

@@ -143,7 +143,7 @@ def test_joboutputs_replaced_by_a_directory_link_is_never_read_and_is_logged(
 ) -> None:
     store, machine, directory = started_machine(tmp_path)
     replace_joboutputs_by_a_link(tmp_path, directory)
-    with caplog.at_level(logging.WARNING, logger="vacd.store"):
+    with caplog.at_level(logging.WARNING, logger="vacd.guestoutputs"):
         assert store.shutdown_message(machine) is None
         assert store.judged_shutdown_message(machine, STARTED, NOW) is None
     assert any("no usable shutdown message" in line and "joboutputs" in line for line in caplog.messages)
