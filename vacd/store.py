@@ -23,7 +23,7 @@ Rules (design.md rule 4):
   or new, and the next start reconciles from what is there. A running machine's
   heartbeats between its once-a-minute heartbeat.json and `heartbeat` go to one file for
   the node, `heartbeats.json` in the state directory, replaced once a pass (issue 15 item
-  4; see `Store._write_heartbeat_files`).
+  4; see vacd.heartbeatfiles).
 - Records are read through a cache keyed on each file's (inode, mtime, size, ctime), and
   every write is atomic (vacd.recordfiles, issue 15 item 2).
 - What a machine directory's records parse to is kept too, keyed on the keys of all its
@@ -64,7 +64,6 @@ Rules (design.md rule 4):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -79,6 +78,7 @@ from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import StoreError
 from vacd.guestoutputs import judge_shutdown_message, read_shutdown_file, write_joboutputs_file
 from vacd.outcomes import ShutdownMessage
+from vacd.heartbeatfiles import HeartbeatFiles, newest_heartbeat
 from vacd.paths import Paths
 from vacd.recordfiles import CORRUPT_MARK, MAX_CACHED_RECORDS, MAX_RECORD_BYTES, FileKey, RecordFiles, file_key
 from vacd.recordformats import (
@@ -98,14 +98,12 @@ from vacd.recordformats import (
     destroy_request_json,
     finish_at,
     finish_json,
-    heartbeat_json,
     heartbeat_line_has_time,
     parse_destroy_request,
     parse_finish,
     parse_finish_json,
     parse_heartbeat,
     parse_heartbeat_json,
-    parse_json_object,
     parse_shutdown_receipt,
     parse_time,
     vac_heartbeat_line,
@@ -132,9 +130,6 @@ log = logging.getLogger(__name__)
 # Vac 03's layout puts the creation time first in a directory name; never look more than
 # this many seconds ahead for a free one (each slot creates at most once a pass).
 MAX_DIRECTORY_NAME_TRIES = 10
-# Heartbeats are replaced without fsync (Store._write_heartbeat_files) except once in this
-# many seconds per machine: what an OS crash (not a kill -9) may cost of a heartbeat.
-HEARTBEAT_DURABLE_SECONDS = 60
 # A bound on the parsed machines (one per machine directory), as on the record cache.
 MAX_CACHED_MACHINES = MAX_CACHED_RECORDS // 8
 
@@ -192,16 +187,7 @@ class Store:
         self._state_dir = paths.state_dir
         self._slots_dir = paths.slots_dir
         self._machines_dir = paths.machines_dir
-        self._node_heartbeats_path = self._state_dir / NODE_HEARTBEATS_FILE
-        # Per machine directory: the time of its last heartbeat written with fsync.
-        self._heartbeat_durable_time: dict[str, int] = {}
-        # This pass's heartbeats not yet in NODE_HEARTBEATS_FILE, by machine directory name.
-        self._pending_heartbeats: dict[str, Heartbeat] = {}
-        # The last parse of NODE_HEARTBEATS_FILE, with the text it came from.
-        self._node_heartbeats_parsed: tuple[Optional[str], dict[str, Heartbeat]] = (None, {})
-        # Whether this store has replaced NODE_HEARTBEATS_FILE: from then on it holds what
-        # `_node_heartbeats_parsed` says (only this store writes it, once a pass).
-        self._node_heartbeats_written = False
+        self._heartbeats = HeartbeatFiles(self._files, self._state_dir / NODE_HEARTBEATS_FILE)
 
     @property
     def quarantined_total(self) -> int:
@@ -259,100 +245,16 @@ class Store:
     def mark_started(self, record: MachineRecord, now: int) -> None:
         """Write the first heartbeat and then `started`, in Vac's formats (§1.6 step 7)."""
         directory = self.machine_dir(record)
-        self._write_heartbeat_files(directory, Heartbeat(now, 0.0, 0.0), INITIAL_HEARTBEAT_LINE)
+        self._heartbeats.write(directory, Heartbeat(now, 0.0, 0.0), INITIAL_HEARTBEAT_LINE)
         self._files.write(directory / STARTED_FILE, f"{now}\n")
 
     def write_heartbeat(self, record: MachineRecord, heartbeat: Heartbeat) -> None:
         """`heartbeat.json`, then Vac's `heartbeat` line (module docstring)."""
-        self._write_heartbeat_files(self.machine_dir(record), heartbeat, vac_heartbeat_line(heartbeat))
-
-    def _write_heartbeat_files(self, directory: Path, heartbeat: Heartbeat, vac_line: str) -> None:
-        """heartbeat.json and Vac's line once in HEARTBEAT_DURABLE_SECONDS; between, the node file only.
-
-        Every running machine's heartbeat moves every pass, and each machine's heartbeat.json
-        and `heartbeat` replaced with fsync each pass cost two renames and four fsyncs per
-        slot (issue 15: a quarter of a pass's CPU at 128 slots, and 1-10 ms an fsync on a
-        real disk). Now, once a minute per machine (HEARTBEAT_DURABLE_SECONDS, and its
-        first heartbeat), heartbeat.json then `heartbeat` are replaced with fsync as before;
-        between, the heartbeat waits for `flush_heartbeats`, which the factory calls once a
-        pass: NODE_HEARTBEATS_FILE, every machine's heartbeat of the pass, one rename and
-        one fsync. The reader takes the newest of heartbeat.json and that file's entry.
-        What a crash may lose:
-        - kill -9 of vacd, before: the heartbeats of the pass it interrupted, for the slots
-          that pass had not yet reached (each on-disk heartbeat at most one pass old).
-          After: the heartbeats of the pass it interrupted, all of them (each on-disk
-          heartbeat still at most one pass old).
-        - An OS crash or power cut: the same as a kill -9, before and after (every write
-          that reaches disk is fsync-ed).
-        Vac's `heartbeat` line is rewritten with heartbeat.json, once a minute, as Vac 03
-        rewrote it once a 60 s cycle: its time (the mtime, which Vac 03 read) is at most a
-        minute old, as under Vac 03. Between, it is not touched (moving its mtime every pass
-        cost an utimensat and two lstat-s per machine per pass, issue 15 item 2). vacd reads
-        the line only when heartbeat.json is missing or unreadable.
-        The record goes first: a kill between the two leaves the new time in
-        heartbeat.json, which the reader prefers, and Vac's line a minute old.
-        """
-        key = os.fspath(directory)
-        last_durable = self._heartbeat_durable_time.get(key)
-        if last_durable is not None and 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS:
-            self._pending_heartbeats[directory.name] = heartbeat
-            return
-        self._files.write(directory / HEARTBEAT_RECORD_FILE, heartbeat_json(heartbeat))
-        self._pending_heartbeats.pop(directory.name, None)
-        self._files.write(directory / HEARTBEAT_FILE, vac_line)
-        self._heartbeat_durable_time[key] = heartbeat.time
+        self._heartbeats.write(self.machine_dir(record), heartbeat, vac_heartbeat_line(heartbeat))
 
     def flush_heartbeats(self) -> None:
-        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory calls it once a pass).
-
-        Between their once-a-minute durable writes, machines' heartbeat.json files are not
-        rewritten: their heartbeats reach disk here, all in one file and one rename, fsync-ed.
-        The reader takes the newest of heartbeat.json and this file's entry. What a kill -9
-        loses is unchanged: the heartbeats of the pass it interrupted (each machine's on-disk
-        heartbeat is at most one pass old, as when each was written at its own turn).
-        """
-        if not self._pending_heartbeats:
-            return
-        document = {
-            name: {"cpu_percentage": heartbeat.cpu_percentage, "cpu_seconds": heartbeat.cpu_seconds,
-                   "time": heartbeat.time}
-            for name, heartbeat in sorted(self._pending_heartbeats.items())
-        }
-        self._files.write(self._node_heartbeats_path, json.dumps(document, sort_keys=True) + "\n")
-        # What the file now holds, so lookups until the next flush read none of it.
-        self._node_heartbeats_parsed = (None, self._pending_heartbeats)
-        self._node_heartbeats_written = True
-        self._pending_heartbeats = {}
-
-    def _node_heartbeat(self, directory_name: str) -> Optional[Heartbeat]:
-        """This machine's heartbeat not yet flushed, else its entry in NODE_HEARTBEATS_FILE."""
-        pending = self._pending_heartbeats.get(directory_name)
-        if pending is not None:
-            return pending
-        if self._node_heartbeats_written:
-            return self._node_heartbeats_parsed[1].get(directory_name)
-        path = self._node_heartbeats_path
-        try:
-            raw_text = self._files.read_text(path)
-        except CorruptRecord as error:
-            self._files.quarantine(path, str(error))
-            return None
-        if raw_text is None:
-            return None
-        if self._node_heartbeats_parsed[0] != raw_text:
-            parsed: dict[str, Heartbeat] = {}
-            try:
-                fields = parse_json_object(raw_text, path)
-            except CorruptRecord as error:
-                self._files.quarantine(path, str(error))
-                return None
-            for name, entry in fields.items():
-                try:
-                    parsed[name] = parse_heartbeat_json(json.dumps(entry), path)
-                except CorruptRecord:
-                    continue  # one bad entry costs that machine's node heartbeat only
-            self._node_heartbeats_parsed = (raw_text, parsed)
-        return self._node_heartbeats_parsed[1].get(directory_name)
+        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory calls it once a pass; HeartbeatFiles.flush)."""
+        self._heartbeats.flush()
 
     def update_record(self, record: MachineRecord) -> None:
         """Rewrite machine.json (the shutdown time only ever falls, §4.6 step 2)."""
@@ -385,7 +287,7 @@ class Store:
         directory = self.machine_dir(record)
         self._files.write(directory / FINISHED_RECORD_FILE, finish_json(finish))
         self._files.write(directory / FINISHED_FILE, "")
-        self._heartbeat_durable_time.pop(os.fspath(directory), None)
+        self._heartbeats.forget(directory)
         self.paths.finishes_dir.mkdir(parents=True, exist_ok=True)
         finishes_file = self.paths.finishes_dir / record.machinetype
         current_created = created_time_of_finishes_line(_read_line(finishes_file))
@@ -552,7 +454,7 @@ class Store:
         parsed = self._machine_cache.get(key_path) if keys is not None else None
         if parsed is not None and parsed.keys == keys:
             self._files.count_cache_hits(sum(1 for key in keys if key is not None))
-            heartbeat = _newest_heartbeat(parsed.recorded_heartbeat, self._node_heartbeat(directory.name),
+            heartbeat = newest_heartbeat(parsed.recorded_heartbeat, self._heartbeats.node_heartbeat(directory.name),
                                           parsed.line_heartbeat, parsed.line_has_time)
             if heartbeat == parsed.stored.heartbeat:
                 return parsed.stored
@@ -597,7 +499,7 @@ class Store:
             record=record,
             directory=directory,
             started_time=started_time,
-            heartbeat=_newest_heartbeat(recorded, self._node_heartbeat(directory.name), line, line_has_time),
+            heartbeat=newest_heartbeat(recorded, self._heartbeats.node_heartbeat(directory.name), line, line_has_time),
             finish=self._read_finish(directory),
             destroy_request=self._read_destroy_request(directory / DESTROY_REQUESTED_FILE),
         )
@@ -607,7 +509,7 @@ class Store:
         self._files.forget_directory(directory)
         with self._cache_lock:
             self._machine_cache.pop(os.fspath(directory), None)
-        self._heartbeat_durable_time.pop(os.fspath(directory), None)
+        self._heartbeats.forget(directory)
 
     def _read_started(self, path: Path) -> Optional[int]:
         try:
@@ -621,7 +523,7 @@ class Store:
             return started_time
 
     def _read_heartbeat_parts(self, directory: Path) -> tuple[Optional[Heartbeat], Optional[Heartbeat], bool]:
-        """heartbeat.json, Vac's `heartbeat`, and whether that line has its own time (_newest_heartbeat)."""
+        """heartbeat.json, Vac's `heartbeat`, and whether that line has its own time (newest_heartbeat)."""
         recorded = self._read_heartbeat_record(directory / HEARTBEAT_RECORD_FILE)
         path = directory / HEARTBEAT_FILE
         raw_text: Optional[str] = None
@@ -737,21 +639,6 @@ def _machine_file_keys(directory: str) -> Optional[tuple[Optional[FileKey], ...]
             return None
         keys.append(file_key(status))
     return tuple(keys)
-
-
-def _newest_heartbeat(
-    recorded: Optional[Heartbeat], node: Optional[Heartbeat], line: Optional[Heartbeat], line_has_time: bool
-) -> Optional[Heartbeat]:
-    """heartbeat.json or the node file's entry, the newer; else Vac's line; a newer timed line wins."""
-    if node is not None and (recorded is None or node.time > recorded.time):
-        recorded = node
-    if recorded is None:
-        return line
-    # Only a line with its own time (an earlier vacd's third field) can be compared:
-    # Vac's two fields carry none, and its mtime is always a moment after the record's.
-    if line is not None and line_has_time and line.time > recorded.time:
-        return line
-    return recorded
 
 
 def _wall_clock() -> float:

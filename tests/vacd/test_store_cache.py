@@ -18,9 +18,10 @@ import vacd.recordfiles
 import vacd.store
 from tests.vacd.test_factory import Harness, make_machinetype, make_settings
 from vacd.atomicfile import write_atomic
+from vacd.heartbeatfiles import HEARTBEAT_DURABLE_SECONDS
 from vacd.paths import Paths
 from vacd.records import Heartbeat, MachineRecord
-from vacd.store import HEARTBEAT_DURABLE_SECONDS, Store
+from vacd.store import Store
 
 NAME = "f1-03.example.com"
 
