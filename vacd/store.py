@@ -48,16 +48,7 @@ Rules (design.md rule 4):
     destroys it (any UUID) and creates nothing into the slot until that destroy is done.
     Later lookups see the slot free (level-triggered: a free slot with a domain under its
     name is a zombie). The machine's accounting is lost, as its record is.
-  * `finished.json`: the machine stays finished. It is replaced by the record `finished`
-    gives (the old JSON inside it, or its mtime as the finish time; without `finished`,
-    the mtime of `finished.json`), so it is never finalised or accounted twice.
-  * `finished` (only read when there is no `finished.json`): the machine stays finished.
-    A `finished.json` with the file's mtime as the finish time is written first, then
-    `finished` is replaced by Vac's empty marker.
-  * `started`, `destroy_requested`: replaced by a record with the file's mtime as the
-    start or request time (Vac 03 read these times from the files' ctimes, §1.4).
-  * `heartbeat.json`: renamed aside; `heartbeat` is read instead. `heartbeat`: renamed
-    aside. The factory writes both anew at its next sight.
+  * any other record: the machine keeps what it said (vacd.markerfiles).
   A record is corrupt if it is not a regular file, is over MAX_RECORD_BYTES, is not UTF-8,
   does not parse, or (machine.json) does not name the directory it is in.
 """
@@ -79,6 +70,7 @@ from vacd.errors import StoreError
 from vacd.guestoutputs import judge_shutdown_message, read_shutdown_file, write_joboutputs_file
 from vacd.outcomes import ShutdownMessage
 from vacd.heartbeatfiles import HeartbeatFiles, newest_heartbeat
+from vacd.markerfiles import read_destroy_request, read_finish, read_heartbeat_parts, read_started
 from vacd.paths import Paths
 from vacd.recordfiles import CORRUPT_MARK, MAX_CACHED_RECORDS, MAX_RECORD_BYTES, FileKey, RecordFiles, file_key
 from vacd.recordformats import (
@@ -96,19 +88,11 @@ from vacd.recordformats import (
     CorruptRecord,
     created_time_of_finishes_line,
     destroy_request_json,
-    finish_at,
     finish_json,
-    heartbeat_line_has_time,
-    parse_destroy_request,
-    parse_finish,
-    parse_finish_json,
-    parse_heartbeat,
-    parse_heartbeat_json,
     parse_shutdown_receipt,
-    parse_time,
     vac_heartbeat_line,
 )
-from vacd.records import DestroyRequest, JudgedShutdownMessage, SlotLookup
+from vacd.records import JudgedShutdownMessage, SlotLookup
 
 # Names that vacd.factory, vacd.guestapi and bench/metadata_service.py still import from
 # here, from before the record types, their formats and the guest's files had modules of
@@ -493,15 +477,15 @@ class Store:
             # whatever runs under its name is destroyed (module docstring).
             self._unbind_if_bound_to(_machine_name_of(directory.name), directory)
             raise
-        started_time = self._read_started(directory / STARTED_FILE)
-        recorded, line, line_has_time = self._read_heartbeat_parts(directory)
+        started_time = read_started(self._files, directory / STARTED_FILE)
+        recorded, line, line_has_time = read_heartbeat_parts(self._files, directory)
         stored = StoredMachine(
             record=record,
             directory=directory,
             started_time=started_time,
             heartbeat=newest_heartbeat(recorded, self._heartbeats.node_heartbeat(directory.name), line, line_has_time),
-            finish=self._read_finish(directory),
-            destroy_request=self._read_destroy_request(directory / DESTROY_REQUESTED_FILE),
+            finish=read_finish(self._files, directory),
+            destroy_request=read_destroy_request(self._files, directory / DESTROY_REQUESTED_FILE),
         )
         return stored, (recorded, line, line_has_time)
 
@@ -510,107 +494,6 @@ class Store:
         with self._cache_lock:
             self._machine_cache.pop(os.fspath(directory), None)
         self._heartbeats.forget(directory)
-
-    def _read_started(self, path: Path) -> Optional[int]:
-        try:
-            raw_text = self._files.read_text(path)
-            if raw_text is None:
-                return None
-            return parse_time(raw_text)
-        except CorruptRecord as error:
-            started_time = self._files.mtime(path)
-            self._files.quarantine(path, str(error), replacement=f"{started_time}\n")
-            return started_time
-
-    def _read_heartbeat_parts(self, directory: Path) -> tuple[Optional[Heartbeat], Optional[Heartbeat], bool]:
-        """heartbeat.json, Vac's `heartbeat`, and whether that line has its own time (newest_heartbeat)."""
-        recorded = self._read_heartbeat_record(directory / HEARTBEAT_RECORD_FILE)
-        path = directory / HEARTBEAT_FILE
-        raw_text: Optional[str] = None
-        try:
-            raw_text = self._files.read_text(path)
-            line = parse_heartbeat(raw_text, path, self._files.mtime) if raw_text is not None else None
-        except CorruptRecord as error:
-            self._files.quarantine(path, str(error))
-            line = None
-        return recorded, line, line is not None and heartbeat_line_has_time(raw_text)
-
-    def _read_heartbeat_record(self, path: Path) -> Optional[Heartbeat]:
-        try:
-            raw_text = self._files.read_text(path)
-            if raw_text is None:
-                return None
-            return parse_heartbeat_json(raw_text, path)
-        except CorruptRecord as error:
-            self._files.quarantine(path, str(error))
-            return None
-
-    def _read_finish(self, directory: Path) -> Optional[FinishRecord]:
-        """finished.json if readable, else `finished`; either present means finished."""
-        record_path = directory / FINISHED_RECORD_FILE
-        marker_path = directory / FINISHED_FILE
-        try:
-            raw_text = self._files.read_text(record_path)
-            recorded = parse_finish_json(raw_text, record_path) if raw_text is not None else None
-        except CorruptRecord as error:
-            # Still finished: never finalised, accounted or reported twice.
-            fallback = self._read_finished_marker(marker_path, repair=False) or finish_at(self._files.mtime(record_path))
-            self._files.quarantine(record_path, str(error), replacement=finish_json(fallback))
-            self._complete_finished_marker(marker_path)
-            return fallback
-        if recorded is None:
-            return self._read_finished_marker(marker_path)
-        self._complete_finished_marker(marker_path)
-        return recorded
-
-    def _read_finished_marker(self, path: Path, repair: bool = True) -> Optional[FinishRecord]:
-        """`finished` as Vac 03 (empty) or an earlier vacd (JSON) wrote it; None if absent.
-
-        Without `repair`, a corrupt marker is only read (as finished at its mtime): the
-        caller is replacing finished.json itself, which then makes the marker's content moot.
-        """
-        try:
-            raw_text = self._files.read_text(path)
-            if raw_text is None:
-                return None
-            return parse_finish(raw_text, path, self._files.mtime)
-        except CorruptRecord as error:
-            # Still finished, at the marker's mtime: that time goes to finished.json before
-            # the marker is replaced by Vac's empty one, so no instant loses either.
-            finish = finish_at(self._files.mtime(path))
-            if not repair:
-                return finish
-            try:
-                write_atomic(path.with_name(FINISHED_RECORD_FILE), finish_json(finish))
-            except OSError as write_error:
-                log.warning("cannot write finish record path=%s error=%s", path.with_name(FINISHED_RECORD_FILE),
-                            write_error)
-                return finish
-            self._files.quarantine(path, str(error), replacement="")
-            return finish
-
-    def _complete_finished_marker(self, path: Path) -> None:
-        """Write the empty `finished` a kill -9 left out after finished.json (module docstring)."""
-        if os.path.lexists(path):
-            return
-        try:
-            write_atomic(path, "")
-        except OSError as error:
-            log.warning("cannot complete finished marker path=%s error=%s", path, error)
-            return
-        log.info("completed finished marker left out by an interrupted finish path=%s", path)
-
-    def _read_destroy_request(self, path: Path) -> Optional[DestroyRequest]:
-        try:
-            raw_text = self._files.read_text(path)
-            if raw_text is None:
-                return None
-            return parse_destroy_request(raw_text, path)
-        except CorruptRecord as error:
-            # Still being stopped, as from when the file was written.
-            request = DestroyRequest(self._files.mtime(path), None)
-            self._files.quarantine(path, str(error), replacement=destroy_request_json(request.requested_time, None))
-            return request
 
     def _unbind_if_bound_to(self, machine_name: str, directory: Path) -> None:
         if machine_name and self.bound_directory(machine_name) == directory:

@@ -14,8 +14,9 @@ from typing import Optional
 
 import pytest
 
+import vacd.heartbeatfiles
+import vacd.markerfiles
 import vacd.recordfiles
-import vacd.store
 from tests.vacd.test_factory import Harness, make_machinetype, make_settings
 from vacd.atomicfile import write_atomic
 from vacd.heartbeatfiles import HEARTBEAT_DURABLE_SECONDS
@@ -262,8 +263,8 @@ class ParseCounter:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.parsed: list[str] = []
         real_record = MachineRecord.from_json.__func__  # type: ignore[attr-defined]
-        real_time = vacd.store.parse_time
-        real_heartbeat = vacd.store.parse_heartbeat_json
+        real_time = vacd.markerfiles.parse_time
+        real_heartbeat = vacd.markerfiles.parse_heartbeat_json
 
         def record_from_json(cls: type, raw_text: str) -> MachineRecord:
             self.parsed.append("machine.json")
@@ -278,8 +279,9 @@ class ParseCounter:
             return real_heartbeat(raw_text, path)
 
         monkeypatch.setattr(MachineRecord, "from_json", classmethod(record_from_json))
-        monkeypatch.setattr(vacd.store, "parse_time", parse_time)
-        monkeypatch.setattr(vacd.store, "parse_heartbeat_json", parse_heartbeat_json)
+        monkeypatch.setattr(vacd.markerfiles, "parse_time", parse_time)
+        monkeypatch.setattr(vacd.markerfiles, "parse_heartbeat_json", parse_heartbeat_json)
+        monkeypatch.setattr(vacd.heartbeatfiles, "parse_heartbeat_json", parse_heartbeat_json)
 
     def take(self) -> list[str]:
         parsed, self.parsed = self.parsed, []
