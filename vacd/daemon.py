@@ -27,14 +27,14 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Optional
 
 from vacd import MANAGER_VERSION
-from vacd.config import Config, Machinetype, Settings
+from vacd.config import Config, Settings
 # The entry point keeps this module's name: setup.cfg, /usr/sbin/vacd, `python -m vacd.daemon`.
 from vacd.daemoncli import main as main
+from vacd.daemonhooks import daemon_hooks
 from vacd.errors import VacError
 from vacd.eventloop import AUTO, EVENT_LOOP_VARIABLE, EventLoopUnavailable, chosen_kind
 from vacd.clock import ClockJumpWatch, SteadyClock
@@ -53,7 +53,6 @@ from vacd.startupgate import (
 )
 from vacd.serviceloop import ServiceLoop
 from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
-from vacd.records import MachineRecord
 from vacd.store import Store
 
 log = logging.getLogger(__name__)
@@ -379,79 +378,14 @@ class Daemon:
         self.dashboard.listing = listing
 
     def _hooks(self) -> FactoryHooks:
-        from vacd.accounting import write_apel_record
-        from vacd.imagecache import ImageCache
-        from vacd.imageeviction import mark_image_used
-        from vacd.guestapi.contextualise import prepare_machine_dir
-        from vacd.lvm import LogicalVolumes
-        from vacd.observations import GuestObservations
-        from vacd.qemuaccess import check_readable_by_qemu, host_qemu_identity
+        hooks, self.images = daemon_hooks(self.paths, self._count_creation, self._observe_creation_phase)
+        return hooks
 
-        paths = self.paths
-
-        def contextualise(settings: Settings, machinetype: Machinetype, record: MachineRecord, now: int) -> None:
-            prepare_machine_dir(paths, settings, machinetype, record, Store(paths).machine_dir(record), now=now)
-
-        def account(settings: Settings, machinetype: Optional[Machinetype], record: Any, finish: Any) -> None:
-            write_apel_record(paths, settings, machinetype, record, finish)
-
-        def count_creation(record: Any, seconds: float, ok: bool) -> None:
-            if self.metrics is not None:
-                self.metrics.creation_finished(record.machinetype, seconds, ok)
-            if self.dashboard is not None:
-                self.dashboard.creation_finished(ok)
-
-        images = ImageCache(paths)
-        self.images = images
-
-        def fetch_image(url: str) -> Path:
-            """The cached image, stamped as used now for the eviction rule (vacd/imageeviction.py)."""
-            path = images.fetch(url)
-            mark_image_used(path, time.time())
-            return path
-
-        def prefetch_images(urls: Sequence[str], public_only: bool) -> "Future[dict[str, Path]]":
-            """Downloads on the image pool; each image is stamped as used when it is there."""
-            downloads = images.prefetch(urls, public_only=public_only)
-
-            def stamp(done: "Future[dict[str, Path]]") -> None:
-                if not done.cancelled() and done.exception() is None:
-                    for path in done.result().values():
-                        mark_image_used(path, time.time())
-
-            downloads.add_done_callback(stamp)
-            return downloads
-
-        # Who QEMU runs as is read once: machine_spec checks each file against it under
-        # qemu:///system (issue 8 item 12).
-        qemu_identity = host_qemu_identity()
-
-        def qemu_access(path: Path) -> None:
-            if qemu_identity is not None:
-                check_readable_by_qemu(path, qemu_identity)
-
-        logical_volumes = LogicalVolumes()
-
-        def remove_volume(settings: Settings, machinetype: Any, record: Any, finish: Any) -> None:
-            # Vac 03 removed a machine's logical volume when it ended (§1.7). Finalising runs
-            # once the machine is gone and before its slot is free, so the volume is closed
-            # and no new machine of the slot can have made one yet. A failure is logged by
-            # the factory; the slot's next creation removes the volume before making its own.
-            if settings.volume_group is not None:
-                logical_volumes.remove(settings.volume_group, record.name)
-
-        # Heartbeat-file and outcome times, and lowered MJF shutdown times: the one collaborator
-        # the simulator and the tests wire too (issue 9 item 1).
-        return GuestObservations().install(FactoryHooks(
-            fetch_image=fetch_image,
-            prefetch_images=prefetch_images,
-            qemu_access=qemu_access,
-            account=account,
-            on_created=[count_creation],
-            creation_phase=self._observe_creation_phase,
-            on_finished=[remove_volume],
-            contextualise=contextualise,
-        ))
+    def _count_creation(self, record: Any, seconds: float, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.creation_finished(record.machinetype, seconds, ok)
+        if self.dashboard is not None:
+            self.dashboard.creation_finished(ok)
 
     def _observe_creation_phase(self, phase: str, seconds: float) -> None:
         """A creation phase ended (pool or libvirt event thread): vac_creation_phase_seconds."""
