@@ -237,7 +237,7 @@ class Store:
         self._heartbeats.write(self.machine_dir(record), heartbeat, vac_heartbeat_line(heartbeat))
 
     def flush_heartbeats(self) -> None:
-        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory calls it once a pass; HeartbeatFiles.flush)."""
+        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory, once a pass; HeartbeatFiles.flush)."""
         self._heartbeats.flush()
 
     def update_record(self, record: MachineRecord) -> None:
@@ -294,7 +294,10 @@ class Store:
     def judged_shutdown_message(
         self, record: MachineRecord, started_time: Optional[int], now: int, factory_message: Optional[str] = None
     ) -> Optional[JudgedShutdownMessage]:
-        """The message in joboutputs/shutdown_message and whether the abort rule may read it (judge_shutdown_message)."""
+        """The message in joboutputs/shutdown_message and whether the abort rule may read it.
+
+        What counts is guestoutputs.judge_shutdown_message's (module docstring, issue 11 item 4).
+        """
         found = read_shutdown_file(record, self.machine_dir(record))
         if found is None:
             return None
@@ -449,7 +452,8 @@ class Store:
         stored, heartbeat_parts = loaded
         # Kept only if no file changed while it was read and each was read under its key
         # (a racy file is not in the record cache: it is read again next time).
-        if keys is not None and _machine_file_keys(key_path) == keys and self._files.all_cached(key_path, _MACHINE_FILES, keys):
+        if (keys is not None and _machine_file_keys(key_path) == keys
+                and self._files.all_cached(key_path, _MACHINE_FILES, keys)):
             with self._cache_lock:
                 if len(self._machine_cache) >= MAX_CACHED_MACHINES:
                     self._machine_cache.clear()
