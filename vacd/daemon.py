@@ -10,8 +10,8 @@ loop answering a ping, the guest servers' from their supervisor on theirs. Nothi
 at import time.
 
 The command line, the one-shot checks, logging, the pid file and the signal handlers are
-vacd.daemoncli's; its `main` is this module's too, because `vacd.daemon:main` is the
-entry point (setup.cfg, the packaged /usr/sbin/vacd, `python -m vacd.daemon`).
+vacd.daemoncli's; this module's `main` runs it, because `vacd.daemon:main` is the entry
+point (setup.cfg, the packaged /usr/sbin/vacd, `python -m vacd.daemon`).
 
 Under systemd (`Type=notify`, vacd.service) the loop tells the service manager what it is
 doing (vacd.sdnotify): READY=1 after the first pass (complete or not: faults show in its
@@ -30,10 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Optional
 
-from vacd import MANAGER_VERSION
+from vacd import MANAGER_VERSION, daemoncli
 from vacd.config import Config, Settings
-# The entry point keeps this module's name: setup.cfg, /usr/sbin/vacd, `python -m vacd.daemon`.
-from vacd.daemoncli import main as main
 from vacd.daemonhooks import daemon_hooks
 from vacd.errors import VacError
 from vacd.eventloop import AUTO, EVENT_LOOP_VARIABLE, EventLoopUnavailable, chosen_kind
@@ -632,6 +630,15 @@ def _swap_authenticator(follower: Optional[Any], user: Optional[Any], settings: 
     """Give `user` (responder or census) the Authenticator `follower` rebuilt, if the settings changed it."""
     if follower is not None and user is not None and follower.follow(settings):
         user.authenticator = follower.current
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The vacd command (vacd.daemoncli.main), under the entry point's name.
+
+    setup.cfg's console script, the packaged /usr/sbin/vacd and `python -m vacd.daemon`
+    all name vacd.daemon:main, as they did before the command line had a module of its own.
+    """
+    return daemoncli.main(argv)
 
 
 if __name__ == "__main__":

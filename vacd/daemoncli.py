@@ -2,7 +2,7 @@
 
 Rules (design.md rule 6; §10.2):
 - `vacd.daemon:main` stays the entry point (setup.cfg, the packaged /usr/sbin/vacd,
-  `python -m vacd.daemon`): it is this module's `main`.
+  `python -m vacd.daemon`): it runs this module's `main`.
 - The one-shot checks change nothing and exit 0 when vacd can start, 1 with every problem
   printed otherwise. vacd.service runs `--check-config` as ExecStartPre=.
 - Starting: the configuration is read before anything else (errors printed, exit 1), then
