@@ -4,7 +4,7 @@ Issue 11 item 3. One server process holds the guest metadata server (GuestApiSer
 unchanged, 64 machines made with the real Store, as in bench/metadata_service.py) and a
 VacQuery responder (ResponderProtocol, a published snapshot), arranged as vacd arranges
 them, in one of two ways measured side by side:
-- `before`: both on one event loop thread (vacd.daemon.ServiceLoop), with no per-slot
+- `before`: both on one event loop thread (vacd.serviceloop.ServiceLoop), with no per-slot
   request rate (how vacd ran before this item);
 - `after`: the guest servers and the responder each on their own loop and thread, as
   vacd runs them now, with the default per-slot limits (ConnectionLimits()).
@@ -58,7 +58,7 @@ LAYOUTS = ("before", "after")
 # The server process (spawned: a fresh interpreter, as vacd is)
 def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int, int]]",
                guest_loop_kind: str = "asyncio") -> None:
-    from vacd.daemon import ServiceLoop
+    from vacd.serviceloop import ServiceLoop
     from vacd.guestapi.connection import ConnectionLimits
     from vacd.guestapi.server import GuestApiServer
     from vacd.paths import Paths

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from vacd import daemon
+from vacd import daemoncli
 
 PROFILE_ENVIRONMENT_VARIABLE = "VAC_BENCH_PROFILE"
 
@@ -37,7 +37,7 @@ def main() -> int:
         profile.dump_stats(output)
 
     signal.signal(signal.SIGUSR2, toggle)
-    return daemon.main(sys.argv[1:])
+    return daemoncli.main(sys.argv[1:])
 
 
 if __name__ == "__main__":

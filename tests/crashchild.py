@@ -32,11 +32,13 @@ from typing import Optional
 
 from tests.crashbackend import FileBackend
 from vacd.config import load_config
-from vacd.daemon import Daemon, ReloadingConfig
+from vacd.daemon import Daemon
+from vacd.reloadingconfig import ReloadingConfig
 from vacd.factory import Factory, PassReport
 from vacd.paths import Paths
 from vacd.startup_cleanup import live_machine_uuids, remove_leftovers
-from vacd.store import FinishRecord, MachineRecord, Store
+from vacd.records import FinishRecord, MachineRecord
+from vacd.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from typing import Callable, Iterator, Optional
 
 import psutil
 
-from vacd.store import SHUTDOWN_RECEIPT_FILE
+from vacd.recordformats import SHUTDOWN_RECEIPT_FILE
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 METADATA_HOST = "127.0.0.254"
@@ -432,7 +432,7 @@ def file_state(root: Path) -> dict[str, tuple[int, int]]:
 
 
 # What a guest's PUT may write: a file in its machine's joboutputs/, and the receipt of a
-# shutdown_message upload beside it (vacd.store.SHUTDOWN_RECEIPT_FILE, issue 11 item 4).
+# shutdown_message upload beside it (vacd.recordformats.SHUTDOWN_RECEIPT_FILE, issue 11 item 4).
 WRITABLE_BY_GUESTS = re.compile(
     r"var/lib/vac/machines/[^/]+/(joboutputs/[^/]+|" + re.escape(SHUTDOWN_RECEIPT_FILE) + ")")
 

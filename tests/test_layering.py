@@ -28,6 +28,8 @@ CORE_MODULES = (
     "vacd.userdata",
     "vacd.backends.domainxml",
     "vacd.lvm",
+    "vacd.records",
+    "vacd.recordformats",
     "vacd.guestapi.metadata",
     "vacd.guestapi.features",
     "vacd.guestapi.requestpath",

@@ -82,7 +82,7 @@ from vacd.atomicfile import fsync_directory, read_text_or_none, write_atomic
 from vacd.config import Machinetype, Settings
 from vacd.errors import VacError
 from vacd.paths import Paths
-from vacd.store import FinishRecord, MachineRecord
+from vacd.records import FinishRecord, MachineRecord
 
 log = logging.getLogger(__name__)
 

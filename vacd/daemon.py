@@ -6,12 +6,12 @@ loop in their own thread (`vacd-guestapi`) and the VacQuery responder on another
 (`vacd-vacquery`), so a guest flooding its servers cannot delay the answers peers and
 `vac` wait for (issue 11 item 3); the metrics endpoint has its own thread. A stuck part
 does not stall the others, and each part stamps a heartbeat: the responder's from its own
-loop answering a ping, the guest servers' from their supervisor on theirs. Only this module configures
-logging and signal handlers; nothing runs at import time.
+loop answering a ping, the guest servers' from their supervisor on theirs. Nothing runs
+at import time.
 
-Stopping vacd (SIGTERM, SIGINT) never stops machines: they keep running and the next start
-adopts them (§10.2). SIGHUP re-opens the log file and re-reads the configuration at once;
-SIGUSR1 only wakes the loop (`vac drain` uses it).
+The command line, the one-shot checks, logging, the pid file and the signal handlers are
+vacd.daemoncli's; this module's `main` runs it, because `vacd.daemon:main` is the entry
+point (setup.cfg, the packaged /usr/sbin/vacd, `python -m vacd.daemon`).
 
 Under systemd (`Type=notify`, vacd.service) the loop tells the service manager what it is
 doing (vacd.sdnotify): READY=1 after the first pass (complete or not: faults show in its
@@ -22,31 +22,36 @@ SIGTERM.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import dataclasses
-import fcntl
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Optional
 
-from vacd import MANAGER_VERSION, VERSION
-from vacd.config import Config, Machinetype, Settings, effective_config_text, host_name, load_config
-from vacd.errors import ConfigErrors, VacError, VacqueryError
-from vacd.eventloop import ASYNCIO, AUTO, EVENT_LOOP_VARIABLE, EventLoopUnavailable, chosen_kind, new_event_loop
+from vacd import MANAGER_VERSION, daemoncli
+from vacd.config import Config, Settings
+from vacd.daemonhooks import daemon_hooks
+from vacd.errors import VacError
+from vacd.eventloop import AUTO, EVENT_LOOP_VARIABLE, EventLoopUnavailable, chosen_kind
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
-from vacd.fdlimit import raise_fd_limit
+from vacd.networkchecks import NetworkCheckSchedule
 from vacd.paths import Paths
+from vacd.reloadingconfig import ReloadingConfig
 from vacd.sdnotify import ServiceNotifier
+from vacd.startupgate import (
+    StartupError,
+    ensure_network_at_start,
+    refuse_busy_ports,
+    refuse_missing_volume_group,
+    remove_leftover_volumes,
+    warn_if_factory_renamed,
+)
+from vacd.serviceloop import ServiceLoop
 from vacd.status import pass_completed, publish_status, status_document, write_heartbeat
-from vacd.store import MachineRecord, Store
+from vacd.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -56,90 +61,6 @@ PASS_BUDGET_SECONDS = 10.0
 # runtime-error backoff, 100 ms to 5 s, stretched: a pass here touches disks and libvirt).
 PASS_ERROR_FIRST_BACKOFF_SECONDS = 1.0
 PASS_ERROR_MAX_BACKOFF_SECONDS = 60.0
-# Where vacd remembers the factory name it last ran as (a rename strands machines, item 7).
-FACTORY_NAME_FILE = "factory-name"
-# A usable guest network is checked again after this long (Vac 03 checked it once a 60 s
-# cycle, §1.3 step 8); an unusable one every pass (NetworkCheckSchedule).
-NETWORK_CHECK_SECONDS = 60.0
-
-
-class NetworkCheckSchedule:
-    """When the loop checks (and mends) the guest network: not every pass (issue 15 item 2).
-
-    A check opens a libvirt connection, reads and compares the network's XML, asks netlink
-    for the bridge's addresses and reads /etc/hosts: with events waking the loop, that was
-    done several times a second on a busy node, for a network that changes only when an
-    admin or libvirtd changes it. A check is due:
-    - at the first pass, and whenever what the network is made from changes (libvirt URI,
-      factory name, slot count, forward_dev: a reload);
-    - every pass while the last check failed (the fault holds creation until it clears);
-    - after a creation failed since the last check (a network gone under vacd is the
-      first thing to rule out, and creation backs off meanwhile);
-    - NETWORK_CHECK_SECONDS after the last good check otherwise.
-    Time is the caller's steady clock, passed in.
-    """
-
-    def __init__(self, interval_seconds: float = NETWORK_CHECK_SECONDS) -> None:
-        self.interval_seconds = interval_seconds
-        # (what it was made from, when, creation failures then) of the last good check.
-        self._last_good: Optional[tuple[tuple[object, ...], float, int]] = None
-
-    @staticmethod
-    def made_from(settings: Settings) -> tuple[object, ...]:
-        return (settings.libvirt_uri, settings.factory_name, settings.num_machine_slots, settings.forward_dev)
-
-    def due(self, settings: Settings, now: float, creation_failures: int) -> bool:
-        if self._last_good is None:
-            return True
-        made_from, checked_at, failures_then = self._last_good
-        return (
-            made_from != self.made_from(settings)
-            or creation_failures != failures_then
-            or not 0 <= now - checked_at < self.interval_seconds
-        )
-
-    def checked(self, settings: Settings, now: float, creation_failures: int, usable: bool) -> None:
-        self._last_good = (self.made_from(settings), now, creation_failures) if usable else None
-
-
-class ReloadingConfig:
-    """Reads the configuration at every pass (as Vac 03 did, §2.1); a bad reading raises.
-
-    The host's name and processor count are read once at start, not at every pass. Vacuum
-    pipes come from their cache: `current()` never waits for the network (issue 8 item 6);
-    refreshes that are due run on the pipe fetcher's thread, and each one that completes
-    calls `on_pipes_refreshed` (the factory's wake) so the new machinetypes are seen at once.
-    """
-
-    def __init__(self, paths: Paths, initial: Config, host_fqdn: str, host_cpu_count: int, *,
-                 on_pipes_refreshed: Optional[Callable[[], None]] = None) -> None:
-        from vacd.pipefetch import PipeFetcher
-
-        self.paths = paths
-        self.pipes = PipeFetcher(paths, on_refreshed=on_pipes_refreshed)
-        self.last_good = initial
-        self.host_fqdn = host_fqdn
-        self.host_cpu_count = host_cpu_count
-        self._reported_warnings: set[str] = set()
-
-    def current(self) -> Config:
-        config = load_config(self.paths, host_fqdn=self.host_fqdn, host_cpu_count=self.host_cpu_count)
-        # Only the factory refreshes pipes (§8), at most once per cache_seconds, in the background.
-        config = self.pipes.apply(config, may_fetch=True)
-        for warning in config.warnings:
-            if warning not in self._reported_warnings:
-                log.warning("configuration: %s", warning)
-        # Only the current warnings are remembered: a pipe whose every fetch says something new
-        # must not grow this set for as long as vacd runs (issue 11 item 2).
-        self._reported_warnings = set(config.warnings)
-        if config != self.last_good:
-            log.info("configuration reloaded sources=%s", ",".join(str(path) for path in config.sources))
-        self.last_good = config
-        return config
-
-    def close(self) -> None:
-        """Stop refreshing pipes (a fetch in progress is cut); for an orderly stop."""
-        self.pipes.close()
 
 
 LOSS_ENVIRONMENT_VARIABLE = "VAC_TEST_DATAGRAM_LOSS"
@@ -161,90 +82,6 @@ def injected_datagram_loss() -> Optional[Any]:
 def load_average() -> float:
     """The largest of the 1, 5 and 15 minute load averages (§4.1)."""
     return max(os.getloadavg())
-
-
-class ServiceLoop:
-    """An asyncio event loop in its own thread, for one network part (guest API or VacQuery).
-
-    `kind` is `asyncio` or `uvloop` (vacd.eventloop): the guest servers take uvloop where it
-    is installed; the responder, a few datagrams a second, keeps asyncio's own.
-    """
-
-    def __init__(self, name: str, kind: str = ASYNCIO) -> None:
-        self.kind = kind
-        self.loop = new_event_loop(kind)
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def call(self, coroutine: Any, timeout: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def is_responsive(self, timeout_seconds: float = 5.0) -> bool:
-        """Whether the event loop runs a trivial task within the timeout (a stuck part would not)."""
-
-        async def ping() -> bool:
-            return True
-
-        try:
-            return bool(self.call(ping(), timeout_seconds))
-        except Exception:  # boundary: a stuck or dead loop is what this detects
-            return False
-
-    def run_soon(self, function: Callable[[], object]) -> None:
-        """Run `function` on the loop's thread and wait for it (asyncio objects are not thread-safe)."""
-
-        async def run() -> None:
-            function()
-
-        self.call(run())
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=10)
-
-
-class StartupError(VacError):
-    """vacd cannot start: the message says what to fix."""
-
-
-class PidFile:
-    """An flock'ed pid file: a second vacd on the same state directory refuses to start."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.handle: Optional[TextIO] = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            other = handle.read().strip()
-            handle.close()
-            raise SystemExit(f"vacd: another vacd (pid {other or 'unknown'}) holds {self.path}")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self.handle = handle
-
-    def release(self) -> None:
-        if self.handle is not None:
-            try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-            self.handle.close()
-            self.handle = None
 
 
 class Daemon:
@@ -324,16 +161,16 @@ class Daemon:
                  settings.factory_name, settings.vac_space, settings.num_machine_slots, domain_type, reason)
         # Before the network, interfaces, /etc/hosts or domains are touched (issue 10 item 2): a
         # Vac 03 still running holds these ports, and vacd must stop with the host as it found it.
-        self._refuse_busy_ports(settings)
+        refuse_busy_ports(self.paths, settings)
         try:
             guest_loop_kind = chosen_kind()
         except EventLoopUnavailable as error:
             raise StartupError(f"{error} (vacd stopped before touching the guest network)") from error
         log.info("guest servers' event loop: %s (%s=%s)", guest_loop_kind, EVENT_LOOP_VARIABLE,
                  os.environ.get(EVENT_LOOP_VARIABLE) or AUTO)
-        self._refuse_missing_volume_group(settings)
-        self._remove_leftover_volumes(settings, store)
-        self._ensure_network_at_start(settings)
+        refuse_missing_volume_group(settings)
+        remove_leftover_volumes(settings, store)
+        ensure_network_at_start(self.paths, settings)
         warn_if_factory_renamed(self.paths, settings.factory_name)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         # A sparse disk is made only where all it may grow to leaves the kept minimum free (issue 13).
@@ -443,70 +280,6 @@ class Daemon:
                     log.exception("VacQuery responder did not stop cleanly")
             self.vacquery_services.stop()
 
-    def _refuse_busy_ports(self, settings: Settings) -> None:
-        """Stop start-up, naming each port and its holder, if any port vacd listens on is taken.
-
-        A Vac 03 daemon still running is refused too, whatever its ports: two factories on one
-        state directory destroy each other's machines as zombies (issue 10 item 1).
-        """
-        from vacd.hostcheck import vac03_daemons_running
-        from vacd.hostports import busy_ports
-
-        problems = vac03_daemons_running(self.paths) + busy_ports(settings)
-        if problems:
-            raise StartupError("; ".join(problems) + " (vacd stopped before touching the guest network, "
-                               "/etc/hosts or any domain)")
-
-    def _refuse_missing_volume_group(self, settings: Settings) -> None:
-        """Stop start-up naming the volume_group if it is not on this host (§2.1, issue 13)."""
-        from vacd.lvm import LogicalVolumes
-        from vacd.startupcheck import volume_group_problem
-
-        problem = volume_group_problem(settings, LogicalVolumes())
-        if problem is not None:
-            raise StartupError(problem + " (vacd stopped before touching the guest network, /etc/hosts or any domain)")
-        if settings.volume_group is not None:
-            log.info("machines' disks are logical volumes in volume_group=%s", settings.volume_group)
-
-    def _remove_leftover_volumes(self, settings: Settings, store: Store) -> None:
-        """Remove this factory's machines' volumes that no live record has (Appendix A's zombie sweep).
-
-        At start nothing is being created, so a volume without a live record is left by a
-        vacd killed between lvcreate and the domain's start, or by a machine finalised while
-        its removal failed. One still open (a Vac 03 machine left running) is kept by lvm2.
-        """
-        from vacd.lvm import LogicalVolumes, LvmError
-        from vacd.startup_cleanup import live_machine_names
-
-        if settings.volume_group is None:
-            return
-        try:
-            removed = LogicalVolumes().remove_leftovers(settings.volume_group, settings.factory_name,
-                                                        live_machine_names(store))
-        except LvmError as error:
-            log.warning("left-over logical volumes not looked for error=%s: each slot's next creation replaces its own",
-                        error)
-            return
-        if removed:
-            log.info("removed left-over logical volumes vg=%s names=%s", settings.volume_group, ",".join(removed))
-
-    def _ensure_network_at_start(self, settings: Settings) -> None:
-        """Make the guest network as wanted, replacing it only if no guest is on it.
-
-        Raises:
-            StartupError: it must be replaced to serve the slots and guests are on it
-                (vacd.network.NetworkRefused): the message says why and what to do.
-        """
-        from vacd.network import NetworkRefused, ensure_network
-
-        try:
-            ensure_network(settings.libvirt_uri, self.paths, settings, may_replace=True)
-        except NetworkRefused as error:
-            raise StartupError(str(error)) from error
-        except VacError as error:
-            # libvirt down at boot, say: the loop retries every pass and shows the fault meanwhile.
-            log.error("guest network unusable, no machine created until it is error=%s", error)
-
     def _network_problem(self, settings: Settings) -> Optional[str]:
         """Why the guest network is unusable (after trying to make it so), or None."""
         from vacd.network import ensure_network
@@ -603,79 +376,14 @@ class Daemon:
         self.dashboard.listing = listing
 
     def _hooks(self) -> FactoryHooks:
-        from vacd.accounting import write_apel_record
-        from vacd.imagecache import ImageCache
-        from vacd.imageeviction import mark_image_used
-        from vacd.guestapi.contextualise import prepare_machine_dir
-        from vacd.lvm import LogicalVolumes
-        from vacd.observations import GuestObservations
-        from vacd.qemuaccess import check_readable_by_qemu, host_qemu_identity
+        hooks, self.images = daemon_hooks(self.paths, self._count_creation, self._observe_creation_phase)
+        return hooks
 
-        paths = self.paths
-
-        def contextualise(settings: Settings, machinetype: Machinetype, record: MachineRecord, now: int) -> None:
-            prepare_machine_dir(paths, settings, machinetype, record, Store(paths).machine_dir(record), now=now)
-
-        def account(settings: Settings, machinetype: Optional[Machinetype], record: Any, finish: Any) -> None:
-            write_apel_record(paths, settings, machinetype, record, finish)
-
-        def count_creation(record: Any, seconds: float, ok: bool) -> None:
-            if self.metrics is not None:
-                self.metrics.creation_finished(record.machinetype, seconds, ok)
-            if self.dashboard is not None:
-                self.dashboard.creation_finished(ok)
-
-        images = ImageCache(paths)
-        self.images = images
-
-        def fetch_image(url: str) -> Path:
-            """The cached image, stamped as used now for the eviction rule (vacd/imageeviction.py)."""
-            path = images.fetch(url)
-            mark_image_used(path, time.time())
-            return path
-
-        def prefetch_images(urls: Sequence[str], public_only: bool) -> "Future[dict[str, Path]]":
-            """Downloads on the image pool; each image is stamped as used when it is there."""
-            downloads = images.prefetch(urls, public_only=public_only)
-
-            def stamp(done: "Future[dict[str, Path]]") -> None:
-                if not done.cancelled() and done.exception() is None:
-                    for path in done.result().values():
-                        mark_image_used(path, time.time())
-
-            downloads.add_done_callback(stamp)
-            return downloads
-
-        # Who QEMU runs as is read once: machine_spec checks each file against it under
-        # qemu:///system (issue 8 item 12).
-        qemu_identity = host_qemu_identity()
-
-        def qemu_access(path: Path) -> None:
-            if qemu_identity is not None:
-                check_readable_by_qemu(path, qemu_identity)
-
-        logical_volumes = LogicalVolumes()
-
-        def remove_volume(settings: Settings, machinetype: Any, record: Any, finish: Any) -> None:
-            # Vac 03 removed a machine's logical volume when it ended (§1.7). Finalising runs
-            # once the machine is gone and before its slot is free, so the volume is closed
-            # and no new machine of the slot can have made one yet. A failure is logged by
-            # the factory; the slot's next creation removes the volume before making its own.
-            if settings.volume_group is not None:
-                logical_volumes.remove(settings.volume_group, record.name)
-
-        # Heartbeat-file and outcome times, and lowered MJF shutdown times: the one collaborator
-        # the simulator and the tests wire too (issue 9 item 1).
-        return GuestObservations().install(FactoryHooks(
-            fetch_image=fetch_image,
-            prefetch_images=prefetch_images,
-            qemu_access=qemu_access,
-            account=account,
-            on_created=[count_creation],
-            creation_phase=self._observe_creation_phase,
-            on_finished=[remove_volume],
-            contextualise=contextualise,
-        ))
+    def _count_creation(self, record: Any, seconds: float, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.creation_finished(record.machinetype, seconds, ok)
+        if self.dashboard is not None:
+            self.dashboard.creation_finished(ok)
 
     def _observe_creation_phase(self, phase: str, seconds: float) -> None:
         """A creation phase ended (pool or libvirt event thread): vac_creation_phase_seconds."""
@@ -924,150 +632,13 @@ def _swap_authenticator(follower: Optional[Any], user: Optional[Any], settings: 
         user.authenticator = follower.current
 
 
-def warn_if_factory_renamed(paths: Paths, factory_name: str) -> None:
-    """A factory name that differs from last start is a loud warning (item 7), then remembered."""
-    from vacd.atomicfile import read_text_or_none, write_atomic
-
-    remembered = paths.state_dir / FACTORY_NAME_FILE
-    try:
-        previous = (read_text_or_none(remembered) or "").strip()
-        if previous and previous != factory_name:
-            log.warning("factory name changed from %s to %s since the last start: machines named for %s are "
-                        "policed, finalised and accounted until they are gone, and their slots are not refilled",
-                        previous, factory_name, previous)
-        if previous != factory_name:
-            write_atomic(remembered, factory_name + "\n")
-    except OSError as error:
-        log.warning("cannot remember the factory name in %s error=%s", remembered, error)
-
-
-def check_config(paths: Paths, *, logs_to_stderr: bool = False) -> int:
-    """`vacd --check-config`: print the effective configuration and exit 0, or every error and exit 1.
-
-    Besides the configuration, what start-up needs is checked (vacd.startupcheck): key files,
-    the VacQuery and metrics ports, the log file. vacd.service runs this as ExecStartPre=.
-    """
-    try:
-        config = load_config(paths)
-    except ConfigErrors as errors:
-        for problem in errors.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    from vacd.pipefetch import PipeFetcher
-
-    # Pipe machinetypes as the factory last cached them; --check-config never fetches.
-    config = PipeFetcher(paths).apply(config, may_fetch=False)
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    from vacd.qemuaccess import config_access_warnings, host_qemu_identity
-
-    # A file QEMU cannot open fails every creation of its machinetype (issue 8 item 12).
-    identity = host_qemu_identity()
-    for warning in config_access_warnings(config, identity) if identity is not None else []:
-        print(f"warning: {warning}", file=sys.stderr)
-    from vacd.startupcheck import startup_findings
-
-    findings = startup_findings(paths, config.settings, logs_to_stderr=logs_to_stderr)
-    for warning in findings.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if findings.errors:
-        for startup_problem in findings.errors:
-            print(startup_problem, file=sys.stderr)
-        print("vacd: the configuration is valid but vacd cannot start: fix the above", file=sys.stderr)
-        return 1
-    sys.stdout.write(effective_config_text(config))
-    return 0
-
-
-def check_host_command(paths: Paths) -> int:
-    """`vacd --check-host`: what starting here would do (Vac 03's machines, ports); exit 0 if vacd can start."""
-    try:
-        config = load_config(paths)
-    except ConfigErrors as errors:
-        for problem in errors.problems:
-            print(problem, file=sys.stderr)
-        print("vacd must not start yet: the configuration has errors", file=sys.stderr)
-        return 1
-    from vacd.hostcheck import check_host, print_host_check
-
-    result = check_host(paths, config.settings)
-    print_host_check(result, config.settings)
-    return 0 if result.can_start else 1
-
-
-def parse_arguments(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vacd", description="The vac factory daemon.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    parser.add_argument("--prefix", help="re-root every path vacd reads or writes under this directory "
-                        "(default: $VAC_PREFIX or /)")
-    parser.add_argument("--check-config", "-t", action="store_true",
-                        help="check the configuration and what start-up needs (key files, ports, log file); "
-                        "print the effective configuration and exit 0, or the errors and exit 1")
-    parser.add_argument("--check-host", action="store_true",
-                        help="say what starting vacd on this host would do, changing nothing: Vac 03's daemons "
-                        "and machines (adopted, or left running and why), the ports vacd needs; exit 0 if vacd "
-                        "can start, 1 if not")
-    parser.add_argument("--config", metavar="FILE",
-                        help="with --check-config: read FILE instead of /etc/vac.conf, to check a new vac.conf "
-                        "with the rest of the configuration before it is put in place")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--stderr", action="store_true", help="log to standard error instead of the configured log")
-    arguments = parser.parse_args(argv)
-    if arguments.config is not None and not arguments.check_config:
-        # A running vacd always reads /etc/vac.conf, like `vac` and check-vacd do.
-        parser.error("--config is only for --check-config")
-    return arguments
-
-
 def main(argv: Optional[list[str]] = None) -> int:
-    arguments = parse_arguments(argv)
-    paths = Paths.from_prefix(arguments.prefix)
-    if arguments.check_config:
-        if arguments.config is not None:
-            paths = dataclasses.replace(paths, main_config_file=Path(arguments.config).absolute())
-        return check_config(paths, logs_to_stderr=arguments.stderr)
-    if arguments.check_host:
-        return check_host_command(paths)
-    host_fqdn, host_cpu_count = host_name(), os.cpu_count() or 1
-    try:
-        config = load_config(paths, host_fqdn=host_fqdn, host_cpu_count=host_cpu_count)
-    except ConfigErrors as errors:
-        for problem in errors.problems:
-            print(problem, file=sys.stderr)
-        print("vacd: not started: the configuration has errors", file=sys.stderr)
-        return 1
-    from vacd.logconfig import configure_logging, reopen_logs
+    """The vacd command (vacd.daemoncli.main), under the entry point's name.
 
-    paths.ensure_state_dirs()
-    destination = "stderr" if arguments.stderr else config.settings.log_destination
-    configure_logging(destination, paths.log_file, getattr(logging, arguments.log_level))
-    # Before any part opens sockets: the guest API's connection cap is derived from the
-    # limit (issue 8 item 11: 1,100 idle guests exhausted 1,024 descriptors).
-    raise_fd_limit()
-    pid_file = PidFile(paths.pid_file)
-    pid_file.acquire()
-    # systemd's $NOTIFY_SOCKET (Type=notify, WatchdogSec=); without it the notifier is silent.
-    notifier = ServiceNotifier.from_environment()
-    daemon = Daemon(paths, config, host_fqdn, host_cpu_count, notifier=notifier)
-
-    def on_hangup(*_: object) -> None:
-        reopen_logs()
-        if daemon.factory is not None:
-            daemon.factory.wake("SIGHUP")
-
-    signal.signal(signal.SIGTERM, daemon.request_stop)
-    signal.signal(signal.SIGINT, daemon.request_stop)
-    signal.signal(signal.SIGHUP, on_hangup)
-    signal.signal(signal.SIGUSR1, lambda *_: daemon.factory.wake("SIGUSR1") if daemon.factory else None)
-    try:
-        return daemon.run()
-    except (VacError, VacqueryError) as error:  # VacqueryError: an unreadable vacquery_key_file
-        log.error("vacd stopped: %s", error)
-        print(f"vacd: {error}", file=sys.stderr)
-        notifier.status(f"not started: {error}")
-        return 1
-    finally:
-        pid_file.release()
+    setup.cfg's console script, the packaged /usr/sbin/vacd and `python -m vacd.daemon`
+    all name vacd.daemon:main, as they did before the command line had a module of its own.
+    """
+    return daemoncli.main(argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Issue 8 item 11: 1,100 idle guest connections exhausted the default soft limit of 1,024
 and the factory loop died on EMFILE. Rules:
 
-* `raise_fd_limit()` is called once from `vacd.daemon.main()`: the soft RLIMIT_NOFILE goes
+* `raise_fd_limit()` is called once from `vacd.daemoncli.main()`: the soft RLIMIT_NOFILE goes
   up to FD_LIMIT_TARGET, or to the hard limit if that is lower, and the outcome is logged.
   The units set the limit too (etc/vacd.service `LimitNOFILE=`, `ulimit -n` in
   etc/init.d/vacd), so the hard limit normally allows the target.

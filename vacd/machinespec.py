@@ -32,7 +32,7 @@ from vacd.lvm import VolumeRequest, volume_gb_per_processor
 from vacd.paths import Paths
 from vacd.qemuaccess import SYSTEM_URI
 from vacd.slots import SlotIdentity
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 
 # Vac's default sparse root disk for cernvm3 machines: 40 GB per processor (Appendix C).
 DEFAULT_DISK_GB_PER_PROCESSOR = 40

@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 from vacd.atomicfile import read_text_or_none, write_atomic
 from vacd.config import Settings
 from vacd.errors import VacError
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 
 log = logging.getLogger(__name__)
 

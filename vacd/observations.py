@@ -23,7 +23,7 @@ from vacd.cappedread import lstat_under
 from vacd.factory import FactoryHooks
 from vacd.guestapi.joboutputs import received_times, shutdown_message_time
 from vacd.mjf import lower_shutdown_time
-from vacd.store import StoredMachine
+from vacd.records import StoredMachine
 
 JOBOUTPUTS = "joboutputs"
 

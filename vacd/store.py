@@ -6,15 +6,9 @@ Rules (design.md rule 4):
 - The MD holds `machine.json`, our typed record, written once before the machine is
   created (so a crash between the two leaves a record to reconcile, never a stray domain),
   and Vac's marker files: `started`, `heartbeat`, `finished`, and the MJF/joboutputs trees.
-- Vac's marker files keep exactly the format Vac 03 wrote, because admins' scripts read
-  them (issue 10 item 5): `started` is `<unix time>\n`; `heartbeat` is `0.0 0.0\n` at the
-  start, then `<integer CPU seconds> <CPU % to one decimal>\n` (Vac's own reader took the
-  first field with int()); `finished` is empty, its presence meaning "finalised".
-- Times live inside files, never in ctimes (Vac's anti-pattern 3), so what Vac's formats
-  cannot hold goes in a JSON file beside each marker: `heartbeat.json` (`time`,
-  `cpu_seconds`, `cpu_percentage`) and `finished.json` (the FinishRecord: finish time,
-  outcome, start and last heartbeat times, CPU seconds). `destroy_requested` records why
-  and when the factory decided to stop a machine.
+- Vac's marker files keep exactly the format Vac 03 wrote, and what they cannot hold goes
+  in a JSON file beside each marker (issue 10 item 5): the formats are
+  vacd.recordformats', the values they hold vacd.records'.
 - The JSON file is written first, then the marker. Either file present means the same
   thing, so a kill -9 between the two writes never finalises or accounts a machine twice:
   * `finished.json` or `finished` present: the machine is finished. `finished.json` is
@@ -29,16 +23,9 @@ Rules (design.md rule 4):
   or new, and the next start reconciles from what is there. A running machine's
   heartbeats between its once-a-minute heartbeat.json and `heartbeat` go to one file for
   the node, `heartbeats.json` in the state directory, replaced once a pass (issue 15 item
-  4; see `Store._write_heartbeat_files`).
-- Records are read through a cache keyed on each file's (inode, mtime, size, ctime), as
-  the guest server keys its files (issue 15 item 2): a pass over a machine whose files have
-  not changed lstat-s them and opens none. Every write here is a rename, so a rewritten
-  record has a new inode; a file changed in place shows a new mtime or ctime. A file read
-  within RACY_SECONDS of its mtime is not trusted from the cache (a change in the same
-  timestamp tick could keep every field of the key), so it is read again next time; what
-  vacd wrote itself goes into the cache at write time. A missed change costs nothing
-  worse than what the key cannot see: the cache never holds a file that no longer exists
-  (an absent file is looked up by lstat every time, which opens nothing).
+  4; see vacd.heartbeatfiles).
+- Records are read through a cache keyed on each file's (inode, mtime, size, ctime), and
+  every write is atomic (vacd.recordfiles, issue 15 item 2).
 - What a machine directory's records parse to is kept too, keyed on the keys of all its
   record files (absent ones included), and used only while one lstat of each file shows
   every key unchanged and the store read each file under that key (none was racy): a
@@ -48,23 +35,10 @@ Rules (design.md rule 4):
   pass as before.
 - A machine directory is never reused (issue 8 item 10): `begin_creation` creates it
   exclusively and refuses one that exists, and the factory then tries the next second.
-- Guest-written files (everything in `joboutputs/`) are bytes until validated: read with a
-  cap, never through a link, never blocking (vacd.cappedread); a shutdown message is
-  parsed only by vacd.outcomes.parse_shutdown_message. Nothing a guest writes raises out
-  of the store (issue 8 item 2).
-- `joboutputs/` itself is reached through a descriptor opened with O_NOFOLLOW |
-  O_DIRECTORY relative to MD, and its files relative to that (vacd.cappedread,
-  vacd.atomicfile.write_atomic_at): a `joboutputs` replaced by a symlink, or a symlinked
-  directory inside it, is never followed, for a read or a write (issue 11 item 3).
-- A shutdown message drives the whole space's backoff, so the abort rule reads it only if
-  it is this machine's guest's, said in this machine's life (issue 11 item 4,
-  `judged_shutdown_message`): the guest API's receipt in MD (`SHUTDOWN_RECEIPT_FILE`,
-  outside joboutputs, so no guest can write it) names this machine's UUID, a time since
-  its creation, and the message the file holds now; or, for a machine whose guest writes
-  joboutputs directly (a container, not a VM), the file's mtime lies in the machine's
-  life. Anything else (a file there before the start, one written by anyone but the guest
-  API into a VM's directory, one replaced since its receipt) is kept as the text for the
-  admin, APEL and status, and counts as no verdict (`FinishRecord.verdict`).
+- Guest-written files (everything in `joboutputs/`) are bytes until validated, never
+  reached through a link, and a shutdown message counts for the abort rule only if it is
+  this machine's guest's, said in its life (vacd.guestoutputs; issue 8 item 2, issue 11
+  items 3 and 4).
 - A record that cannot be read is quarantined, never fatal (issue 8 item 3): it is renamed
   to `<file>.corrupt-<unix time>` beside where it was (kept for the admin until the
   directory expires), logged at WARNING with its path and counted (`quarantined_total`).
@@ -74,92 +48,75 @@ Rules (design.md rule 4):
     destroys it (any UUID) and creates nothing into the slot until that destroy is done.
     Later lookups see the slot free (level-triggered: a free slot with a domain under its
     name is a zombie). The machine's accounting is lost, as its record is.
-  * `finished.json`: the machine stays finished. It is replaced by the record `finished`
-    gives (the old JSON inside it, or its mtime as the finish time; without `finished`,
-    the mtime of `finished.json`), so it is never finalised or accounted twice.
-  * `finished` (only read when there is no `finished.json`): the machine stays finished.
-    A `finished.json` with the file's mtime as the finish time is written first, then
-    `finished` is replaced by Vac's empty marker.
-  * `started`, `destroy_requested`: replaced by a record with the file's mtime as the
-    start or request time (Vac 03 read these times from the files' ctimes, §1.4).
-  * `heartbeat.json`: renamed aside; `heartbeat` is read instead. `heartbeat`: renamed
-    aside. The factory writes both anew at its next sight.
+  * any other record: the machine keeps what it said (vacd.markerfiles).
   A record is corrupt if it is not a regular file, is over MAX_RECORD_BYTES, is not UTF-8,
   does not parse, or (machine.json) does not name the directory it is in.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
 import stat
 import threading
-from dataclasses import asdict, dataclass, replace
-from enum import Enum
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Union
+from typing import Callable, Iterator, Optional
 
 from vacd.atomicfile import write_atomic
-from vacd.atomicfile import write_atomic_at
-from vacd.cappedread import (
-    UnreadableFile,
-    open_directory,
-    read_capped,
-    read_capped_with_status,
-    read_capped_with_status_under,
-)
-from vacd.config import VM_MACHINE_MODELS
+from vacd.cappedread import UnreadableFile, read_capped
 from vacd.errors import StoreError
-from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, ShutdownMessage, parse_shutdown_message, shutdown_code
+from vacd.guestoutputs import judge_shutdown_message, read_shutdown_file, write_joboutputs_file
+from vacd.outcomes import ShutdownMessage
+from vacd.heartbeatfiles import HeartbeatFiles, newest_heartbeat
+from vacd.markerfiles import read_destroy_request, read_finish, read_heartbeat_parts, read_started
 from vacd.paths import Paths
+from vacd.recordfiles import CORRUPT_MARK, MAX_CACHED_RECORDS, MAX_RECORD_BYTES, FileKey, RecordFiles, file_key
+from vacd.recordformats import (
+    DESTROY_REQUESTED_FILE,
+    FINISHED_FILE,
+    FINISHED_RECORD_FILE,
+    HEARTBEAT_FILE,
+    HEARTBEAT_RECORD_FILE,
+    INITIAL_HEARTBEAT_LINE,
+    JOBOUTPUTS_DIR,
+    NODE_HEARTBEATS_FILE,
+    RECORD_FILE,
+    SHUTDOWN_RECEIPT_FILE,
+    STARTED_FILE,
+    CorruptRecord,
+    created_time_of_finishes_line,
+    destroy_request_json,
+    finish_json,
+    parse_shutdown_receipt,
+    vac_heartbeat_line,
+)
+from vacd.records import JudgedShutdownMessage, SlotLookup
+
+# Names that vacd.factory, vacd.guestapi and bench/metadata_service.py still import from
+# here, from before the record types, their formats and the guest's files had modules of
+# their own (vacd.records, vacd.recordformats, vacd.guestoutputs); new code imports them
+# from those.
+from vacd.guestoutputs import open_guest_directory as open_guest_directory
+from vacd.guestoutputs import write_shutdown_receipt as write_shutdown_receipt
+from vacd.recordformats import SHUTDOWN_MESSAGE_FILE as SHUTDOWN_MESSAGE_FILE
+from vacd.records import FinishRecord as FinishRecord
+from vacd.records import Heartbeat as Heartbeat
+from vacd.records import MachineRecord as MachineRecord
+from vacd.records import ShutdownReceipt as ShutdownReceipt
+from vacd.records import SlotCondition as SlotCondition
+from vacd.records import StoredMachine as StoredMachine
+from vacd.records import lowered as lowered
 
 log = logging.getLogger(__name__)
 
-RECORD_FILE = "machine.json"
-FINISHED_FILE = "finished"
-# What Vac's empty `finished` cannot hold: the FinishRecord, written before the marker.
-FINISHED_RECORD_FILE = "finished.json"
-STARTED_FILE = "started"
-HEARTBEAT_FILE = "heartbeat"
-# What Vac's two-field `heartbeat` cannot hold: its time, and the CPU figures unrounded.
-HEARTBEAT_RECORD_FILE = "heartbeat.json"
-# Vac 03 started every machine's heartbeat with this line (§1.6 step 7).
-INITIAL_HEARTBEAT_LINE = "0.0 0.0\n"
-DESTROY_REQUESTED_FILE = "destroy_requested"
-SHUTDOWN_MESSAGE_FILE = "shutdown_message"
-JOBOUTPUTS_DIR = "joboutputs"
-# In MD, not joboutputs/: the guest API's record that this machine's guest sent its
-# shutdown_message (ShutdownReceipt). A container can write joboutputs/, never MD.
-SHUTDOWN_RECEIPT_FILE = "shutdown_message_received.json"
-# A container's file may be written after the pass read its `now` and before it listed
-# the machine as gone; a pass takes far less than this.
-MTIME_SLACK_SECONDS = 60
-CORRUPT_MARK = ".corrupt-"
-# Our records are well under 1 KiB; anything near this is not one of ours.
-MAX_RECORD_BYTES = 64 * 1024
 # Vac 03's layout puts the creation time first in a directory name; never look more than
 # this many seconds ahead for a free one (each slot creates at most once a pass).
 MAX_DIRECTORY_NAME_TRIES = 10
-# A record whose mtime is this close to the moment it was read may have changed again in
-# the same timestamp tick without changing its cache key: it is read again next time
-# (git's "racily clean" rule). Far above any filesystem's timestamp granularity.
-RACY_SECONDS = 2
-# Heartbeats are replaced without fsync (Store._write_heartbeat_files) except once in this
-# many seconds per machine: what an OS crash (not a kill -9) may cost of a heartbeat.
-HEARTBEAT_DURABLE_SECONDS = 60
-# In the state directory: every heartbeat of the last pass, one file for the node, replaced
-# once a pass (Store.flush_heartbeats), so a pass renames one file, not one a machine.
-NODE_HEARTBEATS_FILE = "heartbeats.json"
-# A bound on the record cache (entries of removed directories are dropped with them):
-# far above 256 slots x 8 records.
-MAX_CACHED_RECORDS = 65536
-# The same for the parsed machines (one per machine directory).
+# A bound on the parsed machines (one per machine directory), as on the record cache.
 MAX_CACHED_MACHINES = MAX_CACHED_RECORDS // 8
 
-_FileKey = tuple[int, int, int, int, int]
 # The record files of a machine directory that `Store._load` reads, in that order: the keys
 # of all of them validate a parsed machine (_ParsedMachine).
 _MACHINE_FILES = (
@@ -173,181 +130,12 @@ _MACHINE_FILES = (
 )
 
 
-def _file_key(status: os.stat_result) -> _FileKey:
-    return (status.st_dev, status.st_ino, status.st_mtime_ns, status.st_size, status.st_ctime_ns)
-
-
 class MachineDirectoryExists(StoreError):
     """The directory a new machine would use already exists: it is never reused (issue 8 item 10)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         super().__init__(f"{directory}: machine directory exists; a machine directory is never reused")
-
-
-class CorruptRecord(StoreError):
-    """A record file that exists but cannot be read back (internal: always quarantined)."""
-
-
-@dataclass(frozen=True)
-class MachineRecord:
-    """What the factory decided about one machine when it created it."""
-
-    name: str
-    ordinal: int
-    uuid: str
-    machinetype: str
-    machine_model: str
-    processors: int
-    created_time: int
-    shutdown_time: int
-    ip_address: str
-    hs06: float
-    mb: int
-    # Whether `hs06` is a figure the site configured (`hs06_per_processor` was set when the
-    # machine was created) rather than vacd's stand-in of 1.0 per processor. Only such a
-    # machine is sent to APEL (vacd.accounting): its ServiceLevel is the site's real HS06.
-    # For a Vac 03 machine it is whether Vac wrote its `machinefeatures/hs06` file, which
-    # Vac did exactly when `hs06_per_processor` was set. The default is the conservative
-    # "not known": a record that does not say is archived, never sent with ServiceLevel 1.0.
-    hs06_known: bool = False
-
-    @property
-    def directory_name(self) -> str:
-        return f"{self.created_time}_{self.machinetype}_{self.name}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, raw_text: str) -> "MachineRecord":
-        """Parse machine.json; any malformed content raises ValueError."""
-        try:
-            fields = json.loads(raw_text)
-            if not isinstance(fields, dict):
-                raise ValueError("not a JSON object")
-            return cls._from_fields(fields)
-        except (KeyError, TypeError, OverflowError, RecursionError) as error:
-            raise ValueError(f"{type(error).__name__}: {error}") from error
-
-    @classmethod
-    def _from_fields(cls, fields: Mapping[str, Any]) -> "MachineRecord":
-        if not math.isfinite(float(fields["hs06"])):
-            raise ValueError("hs06 is not a finite number")
-        return cls(
-            name=str(fields["name"]),
-            ordinal=int(fields["ordinal"]),
-            uuid=str(fields["uuid"]),
-            machinetype=str(fields["machinetype"]),
-            machine_model=str(fields["machine_model"]),
-            processors=int(fields["processors"]),
-            created_time=int(fields["created_time"]),
-            shutdown_time=int(fields["shutdown_time"]),
-            ip_address=str(fields["ip_address"]),
-            hs06=float(fields["hs06"]),
-            mb=int(fields["mb"]),
-            hs06_known=_hs06_known(fields),
-        )
-
-
-def _hs06_known(fields: Mapping[str, Any]) -> bool:
-    """`hs06_known` of a machine.json, inferred for records written before the field existed.
-
-    Earlier vacd wrote `hs06` as `hs06_per_processor x processors`, with 1.0 per processor
-    when it was not set. So a figure other than `processors` was configured; exactly
-    `processors` was most likely the stand-in, and is taken as "not known" (only a site
-    that configured hs06_per_processor = 1.0 loses anything: its record is archived, not sent).
-    """
-    if "hs06_known" in fields:
-        value = fields["hs06_known"]
-        if not isinstance(value, bool):
-            raise ValueError("hs06_known is not true or false")
-        return value
-    return float(fields["hs06"]) != 1.0 * int(fields["processors"])
-
-
-@dataclass(frozen=True)
-class FinishRecord:
-    """How a machine ended, fixed when the factory finalised it."""
-
-    finished_time: int
-    shutdown_message: Optional[str]
-    shutdown_message_time: Optional[int]
-    started_time: Optional[int]
-    last_heartbeat_time: Optional[int]
-    cpu_seconds: float
-
-    # Set when `shutdown_message` is kept for the admin, APEL and status but the abort rule
-    # must not read it (issue 11 item 4): why it is not shown to be this machine's guest's.
-    distrust_reason: Optional[str] = None
-    # What the abort rule reads then: the outcome as if the guest had said nothing (the
-    # factory's own reason, a fizzle, or None).
-    verdict_instead: Optional[str] = None
-
-    @property
-    def verdict(self) -> Optional[str]:
-        """The outcome the space's abort rule reads (local backoff, peers' reports)."""
-        return self.shutdown_message if self.distrust_reason is None else self.verdict_instead
-
-    @property
-    def outcome_code(self) -> Optional[int]:
-        """The 3-digit code of the shutdown message, or None (§4.4)."""
-        return shutdown_code(self.shutdown_message)
-
-
-@dataclass(frozen=True)
-class ShutdownReceipt:
-    """The guest API received a shutdown_message from a machine's own slot address."""
-
-    uuid: str
-    source_address: str
-    received_time: int
-    # The parsed message the upload held (parse_shutdown_message), None if it held none.
-    message: Optional[str]
-
-
-@dataclass(frozen=True)
-class JudgedShutdownMessage:
-    """The message in joboutputs/shutdown_message, and whether the abort rule may read it."""
-
-    message: ShutdownMessage
-    # None when it is this machine's guest's, said in its life (module docstring).
-    distrust_reason: Optional[str]
-
-
-@dataclass(frozen=True)
-class DestroyRequest:
-    """The factory decided to stop this machine: when, and what it will be told."""
-
-    requested_time: int
-    shutdown_message: Optional[str]
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    time: int
-    cpu_seconds: float
-    cpu_percentage: Optional[float]
-
-
-@dataclass(frozen=True)
-class StoredMachine:
-    """Everything on disk about one machine: the record and its markers."""
-
-    record: MachineRecord
-    directory: Path
-    started_time: Optional[int]
-    heartbeat: Optional[Heartbeat]
-    finish: Optional[FinishRecord]
-    destroy_request: Optional[DestroyRequest]
-
-    @property
-    def has_started(self) -> bool:
-        return self.started_time is not None
-
-    @property
-    def has_finished(self) -> bool:
-        return self.finish is not None
 
 
 @dataclass(frozen=True)
@@ -358,35 +146,11 @@ class _ParsedMachine:
     pass and is no file of the directory) is laid over them at each lookup.
     """
 
-    keys: tuple[Optional[_FileKey], ...]  # per _MACHINE_FILES; None: absent
+    keys: tuple[Optional[FileKey], ...]  # per _MACHINE_FILES; None: absent
     stored: StoredMachine
     recorded_heartbeat: Optional[Heartbeat]  # heartbeat.json
     line_heartbeat: Optional[Heartbeat]  # Vac's `heartbeat`
     line_has_time: bool
-
-
-class SlotCondition(Enum):
-    """What a slot's binding turned out to be when it was looked up."""
-
-    FREE = "free"  # no binding, or it names a directory without a machine record
-    BOUND = "bound"  # bound to a readable machine (finished or not)
-    CORRUPT = "corrupt"  # the binding or the machine record was unreadable, and is quarantined now
-
-
-@dataclass(frozen=True)
-class SlotLookup:
-    """A slot's binding: free, a machine, or corrupt (quarantined by this lookup)."""
-
-    machine_name: str
-    condition: SlotCondition
-    machine: Optional[StoredMachine] = None
-    problem: Optional[str] = None  # for CORRUPT: which file and why
-
-    def __post_init__(self) -> None:
-        if (self.machine is not None) != (self.condition is SlotCondition.BOUND):
-            raise ValueError("a machine is given exactly when the slot is bound")
-        if (self.problem is not None) != (self.condition is SlotCondition.CORRUPT):
-            raise ValueError("a problem is given exactly when the slot is corrupt")
 
 
 class Store:
@@ -396,11 +160,9 @@ class Store:
         self.paths = paths
         # Only for the `.corrupt-<unix time>` names of quarantined records.
         self.clock = clock or _wall_clock
-        self._quarantine_lock = threading.Lock()
-        self._quarantined_total = 0
+        self._files = RecordFiles(self.clock)
         # The guest API reads through this store from its own thread.
         self._cache_lock = threading.Lock()
-        self._record_cache: dict[str, tuple[_FileKey, str]] = {}
         # Machine directory -> what its records parsed to (module docstring).
         self._machine_cache: dict[str, _ParsedMachine] = {}
         # Machine name -> (the text of slots/<name>, the directory it names).
@@ -409,25 +171,22 @@ class Store:
         self._state_dir = paths.state_dir
         self._slots_dir = paths.slots_dir
         self._machines_dir = paths.machines_dir
-        self._node_heartbeats_path = self._state_dir / NODE_HEARTBEATS_FILE
-        # Record files opened and read, and lookups the cache answered (tests, the bench).
-        self.record_file_reads = 0
-        self.record_cache_hits = 0
-        # Per machine directory: the time of its last heartbeat written with fsync.
-        self._heartbeat_durable_time: dict[str, int] = {}
-        # This pass's heartbeats not yet in NODE_HEARTBEATS_FILE, by machine directory name.
-        self._pending_heartbeats: dict[str, Heartbeat] = {}
-        # The last parse of NODE_HEARTBEATS_FILE, with the text it came from.
-        self._node_heartbeats_parsed: tuple[Optional[str], dict[str, Heartbeat]] = (None, {})
-        # Whether this store has replaced NODE_HEARTBEATS_FILE: from then on it holds what
-        # `_node_heartbeats_parsed` says (only this store writes it, once a pass).
-        self._node_heartbeats_written = False
+        self._heartbeats = HeartbeatFiles(self._files, self._state_dir / NODE_HEARTBEATS_FILE)
 
     @property
     def quarantined_total(self) -> int:
         """How many corrupt records this store has renamed aside since it was made."""
-        with self._quarantine_lock:
-            return self._quarantined_total
+        return self._files.quarantined_total
+
+    @property
+    def record_file_reads(self) -> int:
+        """Record files opened and read (tests, the bench)."""
+        return self._files.record_file_reads
+
+    @property
+    def record_cache_hits(self) -> int:
+        """Record lookups the cache answered (tests, the bench)."""
+        return self._files.record_cache_hits
 
     # Paths
     def machine_dir(self, record: MachineRecord) -> Path:
@@ -460,114 +219,30 @@ class Store:
         for subdirectory in ("machinefeatures", "jobfeatures", "joboutputs"):
             (directory / subdirectory).mkdir(mode=0o755, exist_ok=True)
         self.paths.slots_dir.mkdir(parents=True, exist_ok=True)
-        self._write_record(
+        self._files.write(
             self.paths.slots_dir / record.name,
             f"{record.created_time} {record.machinetype} {record.machine_model}\n",
         )
-        self._write_record(directory / RECORD_FILE, record.to_json())
+        self._files.write(directory / RECORD_FILE, record.to_json())
         return directory
 
     def mark_started(self, record: MachineRecord, now: int) -> None:
         """Write the first heartbeat and then `started`, in Vac's formats (§1.6 step 7)."""
         directory = self.machine_dir(record)
-        self._write_heartbeat_files(directory, Heartbeat(now, 0.0, 0.0), INITIAL_HEARTBEAT_LINE)
-        self._write_record(directory / STARTED_FILE, f"{now}\n")
+        self._heartbeats.write(directory, Heartbeat(now, 0.0, 0.0), INITIAL_HEARTBEAT_LINE)
+        self._files.write(directory / STARTED_FILE, f"{now}\n")
 
     def write_heartbeat(self, record: MachineRecord, heartbeat: Heartbeat) -> None:
         """`heartbeat.json`, then Vac's `heartbeat` line (module docstring)."""
-        self._write_heartbeat_files(self.machine_dir(record), heartbeat, _vac_heartbeat_line(heartbeat))
-
-    def _write_heartbeat_files(self, directory: Path, heartbeat: Heartbeat, vac_line: str) -> None:
-        """heartbeat.json and Vac's line once in HEARTBEAT_DURABLE_SECONDS; between, the node file only.
-
-        Every running machine's heartbeat moves every pass, and each machine's heartbeat.json
-        and `heartbeat` replaced with fsync each pass cost two renames and four fsyncs per
-        slot (issue 15: a quarter of a pass's CPU at 128 slots, and 1-10 ms an fsync on a
-        real disk). Now, once a minute per machine (HEARTBEAT_DURABLE_SECONDS, and its
-        first heartbeat), heartbeat.json then `heartbeat` are replaced with fsync as before;
-        between, the heartbeat waits for `flush_heartbeats`, which the factory calls once a
-        pass: NODE_HEARTBEATS_FILE, every machine's heartbeat of the pass, one rename and
-        one fsync. The reader takes the newest of heartbeat.json and that file's entry.
-        What a crash may lose:
-        - kill -9 of vacd, before: the heartbeats of the pass it interrupted, for the slots
-          that pass had not yet reached (each on-disk heartbeat at most one pass old).
-          After: the heartbeats of the pass it interrupted, all of them (each on-disk
-          heartbeat still at most one pass old).
-        - An OS crash or power cut: the same as a kill -9, before and after (every write
-          that reaches disk is fsync-ed).
-        Vac's `heartbeat` line is rewritten with heartbeat.json, once a minute, as Vac 03
-        rewrote it once a 60 s cycle: its time (the mtime, which Vac 03 read) is at most a
-        minute old, as under Vac 03. Between, it is not touched (moving its mtime every pass
-        cost an utimensat and two lstat-s per machine per pass, issue 15 item 2). vacd reads
-        the line only when heartbeat.json is missing or unreadable.
-        The record goes first: a kill between the two leaves the new time in
-        heartbeat.json, which the reader prefers, and Vac's line a minute old.
-        """
-        key = os.fspath(directory)
-        last_durable = self._heartbeat_durable_time.get(key)
-        if last_durable is not None and 0 <= heartbeat.time - last_durable < HEARTBEAT_DURABLE_SECONDS:
-            self._pending_heartbeats[directory.name] = heartbeat
-            return
-        self._write_record(directory / HEARTBEAT_RECORD_FILE, _heartbeat_json(heartbeat))
-        self._pending_heartbeats.pop(directory.name, None)
-        self._write_record(directory / HEARTBEAT_FILE, vac_line)
-        self._heartbeat_durable_time[key] = heartbeat.time
+        self._heartbeats.write(self.machine_dir(record), heartbeat, vac_heartbeat_line(heartbeat))
 
     def flush_heartbeats(self) -> None:
-        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory calls it once a pass).
-
-        Between their once-a-minute durable writes, machines' heartbeat.json files are not
-        rewritten: their heartbeats reach disk here, all in one file and one rename, fsync-ed.
-        The reader takes the newest of heartbeat.json and this file's entry. What a kill -9
-        loses is unchanged: the heartbeats of the pass it interrupted (each machine's on-disk
-        heartbeat is at most one pass old, as when each was written at its own turn).
-        """
-        if not self._pending_heartbeats:
-            return
-        document = {
-            name: {"cpu_percentage": heartbeat.cpu_percentage, "cpu_seconds": heartbeat.cpu_seconds,
-                   "time": heartbeat.time}
-            for name, heartbeat in sorted(self._pending_heartbeats.items())
-        }
-        self._write_record(self._node_heartbeats_path, json.dumps(document, sort_keys=True) + "\n")
-        # What the file now holds, so lookups until the next flush read none of it.
-        self._node_heartbeats_parsed = (None, self._pending_heartbeats)
-        self._node_heartbeats_written = True
-        self._pending_heartbeats = {}
-
-    def _node_heartbeat(self, directory_name: str) -> Optional[Heartbeat]:
-        """This machine's heartbeat not yet flushed, else its entry in NODE_HEARTBEATS_FILE."""
-        pending = self._pending_heartbeats.get(directory_name)
-        if pending is not None:
-            return pending
-        if self._node_heartbeats_written:
-            return self._node_heartbeats_parsed[1].get(directory_name)
-        path = self._node_heartbeats_path
-        try:
-            raw_text = self._read_record_text(path)
-        except CorruptRecord as error:
-            self._quarantine(path, str(error))
-            return None
-        if raw_text is None:
-            return None
-        if self._node_heartbeats_parsed[0] != raw_text:
-            parsed: dict[str, Heartbeat] = {}
-            try:
-                fields = _parse_json_object(raw_text, path)
-            except CorruptRecord as error:
-                self._quarantine(path, str(error))
-                return None
-            for name, entry in fields.items():
-                try:
-                    parsed[name] = _parse_heartbeat_json(json.dumps(entry), path)
-                except CorruptRecord:
-                    continue  # one bad entry costs that machine's node heartbeat only
-            self._node_heartbeats_parsed = (raw_text, parsed)
-        return self._node_heartbeats_parsed[1].get(directory_name)
+        """Replace NODE_HEARTBEATS_FILE with this pass's heartbeats (the factory, once a pass; HeartbeatFiles.flush)."""
+        self._heartbeats.flush()
 
     def update_record(self, record: MachineRecord) -> None:
         """Rewrite machine.json (the shutdown time only ever falls, §4.6 step 2)."""
-        self._write_record(self.machine_dir(record) / RECORD_FILE, record.to_json())
+        self._files.write(self.machine_dir(record) / RECORD_FILE, record.to_json())
 
     def request_destroy(self, record: MachineRecord, now: int, shutdown_message: Optional[str]) -> None:
         """Record that the factory stops this machine, and why.
@@ -579,11 +254,11 @@ class Store:
         """
         directory = self.machine_dir(record)
         if not os.path.lexists(directory / DESTROY_REQUESTED_FILE):
-            self._write_record(directory / DESTROY_REQUESTED_FILE, _destroy_request_json(now, shutdown_message))
+            self._files.write(directory / DESTROY_REQUESTED_FILE, destroy_request_json(now, shutdown_message))
         if shutdown_message and self.read_shutdown_message(record) is None:
             target = directory / JOBOUTPUTS_DIR / SHUTDOWN_MESSAGE_FILE
             try:
-                _write_joboutputs_file(directory, SHUTDOWN_MESSAGE_FILE, (shutdown_message + "\n").encode())
+                write_joboutputs_file(directory, SHUTDOWN_MESSAGE_FILE, (shutdown_message + "\n").encode())
             except (OSError, UnreadableFile) as error:
                 log.warning("cannot write the factory's shutdown message path=%s error=%s", target, error)
 
@@ -594,12 +269,12 @@ class Store:
         finished (module docstring), so a kill between the two cannot finalise it twice.
         """
         directory = self.machine_dir(record)
-        self._write_record(directory / FINISHED_RECORD_FILE, _finish_json(finish))
-        self._write_record(directory / FINISHED_FILE, "")
-        self._heartbeat_durable_time.pop(os.fspath(directory), None)
+        self._files.write(directory / FINISHED_RECORD_FILE, finish_json(finish))
+        self._files.write(directory / FINISHED_FILE, "")
+        self._heartbeats.forget(directory)
         self.paths.finishes_dir.mkdir(parents=True, exist_ok=True)
         finishes_file = self.paths.finishes_dir / record.machinetype
-        current_created = _created_time_of_finishes_line(_read_line(finishes_file))
+        current_created = created_time_of_finishes_line(_read_line(finishes_file))
         if current_created is None or record.created_time >= current_created:
             write_atomic(finishes_file, f"{record.created_time} {record.machinetype} {record.name}\n")
 
@@ -613,73 +288,30 @@ class Store:
 
         The file is the guest's: anything there that is not a regular file is no message.
         """
-        found = self._read_shutdown_file(record)
+        found = read_shutdown_file(record, self.machine_dir(record))
         return found[0] if found is not None else None
-
-    def _read_shutdown_file(self, record: MachineRecord) -> Optional[tuple[ShutdownMessage, float]]:
-        """The parsed message and the file's mtime; None if there is none, or it is unusable."""
-        directory = self.machine_dir(record)
-        try:
-            found = read_capped_with_status_under(
-                directory, (JOBOUTPUTS_DIR, SHUTDOWN_MESSAGE_FILE), MAX_SHUTDOWN_MESSAGE_BYTES
-            )
-        except UnreadableFile as error:
-            # A symlinked joboutputs or message is the guest's (or a hostile layout's): an
-            # admin should know why the machine has no outcome (issue 11 item 3).
-            log.warning("no usable shutdown message name=%s path=%s reason=%s", record.name, error.path, error.reason)
-            return None
-        if found is None:
-            return None
-        message = parse_shutdown_message(found[0])
-        return (message, found[1].st_mtime) if message is not None else None
 
     def judged_shutdown_message(
         self, record: MachineRecord, started_time: Optional[int], now: int, factory_message: Optional[str] = None
     ) -> Optional[JudgedShutdownMessage]:
         """The message in joboutputs/shutdown_message and whether the abort rule may read it.
 
-        Trusted (module docstring, issue 11 item 4): the guest API's receipt for this UUID,
-        received since the machine's creation, holding the same message; for a machine
-        whose guest writes joboutputs itself (not a VM), an mtime between its start and
-        `now` (plus MTIME_SLACK_SECONDS); or the factory's own reason for stopping it (`factory_message`), which is
-        the factory's verdict, not the guest's. Everything else is distrusted, with why.
+        What counts is guestoutputs.judge_shutdown_message's (module docstring, issue 11 item 4).
         """
-        found = self._read_shutdown_file(record)
+        found = read_shutdown_file(record, self.machine_dir(record))
         if found is None:
             return None
-        message, mtime = found
-        if factory_message is not None and message.text == factory_message.strip():
-            return JudgedShutdownMessage(message, None)
-        receipt = self.shutdown_receipt(record)
-        # No upper bound on a receipt: the guest API serves no finished machine, so none
-        # postdates the machine's end; `now` was read before this pass listed the machines.
-        if receipt is not None and receipt.uuid == record.uuid and receipt.message == message.text:
-            if record.created_time <= receipt.received_time:
-                return JudgedShutdownMessage(message, None)
-        if record.machine_model not in VM_MACHINE_MODELS:
-            if started_time is not None and started_time <= mtime <= now + MTIME_SLACK_SECONDS:
-                return JudgedShutdownMessage(message, None)
-            return JudgedShutdownMessage(
-                message, f"written at {int(mtime)}, outside the machine's life ({started_time} to {now})"
-            )
-        if receipt is None:
-            reason = "not received from the machine's guest by the guest API (no receipt)"
-        elif receipt.uuid != record.uuid:
-            reason = f"the receipt is for another machine (uuid {receipt.uuid})"
-        elif receipt.message != message.text:
-            reason = "the file was replaced after the guest API received the guest's message"
-        else:
-            reason = f"received at {receipt.received_time}, before the machine was created at {record.created_time}"
-        return JudgedShutdownMessage(message, reason)
+        return judge_shutdown_message(record, found, lambda: self.shutdown_receipt(record), started_time, now,
+                                      factory_message)
 
     def shutdown_receipt(self, record: MachineRecord) -> Optional[ShutdownReceipt]:
         """The guest API's receipt of this machine's shutdown_message, or None (unreadable: None, logged)."""
         path = self.machine_dir(record) / SHUTDOWN_RECEIPT_FILE
         try:
-            raw_text = self._read_record_text(path)
+            raw_text = self._files.read_text(path)
             if raw_text is None:
                 return None
-            return _parse_shutdown_receipt(raw_text, path)
+            return parse_shutdown_receipt(raw_text, path)
         except CorruptRecord as error:
             log.warning("unreadable shutdown message receipt path=%s reason=%s", path, error)
             return None
@@ -704,7 +336,7 @@ class Store:
         try:
             directory = self._bound_directory(machine_name)
         except CorruptRecord as error:
-            self._quarantine(self._slots_dir / machine_name, str(error))
+            self._files.quarantine(self._slots_dir / machine_name, str(error))
             return SlotLookup(machine_name, SlotCondition.CORRUPT, problem=str(error))
         if directory is None:
             return SlotLookup(machine_name, SlotCondition.FREE)
@@ -782,7 +414,7 @@ class Store:
     # Reading records, quarantining the unreadable
     def _bound_directory(self, machine_name: str) -> Optional[Path]:
         slot_file = os.path.join(self._slots_dir, machine_name)
-        raw_text = self._read_record_text(slot_file)
+        raw_text = self._files.read_text(slot_file)
         if raw_text is None:
             return None
         remembered = self._binding_cache.get(machine_name)
@@ -808,9 +440,8 @@ class Store:
         keys = _machine_file_keys(key_path)
         parsed = self._machine_cache.get(key_path) if keys is not None else None
         if parsed is not None and parsed.keys == keys:
-            with self._cache_lock:
-                self.record_cache_hits += sum(1 for key in keys if key is not None)
-            heartbeat = _newest_heartbeat(parsed.recorded_heartbeat, self._node_heartbeat(directory.name),
+            self._files.count_cache_hits(sum(1 for key in keys if key is not None))
+            heartbeat = newest_heartbeat(parsed.recorded_heartbeat, self._heartbeats.node_heartbeat(directory.name),
                                           parsed.line_heartbeat, parsed.line_has_time)
             if heartbeat == parsed.stored.heartbeat:
                 return parsed.stored
@@ -821,23 +452,13 @@ class Store:
         stored, heartbeat_parts = loaded
         # Kept only if no file changed while it was read and each was read under its key
         # (a racy file is not in the record cache: it is read again next time).
-        if keys is not None and _machine_file_keys(key_path) == keys and self._all_cached(key_path, keys):
+        if (keys is not None and _machine_file_keys(key_path) == keys
+                and self._files.all_cached(key_path, _MACHINE_FILES, keys)):
             with self._cache_lock:
                 if len(self._machine_cache) >= MAX_CACHED_MACHINES:
                     self._machine_cache.clear()
                 self._machine_cache[key_path] = _ParsedMachine(keys, stored, *heartbeat_parts)
         return stored
-
-    def _all_cached(self, key_path: str, keys: tuple[Optional[_FileKey], ...]) -> bool:
-        """Whether the record cache holds each present file of the directory under its key."""
-        with self._cache_lock:
-            for name, key in zip(_MACHINE_FILES, keys):
-                if key is None:
-                    continue
-                entry = self._record_cache.get(os.path.join(key_path, name))
-                if entry is None or entry[0] != key:
-                    return False
-        return True
 
     def _load_from_files(
         self, directory: Path
@@ -845,7 +466,7 @@ class Store:
         """The machine in `directory` read from its files, with its heartbeat's parts (_ParsedMachine)."""
         record_path = directory / RECORD_FILE
         try:
-            raw_record = self._read_record_text(record_path)
+            raw_record = self._files.read_text(record_path)
             if raw_record is None:
                 return None
             try:
@@ -855,238 +476,28 @@ class Store:
             if record.directory_name != directory.name:
                 raise CorruptRecord(f"{record_path}: record of {record.directory_name} found in {directory.name}")
         except CorruptRecord as error:
-            self._quarantine(record_path, str(error))
+            self._files.quarantine(record_path, str(error))
             # The slot must not stay bound to a machine nobody can read: it is free once
             # whatever runs under its name is destroyed (module docstring).
             self._unbind_if_bound_to(_machine_name_of(directory.name), directory)
             raise
-        started_time = self._read_started(directory / STARTED_FILE)
-        recorded, line, line_has_time = self._read_heartbeat_parts(directory)
+        started_time = read_started(self._files, directory / STARTED_FILE)
+        recorded, line, line_has_time = read_heartbeat_parts(self._files, directory)
         stored = StoredMachine(
             record=record,
             directory=directory,
             started_time=started_time,
-            heartbeat=_newest_heartbeat(recorded, self._node_heartbeat(directory.name), line, line_has_time),
-            finish=self._read_finish(directory),
-            destroy_request=self._read_destroy_request(directory / DESTROY_REQUESTED_FILE),
+            heartbeat=newest_heartbeat(recorded, self._heartbeats.node_heartbeat(directory.name), line, line_has_time),
+            finish=read_finish(self._files, directory),
+            destroy_request=read_destroy_request(self._files, directory / DESTROY_REQUESTED_FILE),
         )
         return stored, (recorded, line, line_has_time)
 
-    def _read_record_text(self, path: Union[str, Path]) -> Optional[str]:
-        """A record's text, None if absent; CorruptRecord if it is unusable as one of ours.
-
-        Answered from the cache when the file's key is unchanged (module docstring); an
-        absent file costs one lstat.
-        """
-        key_path = os.fspath(path)
-        try:
-            status = os.lstat(key_path)
-        except FileNotFoundError:
-            return None
-        except OSError:
-            pass  # read_capped_with_status says what is wrong
-        else:
-            if stat.S_ISREG(status.st_mode):
-                with self._cache_lock:
-                    entry = self._record_cache.get(key_path)
-                    if entry is not None and entry[0] == _file_key(status):
-                        self.record_cache_hits += 1
-                        return entry[1]
-        try:
-            found = read_capped_with_status(path, MAX_RECORD_BYTES)
-        except UnreadableFile as error:
-            raise CorruptRecord(str(error)) from error
-        if found is None:
-            return None
-        raw, status = found
-        with self._cache_lock:
-            self.record_file_reads += 1
-        if len(raw) >= MAX_RECORD_BYTES:
-            raise CorruptRecord(f"{path}: {MAX_RECORD_BYTES} bytes or more, not a record of ours")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise CorruptRecord(f"{path}: not UTF-8: {error}") from error
-        if _wall_clock_ns() - status.st_mtime_ns >= RACY_SECONDS * 1_000_000_000:
-            self._cache(key_path, _file_key(status), text)
-        return text
-
-    def _cache(self, key_path: str, key: _FileKey, text: str) -> None:
-        with self._cache_lock:
-            if len(self._record_cache) >= MAX_CACHED_RECORDS:
-                self._record_cache.clear()
-            self._record_cache[key_path] = (key, text)
-
-    def _write_record(self, path: Path, text: str, durable: bool = True) -> None:
-        """write_atomic, and the cache told what the file now holds."""
-        if durable:
-            write_atomic(path, text)
-        else:
-            write_atomic(path, text, durable=False)
-        self._remember_written(path, text)
-
-    def _remember_written(self, path: Path, text: str) -> None:
-        # Only this store writes these files, and only from the factory's loop, so the file
-        # at `path` just after the write is the one written: no racy rule is needed.
-        try:
-            status = os.lstat(path)
-        except OSError:
-            return
-        self._cache(os.fspath(path), _file_key(status), text)
-
     def _forget_directory(self, directory: Path) -> None:
-        prefix = os.fspath(directory) + os.sep
+        self._files.forget_directory(directory)
         with self._cache_lock:
-            for key_path in [key_path for key_path in self._record_cache if key_path.startswith(prefix)]:
-                del self._record_cache[key_path]
             self._machine_cache.pop(os.fspath(directory), None)
-        self._heartbeat_durable_time.pop(os.fspath(directory), None)
-
-    def _read_started(self, path: Path) -> Optional[int]:
-        try:
-            raw_text = self._read_record_text(path)
-            if raw_text is None:
-                return None
-            return _parse_time(raw_text)
-        except CorruptRecord as error:
-            started_time = self._mtime(path)
-            self._quarantine(path, str(error), replacement=f"{started_time}\n")
-            return started_time
-
-    def _read_heartbeat_parts(self, directory: Path) -> tuple[Optional[Heartbeat], Optional[Heartbeat], bool]:
-        """heartbeat.json, Vac's `heartbeat`, and whether that line has its own time (_newest_heartbeat)."""
-        recorded = self._read_heartbeat_record(directory / HEARTBEAT_RECORD_FILE)
-        path = directory / HEARTBEAT_FILE
-        raw_text: Optional[str] = None
-        try:
-            raw_text = self._read_record_text(path)
-            line = _parse_heartbeat(raw_text, path, self._mtime) if raw_text is not None else None
-        except CorruptRecord as error:
-            self._quarantine(path, str(error))
-            line = None
-        return recorded, line, line is not None and _heartbeat_line_has_time(raw_text)
-
-    def _read_heartbeat_record(self, path: Path) -> Optional[Heartbeat]:
-        try:
-            raw_text = self._read_record_text(path)
-            if raw_text is None:
-                return None
-            return _parse_heartbeat_json(raw_text, path)
-        except CorruptRecord as error:
-            self._quarantine(path, str(error))
-            return None
-
-    def _read_finish(self, directory: Path) -> Optional[FinishRecord]:
-        """finished.json if readable, else `finished`; either present means finished."""
-        record_path = directory / FINISHED_RECORD_FILE
-        marker_path = directory / FINISHED_FILE
-        try:
-            raw_text = self._read_record_text(record_path)
-            recorded = _parse_finish_json(raw_text, record_path) if raw_text is not None else None
-        except CorruptRecord as error:
-            # Still finished: never finalised, accounted or reported twice.
-            fallback = self._read_finished_marker(marker_path, repair=False) or _finish_at(self._mtime(record_path))
-            self._quarantine(record_path, str(error), replacement=_finish_json(fallback))
-            self._complete_finished_marker(marker_path)
-            return fallback
-        if recorded is None:
-            return self._read_finished_marker(marker_path)
-        self._complete_finished_marker(marker_path)
-        return recorded
-
-    def _read_finished_marker(self, path: Path, repair: bool = True) -> Optional[FinishRecord]:
-        """`finished` as Vac 03 (empty) or an earlier vacd (JSON) wrote it; None if absent.
-
-        Without `repair`, a corrupt marker is only read (as finished at its mtime): the
-        caller is replacing finished.json itself, which then makes the marker's content moot.
-        """
-        try:
-            raw_text = self._read_record_text(path)
-            if raw_text is None:
-                return None
-            return _parse_finish(raw_text, path, self._mtime)
-        except CorruptRecord as error:
-            # Still finished, at the marker's mtime: that time goes to finished.json before
-            # the marker is replaced by Vac's empty one, so no instant loses either.
-            finish = _finish_at(self._mtime(path))
-            if not repair:
-                return finish
-            try:
-                write_atomic(path.with_name(FINISHED_RECORD_FILE), _finish_json(finish))
-            except OSError as write_error:
-                log.warning("cannot write finish record path=%s error=%s", path.with_name(FINISHED_RECORD_FILE),
-                            write_error)
-                return finish
-            self._quarantine(path, str(error), replacement="")
-            return finish
-
-    def _complete_finished_marker(self, path: Path) -> None:
-        """Write the empty `finished` a kill -9 left out after finished.json (module docstring)."""
-        if os.path.lexists(path):
-            return
-        try:
-            write_atomic(path, "")
-        except OSError as error:
-            log.warning("cannot complete finished marker path=%s error=%s", path, error)
-            return
-        log.info("completed finished marker left out by an interrupted finish path=%s", path)
-
-    def _read_destroy_request(self, path: Path) -> Optional[DestroyRequest]:
-        try:
-            raw_text = self._read_record_text(path)
-            if raw_text is None:
-                return None
-            return _parse_destroy_request(raw_text, path)
-        except CorruptRecord as error:
-            # Still being stopped, as from when the file was written.
-            request = DestroyRequest(self._mtime(path), None)
-            self._quarantine(path, str(error), replacement=_destroy_request_json(request.requested_time, None))
-            return request
-
-    def _mtime(self, path: Path) -> int:
-        try:
-            return int(os.lstat(path).st_mtime)
-        except (OSError, OverflowError, ValueError):
-            return int(self.clock())
-
-    def _quarantine(self, path: Path, reason: str, replacement: Optional[str] = None) -> None:
-        """Rename a corrupt record to `<name>.corrupt-<unix time>`; put `replacement` in its place.
-
-        With a replacement, a regular file is hard-linked aside before the replacement is
-        renamed over it, so there is no instant without the record (a kill -9 between the
-        two steps leaves the corrupt file, quarantined again next time). A failure here is
-        logged and leaves things as they were: the caller's in-memory answer stands.
-        """
-        aside = self._aside_name(path)
-        try:
-            if replacement is not None and _is_regular(path):
-                os.link(path, aside, follow_symlinks=False)
-                try:
-                    write_atomic(path, replacement)
-                except OSError:
-                    os.unlink(aside)
-                    raise
-            else:
-                os.rename(path, aside)
-                if replacement is not None:
-                    write_atomic(path, replacement)
-        except FileNotFoundError:
-            return  # another thread (the guest API shares this store) got there first
-        except OSError as error:
-            log.warning("corrupt record left in place path=%s reason=%s error=%s", path, reason, error)
-            return
-        with self._quarantine_lock:
-            self._quarantined_total += 1
-        log.warning("quarantined corrupt record path=%s moved_to=%s reason=%s", path, aside.name, reason)
-
-    def _aside_name(self, path: Path) -> Path:
-        base = f"{path.name}{CORRUPT_MARK}{int(self.clock())}"
-        candidate = path.with_name(base)
-        number = 1
-        while os.path.lexists(candidate):
-            candidate = path.with_name(f"{base}.{number}")
-            number += 1
-        return candidate
+        self._heartbeats.forget(directory)
 
     def _unbind_if_bound_to(self, machine_name: str, directory: Path) -> None:
         if machine_name and self.bound_directory(machine_name) == directory:
@@ -1096,13 +507,13 @@ class Store:
                 pass
 
 
-def _machine_file_keys(directory: str) -> Optional[tuple[Optional[_FileKey], ...]]:
+def _machine_file_keys(directory: str) -> Optional[tuple[Optional[FileKey], ...]]:
     """One lstat of each of a machine directory's record files: its key, or None if absent.
 
     None for the whole if any is there but not a regular file: that machine is read from
     its files every time (they say what is wrong with it).
     """
-    keys: list[Optional[_FileKey]] = []
+    keys: list[Optional[FileKey]] = []
     for name in _MACHINE_FILES:
         try:
             status = os.lstat(os.path.join(directory, name))
@@ -1113,23 +524,8 @@ def _machine_file_keys(directory: str) -> Optional[tuple[Optional[_FileKey], ...
             return None
         if not stat.S_ISREG(status.st_mode):
             return None
-        keys.append(_file_key(status))
+        keys.append(file_key(status))
     return tuple(keys)
-
-
-def _newest_heartbeat(
-    recorded: Optional[Heartbeat], node: Optional[Heartbeat], line: Optional[Heartbeat], line_has_time: bool
-) -> Optional[Heartbeat]:
-    """heartbeat.json or the node file's entry, the newer; else Vac's line; a newer timed line wins."""
-    if node is not None and (recorded is None or node.time > recorded.time):
-        recorded = node
-    if recorded is None:
-        return line
-    # Only a line with its own time (an earlier vacd's third field) can be compared:
-    # Vac's two fields carry none, and its mtime is always a moment after the record's.
-    if line is not None and line_has_time and line.time > recorded.time:
-        return line
-    return recorded
 
 
 def _wall_clock() -> float:
@@ -1137,16 +533,6 @@ def _wall_clock() -> float:
     import time
 
     return time.time()
-
-
-def _wall_clock_ns() -> int:
-    import time
-
-    return time.time_ns()
-
-
-def lowered(record: MachineRecord, shutdown_time: int) -> MachineRecord:
-    return replace(record, shutdown_time=min(record.shutdown_time, shutdown_time))
 
 
 def _is_directory_part(created: str, machinetype: str, machine_name: str) -> bool:
@@ -1164,13 +550,6 @@ def _machine_name_of(directory_name: str) -> str:
     return parts[2] if len(parts) == 3 else ""
 
 
-def _is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
 def _read_line(path: Path) -> Optional[str]:
     """A small file of ours that is rewritten whole (finishes/<mt>): its text, or None if unusable."""
     try:
@@ -1178,214 +557,3 @@ def _read_line(path: Path) -> Optional[str]:
     except UnreadableFile:
         return None
     return raw.decode("utf-8", errors="replace") if raw is not None else None
-
-
-def _created_time_of_finishes_line(raw_text: Optional[str]) -> Optional[int]:
-    if raw_text is None:
-        return None
-    first = raw_text.split()[:1]
-    return int(first[0]) if first and (first[0].isascii() and first[0].isdigit()) else None
-
-
-def _finish_json(finish: FinishRecord) -> str:
-    fields = asdict(finish)
-    if finish.distrust_reason is None:
-        # finished.json keeps the shape admins' scripts know when the message is the verdict.
-        del fields["distrust_reason"], fields["verdict_instead"]
-    return json.dumps(fields, sort_keys=True) + "\n"
-
-
-def _finish_at(finished_time: int) -> FinishRecord:
-    """All that is known of a finish whose record was lost: when (from a file's mtime)."""
-    return FinishRecord(finished_time, None, None, None, None, 0.0)
-
-
-def _heartbeat_json(heartbeat: Heartbeat) -> str:
-    return json.dumps(asdict(heartbeat), sort_keys=True) + "\n"
-
-
-def _vac_heartbeat_line(heartbeat: Heartbeat) -> str:
-    """Vac 03's `heartbeat` line: `str(int cpu seconds) + " %.1f" % cpu percent` (§1.4)."""
-    percentage = heartbeat.cpu_percentage if heartbeat.cpu_percentage is not None else 0.0
-    return f"{int(heartbeat.cpu_seconds)} {percentage:.1f}\n"
-
-
-def _destroy_request_json(requested_time: int, shutdown_message: Optional[str]) -> str:
-    return json.dumps({"requested_time": requested_time, "shutdown_message": shutdown_message}) + "\n"
-
-
-def _parse_time(raw_text: str) -> int:
-    """`1700000000\\n` (Vac 03 and ours) -> 1700000000; CorruptRecord otherwise."""
-    parts = raw_text.split()
-    try:
-        return int(float(parts[0]))
-    except (ValueError, IndexError, OverflowError) as error:
-        raise CorruptRecord(f"unreadable time {raw_text[:40]!r}") from error
-
-
-def _parse_heartbeat(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> Heartbeat:
-    """`heartbeat` as Vac 03 (`<cpu> [<cpu %>]`, at the mtime) or earlier vacd (`… <time>`) wrote it."""
-    parts = raw_text.split()
-    try:
-        cpu_seconds = float(parts[0])
-        cpu_percentage = float(parts[1]) if len(parts) > 1 else None
-        # Vac 03 wrote no time: its heartbeat's time was the file's ctime (§1.4).
-        heartbeat_time = int(parts[2]) if len(parts) > 2 else mtime(path)
-    except (ValueError, IndexError, OverflowError) as error:
-        raise CorruptRecord(f"{path}: unreadable heartbeat {raw_text[:40]!r}") from error
-    # NaN or infinite CPU time would break the APEL record made from it.
-    if not math.isfinite(cpu_seconds) or not (cpu_percentage is None or math.isfinite(cpu_percentage)):
-        raise CorruptRecord(f"{path}: heartbeat with a non-finite number {raw_text[:40]!r}")
-    return Heartbeat(heartbeat_time, cpu_seconds, cpu_percentage)
-
-
-def _heartbeat_line_has_time(raw_text: Optional[str]) -> bool:
-    return raw_text is not None and len(raw_text.split()) > 2
-
-
-def _parse_heartbeat_json(raw_text: str, path: Path) -> Heartbeat:
-    """heartbeat.json: `time` and `cpu_seconds` required, `cpu_percentage` a number or null."""
-    fields = _parse_json_object(raw_text, path)
-    heartbeat_time = _optional_int(fields, "time")
-    cpu_seconds: Any = fields.get("cpu_seconds")
-    cpu_percentage: Any = fields.get("cpu_percentage")
-    if heartbeat_time is None or not _is_finite_number(cpu_seconds) or not (
-        cpu_percentage is None or _is_finite_number(cpu_percentage)
-    ):
-        raise CorruptRecord(f"{path}: not a heartbeat record {raw_text[:80]!r}")
-    return Heartbeat(heartbeat_time, float(cpu_seconds), None if cpu_percentage is None else float(cpu_percentage))
-
-
-def _is_finite_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
-def _parse_json_object(raw_text: str, path: Path) -> Mapping[str, Any]:
-    try:
-        value = json.loads(raw_text)
-    except (ValueError, RecursionError) as error:
-        raise CorruptRecord(f"{path}: not JSON: {type(error).__name__}") from error
-    if not isinstance(value, dict):
-        raise CorruptRecord(f"{path}: not a JSON object")
-    return value
-
-
-def _optional_int(fields: Mapping[str, Any], key: str) -> Optional[int]:
-    value = fields.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        return int(value)
-    except (ValueError, OverflowError):  # NaN, infinity
-        return None
-
-
-def _finite_float(value: Any) -> float:
-    """A finite number, else 0.0 (NaN or infinite CPU time would break the APEL record)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return 0.0
-    try:
-        number = float(value)
-    except OverflowError:
-        return 0.0
-    return number if math.isfinite(number) else 0.0
-
-
-def _parse_finish(raw_text: str, path: Path, mtime: Callable[[Path], int]) -> FinishRecord:
-    """`finished` as Vac 03 (empty: finished at its ctime, §1.4) or earlier vacd (JSON) wrote it."""
-    fields = _parse_json_object(raw_text, path) if raw_text.strip() else {}
-    return _finish_from_fields(fields, path, mtime)
-
-
-def _parse_finish_json(raw_text: str, path: Path) -> FinishRecord:
-    """finished.json: a JSON object with the finish time (written by Store.finish only)."""
-    fields = _parse_json_object(raw_text, path)
-    if _optional_int(fields, "finished_time") is None:
-        raise CorruptRecord(f"{path}: finish record without a finished_time")
-    return _finish_from_fields(fields, path, lambda _path: 0)
-
-
-def _finish_from_fields(fields: Mapping[str, Any], path: Path, mtime: Callable[[Path], int]) -> FinishRecord:
-    message = fields.get("shutdown_message")
-    return FinishRecord(
-        finished_time=_optional_int(fields, "finished_time") or mtime(path),
-        shutdown_message=message if isinstance(message, str) else None,
-        shutdown_message_time=_optional_int(fields, "shutdown_message_time"),
-        started_time=_optional_int(fields, "started_time"),
-        last_heartbeat_time=_optional_int(fields, "last_heartbeat_time"),
-        cpu_seconds=_finite_float(fields.get("cpu_seconds")),
-        distrust_reason=_optional_str(fields, "distrust_reason"),
-        verdict_instead=_optional_str(fields, "verdict_instead"),
-    )
-
-
-def _optional_str(fields: Mapping[str, Any], key: str) -> Optional[str]:
-    value = fields.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _parse_shutdown_receipt(raw_text: str, path: Path) -> ShutdownReceipt:
-    fields = _parse_json_object(raw_text, path)
-    uuid = _optional_str(fields, "uuid")
-    received_time = _optional_int(fields, "received_time")
-    if uuid is None or received_time is None:
-        raise CorruptRecord(f"{path}: not a shutdown message receipt")
-    return ShutdownReceipt(
-        uuid=uuid,
-        source_address=_optional_str(fields, "source_address") or "",
-        received_time=received_time,
-        message=_optional_str(fields, "message"),
-    )
-
-
-def write_shutdown_receipt(machine_dir: Path, receipt: ShutdownReceipt) -> None:
-    """Record, in MD (where no guest writes), that the guest API received this machine's message."""
-    write_atomic(machine_dir / SHUTDOWN_RECEIPT_FILE, json.dumps(asdict(receipt), sort_keys=True) + "\n")
-
-
-def open_guest_directory(path: Path, create: bool = False) -> Optional[int]:
-    """A descriptor of `path` (MD/joboutputs) with no link followed from MD on; None if absent.
-
-    MD (`path.parent`) and `path` are both opened with O_NOFOLLOW | O_DIRECTORY
-    (vacd.cappedread.open_directory). With `create`, a missing `path` is made first,
-    relative to MD's descriptor.
-
-    Raises:
-        UnreadableFile: MD or `path` is a symlink or not a directory.
-    """
-    if create:
-        parent = open_directory(path.parent)
-        if parent is None:
-            return None
-        try:
-            os.mkdir(path.name, 0o755, dir_fd=parent)
-        except FileExistsError:
-            pass
-        finally:
-            os.close(parent)
-    return open_directory(path.parent, (path.name,))
-
-
-def _write_joboutputs_file(machine_dir: Path, name: str, content: bytes) -> None:
-    """Replace MD/joboutputs/NAME atomically, with no link followed on the way."""
-    directory = open_guest_directory(machine_dir / JOBOUTPUTS_DIR, create=True)
-    if directory is None:
-        raise FileNotFoundError(f"{machine_dir}: no machine directory")
-    try:
-        write_atomic_at(directory, name, content)
-    finally:
-        os.close(directory)
-
-
-def _parse_destroy_request(raw_text: str, path: Path) -> DestroyRequest:
-    fields = _parse_json_object(raw_text, path)
-    message = fields.get("shutdown_message")
-    return DestroyRequest(
-        requested_time=_optional_int(fields, "requested_time") or 0,
-        shutdown_message=message if isinstance(message, str) else None,
-    )

@@ -44,7 +44,9 @@ from vacd.cappedread import UnreadableFile, read_capped
 from vacd.config import VM_MACHINE_MODELS, Settings
 from vacd.paths import Paths
 from vacd.slots import ip_address_for, ordinal_of_machine_name
-from vacd.store import FINISHED_FILE, RECORD_FILE, MachineRecord, Store
+from vacd.recordformats import FINISHED_FILE, RECORD_FILE
+from vacd.records import MachineRecord
+from vacd.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,8 @@ from vacd.config import Machinetype, Settings  # noqa: E402
 from vacd.guestapi.contextualise import prepare_machine_dir  # noqa: E402
 from vacd.paths import Paths  # noqa: E402
 from vacd.slots import slot_identity  # noqa: E402
-from vacd.store import MachineRecord, Store  # noqa: E402
+from vacd.records import MachineRecord  # noqa: E402
+from vacd.store import Store  # noqa: E402
 
 pytestmark = [pytest.mark.vm, pytest.mark.allow_commands("ip", "apt-get", "python3")]
 

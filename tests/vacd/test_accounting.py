@@ -24,7 +24,7 @@ from vacd.accounting import (
 )
 from vacd.config import Machinetype, Settings
 from vacd.paths import Paths
-from vacd.store import FinishRecord, MachineRecord
+from vacd.records import FinishRecord, MachineRecord
 
 STARTED = calendar.timegm((2018, 11, 20, 10, 0, 0))
 UUID = "0f1e2d3c-4b5a-4697-8877-665544332211"

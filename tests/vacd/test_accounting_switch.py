@@ -29,7 +29,7 @@ from tests.vacd.test_factory import make_settings as make_factory_settings
 from vacd.accounting import apel_sync, parse_message, record_file_name, write_apel_record
 from vacd.config import Config, Machinetype, Settings
 from vacd.paths import Paths
-from vacd.store import FinishRecord, MachineRecord
+from vacd.records import FinishRecord, MachineRecord
 
 SLOT = "f1-00.example.com"
 NOVEMBER_2018_SYNC_TIME = calendar.timegm((2018, 12, 1, 12, 0, 0))

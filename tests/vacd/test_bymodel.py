@@ -14,7 +14,7 @@ from vacd.config import Machinetype, Settings
 from vacd.errors import BackendError, VacError
 from vacd.machinespec import machine_spec
 from vacd.slots import slot_identity
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 
 SETTINGS = Settings(vac_space="vac01.example.com", factory_name="f1.example.com", total_processors=2,
                     host_processors=2, gocdb_sitename="example.com")

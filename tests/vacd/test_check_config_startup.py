@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vacd.daemon import PidFile
+from vacd.daemoncli import PidFile
 from vacd.paths import Paths
 from vacd.startupcheck import StartupFindings
 

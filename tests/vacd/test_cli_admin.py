@@ -25,7 +25,7 @@ import pytest
 from tests.vacquery.vac_command_space import LoopbackSpace, snapshot_of, status_document, write_config
 from vacd import VERSION
 from vacd.cli import LOCAL_COMMANDS, VERBS, build_parsers, main
-from vacd.daemon import PidFile
+from vacd.daemoncli import PidFile
 from vacd.paths import Paths
 from vacd.status import write_heartbeat
 from vacquery.auth import AuthMode, Authenticator
@@ -234,7 +234,7 @@ def factory_with_status(tmp_path: Path) -> Paths:
 
 @pytest.fixture
 def pid_file_held(factory_with_status: Paths) -> Iterator[PidFile]:
-    """The pid file as a running vacd holds it (vacd.daemon.PidFile, this process's pid)."""
+    """The pid file as a running vacd holds it (vacd.daemoncli.PidFile, this process's pid)."""
     pid_file = PidFile(factory_with_status.pid_file)
     pid_file.acquire()
     try:

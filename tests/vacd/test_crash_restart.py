@@ -42,7 +42,9 @@ from tests.crashchild import (
 from vacd.accounting import STAGING_PREFIX, job_record, record_file_name
 from vacd.config import load_config
 from vacd.paths import Paths
-from vacd.store import FINISHED_FILE, FINISHED_RECORD_FILE, HEARTBEAT_RECORD_FILE, RECORD_FILE, MachineRecord, Store
+from vacd.recordformats import FINISHED_FILE, FINISHED_RECORD_FILE, HEARTBEAT_RECORD_FILE, RECORD_FILE
+from vacd.records import MachineRecord
+from vacd.store import Store
 
 pytestmark = [pytest.mark.allow_commands(sys.executable), pytest.mark.slow]
 

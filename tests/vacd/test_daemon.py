@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from vacd import nagios
-from vacd.daemon import PidFile
+from vacd.daemoncli import PidFile
 from vacd.paths import Paths
 
 REPOSITORY = Path(__file__).resolve().parents[2]

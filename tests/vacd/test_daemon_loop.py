@@ -25,7 +25,8 @@ from tests.fakes import FakeBackend
 from vacd import daemon as daemon_module
 from vacd.backends.base import ObservedMachine
 from vacd.config import load_config
-from vacd.daemon import Daemon, ReloadingConfig
+from vacd.daemon import Daemon
+from vacd.reloadingconfig import ReloadingConfig
 from vacd.factory import Factory
 from vacd.paths import Paths
 from vacd.store import Store

@@ -1,6 +1,6 @@
 """When the loop checks the guest network (issue 15 item 2): not every pass, never too late.
 
-vacd.daemon.NetworkCheckSchedule decides; these pin each reason a check is due, with the
+vacd.networkchecks.NetworkCheckSchedule decides; these pin each reason a check is due, with the
 steady clock as an argument. That the pass itself runs a due check and clears or sets the
 `network` fault is the daemon's few lines around it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from tests.vacd.test_factory import make_settings
-from vacd.daemon import NETWORK_CHECK_SECONDS, NetworkCheckSchedule
+from vacd.networkchecks import NETWORK_CHECK_SECONDS, NetworkCheckSchedule
 
 SETTINGS = make_settings()
 

@@ -27,7 +27,8 @@ import pytest
 from tests.fakes import FakeBackend
 from vacd.backends.base import ObservedMachine
 from vacd.config import load_config
-from vacd.daemon import Daemon, ReloadingConfig
+from vacd.daemon import Daemon
+from vacd.reloadingconfig import ReloadingConfig
 from vacd.factory import Factory
 from vacd.paths import Paths
 from vacd.sdnotify import ServiceNotifier, one_line, socket_address, watchdog_seconds

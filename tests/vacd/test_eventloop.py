@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from vacd.daemon import ServiceLoop
+from vacd.serviceloop import ServiceLoop
 from vacd.eventloop import (ASYNCIO, AUTO, EVENT_LOOP_VARIABLE, UVLOOP, EventLoopUnavailable, chosen_kind,
                             new_event_loop, uvloop_factory)
 

@@ -19,7 +19,8 @@ from vacd.paths import Paths
 from vacd.outcomes import EXCEEDED_WALLCLOCK, FAILED_TO_START, HEARTBEAT_NOT_CREATED
 from vacd.scheduler import MachinetypeReport
 from vacd.guestapi.joboutputs import Sender, store_upload
-from vacd.store import StoredMachine, Store
+from vacd.records import StoredMachine
+from vacd.store import Store
 
 
 class StaticConfig:

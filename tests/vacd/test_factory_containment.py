@@ -24,7 +24,7 @@ from vacd.config import Config
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.factory import SLOT_ERROR_FIRST_BACKOFF_SECONDS, Factory, FactoryHooks
 from vacd.outcomes import EXCEEDED_WALLCLOCK
-from vacd.store import StoredMachine
+from vacd.records import StoredMachine
 
 BROKEN = ConfigErrors([ConfigProblem("/etc/vac.conf", 12, "settings", "total_processors", "expected an integer, got 'x'")])
 

@@ -16,7 +16,7 @@ from vacd.mjf import read_features, write_features
 from vacd.observations import GuestObservations
 from vacd.outcomes import PREEMPTED, is_abort
 from vacd.scheduler import MachinetypeReport
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 
 PEER = "f2.example.com"
 

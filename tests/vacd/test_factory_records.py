@@ -12,7 +12,8 @@ from vacd.config import Machinetype, Settings
 from vacd.errors import AccountingDeferred
 from vacd.factory import SLOT_ERROR_FIRST_BACKOFF_SECONDS, PassReport
 from vacd.outcomes import EXCEEDED_WALLCLOCK
-from vacd.store import CORRUPT_MARK, FinishRecord, MachineRecord
+from vacd.records import FinishRecord, MachineRecord
+from vacd.recordfiles import CORRUPT_MARK
 
 SLOT = "f1-00.example.com"
 

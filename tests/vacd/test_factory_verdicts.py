@@ -16,7 +16,7 @@ import pytest
 from tests.vacd.test_factory import Harness, make_machinetype, make_settings
 from vacd.guestapi.joboutputs import Sender, store_upload
 from vacd.outcomes import HEARTBEAT_NOT_CREATED
-from vacd.store import StoredMachine
+from vacd.records import StoredMachine
 
 SLOT = "f1-00.example.com"
 

@@ -166,7 +166,7 @@ def test_units_set_the_limit_vacd_raises_to() -> None:
 
 
 def test_daemon_main_raises_the_limit() -> None:
-    source = (REPOSITORY / "vacd/daemon.py").read_text()
+    source = (REPOSITORY / "vacd/daemoncli.py").read_text()
     main = source[source.index("def main("):]
     assert "raise_fd_limit()" in main
 

@@ -12,7 +12,8 @@ from vacd.imageeviction import (GB, SECONDS_PER_DAY, CachedImage, ImageEviction,
                                 images_in_use, images_to_evict, mark_image_used)
 from vacd.diskspace import MIB, DiskUsage
 from vacd.paths import Paths
-from vacd.store import FinishRecord, MachineRecord, Store
+from vacd.records import FinishRecord, MachineRecord
+from vacd.store import Store
 
 NOW = 1_700_000_000.0
 DAY = SECONDS_PER_DAY

@@ -15,7 +15,7 @@ from vacd.mjf import (
     read_features,
     write_features,
 )
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 
 CREATED = 1_700_000_000
 SHUTDOWN = CREATED + 86_400

@@ -10,7 +10,8 @@ from vacd.factory import FactoryHooks
 from vacd.guestapi.joboutputs import store_upload
 from vacd.mjf import read_features, write_features
 from vacd.observations import GuestObservations
-from vacd.store import SHUTDOWN_MESSAGE_FILE, MachineRecord, StoredMachine
+from vacd.recordformats import SHUTDOWN_MESSAGE_FILE
+from vacd.records import MachineRecord, StoredMachine
 
 CREATED = 1_700_000_000
 QUOTA = 1024 * 1024

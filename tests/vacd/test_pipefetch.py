@@ -13,7 +13,7 @@ import pytest
 
 from tests.vacd.loopback_http import Hold, LoopbackServer, ScriptedRequest, answer
 from vacd.config import Config, load_config
-from vacd.daemon import ReloadingConfig
+from vacd.reloadingconfig import ReloadingConfig
 from vacd.paths import Paths
 from vacd.fetch import PIPE_LIMITS
 from vacd.pipefetch import RETRY_FIRST_SECONDS, BadPipeDocument, PipeFetcher, parse_pipe_document

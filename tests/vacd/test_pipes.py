@@ -28,7 +28,7 @@ from tests.vacd.loopback_http import LoopbackServer, ScriptedRequest, answer
 from vacd.config import Config, Machinetype, effective_config_text, load_config
 from vacd.configparse import parse_config
 from vacd.configvalues import CVMFS_REPOSITORY, SAFE_ABSOLUTE_PATH
-from vacd.daemon import ReloadingConfig
+from vacd.reloadingconfig import ReloadingConfig
 from vacd.factory import Factory, FactoryHooks
 from vacd.paths import Paths
 from vacd.pipes import (FAIL_CLOSED_OPTIONS, MAX_PIPE_MACHINETYPE_NAME_CHARS, MAX_PIPE_MACHINETYPES,

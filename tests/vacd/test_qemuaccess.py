@@ -21,7 +21,7 @@ from vacd.paths import Paths
 from vacd.qemuaccess import (NotReadableByQemu, QemuIdentity, access_problem, check_readable_by_qemu,
                              config_access_warnings, parse_qemu_conf)
 from vacd.slots import slot_identity
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 
 QEMU = QemuIdentity("libvirt-qemu", 64055, frozenset({64055, 107}))
 ROOT, KVM = 0, 107

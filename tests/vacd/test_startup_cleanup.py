@@ -12,7 +12,8 @@ import pytest
 from vacd.atomicfile import atomic_replace, is_temp_file_name
 from vacd.paths import Paths
 from vacd.startup_cleanup import live_machine_names, live_machine_uuids, remove_leftovers
-from vacd.store import FinishRecord, MachineRecord, Store
+from vacd.records import FinishRecord, MachineRecord
+from vacd.store import Store
 
 LIVE_UUID = "6f1c3a52-0f54-4c4e-9d55-7f2b0d1e2a10"
 DEAD_UUID = "0b8a9d3e-7a41-4b61-a0f6-2c9d5e4f3b21"

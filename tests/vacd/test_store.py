@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vacd.paths import Paths
-from vacd.store import CORRUPT_MARK, FinishRecord, Heartbeat, MachineDirectoryExists, MachineRecord, SlotCondition, Store
+from vacd.records import FinishRecord, Heartbeat, MachineRecord, SlotCondition
+from vacd.recordfiles import CORRUPT_MARK
+from vacd.store import MachineDirectoryExists, Store
 
 
 def record(created: int = 1000, name: str = "f1-03.example.com", machinetype: str = "atlas") -> MachineRecord:
@@ -321,7 +323,7 @@ def test_corrupt_machine_record_is_quarantined_and_the_slot_reported_corrupt_onc
     store = Store(Paths(tmp_path), clock=fixed_clock)
     directory = store.begin_creation(record())
     (directory / "machine.json").write_bytes(b"\x00{not json")
-    with caplog.at_level(logging.WARNING, logger="vacd.store"):
+    with caplog.at_level(logging.WARNING, logger="vacd.recordfiles"):
         lookup = store.lookup_slot(record().name)
     assert lookup.condition is SlotCondition.CORRUPT and lookup.machine is None
     assert lookup.problem is not None and "machine.json" in lookup.problem
@@ -532,10 +534,10 @@ class KilledHere(BaseException):
 def test_a_kill_inside_begin_creation_leaves_no_record_that_its_slot_does_not_point_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, killed_at_write: int
 ) -> None:
-    # Patched in vacd.store: the one seam through which begin_creation writes its two files.
-    import vacd.store
+    # Patched in vacd.recordfiles: the one seam through which begin_creation writes its two files.
+    import vacd.recordfiles
 
-    real_write_atomic = vacd.store.write_atomic
+    real_write_atomic = vacd.recordfiles.write_atomic
     writes: list[Path] = []
 
     def write_until_killed(path: Path, content: object, mode: int = 0o644) -> None:
@@ -547,7 +549,7 @@ def test_a_kill_inside_begin_creation_leaves_no_record_that_its_slot_does_not_po
     store = Store(Paths(tmp_path))
     store.begin_creation(record(created=900))
     store.finish(record(created=900), finish(950))
-    monkeypatch.setattr(vacd.store, "write_atomic", write_until_killed)
+    monkeypatch.setattr(vacd.recordfiles, "write_atomic", write_until_killed)
     with pytest.raises(KilledHere):
         store.begin_creation(record(created=1000))
     monkeypatch.undo()

@@ -14,11 +14,15 @@ from typing import Optional
 
 import pytest
 
-import vacd.store
+import vacd.heartbeatfiles
+import vacd.markerfiles
+import vacd.recordfiles
 from tests.vacd.test_factory import Harness, make_machinetype, make_settings
 from vacd.atomicfile import write_atomic
+from vacd.heartbeatfiles import HEARTBEAT_DURABLE_SECONDS
 from vacd.paths import Paths
-from vacd.store import HEARTBEAT_DURABLE_SECONDS, Heartbeat, MachineRecord, Store
+from vacd.records import Heartbeat, MachineRecord
+from vacd.store import Store
 
 NAME = "f1-03.example.com"
 
@@ -33,7 +37,7 @@ class OpenCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.opened: list[str] = []
-        real = vacd.store.read_capped_with_status
+        real = vacd.recordfiles.read_capped_with_status
 
         def counting(path: "os.PathLike[str]", max_bytes: int) -> Optional[tuple[bytes, os.stat_result]]:
             found = real(path, max_bytes)
@@ -41,7 +45,7 @@ class OpenCounter:
                 self.opened.append(os.fspath(path))
             return found
 
-        monkeypatch.setattr(vacd.store, "read_capped_with_status", counting)
+        monkeypatch.setattr(vacd.recordfiles, "read_capped_with_status", counting)
 
     def take(self) -> list[str]:
         opened, self.opened = self.opened, []
@@ -258,9 +262,9 @@ class ParseCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.parsed: list[str] = []
-        real_record = vacd.store.MachineRecord.from_json.__func__  # type: ignore[attr-defined]
-        real_time = vacd.store._parse_time
-        real_heartbeat = vacd.store._parse_heartbeat_json
+        real_record = MachineRecord.from_json.__func__  # type: ignore[attr-defined]
+        real_time = vacd.markerfiles.parse_time
+        real_heartbeat = vacd.markerfiles.parse_heartbeat_json
 
         def record_from_json(cls: type, raw_text: str) -> MachineRecord:
             self.parsed.append("machine.json")
@@ -274,9 +278,10 @@ class ParseCounter:
             self.parsed.append(path.name)
             return real_heartbeat(raw_text, path)
 
-        monkeypatch.setattr(vacd.store.MachineRecord, "from_json", classmethod(record_from_json))
-        monkeypatch.setattr(vacd.store, "_parse_time", parse_time)
-        monkeypatch.setattr(vacd.store, "_parse_heartbeat_json", parse_heartbeat_json)
+        monkeypatch.setattr(MachineRecord, "from_json", classmethod(record_from_json))
+        monkeypatch.setattr(vacd.markerfiles, "parse_time", parse_time)
+        monkeypatch.setattr(vacd.markerfiles, "parse_heartbeat_json", parse_heartbeat_json)
+        monkeypatch.setattr(vacd.heartbeatfiles, "parse_heartbeat_json", parse_heartbeat_json)
 
     def take(self) -> list[str]:
         parsed, self.parsed = self.parsed, []

@@ -19,7 +19,9 @@ from vacd.cappedread import UnreadableFile, lstat_under, read_capped_under
 from vacd.guestapi.joboutputs import Sender, store_upload, usage
 from vacd.outcomes import HEARTBEAT_NOT_UPDATED
 from vacd.paths import Paths
-from vacd.store import SHUTDOWN_RECEIPT_FILE, MachineRecord, Store
+from vacd.recordformats import SHUTDOWN_RECEIPT_FILE
+from vacd.records import MachineRecord
+from vacd.store import Store
 
 CREATED = 1_700_000_000
 STARTED = CREATED + 5
@@ -141,7 +143,7 @@ def test_joboutputs_replaced_by_a_directory_link_is_never_read_and_is_logged(
 ) -> None:
     store, machine, directory = started_machine(tmp_path)
     replace_joboutputs_by_a_link(tmp_path, directory)
-    with caplog.at_level(logging.WARNING, logger="vacd.store"):
+    with caplog.at_level(logging.WARNING, logger="vacd.guestoutputs"):
         assert store.shutdown_message(machine) is None
         assert store.judged_shutdown_message(machine, STARTED, NOW) is None
     assert any("no usable shutdown message" in line and "joboutputs" in line for line in caplog.messages)

@@ -18,7 +18,7 @@ from vacd.backends.base import ObservedMachine, ObservedState
 from vacd.config import Machinetype, Settings
 from vacd.outcomes import EXCEEDED_WALLCLOCK
 from vacd.paths import Paths
-from vacd.store import FinishRecord, MachineRecord
+from vacd.records import FinishRecord, MachineRecord
 from vacd.vac03state import TakeOver, plan_take_over, plan_vac03_slot
 
 SLOT0 = "f1-00.example.com"

@@ -48,7 +48,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -57,7 +56,7 @@ import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.t
 
 from vacd.backends.base import MachineSpec, ObservedMachine, ObservedState
 from vacd.backends.domainxml import Disk, domain_xml, machine_disks
-from vacd.backends.slottaps import SlotTap, SlotTapError, SlotTaps, bindings_supported
+from vacd.backends.slottaps import SlotTap, SlotTapDecisions, SlotTapError, SlotTaps, network_bridge
 from vacd.commands import run_command
 from vacd.creationphases import PhaseObserver, observe, timed
 from vacd.errors import BackendError, BackendOutcomeUnknown, CommandFailed
@@ -159,9 +158,7 @@ class LibvirtBackend:
         self._thread_connection = threading.local()
         self._creation_connections: list[libvirt.virConnect] = []
         self._slot_taps = SlotTaps() if slot_taps else None
-        # Connection -> why it cannot use slot taps ("" if it can), decided once per connection.
-        self._slot_tap_refusals: "weakref.WeakKeyDictionary[libvirt.virConnect, str]" = weakref.WeakKeyDictionary()
-        self._slot_tap_decision_said: Optional[str] = None
+        self._slot_tap_decisions = SlotTapDecisions(uri, network_name)
 
     # Connection handling -------------------------------------------------------------
 
@@ -443,38 +440,15 @@ class LibvirtBackend:
         if self._slot_taps is None:
             return
         connection = self._connect("tend slot taps", "*")
-        if self._slot_tap_refusal(connection):
+        if self._slot_tap_decisions.refusal(connection):
             return
         try:
-            self._slot_taps.tend(connection, num_slots, self._network_bridge(connection))
+            self._slot_taps.tend(connection, num_slots, network_bridge(connection, self._network_name))
         except SlotTapError as error:
             self._note_failure(connection)
             raise BackendError("tend slot taps", "*", str(error)) from error
 
     # Helpers --------------------------------------------------------------------------
-
-    def _slot_tap_refusal(self, connection: libvirt.virConnect) -> str:
-        """Why `connection` cannot use slot taps ("" if it can); asked of libvirt once per connection."""
-        with self._lock:
-            refusal = self._slot_tap_refusals.get(connection)
-        if refusal is not None:
-            return refusal
-        refusal = bindings_supported(connection, self._uri) or ""
-        with self._lock:
-            self._slot_tap_refusals[connection] = refusal
-            # Said once, and again only if a later connection decides otherwise (one per creating thread).
-            unchanged, self._slot_tap_decision_said = self._slot_tap_decision_said == refusal, refusal
-        if unchanged:
-            log.debug("slot taps uri=%s: %s", self._uri, refusal or "in use")
-        elif refusal:
-            # Expected of the test driver; elsewhere an admin should know why creations queue.
-            log.log(logging.INFO if self._uri.startswith("test:") else logging.WARNING,
-                    "no slot taps uri=%s: %s; each domain's interface has libvirt's clean-traffic filter "
-                    "(<filterref>), set up one domain at a time", self._uri, refusal)
-        else:
-            log.info("slot taps in use uri=%s network=%s: each VM slot has its own tap, bound to clean-traffic once",
-                     self._uri, self._network_name)
-        return refusal
 
     def _ready_slot_tap(self, connection: libvirt.virConnect, spec: MachineSpec) -> Optional[str]:
         """The slot's tap, made ready with its rules in force, or None for `<filterref>` on the network.
@@ -482,26 +456,12 @@ class LibvirtBackend:
         Raises:
             SlotTapError: slot taps are in use here and this one's rules cannot be put in force.
         """
-        if self._slot_taps is None or self._slot_tap_refusal(connection):
+        if self._slot_taps is None or self._slot_tap_decisions.refusal(connection):
             return None
         tap = SlotTap(spec.ordinal, spec.mac_address, spec.ip_address)
         with timed(self._creation_phase, "slot_tap"):
-            self._slot_taps.prepare(connection, tap, self._network_bridge(connection))
+            self._slot_taps.prepare(connection, tap, network_bridge(connection, self._network_name))
         return tap.name
-
-    def _network_bridge(self, connection: libvirt.virConnect) -> str:
-        """The guest network's bridge as libvirt has it now (vacbr0, or a kept Vac 03 network's).
-
-        Raises:
-            SlotTapError: libvirt does not know the network or its bridge.
-        """
-        try:
-            bridge = connection.networkLookupByName(self._network_name).bridgeName()
-        except libvirt.libvirtError as error:
-            raise SlotTapError(f"bridge of network {self._network_name}: {error}") from error
-        if not bridge:
-            raise SlotTapError(f"network {self._network_name} has no bridge")
-        return str(bridge)
 
     def _note_failure(self, connection: libvirt.virConnect) -> None:
         """After a failed call, mark a connection that died so the next call reconnects."""

@@ -46,7 +46,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import uuid as uuid_module
+import weakref
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -161,6 +163,61 @@ def bindings_supported(connection: libvirt.virConnect, uri: str) -> Optional[str
         # A listing that fails now and then is the creation's to retry, not a reason to give up slot taps.
         return "no ebtables command to read the nat table and verify the rules with"
     return None
+
+
+class SlotTapDecisions:
+    """Whether each libvirt connection can use slot taps (`bindings_supported`), decided once per connection.
+
+    The backend asks before every creation and tending, on whichever connection it uses
+    (one per creating thread): libvirt is asked once a connection, and the decision is
+    logged once, and again only if a later connection decides otherwise.
+    """
+
+    def __init__(self, uri: str, network_name: str) -> None:
+        self._uri = uri
+        self._network_name = network_name
+        self._lock = threading.Lock()
+        # Connection -> why it cannot use slot taps ("" if it can), decided once per connection.
+        self._slot_tap_refusals: "weakref.WeakKeyDictionary[libvirt.virConnect, str]" = weakref.WeakKeyDictionary()
+        self._slot_tap_decision_said: Optional[str] = None
+
+    def refusal(self, connection: libvirt.virConnect) -> str:
+        """Why `connection` cannot use slot taps ("" if it can); asked of libvirt once per connection."""
+        with self._lock:
+            refusal = self._slot_tap_refusals.get(connection)
+        if refusal is not None:
+            return refusal
+        refusal = bindings_supported(connection, self._uri) or ""
+        with self._lock:
+            self._slot_tap_refusals[connection] = refusal
+            # Said once, and again only if a later connection decides otherwise (one per creating thread).
+            unchanged, self._slot_tap_decision_said = self._slot_tap_decision_said == refusal, refusal
+        if unchanged:
+            log.debug("slot taps uri=%s: %s", self._uri, refusal or "in use")
+        elif refusal:
+            # Expected of the test driver; elsewhere an admin should know why creations queue.
+            log.log(logging.INFO if self._uri.startswith("test:") else logging.WARNING,
+                    "no slot taps uri=%s: %s; each domain's interface has libvirt's clean-traffic filter "
+                    "(<filterref>), set up one domain at a time", self._uri, refusal)
+        else:
+            log.info("slot taps in use uri=%s network=%s: each VM slot has its own tap, bound to clean-traffic once",
+                     self._uri, self._network_name)
+        return refusal
+
+
+def network_bridge(connection: libvirt.virConnect, network_name: str) -> str:
+    """The guest network's bridge as libvirt has it now (vacbr0, or a kept Vac 03 network's).
+
+    Raises:
+        SlotTapError: libvirt does not know the network or its bridge.
+    """
+    try:
+        bridge = connection.networkLookupByName(network_name).bridgeName()
+    except libvirt.libvirtError as error:
+        raise SlotTapError(f"bridge of network {network_name}: {error}") from error
+    if not bridge:
+        raise SlotTapError(f"network {network_name} has no bridge")
+    return str(bridge)
 
 
 def _pyroute2() -> Any:

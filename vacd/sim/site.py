@@ -56,7 +56,8 @@ from vacd.sim.events import EventLoop, SimNetwork
 from vacd.sim.model import CensusModel, bernoulli_positions
 from vacd.sim.scenario import SPACE, MachinetypeScenario, Sample, SampleTally, Scenario, SiteRun, take_sample
 from vacd.snapshot import HostFacts, build_snapshot
-from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
+from vacd.recordformats import SHUTDOWN_MESSAGE_FILE
+from vacd.store import Store
 from vacquery.client import Census
 from vacquery.codec import EncodedSnapshot, encode_snapshot
 from vacquery.messages import MessageType
