@@ -52,17 +52,8 @@ from vacd.policing import RunningMachine, effective_shutdown_time, stop_reason
 from vacd.scheduler import Create, Decisions, MachinetypeReport, RandomSource, SchedulerInput, SlotView, decide, gate
 from vacd.slots import VNC_BASE_PORT, SlotIdentity, mac_address_for, ordinal_of_machine_name, slot_identity
 from vacd.vac03state import TakeOver, Vac03Plan, adopt, is_vac03_directory, plan_vac03_slot
-from vacd.store import (
-    MAX_DIRECTORY_NAME_TRIES,
-    FinishRecord,
-    Heartbeat,
-    MachineDirectoryExists,
-    MachineRecord,
-    SlotCondition,
-    Store,
-    StoredMachine,
-    lowered,
-)
+from vacd.records import FinishRecord, Heartbeat, MachineRecord, SlotCondition, StoredMachine, lowered
+from vacd.store import MAX_DIRECTORY_NAME_TRIES, MachineDirectoryExists, Store
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from vacd.fetch import USER_DATA_LIMITS, FetchError, Fetcher
 from vacd.mjf import FeatureKeyError, write_features
 from vacd.paths import Paths
 from vacd.proxy import ProxyError, load_issuer_files, make_proxy
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 from vacd.userdata import OPTION_NAME_PATTERN, UserDataContext, feature_locations, merge_options, render_user_data
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from vacd.store import MachineRecord
+from vacd.records import MachineRecord
 
 
 class MachineFiles(Protocol):

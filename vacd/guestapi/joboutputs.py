@@ -18,10 +18,10 @@ Rules (behaviour reference §6.3, §6.7, §11; design anti-pattern 3):
   there directly, `.received.json` included. Reads are capped, never follow a link, never
   block (vacd.cappedread), and bad content means "nothing received", never an exception.
 - The directory is opened with O_NOFOLLOW | O_DIRECTORY relative to MD, and every read,
-  write and listing goes through that descriptor (vacd.store.open_guest_directory): a
+  write and listing goes through that descriptor (vacd.guestoutputs.open_guest_directory): a
   `joboutputs` replaced by a symlink is refused, never followed (issue 11 item 3).
 - A shutdown_message received from the guest of the machine's own slot also gets a
-  receipt in MD (vacd.store.ShutdownReceipt: UUID, source address, time, message), the
+  receipt in MD (vacd.records.ShutdownReceipt: UUID, source address, time, message), the
   only proof the factory accepts that the guest said it (issue 11 item 4). `.received.json`
   cannot be that proof: it is in joboutputs, which a container writes.
 """
@@ -41,7 +41,9 @@ from vacd.errors import VacError
 from vacd.guestapi.uploadnames import RECEIVED_FILE as RECEIVED_FILE  # re-exported: the receipts are this module's
 from vacd.guestapi.uploadnames import is_vacd_file_name
 from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES, parse_shutdown_message
-from vacd.store import SHUTDOWN_MESSAGE_FILE, ShutdownReceipt, open_guest_directory, write_shutdown_receipt
+from vacd.guestoutputs import open_guest_directory, write_shutdown_receipt
+from vacd.recordformats import SHUTDOWN_MESSAGE_FILE
+from vacd.records import ShutdownReceipt
 
 log = logging.getLogger(__name__)
 

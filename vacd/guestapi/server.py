@@ -68,7 +68,8 @@ from vacd.guestapi.wire import HeadCache, RequestHead, Response
 from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES
 from vacd.paths import Paths
 from vacd.slots import GATEWAY_ADDRESS, METADATA_ADDRESS
-from vacd.store import SHUTDOWN_MESSAGE_FILE, Store
+from vacd.recordformats import SHUTDOWN_MESSAGE_FILE
+from vacd.store import Store
 
 log = logging.getLogger(__name__)
 

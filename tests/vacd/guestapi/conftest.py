@@ -24,7 +24,8 @@ from vacd.guestapi.contextualise import prepare_machine_dir
 from vacd.guestapi.server import GuestApiServer
 from vacd.paths import Paths
 from vacd.slots import slot_identity
-from vacd.store import MachineRecord, Store
+from vacd.records import MachineRecord
+from vacd.store import Store
 
 CREATED_TIME = 1_700_000_000
 MAX_WALLCLOCK_SECONDS = 86400

@@ -13,7 +13,8 @@ from tests.vacd.guestapi.conftest import CREATED_TIME, RunningServer, Site, pars
 from vacd.guestapi.features import features_index
 from vacd.guestapi.joboutputs import RECEIVED_FILE, received_times, shutdown_message_time
 from vacd.mjf import lower_shutdown_time
-from vacd.store import SHUTDOWN_RECEIPT_FILE, FinishRecord
+from vacd.recordformats import SHUTDOWN_RECEIPT_FILE
+from vacd.records import FinishRecord
 
 UUID_3 = "1b4e28ba-2fa1-11d2-883f-000000000003"
 

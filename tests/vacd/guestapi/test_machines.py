@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.vacd.guestapi.conftest import Site
 from vacd.atomicfile import write_atomic
 from vacd.guestapi.machines import MachineResolver, StatCache, default_source_to_ordinal
-from vacd.store import FinishRecord
+from vacd.records import FinishRecord
 
 
 class SteppingClock:

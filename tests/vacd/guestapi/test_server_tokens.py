@@ -27,7 +27,7 @@ from tests.vacd.guestapi.conftest import (
 )
 from vacd.config import Settings
 from vacd.guestapi.server import GuestApiServer
-from vacd.store import FinishRecord
+from vacd.records import FinishRecord
 
 VAC_PATH = "/latest/meta-data.json"  # Vac 03's spelling: a token is needed when required
 CLOUD_INIT_PATHS = ("/openstack/latest/meta_data.json", "/openstack/latest/user_data", "/latest/meta-data/instance-id")
