@@ -166,6 +166,10 @@ def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_
     from vacd.guestapi.connection import ConnectionLimits
     from vacd.guestapi.server import GuestApiServer
 
+    try:
+        from vacd.gcfreeze import freeze_startup_heap
+    except ImportError:  # a tree from before it (`--loop asyncio` runs of older trees)
+        freeze_startup_heap = None
     pin_to(cpus)
     paths = Paths(Path(prefix))
     settings = make_settings_only()
@@ -185,6 +189,9 @@ def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_
             limits=ConnectionLimits(requests_per_second_per_slot=1e12, request_burst_per_slot=10**12),
         )
         await server.start()
+        # As vacd does once it has started (vacd.gcfreeze); the trees before it did not.
+        if freeze_startup_heap is not None:
+            freeze_startup_heap()
         port_queue.put(server.listening[0].port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

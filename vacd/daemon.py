@@ -40,6 +40,7 @@ from vacd import MANAGER_VERSION, VERSION
 from vacd.config import Config, Machinetype, Settings, effective_config_text, host_name, load_config
 from vacd.errors import ConfigErrors, VacError, VacqueryError
 from vacd.eventloop import ASYNCIO, AUTO, EVENT_LOOP_VARIABLE, EventLoopUnavailable, chosen_kind, new_event_loop
+from vacd.gcfreeze import freeze_startup_heap
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.fdlimit import raise_fd_limit
@@ -401,6 +402,9 @@ class Daemon:
             raise
         if self.peer_census is not None and factory.hooks is not None:
             factory.hooks.peer_reports = self.peer_census.peer_reports
+        # Start-up is done: its objects leave the collector's full passes, which would
+        # otherwise pause the guest servers' loop for milliseconds (vacd.gcfreeze).
+        log.info("start-up heap frozen for the garbage collector objects=%d", freeze_startup_heap())
         try:
             self._loop(factory, config_source)
         finally:
