@@ -34,6 +34,7 @@ Run as root or not (loopback only):
 from __future__ import annotations
 
 import argparse
+import gc
 import _socket
 import asyncio
 import http.server
@@ -43,6 +44,7 @@ import random
 import select
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import socketserver
@@ -161,7 +163,35 @@ def pin_to(cpus: Optional[set[int]]) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_kind: str = "asyncio",
+class CollectorPauses:
+    """How often the cyclic garbage collector ran in this process, and how long it stopped it.
+
+    A full (generation 2) pass stops every thread of the server for as long as it walks the
+    heap, and each request in flight waits for it: the server's part of the closed loop's tail.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.passes = [0, 0, 0]
+        self.longest_ms = [0.0, 0.0, 0.0]
+        self.total_ms = [0.0, 0.0, 0.0]
+
+    def observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        generation = info["generation"]
+        took = 1000 * (time.perf_counter() - self.started)
+        self.passes[generation] += 1
+        self.total_ms[generation] += took
+        self.longest_ms[generation] = max(self.longest_ms[generation], took)
+
+    def summary(self) -> dict[str, Any]:
+        return {"gc_full_passes": self.passes[2], "gc_full_total_ms": self.total_ms[2],
+                "gc_longest_pause_ms": max(self.longest_ms)}
+
+
+def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_kind: str = "asyncio",
                     cpus: Optional[set[int]] = None) -> None:
     from vacd.guestapi.connection import ConnectionLimits
     from vacd.guestapi.server import GuestApiServer
@@ -192,17 +222,24 @@ def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_
         # As vacd does once it has started (vacd.gcfreeze); the trees before it did not.
         if freeze_startup_heap is not None:
             freeze_startup_heap()
+        # Watched from here, once start-up (and its collection) is over.
+        gc.callbacks.append(pauses.observe)
         port_queue.put(server.listening[0].port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await server.stop()
 
+    pauses = CollectorPauses()
     loop = new_loop(loop_kind)
     try:
         loop.run_until_complete(main())
     finally:
         loop.close()
+        if pauses.observe in gc.callbacks:
+            gc.callbacks.remove(pauses.observe)
+        # From start-up's end to the stop (warm-up and the measured seconds): read by stop_server.
+        port_queue.put(pauses.summary())
 
 
 def make_settings_only() -> Settings:
@@ -235,7 +272,7 @@ class UncachedFiles:
             return []
 
 
-def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_kind: str = "asyncio",
+def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_kind: str = "asyncio",
                        cpus: Optional[set[int]] = None) -> None:
     pin_to(cpus)
     paths = Paths(Path(prefix))
@@ -285,6 +322,7 @@ def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[int]", lo
     except KeyboardInterrupt:
         pass
     server.server_close()
+    port_queue.put({})  # nothing to report; stop_server waits for this
 
 
 # Load
@@ -583,22 +621,28 @@ def measure(
 
 
 def start_server(target: Any, prefix: str, loop_kind: str = "asyncio",
-                 cpus: Optional[set[int]] = None) -> tuple[multiprocessing.process.BaseProcess, int]:
+                 cpus: Optional[set[int]] = None) -> tuple[multiprocessing.process.BaseProcess, int, Any]:
     # A fresh interpreter, not a fork of this one (which has imported the factory side).
     context = multiprocessing.get_context("spawn")
-    port_queue: "multiprocessing.Queue[int]" = context.Queue()
+    port_queue: "multiprocessing.Queue[Any]" = context.Queue()
     process = context.Process(target=target, args=(prefix, port_queue, loop_kind, cpus))
     process.start()
-    return process, port_queue.get(timeout=30)
+    return process, port_queue.get(timeout=30), port_queue
 
 
-def stop_server(process: multiprocessing.process.BaseProcess) -> None:
+def stop_server(process: multiprocessing.process.BaseProcess, port_queue: Any) -> dict[str, Any]:
+    """Stop the server; what it reported as it stopped (vacd's: CollectorPauses), else {}."""
     if process.pid is not None and process.is_alive():
         os.kill(process.pid, signal.SIGTERM)
+    try:
+        reported: dict[str, Any] = port_queue.get(timeout=10)
+    except queue.Empty:
+        reported = {}
     process.join(timeout=10)
     if process.is_alive() and process.pid is not None:
         os.kill(process.pid, signal.SIGKILL)
         process.join()
+    return reported
 
 
 RUNS = ("fork", "close", "keepalive", "paced")
@@ -694,7 +738,8 @@ def main() -> None:
                 rate = arguments.paced_rate or 20 * results[forking]["requests_per_second"]
                 name = f"{name} {rate:.0f}/s"
             waited = wait_for_conntrack_room()
-            process, port = start_server(target, prefix, loop_kind, server_cpus)
+            process, port, port_queue = start_server(target, prefix, loop_kind, server_cpus)
+            reported: dict[str, Any] = {}
             try:
                 assert process.pid is not None
                 load_average = os.getloadavg()[0]
@@ -716,7 +761,8 @@ def main() -> None:
                 # Non-zero: SYNs were lost to a full table and the latencies are not the server's.
                 results[name]["conntrack_drops"] = conntrack_drops() - drops_before
             finally:
-                stop_server(process)
+                reported = stop_server(process, port_queue)
+            results[name].update(reported)
     if arguments.json:
         print(json.dumps(results, indent=1))
         return
@@ -727,6 +773,7 @@ def main() -> None:
     print(
         f"{'server':40} {'req/s':>9} {'x fork':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
         f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9} {'load us/req':>11} {'loadavg':>7} {'ct drops':>8}"
+        f" {'gc full':>7} {'gc max ms':>9}"
     )
     for name, result in results.items():
         print(
@@ -736,6 +783,7 @@ def main() -> None:
             f" {result['load_cpu_percent']:9.0f} {result['load_cpu_us_per_request']:11.0f}"
             f" {result['load_average_at_start']:7.2f}"
             f" {result['conntrack_drops']:8d}"
+            f" {result.get('gc_full_passes', -1):7d} {result.get('gc_longest_pause_ms', float('nan')):9.2f}"
         )
 
 
