@@ -27,6 +27,11 @@ Where the host tracks connections (nf_conntrack), each run first waits for room 
 table, and reports the packets the table dropped during it ("ct drops": non-zero means
 SYNs were lost and the latencies are not the server's).
 
+Besides latency and throughput each run reports the CPU per request of the server ("srv
+us/req") and of the load processes ("load us/req": what the apparatus takes from the same
+CPUs), and for vacd's server the collector's full passes after start-up and its longest
+pause ("gc full", "gc max ms"; vacd.gcfreeze).
+
 Run as root or not (loopback only):
     .venv/bin/python bench/metadata_service.py --duration 10
 """
