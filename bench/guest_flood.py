@@ -89,6 +89,13 @@ def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int
     responder = ResponderProtocol(budget=ReplyBudget(TokenBuckets(1e12, 1e12), TokenBuckets(1e12, 1e12)))
     responder.publish(site_snapshot())
     transport = vacquery_loop.call(start_responder("127.0.0.1", 0, responder))
+    if layout == "after":
+        try:
+            from vacd.gcfreeze import freeze_startup_heap
+        except ImportError:  # a tree from before it
+            pass
+        else:
+            freeze_startup_heap()  # as vacd does once it has started
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ports.put((server.listening[0].port, transport.get_extra_info("sockname")[1]))

@@ -27,6 +27,11 @@ Where the host tracks connections (nf_conntrack), each run first waits for room 
 table, and reports the packets the table dropped during it ("ct drops": non-zero means
 SYNs were lost and the latencies are not the server's).
 
+Besides latency and throughput each run reports the CPU per request of the server ("srv
+us/req") and of the load processes ("load us/req": what the apparatus takes from the same
+CPUs), and for vacd's server the collector's full passes after start-up and its longest
+pause ("gc full", "gc max ms"; vacd.gcfreeze).
+
 Run as root or not (loopback only):
     .venv/bin/python bench/metadata_service.py --duration 10
 """
@@ -34,6 +39,8 @@ Run as root or not (loopback only):
 from __future__ import annotations
 
 import argparse
+import gc
+import _socket
 import asyncio
 import http.server
 import heapq
@@ -42,6 +49,7 @@ import random
 import select
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import socketserver
@@ -63,7 +71,8 @@ from vacd.guestapi.metadata import metadata_response  # noqa: E402
 from vacd.guestapi.requestpath import normalise_path  # noqa: E402
 from vacd.paths import Paths  # noqa: E402
 from vacd.slots import slot_identity  # noqa: E402
-from vacd.store import MachineRecord, Store  # noqa: E402
+from vacd.records import MachineRecord
+from vacd.store import Store  # noqa: E402
 
 SLOTS = 64
 SERVER_ADDRESS = "127.0.0.254"
@@ -160,11 +169,43 @@ def pin_to(cpus: Optional[set[int]]) -> None:
         os.sched_setaffinity(0, cpus)
 
 
-def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_kind: str = "asyncio",
+class CollectorPauses:
+    """How often the cyclic garbage collector ran in this process, and how long it stopped it.
+
+    A full (generation 2) pass stops every thread of the server for as long as it walks the
+    heap, and each request in flight waits for it: the server's part of the closed loop's tail.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.passes = [0, 0, 0]
+        self.longest_ms = [0.0, 0.0, 0.0]
+        self.total_ms = [0.0, 0.0, 0.0]
+
+    def observe(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        generation = info["generation"]
+        took = 1000 * (time.perf_counter() - self.started)
+        self.passes[generation] += 1
+        self.total_ms[generation] += took
+        self.longest_ms[generation] = max(self.longest_ms[generation], took)
+
+    def summary(self) -> dict[str, Any]:
+        return {"gc_full_passes": self.passes[2], "gc_full_total_ms": self.total_ms[2],
+                "gc_longest_pause_ms": max(self.longest_ms)}
+
+
+def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_kind: str = "asyncio",
                     cpus: Optional[set[int]] = None) -> None:
     from vacd.guestapi.connection import ConnectionLimits
     from vacd.guestapi.server import GuestApiServer
 
+    try:
+        from vacd.gcfreeze import freeze_startup_heap
+    except ImportError:  # a tree from before it (`--loop asyncio` runs of older trees)
+        freeze_startup_heap = None
     pin_to(cpus)
     paths = Paths(Path(prefix))
     settings = make_settings_only()
@@ -184,17 +225,27 @@ def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_
             limits=ConnectionLimits(requests_per_second_per_slot=1e12, request_burst_per_slot=10**12),
         )
         await server.start()
+        # As vacd does once it has started (vacd.gcfreeze); the trees before it did not.
+        if freeze_startup_heap is not None:
+            freeze_startup_heap()
+        # Watched from here, once start-up (and its collection) is over.
+        gc.callbacks.append(pauses.observe)
         port_queue.put(server.listening[0].port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await server.stop()
 
+    pauses = CollectorPauses()
     loop = new_loop(loop_kind)
     try:
         loop.run_until_complete(main())
     finally:
         loop.close()
+        if pauses.observe in gc.callbacks:
+            gc.callbacks.remove(pauses.observe)
+        # From start-up's end to the stop (warm-up and the measured seconds): read by stop_server.
+        port_queue.put(pauses.summary())
 
 
 def make_settings_only() -> Settings:
@@ -227,7 +278,7 @@ class UncachedFiles:
             return []
 
 
-def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[int]", loop_kind: str = "asyncio",
+def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_kind: str = "asyncio",
                        cpus: Optional[set[int]] = None) -> None:
     pin_to(cpus)
     paths = Paths(Path(prefix))
@@ -277,6 +328,7 @@ def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[int]", lo
     except KeyboardInterrupt:
         pass
     server.server_close()
+    port_queue.put({})  # nothing to report; stop_server waits for this
 
 
 # Load
@@ -289,17 +341,48 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 class _Client:
     """One closed-loop client: a request, its response, the next request; raw sockets."""
 
-    __slots__ = ("source", "connection", "buffer", "began", "count", "connecting", "done", "scheduled")
+    __slots__ = ("source", "connection", "descriptor", "buffer", "began", "count", "connecting", "done",
+                 "scheduled")
 
     def __init__(self, index: int) -> None:
-        self.source = f"127.0.0.{1 + index % SLOTS}"
-        self.connection: Optional[socket.socket] = None
+        self.source = (f"127.0.0.{1 + index % SLOTS}", 0)
+        # The C socket type itself (socket.socket is a Python subclass of it): its methods
+        # cost a call less each, and its close() is not a Python method.
+        self.connection: Optional[_socket.socket] = None
+        self.descriptor = -1
         self.buffer = b""
         self.began = 0.0
         self.count = index
         self.connecting = False
         self.done = False
         self.scheduled = 0.0
+
+
+# What a load process asks epoll for: readiness to write (the connect finished) and to read,
+# edge-triggered, so one registration per connection serves both steps, with no change of
+# interest between them (epoll_ctl MOD) and none at the end (close() removes it).
+_CLIENT_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET
+# The socket is non-blocking from socket(): no fcntl/ioctl call to make it so.
+_CLIENT_SOCKET_TYPE = socket.SOCK_STREAM | getattr(socket, "SOCK_NONBLOCK", 0)
+
+
+def response_complete(buffer: bytes) -> Optional[bool]:
+    """None while `buffer` does not hold a whole response; else whether it is a 200.
+
+    A response is whole when its head and Content-Length bytes of body are in; every
+    response of the servers measured here has a Content-Length.
+    """
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    head = buffer[:head_end].lower()
+    marker = head.find(b"content-length:")
+    if marker < 0:
+        return None
+    length = int(head[marker + 15:].split(b"\r\n", 1)[0])
+    if len(buffer) < head_end + 4 + length:
+        return None
+    return buffer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))
 
 
 def run_load_process(
@@ -320,6 +403,12 @@ def run_load_process(
     With it, each client waits an exponentially distributed time of that mean after its
     previous *scheduled* start, and latency runs from the scheduled start, so a slow server
     is charged for the queueing it causes (no coordinated omission).
+
+    Each request is timed from just before its connection's socket() (or its send, on a
+    kept-alive connection) to the read that completes its response. Per connection the
+    client makes socket (non-blocking), setsockopt, bind, connect, one epoll_ctl, send,
+    recv and close, and no Python object but the socket: 8 system calls, against 12 in the
+    first form of this loop (see docs/benchmarks.md, "third round").
     """
     pin_to(cpus)
     if nice:
@@ -329,53 +418,60 @@ def run_load_process(
     version = "HTTP/1.1" if keepalive else "HTTP/1.0"
     requests = [f"GET {path} {version}\r\nHost: 169.254.169.254\r\n\r\n".encode() for path in PATHS_REQUESTED]
     poller = select.epoll()
+    register = poller.register
+    clock = time.perf_counter
     by_descriptor: dict[int, _Client] = {}
     latencies: list[float] = []
+    record = latencies.append
     errors = 0
-    start_at = time.perf_counter() + warmup
+    start_at = clock() + warmup
     stop_at = start_at + duration
+    server = (SERVER_ADDRESS, port)
+    new_socket = _socket.socket
+    family = socket.AF_INET
+    socket_type = _CLIENT_SOCKET_TYPE
+    level, option = socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT
 
     def drop(client: _Client) -> None:
-        if client.connection is not None:
-            descriptor = client.connection.fileno()
-            poller.unregister(descriptor)
-            del by_descriptor[descriptor]
-            client.connection.close()
+        connection = client.connection
+        if connection is not None:
+            # close() takes the descriptor out of the epoll set too.
+            by_descriptor.pop(client.descriptor, None)
+            connection.close()
             client.connection = None
+            client.descriptor = -1
         client.buffer = b""
 
-    def send(client: _Client) -> None:
-        assert client.connection is not None
-        client.connection.send(requests[client.count % 2])
-        client.count += 1
-        poller.modify(client.connection.fileno(), select.EPOLLIN)
-
     def start(client: _Client) -> None:
-        now = time.perf_counter()
+        now = clock()
         if now >= stop_at:
             drop(client)
             client.done = True
             return
         client.began = client.scheduled if interval is not None else now
-        if client.connection is not None:
-            send(client)
+        connection = client.connection
+        if connection is not None:
+            # Kept alive: the next request on the same connection.
+            connection.send(requests[client.count & 1])
+            client.count += 1
             return
-        connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        connection.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        connection.bind((client.source, 0))
-        connection.setblocking(False)
-        connection.connect_ex((SERVER_ADDRESS, port))
+        connection = new_socket(family, socket_type)
+        connection.setsockopt(level, option, 1)
+        connection.bind(client.source)
+        connection.connect_ex(server)
+        descriptor = connection.fileno()
         client.connection = connection
+        client.descriptor = descriptor
         client.connecting = True
-        by_descriptor[connection.fileno()] = client
-        poller.register(connection.fileno(), select.EPOLLOUT)
+        by_descriptor[descriptor] = client
+        register(descriptor, _CLIENT_EVENTS)
 
     def finish(client: _Client, ok: bool, reuse: bool) -> None:
         nonlocal errors
-        ended = time.perf_counter()
+        ended = clock()
         if client.began >= start_at and ended <= stop_at:
             if ok:
-                latencies.append(ended - client.began)
+                record(ended - client.began)
             else:
                 errors += 1
         if not reuse:
@@ -389,59 +485,67 @@ def run_load_process(
         else:
             heapq.heappush(waiting, (client.scheduled, id(client), client))
 
-    def readable(client: _Client) -> None:
-        assert client.connection is not None
-        try:
-            data = client.connection.recv(65536)
-        except OSError:
-            finish(client, False, False)
+    def ready(client: _Client) -> None:
+        connection = client.connection
+        assert connection is not None
+        if client.connecting:
+            # Writable: the connect has finished (or failed, which send then reports).
+            try:
+                connection.send(requests[client.count & 1])
+            except (BlockingIOError, InterruptedError):
+                return  # not connected yet after all; the next edge comes when it is
+            except OSError:
+                finish(client, False, False)
+                return
+            client.connecting = False
+            client.count += 1
             return
-        client.buffer += data
-        head_end = client.buffer.find(b"\r\n\r\n")
-        if head_end >= 0:
-            head = client.buffer[:head_end].lower()
-            marker = head.find(b"content-length:")
-            if marker >= 0:
-                length = int(head[marker + 15 :].split(b"\r\n", 1)[0])
-                if len(client.buffer) >= head_end + 4 + length:
-                    ok = client.buffer.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 "))
-                    reuse = keepalive and b"connection: close" not in head
-                    client.buffer = b""
-                    finish(client, ok, reuse)
-                    return
-        if not data:
-            finish(client, False, False)
+        # Edge-triggered: read until the response is whole or nothing more is there.
+        while True:
+            try:
+                data = connection.recv(16384)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                finish(client, False, False)
+                return
+            if not data:
+                finish(client, False, False)
+                return
+            buffer = client.buffer + data if client.buffer else data
+            ok = response_complete(buffer)
+            if ok is not None:
+                client.buffer = b""
+                reuse = keepalive and b"connection: close" not in buffer[:buffer.find(b"\r\n\r\n")].lower()
+                finish(client, ok, reuse)
+                return
+            client.buffer = buffer
 
     everyone = [_Client(first_client + index) for index in range(clients)]
     for client in everyone:
         if interval is None:
             start(client)
         else:
-            client.scheduled = time.perf_counter() + pacing.uniform(0, interval)
+            client.scheduled = clock() + pacing.uniform(0, interval)
             heapq.heappush(waiting, (client.scheduled, id(client), client))
-    while not all(client.done for client in everyone):
+    poll = poller.poll
+    find = by_descriptor.get
+    running = clients
+    while running:
         timeout = 0.1
         if waiting:
-            timeout = min(timeout, max(0.0, waiting[0][0] - time.perf_counter()))
-        for descriptor, events in poller.poll(timeout):
-            found = by_descriptor.get(descriptor)
-            if found is None:
-                continue
-            client = found
-            if client.connecting:
-                client.connecting = False
-                assert client.connection is not None
-                if client.connection.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
-                    finish(client, False, False)
-                else:
-                    send(client)
-            else:
-                readable(client)
-        now = time.perf_counter()
+            timeout = min(timeout, max(0.0, waiting[0][0] - clock()))
+        for descriptor, _events in poll(timeout):
+            found = find(descriptor)
+            if found is not None:
+                ready(found)
+        now = clock()
         while waiting and waiting[0][0] <= now:
             start(heapq.heappop(waiting)[2])
-        if now > stop_at + 5:
-            break
+        if now >= stop_at:
+            running = sum(1 for client in everyone if not client.done)
+            if now > stop_at + 5:
+                break
     for client in everyone:
         drop(client)
     out.send((latencies, errors))
@@ -517,26 +621,34 @@ def measure(
         "server_cpu_percent": 100 * server_cpu / wall,
         "server_cpu_us_per_request": 1e6 * server_cpu / count if count else float("nan"),
         "load_cpu_percent": 100 * load_cpu / wall,
+        # The clients' CPU per request: what the apparatus takes from the server's 2 vCPUs.
+        "load_cpu_us_per_request": 1e6 * load_cpu / count if count else float("nan"),
     }
 
 
 def start_server(target: Any, prefix: str, loop_kind: str = "asyncio",
-                 cpus: Optional[set[int]] = None) -> tuple[multiprocessing.process.BaseProcess, int]:
+                 cpus: Optional[set[int]] = None) -> tuple[multiprocessing.process.BaseProcess, int, Any]:
     # A fresh interpreter, not a fork of this one (which has imported the factory side).
     context = multiprocessing.get_context("spawn")
-    port_queue: "multiprocessing.Queue[int]" = context.Queue()
+    port_queue: "multiprocessing.Queue[Any]" = context.Queue()
     process = context.Process(target=target, args=(prefix, port_queue, loop_kind, cpus))
     process.start()
-    return process, port_queue.get(timeout=30)
+    return process, port_queue.get(timeout=30), port_queue
 
 
-def stop_server(process: multiprocessing.process.BaseProcess) -> None:
+def stop_server(process: multiprocessing.process.BaseProcess, port_queue: Any) -> dict[str, Any]:
+    """Stop the server; what it reported as it stopped (vacd's: CollectorPauses), else {}."""
     if process.pid is not None and process.is_alive():
         os.kill(process.pid, signal.SIGTERM)
+    try:
+        reported: dict[str, Any] = port_queue.get(timeout=10)
+    except queue.Empty:
+        reported = {}
     process.join(timeout=10)
     if process.is_alive() and process.pid is not None:
         os.kill(process.pid, signal.SIGKILL)
         process.join()
+    return reported
 
 
 RUNS = ("fork", "close", "keepalive", "paced")
@@ -632,7 +744,8 @@ def main() -> None:
                 rate = arguments.paced_rate or 20 * results[forking]["requests_per_second"]
                 name = f"{name} {rate:.0f}/s"
             waited = wait_for_conntrack_room()
-            process, port = start_server(target, prefix, loop_kind, server_cpus)
+            process, port, port_queue = start_server(target, prefix, loop_kind, server_cpus)
+            reported: dict[str, Any] = {}
             try:
                 assert process.pid is not None
                 load_average = os.getloadavg()[0]
@@ -654,7 +767,8 @@ def main() -> None:
                 # Non-zero: SYNs were lost to a full table and the latencies are not the server's.
                 results[name]["conntrack_drops"] = conntrack_drops() - drops_before
             finally:
-                stop_server(process)
+                reported = stop_server(process, port_queue)
+            results[name].update(reported)
     if arguments.json:
         print(json.dumps(results, indent=1))
         return
@@ -664,15 +778,18 @@ def main() -> None:
           f" {os.cpu_count()} CPUs")
     print(
         f"{'server':40} {'req/s':>9} {'x fork':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
-        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9} {'loadavg':>7} {'ct drops':>8}"
+        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9} {'load us/req':>11} {'loadavg':>7} {'ct drops':>8}"
+        f" {'gc full':>7} {'gc max ms':>9}"
     )
     for name, result in results.items():
         print(
             f"{name:40} {result['requests_per_second']:9.0f} {result['requests_per_second'] / baseline:7.1f}"
             f" {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} {result['max_ms']:8.1f} {result['errors']:7d}"
             f" {result['server_cpu_percent']:8.0f} {result['server_cpu_us_per_request']:10.0f}"
-            f" {result['load_cpu_percent']:9.0f} {result['load_average_at_start']:7.2f}"
+            f" {result['load_cpu_percent']:9.0f} {result['load_cpu_us_per_request']:11.0f}"
+            f" {result['load_average_at_start']:7.2f}"
             f" {result['conntrack_drops']:8d}"
+            f" {result.get('gc_full_passes', -1):7d} {result.get('gc_longest_pause_ms', float('nan')):9.2f}"
         )
 
 

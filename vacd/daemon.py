@@ -35,6 +35,7 @@ from vacd.config import Config, Settings
 from vacd.daemonhooks import daemon_hooks
 from vacd.errors import VacError
 from vacd.eventloop import AUTO, EVENT_LOOP_VARIABLE, EventLoopUnavailable, chosen_kind
+from vacd.gcfreeze import freeze_startup_heap
 from vacd.clock import ClockJumpWatch, SteadyClock
 from vacd.factory import Factory, FactoryHooks, PassReport
 from vacd.networkchecks import NetworkCheckSchedule
@@ -238,6 +239,9 @@ class Daemon:
             raise
         if self.peer_census is not None and factory.hooks is not None:
             factory.hooks.peer_reports = self.peer_census.peer_reports
+        # Start-up is done: its objects leave the collector's full passes, which would
+        # otherwise pause the guest servers' loop for milliseconds (vacd.gcfreeze).
+        log.info("start-up heap frozen for the garbage collector objects=%d", freeze_startup_heap())
         try:
             self._loop(factory, config_source)
         finally:

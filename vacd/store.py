@@ -83,6 +83,7 @@ from vacd.recordformats import (
     JOBOUTPUTS_DIR,
     NODE_HEARTBEATS_FILE,
     RECORD_FILE,
+    SHUTDOWN_MESSAGE_FILE,
     SHUTDOWN_RECEIPT_FILE,
     STARTED_FILE,
     CorruptRecord,
@@ -92,22 +93,16 @@ from vacd.recordformats import (
     parse_shutdown_receipt,
     vac_heartbeat_line,
 )
-from vacd.records import JudgedShutdownMessage, SlotLookup
-
-# Names that vacd.factory, vacd.guestapi and bench/metadata_service.py still import from
-# here, from before the record types, their formats and the guest's files had modules of
-# their own (vacd.records, vacd.recordformats, vacd.guestoutputs); new code imports them
-# from those.
-from vacd.guestoutputs import open_guest_directory as open_guest_directory
-from vacd.guestoutputs import write_shutdown_receipt as write_shutdown_receipt
-from vacd.recordformats import SHUTDOWN_MESSAGE_FILE as SHUTDOWN_MESSAGE_FILE
-from vacd.records import FinishRecord as FinishRecord
-from vacd.records import Heartbeat as Heartbeat
-from vacd.records import MachineRecord as MachineRecord
-from vacd.records import ShutdownReceipt as ShutdownReceipt
-from vacd.records import SlotCondition as SlotCondition
-from vacd.records import StoredMachine as StoredMachine
-from vacd.records import lowered as lowered
+from vacd.records import (
+    FinishRecord,
+    Heartbeat,
+    JudgedShutdownMessage,
+    MachineRecord,
+    ShutdownReceipt,
+    SlotCondition,
+    SlotLookup,
+    StoredMachine,
+)
 
 log = logging.getLogger(__name__)
 
