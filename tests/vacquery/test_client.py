@@ -396,7 +396,7 @@ def test_a_first_reply_after_the_retransmission_ceiling_but_within_60_ms_proves_
     assert census.result.answered_fast == {"f2.example.com"} and not census.result.answered_slow
 
 
-def test_at_half_loss_an_unanswered_factory_is_asked_again_every_30_ms_after_the_first_wait() -> None:
+def test_a_silent_factory_known_fast_is_asked_again_every_30_ms_after_the_first_wait() -> None:
     # 0.75 ** 60 < 1e-7: about 60 attempts in 2 s keep a census of 400 factories x 4
     # statuses at 50 % loss above 99.9 % (docs/benchmarks.md); at 60 ms there were 33.
     network = InMemoryNetwork(snapshots={name: SNAPSHOTS[name] for name in FACTORIES[:2]})
