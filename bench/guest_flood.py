@@ -44,8 +44,8 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.metadata_service import (SERVER_ADDRESS, default_loop_kind, make_site, make_settings_only,  # noqa: E402
-                                    source_to_ordinal)
+from bench.metadata_load import SERVER_ADDRESS  # noqa: E402
+from bench.metadata_service import default_loop_kind, make_site, make_settings_only, source_to_ordinal  # noqa: E402
 from bench.responder import FACTORY, SPACE, site_snapshot  # noqa: E402
 
 QUIET_SOURCE = "127.0.0.3"

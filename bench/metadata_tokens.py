@@ -30,7 +30,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from metadata_service import SLOTS, make_site, source_to_ordinal  # noqa: E402
+from metadata_load import SLOTS  # noqa: E402
+from metadata_service import make_site, source_to_ordinal  # noqa: E402
 from vacd.config import Settings  # noqa: E402
 from vacd.guestapi.server import GuestApiServer  # noqa: E402
 from vacd.guestapi.wire import parse_head  # noqa: E402

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench.metadata_service import PATHS_REQUESTED, SERVER_ADDRESS, response_complete, run_load_process
+from bench.metadata_load import PATHS_REQUESTED, SERVER_ADDRESS, response_complete, run_load_process
 
 BODY = b"x" * 3000
 
