@@ -19,8 +19,8 @@ Measured with a libvirt event listener of its own, independent of vacd's logs:
 - refill: a guest's domain gone (powered off by its payload) -> a new domain running in
   that slot (mean and max over the refills seen; only with --observe-seconds past the payload);
 - the load average (1 min) at start and when the slots are full;
-- rules in force: for how many running guests the ebtables nat table holds their slot's
-  clean-traffic rules on their tap, once all N run;
+- rules in force: for how many running guests the kernel shows their slot's filter (the
+  slot's pin in vacd's nftables table on its tap), once all N run;
 - vac_creation_phase_seconds from vacd's own /metrics: count, mean and max bucket per phase.
 
 Both runs set overload_per_processor = 100, as the real-VM tests do: this 2-processor machine
@@ -28,10 +28,11 @@ is shared, and Vac's load gate (load > 1.25 x host processors) would otherwise h
 pass for minutes whenever other work runs, which measures the neighbours, not the fill.
 
 With `--rounds R` the vacd fill runs R times in a row, each a new vacd with its guests
-destroyed in between: VM slots keep their taps and filter bindings from one round to the
-next (vacd.backends.slottaps), so round 0 after `--fresh-slot-taps` (every slot tap removed
-first) is the first fill after a host boot, and later rounds are a vacd restart or a refill.
-The bench removes every slot tap and binding left at its end.
+destroyed in between: VM slots keep their taps from one round to the next, and vacd's
+filter table stays (vacd.backends.slottaps), so round 0 after `--fresh-slot-taps` (every
+slot tap, the table and any libvirt binding of a slot tap removed first) is the first fill
+after a host boot, and later rounds are a vacd restart or a refill. The bench removes every
+slot tap and the table at its end.
 
 Usage: .venv/bin/python bench/factory_fill.py --slots 16 [--max-creations 16] [--payload-seconds 600]
        [--observe-seconds 0] [--vac03-creations 3] [--rounds 1] [--fresh-slot-taps]
@@ -176,13 +177,19 @@ def phase_histogram(metrics_text: str) -> dict[str, dict[str, float]]:
 
 
 def rules_in_force(connection: libvirt.virConnect) -> str:
-    """How many running bench guests' taps have their slot's clean-traffic rules in the kernel, and on what taps."""
+    """For how many running bench guests the kernel shows their slot's filter, and on what interfaces.
+
+    A slot tap's filter is its pin in vacd's nftables table (vacd.backends.slotfilter); a
+    `<filterref>` interface's is libvirt's clean-traffic rules in the ebtables nat table.
+    """
     import xml.etree.ElementTree as ElementTree
 
-    from vacd.backends.cleantraffic import clean_traffic_problems, read_nat_chains
+    from tests.integration.ebtables_rules import clean_traffic_problems, read_nat_chains
+    from vacd.backends.slotfilter import TapPin, pins_in_table, read_table
     from vacd.slots import ordinal_of_machine_name, slot_identity
 
-    chains = read_nat_chains()
+    pins = pins_in_table(read_table() or [])
+    chains = None
     good, kinds = 0, set()
     domains = [domain for domain in connection.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
                if domain.name().startswith("bench-")]
@@ -194,21 +201,35 @@ def rules_in_force(connection: libvirt.virConnect) -> str:
             continue
         kinds.add(interface.get("type", "?"))
         identity = slot_identity(FACTORY_NAME, ordinal)
-        if not clean_traffic_problems(chains, target.get("dev", ""), identity.mac_address, identity.ip_address):
-            good += 1
+        tap = target.get("dev", "")
+        if interface.get("type") == "ethernet":
+            good += TapPin(tap, identity.mac_address.lower(), identity.ip_address) in pins
+        else:
+            chains = chains if chains is not None else read_nat_chains()
+            good += not clean_traffic_problems(chains, tap, identity.mac_address, identity.ip_address)
     return f"{good} of {len(domains)} (interfaces: {', '.join(sorted(kinds))})"
 
 
 def remove_slot_taps() -> list[str]:
-    """Every slot tap no domain holds, and its binding, as vacd removes those of slots gone."""
+    """What a host boot removes: every slot tap no domain holds, vacd's filter table and any
+    libvirt binding of a slot tap (made by vacd releases that bound clean-traffic to each tap)."""
+    from vacd.backends.slotfilter import TABLE, run_nft
     from vacd.backends.slottaps import SlotTaps
     from vacd.network import BRIDGE_NAME
+    from vacd.slots import ordinal_of_slot_tap
 
+    done = SlotTaps().tend_links(0, BRIDGE_NAME)
+    if run_nft(("nft",), ["delete", "table", *TABLE.split()]).returncode == 0:
+        done.append("filter table removed")
     connection = libvirt.open("qemu:///system")
     try:
-        return SlotTaps().tend(connection, 0, BRIDGE_NAME)
+        for binding in connection.listAllNWFilterBindings(0):
+            if ordinal_of_slot_tap(binding.portDev()) is not None:
+                binding.delete()
+                done.append(f"unbound {binding.portDev()}")
     finally:
         connection.close()
+    return done
 
 
 def scrape_metrics() -> str:
@@ -313,7 +334,7 @@ def main() -> int:
                         help="Vac 03 policy: stop after this many guests run and carry the rate to --slots (0: skip)")
     parser.add_argument("--rounds", type=int, default=1, help="vacd fills in a row (slot taps kept between them)")
     parser.add_argument("--fresh-slot-taps", action="store_true",
-                        help="remove every slot tap and binding first: round 0 is a first fill after a host boot")
+                        help="remove every slot tap, the filter table and bindings first: round 0 is a first fill after a host boot")
     arguments = parser.parse_args()
     guest = build_guest()
     if arguments.fresh_slot_taps:

@@ -5,7 +5,7 @@ Rules:
   on the thread that ran it. The factory times what it does (waiting for a pool worker,
   contextualisation, the machine spec, writing the started record); the libvirt backend
   times what it does (the disk: room check, logical volume or sparse file; the qcow2
-  overlay made by qemu-img; the domain XML; the slot's tap and its filter binding,
+  overlay made by qemu-img; the domain XML; the slot's tap and its pin in vacd's filter table,
   vacd.backends.slottaps; createXML, which includes QEMU's start and, where slot taps
   are not used, libvirt's network filter binding; and the STARTED lifecycle event's lag
   after createXML returned).
@@ -32,7 +32,7 @@ PHASES = (
     "disk",  # room check, logical volume or sparse scratch/root file
     "overlay",  # qemu-img create of the qcow2 overlay on the root image
     "xml",  # the domain XML (and, once, the emulator path)
-    "slot_tap",  # the slot's tap ensured, its clean-traffic rules read (and bound, if not in force)
+    "slot_tap",  # the slot's tap ensured, its pin read in the filter table (written, if not in force)
     "createXML",  # libvirt: network port and filter binding, QEMU started and resumed
     "started_event",  # createXML returned -> libvirt's STARTED lifecycle event (0 if it came first)
     "record",  # the started record written

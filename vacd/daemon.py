@@ -175,8 +175,8 @@ class Daemon:
         warn_if_factory_renamed(self.paths, settings.factory_name)
         config_source = ReloadingConfig(self.paths, self.config, self.host_fqdn, self.host_cpu_count)
         # A sparse disk is made only where all it may grow to leaves the kept minimum free (issue 13).
-        # Each VM slot has its own tap on the guest bridge, bound to clean-traffic once
-        # (vacd.backends.slottaps), where libvirt can; else <filterref> per domain.
+        # Each VM slot has its own tap on the guest bridge, pinned by vacd's nftables table
+        # (vacd.backends.slottaps), where the host can; else <filterref> per domain.
         self.vm_backend = LibvirtBackend(settings.libvirt_uri, domain_type=domain_type, network_name=NETWORK_NAME,
                                          tmp_dir=self.paths.tmp_dir,
                                          room_check=lambda directory, size_bytes: check_room(

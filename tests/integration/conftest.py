@@ -12,8 +12,8 @@ Rules:
   its end; one that was there before is left alone.
 - Every domain a test creates is registered with `domain_reaper` and destroyed (by UUID) on
   teardown, whatever the test did.
-- `libvirt_backend` gives each VM slot its own bound tap, as vacd does
-  (vacd.backends.slottaps); `filterref_backend` is the fallback, `<filterref>` per domain.
+- `libvirt_backend` gives each VM slot its own tap pinned by vacd's nftables table, as vacd
+  does (vacd.backends.slottaps); `filterref_backend` is the fallback, `<filterref>` per domain.
   Slot taps outlive their domains by design, so the session removes every one no domain
   holds, with its binding, at its end.
 """
@@ -33,7 +33,8 @@ import pytest
 
 from vacd.backends.base import MachineSpec
 from vacd.backends.libvirt import LibvirtBackend
-from vacd.backends.slottaps import SlotTaps
+from vacd.backends.slotfilter import TABLE, run_nft
+from vacd.backends.slottaps import SlotTaps, present_slot_tap_ordinals
 from vacd.hypervisor import DomainTypeChoice, decide_domain_type
 from vacd.network import NETWORK_NAME, ensure_guest_network
 from vacd.paths import Paths
@@ -133,18 +134,18 @@ def vac_network(libvirtd: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         yield VacNetwork(guest_network.name, guest_network.bridge, TEST_FACTORY_NAME, TEST_NUM_SLOTS)
     finally:
-        remove_slot_taps(libvirtd, guest_network.bridge)
+        remove_slot_taps(guest_network.bridge)
         if not existed:
             _remove_network(libvirtd)
 
 
-def remove_slot_taps(uri: str, bridge: str) -> list[str]:
-    """Remove every slot tap no domain holds and its binding (what vacd does for slots beyond 0)."""
-    connection = libvirt.open(uri)
-    try:
-        return SlotTaps().tend(connection, 0, bridge)
-    finally:
-        connection.close()
+def remove_slot_taps(bridge: str) -> list[str]:
+    """Remove every slot tap no domain holds (what vacd does for slots beyond 0) and, if none is
+    left, vacd's filter table (a vacd leaves it for its guests when it stops)."""
+    done = SlotTaps().tend_links(0, bridge)
+    if not present_slot_tap_ordinals() and run_nft(("nft",), ["delete", "table", *TABLE.split()]).returncode == 0:
+        done.append("filter table removed")
+    return done
 
 
 def _remove_network(uri: str) -> None:

@@ -7,9 +7,9 @@ victim's MAC too), asks the metadata server for the victim's instance-id and tri
 a space-wide backoff ("300 …") into the victim's $JOBOUTPUTS. Then it goes back to its own
 address and MAC and PUTs what it saw into its own $JOBOUTPUTS, where the test reads it.
 
-Two locks stand in its way: libvirt's clean-traffic filter on each tap (which drops the
-spoofed frames; vacd binds it once to each slot's own tap, vacd.backends.slottaps, and the
-test reads the rules in the kernel while both guests run) and vacd's link-layer check (vacd.guestapi.linkidentity, which would refuse
+Two locks stand in its way: vacd's nftables table on the slots' taps (which drops the
+spoofed frames, vacd.backends.slotfilter; the test reads both slots' pins in the kernel
+while both guests run) and vacd's link-layer check (vacd.guestapi.linkidentity, which would refuse
 a source whose frames come from another slot's tap); tests/vacd/guestapi/test_link_identity.py
 shows the second one alone on a real bridge.
 """
@@ -19,9 +19,9 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.conftest import TestGuest
-from tests.integration.ebtables_rules import clean_traffic_problems, nat_chains
 from tests.integration.test_guest_filter_rules_real_vm import live_interface
 from tests.integration.test_vacd_real_vms import RunningFactory, factory, slot_name  # noqa: F401  (fixture)
+from vacd.backends.slotfilter import TapPin, pins_in_table, read_table
 from vacd.slots import ip_address_for, mac_address_for, slot_tap_name
 
 pytestmark = pytest.mark.vm
@@ -92,16 +92,16 @@ def test_guest_posing_as_its_neighbour_gets_nothing_and_cannot_end_it(
 
     factory.wait_for("two guests", lambda: len(factory.records()) >= 2, timeout=120)
     first_two = {record["uuid"] for record in factory.records()[:2]}
-    # Both run on their slots' own taps, with the slot's clean-traffic rules in the kernel.
+    # Both run on their slots' own taps, each pinned to its slot in vacd's table in the kernel.
     factory.wait_for("two running guests", lambda: len(factory.running_domains()) >= 2, timeout=120)
-    chains = nat_chains()
+    pins = pins_in_table(read_table() or [])
     for ordinal in (0, 1):
         interface = live_interface(factory.uri, slot_name(ordinal))
         target = interface.find("target")
         assert interface.get("type") == "ethernet" and target is not None
         assert target.get("dev") == slot_tap_name(ordinal)
         address = ip_address_for(ordinal)
-        assert clean_traffic_problems(chains, slot_tap_name(ordinal), mac_address_for(address), address) == []
+        assert TapPin(slot_tap_name(ordinal), mac_address_for(address).lower(), address) in pins
     factory.wait_for("both guests finished", both_finished, timeout=300)
     by_ordinal = {record["ordinal"]: record for record in factory.records() if record["uuid"] in first_two}
     victim, attacker = by_ordinal[0], by_ordinal[1]

@@ -829,7 +829,7 @@ def test_rpm_requires_the_daemon_dependencies_and_its_command_package(built_pack
     for dependency in ("libvirt-daemon-kvm", "python3-libvirt >= 10.0.0", "python3-pyroute2 >= 0.7.3",
                        "python3-dns >= 2.1.0", "python3-psutil >= 5.8.0", "python3-cryptography >= 36.0.1",
                        "python3-requests >= 2.25.1", "python3-prometheus_client >= 0.13.1",
-                       "dnsmasq", "(nftables or iptables-nft)", "python3 >= 3.9"):
+                       "dnsmasq", "nftables", "python3 >= 3.9"):
         assert dependency in requires, dependency
     assert any(line.startswith("vac-command = ") for line in requires)
     assert "systemd >= 239" in requires

@@ -1,9 +1,9 @@
-"""A VM slot's own tap and its clean-traffic binding (vacd.backends.slottaps), without a hypervisor.
+"""A VM slot's own tap (vacd.backends.slottaps), without a hypervisor.
 
-The pure parts (names, the binding's XML, what to repair, what to remove, reading the nat
-table) are tested directly; the kernel's part is made for real with netlink on a bridge of
-the test's own, with slot ordinals 9990 and up, which no factory here has, so nothing
-touches the guest network or a real factory's taps. Binding for real, guests on the taps,
+The pure parts (names, what to repair, what to remove) are tested directly; the kernel's
+part is made for real with netlink on a bridge of the test's own, with slot ordinals 9990
+and up, which no factory here has, so nothing touches the guest network or a real
+factory's taps. The filter table is tests/vacd/test_slotfilter.py's; guests on the taps,
 and tending (which acts on every slot tap of the host) are the real-VM tests' part, under
 their lock (tests/integration/test_guest_filter_rules_real_vm.py).
 """
@@ -23,22 +23,14 @@ from hypothesis import strategies as st
 from pyroute2 import IPRoute
 
 from vacd.backends.base import MachineSpec
-from vacd.backends.cleantraffic import (
-    NatTable,
-    NatTableUnreadable,
-    chains_naming,
-    clean_traffic_problems,
-    parse_nat_listing,
-    read_nat_chains,
-)
 from vacd.backends.domainxml import domain_xml
 from vacd.backends.libvirt import LibvirtBackend
 from vacd.backends.slotnetwork import SlotNetwork, remove_container_links, set_up_slot_network
+from vacd.backends.slotfilter import SlotFilter
 from vacd.backends.slottaps import (
     SlotTap,
     TapLink,
-    binding_xml,
-    bindings_supported,
+    slot_taps_refusal,
     ensure_slot_tap,
     remove_slot_tap,
     tap_repairs,
@@ -53,53 +45,6 @@ ORDINAL = 9990
 def slot_tap(ordinal: int) -> SlotTap:
     address = ip_address_for(ordinal)
     return SlotTap(ordinal, mac_address_for(address), address)
-
-
-# What libvirt 9.0 put in the ebtables nat table for a binding of vact9990 (read from a real one).
-BOUND_LISTING = """Bridge table: nat
-
-Bridge chain: PREROUTING, entries: 1, policy: ACCEPT
--i vact9990 -j libvirt-I-vact9990
-
-Bridge chain: OUTPUT, entries: 0, policy: ACCEPT
-
-Bridge chain: POSTROUTING, entries: 1, policy: ACCEPT
--o vact9990 -j libvirt-O-vact9990
-
-Bridge chain: I-vact9990-arp-ip, entries: 2, policy: RETURN
--p ARP --arp-ip-src 169.254.208.240 -j RETURN
--j DROP
-
-Bridge chain: I-vact9990-arp-mac, entries: 2, policy: RETURN
--p ARP --arp-mac-src 56:4d:a9:fe:d0:f0 -j RETURN
--j DROP
-
-Bridge chain: I-vact9990-ipv4-ip, entries: 3, policy: RETURN
--p IPv4 --ip-src 0.0.0.0 --ip-proto udp -j RETURN
--p IPv4 --ip-src 169.254.208.240 -j RETURN
--j DROP
-
-Bridge chain: I-vact9990-mac, entries: 2, policy: RETURN
--s 56:4d:a9:fe:d0:f0 -j RETURN
--j DROP
-
-Bridge chain: libvirt-I-vact9990, entries: 9, policy: RETURN
--j I-vact9990-mac
--p IPv4 -j I-vact9990-ipv4-ip
--p IPv4 -j ACCEPT
--p ARP -j I-vact9990-arp-mac
--p ARP -j I-vact9990-arp-ip
--p ARP -j ACCEPT
--p RARP -j I-vact9990-rarp
--p 0x835 -j ACCEPT
--j DROP
-
-Bridge chain: libvirt-O-vact9990, entries: 4, policy: RETURN
--p IPv4 -j O-vact9990-ipv4
--p ARP -j ACCEPT
--p RARP -j O-vact9990-rarp
--j DROP
-"""
 
 
 # Names ------------------------------------------------------------------------------
@@ -124,21 +69,7 @@ def test_only_vacds_own_tap_names_read_as_slot_taps(name: str) -> None:
     assert ordinal is None or slot_tap_name(ordinal) == name
 
 
-# The binding and the domain's interface -----------------------------------------------
-
-
-def test_the_binding_pins_clean_traffic_to_the_slot_mac_and_address_on_its_tap() -> None:
-    tap = slot_tap(7)
-    binding = ElementTree.fromstring(binding_xml(tap))
-    assert binding.find("portdev").get("name") == "vact07"  # type: ignore[union-attr]
-    assert binding.find("mac").get("address") == "56:4d:a9:fe:a9:07"  # type: ignore[union-attr]
-    filterref = binding.find("filterref")
-    assert filterref is not None and filterref.get("filter") == "clean-traffic"
-    assert {p.get("name"): p.get("value") for p in filterref.findall("parameter")} == {"IP": "169.254.169.7"}
-    # The owner is the tap's, the same every time: virsh says whose binding it is.
-    assert binding.findtext("owner/name") == "vac-slot-tap-vact07"
-    assert binding.findtext("owner/uuid") == ElementTree.fromstring(binding_xml(tap)).findtext("owner/uuid")
-    assert binding.findtext("owner/uuid") != ElementTree.fromstring(binding_xml(slot_tap(8))).findtext("owner/uuid")
+# The domain's interface -----------------------------------------------
 
 
 def spec_for(ordinal: int, tmp_path: Path) -> MachineSpec:
@@ -210,105 +141,13 @@ def test_only_taps_of_slots_gone_and_held_by_no_domain_are_removed() -> None:
     assert taps_to_remove(links, 16) == []
 
 
-# The nat table ---------------------------------------------------------------------------
-
-
-def test_a_bound_taps_rules_read_from_the_nat_table_are_clean_traffic_for_its_slot() -> None:
-    chains = parse_nat_listing(BOUND_LISTING)
-    tap = slot_tap(ORDINAL)
-    assert clean_traffic_problems(chains, tap.name, tap.mac_address, tap.ip_address) == []
-    assert chains_naming(chains, "vact9991") == []
-
-
-@pytest.mark.parametrize("edit", [
-    ("-i vact9990 -j libvirt-I-vact9990\n", ""),  # the jump gone: nothing from the tap is checked
-    ("-s 56:4d:a9:fe:d0:f0 -j RETURN", "-s 56:4d:a9:fe:d0:f1 -j RETURN"),  # another slot's MAC
-    ("--ip-src 169.254.208.240 -j RETURN", "--ip-src 169.254.208.241 -j RETURN"),  # another address
-    ("-p IPv4 -j I-vact9990-ipv4-ip\n", ""),  # no address check for IPv4
-])
-def test_rules_that_are_not_the_slots_clean_traffic_are_problems(edit: tuple[str, str]) -> None:
-    listing = BOUND_LISTING.replace(*edit)
-    assert listing != BOUND_LISTING
-    tap = slot_tap(ORDINAL)
-    assert clean_traffic_problems(parse_nat_listing(listing), tap.name, tap.mac_address, tap.ip_address) != []
-
-
-@given(st.dictionaries(st.from_regex(r"[A-Za-z][A-Za-z0-9_-]{0,20}", fullmatch=True),
-                       st.lists(st.from_regex(r"-[a-z] [A-Za-z0-9:. -]{0,30}[A-Za-z0-9]", fullmatch=True),
-                                max_size=5), max_size=6))
-def test_a_nat_listing_reads_back_as_the_chains_it_lists(chains: dict[str, list[str]]) -> None:
-    listing = "Bridge table: nat\n\n" + "".join(
-        f"Bridge chain: {name}, entries: {len(rules)}, policy: ACCEPT\n" + "".join(f"{rule}\n" for rule in rules)
-        + "\n" for name, rules in chains.items())
-    assert parse_nat_listing(listing) == chains
-
-
-def test_a_reading_serves_every_creation_that_asked_before_it_began_and_no_later_one() -> None:
-    now = [100.0]
-    readings: list[float] = []
-
-    def read() -> dict[str, list[str]]:
-        readings.append(now[0])
-        now[0] += 0.01  # a reading takes time: later askers come after it began
-        return parse_nat_listing(BOUND_LISTING)
-
-    table = NatTable(read, clock=lambda: now[0])
-    asked = [now[0] - 0.005 * waiting for waiting in range(32)]  # 32 creations waiting when it begins
-    for moment in asked:
-        table.chains_since(moment)
-    assert readings == [100.0]
-    # A creation that asks afterwards never gets rules read before it asked.
-    table.chains_since(now[0])
-    assert readings == [100.0, 100.01]
-
-
-def fake_ebtables(directory: Path, failures: int, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An `ebtables` first on PATH that fails `failures` times as nf_tables does under contention, then lists."""
-    count = directory / "calls"
-    (directory / "listing").write_text(BOUND_LISTING)
-    script = directory / "ebtables"
-    script.write_text(f"""#!/bin/sh
-echo x >> {count}
-if [ "$(wc -l < {count})" -le {failures} ]; then
-    echo "ebtables v1.8.9 (nf_tables): RULE_LIST failed (Resource busy)" >&2
-    exit 4
-fi
-cat {directory / "listing"}
-""")
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{directory}:{os.environ['PATH']}")
-    return count
-
-
-@pytest.mark.allow_commands("ebtables")
-def test_a_listing_that_fails_while_libvirt_changes_the_table_is_tried_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = fake_ebtables(tmp_path, 2, monkeypatch)
-    pauses: list[float] = []
-    chains = read_nat_chains(sleep=pauses.append)
-    tap = slot_tap(ORDINAL)
-    assert clean_traffic_problems(chains, tap.name, tap.mac_address, tap.ip_address) == []
-    assert len(calls.read_text().split()) == 3
-    assert pauses == [0.05, 0.1]
-
-
-@pytest.mark.allow_commands("ebtables")
-def test_a_listing_that_keeps_failing_says_how_it_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_ebtables(tmp_path, 99, monkeypatch)
-    with pytest.raises(NatTableUnreadable, match=r"failed 5 times, last: exit status 4: .*Resource busy"):
-        read_nat_chains(sleep=lambda seconds: None)
-
-
-# Where bindings cannot be used --------------------------------------------------------
+# Where slot taps cannot be used --------------------------------------------------------
 
 
 @pytest.mark.libvirt_test_driver
 def test_the_test_driver_keeps_filterref_on_the_network(tmp_path: Path) -> None:
-    connection = libvirt.open("test:///default")
-    try:
-        assert bindings_supported(connection, "test:///default") == "libvirt's test driver has no network filters"
-    finally:
-        connection.close()
+    assert slot_taps_refusal("test:///default", SlotFilter(lambda: [])) == (
+        "libvirt's test driver has no network to put slot taps on")
     backend = LibvirtBackend("test:///default", domain_type="kvm", network_name="default", tmp_dir=tmp_path,
                              slot_taps=True)
     try:

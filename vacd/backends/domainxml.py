@@ -11,7 +11,8 @@ Rules:
   `<disk type='block'>` on its /dev/<vg>/<name> device.
 - The guest's interface is on the libvirt network with libvirt's `clean-traffic` filter
   (`<filterref>`), or, given a slot tap, that tap as `type='ethernet'` with no filterref:
-  its filter is a binding made once per tap (vacd.backends.slottaps). Never neither.
+  its filter is vacd's nftables table, in force before the domain is made
+  (vacd.backends.slottaps). Never neither.
 - The emulator path is found by the caller (from libvirt's domain capabilities) and passed
   in; None leaves the choice to libvirt.
 """
@@ -149,7 +150,7 @@ def domain_xml(
     """The XML for a transient domain running `spec` (§1.10, acceptance 9).
 
     With `slot_tap` the interface is that existing tap (vacd.backends.slottaps), whose
-    clean-traffic binding the caller has put in force; without, it is on `network_name`
+    pin in vacd's filter table the caller has put in force; without, it is on `network_name`
     with a `<filterref>` libvirt instantiates for the tap it makes.
 
     Raises:
@@ -243,7 +244,7 @@ def _devices(
 
     # libvirt's anti-spoofing filter, pinned to the slot's address: the metadata and MJF
     # servers tell guests apart by source address only (§6.1), so a guest must not be able
-    # to send as another slot. On a slot tap it is the tap's own binding, already in force.
+    # to send as another slot. On a slot tap it is vacd's table, already in force.
     if slot_tap is None:
         interface = ElementTree.SubElement(devices, "interface", type="network")
         ElementTree.SubElement(interface, "mac", address=spec.mac_address)

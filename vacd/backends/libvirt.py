@@ -21,10 +21,10 @@ Rules:
   loop's listing behind them. The shared connection keeps listing, destroys and events.
   The test driver keeps one connection: its domains belong to the connection that made them.
 - With `slot_taps`, a VM's interface is its slot's own tap, made ready before each
-  createXML with its clean-traffic binding in force (vacd.backends.slottaps): libvirt then
-  sets up no filter per domain, which serialised creations (issue 15 item 1). A connection
-  that cannot use bindings (test driver, libvirt < 4.5) keeps `<filterref>`; a slot whose
-  rules cannot be shown in force fails its creation.
+  createXML with its pin in vacd's nftables table in force (vacd.backends.slottaps,
+  vacd.backends.slotfilter): libvirt then sets up no filter per domain, which serialised
+  creations (issue 15 item 1). Where the table cannot be had (test driver, no nft) every
+  domain keeps `<filterref>`; a slot whose pin cannot be shown in force fails its creation.
 - Lifecycle events need libvirt's default event loop, registered once per process before
   any connection is opened and run by one daemon thread (libvirt's loop is itself
   process-global, so this module keeps the one flag that says it is running).
@@ -131,8 +131,9 @@ class LibvirtBackend:
         creation_phase: Optional[PhaseObserver] = None,
         slot_taps: bool = False,
     ) -> None:
-        """`slot_taps`: give each VM slot its own bound tap on the network's bridge where libvirt
-        can (vacd.backends.slottaps); False keeps `<filterref>` on the network for every domain."""
+        """`slot_taps`: give each VM slot its own tap on the network's bridge, filtered by vacd's
+        nftables table, where the host can (vacd.backends.slottaps); False keeps `<filterref>`
+        on the network for every domain."""
         _start_event_loop()
         self._uri = uri
         self._domain_type = domain_type
@@ -158,7 +159,8 @@ class LibvirtBackend:
         self._thread_connection = threading.local()
         self._creation_connections: list[libvirt.virConnect] = []
         self._slot_taps = SlotTaps() if slot_taps else None
-        self._slot_tap_decisions = SlotTapDecisions(uri, network_name)
+        self._slot_tap_decisions = (SlotTapDecisions(uri, network_name, self._slot_taps.slot_filter)
+                                    if self._slot_taps is not None else None)
 
     # Connection handling -------------------------------------------------------------
 
@@ -431,19 +433,18 @@ class LibvirtBackend:
             self._creation_connections.clear()
 
     def tend_slot_taps(self, num_slots: int) -> None:
-        """With each network check: remove slot taps (and bindings) of slots beyond `num_slots`
-        that no domain holds; put the others back on the bridge and up (vacd.backends.slottaps).
+        """With each network check: remove slot taps of slots beyond `num_slots` that no domain
+        holds; put the others back on the bridge and up; put the filter table back if it was
+        changed (vacd.backends.slottaps).
 
         Raises:
             BackendError: a step failed (the next network check tries again).
         """
-        if self._slot_taps is None:
+        if self._slot_taps is None or self._slot_tap_decisions is None or self._slot_tap_decisions.refusal():
             return
         connection = self._connect("tend slot taps", "*")
-        if self._slot_tap_decisions.refusal(connection):
-            return
         try:
-            self._slot_taps.tend(connection, num_slots, network_bridge(connection, self._network_name))
+            self._slot_taps.tend(num_slots, network_bridge(connection, self._network_name))
         except SlotTapError as error:
             self._note_failure(connection)
             raise BackendError("tend slot taps", "*", str(error)) from error
@@ -451,16 +452,16 @@ class LibvirtBackend:
     # Helpers --------------------------------------------------------------------------
 
     def _ready_slot_tap(self, connection: libvirt.virConnect, spec: MachineSpec) -> Optional[str]:
-        """The slot's tap, made ready with its rules in force, or None for `<filterref>` on the network.
+        """The slot's tap, made ready with its pin in force, or None for `<filterref>` on the network.
 
         Raises:
-            SlotTapError: slot taps are in use here and this one's rules cannot be put in force.
+            SlotTapError: slot taps are in use here and this one's pin cannot be put in force.
         """
-        if self._slot_taps is None or self._slot_tap_decisions.refusal(connection):
+        if self._slot_taps is None or self._slot_tap_decisions is None or self._slot_tap_decisions.refusal():
             return None
         tap = SlotTap(spec.ordinal, spec.mac_address, spec.ip_address)
         with timed(self._creation_phase, "slot_tap"):
-            self._slot_taps.prepare(connection, tap, network_bridge(connection, self._network_name))
+            self._slot_taps.prepare(tap, network_bridge(connection, self._network_name))
         return tap.name
 
     def _note_failure(self, connection: libvirt.virConnect) -> None:

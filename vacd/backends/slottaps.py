@@ -1,12 +1,12 @@
-"""A VM slot's own persistent tap, bound once to libvirt's clean-traffic filter (issue 15 item 1).
+"""A VM slot's own persistent tap, filtered by vacd's own nftables table (issue 15 item 1).
 
 libvirt 9.0 instantiates a domain's `<filterref>` (dozens of ebtables rules, one command
 each) under its nwfilter driver's lock, about 1.35 s per domain one domain at a time, so 32
-guests created together took 55 s. The rules name the tap and stay while the filter's
-binding lives, so here each VM slot has a tap of its own, `vactNN` (vacd.slots), made by
-vacd and kept from one domain to the next, with a binding (virNWFilterBindingCreateXML)
-made while the tap exists: the filter is paid once per slot, and the slot's later domains
-are created at libvirt's unfiltered speed with the same rules in force throughout.
+guests created together took 55 s. Here each VM slot has a tap of its own, `vactNN`
+(vacd.slots), made by vacd and kept from one domain to the next, and what its guest may
+send is pinned to the slot's MAC and address by vacd's table (vacd.backends.slotfilter),
+written for every slot in one transaction: the slot's domains are created at libvirt's
+unfiltered speed, after a host boot too, with the same protection in force throughout.
 docs/benchmarks.md ("Fill: N real guests") has the measurements and libvirt's reasons.
 
 Rules:
@@ -15,60 +15,44 @@ Rules:
   removed if any is left, since both would put the slot's `fe:` MAC on the bridge; the tap
   is made if missing (persistent, no owner: only CAP_NET_ADMIN may attach), given the
   slot's MAC with first octet `fe` (the tap MAC vacd.guestapi.linkidentity checks), put on
-  the guest bridge and up; what is already right is left alone.
-- Trust no binding the kernel does not show: libvirt lists a binding made while its tap
-  was missing (a tap deleted and made again, libvirtd restarted meanwhile) that has no
-  rule in force. So the slot's rules are read in the ebtables nat table
-  (vacd.backends.cleantraffic) in a reading begun after the creation asked: a reading
-  serves every creation that was waiting when it began, so a batch started together costs
-  two or three, and no creation trusts rules read before it came) and, if they are not
-  clean-traffic pinned to the slot's MAC
-  and address, any binding of the tap is deleted and a new one made, and the table is read
-  again. Rules still not in force fail the creation (SlotTapError): a domain is never
-  created on a tap without them, and never with neither filter.
+  the guest bridge and up; what is already right is left alone. Then the slot's pin must
+  read back in force in the filter table (`SlotFilter.ensure`, which writes the table if
+  not); a tap whose pin cannot be shown in force fails the creation (SlotTapError): a
+  domain is never created on an unfiltered tap, and never with neither filter.
 - The domain then uses the tap as `<interface type='ethernet'>` with
   `<target dev='vactNN' managed='no'/>` (vacd.backends.domainxml): libvirt opens it and
-  leaves it, and its rules, when the domain ends. libvirt refuses a second domain on a tap
-  in use.
-- Where bindings cannot be used, the backend keeps `<filterref>` on the network
-  (`bindings_supported`: libvirt's test driver, libvirt older than 4.5, no nwfilter
-  driver, no ebtables command to verify with), decided once per connection.
-- `SlotTaps.tend`, with each network check (once a minute while it is usable): taps of slots beyond the slot count, not held by a domain
-  (no carrier), are removed with their bindings; every other slot tap not on the bridge or
-  down is put back (a network restart that made the bridge anew leaves them off it).
-  Container backends remove the slot's tap when they set up its veth (vacd.backends.slotnetwork);
-  its binding then stays until the slot is a VM's again or goes, harmless: its rules name
-  a device that does not exist.
+  leaves it when the domain ends. libvirt refuses a second domain on a tap in use.
+- Where the table cannot be had, the backend keeps libvirt's `<filterref>` on the network
+  (`slot_taps_refusal`: libvirt's test driver, no `nft` command, a kernel without nftables'
+  bridge family), decided once per backend and logged.
+- `SlotTaps.tend`, with each network check (once a minute while it is usable): taps of
+  slots beyond the slot count, not held by a domain (no carrier), are removed; every other
+  slot tap not on the bridge or down is put back (a network restart that made the bridge
+  anew leaves them off it); and the filter table is written again if something else
+  changed or removed it.
+  Container backends remove the slot's tap when they set up its veth (vacd.backends.slotnetwork).
+- libvirt bindings of slot taps made by the releases that bound `clean-traffic` to each tap
+  are left alone (deleting one takes libvirt about a second); they go at the next host boot
+  and their rules only repeat the table's.
 - Netlink through pyroute2, as vacd.backends.slotnetwork, on the caller's thread.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
-import uuid as uuid_module
-import weakref
-import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.typed
 
-from vacd.backends.cleantraffic import NatTable, NatTableUnreadable, clean_traffic_problems
+from vacd.backends.slotfilter import TABLE, SlotFilter, SlotFilterError, TapPin
 from vacd.backends.slotnetwork import SlotNetwork, delete_link, remove_container_links, remove_links
 from vacd.guestapi.linkidentity import tap_mac_for
 from vacd.slots import ordinal_of_slot_tap, slot_tap_name
 
 log = logging.getLogger(__name__)
 
-# libvirt 4.5.0 added virNWFilterBindingCreateXML.
-FIRST_LIBVIRT_WITH_BINDINGS = 4_005_000
-FILTER_NAME = "clean-traffic"
-# Owners of vacd's bindings are named so (and given a UUID made from the tap's name), so
-# `virsh nwfilter-binding-list` says whose they are.
-BINDING_OWNER_PREFIX = "vac-slot-tap-"
-_BINDING_OWNER_NAMESPACE = uuid_module.UUID("6a0c5f2e-8f4b-4d0e-9a61-3c1f0b7d2e45")
 _IFF_UP = 0x1
 
 
@@ -92,6 +76,10 @@ class SlotTap:
     def tap_mac(self) -> str:
         return tap_mac_for(self.mac_address)
 
+    @property
+    def pin(self) -> TapPin:
+        return TapPin(self.name, self.mac_address.lower(), self.ip_address)
+
 
 @dataclass(frozen=True)
 class TapLink:
@@ -104,19 +92,6 @@ class TapLink:
     master: Optional[int]  # the bridge's index, or None
     up: bool
     carrier: bool  # a process (QEMU) has the tap open
-
-
-def binding_xml(tap: SlotTap) -> str:
-    """The clean-traffic binding of `tap`, as libvirt would make it for a `<filterref>` with IP."""
-    binding = ElementTree.Element("filterbinding")
-    owner = ElementTree.SubElement(binding, "owner")
-    ElementTree.SubElement(owner, "name").text = BINDING_OWNER_PREFIX + tap.name
-    ElementTree.SubElement(owner, "uuid").text = str(uuid_module.uuid5(_BINDING_OWNER_NAMESPACE, tap.name))
-    ElementTree.SubElement(binding, "portdev", name=tap.name)
-    ElementTree.SubElement(binding, "mac", address=tap.mac_address.lower())
-    filterref = ElementTree.SubElement(binding, "filterref", filter=FILTER_NAME)
-    ElementTree.SubElement(filterref, "parameter", name="IP", value=tap.ip_address)
-    return ElementTree.tostring(binding, encoding="unicode")
 
 
 def tap_repairs(link: Optional[TapLink], tap: SlotTap, bridge_index: int) -> list[str]:
@@ -145,63 +120,40 @@ def taps_to_remove(links: dict[str, TapLink], num_slots: int) -> list[str]:
                   if (ordinal_of_slot_tap(name) or 0) >= num_slots and not link.carrier)
 
 
-def bindings_supported(connection: libvirt.virConnect, uri: str) -> Optional[str]:
-    """None if slot taps with their own bindings can be used on `connection`, else why not."""
+def slot_taps_refusal(uri: str, slot_filter: SlotFilter) -> Optional[str]:
+    """None if slot taps with vacd's filter table can be used with libvirt at `uri`, else why not."""
     if uri.startswith("test:"):
-        return "libvirt's test driver has no network filters"
-    try:
-        version = connection.getLibVersion()
-    except libvirt.libvirtError as error:
-        return f"libvirt's version unknown: {error}"
-    if version < FIRST_LIBVIRT_WITH_BINDINGS or not hasattr(connection, "nwfilterBindingCreateXML"):
-        return f"libvirt {version // 1_000_000}.{version // 1000 % 1000} has no filter bindings (4.5 or later has)"
-    try:
-        connection.listAllNWFilterBindings(0)
-    except libvirt.libvirtError as error:
-        return f"libvirt lists no filter bindings: {error}"
-    if shutil.which("ebtables") is None:
-        # A listing that fails now and then is the creation's to retry, not a reason to give up slot taps.
-        return "no ebtables command to read the nat table and verify the rules with"
-    return None
+        return "libvirt's test driver has no network to put slot taps on"
+    return slot_filter.check()
 
 
 class SlotTapDecisions:
-    """Whether each libvirt connection can use slot taps (`bindings_supported`), decided once per connection.
+    """Whether slot taps can be used (`slot_taps_refusal`), decided once and logged once.
 
-    The backend asks before every creation and tending, on whichever connection it uses
-    (one per creating thread): libvirt is asked once a connection, and the decision is
-    logged once, and again only if a later connection decides otherwise.
+    The backend asks before every creation and tending; the host is asked the first time only.
     """
 
-    def __init__(self, uri: str, network_name: str) -> None:
+    def __init__(self, uri: str, network_name: str, slot_filter: SlotFilter) -> None:
         self._uri = uri
         self._network_name = network_name
+        self._slot_filter = slot_filter
         self._lock = threading.Lock()
-        # Connection -> why it cannot use slot taps ("" if it can), decided once per connection.
-        self._slot_tap_refusals: "weakref.WeakKeyDictionary[libvirt.virConnect, str]" = weakref.WeakKeyDictionary()
-        self._slot_tap_decision_said: Optional[str] = None
+        self._refusal: Optional[str] = None  # "" once decided that slot taps can be used
 
-    def refusal(self, connection: libvirt.virConnect) -> str:
-        """Why `connection` cannot use slot taps ("" if it can); asked of libvirt once per connection."""
+    def refusal(self) -> str:
+        """Why slot taps cannot be used ("" if they can)."""
         with self._lock:
-            refusal = self._slot_tap_refusals.get(connection)
-        if refusal is not None:
-            return refusal
-        refusal = bindings_supported(connection, self._uri) or ""
-        with self._lock:
-            self._slot_tap_refusals[connection] = refusal
-            # Said once, and again only if a later connection decides otherwise (one per creating thread).
-            unchanged, self._slot_tap_decision_said = self._slot_tap_decision_said == refusal, refusal
-        if unchanged:
-            log.debug("slot taps uri=%s: %s", self._uri, refusal or "in use")
-        elif refusal:
+            if self._refusal is not None:
+                return self._refusal
+            refusal = self._refusal = slot_taps_refusal(self._uri, self._slot_filter) or ""
+        if refusal:
             # Expected of the test driver; elsewhere an admin should know why creations queue.
             log.log(logging.INFO if self._uri.startswith("test:") else logging.WARNING,
                     "no slot taps uri=%s: %s; each domain's interface has libvirt's clean-traffic filter "
                     "(<filterref>), set up one domain at a time", self._uri, refusal)
         else:
-            log.info("slot taps in use uri=%s network=%s: each VM slot has its own tap, bound to clean-traffic once",
-                     self._uri, self._network_name)
+            log.info("slot taps in use uri=%s network=%s: each VM slot has its own tap, pinned to the slot's MAC "
+                     "and address by nftables table %s", self._uri, self._network_name, TABLE)
         return refusal
 
 
@@ -291,42 +243,25 @@ def remove_slot_tap(name: str) -> bool:
     return remove_links((name,)) > 0
 
 
-def slot_tap_bindings(connection: libvirt.virConnect) -> dict[str, libvirt.virNWFilterBinding]:
-    """libvirt's filter bindings whose port device is named as a slot tap, by that name."""
-    return {binding.portDev(): binding for binding in connection.listAllNWFilterBindings(0)
-            if ordinal_of_slot_tap(binding.portDev()) is not None}
-
-
-def delete_binding(connection: libvirt.virConnect, tap_name: str) -> bool:
-    """Delete the binding of port device `tap_name`; False if there was none."""
-    try:
-        binding = connection.nwfilterBindingLookupByPortDev(tap_name)
-    except libvirt.libvirtError as error:
-        if error.get_error_code() == libvirt.VIR_ERR_NO_NWFILTER_BINDING:
-            return False
-        raise
-    try:
-        binding.delete()
-    except libvirt.libvirtError as error:
-        if error.get_error_code() == libvirt.VIR_ERR_NO_NWFILTER_BINDING:
-            return False  # deleted meanwhile
-        raise
-    return True
+def present_slot_tap_ordinals() -> list[int]:
+    """The ordinals of the slot taps the host has now (one dump of its links)."""
+    with _pyroute2().IPRoute() as host:
+        return sorted(ordinal for ordinal in map(ordinal_of_slot_tap, read_slot_tap_links(host)) if ordinal is not None)
 
 
 class SlotTaps:
-    """The VM slots' taps and bindings, and the nat-table readings their creations share.
+    """The VM slots' taps and the filter table that pins them.
 
     The bridge is the caller's to name at each call: the network's bridge as libvirt says
     now (vacbr0, or the bridge of a Vac 03 network kept while its guests run).
     """
 
-    def __init__(self, nat_table: Optional[NatTable] = None) -> None:
-        self.nat_table = nat_table if nat_table is not None else NatTable()
+    def __init__(self, slot_filter: Optional[SlotFilter] = None) -> None:
+        self.slot_filter = slot_filter if slot_filter is not None else SlotFilter(present_slot_tap_ordinals)
 
-    def prepare(self, connection: libvirt.virConnect, tap: SlotTap, bridge: str,
+    def prepare(self, tap: SlotTap, bridge: str,
                 remove_container_link: Callable[[SlotNetwork], None] = remove_container_links) -> None:
-        """Make `tap` ready for a domain: on `bridge`, with clean-traffic's rules in force.
+        """Make `tap` ready for a domain: on `bridge`, up, with its slot's pin in force.
 
         Raises:
             SlotTapError: it cannot be made ready; the message says which step and why.
@@ -341,56 +276,31 @@ class SlotTaps:
         if repairs:
             log.info("slot tap ready tap=%s slot=%d made=%s bridge=%s", tap.name, tap.ordinal, ",".join(repairs),
                      bridge)
-        # Only a reading begun from now on: rules read for an earlier creation may have gone since.
-        problems = self._problems(tap, self.nat_table.now())
-        if not problems:
-            return
-        log.info("binding %s to slot tap tap=%s slot=%d ip=%s: %s", FILTER_NAME, tap.name, tap.ordinal,
-                 tap.ip_address, problems[0])
         try:
-            delete_binding(connection, tap.name)
-            connection.nwfilterBindingCreateXML(binding_xml(tap), 0)
-        except libvirt.libvirtError as error:
-            raise SlotTapError(f"binding {FILTER_NAME} to tap {tap.name}: {error}") from error
-        problems = self._problems(tap, self.nat_table.now())
-        if problems:
-            raise SlotTapError(f"tap {tap.name} has a {FILTER_NAME} binding but its rules are not in the ebtables "
-                               f"nat table: {'; '.join(problems)}")
-        log.info("slot tap bound tap=%s slot=%d: rules in force", tap.name, tap.ordinal)
+            self.slot_filter.ensure(tap.pin)
+        except SlotFilterError as error:
+            raise SlotTapError(f"tap {tap.name} cannot be shown pinned to {tap.mac_address} and {tap.ip_address} "
+                               f"in nftables table {TABLE}: {error}") from error
 
-    def _problems(self, tap: SlotTap, since: float) -> list[str]:
-        try:
-            chains = self.nat_table.chains_since(since)
-        except (OSError, NatTableUnreadable) as error:
-            raise SlotTapError(f"cannot read the ebtables nat table to check tap {tap.name}: {error}") from error
-        return clean_traffic_problems(chains, tap.name, tap.mac_address, tap.ip_address)
-
-    def tend(self, connection: libvirt.virConnect, num_slots: int, bridge: str) -> list[str]:
-        """Remove the taps and bindings of slots beyond `num_slots` no domain holds; put the rest
-        back on the bridge and up. Returns what was done, one phrase each.
+    def tend(self, num_slots: int, bridge: str) -> list[str]:
+        """Remove the taps of slots beyond `num_slots` no domain holds; put the rest back on the
+        bridge and up; write the filter table again if it is not as vacd wrote it. Returns what
+        was done, one phrase each.
 
         Raises:
             SlotTapError: a step failed (the next network check tries again).
         """
-        done, present = self.tend_links(num_slots, bridge)
+        done = self.tend_links(num_slots, bridge)
         try:
-            for name, binding in slot_tap_bindings(connection).items():
-                ordinal = ordinal_of_slot_tap(name)
-                if ordinal is not None and ordinal >= num_slots and name not in present:
-                    try:
-                        binding.delete()
-                    except libvirt.libvirtError as error:
-                        if error.get_error_code() != libvirt.VIR_ERR_NO_NWFILTER_BINDING:
-                            raise
-                    done.append(f"unbound {name}")
-        except libvirt.libvirtError as error:
-            raise SlotTapError(f"removing the bindings of slot taps beyond slot {num_slots - 1}: {error}") from error
+            done += self.slot_filter.tend()
+        except SlotFilterError as error:
+            raise SlotTapError(f"slot filter table {TABLE}: {error}") from error
         if done:
             log.info("slot taps tended slots=%d: %s", num_slots, ", ".join(done))
         return done
 
-    def tend_links(self, num_slots: int, bridge: str) -> tuple[list[str], set[str]]:
-        """The kernel's part of `tend`: (what was done, the slot taps left)."""
+    def tend_links(self, num_slots: int, bridge: str) -> list[str]:
+        """The links' part of `tend`: what was done."""
         pyroute2 = _pyroute2()
         done = []
         try:
@@ -415,21 +325,18 @@ class SlotTaps:
             raise
         except Exception as error:  # pyroute2's NetlinkError, OSError
             raise SlotTapError(f"tending slot taps on {bridge}: {error}") from error
-        return done, {link.name for link in kept}
+        return done
 
 
 __all__ = [
-    "FILTER_NAME",
     "SlotTap",
     "SlotTapError",
     "SlotTaps",
     "TapLink",
-    "binding_xml",
-    "bindings_supported",
-    "delete_binding",
     "ensure_slot_tap",
+    "present_slot_tap_ordinals",
     "remove_slot_tap",
-    "slot_tap_bindings",
+    "slot_taps_refusal",
     "tap_repairs",
     "taps_to_remove",
 ]

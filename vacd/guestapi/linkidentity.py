@@ -1,10 +1,11 @@
 """Whether a guest request's source address is really its slot's: the link-layer check.
 
 The guest API tells machines apart by source address (vacd.guestapi.machines), and
-libvirt's `clean-traffic` filter on each tap pins the guest's IP and MAC addresses, so a
-guest cannot send from another slot's address. This module is the second lock, for when
-the first one is missing (a domain defined without the filter, an nwfilter driver that
-failed to load, a filter an admin edited): before a source address is served as slot n,
+the filter on each tap (vacd's nftables table on a slot tap, vacd.backends.slotfilter, or
+libvirt's `clean-traffic` where that cannot be had) pins the guest's IP and MAC addresses, so
+a guest cannot send from another slot's address. This module is the second lock, for when
+the first one is missing (a table flushed since it was last checked, a filter an admin
+edited): before a source address is served as slot n,
 the kernel's own tables must say that its frames come from slot n's tap.
 
 1. The bridge's neighbour entry for the source address names the MAC the kernel talks to

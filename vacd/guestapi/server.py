@@ -126,7 +126,7 @@ class GuestApiServer:
         # Request buckets refill on this clock (tests stop it, so no bucket refills mid-test).
         self.monotonic = monotonic
         self.source_to_ordinal = source_to_ordinal or default_source_to_ordinal
-        # The second lock beside clean-traffic (vacd.guestapi.linkidentity): does the source's
+        # The second lock beside the tap's filter (vacd.guestapi.linkidentity): does the source's
         # traffic come from that slot's tap? Not cached here: the check has its own short cache.
         self.link_check = link_check
         self.resolver = MachineResolver(paths, store, clock)
