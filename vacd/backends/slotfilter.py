@@ -44,8 +44,10 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import shutil
 import subprocess
 import threading
@@ -62,6 +64,11 @@ TABLE_NAME = "vac_slot_taps"
 TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 SLOT_TAP_PATTERN = "vact*"
 NFT_TIMEOUT_SECONDS = 30.0
+# A listing that fails while other rules change (libvirt's, the admin's) is tried again
+# after 0.05 and 0.1 s; a missing table is an answer, not a failure.
+READ_ATTEMPTS = 3
+READ_RETRY_SECONDS = 0.05
+_MAC_ADDRESS = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 # Before the bridge decides, as ebtables' nat PREROUTING (where libvirt's rules were).
 PRIORITY = -300
 
@@ -99,8 +106,13 @@ def ruleset_script(pins: Iterable[TapPin]) -> str:
     """
     ordered = sorted(pins, key=lambda pin: pin.tap)
     for pin in ordered:
+        # Checked, not trusted: each value is written into nft's script as it stands.
         if ordinal_of_slot_tap(pin.tap) is None:
             raise ValueError(f"{pin.tap!r} is not a slot tap's name")
+        if not _MAC_ADDRESS.fullmatch(pin.mac_address.lower()):
+            raise ValueError(f"tap {pin.tap}: {pin.mac_address!r} is not a MAC address")
+        if str(ipaddress.IPv4Address(pin.ip_address)) != pin.ip_address:
+            raise ValueError(f"tap {pin.tap}: {pin.ip_address!r} is not an IPv4 address as nft lists it")
     macs = _elements(f'"{pin.tap}" . {pin.mac_address.lower()}' for pin in ordered)
     addresses = _elements(f'"{pin.tap}" . {pin.ip_address}' for pin in ordered)
     return (
@@ -189,8 +201,9 @@ def pins_in_table(table: Sequence[Any]) -> set[TapPin]:
     return {TapPin(tap, mac, addresses[tap]) for tap, mac in macs.items() if tap in addresses}
 
 
-def _no_such_table(stderr: str) -> bool:
-    return "No such file or directory" in stderr
+def _no_such_table(completed: subprocess.CompletedProcess[str]) -> bool:
+    # nft's own words for a table that is not there (not a namespace or file nft could not open).
+    return completed.returncode == 1 and "Error: No such file or directory" in completed.stderr
 
 
 def run_nft(nft_command: Sequence[str], arguments: Sequence[str],
@@ -209,18 +222,24 @@ def run_nft(nft_command: Sequence[str], arguments: Sequence[str],
         raise SlotFilterError(f"nft {' '.join(arguments)}: {error}") from error
 
 
-def read_table(nft_command: Sequence[str] = ("nft",)) -> Optional[list[Any]]:
+def read_table(nft_command: Sequence[str] = ("nft",), attempts: int = READ_ATTEMPTS,
+               sleep: Callable[[float], None] = time.sleep) -> Optional[list[Any]]:
     """The table as the kernel has it now, normalised (`normalised_table`); None if there is none.
 
     Raises:
-        SlotFilterError: nft failed otherwise, or did not answer with its JSON listing.
+        SlotFilterError: nft failed `attempts` times, or did not answer with its JSON listing.
     """
-    completed = run_nft(nft_command, ["-j", "list", "table", TABLE_FAMILY, TABLE_NAME])
+    for attempt in range(attempts):
+        if attempt:
+            sleep(READ_RETRY_SECONDS * 2 ** (attempt - 1))
+        completed = run_nft(nft_command, ["-j", "list", "table", TABLE_FAMILY, TABLE_NAME])
+        if completed.returncode == 0 or _no_such_table(completed):
+            break
+    else:
+        raise SlotFilterError(f"nft list table {TABLE} failed {attempts} times, last: exit status "
+                              f"{completed.returncode}: {completed.stderr.strip()[-300:] or 'no message'}")
     if completed.returncode != 0:
-        if _no_such_table(completed.stderr):
-            return None
-        raise SlotFilterError(f"nft list table {TABLE}: exit status {completed.returncode}: "
-                              f"{completed.stderr.strip()[-300:] or 'no message'}")
+        return None
     try:
         return normalised_table(json.loads(completed.stdout))
     except (ValueError, AttributeError) as error:
