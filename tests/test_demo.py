@@ -43,3 +43,13 @@ def test_reason_falls_back_to_the_last_creation_failure_in_the_log(tmp_path: Pat
 def test_scratch_prefix_is_outside_the_clone() -> None:
     source = (REPOSITORY / "tools" / "demo.py").read_text()
     assert 'dir="/var/tmp"' in source
+
+
+def test_a_demo_held_by_the_load_gate_says_so_and_what_to_wait_for(tmp_path: Path) -> None:
+    demo = load_demo()
+    status = tmp_path / "var/lib/vac/status.json"
+    status.parent.mkdir(parents=True)
+    status.write_text('{"gate": "load 11.36 > 1.25 x 2 host processors"}')
+    reason = demo.last_creation_error(tmp_path, tmp_path / "vacd.log")
+    assert "held by the gate (load 11.36 > 1.25 x 2 host processors)" in reason
+    assert "all three load averages" in reason

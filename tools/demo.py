@@ -117,7 +117,25 @@ def last_creation_error(prefix: Path, log_file: Path) -> str:
         failures = [line for line in log_file.read_text().splitlines() if "creation failed" in line]
     except OSError:
         failures = []
-    return failures[-1] if failures else "no creation was attempted (see the log above)"
+    if failures:
+        return failures[-1]
+    gate = last_gate(prefix)
+    if gate:
+        # Vac's load gate takes the largest of the 1, 5 and 15 minute load averages (§4.1):
+        # after other heavy work the machine must be quiet for a while before the demo creates.
+        return (f"no creation was attempted: every pass was held by the gate ({gate}); run the demo again "
+                "once `uptime` shows all three load averages below that")
+    return "no creation was attempted (see the log above)"
+
+
+def last_gate(prefix: Path) -> str:
+    """What held the factory's last pass from creating (status.json's gate), or ""."""
+    try:
+        document = json.loads((prefix / "var/lib/vac/status.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    gate = document.get("gate") if isinstance(document, dict) else None
+    return gate if isinstance(gate, str) else ""
 
 
 def network_exists() -> bool:
