@@ -32,14 +32,17 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Optional, Sequence, TextIO
 
 from vacd import MANAGER_VERSION, VERSION
 from vacd.config import Settings, load_config
 from vacd.errors import ConfigErrors, VacError, VacqueryError
 from vacd.paths import Paths
-from vacquery.auth import AuthMode, Authenticator, KeyFileError, authenticator_from_settings, mode_from_settings
 from vacquery.cli import LISTING_KINDS, PeerAddress, SpaceSettings, run_listing
+from vacquery.errors import KeyFileError
+
+if TYPE_CHECKING:
+    from vacquery.auth import Authenticator
 
 # What our queries carry as daemon_version (Vac's client sent "Vac <version>", §3.2).
 CLIENT_VERSION = f"{MANAGER_VERSION} vac-command"
@@ -71,6 +74,9 @@ def listing_authenticator(settings: Settings, err: TextIO) -> Optional[Authentic
     """
     if not settings.vacquery_key_file:
         return None
+    # Loaded only here: a listing without a site key never needs it (issue 15 item 4).
+    from vacquery.auth import AuthMode, authenticator_from_settings, mode_from_settings
+
     try:
         return authenticator_from_settings(settings)
     except KeyFileError as error:
