@@ -12,9 +12,19 @@ cumulative import time of the command's module from `python -X importtime`.
 Usage (from the repository; TREE defaults to it, and may be another checkout of vac,
 for example `git worktree add /tmp/vac-before <commit>`):
 
-    .venv/bin/python bench/vac_startup.py [--runs 30] [--tree TREE]
+    .venv/bin/python bench/vac_startup.py [--runs 30] [--tree TREE ...] [--bytecode]
 
 The command module is `vacd.cli` where TREE has it, else `vacquery.cli` (the old entry point).
+Several `--tree`s are run interleaved (one listing of each in turn), so that a change in
+the machine's load falls on all of them alike.
+
+Python compiles every module it cannot find bytecode for, each time, and with
+PYTHONDONTWRITEBYTECODE set (as in some development shells) it never writes any: a
+checkout then pays for compiling about 5,000 lines of vacd and vacquery on every `vac`.
+An installed vac does not (the RPM carries the .pyc files rpmbuild compiled). `--bytecode`
+measures as installed: the children may write bytecode, into a cache of their own
+(PYTHONPYCACHEPREFIX, so the tree is not touched), and one listing per tree fills it before
+the timed runs. Without it the children inherit the environment as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -76,18 +87,70 @@ class LoopbackResponder:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--tree", type=Path, default=REPOSITORY)
+    parser.add_argument("--tree", type=Path, action="append",
+                        help="a checkout to run; repeat to compare, interleaved (default: this one)")
+    parser.add_argument("--bytecode", action="store_true",
+                        help="let the listings use compiled bytecode, as an installed vac does")
     arguments = parser.parse_args()
-    tree = arguments.tree.resolve()
-    module = command_module(tree)
+    trees = [tree.resolve() for tree in arguments.tree or [REPOSITORY]]
     responder = LoopbackResponder()
     try:
-        return measure(tree, module, arguments.runs, responder)
+        return measure(trees, arguments.runs, arguments.bytecode, responder)
     finally:
         responder.close()
 
 
-def measure(tree: Path, module: str, runs: int, responder: LoopbackResponder) -> int:
+class Subject:
+    """One tree's `vac machines`: how to run it, and what its runs measured."""
+
+    def __init__(self, tree: Path, prefix: Path, cache: Optional[Path]) -> None:
+        self.tree = tree
+        self.module = command_module(tree)
+        self.environment = dict(os.environ, PYTHONPATH=str(tree), TZ="UTC")
+        if cache is not None:
+            self.environment.pop("PYTHONDONTWRITEBYTECODE", None)
+            self.environment["PYTHONPYCACHEPREFIX"] = str(cache)
+        self.command = [sys.executable, "-m", self.module, "--prefix", str(prefix), "-t", "5", "machines"]
+        self.times: list[float] = []
+        self.to_query: list[float] = []
+
+    def run_once(self, responder: LoopbackResponder) -> None:
+        responder.protocol.last_datagram_time = None
+        started = time.monotonic()
+        listing = subprocess.run(self.command, capture_output=True, text=True, env=self.environment, cwd=self.tree,
+                                 timeout=60)
+        self.times.append(time.monotonic() - started)
+        # One factory, no loss: the one query the listing sends is the only datagram.
+        if responder.protocol.last_datagram_time is not None:
+            self.to_query.append(responder.protocol.last_datagram_time - started)
+        rows = listing.stdout.splitlines()[1:]
+        if listing.returncode != 0 or len(rows) != SLOTS:
+            raise SystemExit(f"vac machines failed: {listing.returncode} {listing.stderr}")
+
+    def report(self, prefix: Path, bytecode: bool) -> None:
+        probe = subprocess.run([sys.executable, "-c", PROBE.format(module=self.module, prefix=str(prefix))],
+                               capture_output=True, text=True, env=self.environment, cwd=self.tree, timeout=60)
+        code, module_count, has_cryptography = json.loads(probe.stderr.strip().splitlines()[-1])
+        importtime = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {self.module}"],
+                                    capture_output=True, text=True, env=self.environment, cwd=self.tree, timeout=60)
+        module = self.module
+        cumulative = re.search(rf"\|\s*(\d+) \|\s*{re.escape(module)}$", importtime.stderr, re.MULTILINE)
+        print(f"tree={self.tree} module={module} runs={len(self.times)} "
+              f"bytecode={'cached' if bytecode else 'as the environment says'}")
+        times, to_query = self.times, self.to_query
+        print(f"vac machines wall time: median {statistics.median(times) * 1000:.0f} ms, "
+              f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+        if to_query:
+            over = sum(1 for seconds in to_query if seconds > 0.1)
+            print(f"process start to its query at the responder: median {statistics.median(to_query) * 1000:.0f} ms, "
+                  f"min {min(to_query) * 1000:.0f} ms, max {max(to_query) * 1000:.0f} ms, "
+                  f"over 100 ms in {over} of {len(to_query)} runs")
+        print(f"modules loaded by a listing: {module_count} (exit {code}), cryptography loaded: {has_cryptography}")
+        if cumulative:
+            print(f"import {module}: {int(cumulative.group(1)) / 1000:.0f} ms cumulative (python -X importtime)")
+
+
+def measure(trees: list[Path], runs: int, bytecode: bool, responder: LoopbackResponder) -> int:
     port = responder.port
     with tempfile.TemporaryDirectory(prefix="vac-startup-") as root:
         prefix = Path(root)
@@ -95,35 +158,18 @@ def measure(tree: Path, module: str, runs: int, responder: LoopbackResponder) ->
         (prefix / "etc/vac.conf").write_text(
             f"[settings]\nvac_space = {SPACE}\nfactory_name = {FACTORY}\nfactories = {FACTORY}=127.0.0.1\n"
             f"vacquery_port = {port}\n")
-        environment = dict(os.environ, PYTHONPATH=str(tree), TZ="UTC")
-        command = [sys.executable, "-m", module, "--prefix", str(prefix), "-t", "5", "machines"]
-        times, to_query = [], []
+        subjects = [Subject(tree, prefix, prefix / f"bytecode-{number}" if bytecode else None)
+                    for number, tree in enumerate(trees)]
+        if bytecode:
+            for subject in subjects:  # fills its bytecode cache; not timed
+                subject.run_once(responder)
+                subject.times.clear()
+                subject.to_query.clear()
         for _ in range(runs):
-            responder.protocol.last_datagram_time = None
-            started = time.monotonic()
-            listing = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tree, timeout=60)
-            times.append(time.monotonic() - started)
-            # One factory, no loss: the one query the listing sends is the only datagram.
-            if responder.protocol.last_datagram_time is not None:
-                to_query.append(responder.protocol.last_datagram_time - started)
-            rows = listing.stdout.splitlines()[1:]
-            if listing.returncode != 0 or len(rows) != SLOTS:
-                raise SystemExit(f"vac machines failed: {listing.returncode} {listing.stderr}")
-        probe = subprocess.run([sys.executable, "-c", PROBE.format(module=module, prefix=str(prefix))],
-                               capture_output=True, text=True, env=environment, cwd=tree, timeout=60)
-        code, module_count, has_cryptography = json.loads(probe.stderr.strip().splitlines()[-1])
-        importtime = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                                    capture_output=True, text=True, env=environment, cwd=tree, timeout=60)
-    cumulative = re.search(rf"\|\s*(\d+) \|\s*{re.escape(module)}$", importtime.stderr, re.MULTILINE)
-    print(f"tree={tree} module={module} runs={runs}")
-    print(f"vac machines wall time: median {statistics.median(times) * 1000:.0f} ms, "
-          f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
-    if to_query:
-        print(f"process start to its query at the responder: median {statistics.median(to_query) * 1000:.0f} ms, "
-              f"min {min(to_query) * 1000:.0f} ms, max {max(to_query) * 1000:.0f} ms")
-    print(f"modules loaded by a listing: {module_count} (exit {code}), cryptography loaded: {has_cryptography}")
-    if cumulative:
-        print(f"import {module}: {int(cumulative.group(1)) / 1000:.0f} ms cumulative (python -X importtime)")
+            for subject in subjects:
+                subject.run_once(responder)
+        for subject in subjects:
+            subject.report(prefix, bytecode)
     return 0
 
 
