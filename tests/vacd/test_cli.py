@@ -305,7 +305,10 @@ def test_status_json_mode_keeps_the_fault_keys(tmp_path: Path) -> None:
 # vacquery.auth (and hmac) only sign and check, for a site with a key; random only injects
 # loss in tests, and secrets would load both for the salt (os.urandom gives the same bytes).
 HEAVY_FOR_A_LISTING = ("cryptography", "vacd.proxy", "vacd.accounting", "vacd.store", "asyncio", "ssl",
-                       "vacquery.responder_transport", "vacquery.auth", "hmac", "random", "secrets")
+                       "vacquery.responder_transport", "vacquery.auth", "hmac", "random", "secrets",
+                       # argparse sizes a formatter to the terminal with shutil (which loads zlib,
+                       # bz2 and lzma); a listing prints no help (vacd.cli._MetavarCheckFormatter).
+                       "shutil")
 
 
 @pytest.mark.allow_commands(sys.executable)
@@ -323,6 +326,19 @@ def test_a_space_listing_loads_neither_cryptography_nor_the_apel_code(space: Loo
     code, loaded = json.loads(result.stdout.splitlines()[-1])
     assert result.stdout.splitlines()[1].split()[0] == "f1-00"  # the listing really ran
     assert (code, loaded) == (0, [])
+
+
+@pytest.mark.parametrize("argv", [["help"], ["help", "machines"]])
+def test_help_is_wrapped_to_the_terminal_width(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parsers are built with a fixed-width formatter (no shutil for a listing); the help
+    # they print must still be sized to the terminal, as argparse's own is (COLUMNS here).
+    monkeypatch.setenv("COLUMNS", "200")
+    code, wide, _ = run_vac(*argv)
+    assert code == 0 and max(len(line) for line in wide.splitlines()) > 80
+    monkeypatch.setenv("COLUMNS", "60")
+    code, narrow, _ = run_vac(*argv)
+    assert code == 0 and narrow != wide
+    assert all(len(line) <= 60 for line in narrow.splitlines() if not line.startswith("usage:"))
 
 
 def test_every_local_verb_the_dispatcher_accepts_has_a_runner() -> None:
