@@ -21,6 +21,10 @@ Rules (behaviour reference §9, acceptance 45; issue 9 item 1):
   etc/bash-completion/vac completes the same commands and options (a test keeps them so).
 - A site key this user cannot read stops a listing at once, naming the file, when the
   space requires signed queries; the factories would drop unsigned ones (vacquery_auth).
+  Without a key, a listing does not load vacquery.auth.
+- A listing loads only what it uses before its first datagram (issue 15 item 4; the guard is
+  tests/vacd/test_cli.py): the installed `vac` script enters through vacd.vacentry, which
+  loads this module with the garbage collector paused.
 - A file of the factory this user may not read or write ends the command with its name
   and exit 1, not a traceback.
 """
