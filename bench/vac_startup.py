@@ -21,7 +21,7 @@ the machine's load falls on all of them alike.
 
 Python compiles every module it cannot find bytecode for, each time, and with
 PYTHONDONTWRITEBYTECODE set (as in some development shells) it never writes any: a
-checkout then pays for compiling about 5,000 lines of vacd and vacquery on every `vac`.
+checkout then pays for compiling some 4,800 lines of vacd and vacquery on every listing.
 An installed vac does not (the RPM carries the .pyc files rpmbuild compiled). `--bytecode`
 measures as installed: the children may write bytecode, into a cache of their own
 (PYTHONPYCACHEPREFIX, so the tree is not touched), and one listing per tree fills it before
@@ -79,9 +79,9 @@ class LoopbackResponder:
         # On the monotonic clock, so that a datagram's arrival compares with a process's start.
         # A budget no run of this script spends: the default one (256 KiB, then 8 KiB/s per
         # source) limits the answers after about 40 listings in a row from 127.0.0.1.
-        unlimited = TokenBuckets(1e9, 1e12)
+        budget = ReplyBudget(per_source=TokenBuckets(1e9, 1e12), total=TokenBuckets(1e9, 1e12))
         self.protocol = protocol = ResponderProtocol(trusted_sources={"127.0.0.1"}, clock=time.monotonic,
-                                                     budget=ReplyBudget(per_source=unlimited, total=unlimited))
+                                                     budget=budget)
         protocol.publish(site_snapshot(slots=SLOTS))
         future = asyncio.run_coroutine_threadsafe(start_responder("127.0.0.1", 0, protocol), self.loop)
         self.transport = future.result(timeout=10)
