@@ -12,9 +12,20 @@ cumulative import time of the command's module from `python -X importtime`.
 Usage (from the repository; TREE defaults to it, and may be another checkout of vac,
 for example `git worktree add /tmp/vac-before <commit>`):
 
-    .venv/bin/python bench/vac_startup.py [--runs 30] [--tree TREE]
+    .venv/bin/python bench/vac_startup.py [--runs 30] [--tree TREE ...] [--bytecode]
 
-The command module is `vacd.cli` where TREE has it, else `vacquery.cli` (the old entry point).
+The command module is the one TREE's `vac` script runs: `vacd.vacentry` (issue 15 item 4),
+else `vacd.cli`, else `vacquery.cli` (the entry point before issue 9 item 1).
+Several `--tree`s are run interleaved (one listing of each in turn), so that a change in
+the machine's load falls on all of them alike.
+
+Python compiles every module it cannot find bytecode for, each time, and with
+PYTHONDONTWRITEBYTECODE set (as in some development shells) it never writes any: a
+checkout then pays for compiling some 4,800 lines of vacd and vacquery on every listing.
+An installed vac does not (the RPM carries the .pyc files rpmbuild compiled). `--bytecode`
+measures as installed: the children may write bytecode, into a cache of their own
+(PYTHONPYCACHEPREFIX, so the tree is not touched), and one listing per tree fills it before
+the timed runs. Without it the children inherit the environment as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,11 +43,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from responder import FACTORY, SPACE, site_snapshot  # noqa: E402  (bench/responder.py)
 
+from vacquery.responder import ReplyBudget, TokenBuckets  # noqa: E402
 from vacquery.responder_transport import ResponderProtocol, start_responder  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -48,6 +62,9 @@ print(json.dumps([code, len(sys.modules), 'cryptography' in sys.modules]), file=
 
 
 def command_module(tree: Path) -> str:
+    """What the tree's `vac` script runs: vacd.vacentry, else vacd.cli, else (before issue 9) vacquery.cli."""
+    if (tree / "vacd/vacentry.py").is_file():
+        return "vacd.vacentry"
     entry = tree / "vacd/cli.py"
     return "vacd.cli" if entry.is_file() and "def main(" in entry.read_text() else "vacquery.cli"
 
@@ -60,7 +77,11 @@ class LoopbackResponder:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         # On the monotonic clock, so that a datagram's arrival compares with a process's start.
-        self.protocol = protocol = ResponderProtocol(trusted_sources={"127.0.0.1"}, clock=time.monotonic)
+        # A budget no run of this script spends: the default one (256 KiB, then 8 KiB/s per
+        # source) limits the answers after about 40 listings in a row from 127.0.0.1.
+        budget = ReplyBudget(per_source=TokenBuckets(1e9, 1e12), total=TokenBuckets(1e9, 1e12))
+        self.protocol = protocol = ResponderProtocol(trusted_sources={"127.0.0.1"}, clock=time.monotonic,
+                                                     budget=budget)
         protocol.publish(site_snapshot(slots=SLOTS))
         future = asyncio.run_coroutine_threadsafe(start_responder("127.0.0.1", 0, protocol), self.loop)
         self.transport = future.result(timeout=10)
@@ -76,18 +97,78 @@ class LoopbackResponder:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--tree", type=Path, default=REPOSITORY)
+    parser.add_argument("--tree", type=Path, action="append",
+                        help="a checkout to run; repeat to compare, interleaved (default: this one)")
+    parser.add_argument("--bytecode", action="store_true",
+                        help="let the listings use compiled bytecode, as an installed vac does")
     arguments = parser.parse_args()
-    tree = arguments.tree.resolve()
-    module = command_module(tree)
+    trees = [tree.resolve() for tree in arguments.tree or [REPOSITORY]]
     responder = LoopbackResponder()
     try:
-        return measure(tree, module, arguments.runs, responder)
+        return measure(trees, arguments.runs, arguments.bytecode, responder)
     finally:
         responder.close()
 
 
-def measure(tree: Path, module: str, runs: int, responder: LoopbackResponder) -> int:
+class Subject:
+    """One tree's `vac machines`: how to run it, and what its runs measured."""
+
+    def __init__(self, tree: Path, prefix: Path, cache: Optional[Path]) -> None:
+        self.tree = tree
+        self.module = command_module(tree)
+        self.environment = dict(os.environ, PYTHONPATH=str(tree), TZ="UTC")
+        if cache is not None:
+            self.environment.pop("PYTHONDONTWRITEBYTECODE", None)
+            self.environment["PYTHONPYCACHEPREFIX"] = str(cache)
+        self.command = [sys.executable, "-m", self.module, "--prefix", str(prefix), "-t", "5", "machines"]
+        self.times: list[float] = []
+        self.to_query: list[float] = []
+        self.cpu: list[float] = []
+
+    def run_once(self, responder: LoopbackResponder) -> None:
+        responder.protocol.last_datagram_time = None
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        listing = subprocess.run(self.command, capture_output=True, text=True, env=self.environment, cwd=self.tree,
+                                 timeout=60)
+        self.times.append(time.monotonic() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The listing's own processor time (user and system): what a busy host stretches, not how long it waits.
+        self.cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        # One factory, no loss: the one query the listing sends is the only datagram.
+        if responder.protocol.last_datagram_time is not None:
+            self.to_query.append(responder.protocol.last_datagram_time - started)
+        rows = listing.stdout.splitlines()[1:]
+        if listing.returncode != 0 or len(rows) != SLOTS:
+            raise SystemExit(f"vac machines failed: {listing.returncode} {listing.stderr}")
+
+    def report(self, prefix: Path, bytecode: bool) -> None:
+        probe = subprocess.run([sys.executable, "-c", PROBE.format(module=self.module, prefix=str(prefix))],
+                               capture_output=True, text=True, env=self.environment, cwd=self.tree, timeout=60)
+        code, module_count, has_cryptography = json.loads(probe.stderr.strip().splitlines()[-1])
+        # The module that holds the command (vacd.vacentry only loads vacd.cli, with the collector paused).
+        module = "vacd.cli" if self.module == "vacd.vacentry" else self.module
+        importtime = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                                    capture_output=True, text=True, env=self.environment, cwd=self.tree, timeout=60)
+        cumulative = re.search(rf"\|\s*(\d+) \|\s*{re.escape(module)}$", importtime.stderr, re.MULTILINE)
+        print(f"tree={self.tree} module={self.module} runs={len(self.times)} "
+              f"bytecode={'cached' if bytecode else 'as the environment says'}")
+        times, to_query = self.times, self.to_query
+        print(f"vac machines wall time: median {statistics.median(times) * 1000:.0f} ms, "
+              f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
+        if to_query:
+            over = sum(1 for seconds in to_query if seconds > 0.1)
+            print(f"process start to its query at the responder: median {statistics.median(to_query) * 1000:.0f} ms, "
+                  f"min {min(to_query) * 1000:.0f} ms, max {max(to_query) * 1000:.0f} ms, "
+                  f"over 100 ms in {over} of {len(to_query)} runs")
+        print(f"processor time of a listing (user + system): median {statistics.median(self.cpu) * 1000:.0f} ms, "
+              f"min {min(self.cpu) * 1000:.0f} ms, max {max(self.cpu) * 1000:.0f} ms")
+        print(f"modules loaded by a listing: {module_count} (exit {code}), cryptography loaded: {has_cryptography}")
+        if cumulative:
+            print(f"import {module}: {int(cumulative.group(1)) / 1000:.0f} ms cumulative (python -X importtime)")
+
+
+def measure(trees: list[Path], runs: int, bytecode: bool, responder: LoopbackResponder) -> int:
     port = responder.port
     with tempfile.TemporaryDirectory(prefix="vac-startup-") as root:
         prefix = Path(root)
@@ -95,35 +176,19 @@ def measure(tree: Path, module: str, runs: int, responder: LoopbackResponder) ->
         (prefix / "etc/vac.conf").write_text(
             f"[settings]\nvac_space = {SPACE}\nfactory_name = {FACTORY}\nfactories = {FACTORY}=127.0.0.1\n"
             f"vacquery_port = {port}\n")
-        environment = dict(os.environ, PYTHONPATH=str(tree), TZ="UTC")
-        command = [sys.executable, "-m", module, "--prefix", str(prefix), "-t", "5", "machines"]
-        times, to_query = [], []
+        subjects = [Subject(tree, prefix, prefix / f"bytecode-{number}" if bytecode else None)
+                    for number, tree in enumerate(trees)]
+        if bytecode:
+            for subject in subjects:  # fills its bytecode cache; not timed
+                subject.run_once(responder)
+                subject.times.clear()
+                subject.to_query.clear()
+                subject.cpu.clear()
         for _ in range(runs):
-            responder.protocol.last_datagram_time = None
-            started = time.monotonic()
-            listing = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tree, timeout=60)
-            times.append(time.monotonic() - started)
-            # One factory, no loss: the one query the listing sends is the only datagram.
-            if responder.protocol.last_datagram_time is not None:
-                to_query.append(responder.protocol.last_datagram_time - started)
-            rows = listing.stdout.splitlines()[1:]
-            if listing.returncode != 0 or len(rows) != SLOTS:
-                raise SystemExit(f"vac machines failed: {listing.returncode} {listing.stderr}")
-        probe = subprocess.run([sys.executable, "-c", PROBE.format(module=module, prefix=str(prefix))],
-                               capture_output=True, text=True, env=environment, cwd=tree, timeout=60)
-        code, module_count, has_cryptography = json.loads(probe.stderr.strip().splitlines()[-1])
-        importtime = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                                    capture_output=True, text=True, env=environment, cwd=tree, timeout=60)
-    cumulative = re.search(rf"\|\s*(\d+) \|\s*{re.escape(module)}$", importtime.stderr, re.MULTILINE)
-    print(f"tree={tree} module={module} runs={runs}")
-    print(f"vac machines wall time: median {statistics.median(times) * 1000:.0f} ms, "
-          f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
-    if to_query:
-        print(f"process start to its query at the responder: median {statistics.median(to_query) * 1000:.0f} ms, "
-              f"min {min(to_query) * 1000:.0f} ms, max {max(to_query) * 1000:.0f} ms")
-    print(f"modules loaded by a listing: {module_count} (exit {code}), cryptography loaded: {has_cryptography}")
-    if cumulative:
-        print(f"import {module}: {int(cumulative.group(1)) / 1000:.0f} ms cumulative (python -X importtime)")
+            for subject in subjects:
+                subject.run_once(responder)
+        for subject in subjects:
+            subject.report(prefix, bytecode)
     return 0
 
 

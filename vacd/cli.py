@@ -21,6 +21,10 @@ Rules (behaviour reference §9, acceptance 45; issue 9 item 1):
   etc/bash-completion/vac completes the same commands and options (a test keeps them so).
 - A site key this user cannot read stops a listing at once, naming the file, when the
   space requires signed queries; the factories would drop unsigned ones (vacquery_auth).
+  Without a key, a listing does not load vacquery.auth.
+- A listing loads only what it uses before its first datagram (issue 15 item 4; the guard is
+  tests/vacd/test_cli.py): the installed `vac` script enters through vacd.vacentry, which
+  loads this module with the garbage collector paused.
 - A file of the factory this user may not read or write ends the command with its name
   and exit 1, not a traceback.
 """
@@ -32,14 +36,17 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Optional, Sequence, TextIO
 
 from vacd import MANAGER_VERSION, VERSION
 from vacd.config import Settings, load_config
 from vacd.errors import ConfigErrors, VacError, VacqueryError
 from vacd.paths import Paths
-from vacquery.auth import AuthMode, Authenticator, KeyFileError, authenticator_from_settings, mode_from_settings
 from vacquery.cli import LISTING_KINDS, PeerAddress, SpaceSettings, run_listing
+from vacquery.errors import KeyFileError
+
+if TYPE_CHECKING:
+    from vacquery.auth import Authenticator
 
 # What our queries carry as daemon_version (Vac's client sent "Vac <version>", §3.2).
 CLIENT_VERSION = f"{MANAGER_VERSION} vac-command"
@@ -71,6 +78,9 @@ def listing_authenticator(settings: Settings, err: TextIO) -> Optional[Authentic
     """
     if not settings.vacquery_key_file:
         return None
+    # Loaded only here: a listing without a site key never needs it (issue 15 item 4).
+    from vacquery.auth import AuthMode, authenticator_from_settings, mode_from_settings
+
     try:
         return authenticator_from_settings(settings)
     except KeyFileError as error:
@@ -150,6 +160,19 @@ class _VacArgumentParser(argparse.ArgumentParser):
         super()._check_value(action, value)
 
 
+class _MetavarCheckFormatter(argparse.HelpFormatter):
+    """The formatter argparse makes at each add_argument, only to check the argument's metavar.
+
+    Given a width, it does not ask the terminal for one, which loads shutil (and with it
+    zlib, bz2 and lzma: 3 ms of every `vac machines`, issue 15 item 4). build_parsers hands
+    the parsers argparse's own formatter once their arguments are in, so that help, usage
+    and errors are sized to the terminal as before.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=80)
+
+
 # The options, by group: (flags, keyword arguments of add_argument).
 _OPTIONS: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
     ("prefix", ("--prefix",), {"help": "root of this factory's files (default $VAC_PREFIX or /)"}),
@@ -188,6 +211,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         usage="vac [options] COMMAND [arguments] [options]",
         description="Query a vac space's factories, or look after this factory.",
         epilog=HELP_HINT.replace("`", ""),
+        formatter_class=_MetavarCheckFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     _add_options(parser, after_command=False, shown=frozenset())
@@ -196,7 +220,7 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     for verb in VERBS:
         usage = f"vac [options] {verb.name} [options]" + (f" {verb.arguments}" if verb.arguments else "")
         verb_parser = verbs.add_parser(verb.name, aliases=list(verb.aliases), help=verb.summary, usage=usage,
-                                       description=verb.summary)
+                                       description=verb.summary, formatter_class=_MetavarCheckFormatter)
         _add_options(verb_parser, after_command=True, shown=verb.option_groups)
         verb_parser.set_defaults(words=[])
         if verb.arguments:
@@ -204,6 +228,8 @@ def build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
             # a factory by its dot, squid-conf counts its own for Vac's exit 2); usage names them.
             verb_parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
         verb_parsers.update(dict.fromkeys((verb.name, *verb.aliases), verb_parser))
+    for built in (parser, *verb_parsers.values()):
+        built.formatter_class = argparse.HelpFormatter
     return parser, verb_parsers
 
 

@@ -25,17 +25,19 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import secrets
+import os
 import socket
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, TextIO
 
-from vacquery.auth import Authenticator
 from vacquery.client import Census, CensusResult
 from vacquery.codec import encode_reply
 from vacquery.messages import MessageType, Reply
-from vacquery.tables import factories_table, machines_table, machinetypes_table
 from vacquery.transport import CensusSockets, run_census
+
+if TYPE_CHECKING:
+    # Only a listing with a site key loads vacquery.auth (vacd.cli builds the Authenticator).
+    from vacquery.auth import Authenticator
 
 LISTING_KINDS = {
     "machines": MessageType.MACHINES_QUERY,
@@ -121,7 +123,8 @@ def gather(
     `client_version` is what our queries carry as daemon_version (Vac sent "Vac <version>").
     """
     addresses = factory_addresses(names, settings.factories, resolve)
-    salt = base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+    # os.urandom is what secrets.token_bytes returns, without loading random and hmac.
+    salt = base64.b64encode(os.urandom(32)).decode("ascii")
     census = Census(
         kind, space, list(names), time.monotonic(), deadline_seconds=timeout_seconds, salt=salt, daemon_version=client_version
     )
@@ -212,6 +215,9 @@ def run_listing(
             ordered = [status for status in ordered if status.get("machinetype") == machinetype]
         out.write(json.dumps(ordered, indent=1) + "\n")
     elif gathered.statuses:  # when nobody answered, stderr says so and no empty table is printed
+        # Loaded once the answers are in (with datetime): -J and a silent space never need it.
+        from vacquery.tables import factories_table, machines_table, machinetypes_table
+
         if command == "machines":
             out.write(machines_table(gathered.statuses, now))
         elif command == "factories":

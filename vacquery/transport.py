@@ -31,18 +31,23 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import selectors
 import socket
 import struct
 import sys
 import time
 from collections import Counter
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
-from vacquery.auth import AuthRejected, Authenticator, Scope
 from vacquery.client import Census, CensusResult
 from vacquery.codec import MAX_DATAGRAM_BYTES
+
+if TYPE_CHECKING:
+    import random
+
+    # An unsigned census (`vac machines` without a site key) never loads vacquery.auth:
+    # whoever passes an Authenticator has loaded it, so _send and _drain import its Scope there.
+    from vacquery.auth import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +155,9 @@ class InjectedLoss:
         if not 0.0 <= probability < 1.0:
             raise ValueError(f"loss probability must be in [0, 1), got {probability}")
         self.probability = probability
-        self._random = random.Random(seed)
+        import random  # tests and benchmarks only: a listing does not load it
+
+        self._random: random.Random = random.Random(seed)
         self.dropped = 0
 
     def drops(self) -> bool:
@@ -225,6 +232,8 @@ def _send(
     host = hosts[sent_per_factory[name] % len(hosts)]
     sent_per_factory[name] += 1
     if authenticator is not None:
+        from vacquery.auth import Scope
+
         # Bound to the factory it is for: captured, it draws nothing from the others (issue 9 item 6).
         datagram = authenticator.sign(datagram, wall_clock(), Scope.query_to(name, space))
     try:
@@ -313,7 +322,11 @@ def _drain(
     batch, errors = receive_batch(sock, monotonic(), time.time(), stamped)
     if errors:
         tally["receive_error"] += errors
-    verified_at = wall_clock() if authenticator is not None else 0.0
+    verified_at = 0.0
+    if authenticator is not None:
+        from vacquery.auth import AuthRejected, Scope  # loaded already, with the authenticator
+
+        verified_at = wall_clock()
     for data, address, arrival in batch:
         host = source_host(address)
         if authenticator is not None:
