@@ -63,7 +63,9 @@ TABLE_FAMILY = "bridge"
 TABLE_NAME = "vac_slot_taps"
 TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 SLOT_TAP_PATTERN = "vact*"
-NFT_TIMEOUT_SECONDS = 30.0
+# nft answers in tens of milliseconds; one that hangs holds every creation waiting behind
+# the filter's lock, so it is given up on soon and the creation fails (the slot is tried again).
+NFT_TIMEOUT_SECONDS = 10.0
 # A listing that fails while other rules change (libvirt's, the admin's) is tried again
 # after 0.05 and 0.1 s; a missing table is an answer, not a failure.
 READ_ATTEMPTS = 3
