@@ -213,14 +213,11 @@ def rules_in_force(connection: libvirt.virConnect) -> str:
 def remove_slot_taps() -> list[str]:
     """What a host boot removes: every slot tap no domain holds, vacd's filter table and any
     libvirt binding of a slot tap (made by vacd releases that bound clean-traffic to each tap)."""
-    from vacd.backends.slotfilter import TABLE, run_nft
-    from vacd.backends.slottaps import SlotTaps
+    from vacd.backends.slottaps import remove_idle_slot_taps_and_filter
     from vacd.network import BRIDGE_NAME
     from vacd.slots import ordinal_of_slot_tap
 
-    done = SlotTaps().tend_links(0, BRIDGE_NAME)
-    if run_nft(("nft",), ["delete", "table", *TABLE.split()]).returncode == 0:
-        done.append("filter table removed")
+    done = remove_idle_slot_taps_and_filter(BRIDGE_NAME)
     connection = libvirt.open("qemu:///system")
     try:
         for binding in connection.listAllNWFilterBindings(0):

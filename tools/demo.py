@@ -4,8 +4,9 @@ Called by ./demo after the dependencies are installed and libvirtd answers. Two
 machinetypes share the factory 3:1: `work` runs a payload for a while and reports
 `200 Success`; `nowork` finds nothing to do and reports `300 No more work`, so the factory
 backs it off. Everything the demo makes is removed on exit: the vacd process (by PID),
-every domain it created (by UUID from the slot records), the vac network if the demo made
-it, and the scratch prefix.
+every domain it created (by UUID from the slot records), the slot taps its vacd made (and
+vacd's filter table, if no slot tap is left), the vac network if the demo made it, and the
+scratch prefix.
 
 The demo exits non-zero, with the reason, when no machine reached Running (issue 8 item
 12: from a clone under /root it printed four `700 Failed to start` machines and exited 0).
@@ -24,6 +25,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from vacd.backends.slottaps import (
+    SlotTapError,
+    present_slot_tap_ordinals,
+    remove_filter_if_no_slot_taps,
+    remove_slot_tap,
+)
+from vacd.slots import slot_tap_name
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 VENV_BIN = REPOSITORY / ".venv" / "bin"
@@ -169,6 +178,17 @@ def destroy_recorded_domains(prefix: Path) -> None:
         subprocess.run(["virsh", "-c", "qemu:///system", "destroy", uuid], capture_output=True)
 
 
+def remove_slot_taps(taps_before: set[int]) -> None:
+    """The slot taps the demo's vacd made (those the host did not have before it), then vacd's
+    filter table if no slot tap is left: a factory's own taps and table are left alone."""
+    try:
+        for ordinal in set(present_slot_tap_ordinals()) - taps_before:
+            remove_slot_tap(slot_tap_name(ordinal))
+        remove_filter_if_no_slot_taps()
+    except (SlotTapError, OSError) as error:
+        print(f"demo: slot taps not all removed: {error}", file=sys.stderr)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run a real vac factory demo on this machine.")
     parser.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: Ctrl-C)")
@@ -182,6 +202,7 @@ def main() -> int:
     prefix = Path(tempfile.mkdtemp(prefix=f"vac-demo-{os.getpid()}-", dir="/var/tmp"))
     prefix.chmod(0o711)
     network_was_there = network_exists()
+    taps_before = set(present_slot_tap_ordinals())
     write_configuration(prefix, guest)
     print(f"demo: factory {FACTORY_NAME} re-rooted in {prefix}; configuration:")
     subprocess.run([str(VENV_BIN / "vacd"), "--prefix", str(prefix), "--check-config"], check=True)
@@ -229,6 +250,7 @@ def main() -> int:
                 vacd.kill()
                 vacd.wait()
         destroy_recorded_domains(prefix)
+        remove_slot_taps(taps_before)
         if not network_was_there and network_exists():
             subprocess.run(["virsh", "-c", "qemu:///system", "net-destroy", NETWORK_NAME], capture_output=True)
             subprocess.run(["virsh", "-c", "qemu:///system", "net-undefine", NETWORK_NAME], capture_output=True)

@@ -33,8 +33,7 @@ import pytest
 
 from vacd.backends.base import MachineSpec
 from vacd.backends.libvirt import LibvirtBackend
-from vacd.backends.slotfilter import TABLE, run_nft
-from vacd.backends.slottaps import SlotTaps, present_slot_tap_ordinals
+from vacd.backends.slottaps import remove_idle_slot_taps_and_filter
 from vacd.hypervisor import DomainTypeChoice, decide_domain_type
 from vacd.network import NETWORK_NAME, ensure_guest_network
 from vacd.paths import Paths
@@ -142,10 +141,7 @@ def vac_network(libvirtd: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
 def remove_slot_taps(bridge: str) -> list[str]:
     """Remove every slot tap no domain holds (what vacd does for slots beyond 0) and, if none is
     left, vacd's filter table (a vacd leaves it for its guests when it stops)."""
-    done = SlotTaps().tend_links(0, bridge)
-    if not present_slot_tap_ordinals() and run_nft(("nft",), ["delete", "table", *TABLE.split()]).returncode == 0:
-        done.append("filter table removed")
-    return done
+    return remove_idle_slot_taps_and_filter(bridge)
 
 
 def _remove_network(uri: str) -> None:

@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional
 
 import libvirt  # type: ignore[import-untyped,unused-ignore]  # no stubs or py.typed
 
-from vacd.backends.slotfilter import TABLE, SlotFilter, SlotFilterError, TapPin
+from vacd.backends.slotfilter import TABLE, SlotFilter, SlotFilterError, TapPin, run_nft
 from vacd.backends.slotnetwork import SlotNetwork, delete_link, remove_container_links, remove_links
 from vacd.guestapi.linkidentity import tap_mac_for
 from vacd.slots import ordinal_of_slot_tap, slot_tap_name
@@ -328,6 +328,34 @@ class SlotTaps:
         return done
 
 
+def remove_filter_if_no_slot_taps() -> bool:
+    """Delete vacd's filter table if the host has no slot tap left; True if it was deleted.
+
+    Raises:
+        SlotTapError: nft could not be run.
+    """
+    if present_slot_tap_ordinals():
+        return False
+    try:
+        return run_nft(("nft",), ["delete", "table", *TABLE.split()]).returncode == 0
+    except SlotFilterError as error:
+        raise SlotTapError(f"removing table {TABLE}: {error}") from error
+
+
+def remove_idle_slot_taps_and_filter(bridge: str) -> list[str]:
+    """Remove every slot tap no domain holds and, if none is left, vacd's filter table: what
+    a host without vacd's guests needs cleared (the tests' and benches' clean-up; a running
+    vacd never calls it, since the table outlives vacd for its guests).
+
+    Raises:
+        SlotTapError: a tap could not be removed, or a held one put back on `bridge`.
+    """
+    done = SlotTaps(SlotFilter(present_slot_tap_ordinals)).tend_links(0, bridge)
+    if remove_filter_if_no_slot_taps():
+        done.append(f"table {TABLE} removed")
+    return done
+
+
 __all__ = [
     "SlotTap",
     "SlotTapError",
@@ -335,6 +363,8 @@ __all__ = [
     "TapLink",
     "ensure_slot_tap",
     "present_slot_tap_ordinals",
+    "remove_filter_if_no_slot_taps",
+    "remove_idle_slot_taps_and_filter",
     "remove_slot_tap",
     "slot_taps_refusal",
     "tap_repairs",
