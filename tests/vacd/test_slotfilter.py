@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vacd.backends.slotfilter import (
@@ -38,7 +38,7 @@ from vacd.backends.slotfilter import (
     ruleset_script,
 )
 from vacd.guestapi.linkidentity import tap_mac_for
-from vacd.slots import ip_address_for, mac_address_for, slot_tap_name
+from vacd.slots import MAX_SLOTS, ip_address_for, mac_address_for, slot_tap_name
 
 BRIDGE = "vacbr0"
 GATEWAY = "169.254.169.253"
@@ -132,6 +132,17 @@ def nft_in(namespace: str) -> tuple[str, ...]:
 
 def nft(namespace: str, *arguments: str) -> None:
     subprocess.run([*nft_in(namespace), *arguments], check=True, capture_output=True, timeout=30)
+
+
+@pytest.mark.allow_commands("ip")
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sets(st.integers(0, MAX_SLOTS - 1), max_size=40))
+def test_any_slots_written_read_back_from_the_kernel_as_exactly_their_pins(
+        host_namespace: str, ordinals: set[int]) -> None:
+    pins = {pin_for_ordinal(ordinal) for ordinal in ordinals}
+    subprocess.run([*nft_in(host_namespace), "-f", "-"], input=ruleset_script(pins), text=True, check=True,
+                   capture_output=True, timeout=30)
+    assert pins_in_table(read_table(nft_in(host_namespace)) or []) == pins
 
 
 @pytest.mark.allow_commands("ip")
