@@ -45,7 +45,13 @@ from typing import Any, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.metadata_load import SERVER_ADDRESS  # noqa: E402
-from bench.metadata_service import default_loop_kind, make_site, make_settings_only, source_to_ordinal  # noqa: E402
+from bench.metadata_service import (  # noqa: E402
+    default_loop_kind,
+    freeze_startup_heap_as_vacd_does,
+    make_site,
+    make_settings_only,
+    source_to_ordinal,
+)
 from bench.responder import FACTORY, SPACE, site_snapshot  # noqa: E402
 
 QUIET_SOURCE = "127.0.0.3"
@@ -90,12 +96,7 @@ def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int
     responder.publish(site_snapshot())
     transport = vacquery_loop.call(start_responder("127.0.0.1", 0, responder))
     if layout == "after":
-        try:
-            from vacd.gcfreeze import freeze_startup_heap
-        except ImportError:  # a tree from before it
-            pass
-        else:
-            freeze_startup_heap()  # as vacd does once it has started
+        freeze_startup_heap_as_vacd_does()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     ports.put((server.listening[0].port, transport.get_extra_info("sockname")[1]))

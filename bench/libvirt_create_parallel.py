@@ -52,7 +52,7 @@ import libvirt
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY))
 
-from tests.integration.ebtables_rules import clean_traffic_problems, nat_chains  # noqa: E402
+from tests.integration.ebtables_rules import clean_traffic_problems, read_nat_chains  # noqa: E402
 from vacd.backends.base import MachineSpec  # noqa: E402
 from vacd.backends.domainxml import domain_xml, machine_disks  # noqa: E402
 from vacd.guestapi.linkidentity import tap_mac_for  # noqa: E402
@@ -121,7 +121,7 @@ def live_tap(domain: libvirt.virDomain) -> str:
 
 
 def rules_in_force(domains: dict[int, libvirt.virDomain]) -> str:
-    chains = nat_chains()
+    chains = read_nat_chains()
     good = 0
     for ordinal, domain in domains.items():
         identity = slot_identity(FACTORY, ordinal)
@@ -282,7 +282,7 @@ def run_slot_taps(guest: dict[str, str], domains: int, rounds: int, emulator: Op
                     extra["second_domain_on_a_tap_in_use"] = f"refused: {str(error)[:120]}"
             destroy_probes(connection)
             extra["rules_in_force_after_destroy"] = sum(
-                not clean_traffic_problems(nat_chains(), tap_name(ordinal), slot_identity(FACTORY, ordinal).mac_address,
+                not clean_traffic_problems(read_nat_chains(), tap_name(ordinal), slot_identity(FACTORY, ordinal).mac_address,
                                            slot_identity(FACTORY, ordinal).ip_address) for ordinal in range(domains))
             for each in connections:
                 each.close()

@@ -185,6 +185,16 @@ class CollectorPauses:
                 "gc_longest_pause_ms": max(self.longest_ms)}
 
 
+def freeze_startup_heap_as_vacd_does() -> None:
+    """Freeze the server's start-up heap, as vacd does once it has started (vacd.gcfreeze);
+    a tree from before vacd.gcfreeze (an older tree run beside this one) did not."""
+    try:
+        from vacd.gcfreeze import freeze_startup_heap
+    except ImportError:
+        return
+    freeze_startup_heap()
+
+
 def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_kind: str = "asyncio",
                     cpus: Optional[set[int]] = None) -> None:
     from vacd.guestapi.connection import ConnectionLimits
@@ -209,13 +219,7 @@ def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_
             limits=ConnectionLimits(requests_per_second_per_slot=1e12, request_burst_per_slot=10**12),
         )
         await server.start()
-        # As vacd does once it has started (vacd.gcfreeze); the trees before it did not.
-        try:
-            from vacd.gcfreeze import freeze_startup_heap
-        except ImportError:  # a tree from before it (`--loop asyncio` runs of older trees)
-            pass
-        else:
-            freeze_startup_heap()
+        freeze_startup_heap_as_vacd_does()
         # Watched from here, once start-up (and its collection) is over.
         gc.callbacks.append(pauses.observe)
         port_queue.put(server.listening[0].port)

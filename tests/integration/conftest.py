@@ -133,15 +133,10 @@ def vac_network(libvirtd: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         yield VacNetwork(guest_network.name, guest_network.bridge, TEST_FACTORY_NAME, TEST_NUM_SLOTS)
     finally:
-        remove_slot_taps(guest_network.bridge)
+        # Every slot tap no domain holds and, with none left, vacd's filter table.
+        remove_idle_slot_taps_and_filter(guest_network.bridge)
         if not existed:
             _remove_network(libvirtd)
-
-
-def remove_slot_taps(bridge: str) -> list[str]:
-    """Remove every slot tap no domain holds (what vacd does for slots beyond 0) and, if none is
-    left, vacd's filter table (a vacd leaves it for its guests when it stops)."""
-    return remove_idle_slot_taps_and_filter(bridge)
 
 
 def _remove_network(uri: str) -> None:

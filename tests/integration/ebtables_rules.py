@@ -99,7 +99,5 @@ def clean_traffic_problems(chains: NatChains, tap: str, mac: str, ip_address: st
     return problems
 
 
-nat_chains = read_nat_chains
-
-__all__ = ["NatChains", "NatTableUnreadable", "chains_naming", "clean_traffic_problems", "nat_chains",
-           "parse_nat_listing", "read_nat_chains"]
+__all__ = ["NatChains", "NatTableUnreadable", "chains_naming", "clean_traffic_problems", "parse_nat_listing",
+           "read_nat_chains"]

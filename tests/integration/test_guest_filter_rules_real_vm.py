@@ -27,7 +27,7 @@ import libvirt
 import pytest
 
 from tests.integration.conftest import VacNetwork
-from tests.integration.ebtables_rules import chains_naming, clean_traffic_problems, nat_chains
+from tests.integration.ebtables_rules import chains_naming, clean_traffic_problems, read_nat_chains
 from vacd.backends.base import MachineSpec
 from vacd.backends.libvirt import LibvirtBackend
 from pyroute2 import IPRoute
@@ -71,13 +71,13 @@ def test_filterref_guest_tap_passes_only_the_slot_mac_and_address_and_its_rules_
     assert interface.get("type") == "network" and interface.find("filterref") is not None
     tap = tap_of(libvirtd, spec.name)
 
-    assert clean_traffic_problems(nat_chains(), tap, spec.mac_address, spec.ip_address) == []
+    assert clean_traffic_problems(read_nat_chains(), tap, spec.mac_address, spec.ip_address) == []
 
     filterref_backend.destroy(spec.name, spec.uuid)
     deadline = time.monotonic() + RULES_GONE_DEADLINE_SECONDS
-    while chains_naming(nat_chains(), tap) and time.monotonic() < deadline:
+    while chains_naming(read_nat_chains(), tap) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert chains_naming(nat_chains(), tap) == [], f"rules for {tap} outlived its domain"
+    assert chains_naming(read_nat_chains(), tap) == [], f"rules for {tap} outlived its domain"
 
 
 def test_slot_tap_guest_runs_with_its_slot_pinned_and_the_pin_stays_for_the_slot_next_guest(

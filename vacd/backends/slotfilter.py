@@ -312,15 +312,17 @@ class SlotFilter:
             self._asked[pin.tap] = pin
         with self._lock:
             reading = self._reading_since(asked_at)
-            if self._in_force(reading, [pin]):
+            why = self._not_in_force(reading, [pin])
+            if not why:
                 return
             pins = self._pins_to_write()
             log.info("writing slot filter table=%s taps=%d for tap=%s: %s", TABLE, len(pins), pin.tap,
-                     self._why_not_in_force(reading, pin))
+                     why)
             self._write_and_read_back(pins)
-            if not self._in_force(self._latest, [pin]):
+            still = self._not_in_force(self._latest, [pin])
+            if still:
                 raise SlotFilterError(f"table {TABLE} read back without tap {pin.tap}'s pin "
-                                      f"({pin.mac_address}, {pin.ip_address}) after vacd wrote it")
+                                      f"({pin.mac_address}, {pin.ip_address}) after vacd wrote it: {still}")
 
     def tend(self) -> list[str]:
         """With each network check: the table back in force for every slot tap the host has.
@@ -330,13 +332,16 @@ class SlotFilter:
         with self._lock:
             pins = self._pins_to_write()
             reading = self._reading_since(self._clock())
-            if self._in_force(reading, pins):
+            why = self._not_in_force(reading, pins)
+            if not why:
                 return []
-            if reading.table is not None and self._written is not None:
-                log.warning("slot filter table=%s was changed by something other than vacd; writing it again", TABLE)
+            if self._written is not None:
+                # Not when this vacd has yet to write it: a table left by an earlier one is expected.
+                log.warning("slot filter table=%s not in force (%s); writing it again", TABLE, why)
             self._write_and_read_back(pins)
-            if not self._in_force(self._latest, pins):
-                raise SlotFilterError(f"table {TABLE} read back without the pins vacd wrote")
+            still = self._not_in_force(self._latest, pins)
+            if still:
+                raise SlotFilterError(f"table {TABLE} read back without the pins vacd wrote: {still}")
             return [f"slot filter written for {len(pins)} taps"]
 
     # Helpers, called with self._lock held ---------------------------------------------------------
@@ -348,20 +353,17 @@ class SlotFilter:
         self._latest = self._read()
         return self._latest
 
-    def _in_force(self, reading: Optional[Reading], pins: Iterable[TapPin]) -> bool:
-        if reading is None or reading.table is None or reading.table != self._written:
-            return False
-        in_table = pins_in_table(reading.table)
-        return all(_lowered(pin) in in_table for pin in pins)
-
-    def _why_not_in_force(self, reading: Reading, pin: TapPin) -> str:
-        if reading.table is None:
+    def _not_in_force(self, reading: Optional[Reading], pins: Iterable[TapPin]) -> str:
+        """Why `pins` are not in force in `reading` ("" if they are)."""
+        if reading is None or reading.table is None:
             return "no table"
         if self._written is None:
             return "not written by this vacd yet"
         if reading.table != self._written:
             return "the table differs from what vacd wrote"
-        return "its pin is not in the table"
+        in_table = pins_in_table(reading.table)
+        missing = [pin.tap for pin in pins if _lowered(pin) not in in_table]
+        return f"no pin for {', '.join(missing)} in the table" if missing else ""
 
     def _pins_to_write(self) -> list[TapPin]:
         with self._pins_lock:

@@ -350,7 +350,7 @@ def remove_idle_slot_taps_and_filter(bridge: str) -> list[str]:
     Raises:
         SlotTapError: a tap could not be removed, or a held one put back on `bridge`.
     """
-    done = SlotTaps(SlotFilter(present_slot_tap_ordinals)).tend_links(0, bridge)
+    done = SlotTaps().tend_links(0, bridge)
     if remove_filter_if_no_slot_taps():
         done.append(f"table {TABLE} removed")
     return done
