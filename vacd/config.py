@@ -186,6 +186,8 @@ class Settings:
     metadata_port: int = 80
     # "required": the metadata paths cloud-init does not read need a session token.
     metadata_tokens: str = "optional"
+    # Guest server processes (vacd.guestapi.workers): None is `auto`, 0 vacd's own guest thread.
+    guest_api_processes: Optional[int] = None
     log_destination: str = "file"
     # Free space the state, tmp and imagecache directories must keep for creations to go on
     # (issue 8 item 4): the larger of the two; 0 turns either off.

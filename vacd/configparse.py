@@ -32,7 +32,8 @@ from vacd.configvalues import (COMMAND_WORD, CVMFS_REPOSITORY, DEVICE_NAME, DOCK
                                OPTION_NAME_SUFFIX, PIPE_URL, PROXY_SWITCH, SAFE_ABSOLUTE_PATH, SPACE_NAME, USER_NAME,
                                VOLUME_GROUP, to_duration, to_duration_from_one, to_factories, to_host_port,
                                to_ip_address, to_key_files, to_optional_regular_expression, to_optional_sha256,
-                               to_port, to_share, to_vacmon_hostports, to_version_logger)
+                               to_guest_api_processes, to_port, to_share, to_vacmon_hostports,
+                               to_version_logger)
 from vacd.errors import ConfigErrors, ConfigProblem
 from vacd.paths import Paths
 
@@ -216,6 +217,7 @@ def _read_settings(raw: RawConfig, host_fqdn: str, host_cpu_count: int, paths: P
                                           partial(to_integer, minimum=0, maximum=MAX_JOBOUTPUTS_TOTAL_BYTES)),
         metadata_port=reader.get("metadata_port", 80, to_port),
         metadata_tokens=reader.get("metadata_tokens", "optional", partial(to_choice, choices=METADATA_TOKEN_MODES)),
+        guest_api_processes=reader.get("guest_api_processes", None, to_guest_api_processes),
         log_destination=reader.get("log_destination", "file", partial(to_choice, choices=LOG_DESTINATIONS)),
         min_free_disk_mb=reader.get("min_free_disk_mb", 1024, partial(to_integer, minimum=0,
                                                                       maximum=MAX_DISK_MB)),

@@ -217,3 +217,17 @@ def to_share(text: str) -> float:
     if 0 < share < MIN_POSITIVE_TARGET_SHARE:
         raise InvalidValue(f"must be 0 or at least {MIN_POSITIVE_TARGET_SHARE}, got {share}")
     return share
+
+
+# A sane ceiling for guest server processes (vacd.guestapi.steering.MAX_PROCESSES).
+MAX_GUEST_API_PROCESSES = 64
+
+
+def to_guest_api_processes(text: str) -> Optional[int]:
+    """`auto` (None: vacd decides from the host's processors) or 0 to MAX_GUEST_API_PROCESSES."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return to_integer(text, minimum=0, maximum=MAX_GUEST_API_PROCESSES)
+    except InvalidValue as error:
+        raise InvalidValue(f"expected auto or 0 to {MAX_GUEST_API_PROCESSES}: {error}") from None

@@ -89,8 +89,10 @@ class Daemon:
     """The running vacd: builds every part from the configuration and runs the loop."""
 
     def __init__(self, paths: Paths, config: Config, host_fqdn: str, host_cpu_count: int, *,
-                 notifier: Optional[ServiceNotifier] = None) -> None:
+                 notifier: Optional[ServiceNotifier] = None, log_destination: Optional[str] = None) -> None:
         self.paths = paths
+        # Where vacd logs (vacd --stderr overrides log_destination): its guest server processes log there too.
+        self.log_destination = log_destination
         self.config = config
         self.host_fqdn = host_fqdn
         self.host_cpu_count = host_cpu_count
@@ -102,7 +104,9 @@ class Daemon:
         self.pass_errors_in_a_row = 0
         self._publish_failing = False
         self.factory: Optional[Factory] = None
+        # GuestApiServer on the guest thread, or GuestApiWorkers (vacd.guestapi.workers).
         self.guest_api: Optional[Any] = None
+        self._guest_api_stop_timeout = 30.0
         self.link_identity: Optional[Any] = None
         # The VM backend (vacd.backends.libvirt.LibvirtBackend), for its slot taps' tending.
         self.vm_backend: Optional[Any] = None
@@ -143,8 +147,6 @@ class Daemon:
     def run(self) -> int:
         from vacd.backends.libvirt import LibvirtBackend
         from vacd.diskspace import check_disk, check_room
-        from vacd.guestapi.linkidentity import LinkIdentity
-        from vacd.guestapi.server import GuestApiServer
         from vacd.hypervisor import decide_domain_type
         from vacd.imageeviction import ImageEviction
         from vacd.network import BRIDGE_NAME, NETWORK_NAME, uses_test_driver
@@ -226,11 +228,7 @@ class Daemon:
             if uses_test_driver(settings.libvirt_uri):
                 log.info("libvirt test driver: its machines are not real guests, so no guest API is served")
             else:
-                self.link_identity = LinkIdentity(BRIDGE_NAME)
-                self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
-                                                port=settings.metadata_port, clock=self.clock,
-                                                link_check=self.link_identity.confirms_slot)
-                guest_services.call(self.guest_api.start())
+                self._start_guest_api(settings, store, config_source, guest_services, guest_loop_kind)
             self._start_peer_protocol(settings, vacquery_services)
             self._start_dashboard_listing(settings)
         except BaseException:
@@ -264,12 +262,42 @@ class Daemon:
             self.notifier.close()
         return 0
 
+    def _start_guest_api(self, settings: Settings, store: Store, config_source: ReloadingConfig,
+                         guest_services: "ServiceLoop", guest_loop_kind: str) -> None:
+        """The metadata and MJF servers: on vacd's guest thread, or as processes on a large node."""
+        from vacd.guestapi.linkidentity import LinkIdentity
+        from vacd.guestapi.server import GuestApiServer
+        from vacd.guestapi.workers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, GuestApiWorkers, serving_processes
+        from vacd.network import BRIDGE_NAME
+
+        processes = serving_processes(settings.guest_api_processes, self.host_cpu_count)
+        if processes:
+            self.guest_api = GuestApiWorkers(
+                self.paths, lambda: config_source.last_good.settings, processes,
+                log_destination=self.log_destination or settings.log_destination, log_file=self.paths.log_file,
+                log_level=logging.getLogger().getEffectiveLevel(), port=settings.metadata_port, bridge=BRIDGE_NAME,
+                loop_kind=guest_loop_kind)
+            self._guest_api_stop_timeout = STOP_TIMEOUT_SECONDS + 10.0
+            guest_services.call(self.guest_api.start(), timeout=START_TIMEOUT_SECONDS * processes + 10.0)
+            return
+        self.link_identity = LinkIdentity(BRIDGE_NAME)
+        self.guest_api = GuestApiServer(self.paths, store, lambda: config_source.last_good.settings,
+                                        port=settings.metadata_port, clock=self.clock,
+                                        link_check=self.link_identity.confirms_slot)
+        guest_services.call(self.guest_api.start())
+
+    def reopen_logs(self) -> None:
+        """SIGHUP: the guest server processes reopen their log files as vacd does (signal-safe)."""
+        reopen = getattr(self.guest_api, "reopen_logs", None)
+        if reopen is not None:
+            reopen()
+
     def _stop_services(self) -> None:
         """Stop the guest servers and the responder, each on its own loop, then both loops."""
         if self.guest_services is not None:
             if self.guest_api is not None:
                 try:
-                    self.guest_services.call(self.guest_api.stop())
+                    self.guest_services.call(self.guest_api.stop(), timeout=self._guest_api_stop_timeout)
                 except Exception:  # boundary: the responder and the rest must still stop
                     log.exception("guest servers did not stop cleanly")
             self.guest_services.stop()

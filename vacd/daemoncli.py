@@ -178,10 +178,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     pid_file.acquire()
     # systemd's $NOTIFY_SOCKET (Type=notify, WatchdogSec=); without it the notifier is silent.
     notifier = ServiceNotifier.from_environment()
-    daemon = Daemon(paths, config, host_fqdn, host_cpu_count, notifier=notifier)
+    daemon = Daemon(paths, config, host_fqdn, host_cpu_count, notifier=notifier, log_destination=destination)
 
     def on_hangup(*_: object) -> None:
         reopen_logs()
+        daemon.reopen_logs()
         if daemon.factory is not None:
             daemon.factory.wake("SIGHUP")
 

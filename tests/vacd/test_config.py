@@ -234,6 +234,9 @@ def test_every_problem_is_reported_at_once() -> None:
     (SETTINGS + "log_destination = console\n", "settings", "log_destination", "expected one of file, syslog"),
     (SETTINGS + "vacquery_auth = maybe\n", "settings", "vacquery_auth", "expected one of required, optional"),
     (SETTINGS + "metadata_tokens = always\n", "settings", "metadata_tokens", "expected one of optional, required"),
+    (SETTINGS + "guest_api_processes = -1\n", "settings", "guest_api_processes", "expected auto or 0 to 64"),
+    (SETTINGS + "guest_api_processes = 65\n", "settings", "guest_api_processes", "must be <= 64"),
+    (SETTINGS + "guest_api_processes = many\n", "settings", "guest_api_processes", "expected auto or 0 to 64"),
     (SETTINGS + "libvirt_uri = system\n", "settings", "libvirt_uri", "libvirt URI"),
     (SETTINGS + "vacquery_key_file = key.pem\n", "settings", "vacquery_key_file", "absolute path"),
     (SETTINGS + "joboutputs_quota_bytes = -1\n", "settings", "joboutputs_quota_bytes", "must be >= 0"),
@@ -365,6 +368,10 @@ def test_new_settings_options_are_parsed() -> None:
     assert parse(SETTINGS + "metrics_address =\n").settings.metrics_address is None
     assert parse(SETTINGS + "metadata_tokens = required\n").settings.metadata_tokens == "required"
     assert parse(SETTINGS).settings.metadata_tokens == "optional"
+    assert parse(SETTINGS).settings.guest_api_processes is None  # auto
+    assert parse(SETTINGS + "guest_api_processes = AUTO\n").settings.guest_api_processes is None
+    assert parse(SETTINGS + "guest_api_processes = 0\n").settings.guest_api_processes == 0
+    assert parse(SETTINGS + "guest_api_processes = 4\n").settings.guest_api_processes == 4
     assert parse(SETTINGS + "metrics_address = :9100\n").settings.metrics_address == ":9100"
 
 

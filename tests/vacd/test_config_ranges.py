@@ -39,7 +39,7 @@ SETTINGS_NUMBERS = ("total_processors", "host_processors", "processors_per_super
                     "udp_timeout_seconds", "version_logger", "max_creations_per_cycle", "cycle_seconds",
                     "shutdown_grace_seconds", "preemption_grace_seconds", "preemption_margin_percent",
                     "max_preemptions_per_cycle", "vacquery_port", "joboutputs_quota_bytes", "joboutputs_total_bytes",
-                    "metadata_port",
+                    "metadata_port", "guest_api_processes",
                     "min_free_disk_mb", "min_free_disk_percent", "imagecache_days", "imagecache_max_gb")
 MACHINETYPE_NUMBERS = ("target_share", "min_processors", "max_processors", "max_wallclock_seconds",
                        "min_wallclock_seconds", "backoff_seconds", "fizzle_seconds", "heartbeat_seconds",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Optional
 
 from vacd.guestapi.joboutputs import usage
 
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 RESCAN_SECONDS = 60.0
 
 
-def scan(machines_dir: Path) -> dict[Path, int]:
-    """Each machine directory's joboutputs bytes (blocking: it reads every machine directory)."""
+def scan(machines_dir: Path, keep: Optional[Callable[[Path], bool]] = None) -> dict[Path, int]:
+    """Each machine directory's joboutputs bytes (blocking: it reads every machine directory).
+
+    With `keep`, only the directories it keeps (one serving process's slots, vacd.guestapi.steering.Shard).
+    """
     totals: dict[Path, int] = {}
     try:
         entries = sorted(machines_dir.iterdir())
@@ -39,6 +43,8 @@ def scan(machines_dir: Path) -> dict[Path, int]:
         return totals
     for directory in entries:
         if directory.is_symlink() or not directory.is_dir():
+            continue
+        if keep is not None and not keep(directory):
             continue
         held = usage(directory / "joboutputs").total_bytes
         if held:

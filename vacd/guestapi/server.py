@@ -63,6 +63,7 @@ from vacd.guestapi.metadata import metadata_response
 from vacd.guestapi.requestpath import normalise_path
 from vacd.guestapi.tokens import TOKEN_PATH, TOKEN_REQUIRED, SessionTokens, TokenHolder, is_needed, new_key, token_need
 from vacd.guestapi.slotlimits import SlotLimiter, UploadMemory, connection_share
+from vacd.guestapi.steering import Shard
 from vacd.guestapi.uploadnames import RefusedUpload, safe_repr, upload_name
 from vacd.guestapi.wire import HeadCache, RequestHead, Response
 from vacd.outcomes import MAX_SHUTDOWN_MESSAGE_BYTES
@@ -113,6 +114,7 @@ class GuestApiServer:
         clock: Callable[[], float] = time.time,
         token_key: Optional[bytes] = None,
         monotonic: Callable[[], float] = time.monotonic,
+        shard: Optional[Shard] = None,
     ) -> None:
         self.paths = paths
         self.store = store
@@ -148,6 +150,9 @@ class GuestApiServer:
                                           self.limits.max_upload_bytes_in_flight_per_slot,
                                           self.limits.upload_reserve_bytes_per_slot)
         self.joboutputs_total = JoboutputsTotal()
+        # One of several serving processes (vacd.guestapi.workers): its slots, and its part of
+        # the joboutputs cap; None when this server serves every slot.
+        self.shard = shard
         self._next_rescan = 0.0
         self._rate_refusals: Counter[int] = Counter()
         self._next_rate_log: dict[int, float] = {}
@@ -367,7 +372,7 @@ class GuestApiServer:
             if problem is None and not (name == SHUTDOWN_MESSAGE_FILE and length <= MAX_SHUTDOWN_MESSAGE_BYTES):
                 problem = self.joboutputs_total.refusal(
                     machine.directory, bytes_after(current, name, length), self.upload_memory.total,
-                    settings.joboutputs_total_bytes) or None
+                    self._joboutputs_cap(settings)) or None
         if problem is not None:
             log.warning("joboutputs upload refused machine=%s name=%s reason=%s",
                         machine.record.name, safe_repr(name), problem)
@@ -449,11 +454,20 @@ class GuestApiServer:
             return None
         return ordinal
 
+    def _joboutputs_cap(self, settings: Settings) -> int:
+        if self.shard is None:
+            return settings.joboutputs_total_bytes
+        return self.shard.joboutputs_cap(settings.joboutputs_total_bytes)
+
     async def rescan_joboutputs(self) -> None:
         """Recount every machine's joboutputs on the thread pool (the running total's safety net)."""
         self._next_rescan = time.monotonic() + RESCAN_SECONDS
+        shard = self.shard
+        # A shard counts the directories of its own slots' machines, against its part of the cap.
+        keep = None if shard is None else partial(shard.holds_directory, self.store)
         try:
-            totals = await asyncio.get_running_loop().run_in_executor(self.executor, scan, self.paths.machines_dir)
+            totals = await asyncio.get_running_loop().run_in_executor(
+                self.executor, partial(scan, self.paths.machines_dir, keep))
         except OSError as error:
             log.warning("cannot recount joboutputs error=%s retry_in=%.0fs", error, RESCAN_SECONDS)
             return
@@ -464,6 +478,12 @@ class GuestApiServer:
         return response
 
     # Listeners
+    def adopt(self, part: str, listening_socket: socket.socket) -> None:
+        """Serve `part` on a socket already listening (a steered group's, vacd.guestapi.workers)."""
+        listening_socket.setblocking(False)
+        self._add_acceptor(part, listening_socket, f"fd{listening_socket.fileno()}")
+        self.heartbeats.setdefault(part, self.clock())
+
     async def _try_bind(self, part: str, address: str) -> bool:
         try:
             listening_socket = _listening_socket(address, self.port)
@@ -477,13 +497,16 @@ class GuestApiServer:
                 BIND_RETRY_SECONDS,
             )
             return False
-        self._servers[(part, address)] = Acceptor(
+        self._add_acceptor(part, listening_socket, address)
+        return True
+
+    def _add_acceptor(self, part: str, listening_socket: socket.socket, key: str) -> None:
+        self._servers[(part, key)] = Acceptor(
             listening_socket, partial(self._new_connection, part), partial(self.screen, part),
             self._on_accept_resource_failure)
         host, port = listening_socket.getsockname()[:2]
         self.listening.append(Listening(part, str(host), int(port)))
         log.info("guest server listening part=%s address=%s port=%s", part, host, port)
-        return True
 
     def _new_connection(self, part: str, source: str, sock: socket.socket) -> GuestConnection:
         connection = GuestConnection(part, self, self.limits, self._head_cache, self._deadlines, source, sock)
