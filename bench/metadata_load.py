@@ -30,6 +30,16 @@ SERVER_ADDRESS = "127.0.0.254"
 PATHS_REQUESTED = ("/openstack/latest/meta_data.json", "/latest/user-data")
 
 
+# With --slot-addresses (bench/metadata_service.py): the real metadata address, and each
+# client's slot's own 169.254.169.n, in a namespace whose loopback holds 169.254.0.0/16.
+SLOT_SERVER_ADDRESS = "169.254.169.254"
+
+
+def slot_source(slot: int) -> str:
+    """Slot `slot`'s guest address (vacd.slots.ip_address_for, for slots 1 to 64)."""
+    return f"169.254.169.{slot}"
+
+
 def pin_to(cpus: Optional[set[int]]) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -47,8 +57,9 @@ class _Client:
     __slots__ = ("source", "connection", "descriptor", "buffer", "began", "count", "connecting", "done",
                  "scheduled")
 
-    def __init__(self, index: int) -> None:
-        self.source = (f"127.0.0.{1 + index % SLOTS}", 0)
+    def __init__(self, index: int, slot_addresses: bool = False) -> None:
+        slot = 1 + index % SLOTS
+        self.source = (slot_source(slot) if slot_addresses else f"127.0.0.{slot}", 0)
         # The C socket type itself (socket.socket is a Python subclass of it): its methods
         # cost a call less each, and its close() is not a Python method.
         self.connection: Optional[_socket.socket] = None
@@ -99,6 +110,7 @@ def run_load_process(
     interval: Optional[float] = None,
     nice: int = 0,
     cpus: Optional[set[int]] = None,
+    slot_addresses: bool = False,
 ) -> None:
     """Drive `clients` clients with one epoll loop (cheaper per request than asyncio).
 
@@ -129,7 +141,7 @@ def run_load_process(
     errors = 0
     start_at = clock() + warmup
     stop_at = start_at + duration
-    server = (SERVER_ADDRESS, port)
+    server = (SLOT_SERVER_ADDRESS if slot_addresses else SERVER_ADDRESS, port)
     new_socket = _socket.socket
     family = socket.AF_INET
     socket_type = _CLIENT_SOCKET_TYPE
@@ -224,7 +236,7 @@ def run_load_process(
                 return
             client.buffer = buffer
 
-    everyone = [_Client(first_client + index) for index in range(clients)]
+    everyone = [_Client(first_client + index, slot_addresses) for index in range(clients)]
     for client in everyone:
         if interval is None:
             start(client)

@@ -43,6 +43,7 @@ import gc
 import asyncio
 import http.server
 import json
+import logging
 import multiprocessing
 import os
 import queue
@@ -68,7 +69,8 @@ from vacd.paths import Paths  # noqa: E402
 from vacd.slots import slot_identity  # noqa: E402
 from vacd.records import MachineRecord  # noqa: E402
 from vacd.store import Store  # noqa: E402
-from bench.metadata_load import SERVER_ADDRESS, SLOTS, pin_to, run_load_process  # noqa: E402
+from bench.metadata_load import (SERVER_ADDRESS, SLOT_SERVER_ADDRESS, SLOTS, pin_to,  # noqa: E402
+                                  run_load_process)
 
 # A realistic template: a cloud-config of about 3 KiB with the usual substitutions.
 TEMPLATE = (
@@ -90,6 +92,28 @@ def source_to_ordinal(source: str) -> Optional[int]:
         return None
     last = int(source.rsplit(".", 1)[1])
     return last if 1 <= last <= SLOTS else None
+
+
+def server_address(slot_addresses: bool) -> str:
+    return SLOT_SERVER_ADDRESS if slot_addresses else SERVER_ADDRESS
+
+
+def ordinal_of(source: str, slot_addresses: bool) -> Optional[int]:
+    """The slot a client's source address is: vacd's own mapping with --slot-addresses."""
+    if slot_addresses:
+        from vacd.slots import ordinal_for_ip_address
+
+        return ordinal_for_ip_address(source)
+    return source_to_ordinal(source)
+
+
+# The load is ~130 requests/s per slot, over the per-slot rate a real guest gets; this
+# measures the server's throughput, so the request buckets are opened wide
+# (bench/guest_flood.py measures them).
+def wide_open_limits() -> Any:
+    from vacd.guestapi.connection import ConnectionLimits
+
+    return ConnectionLimits(requests_per_second_per_slot=1e12, request_burst_per_slot=10**12)
 
 
 def make_site(prefix: Path) -> tuple[Paths, Settings]:
@@ -196,33 +220,38 @@ def freeze_startup_heap_as_vacd_does() -> None:
 
 
 def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_kind: str = "asyncio",
-                    cpus: Optional[set[int]] = None) -> None:
-    from vacd.guestapi.connection import ConnectionLimits
+                    cpus: Optional[set[int]] = None, slot_addresses: bool = False, processes: int = 0) -> None:
+    """vacd's guest server on one loop in this process; or, with `processes`, vacd's GuestApiWorkers."""
     from vacd.guestapi.server import GuestApiServer
+    from vacd.guestapi.workers import GuestApiWorkers
 
     pin_to(cpus)
     paths = Paths(Path(prefix))
     settings = make_settings_only()
 
     async def main() -> None:
-        server = GuestApiServer(
-            paths,
-            Store(paths),
-            lambda: settings,
-            metadata_addresses=(SERVER_ADDRESS,),
-            mjf_addresses=(),
-            port=0,
-            source_to_ordinal=source_to_ordinal,
-            # The load is ~130 requests/s per slot, over the per-slot rate a real guest gets;
-            # this measures the server's throughput, so the request buckets are opened wide
-            # (bench/guest_flood.py measures them).
-            limits=ConnectionLimits(requests_per_second_per_slot=1e12, request_burst_per_slot=10**12),
-        )
+        server: Any
+        if processes:
+            server = GuestApiWorkers(
+                paths, lambda: settings, processes, log_destination="stderr", log_file=paths.log_file,
+                log_level=logging.WARNING, metadata_addresses=(server_address(slot_addresses),), mjf_addresses=(),
+                port=0, loop_kind=loop_kind, limits=wide_open_limits())
+        else:
+            server = GuestApiServer(
+                paths,
+                Store(paths),
+                lambda: settings,
+                metadata_addresses=(server_address(slot_addresses),),
+                mjf_addresses=(),
+                port=0,
+                source_to_ordinal=None if slot_addresses else source_to_ordinal,
+                limits=wide_open_limits(),
+            )
         await server.start()
         freeze_startup_heap_as_vacd_does()
         # Watched from here, once start-up (and its collection) is over.
         gc.callbacks.append(pauses.observe)
-        port_queue.put(server.listening[0].port)
+        port_queue.put((server.listening[0].port, server.pids() if processes else []))
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
@@ -237,6 +266,7 @@ def run_vacd_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_
         if pauses.observe in gc.callbacks:
             gc.callbacks.remove(pauses.observe)
         # From start-up's end to the stop (warm-up and the measured seconds): read by stop_server.
+        # With processes, only this process's collector (vacd's side) is watched.
         port_queue.put(pauses.summary())
 
 
@@ -271,7 +301,7 @@ class UncachedFiles:
 
 
 def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", loop_kind: str = "asyncio",
-                       cpus: Optional[set[int]] = None) -> None:
+                       cpus: Optional[set[int]] = None, slot_addresses: bool = False, processes: int = 0) -> None:
     pin_to(cpus)
     paths = Paths(Path(prefix))
     settings = make_settings_only()
@@ -281,7 +311,7 @@ def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", lo
         protocol_version = "HTTP/1.0"
 
         def do_GET(self) -> None:  # noqa: N802 (stdlib name)
-            ordinal = source_to_ordinal(self.client_address[0])
+            ordinal = ordinal_of(self.client_address[0], slot_addresses)
             stored = None
             if ordinal is not None:
                 stored = store.slot_binding(slot_identity(settings.factory_name, ordinal).machine_name)
@@ -312,8 +342,8 @@ def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", lo
         request_queue_size = 256  # Vac's listen backlog (§1.2)
         max_children = 10000  # do not let the mixin's default of 40 throttle the baseline
 
-    server = ForkingServer((SERVER_ADDRESS, 0), Handler)
-    port_queue.put(server.server_address[1])
+    server = ForkingServer((server_address(slot_addresses), 0), Handler)
+    port_queue.put((server.server_address[1], []))
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         server.serve_forever(poll_interval=0.05)
@@ -335,7 +365,7 @@ def cpu_seconds(pid: int) -> float:
 
 def measure(
     port: int,
-    server_pid: int,
+    server_pids: list[int],
     clients: int,
     processes: int,
     keepalive: bool,
@@ -344,6 +374,7 @@ def measure(
     rate: Optional[float] = None,
     load_nice: int = 0,
     load_cpus: Optional[set[int]] = None,
+    slot_addresses: bool = False,
 ) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     pipes = []
@@ -355,7 +386,7 @@ def measure(
         interval = clients / rate if rate else None
         worker = context.Process(
             target=run_load_process, args=(first, count, port, keepalive, warmup, duration, sender, interval, load_nice,
-                                              load_cpus)
+                                              load_cpus, slot_addresses)
         )
         worker.start()
         sender.close()
@@ -363,7 +394,7 @@ def measure(
         workers.append(worker)
         first += count
     time.sleep(warmup)
-    server_cpu_before = cpu_seconds(server_pid)
+    server_cpu_before = sum(cpu_seconds(pid) for pid in server_pids)
     load_cpu_before = sum(cpu_seconds(worker.pid or 0) for worker in workers)
     wall_before = time.perf_counter()
     latencies: list[float] = []
@@ -373,7 +404,7 @@ def measure(
         latencies += process_latencies
         errors += process_errors
     wall = time.perf_counter() - wall_before
-    server_cpu = cpu_seconds(server_pid) - server_cpu_before
+    server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - server_cpu_before
     load_cpu = sum(cpu_seconds(worker.pid or 0) for worker in workers) - load_cpu_before
     for worker in workers:
         worker.join()
@@ -399,14 +430,17 @@ def measure(
     }
 
 
-def start_server(target: Any, prefix: str, loop_kind: str = "asyncio",
-                 cpus: Optional[set[int]] = None) -> tuple[multiprocessing.process.BaseProcess, int, Any]:
+def start_server(target: Any, prefix: str, loop_kind: str = "asyncio", cpus: Optional[set[int]] = None,
+                 slot_addresses: bool = False, processes: int = 0,
+                 ) -> tuple[multiprocessing.process.BaseProcess, int, list[int], Any]:
+    """The server process, its port, the PIDs of its serving processes (if any) and its queue."""
     # A fresh interpreter, not a fork of this one (which has imported the factory side).
     context = multiprocessing.get_context("spawn")
     port_queue: "multiprocessing.Queue[Any]" = context.Queue()
-    process = context.Process(target=target, args=(prefix, port_queue, loop_kind, cpus))
+    process = context.Process(target=target, args=(prefix, port_queue, loop_kind, cpus, slot_addresses, processes))
     process.start()
-    return process, port_queue.get(timeout=30), port_queue
+    port, serving_pids = port_queue.get(timeout=60)
+    return process, port, serving_pids, port_queue
 
 
 def stop_server(process: multiprocessing.process.BaseProcess, port_queue: Any) -> dict[str, Any]:
@@ -424,7 +458,8 @@ def stop_server(process: multiprocessing.process.BaseProcess, port_queue: Any) -
     return reported
 
 
-RUNS = ("fork", "close", "keepalive", "paced")
+RUNS = ("fork", "close", "keepalive", "paced", "processes")
+DEFAULT_RUNS = ("fork", "close", "keepalive", "paced")
 CONNTRACK_COUNT = Path("/proc/sys/net/netfilter/nf_conntrack_count")
 CONNTRACK_MAX = Path("/proc/sys/net/netfilter/nf_conntrack_max")
 CONNTRACK_STAT = Path("/proc/net/stat/nf_conntrack")
@@ -460,6 +495,21 @@ def wait_for_conntrack_room() -> float:
     return time.monotonic() - started
 
 
+def slot_address_problem() -> str:
+    """Why the clients cannot speak from 169.254.169.n to 169.254.169.254 here, or ""."""
+    import socket
+
+    for address in (SLOT_SERVER_ADDRESS, "169.254.169.1"):
+        probe = socket.socket()
+        try:
+            probe.bind((address, 0))
+        except OSError as error:
+            return f"{address} is not an address of this network namespace ({error.strerror})"
+        finally:
+            probe.close()
+    return ""
+
+
 def default_loop_kind() -> str:
     """What vacd's guest servers run on here (vacd.eventloop's `auto`): uvloop if it imports."""
     try:
@@ -481,8 +531,15 @@ def main() -> None:
         default=None,
         help="offered requests/s of the paced run (default: 20 x the forking server's throughput)",
     )
-    parser.add_argument("--runs", default=",".join(RUNS),
-                        help=f"which runs, comma-separated, of {','.join(RUNS)} (paced without fork needs --paced-rate)")
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS),
+                        help=f"which runs, comma-separated, of {','.join(RUNS)} (paced without fork needs --paced-rate; "
+                             f"processes: a connection per request to --guest-processes serving processes)")
+    parser.add_argument("--guest-processes", type=int, default=2,
+                        help="serving processes of the `processes` run (vacd's guest_api_processes)")
+    parser.add_argument("--slot-addresses", action="store_true",
+                        help="clients speak from their slots' own 169.254.169.n to 169.254.169.254, mapped by vacd's "
+                             "own code (the `processes` run needs it: its processes use vacd's mapping); run in a "
+                             "namespace whose loopback holds 169.254.0.0/16")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None,
                         help="vacd's event loop (default: what vacd picks here, uvloop if installed)")
     parser.add_argument("--load-nice", type=int, default=0, help="niceness of the load processes")
@@ -496,6 +553,13 @@ def main() -> None:
         parser.error(f"unknown runs {sorted(unknown)}; choose from {','.join(RUNS)}")
     if "paced" in wanted and "fork" not in wanted and arguments.paced_rate is None:
         parser.error("the paced run without the forking one needs --paced-rate")
+    if "processes" in wanted and not arguments.slot_addresses:
+        parser.error("the processes run needs --slot-addresses")
+    if arguments.slot_addresses:
+        problem = slot_address_problem()
+        if problem:
+            parser.error(f"--slot-addresses: {problem}; run it as: unshare -n sh -c 'ip link set lo up; "
+                         f"ip addr add {SLOT_SERVER_ADDRESS}/16 dev lo; ...'")
     loop_kind = arguments.loop or default_loop_kind()
     server_cpus = {0} if arguments.pin else None
     load_cpus = {1} if arguments.pin else None
@@ -504,9 +568,11 @@ def main() -> None:
     forking = "forking HTTP/1.0 (Vac 03)"
     with tempfile.TemporaryDirectory(prefix="vac-bench-") as prefix:
         make_site(Path(prefix))
+        processes = arguments.guest_processes
         runs: list[tuple[str, str, Any, bool, Optional[float]]] = [
             ("fork", forking, run_forking_server, False, None),
             ("close", f"vacd {loop_kind}, connection per request", run_vacd_server, False, None),
+            ("processes", f"vacd {loop_kind} x{processes} processes, conn/req", run_vacd_server, False, None),
             ("keepalive", f"vacd {loop_kind}, HTTP/1.1 keep-alive", run_vacd_server, True, None),
             ("paced", f"vacd {loop_kind}, conn/request, paced", run_vacd_server, False, -1.0),
         ]
@@ -517,7 +583,9 @@ def main() -> None:
                 rate = arguments.paced_rate or 20 * results[forking]["requests_per_second"]
                 name = f"{name} {rate:.0f}/s"
             waited = wait_for_conntrack_room()
-            process, port, port_queue = start_server(target, prefix, loop_kind, server_cpus)
+            process, port, serving_pids, port_queue = start_server(
+                target, prefix, loop_kind, server_cpus, arguments.slot_addresses,
+                processes if key == "processes" else 0)
             reported: dict[str, Any] = {}
             try:
                 assert process.pid is not None
@@ -525,7 +593,7 @@ def main() -> None:
                 drops_before = conntrack_drops()
                 results[name] = measure(
                     port,
-                    process.pid,
+                    [process.pid, *serving_pids],
                     arguments.clients,
                     arguments.processes,
                     keepalive,
@@ -534,6 +602,7 @@ def main() -> None:
                     rate,
                     arguments.load_nice,
                     load_cpus,
+                    arguments.slot_addresses,
                 )
                 results[name]["load_average_at_start"] = load_average
                 results[name]["conntrack_wait_seconds"] = waited

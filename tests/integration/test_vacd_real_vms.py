@@ -223,3 +223,35 @@ def test_zombie_domain_in_a_slot_name_is_destroyed(
     factory.start()
     factory.wait_for("the zombie destroyed", lambda: slot_name(3) not in factory.running_domains(), timeout=60)
     assert factory.records() == []
+
+
+def test_guests_served_by_two_guest_server_processes_fetch_their_payload_and_report_success(
+    factory: RunningFactory, test_guest: TestGuest
+) -> None:
+    """guest_api_processes = 2: slot 0's address steers to one process, slot 1's to the other.
+
+    Each guest fetches its payload from the metadata server and PUTs its shutdown_message to
+    the MJF server, so both parts of both processes serve a real guest; vacd's stop ends them.
+    """
+    factory.configure(test_guest, total_processors=2, machinetypes={
+        "ok": {"payload": "sleep 2; http-put http://169.254.169.253/joboutputs/shutdown_message '200 Success'"},
+    }, extra_settings="guest_api_processes = 2")
+    factory.start()
+
+    def both_slots_finished_once() -> bool:
+        finished = {record["ordinal"] for record in factory.records() if record["finished"] is not None}
+        return finished >= {0, 1}
+
+    factory.wait_for("a guest in each slot finished", both_slots_finished_once, timeout=240)
+    for record in factory.records():
+        if record["finished"] is not None:
+            assert record["finished"]["shutdown_message"] == "200 Success"
+    log = factory.log_text()
+    assert "shard=0/2" in log and "shard=1/2" in log
+    pids = [int(line.rsplit("pid=", 1)[1].split()[0]) for line in log.splitlines()
+            if "guest server process started" in line]
+    assert len(pids) == 2
+    factory.kill()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
