@@ -8,8 +8,13 @@ them, in one of two ways measured side by side:
   request rate (how vacd ran before this item);
 - `after`: the guest servers and the responder each on their own loop and thread, as
   vacd runs them now, with the default per-slot limits (ConnectionLimits()).
+- `processes` (with `--slot-addresses`): the guest servers as `--guest-processes` serving
+  processes (vacd.guestapi.workers, `guest_api_processes`), the responder on its own loop
+  in the first process, with the default per-slot limits.
 
-Load, all on loopback; 127.0.0.n stands in for slot n (169.254.169.n on a real bridge):
+Load, all on loopback; 127.0.0.n stands in for slot n (169.254.169.n on a real bridge;
+with `--slot-addresses`, 169.254.169.n itself, in a namespace whose loopback holds
+169.254.0.0/16, mapped by vacd's own code, as the `processes` layout needs):
 - the quiet slot (127.0.0.3): GET /latest/meta-data/instance-id, a new connection each
   time, at `--quiet-rate` per second (default 20) on a fixed schedule; latency counts
   from each request's scheduled start, so a stall is charged in full;
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing
 import os
 import selectors
@@ -44,26 +50,39 @@ from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.metadata_load import SERVER_ADDRESS  # noqa: E402
+from bench.metadata_load import SERVER_ADDRESS, SLOT_SERVER_ADDRESS, slot_source  # noqa: E402
 from bench.metadata_service import (  # noqa: E402
     default_loop_kind,
     freeze_startup_heap_as_vacd_does,
     make_site,
     make_settings_only,
+    slot_address_problem,
     source_to_ordinal,
 )
 from bench.responder import FACTORY, SPACE, site_snapshot  # noqa: E402
 
 QUIET_SOURCE = "127.0.0.3"
 FLOOD_SOURCE = "127.0.0.4"
+GUEST_SERVER = SERVER_ADDRESS
 REQUEST = b"GET /latest/meta-data/instance-id HTTP/1.0\r\nHost: 169.254.169.254\r\n\r\n"
 VACQUERY_TIMEOUT_SECONDS = 2.0
 LAYOUTS = ("before", "after")
+ALL_LAYOUTS = ("before", "after", "processes")
+
+
+def use_slot_addresses(quiet_slot: int = 3) -> None:
+    """Speak from the quiet slot's and slot 4's own addresses to the real metadata address.
+
+    For this process and its forks. With 2 serving processes, slot 3 is served by another
+    process than the flooding slot 4, slot 6 by the same one.
+    """
+    global QUIET_SOURCE, FLOOD_SOURCE, GUEST_SERVER
+    QUIET_SOURCE, FLOOD_SOURCE, GUEST_SERVER = slot_source(quiet_slot), slot_source(4), SLOT_SERVER_ADDRESS
 
 
 # The server process (spawned: a fresh interpreter, as vacd is)
-def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int, int]]",
-               guest_loop_kind: str = "asyncio") -> None:
+def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int, int, list[int]]]",
+               guest_loop_kind: str = "asyncio", slot_addresses: bool = False, guest_processes: int = 2) -> None:
     from vacd.serviceloop import ServiceLoop
     from vacd.guestapi.connection import ConnectionLimits
     from vacd.guestapi.server import GuestApiServer
@@ -88,22 +107,35 @@ def run_server(prefix: str, layout: str, ports: "multiprocessing.Queue[tuple[int
     vacquery_loop = guest_loop if layout == "before" else ServiceLoop("vacd-vacquery")
     for loop in {id(guest_loop): guest_loop, id(vacquery_loop): vacquery_loop}.values():
         loop.start()
-    server = GuestApiServer(paths, Store(paths), lambda: settings, metadata_addresses=(SERVER_ADDRESS,),
-                            mjf_addresses=(), port=0, source_to_ordinal=source_to_ordinal, limits=limits)
-    guest_loop.call(server.start())
+    server: Any
+    if slot_addresses:
+        use_slot_addresses()  # the server needs only its own address
+    if layout == "processes":
+        from vacd.guestapi.workers import GuestApiWorkers
+
+        server = GuestApiWorkers(paths, lambda: settings, guest_processes, log_destination="stderr",
+                                 log_file=paths.log_file, log_level=logging.WARNING,
+                                 metadata_addresses=(GUEST_SERVER,), mjf_addresses=(), port=0,
+                                 loop_kind=guest_loop_kind)
+    else:
+        server = GuestApiServer(paths, Store(paths), lambda: settings, metadata_addresses=(GUEST_SERVER,),
+                                mjf_addresses=(), port=0,
+                                source_to_ordinal=None if slot_addresses else source_to_ordinal, limits=limits)
+    guest_loop.call(server.start(), timeout=120)
     # The per-source reply budget would throttle the one measuring client; it is not what is measured.
     responder = ResponderProtocol(budget=ReplyBudget(TokenBuckets(1e12, 1e12), TokenBuckets(1e12, 1e12)))
     responder.publish(site_snapshot())
     transport = vacquery_loop.call(start_responder("127.0.0.1", 0, responder))
-    if layout == "after":
+    if layout != "before":
         freeze_startup_heap_as_vacd_does()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ports.put((server.listening[0].port, transport.get_extra_info("sockname")[1]))
+    ports.put((server.listening[0].port, transport.get_extra_info("sockname")[1],
+               server.pids() if layout == "processes" else []))
     stop.wait()
     print(json.dumps({"counters": {f"{key[1]}/{key[2]}": value for key, value in server.counters.items()}}),
           file=sys.stderr)
-    guest_loop.call(server.stop())
+    guest_loop.call(server.stop(), timeout=60)
     vacquery_loop.run_soon(transport.close)
     guest_loop.stop()
     vacquery_loop.stop()
@@ -160,7 +192,7 @@ def run_flood(port: int, connections: int, rate: float, duration: float, keepali
         client.setblocking(False)
         client.bind((FLOOD_SOURCE, 0))
         try:
-            client.connect((SERVER_ADDRESS, port))
+            client.connect((GUEST_SERVER, port))
         except BlockingIOError:
             pass
         counts["started"] += 1
@@ -239,7 +271,7 @@ def quiet_slot(port: int, rate: float, duration: float, latencies: list[float], 
         if delay > 0:
             time.sleep(delay)
         try:
-            with socket.create_connection((SERVER_ADDRESS, port), timeout=10, source_address=(QUIET_SOURCE, 0)) as client:
+            with socket.create_connection((GUEST_SERVER, port), timeout=10, source_address=(QUIET_SOURCE, 0)) as client:
                 client.sendall(REQUEST)
                 answer = b""
                 while True:
@@ -295,8 +327,10 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
-def phase(ports: tuple[int, int], server_pid: int, arguments: argparse.Namespace, flood: bool) -> dict[str, Any]:
-    guest_port, vacquery_port = ports
+def phase(ports: tuple[int, int, list[int]], server_pid: int, arguments: argparse.Namespace,
+          flood: bool) -> dict[str, Any]:
+    guest_port, vacquery_port, serving_pids = ports
+    server_pids = [server_pid, *serving_pids]
     flood_rates: dict[str, float] = {}
     flood_process = None
     if flood:
@@ -318,12 +352,13 @@ def phase(ports: tuple[int, int], server_pid: int, arguments: argparse.Namespace
         threading.Thread(target=vacquery_client, args=(vacquery_port, arguments.vacquery_rate, arguments.duration,
                                                        vacquery_latencies, vacquery_lost)),
     ]
-    cpu_before, wall_before = cpu_seconds(server_pid), time.perf_counter()
+    cpu_before, wall_before = sum(cpu_seconds(pid) for pid in server_pids), time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    server_cpu_percent = 100 * (cpu_seconds(server_pid) - cpu_before) / (time.perf_counter() - wall_before)
+    server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - cpu_before
+    server_cpu_percent = 100 * server_cpu / (time.perf_counter() - wall_before)
     if flood_process is not None:
         flood_rates = receiver.recv()
         flood_process.join()
@@ -344,8 +379,9 @@ def phase(ports: tuple[int, int], server_pid: int, arguments: argparse.Namespace
 
 def run_layout(layout: str, arguments: argparse.Namespace, prefix: str) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
-    ports: "multiprocessing.Queue[tuple[int, int]]" = context.Queue()
-    server = context.Process(target=run_server, args=(prefix, layout, ports, arguments.guest_loop))
+    ports: "multiprocessing.Queue[tuple[int, int, list[int]]]" = context.Queue()
+    server = context.Process(target=run_server, args=(prefix, layout, ports, arguments.guest_loop,
+                                                      arguments.slot_addresses, arguments.guest_processes))
     server.start()
     try:
         server_ports = ports.get(timeout=60)
@@ -376,13 +412,30 @@ def main() -> None:
     parser.add_argument("--flood-keepalive", action="store_true",
                         help="the flooding slot reuses its connections (HTTP/1.1), reconnecting when closed")
     parser.add_argument("--flood-nice", type=int, default=10, help="the flooding process's niceness")
-    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated, of {','.join(ALL_LAYOUTS)}")
+    parser.add_argument("--slot-addresses", action="store_true",
+                        help="speak from slots' own 169.254.169.n (the processes layout needs it; run in a namespace "
+                             "whose loopback holds 169.254.0.0/16)")
+    parser.add_argument("--guest-processes", type=int, default=2, help="serving processes of the processes layout")
+    parser.add_argument("--quiet-slot", type=int, default=3, choices=range(1, 65), metavar="1-64",
+                        help="the quiet slot with --slot-addresses (the flooding slot is 4)")
     parser.add_argument("--guest-loop", choices=("asyncio", "uvloop"), default=None,
                         help="the guest servers' event loop (default: what vacd picks here, uvloop if installed)")
     parser.add_argument("--json", action="store_true")
     arguments = parser.parse_args()
     if arguments.guest_loop is None:
         arguments.guest_loop = default_loop_kind()
+    unknown = set(arguments.layouts.split(",")) - set(ALL_LAYOUTS)
+    if unknown:
+        parser.error(f"unknown layouts {sorted(unknown)}; choose from {','.join(ALL_LAYOUTS)}")
+    if "processes" in arguments.layouts.split(",") and not arguments.slot_addresses:
+        parser.error("the processes layout needs --slot-addresses")
+    if arguments.slot_addresses:
+        problem = slot_address_problem()
+        if problem:
+            parser.error(f"--slot-addresses: {problem}; run it as: unshare -n sh -c 'ip link set lo up; "
+                         f"ip addr add {SLOT_SERVER_ADDRESS}/16 dev lo; ...'")
+        use_slot_addresses(arguments.quiet_slot)
     results = []
     with tempfile.TemporaryDirectory(prefix="vac-guest-flood-") as prefix:
         make_site(Path(prefix))
@@ -419,6 +472,11 @@ def main() -> None:
         print()
         print(f"flooded p99, before / after: quiet slot {ratio(before['quiet_p99_ms'], after['quiet_p99_ms']):.1f}x, "
               f"VacQuery {ratio(before['vacquery_p99_ms'], after['vacquery_p99_ms']):.1f}x")
+    if {"after", "processes"} <= set(by_layout):
+        after, processes = by_layout["after"], by_layout["processes"]
+        print(f"flooded p99, after (one guest thread) / processes: quiet slot "
+              f"{ratio(after['quiet_p99_ms'], processes['quiet_p99_ms']):.1f}x, "
+              f"VacQuery {ratio(after['vacquery_p99_ms'], processes['vacquery_p99_ms']):.1f}x")
     for result in results:
         for name in ("without_flood", "with_flood"):
             if result[name]["quiet_error_examples"]:
