@@ -57,6 +57,7 @@ STOP_TIMEOUT_SECONDS = 35.0
 RESTART_FIRST_SECONDS = 1.0
 RESTART_MAX_SECONDS = 60.0
 RESTART_RESET_SECONDS = 300.0
+TELL_TIMEOUT_SECONDS = 1.0
 # Above this many host processors `auto` starts serving processes: one per 32, up to 8.
 AUTO_PROCESSORS_PER_PROCESS = 32
 AUTO_MIN_PROCESSORS = 64
@@ -215,6 +216,12 @@ class GuestApiWorkers:
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for process in self._processes:
             await self._reap(process, deadline)
+            ready = process.ready
+            if ready is not None:
+                if not ready.done():
+                    ready.cancel()
+                elif not ready.cancelled():
+                    ready.exception()  # a start that failed was logged; do not report it again
         for group in self._groups.values():
             for member in group:
                 member.close()
@@ -225,6 +232,9 @@ class GuestApiWorkers:
     def _start_process(self, process: _Process) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        earlier = process.ready
+        if earlier is not None and earlier.done() and not earlier.cancelled():
+            earlier.exception()  # a failure after start was logged where it happened
         process.ready = loop.create_future()
         try:
             process.popen = subprocess.Popen(
@@ -233,6 +243,7 @@ class GuestApiWorkers:
         except OSError as error:
             ours.close()
             process.ready.set_exception(RuntimeError(f"cannot run {self.python}: {error}"))
+            self._schedule_restart(process, f"cannot run {self.python}: {error}")
             return
         finally:
             theirs.close()
@@ -297,11 +308,15 @@ class GuestApiWorkers:
         served = time.monotonic() - process.started_at
         if served >= RESTART_RESET_SECONDS:
             process.restart_delay = RESTART_FIRST_SECONDS
+        self._schedule_restart(process, f"exited after serving {served:.0f}s")
+
+    def _schedule_restart(self, process: _Process, reason: str) -> None:
+        """Start the process again after its pause (the supervisor does), which then doubles."""
         delay = process.restart_delay
         process.restart_delay = min(RESTART_MAX_SECONDS, delay * 2)
         process.restart_at = time.monotonic() + delay
-        log.error("guest server process exited index=%d served=%.0fs; its guests' connections wait in the "
-                  "backlog, restarting in %.0fs", process.index, served, delay)
+        log.error("guest server process index=%d %s; its guests' connections wait in the backlog, "
+                  "restarting in %.0fs", process.index, reason, delay)
 
     async def _reap(self, process: _Process, deadline: float) -> None:
         """Wait for the process to exit until `deadline`, then kill it by PID; fold in its counts."""
@@ -314,6 +329,8 @@ class GuestApiWorkers:
             log.error("guest server process did not stop in time, killed index=%d pid=%d", process.index, popen.pid)
             popen.kill()
             await asyncio.get_running_loop().run_in_executor(None, popen.wait)
+        if process.popen is not popen:
+            return  # reaped meanwhile by the other waiter (a stop during a restart's reaping)
         log.info("guest server process ended index=%d pid=%d status=%s", process.index, popen.pid,
                  _exit_status(popen.returncode))
         if process.control is not None:
@@ -347,15 +364,17 @@ class GuestApiWorkers:
                     process.settings_sent = settings
 
     def _tell(self, process: _Process, message: tuple[Any, ...], sockets: Sequence[socket.socket] = ()) -> None:
-        assert process.control is not None
+        """Send a message, waiting TELL_TIMEOUT_SECONDS at most for room (a stopped process reads nothing)."""
+        control = process.control
+        assert control is not None
         try:
-            process.control.setblocking(True)
-            send(process.control, message, sockets)
-        except OSError as error:
-            log.warning("cannot reach guest server process index=%d error=%s", process.index, error)
+            control.settimeout(TELL_TIMEOUT_SECONDS)
+            send(control, message, sockets)
+        except OSError as error:  # socket.timeout included
+            log.warning("cannot reach guest server process index=%d message=%s error=%s", process.index,
+                        message[0], error or "timed out")
         finally:
-            if process.control is not None:
-                process.control.setblocking(False)
+            control.setblocking(False)
 
     # Sockets
     def _try_bind(self, part: str, address: str) -> bool:

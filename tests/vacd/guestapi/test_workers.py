@@ -30,6 +30,7 @@ from tests.vacd.guestapi.conftest import Site, make_site, parse_responses, read_
 from vacd.guestapi.steering import process_for_source
 from vacd.guestapi.workers import GuestApiWorkers
 from vacd.slots import GATEWAY_ADDRESS, METADATA_ADDRESS, ip_address_for
+from vacd.startupgate import StartupError
 
 CLONE_NEWNET = 0x40000000
 PROCESSES = 3
@@ -304,3 +305,15 @@ def test_vacd_killed_takes_its_guest_server_processes_with_it(tmp_path: Path) ->
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+@pytest.mark.parametrize("python", ["/bin/false", "/nonexistent/python3"])
+def test_a_process_that_cannot_start_stops_vacds_start_with_the_reason_and_leaves_nothing(
+        tmp_path: Path, python: str) -> None:
+    site = make_site(tmp_path)
+    workers = GuestApiWorkers(site.paths, lambda: site.settings, 2, log_destination="stderr",
+                              log_file=site.paths.log_file, log_level=logging.INFO, port=0,
+                              metadata_addresses=("127.0.0.1",), mjf_addresses=(), python=python)
+    with pytest.raises(StartupError, match="guest server process 0 did not start"):
+        asyncio.run(workers.start())
+    assert workers.pids() == [] and workers.listening == []
