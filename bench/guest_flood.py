@@ -56,7 +56,7 @@ from bench.metadata_service import (  # noqa: E402
     freeze_startup_heap_as_vacd_does,
     make_site,
     make_settings_only,
-    slot_address_problem,
+    refuse_without_slot_addresses,
     source_to_ordinal,
 )
 from bench.responder import FACTORY, SPACE, site_snapshot  # noqa: E402
@@ -431,10 +431,7 @@ def main() -> None:
     if "processes" in arguments.layouts.split(",") and not arguments.slot_addresses:
         parser.error("the processes layout needs --slot-addresses")
     if arguments.slot_addresses:
-        problem = slot_address_problem()
-        if problem:
-            parser.error(f"--slot-addresses: {problem}; run it as: unshare -n sh -c 'ip link set lo up; "
-                         f"ip addr add {SLOT_SERVER_ADDRESS}/16 dev lo; ...'")
+        refuse_without_slot_addresses(parser)
         use_slot_addresses(arguments.quiet_slot)
     results = []
     with tempfile.TemporaryDirectory(prefix="vac-guest-flood-") as prefix:

@@ -495,8 +495,8 @@ def wait_for_conntrack_room() -> float:
     return time.monotonic() - started
 
 
-def slot_address_problem() -> str:
-    """Why the clients cannot speak from 169.254.169.n to 169.254.169.254 here, or ""."""
+def refuse_without_slot_addresses(parser: argparse.ArgumentParser) -> None:
+    """Exit with how to run it if the clients cannot speak from 169.254.169.n to 169.254.169.254 here."""
     import socket
 
     for address in (SLOT_SERVER_ADDRESS, "169.254.169.1"):
@@ -504,10 +504,11 @@ def slot_address_problem() -> str:
         try:
             probe.bind((address, 0))
         except OSError as error:
-            return f"{address} is not an address of this network namespace ({error.strerror})"
+            parser.error(f"--slot-addresses: {address} is not an address of this network namespace "
+                         f"({error.strerror}); run it as: unshare -n sh -c 'ip link set lo up; "
+                         f"ip addr add {SLOT_SERVER_ADDRESS}/16 dev lo; ...'")
         finally:
             probe.close()
-    return ""
 
 
 def default_loop_kind() -> str:
@@ -556,10 +557,7 @@ def main() -> None:
     if "processes" in wanted and not arguments.slot_addresses:
         parser.error("the processes run needs --slot-addresses")
     if arguments.slot_addresses:
-        problem = slot_address_problem()
-        if problem:
-            parser.error(f"--slot-addresses: {problem}; run it as: unshare -n sh -c 'ip link set lo up; "
-                         f"ip addr add {SLOT_SERVER_ADDRESS}/16 dev lo; ...'")
+        refuse_without_slot_addresses(parser)
     loop_kind = arguments.loop or default_loop_kind()
     server_cpus = {0} if arguments.pin else None
     load_cpus = {1} if arguments.pin else None

@@ -70,3 +70,14 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 __all__ = ["ASYNCIO", "AUTO", "CHOICES", "EVENT_LOOP_VARIABLE", "EventLoopUnavailable", "UVLOOP",
            "chosen_kind", "new_event_loop", "uvloop_factory"]
+
+
+async def cancel_and_wait(task: "Optional[asyncio.Task[None]]") -> None:
+    """Cancel `task` (if any) and wait until it has ended (a supervisor's at a server's stop)."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

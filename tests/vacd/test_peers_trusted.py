@@ -6,15 +6,15 @@ a stranger would only get 10 x the bytes of: 3 of 6 statuses)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import socket
 import threading
 import uuid
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import pytest
 
+from tests.namespaces import in_namespace
 from tests.vacquery.sample_statuses import SPACE, snapshot
 from vacd.config import FactoryAddress, Settings
 from vacd.peers import TRUSTED_REFRESH_SECONDS, PeerCensus, PeerResolver
@@ -23,7 +23,6 @@ from vacquery.codec import encode
 from vacquery.messages import MachinetypesQuery
 from vacquery.responder_transport import ResponderProtocol, open_responder_socket
 
-T = TypeVar("T")
 SIX_MACHINETYPES = ("lhcb", "atlas", "cms", "alice", "dune", "lz")
 
 
@@ -92,7 +91,6 @@ def test_a_changed_factories_list_is_trusted_at_once() -> None:
 # ------------------------------------------------------------------ real responder, real datagrams
 
 RESPONDER, PEER, STRANGER = "169.254.77.1", "169.254.77.2", "169.254.77.3"
-CLONE_NEWNET = 0x40000000
 
 
 @pytest.fixture
@@ -116,31 +114,6 @@ def link_local_namespace() -> Iterator[str]:
         yield namespace
     finally:
         netns.remove(namespace)
-
-
-def in_namespace(namespace: str, make: Callable[[], T]) -> T:
-    """Run `make` in a thread that entered `namespace`: sockets it opens stay in it."""
-    made: list[T] = []
-    failed: list[BaseException] = []
-
-    def enter_and_make() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        descriptor = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-        try:
-            if libc.setns(descriptor, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            made.append(make())
-        except BaseException as error:  # handed to the test's thread
-            failed.append(error)
-        finally:
-            os.close(descriptor)
-
-    thread = threading.Thread(target=enter_and_make)
-    thread.start()
-    thread.join(10)
-    if failed:
-        raise failed[0]
-    return made[0]
 
 
 def bound_udp(host: str) -> socket.socket:

@@ -51,6 +51,7 @@ from functools import partial
 from typing import Callable, Optional, Sequence, Union
 
 from vacd.config import Settings
+from vacd.eventloop import cancel_and_wait
 from vacd.fdlimit import current_fd_limit, guest_connection_cap
 from vacd.guestapi.acceptor import ACCEPT_RETRY_SECONDS, Acceptor
 from vacd.guestapi.connection import ConnectionLimits, DeadlineSweep, GuestConnection, Upload
@@ -182,13 +183,8 @@ class GuestApiServer:
 
     async def stop(self) -> None:
         """Stop listening, close every connection and wait for uploads being written."""
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            try:
-                await self._supervisor
-            except asyncio.CancelledError:
-                pass
-            self._supervisor = None
+        await cancel_and_wait(self._supervisor)
+        self._supervisor = None
         servers = list(self._servers.values())
         self._servers.clear()
         self.listening = []

@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from vacd.config import Settings
 from vacd.startupgate import StartupError
-from vacd.eventloop import ASYNCIO
+from vacd.eventloop import ASYNCIO, cancel_and_wait
 from vacd.guestapi.connection import ConnectionLimits
 from vacd.guestapi.server import BIND_RETRY_SECONDS, METADATA, MJF, Listening
 from vacd.guestapi.steering import listening_group
@@ -200,13 +200,8 @@ class GuestApiWorkers:
     async def stop(self) -> None:
         """Stop every process (uploads being written finish), then close the sockets."""
         self._stopping = True
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            try:
-                await self._supervisor
-            except asyncio.CancelledError:
-                pass
-            self._supervisor = None
+        await cancel_and_wait(self._supervisor)
+        self._supervisor = None
         for process in self._processes:
             if process.control is not None:
                 try:

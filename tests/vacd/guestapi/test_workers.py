@@ -9,7 +9,6 @@ production (no test mapping), and the kernel's steering is the production progra
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -26,13 +25,13 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 
+from tests.namespaces import enter_namespace, in_namespace
 from tests.vacd.guestapi.conftest import Site, make_site, parse_responses, read_until_closed
 from vacd.guestapi.steering import process_for_source
 from vacd.guestapi.workers import GuestApiWorkers
 from vacd.slots import GATEWAY_ADDRESS, METADATA_ADDRESS, ip_address_for
 from vacd.startupgate import StartupError
 
-CLONE_NEWNET = 0x40000000
 PROCESSES = 3
 T = TypeVar("T")
 
@@ -60,17 +59,6 @@ def namespace() -> Iterator[str]:
         netns.remove(name)
 
 
-def enter(namespace: str) -> None:
-    """Move the calling thread into `namespace` (sockets and processes it makes live there)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    descriptor = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
-    try:
-        if libc.setns(descriptor, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-    finally:
-        os.close(descriptor)
-
-
 class Servers:
     """GuestApiWorkers on an event loop whose thread is in the test's namespace."""
 
@@ -81,7 +69,7 @@ class Servers:
         entered = threading.Event()
 
         def run() -> None:
-            enter(namespace)
+            enter_namespace(namespace)
             entered.set()
             self.loop.run_forever()
 
@@ -98,22 +86,7 @@ class Servers:
 
     def in_namespace(self, make: Callable[[], T]) -> T:
         """`make()` run on a thread in the namespace (a client socket made there stays there)."""
-        made: list[T] = []
-        failed: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                enter(self.namespace)
-                made.append(make())
-            except BaseException as error:  # handed to the test's thread
-                failed.append(error)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join(30)
-        if failed:
-            raise failed[0]
-        return made[0]
+        return in_namespace(self.namespace, make)
 
     def connect(self, ordinal: int, host: str = METADATA_ADDRESS) -> socket.socket:
         source = ip_address_for(ordinal)
@@ -264,6 +237,7 @@ def test_stop_ends_every_process(tmp_path: Path, namespace: str) -> None:
 PARENT_SCRIPT = """
 import asyncio, json, logging, sys
 from pathlib import Path
+from tests.namespaces import enter_namespace, in_namespace
 from tests.vacd.guestapi.conftest import make_site
 from vacd.guestapi.workers import GuestApiWorkers
 
