@@ -118,6 +118,7 @@ class Daemon:
         # The census outcome the dashboard last saw, and when (wall clock) it was first seen.
         self._census_seen: tuple[Optional[Any], int] = (None, 0)
         self._guest_counts_seen: dict[tuple[str, str, int], int] = {}
+        self._guest_restarts_seen = 0
         self.responder: Optional[Any] = None
         self.responder_transport: Optional[Any] = None
         self.peer_census: Optional[Any] = None
@@ -616,6 +617,10 @@ class Daemon:
                     if new > 0:
                         self.metrics.guest_request(key[1], key[2], new)
                     self._guest_counts_seen[key] = count
+                restarts = getattr(self.guest_api, "restarts", 0)
+                if restarts > self._guest_restarts_seen:
+                    self.metrics.guest_server_restarts.inc(restarts - self._guest_restarts_seen)
+                    self._guest_restarts_seen = restarts
             if self.responder is not None:
                 self.metrics.observe_responder_counters(self.responder.counters)
 

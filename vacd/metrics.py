@@ -200,6 +200,10 @@ class FactoryMetrics:
         self.guest_requests = Counter(
             "vac_guest_requests", "Guest HTTP requests, by path class and status", ["path_class", "status"], registry=registry
         )
+        self.guest_server_restarts = Counter(
+            "vac_guest_server_restarts", "Guest server processes (guest_api_processes) that ended and were started again",
+            registry=registry,
+        )
         self.creations = Counter(
             "vac_creations", "Machine creations finished, by outcome", ["machinetype", "outcome"], registry=registry
         )

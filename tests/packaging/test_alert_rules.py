@@ -127,6 +127,20 @@ SCENARIOS: dict[str, str] = {
         exp_alerts:
           - exp_labels: {{severity: warning, {INSTANCE.replace('=', ': ')}}}
 """,
+    "VacGuestServerRestarting": f"""
+    input_series:
+      # One restart at 2m (a crash is restarted once: no alert), then a crash loop from 20m.
+      - series: 'vac_guest_server_restarts_total{{{INSTANCE}}}'
+        values: '0 0 1x18 2 3 4 5 6x20'
+      - series: 'vac_guest_server_restarts_total{{instance="f2.example.com:9100"}}'
+        values: '0x45'
+    alert_rule_test:
+      - {{eval_time: 10m, alertname: VacGuestServerRestarting, exp_alerts: []}}
+      - eval_time: 25m
+        alertname: VacGuestServerRestarting
+        exp_alerts:
+          - exp_labels: {{severity: warning, {INSTANCE.replace('=', ': ')}}}
+""",
 }
 
 

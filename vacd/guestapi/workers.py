@@ -141,6 +141,8 @@ class GuestApiWorkers:
         self._retired_resource_failures = 0
         self._supervisor: Optional[asyncio.Task[None]] = None
         self._stopping = False
+        # Processes that ended unasked since start (vac_guest_server_restarts_total).
+        self.restarts = 0
 
     # What vacd reads (as from GuestApiServer)
     @property
@@ -307,6 +309,7 @@ class GuestApiWorkers:
 
     def _schedule_restart(self, process: _Process, reason: str) -> None:
         """Start the process again after its pause (the supervisor does), which then doubles."""
+        self.restarts += 1
         delay = process.restart_delay
         process.restart_delay = min(RESTART_MAX_SECONDS, delay * 2)
         process.restart_at = time.monotonic() + delay

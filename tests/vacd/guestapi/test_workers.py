@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import pytest
 
@@ -62,7 +62,8 @@ def namespace() -> Iterator[str]:
 class Servers:
     """GuestApiWorkers on an event loop whose thread is in the test's namespace."""
 
-    def __init__(self, site: Site, namespace: str, count: int = PROCESSES) -> None:
+    def __init__(self, site: Site, namespace: str, count: int = PROCESSES, log_destination: str = "stderr",
+                 log_file: Optional[Path] = None) -> None:
         self.site = site
         self.namespace = namespace
         self.loop = asyncio.new_event_loop()
@@ -78,7 +79,7 @@ class Servers:
         assert entered.wait(10)
         self.workers = GuestApiWorkers(
             site.paths, lambda: self.site.settings, count,
-            log_destination="stderr", log_file=site.paths.log_file, log_level=logging.INFO)
+            log_destination=log_destination, log_file=log_file or site.paths.log_file, log_level=logging.INFO)
         self.call(self.workers.start())
 
     def call(self, coroutine: Any, timeout: float = 90.0) -> Any:
@@ -190,6 +191,7 @@ def test_a_killed_process_is_started_again_and_its_guests_wait_for_it_rather_tha
     # The dead process's count is kept: totals never go back.
     wait_for(lambda: servers.workers.counters[("metadata", "ec2", 200)] == 2)
     assert served_by_process(servers)[0] == 1
+    assert servers.workers.restarts == 1
 
 
 def test_a_reload_reaches_every_process(servers: Servers) -> None:
@@ -291,3 +293,23 @@ def test_a_process_that_cannot_start_stops_vacds_start_with_the_reason_and_leave
     with pytest.raises(StartupError, match="guest server process 0 did not start"):
         asyncio.run(workers.start())
     assert workers.pids() == [] and workers.listening == []
+
+
+def test_the_processes_log_where_vacd_logs_and_reopen_the_file_on_vacds_sighup(
+        tmp_path: Path, namespace: str) -> None:
+    site = make_site(tmp_path)
+    log_file = tmp_path / "vacd.log"
+    running = Servers(site, namespace, count=2, log_destination="file", log_file=log_file)
+    try:
+        pids = running.workers.pids()
+        wait_for(lambda: all(f"vacd[{pid}]: INFO vacd.guestapi.worker: guest server process serving" in
+                             log_file.read_text() for pid in pids))
+        rotated = log_file.rename(tmp_path / "vacd.log.1")
+        running.workers.reopen_logs()
+    finally:
+        running.close()
+    # Their last lines went to the new file, as logrotate expects after its SIGHUP.
+    reopened = log_file.read_text()
+    for pid in pids:
+        assert f"vacd[{pid}]: INFO vacd.guestapi.worker: guest server process stopped" in reopened
+        assert f"vacd[{pid}]" in rotated.read_text()
