@@ -19,6 +19,10 @@ else `vacd.cli`, else `vacquery.cli` (the entry point before issue 9 item 1).
 Several `--tree`s are run interleaved (one listing of each in turn), so that a change in
 the machine's load falls on all of them alike.
 
+`--installed` measures the command an admin runs: each tree is installed by pip (built, with
+the bytecode pip compiles, as rpmbuild does) into a fresh virtual environment of its own, and its `vac` console script is run from outside the tree, so neither the checkout nor
+the development environment's editable-install finder is on its path.
+
 Python compiles every module it cannot find bytecode for, each time, and with
 PYTHONDONTWRITEBYTECODE set (as in some development shells) it never writes any: a
 checkout then pays for compiling some 4,800 lines of vacd and vacquery on every listing.
@@ -101,19 +105,35 @@ def main() -> int:
                         help="a checkout to run; repeat to compare, interleaved (default: this one)")
     parser.add_argument("--bytecode", action="store_true",
                         help="let the listings use compiled bytecode, as an installed vac does")
+    parser.add_argument("--installed", action="store_true",
+                        help="run each tree's `vac` console script, installed by pip into a fresh venv")
     arguments = parser.parse_args()
     trees = [tree.resolve() for tree in arguments.tree or [REPOSITORY]]
     responder = LoopbackResponder()
     try:
-        return measure(trees, arguments.runs, arguments.bytecode, responder)
+        with tempfile.TemporaryDirectory(prefix="vac-startup-installs-") as installs:
+            scripts = ([install_script(tree, Path(installs) / f"tree-{number}") for number, tree in enumerate(trees)]
+                       if arguments.installed else None)
+            return measure(trees, arguments.runs, arguments.bytecode, responder, scripts)
     finally:
         responder.close()
+
+
+def install_script(tree: Path, directory: Path) -> Path:
+    """The `vac` script of `tree`, installed (not editable) into a venv of its own under `directory`."""
+    directory.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "venv", str(directory / "venv")], check=True, timeout=600)
+    # A listing needs nothing beyond the standard library (tests/vacd/test_cli.py): no dependency is
+    # installed. pip builds the tree in isolation (setuptools from the index) and compiles the bytecode.
+    subprocess.run([str(directory / "venv/bin/python"), "-m", "pip", "install", "--quiet", "--no-deps", str(tree)],
+                   check=True, cwd=directory, timeout=600)
+    return directory / "venv/bin/vac"
 
 
 class Subject:
     """One tree's `vac machines`: how to run it, and what its runs measured."""
 
-    def __init__(self, tree: Path, prefix: Path, cache: Optional[Path]) -> None:
+    def __init__(self, tree: Path, prefix: Path, cache: Optional[Path], script: Optional[Path] = None) -> None:
         self.tree = tree
         self.module = command_module(tree)
         self.environment = dict(os.environ, PYTHONPATH=str(tree), TZ="UTC")
@@ -121,6 +141,14 @@ class Subject:
             self.environment.pop("PYTHONDONTWRITEBYTECODE", None)
             self.environment["PYTHONPYCACHEPREFIX"] = str(cache)
         self.command = [sys.executable, "-m", self.module, "--prefix", str(prefix), "-t", "5", "machines"]
+        # Installed: the console script, from outside the tree, with nothing of the tree on the path.
+        self.cwd = tree
+        self.script = script
+        if script is not None:
+            self.environment = dict(os.environ, TZ="UTC")
+            self.environment.pop("PYTHONPATH", None)
+            self.command = [str(script), "--prefix", str(prefix), "-t", "5", "machines"]
+            self.cwd = prefix
         self.times: list[float] = []
         self.to_query: list[float] = []
         self.cpu: list[float] = []
@@ -129,7 +157,7 @@ class Subject:
         responder.protocol.last_datagram_time = None
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        listing = subprocess.run(self.command, capture_output=True, text=True, env=self.environment, cwd=self.tree,
+        listing = subprocess.run(self.command, capture_output=True, text=True, env=self.environment, cwd=self.cwd,
                                  timeout=60)
         self.times.append(time.monotonic() - started)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -143,16 +171,18 @@ class Subject:
             raise SystemExit(f"vac machines failed: {listing.returncode} {listing.stderr}")
 
     def report(self, prefix: Path, bytecode: bool) -> None:
-        probe = subprocess.run([sys.executable, "-c", PROBE.format(module=self.module, prefix=str(prefix))],
-                               capture_output=True, text=True, env=self.environment, cwd=self.tree, timeout=60)
+        python = str(self.script.parent / "python") if self.script is not None else sys.executable
+        probe = subprocess.run([python, "-c", PROBE.format(module=self.module, prefix=str(prefix))],
+                               capture_output=True, text=True, env=self.environment, cwd=self.cwd, timeout=60)
         code, module_count, has_cryptography = json.loads(probe.stderr.strip().splitlines()[-1])
         # The module that holds the command (vacd.vacentry only loads vacd.cli, with the collector paused).
         module = "vacd.cli" if self.module == "vacd.vacentry" else self.module
-        importtime = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
-                                    capture_output=True, text=True, env=self.environment, cwd=self.tree, timeout=60)
+        importtime = subprocess.run([python, "-X", "importtime", "-c", f"import {module}"],
+                                    capture_output=True, text=True, env=self.environment, cwd=self.cwd, timeout=60)
         cumulative = re.search(rf"\|\s*(\d+) \|\s*{re.escape(module)}$", importtime.stderr, re.MULTILINE)
-        print(f"tree={self.tree} module={self.module} runs={len(self.times)} "
-              f"bytecode={'cached' if bytecode else 'as the environment says'}")
+        how = f"installed {self.script}" if self.script is not None else (
+            "cached" if bytecode else "as the environment says")
+        print(f"tree={self.tree} module={self.module} runs={len(self.times)} bytecode={how}")
         times, to_query = self.times, self.to_query
         print(f"vac machines wall time: median {statistics.median(times) * 1000:.0f} ms, "
               f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms")
@@ -168,7 +198,8 @@ class Subject:
             print(f"import {module}: {int(cumulative.group(1)) / 1000:.0f} ms cumulative (python -X importtime)")
 
 
-def measure(trees: list[Path], runs: int, bytecode: bool, responder: LoopbackResponder) -> int:
+def measure(trees: list[Path], runs: int, bytecode: bool, responder: LoopbackResponder,
+            scripts: Optional[list[Path]] = None) -> int:
     port = responder.port
     with tempfile.TemporaryDirectory(prefix="vac-startup-") as root:
         prefix = Path(root)
@@ -176,9 +207,10 @@ def measure(trees: list[Path], runs: int, bytecode: bool, responder: LoopbackRes
         (prefix / "etc/vac.conf").write_text(
             f"[settings]\nvac_space = {SPACE}\nfactory_name = {FACTORY}\nfactories = {FACTORY}=127.0.0.1\n"
             f"vacquery_port = {port}\n")
-        subjects = [Subject(tree, prefix, prefix / f"bytecode-{number}" if bytecode else None)
+        subjects = [Subject(tree, prefix, prefix / f"bytecode-{number}" if bytecode else None,
+                            scripts[number] if scripts else None)
                     for number, tree in enumerate(trees)]
-        if bytecode:
+        if bytecode or scripts:
             for subject in subjects:  # fills its bytecode cache; not timed
                 subject.run_once(responder)
                 subject.times.clear()
