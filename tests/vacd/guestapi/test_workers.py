@@ -313,3 +313,30 @@ def test_the_processes_log_where_vacd_logs_and_reopen_the_file_on_vacds_sighup(
     for pid in pids:
         assert f"vacd[{pid}]: INFO vacd.guestapi.worker: guest server process stopped" in reopened
         assert f"vacd[{pid}]" in rotated.read_text()
+
+
+def test_an_address_bound_late_is_handed_to_every_running_process(tmp_path: Path, namespace: str) -> None:
+    """A port held at start (a Vac 03 going away, say): the processes start and serve once it is free."""
+    site = make_site(tmp_path)
+    site.create_machine(1)
+    site.create_machine(2)
+    holder = in_namespace(namespace, lambda: socket.create_server((METADATA_ADDRESS, 80)))
+    running = Servers(site, namespace, count=2)
+    try:
+        assert running.workers.listening == [] or all(
+            listening.part != "metadata" for listening in running.workers.listening)
+        holder.close()
+        # Bound at the next retry (BIND_RETRY_SECONDS), then each process gets its socket.
+        wait_for(lambda: any(listening.part == "metadata" for listening in running.workers.listening), 30)
+
+        def both_served() -> bool:
+            try:
+                return running.get(1) == 200 and running.get(2) == 200
+            except OSError:
+                return False
+
+        wait_for(both_served, 10)
+        assert {process_for_source(ip_address_for(ordinal), 2) for ordinal in (1, 2)} == {0, 1}
+    finally:
+        holder.close()
+        running.close()
