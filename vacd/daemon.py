@@ -287,6 +287,11 @@ class Daemon:
                                         link_check=self.link_identity.confirms_slot)
         guest_services.call(self.guest_api.start())
 
+    def _guest_servers_status(self) -> Optional[dict[str, Any]]:
+        """status.json's `guest_servers` with serving processes; None on vacd's own guest thread."""
+        status = getattr(self.guest_api, "status", None)
+        return status() if status is not None else None
+
     def reopen_logs(self) -> None:
         """SIGHUP: the guest server processes reopen their log files as vacd does (signal-safe)."""
         reopen = getattr(self.guest_api, "reopen_logs", None)
@@ -577,6 +582,7 @@ class Daemon:
             last_pass_completed=self.last_pass_completed,
             slot_error_totals=factory.slot_error_totals,
             records_quarantined_total=factory.store.quarantined_total,
+            guest_servers=self._guest_servers_status(),
         )
         # Written with a bad configuration too: status.json is where the admin sees the fault.
         publish_status(self.paths, document)

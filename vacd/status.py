@@ -31,8 +31,13 @@ def status_document(
     last_pass_completed: Optional[int] = None,
     slot_error_totals: Optional[Mapping[str, int]] = None,
     records_quarantined_total: int = 0,
+    guest_servers: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
-    """The status.json content for one pass (`report.settings` may be None: no good config yet)."""
+    """The status.json content for one pass (`report.settings` may be None: no good config yet).
+
+    `guest_servers` is the guest server processes' count, PIDs and restarts, or None while the
+    guest servers run on vacd's own thread (vacd.guestapi.workers).
+    """
     settings = report.settings
     running = report.running_by_machinetype()
     per_machinetype: dict[str, dict[str, Any]] = {}
@@ -100,6 +105,7 @@ def status_document(
         "slot_error_totals": dict(slot_error_totals or {}),
         "records_quarantined_total": records_quarantined_total,
         "last_pass_completed": last_pass_completed,
+        "guest_servers": dict(guest_servers) if guest_servers is not None else None,
     }
 
 

@@ -201,6 +201,15 @@ def status_report(document: Mapping[str, Any], now: float) -> str:
             f"Census: heard {count_text(census.get('heard'))} of {count_text(census.get('expected'))} factories"
             f" in {as_number(census.get('duration_seconds')) or 0.0:.2f}s"
         )
+    guest_servers = document.get("guest_servers")
+    if isinstance(guest_servers, Mapping):
+        pids = [str(pid) for pid in guest_servers.get("pids") or ()]
+        restarts = as_number(guest_servers.get("restarts")) or 0
+        lines.append(
+            f"Guest servers: {count_text(guest_servers.get('processes'))} processes, serving: "
+            f"{' '.join(pids) if pids else 'none'}"
+            f"   Restarts: {restarts:g}"
+        )
     faults = [fault for fault in document.get("faults") or () if isinstance(fault, Mapping)]
     fault_kinds = {fault.get("kind") for fault in faults}
     for key, label, kind in (

@@ -251,6 +251,10 @@ def test_guests_served_by_two_guest_server_processes_fetch_their_payload_and_rep
     pids = [int(line.rsplit("pid=", 1)[1].split()[0]) for line in log.splitlines()
             if "guest server process started" in line]
     assert len(pids) == 2
+    # `vac status` names them (status.json, written every pass).
+    factory.wait_for("status.json naming the processes",
+                     lambda: (factory.status().get("guest_servers") or {}).get("pids") == pids)
+    assert factory.status()["guest_servers"] == {"processes": 2, "pids": pids, "restarts": 0}
     factory.kill()
     for pid in pids:
         with pytest.raises(ProcessLookupError):

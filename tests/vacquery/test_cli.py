@@ -277,3 +277,13 @@ def test_status_of_a_factory_that_never_completed_a_pass_says_so() -> None:
     lines = status_report(document, NOW).splitlines()
     assert "No pass has completed since vacd started" in lines
     assert "Configuration error: /etc/vac.conf:12: [settings] cycle_seconds: not a number: 'soon'" in lines
+
+
+def test_status_names_the_guest_server_processes_and_their_restarts() -> None:
+    document = status_document()
+    document["guest_servers"] = {"processes": 2, "pids": [4312, 4313], "restarts": 1}
+    lines = status_report(document, NOW).splitlines()
+    assert "Guest servers: 2 processes, serving: 4312 4313   Restarts: 1" in lines
+    # On vacd's own guest thread (null) nothing is said, as in the golden layout.
+    document["guest_servers"] = None
+    assert status_report(document, NOW) == STATUS_GOLDEN

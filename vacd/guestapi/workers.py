@@ -166,6 +166,10 @@ class GuestApiWorkers:
         return self._retired_resource_failures + sum(
             process.accept_resource_failures for process in self._processes)
 
+    def status(self) -> dict[str, Any]:
+        """status.json's `guest_servers`: how many processes, their PIDs (serving now) and restarts."""
+        return {"processes": self.count, "pids": self.pids(), "restarts": self.restarts}
+
     def pids(self) -> list[int]:
         """The serving processes' PIDs, for signals (vacd's SIGHUP) and tests."""
         return [process.popen.pid for process in self._processes

@@ -188,6 +188,8 @@ def test_a_killed_process_is_started_again_and_its_guests_wait_for_it_rather_tha
     assert servers.get(ordinal) == 200
     replaced = servers.workers._processes[0].popen
     assert replaced is not None and replaced.pid != killed.pid
+    status = servers.workers.status()
+    assert status["processes"] == PROCESSES and replaced.pid in status["pids"] and killed.pid not in status["pids"]
     # The dead process's count is kept: totals never go back.
     wait_for(lambda: servers.workers.counters[("metadata", "ec2", 200)] == 2)
     assert served_by_process(servers)[0] == 1
