@@ -90,8 +90,9 @@ def attach_steering(listening_socket: socket.socket, count: int) -> None:
 def listening_group(address: str, port: int, count: int) -> list[socket.socket]:
     """`count` listening sockets on `address`:`port`, in their group's order, steered by source.
 
-    `address` may carry a zone (`fe80::a9fe:a9fe%br0`). The sockets are blocking; each
-    process that adopts one makes its own copy non-blocking. Raises OSError (the address
+    `address` may carry a zone (`fe80::a9fe:a9fe%br0`). The sockets are made blocking; the
+    process that adopts one makes it non-blocking, which its copy shares with the caller's
+    (one open file), and the caller never accepts on its own. Raises OSError (the address
     cannot be bound, or the kernel refuses the program) with nothing left open.
     """
     family, socket_type, protocol, _name, socket_address = socket.getaddrinfo(

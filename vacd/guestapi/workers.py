@@ -140,6 +140,7 @@ class GuestApiWorkers:
         self._retired: Counter[tuple[str, str, int]] = Counter()
         self._retired_resource_failures = 0
         self._supervisor: Optional[asyncio.Task[None]] = None
+        self._reaping: set[asyncio.Task[None]] = set()
         self._stopping = False
         # Processes that ended unasked since start (vac_guest_server_restarts_total).
         self.restarts = 0
@@ -300,7 +301,10 @@ class GuestApiWorkers:
         if process.ready is not None and not process.ready.done():
             process.ready.set_exception(RuntimeError("it exited before serving"))
         if not self._stopping:
-            asyncio.get_running_loop().create_task(self._reap_and_restart(process))
+            # Held until done: the loop keeps only a weak reference to a task.
+            task = asyncio.get_running_loop().create_task(self._reap_and_restart(process))
+            self._reaping.add(task)
+            task.add_done_callback(self._reaping.discard)
 
     async def _reap_and_restart(self, process: _Process) -> None:
         await self._reap(process, time.monotonic() + 5.0)
