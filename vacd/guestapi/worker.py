@@ -149,7 +149,11 @@ class Worker:
 
 
 def _stop_with_parent() -> None:
-    """SIGTERM when vacd's thread that started this process ends; at once if it already has."""
+    """SIGTERM when vacd's thread that started this process ends.
+
+    A vacd gone before this call is not signalled for: `main` sees its control socket at end
+    of file (or a new parent) and returns.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -211,10 +211,9 @@ class GuestApiWorkers:
         self._supervisor = None
         for process in self._processes:
             if process.control is not None:
-                try:
-                    send(process.control, ("stop",))
-                except OSError:
-                    pass  # gone already: it is reaped below
+                # Through _tell: the control socket is non-blocking, and a full one must not
+                # lose the stop (the process would then be killed only after the deadline).
+                self._tell(process, ("stop",))
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for process in self._processes:
             await self._reap(process, deadline)
