@@ -29,7 +29,8 @@ SYNs were lost and the latencies are not the server's).
 
 Besides latency and throughput each run reports the CPU per request of the server ("srv
 us/req") and of the load processes ("load us/req": what the apparatus takes from the same
-CPUs), and for vacd's server the collector's full passes after start-up and its longest
+CPUs), each with the kernel's part of it ("of it sys": on loopback the kernel's TCP work for
+both ends of a connection lands mostly on the sender), and for vacd's server the collector's full passes after start-up and its longest
 pause ("gc full", "gc max ms"; vacd.gcfreeze).
 
 Run as root or not (loopback only):
@@ -355,11 +356,17 @@ def run_forking_server(prefix: str, port_queue: "multiprocessing.Queue[Any]", lo
 
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children (forked handlers)."""
+def cpu_seconds(pid: int, kernel_only: bool = False) -> float:
+    """User + system CPU of a process and its reaped children (forked handlers).
+
+    With `kernel_only`, the system part alone: on loopback the kernel's TCP work for both
+    ends of a connection is mostly charged to whichever process sends, so this says how
+    much of a process's cost no user-space change could remove.
+    """
     with open(f"/proc/{pid}/stat") as stat_file:
         fields = stat_file.read().rsplit(")", 1)[1].split()
-    ticks = sum(int(value) for value in fields[11:15])
+    # utime, stime, cutime, cstime (proc(5) fields 14-17)
+    ticks = int(fields[12]) + int(fields[14]) if kernel_only else sum(int(value) for value in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -395,7 +402,9 @@ def measure(
         first += count
     time.sleep(warmup)
     server_cpu_before = sum(cpu_seconds(pid) for pid in server_pids)
+    server_kernel_before = sum(cpu_seconds(pid, kernel_only=True) for pid in server_pids)
     load_cpu_before = sum(cpu_seconds(worker.pid or 0) for worker in workers)
+    load_kernel_before = sum(cpu_seconds(worker.pid or 0, kernel_only=True) for worker in workers)
     wall_before = time.perf_counter()
     latencies: list[float] = []
     errors = 0
@@ -405,7 +414,9 @@ def measure(
         errors += process_errors
     wall = time.perf_counter() - wall_before
     server_cpu = sum(cpu_seconds(pid) for pid in server_pids) - server_cpu_before
+    server_kernel = sum(cpu_seconds(pid, kernel_only=True) for pid in server_pids) - server_kernel_before
     load_cpu = sum(cpu_seconds(worker.pid or 0) for worker in workers) - load_cpu_before
+    load_kernel = sum(cpu_seconds(worker.pid or 0, kernel_only=True) for worker in workers) - load_kernel_before
     for worker in workers:
         worker.join()
     latencies.sort()
@@ -427,6 +438,9 @@ def measure(
         "load_cpu_percent": 100 * load_cpu / wall,
         # The clients' CPU per request: what the apparatus takes from the server's 2 vCPUs.
         "load_cpu_us_per_request": 1e6 * load_cpu / count if count else float("nan"),
+        # Of each, the kernel's part (system time).
+        "server_kernel_us_per_request": 1e6 * server_kernel / count if count else float("nan"),
+        "load_kernel_us_per_request": 1e6 * load_kernel / count if count else float("nan"),
     }
 
 
@@ -618,7 +632,8 @@ def main() -> None:
           f" {os.cpu_count()} CPUs")
     print(
         f"{'server':40} {'req/s':>9} {'x fork':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}"
-        f" {'srv CPU%':>8} {'srv us/req':>10} {'load CPU%':>9} {'load us/req':>11} {'loadavg':>7} {'ct drops':>8}"
+        f" {'srv CPU%':>8} {'srv us/req':>10} {'of it sys':>9} {'load CPU%':>9} {'load us/req':>11} {'of it sys':>9}"
+        f" {'loadavg':>7} {'ct drops':>8}"
         f" {'gc full':>7} {'gc max ms':>9}"
     )
     for name, result in results.items():
@@ -626,7 +641,9 @@ def main() -> None:
             f"{name:40} {result['requests_per_second']:9.0f} {result['requests_per_second'] / baseline:7.1f}"
             f" {result['p50_ms']:8.2f} {result['p99_ms']:8.2f} {result['max_ms']:8.1f} {result['errors']:7d}"
             f" {result['server_cpu_percent']:8.0f} {result['server_cpu_us_per_request']:10.0f}"
+            f" {result['server_kernel_us_per_request']:9.0f}"
             f" {result['load_cpu_percent']:9.0f} {result['load_cpu_us_per_request']:11.0f}"
+            f" {result['load_kernel_us_per_request']:9.0f}"
             f" {result['load_average_at_start']:7.2f}"
             f" {result['conntrack_drops']:8d}"
             f" {result.get('gc_full_passes', -1):7d} {result.get('gc_longest_pause_ms', float('nan')):9.2f}"
