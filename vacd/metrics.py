@@ -71,7 +71,7 @@ CREATION_PHASE_BUCKETS_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 # A pass over an unchanged node should cost milliseconds; one over the 30 s budget is logged too.
 PASS_BUCKETS_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DESTRUCTION_BUCKETS_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-# The factory-wide fault kinds (vacd.factory.Fault), always exported so an alert can test for 1.
+# The factory-wide fault kinds (vacd.faults.Fault), always exported so an alert can test for 1.
 FAULT_KINDS = ("config", "listing", "disk", "network")
 # The responder's tally (vacquery.responder_transport.ResponderProtocol.counters) holds one outcome per
 # datagram received, plus two marks that are not datagrams received: a capped answer was

@@ -2,7 +2,7 @@
 
 Pure (design.md rule 1): the time, the configuration, this factory's running machines, the
 space's machinetype reports and the backoffs go in; `Preempt` decisions come out. No I/O, no
-clock. The factory (vacd/factory.py) carries them out: it lowers the machine's shutdown time
+clock. The factory carries them out (vacd/preemptor.py): it lowers the machine's shutdown time
 and its Machine/Job Features `shutdowntime` and `shutdowntime_job` to now + grace, so the
 payload can finish or checkpoint as the MJF specification intends, and policing stops the
 machine at that time with `PREEMPTED`, a factory ending that is never an abort.

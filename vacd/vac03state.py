@@ -23,6 +23,10 @@ A Vac 03 slot is one whose binding names a directory that holds no `machine.json
 - IGNORE: nothing runs under the name and the files cannot describe a machine: the slot is
   free, nothing is accounted, and the admin is told once.
 
+The factory asks `Vac03TakeOver.take_over` about each slot without a vacd record, every
+pass. An adoption is logged when it is made; a held or ignored slot is logged once per change
+of what is said of it, not every pass (a held machine may run for days).
+
 Nothing here destroys anything or writes outside the machine directory. The decision is
 level-triggered (taken again every pass from what is on disk and in libvirt), so a crash
 during a take-over costs nothing: `machine.json` is written atomically, and a directory
@@ -43,7 +47,7 @@ from vacd.backends.base import ObservedMachine
 from vacd.cappedread import UnreadableFile, read_capped
 from vacd.config import VM_MACHINE_MODELS, Settings
 from vacd.paths import Paths
-from vacd.slots import ip_address_for, ordinal_of_machine_name
+from vacd.slots import SlotIdentity, ip_address_for, ordinal_of_machine_name
 from vacd.recordformats import FINISHED_FILE, RECORD_FILE
 from vacd.records import MachineRecord
 from vacd.store import Store
@@ -185,6 +189,33 @@ def adopt(plan: Vac03Plan) -> None:
     if plan.record.directory_name != plan.directory.name:
         raise ValueError(f"{plan.directory}: the record names {plan.record.directory_name}")
     write_atomic(plan.directory / RECORD_FILE, plan.record.to_json())
+
+
+class Vac03TakeOver:
+    """The factory's take-over of Vac 03's slots, pass after pass, telling the admin once per change."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._told: dict[str, str] = {}  # machine name -> what the admin was last told of it
+
+    def take_over(
+        self, settings: Settings, identity: SlotIdentity, domain: Optional[ObservedMachine]
+    ) -> Optional[Vac03Plan]:
+        """The plan for a slot Vac 03 left (adopted here when it can be), or None if it is not one."""
+        name = identity.machine_name
+        directory = self.store.bound_directory(name)
+        if directory is None or not is_vac03_directory(directory):
+            return None
+        plan = plan_vac03_slot(settings, name, directory, domain)
+        if plan.action is TakeOver.ADOPT:
+            adopt(plan)
+            log.info("took over Vac 03 machine: %s", plan.describe())
+            self._told.pop(name, None)
+        elif self._told.get(name) != plan.describe():
+            # Said once per change, not every pass: a held machine may run for days.
+            self._told[name] = plan.describe()
+            log.warning("Vac 03 machine %s", plan.describe())
+        return plan
 
 
 # ---------------------------------------------------------------------------------- reading
