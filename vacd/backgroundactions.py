@@ -32,6 +32,7 @@ from typing import Callable, Optional
 
 from vacd.atomicfile import write_atomic
 from vacd.backends.base import Backend
+from vacd.backoff import doubling_delay
 from vacd.config import Machinetype, Settings
 from vacd.creationphases import observe, timed
 from vacd.errors import BackendOutcomeUnknown
@@ -260,7 +261,7 @@ class BackgroundActions:
         """Back the machinetype off locally, record why, and leave the slot to be finalised."""
         with self._lock:
             failures, _ = self._creation_failures.get(record.machinetype, (0, 0))
-            delay = min(CREATION_FAILURE_MAX_BACKOFF_SECONDS, CREATION_FAILURE_FIRST_BACKOFF_SECONDS * 2**min(failures, 20))
+            delay = doubling_delay(CREATION_FAILURE_FIRST_BACKOFF_SECONDS, CREATION_FAILURE_MAX_BACKOFF_SECONDS, failures)
             self._creation_failures[record.machinetype] = (failures + 1, now + delay)
             self.last_error = f"{record.name} ({record.machinetype}): {error}"
             last_error = self.last_error
@@ -307,7 +308,7 @@ class BackgroundActions:
             with self._lock:
                 self.error_totals["destroy"] = self.error_totals.get("destroy", 0) + 1
                 failures, _ = self._destroy_failures.get(name, (0, 0.0))
-                delay = min(DESTROY_RETRY_MAX_SECONDS, DESTROY_RETRY_FIRST_SECONDS * 2 ** min(failures, 20))
+                delay = doubling_delay(DESTROY_RETRY_FIRST_SECONDS, DESTROY_RETRY_MAX_SECONDS, failures)
                 self._destroy_failures[name] = (failures + 1, self.clock() + delay)
                 self._in_flight.pop(name, None)
             log.error("destroy failed name=%s error=%s failures_in_a_row=%d retry_in=%ds",

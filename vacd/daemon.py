@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Optional
 
 from vacd import MANAGER_VERSION, daemoncli
+from vacd.backoff import doubling_delay
 from vacd.config import Config, Settings
 from vacd.daemonhooks import daemon_hooks
 from vacd.errors import VacError
@@ -440,8 +441,8 @@ class Daemon:
                 self.pass_errors_in_a_row = 0
             except Exception as error:  # boundary: the loop never dies from an exception (item 1)
                 self.pass_errors_in_a_row += 1
-                delay = min(PASS_ERROR_MAX_BACKOFF_SECONDS,
-                            PASS_ERROR_FIRST_BACKOFF_SECONDS * 2 ** min(self.pass_errors_in_a_row - 1, 10))
+                delay = doubling_delay(PASS_ERROR_FIRST_BACKOFF_SECONDS, PASS_ERROR_MAX_BACKOFF_SECONDS,
+                                       self.pass_errors_in_a_row - 1)
                 log.exception("pass failed (%d in a row); next pass in %.0fs", self.pass_errors_in_a_row, delay)
                 # The loop is alive and will try again: a restart would not mend a bug in a pass.
                 self.notifier.notify(watchdog="1", status=f"pass failed ({self.pass_errors_in_a_row} in a row): "

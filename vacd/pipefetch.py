@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from vacd.atomicfile import write_atomic
+from vacd.backoff import doubling_delay
 from vacd.config import Config, VacuumPipe
 from vacd.errors import VacError
 from vacd.fetch import PIPE_LIMITS, Fetcher, FetchLimits
@@ -166,7 +167,7 @@ class PipeFetcher:
             with self._lock:
                 previous = self._retries.get(key)
                 failures = 1 if previous is None else previous.failures + 1
-                delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (failures - 1))
+                delay = doubling_delay(RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, failures - 1)
                 self._retries[key] = PipeRetry(failures, self.monotonic() + delay)
                 self._in_flight.discard(key)
                 self._idle.notify_all()

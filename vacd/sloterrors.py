@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+from vacd.backoff import doubling_delay
 from vacd.errors import AccountingDeferred, StoreError
 from vacd.passreport import SLOT_STEPS, SlotError
 from vacd.slots import SlotIdentity
@@ -62,7 +63,7 @@ class SlotErrors:
     ) -> SlotError:
         """Note a contained failure of `step` for this slot: back it off, count it and log it."""
         count = previous.count + 1 if previous is not None else 1
-        delay = min(SLOT_ERROR_MAX_BACKOFF_SECONDS, SLOT_ERROR_FIRST_BACKOFF_SECONDS * 2 ** min(count - 1, 20))
+        delay = doubling_delay(SLOT_ERROR_FIRST_BACKOFF_SECONDS, SLOT_ERROR_MAX_BACKOFF_SECONDS, count - 1)
         text = f"{type(error).__name__}: {error}"
         same = previous is not None and previous.step == step and previous.error == text
         slot_error = SlotError(

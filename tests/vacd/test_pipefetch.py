@@ -16,7 +16,7 @@ from vacd.config import Config, load_config
 from vacd.reloadingconfig import ReloadingConfig
 from vacd.paths import Paths
 from vacd.fetch import PIPE_LIMITS
-from vacd.pipefetch import RETRY_FIRST_SECONDS, BadPipeDocument, PipeFetcher, parse_pipe_document
+from vacd.pipefetch import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, BadPipeDocument, PipeFetcher, parse_pipe_document
 
 
 class PipeServer:
@@ -205,6 +205,29 @@ def test_failed_pipe_backs_off_instead_of_being_fetched_every_pass(tmp_path: Pat
     assert pipe_server.requests == 3
     assert fetcher.retry_state(config.vacuum_pipes[0]) is None  # a good fetch ends the backoff
     assert "ex-a" in fetcher.apply(config, may_fetch=False).machinetypes
+
+
+def test_a_pipe_failing_for_weeks_still_backs_off_at_the_maximum(tmp_path: Path, pipe_server: PipeServer) -> None:
+    # Twice an hour for three weeks: past the 1,024 doublings a float can hold, where an
+    # uncapped exponent raised OverflowError inside the failure path and left the pipe
+    # marked in flight, never fetched again.
+    pipe_server.status = 500
+    config = site_config(tmp_path, pipe_server.url)
+    now = [1000.0]
+    fetcher = PipeFetcher(Paths(tmp_path), monotonic=lambda: now[0])
+    for failures in range(1, 1031):
+        fetcher.apply(config, may_fetch=True)
+        assert fetcher.wait_for_refreshes(timeout_seconds=30)
+        retry = fetcher.retry_state(config.vacuum_pipes[0])
+        assert retry is not None and retry.failures == failures
+        now[0] = retry.retry_time
+    assert pipe_server.requests == 1030
+    # Still asked again once its wait is over, and still waiting the maximum.
+    fetcher.apply(config, may_fetch=True)
+    assert fetcher.wait_for_refreshes(timeout_seconds=30)
+    last = fetcher.retry_state(config.vacuum_pipes[0])
+    assert last is not None and last.failures == 1031
+    assert last.retry_time - now[0] == RETRY_MAX_SECONDS
 
 
 def test_oversized_pipe_is_refused_and_never_replaces_the_cache(tmp_path: Path, pipe_server: PipeServer) -> None:
