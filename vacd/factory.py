@@ -199,9 +199,10 @@ class Factory:
 
         slot_views: list[SlotView] = []
         wake_times: list[int] = []
-        beyond = self._slot_range.beyond_range(settings, observed)
+        in_range = self._slot_range.in_range(settings)
+        beyond = self._slot_range.beyond_range(settings, in_range, observed)
         held_ordinals = {identity.ordinal for identity in beyond}
-        for identity in [*self._slot_range.in_range(settings), *beyond]:
+        for identity in [*in_range, *beyond]:
             is_beyond = identity.ordinal >= settings.num_machine_slots or identity in beyond
             result = self._reconcile_slot_contained(settings, machinetypes, identity, observed, now, report)
             if result is None:
@@ -420,7 +421,7 @@ class Factory:
             result = self._reconcile_slot(settings, machinetypes, identity, observed, now, report, progress)
         except Exception as error:  # boundary: one slot's fault must not stop the pass
             step = "account" if isinstance(error, AccountingDeferred) else progress.step
-            slot_error = self._slot_errors.record(identity, step, error, now, current)
+            slot_error = self._slot_errors.record(identity, step, error, now)
             return self._slot_in_error(settings, identity, slot_error)
         if current is not None:
             self._slot_errors.recovered(name)

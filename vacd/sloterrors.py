@@ -58,10 +58,9 @@ class SlotErrors:
         """When the slots in error are tried again: the loop wakes for them."""
         return [error.retry_at for error in self._current.values()]
 
-    def record(
-        self, identity: SlotIdentity, step: str, error: Exception, now: int, previous: Optional[SlotError]
-    ) -> SlotError:
+    def record(self, identity: SlotIdentity, step: str, error: Exception, now: int) -> SlotError:
         """Note a contained failure of `step` for this slot: back it off, count it and log it."""
+        previous = self._current.get(identity.machine_name)
         count = previous.count + 1 if previous is not None else 1
         delay = doubling_delay(SLOT_ERROR_FIRST_BACKOFF_SECONDS, SLOT_ERROR_MAX_BACKOFF_SECONDS, count - 1)
         text = f"{type(error).__name__}: {error}"

@@ -16,7 +16,7 @@ Rules (issue 8 item 7):
 from __future__ import annotations
 
 import logging
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from vacd.backends.base import ObservedMachine
 from vacd.backgroundactions import BackgroundActions
@@ -54,16 +54,18 @@ class SlotRange:
             )
         self._configured_slots = settings.num_machine_slots
 
-    def beyond_range(self, settings: Settings, observed: Mapping[str, ObservedMachine]) -> list[SlotIdentity]:
-        """Slots bound to a live machine that the configured range does not cover (item 7).
+    def beyond_range(
+        self, settings: Settings, in_range: Sequence[SlotIdentity], observed: Mapping[str, ObservedMachine]
+    ) -> list[SlotIdentity]:
+        """Slots bound to a live machine that the configured range (`in_range`) does not cover (item 7).
 
         They come from a lowered host_processors or a changed factory_name: the slots/
         directory still binds them, so they are managed until their machine is gone.
         """
-        in_range = {identity.machine_name for identity in self.in_range(settings)}
+        in_range_names = {identity.machine_name for identity in in_range}
         identities = []
         for machine_name in self.store.bound_machine_names():
-            if machine_name in in_range:
+            if machine_name in in_range_names:
                 continue
             try:
                 stored = self.store.slot_binding(machine_name)
